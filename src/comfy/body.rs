@@ -1,0 +1,87 @@
+//! A body wrapper that ends a stream which stays silent too long, so a stalled peer cannot pin a connection, a
+//! task and a client forever.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The stream was silent for longer than its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} was idle for more than {after:?}")]
+pub struct IdleTimeoutError {
+    pub what: &'static str,
+    pub after: Duration,
+}
+
+pub struct IdleTimeout<B> {
+    inner: B,
+    timeout: Duration,
+    /// Armed only while the inner body is pending; reset by every frame.
+    deadline: Pin<Box<Sleep>>,
+    what: &'static str,
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, timeout: Duration, what: &'static str) -> Self {
+        Self {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            what,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body + Unpin,
+    B::Data: Buf,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.deadline.as_mut().reset(Instant::now() + this.timeout);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::warn!(
+                        what = this.what,
+                        idle_secs = this.timeout.as_secs_f64(),
+                        "stream idle too long; cut"
+                    );
+                    Poll::Ready(Some(Err(Box::new(IdleTimeoutError {
+                        what: this.what,
+                        after: this.timeout,
+                    }))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

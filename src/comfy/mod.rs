@@ -1,0 +1,6 @@
+//! Everything that talks to ComfyUI: the HTTP and WebSocket gateway and the model lists.
+
+pub mod body;
+pub mod models;
+pub mod proxy;
+pub mod ws;

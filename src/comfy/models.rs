@@ -1,0 +1,186 @@
+//! The model files ComfyUI can load, per folder, read from the loader nodes' combo options in `/object_info`
+//! (ComfyUI has no single "list every model" route that covers all folders the same way).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::proxy::ComfyGateway;
+use crate::error::ApiError;
+
+/// Where each folder's list comes from: (folder, loader node, input name).
+const SOURCES: [(&str, &str, &str); 8] = [
+    ("checkpoints", "CheckpointLoaderSimple", "ckpt_name"),
+    ("loras", "LoraLoader", "lora_name"),
+    ("controlnet", "ControlNetLoader", "control_net_name"),
+    ("vae", "VAELoader", "vae_name"),
+    ("upscale_models", "UpscaleModelLoader", "model_name"),
+    ("clip", "CLIPLoader", "clip_name"),
+    ("clip_vision", "CLIPVisionLoader", "clip_name"),
+    ("diffusion_models", "UNETLoader", "unet_name"),
+];
+
+/// Choices ComfyUI adds to a loader's list that are not files.
+const VIRTUAL_ENTRIES: [&str; 1] = ["pixel_space"];
+
+/// `/object_info` is about 0.7 MB on a stock install and grows with custom nodes; this bounds a broken answer.
+const MAX_OBJECT_INFO_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long a scan stays fresh; `?refresh=1` forces a new one.
+const FRESH_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ModelLists {
+    pub checkpoints: Vec<String>,
+    pub loras: Vec<String>,
+    pub controlnet: Vec<String>,
+    pub vae: Vec<String>,
+    pub upscale_models: Vec<String>,
+    pub clip: Vec<String>,
+    pub clip_vision: Vec<String>,
+    pub diffusion_models: Vec<String>,
+    pub embeddings: Vec<String>,
+}
+
+impl ModelLists {
+    /// Reads the lists out of `/object_info` and `/embeddings` answers.
+    pub fn from_object_info(object_info: &Value, embeddings: &Value) -> Self {
+        let mut lists = Self::default();
+        for (folder, node, input) in SOURCES {
+            let options = object_info
+                .get(node)
+                .and_then(|n| n.pointer(&format!("/input/required/{input}")))
+                .map(combo_options)
+                .unwrap_or_default();
+            *lists.folder_mut(folder) = options;
+        }
+        lists.embeddings = string_list(embeddings);
+        lists
+    }
+
+    fn folder_mut(&mut self, folder: &str) -> &mut Vec<String> {
+        match folder {
+            "checkpoints" => &mut self.checkpoints,
+            "loras" => &mut self.loras,
+            "controlnet" => &mut self.controlnet,
+            "vae" => &mut self.vae,
+            "upscale_models" => &mut self.upscale_models,
+            "clip" => &mut self.clip,
+            "clip_vision" => &mut self.clip_vision,
+            "diffusion_models" => &mut self.diffusion_models,
+            _ => unreachable!("SOURCES names only the fields above"),
+        }
+    }
+}
+
+/// The options of a combo input, in either of ComfyUI's shapes: V1 `[["a", "b"], {…}]` or V3
+/// `["COMBO", {"options": ["a", "b"]}]`.
+pub fn combo_options(spec: &Value) -> Vec<String> {
+    let first = spec.get(0);
+    let options = match first {
+        Some(Value::Array(_)) => first,
+        Some(Value::String(kind)) if kind == "COMBO" => spec.get(1).and_then(|o| o.get("options")),
+        _ => None,
+    };
+    options
+        .map(string_list)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| !VIRTUAL_ENTRIES.contains(&o.as_str()))
+        .collect()
+}
+
+fn string_list(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The last scan, shared; the lock also makes concurrent misses wait for one scan instead of each starting one.
+#[derive(Default)]
+pub struct ModelCache {
+    last: Mutex<Option<(Instant, Arc<ModelLists>)>>,
+}
+
+impl ModelCache {
+    pub async fn get(
+        &self,
+        gateway: &ComfyGateway,
+        refresh: bool,
+    ) -> Result<Arc<ModelLists>, ApiError> {
+        let mut last = self.last.lock().await;
+        if let Some((at, lists)) = last.as_ref()
+            && !refresh
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(lists.clone());
+        }
+        let (object_info, embeddings) = tokio::try_join!(
+            gateway.get_json("/object_info", MAX_OBJECT_INFO_BYTES),
+            gateway.get_json("/embeddings", MAX_OBJECT_INFO_BYTES),
+        )
+        .map_err(|e| match e {
+            ApiError::ComfyTimeout { upstream, .. } | ApiError::ComfyUnreachable { upstream } => {
+                ApiError::ComfyOffline {
+                    upstream,
+                    what: "the model lists",
+                }
+            }
+            ApiError::ComfyOffline { upstream, .. } => ApiError::ComfyOffline {
+                upstream,
+                what: "the model lists",
+            },
+            other => other,
+        })?;
+        let lists = Arc::new(ModelLists::from_object_info(&object_info, &embeddings));
+        *last = Some((Instant::now(), lists.clone()));
+        Ok(lists)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_both_combo_shapes() {
+        assert_eq!(
+            combo_options(&json!([["a.safetensors", "b.ckpt"], {"tooltip": "x"}])),
+            ["a.safetensors", "b.ckpt"]
+        );
+        assert_eq!(
+            combo_options(&json!(["COMBO", {"options": ["up.pth"], "multiselect": false}])),
+            ["up.pth"]
+        );
+        assert!(combo_options(&json!(["INT", {"min": 0}])).is_empty());
+        assert!(
+            combo_options(&json!([["pixel_space"]])).is_empty(),
+            "virtual entries are not files"
+        );
+    }
+
+    #[test]
+    fn recorded_object_info_yields_every_folder() {
+        let raw = include_str!("../../tests/fixtures/comfyui/object_info.json");
+        let mut info: Value = serde_json::from_str(raw).unwrap();
+        info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] =
+            json!(["sdxl.safetensors"]);
+        info["UpscaleModelLoader"]["input"]["required"]["model_name"][1]["options"] =
+            json!(["4x.pth"]);
+        let lists = ModelLists::from_object_info(&info, &json!(["easyneg"]));
+        assert_eq!(lists.checkpoints, ["sdxl.safetensors"]);
+        assert_eq!(lists.upscale_models, ["4x.pth"]);
+        assert_eq!(lists.embeddings, ["easyneg"]);
+        assert!(lists.vae.is_empty());
+    }
+}

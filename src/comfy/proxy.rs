@@ -1,0 +1,343 @@
+//! The HTTP gateway to ComfyUI, in named phases: normalise the path, build the upstream request, forward it under
+//! time limits, filter the response. Bodies stream in both directions and are never held whole.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::percent_decode_str;
+
+use super::body::IdleTimeout;
+use crate::config::{ComfyBackend, ComfyConfig};
+use crate::error::ApiError;
+
+pub type HttpClient = Client<HttpConnector, Body>;
+
+/// Builds the pooled HTTP/1.1 client every ComfyUI call shares.
+pub fn http_client(connect_timeout: Duration) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Forwards requests to one ComfyUI backend.
+#[derive(Clone)]
+pub struct ComfyGateway {
+    client: HttpClient,
+    backend: ComfyBackend,
+    /// The `Origin` ComfyUI's host/origin check accepts: its own.
+    upstream_origin: HeaderValue,
+    settings: ComfyConfig,
+}
+
+impl ComfyGateway {
+    pub fn new(client: HttpClient, backend: ComfyBackend, settings: ComfyConfig) -> Self {
+        let upstream_origin =
+            HeaderValue::from_str(&backend.origin()).expect("an origin built from a valid URI");
+        Self {
+            client,
+            backend,
+            upstream_origin,
+            settings,
+        }
+    }
+
+    pub fn backend(&self) -> &ComfyBackend {
+        &self.backend
+    }
+
+    /// Sends `request` to ComfyUI at `upstream_path` (still percent-encoded, below `/api/comfy`).
+    pub async fn forward(
+        &self,
+        request: Request<Body>,
+        upstream_path: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let (parts, body) = request.into_parts();
+        let uri = self.upstream_uri(upstream_path, parts.uri.query())?;
+
+        let limit = self.settings.max_body_bytes;
+        if declared_length(&parts.headers).is_some_and(|len| len > limit) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+
+        let mut upstream = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(http::Version::HTTP_11);
+        let headers = upstream.headers_mut().expect("a fresh builder has headers");
+        copy_end_to_end_headers(&parts.headers, headers);
+        headers.remove(header::HOST);
+        headers.remove(header::EXPECT);
+        // Orchestrator's own credentials are not ComfyUI's business.
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::COOKIE);
+        if headers.contains_key(header::ORIGIN) {
+            headers.insert(header::ORIGIN, self.upstream_origin.clone());
+        }
+        let body = IdleTimeout::new(
+            Limited::new(body, limit as usize),
+            self.settings.idle_timeout,
+            "request body",
+        );
+        let upstream = upstream.body(Body::new(body)).map_err(ApiError::internal)?;
+
+        let deadline = self.header_deadline(&parts.method);
+        let answer = tokio::time::timeout(deadline, self.client.request(upstream)).await;
+        let response = match answer {
+            Err(_elapsed) => {
+                return Err(ApiError::ComfyTimeout {
+                    upstream: self.backend.origin(),
+                    seconds: deadline.as_secs_f64(),
+                });
+            }
+            Ok(Err(error)) => return Err(self.classify(error, limit)),
+            Ok(Ok(response)) => response,
+        };
+
+        let (mut parts, body) = response.into_parts();
+        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        copy_end_to_end_headers(&parts.headers, &mut headers);
+        parts.headers = headers;
+        let body = IdleTimeout::new(body, self.settings.idle_timeout, "ComfyUI response body");
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+
+    /// Sends a GET to ComfyUI and reads a JSON answer of at most `max_bytes`.
+    pub async fn get_json(
+        &self,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<serde_json::Value, ApiError> {
+        let uri = self.upstream_uri(path, None)?;
+        let request = Request::get(uri)
+            .body(Body::empty())
+            .map_err(ApiError::internal)?;
+        let offline = |_| ApiError::ComfyOffline {
+            upstream: self.backend.origin(),
+            what: "its node definitions",
+        };
+        let response =
+            tokio::time::timeout(self.settings.read_timeout, self.client.request(request))
+                .await
+                .map_err(|_| ApiError::ComfyTimeout {
+                    upstream: self.backend.origin(),
+                    seconds: self.settings.read_timeout.as_secs_f64(),
+                })?
+                .map_err(offline)?;
+        if !response.status().is_success() {
+            return Err(ApiError::ComfyBadResponse(format!(
+                "GET {path} answered {}",
+                response.status()
+            )));
+        }
+        let body = tokio::time::timeout(
+            self.settings.read_timeout,
+            Limited::new(response.into_body(), max_bytes).collect(),
+        )
+        .await
+        .map_err(|_| ApiError::ComfyTimeout {
+            upstream: self.backend.origin(),
+            seconds: self.settings.read_timeout.as_secs_f64(),
+        })?
+        .map_err(|e| ApiError::ComfyBadResponse(format!("GET {path}: {e}")))?
+        .to_bytes();
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::ComfyBadResponse(format!("GET {path}: {e}")))
+    }
+
+    /// The upstream URI: the configured scheme and authority, never anything taken from the client, plus the
+    /// normalised path and the client's query.
+    pub fn upstream_uri(&self, raw_path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+        let path = normalise_path(raw_path).ok_or_else(|| ApiError::InvalidPath {
+            path: raw_path.chars().take(256).collect(),
+        })?;
+        let path_and_query = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        Uri::builder()
+            .scheme(self.backend.scheme.clone())
+            .authority(self.backend.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ApiError::InvalidPath {
+                path: raw_path.chars().take(256).collect(),
+            })
+    }
+
+    fn header_deadline(&self, method: &Method) -> Duration {
+        match *method {
+            Method::GET | Method::HEAD | Method::OPTIONS => self.settings.read_timeout,
+            _ => self.settings.write_timeout,
+        }
+    }
+
+    fn classify(&self, error: hyper_util::client::legacy::Error, limit: u64) -> ApiError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(cause) = source {
+            if cause.is::<LengthLimitError>() {
+                return ApiError::PayloadTooLarge { limit };
+            }
+            if cause.is::<super::body::IdleTimeoutError>() {
+                return ApiError::ComfyTimeout {
+                    upstream: self.backend.origin(),
+                    seconds: self.settings.idle_timeout.as_secs_f64(),
+                };
+            }
+            source = cause.source();
+        }
+        tracing::warn!(upstream = %self.backend.origin(), error = %error, connect = error.is_connect(), "ComfyUI request failed");
+        ApiError::ComfyUnreachable {
+            upstream: self.backend.origin(),
+        }
+    }
+}
+
+/// Turns the client's path below `/api/comfy` into a clean absolute path, or `None` when it tries to leave it.
+///
+/// Empty segments (`//host`) collapse; `.` and `..` are refused in every spelling (raw, percent-encoded, double
+/// encoded, hidden inside an encoded `/`); backslashes and control characters are refused. Percent-encoding that
+/// is legitimate (ComfyUI's `/userdata/workflows%2Fa.json`) is kept as the client sent it.
+pub fn normalise_path(raw: &str) -> Option<String> {
+    let mut path = String::with_capacity(raw.len() + 1);
+    for segment in raw.split('/') {
+        if segment.is_empty() {
+            continue;
+        }
+        let once = percent_decode_str(segment).decode_utf8().ok()?;
+        let twice = percent_decode_str(&once).decode_utf8_lossy();
+        for decoded in [once.as_ref(), twice.as_ref()] {
+            if decoded.contains('\\') || decoded.chars().any(char::is_control) {
+                return None;
+            }
+            if decoded.split('/').any(|part| part == "." || part == "..") {
+                return None;
+            }
+        }
+        path.push('/');
+        path.push_str(segment);
+    }
+    if path.is_empty() {
+        path.push('/');
+    } else if raw.ends_with('/') {
+        path.push('/');
+    }
+    Some(path)
+}
+
+/// Copies headers except the hop-by-hop ones (RFC 9110 §7.6.1): the fixed list and every name the `Connection`
+/// header lists.
+pub fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for (name, value) in from {
+        if is_hop_by_hop(name) || listed.contains(name) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_or_refuses_paths() {
+        let ok = [
+            ("/system_stats", "/system_stats"),
+            ("//system_stats", "/system_stats"),
+            ("", "/"),
+            ("/", "/"),
+            ("/api/prompt", "/api/prompt"),
+            (
+                "/userdata/workflows%2Fa.json",
+                "/userdata/workflows%2Fa.json",
+            ),
+            ("//evil.example/x", "/evil.example/x"),
+            ("/@evil.example", "/@evil.example"),
+            ("/http:/evil.example/", "/http:/evil.example/"),
+            ("/extensions/", "/extensions/"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(normalise_path(raw).as_deref(), Some(want), "{raw}");
+        }
+        for raw in [
+            "/../etc/passwd",
+            "/a/..",
+            "/%2e%2e/x",
+            "/%2E%2e/x",
+            "/.%2e/x",
+            "/a%2f..%2fb",
+            "/%252e%252e/x",
+            "/a\\b",
+            "/a%5cb",
+            "/./x",
+            "/a%00b",
+            "/%ff",
+        ] {
+            assert_eq!(normalise_path(raw), None, "{raw} should be refused");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut from = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-secret-hop", "1"),
+            ("content-type", "application/json"),
+            ("x-kept", "yes"),
+        ] {
+            from.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let mut to = HeaderMap::new();
+        copy_end_to_end_headers(&from, &mut to);
+        let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-kept"]);
+    }
+}

@@ -1,0 +1,490 @@
+//! Configuration from flags, environment and `.env`, validated once at start-up.
+//!
+//! clap reads every value as a string on purpose: if it parsed types itself it would stop at the first bad value,
+//! and a user who fixes one problem would meet the next one on the following start. [`Settings::validate`] checks
+//! everything and returns every problem at once.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use http::uri::{Authority, Scheme};
+
+/// A value that must never be printed: `Debug` and `Display` show a mask, and only [`Secret::expose`] reveals it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The raw settings as clap reads them from flags and environment (a `.env` file is loaded into the environment
+/// before this is parsed). Every flag mirrors its environment variable: `ORCH_BIND` ↔ `--bind`.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address of the panel and API.
+    #[arg(
+        long,
+        env = "ORCH_BIND",
+        default_value = "127.0.0.1:3000",
+        global = true
+    )]
+    pub bind: String,
+
+    /// Extra `Host` names accepted besides the loopback names (comma list).
+    #[arg(long, env = "ORCH_ALLOWED_HOSTS", global = true)]
+    pub allowed_hosts: Option<String>,
+
+    /// Token required on every request; mandatory when the bind address is not loopback.
+    #[arg(
+        long,
+        env = "ORCHESTRATOR_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+
+    /// Folder for the SQLite file, outputs and Orchestrator's own logs.
+    #[arg(long, env = "DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: String,
+
+    /// Store URL; defaults to `sqlite://$DATA_DIR/orchestrator.db`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+
+    /// One or more ComfyUI base URLs (comma list); the gateway uses the first.
+    #[arg(
+        long,
+        env = "COMFY_URL",
+        default_value = "http://127.0.0.1:8188",
+        global = true
+    )]
+    pub comfy_url: String,
+
+    /// How long to wait for a TCP connection to ComfyUI, in milliseconds.
+    #[arg(
+        long,
+        env = "COMFY_CONNECT_TIMEOUT_MS",
+        default_value = "2000",
+        global = true
+    )]
+    pub comfy_connect_timeout_ms: String,
+
+    /// How long a GET (and other reads) may wait for ComfyUI's response headers, in seconds.
+    #[arg(
+        long,
+        env = "COMFY_READ_TIMEOUT_SECS",
+        default_value = "10",
+        global = true
+    )]
+    pub comfy_read_timeout_secs: String,
+
+    /// How long a POST (and other writes) may wait for ComfyUI's response headers, in seconds.
+    #[arg(
+        long,
+        env = "COMFY_WRITE_TIMEOUT_SECS",
+        default_value = "30",
+        global = true
+    )]
+    pub comfy_write_timeout_secs: String,
+
+    /// The longest silence allowed inside a streamed body, in seconds.
+    #[arg(
+        long,
+        env = "COMFY_IDLE_TIMEOUT_SECS",
+        default_value = "30",
+        global = true
+    )]
+    pub comfy_idle_timeout_secs: String,
+
+    /// Largest request body the gateway forwards, in MiB (ComfyUI's own default is 100).
+    #[arg(long, env = "MAX_BODY_MB", default_value = "100", global = true)]
+    pub max_body_mb: String,
+
+    /// `json` or `text`; the default is `text` on a terminal and `json` elsewhere.
+    #[arg(long, env = "LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// One ComfyUI backend: only a scheme and an authority, so that a client's path can never change where a request
+/// goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComfyBackend {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl ComfyBackend {
+    /// `http://host:port`, the origin ComfyUI's own host/origin check expects to see.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Gateway settings for ComfyUI.
+#[derive(Debug, Clone)]
+pub struct ComfyConfig {
+    /// Every configured backend, in the order given; the gateway uses the first.
+    pub backends: Vec<ComfyBackend>,
+    pub connect_timeout: Duration,
+    /// Response-header deadline for safe methods (GET, HEAD, OPTIONS).
+    pub read_timeout: Duration,
+    /// Response-header deadline for methods that change state: ComfyUI validates a whole graph on POST /prompt.
+    pub write_timeout: Duration,
+    /// The longest pause between two chunks of a streamed body before the stream is cut.
+    pub idle_timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    /// Lower-cased extra `Host` names; loopback names are always allowed.
+    pub allowed_hosts: Vec<String>,
+    pub token: Option<Secret>,
+    pub data_dir: PathBuf,
+    pub database_url: Secret,
+    pub comfy: ComfyConfig,
+    pub log_format: LogFormat,
+}
+
+/// Every problem found in the settings, each naming the variable and the flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Settings {
+    /// Checks every value and returns either the configuration or every problem found.
+    pub fn validate(&self, stdout_is_terminal: bool) -> Result<Config, ConfigErrors> {
+        let mut problems = Vec::new();
+
+        let bind = match self.bind.trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problems.push(format!(
+                    "ORCH_BIND (--bind) = {:?}: expected an IP address and port such as 127.0.0.1:3000",
+                    self.bind
+                ));
+                None
+            }
+        };
+
+        let allowed_hosts = split_list(self.allowed_hosts.as_deref().unwrap_or(""))
+            .filter_map(|host| match valid_host_name(host) {
+                true => Some(host.to_ascii_lowercase()),
+                false => {
+                    problems.push(format!(
+                        "ORCH_ALLOWED_HOSTS (--allowed-hosts): {host:?} is not a host name (no scheme, port or path)"
+                    ));
+                    None
+                }
+            })
+            .collect();
+
+        let token = match self.token.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(t) if t.len() < 16 => {
+                problems.push(
+                    "ORCHESTRATOR_TOKEN (--token): must be at least 16 characters long".to_string(),
+                );
+                None
+            }
+            Some(t) => Some(Secret::new(t)),
+        };
+        if let Some(addr) = bind
+            && !addr.ip().is_loopback()
+            && self
+                .token
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or("")
+                .is_empty()
+        {
+            problems.push(format!(
+                "ORCHESTRATOR_TOKEN (--token): required because ORCH_BIND = {addr} is not a loopback address"
+            ));
+        }
+
+        let data_dir = PathBuf::from(self.data_dir.trim());
+        if self.data_dir.trim().is_empty() {
+            problems.push("DATA_DIR (--data-dir): must not be empty".to_string());
+        }
+        let database_url = match self.database_url.as_deref().map(str::trim) {
+            None | Some("") => format!("sqlite://{}", data_dir.join("orchestrator.db").display()),
+            Some(url) if url.starts_with("sqlite:") => url.to_string(),
+            Some(url) => {
+                let scheme = url.split(':').next().unwrap_or_default();
+                problems.push(format!(
+                    "DATABASE_URL (--database-url): the {scheme:?} store is not supported yet; use sqlite://PATH"
+                ));
+                String::new()
+            }
+        };
+
+        let backends: Vec<ComfyBackend> = split_list(&self.comfy_url)
+            .filter_map(|url| match parse_backend(url) {
+                Ok(backend) => Some(backend),
+                Err(why) => {
+                    problems.push(format!("COMFY_URL (--comfy-url): {url:?} {why}"));
+                    None
+                }
+            })
+            .collect();
+        if backends.is_empty() && !problems.iter().any(|p| p.starts_with("COMFY_URL")) {
+            problems
+                .push("COMFY_URL (--comfy-url): at least one ComfyUI URL is required".to_string());
+        }
+
+        let mut positive = |name: &str, flag: &str, raw: &str, max: u64| -> u64 {
+            match raw.trim().parse::<u64>() {
+                Ok(n) if n >= 1 && n <= max => n,
+                _ => {
+                    problems.push(format!(
+                        "{name} ({flag}) = {raw:?}: expected a whole number from 1 to {max}"
+                    ));
+                    1
+                }
+            }
+        };
+        let connect_ms = positive(
+            "COMFY_CONNECT_TIMEOUT_MS",
+            "--comfy-connect-timeout-ms",
+            &self.comfy_connect_timeout_ms,
+            600_000,
+        );
+        let read_secs = positive(
+            "COMFY_READ_TIMEOUT_SECS",
+            "--comfy-read-timeout-secs",
+            &self.comfy_read_timeout_secs,
+            86_400,
+        );
+        let write_secs = positive(
+            "COMFY_WRITE_TIMEOUT_SECS",
+            "--comfy-write-timeout-secs",
+            &self.comfy_write_timeout_secs,
+            86_400,
+        );
+        let idle_secs = positive(
+            "COMFY_IDLE_TIMEOUT_SECS",
+            "--comfy-idle-timeout-secs",
+            &self.comfy_idle_timeout_secs,
+            86_400,
+        );
+        let max_body_mb = positive("MAX_BODY_MB", "--max-body-mb", &self.max_body_mb, 1 << 20);
+
+        let log_format = match self
+            .log_format
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+        {
+            None => {
+                if stdout_is_terminal {
+                    LogFormat::Text
+                } else {
+                    LogFormat::Json
+                }
+            }
+            Some(ref f) if f == "json" => LogFormat::Json,
+            Some(ref f) if f == "text" || f == "pretty" => LogFormat::Text,
+            Some(other) => {
+                problems.push(format!(
+                    "LOG_FORMAT (--log-format) = {other:?}: expected \"json\" or \"text\""
+                ));
+                LogFormat::Json
+            }
+        };
+
+        match (problems.is_empty(), bind) {
+            (true, Some(bind)) => Ok(Config {
+                bind,
+                allowed_hosts,
+                token,
+                data_dir,
+                database_url: Secret::new(database_url),
+                comfy: ComfyConfig {
+                    backends,
+                    connect_timeout: Duration::from_millis(connect_ms),
+                    read_timeout: Duration::from_secs(read_secs),
+                    write_timeout: Duration::from_secs(write_secs),
+                    idle_timeout: Duration::from_secs(idle_secs),
+                    max_body_bytes: max_body_mb * 1024 * 1024,
+                },
+                log_format,
+            }),
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+}
+
+impl Config {
+    /// The first ComfyUI backend, the one the gateway talks to.
+    pub fn primary_comfy(&self) -> &ComfyBackend {
+        &self.comfy.backends[0]
+    }
+
+    /// Whether the server listens on a loopback address only.
+    pub fn is_loopback(&self) -> bool {
+        self.bind.ip().is_loopback()
+    }
+}
+
+fn split_list(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn valid_host_name(host: &str) -> bool {
+    if host.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn parse_backend(raw: &str) -> Result<ComfyBackend, &'static str> {
+    let uri: http::Uri = raw.parse().map_err(|_| "is not a URL")?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or("needs a scheme: http://HOST:PORT")?;
+    if scheme != Scheme::HTTP {
+        return Err("must use http:// (ComfyUI over TLS is not supported yet)");
+    }
+    let authority = uri.authority().cloned().ok_or("needs a host")?;
+    if authority.as_str().contains('@') {
+        return Err("must not carry user information");
+    }
+    if authority.host().is_empty() {
+        return Err("needs a host");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("must be a base URL without a path or query");
+    }
+    Ok(ComfyBackend { scheme, authority })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut argv = vec!["orchestrator"];
+        argv.extend_from_slice(args);
+        TestCli::try_parse_from(argv).expect("flags parse").settings
+    }
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let config = settings(&[]).validate(false).expect("defaults are valid");
+        assert!(config.is_loopback());
+        assert_eq!(config.bind.port(), 3000);
+        assert_eq!(config.primary_comfy().origin(), "http://127.0.0.1:8188");
+        assert_eq!(config.comfy.max_body_bytes, 100 * 1024 * 1024);
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let errors = settings(&[
+            "--bind",
+            "nonsense",
+            "--comfy-url",
+            "ftp://x:1,http://h:1/path",
+            "--comfy-read-timeout-secs",
+            "0",
+            "--max-body-mb",
+            "lots",
+            "--log-format",
+            "xml",
+            "--allowed-hosts",
+            "http://evil/",
+            "--database-url",
+            "mysql://u:p@h/db",
+        ])
+        .validate(false)
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "ORCH_BIND",
+            "ftp://x:1",
+            "http://h:1/path",
+            "COMFY_READ_TIMEOUT_SECS",
+            "MAX_BODY_MB",
+            "LOG_FORMAT",
+            "ORCH_ALLOWED_HOSTS",
+            "DATABASE_URL",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert_eq!(errors.0.len(), 8, "{text}");
+        assert!(!text.contains("u:p"), "a store password leaked: {text}");
+    }
+
+    #[test]
+    fn non_loopback_bind_requires_a_token() {
+        let errors = settings(&["--bind", "0.0.0.0:3000"])
+            .validate(false)
+            .expect_err("token needed");
+        assert!(errors.to_string().contains("ORCHESTRATOR_TOKEN"));
+        let config = settings(&["--bind", "0.0.0.0:3000", "--token", "0123456789abcdef0123"])
+            .validate(false)
+            .expect("valid with a token");
+        assert!(!config.is_loopback());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = settings(&["--token", "super-secret-token-value"])
+            .validate(false)
+            .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("super-secret-token-value"), "{debug}");
+        assert!(debug.contains("***"));
+    }
+}

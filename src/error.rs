@@ -1,0 +1,169 @@
+//! One error type for every API answer: a stable snake_case `code`, a human message, optional details.
+//!
+//! Internal causes are logged once, where the error is turned into a response, and never echoed to the client.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Host {host:?} is not allowed; add it to ORCH_ALLOWED_HOSTS if it is yours")]
+    HostNotAllowed { host: String },
+
+    #[error("cross-site request refused")]
+    CrossOrigin { origin: Option<String> },
+
+    #[error("a valid token is required (Authorization: Bearer …)")]
+    Unauthorized,
+
+    #[error("this route expects a JSON body (Content-Type: application/json)")]
+    UnsupportedMediaType,
+
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+
+    #[error("the path {path:?} is not allowed")]
+    InvalidPath { path: String },
+
+    #[error("ComfyUI at {upstream} is unreachable")]
+    ComfyUnreachable { upstream: String },
+
+    #[error("ComfyUI at {upstream} did not answer within {seconds} s")]
+    ComfyTimeout { upstream: String, seconds: f64 },
+
+    #[error("ComfyUI at {upstream} is offline, so {what} cannot be read")]
+    ComfyOffline {
+        upstream: String,
+        what: &'static str,
+    },
+
+    #[error("ComfyUI answered with something that is not what it should be: {0}")]
+    ComfyBadResponse(String),
+
+    #[error("a WebSocket upgrade is required on this route")]
+    UpgradeRequired,
+
+    #[error("no route for {path}")]
+    NotFound { path: String },
+
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(cause.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::HostNotAllowed { .. } | Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidPath { .. } => StatusCode::BAD_REQUEST,
+            Self::ComfyUnreachable { .. } | Self::ComfyBadResponse(_) => StatusCode::BAD_GATEWAY,
+            Self::ComfyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ComfyOffline { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code clients branch on; never change one once shipped.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::HostNotAllowed { .. } => "host_not_allowed",
+            Self::CrossOrigin { .. } => "cross_origin_refused",
+            Self::Unauthorized => "unauthorized",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::InvalidPath { .. } => "invalid_path",
+            Self::ComfyUnreachable { .. } => "comfy_unreachable",
+            Self::ComfyTimeout { .. } => "comfy_timeout",
+            Self::ComfyOffline { .. } => "comfy_offline",
+            Self::ComfyBadResponse(_) => "comfy_bad_response",
+            Self::UpgradeRequired => "upgrade_required",
+            Self::NotFound { .. } => "not_found",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn details(&self) -> Value {
+        match self {
+            Self::HostNotAllowed { host } => json!({ "host": host }),
+            Self::CrossOrigin { origin } => json!({ "origin": origin }),
+            Self::PayloadTooLarge { limit } => json!({ "limit_bytes": limit }),
+            Self::ComfyUnreachable { upstream } | Self::ComfyOffline { upstream, .. } => {
+                json!({ "upstream": upstream })
+            }
+            Self::ComfyTimeout { upstream, seconds } => {
+                json!({ "upstream": upstream, "timeout_secs": seconds })
+            }
+            _ => json!({}),
+        }
+    }
+
+    /// The JSON body every API error shares.
+    pub fn body(&self) -> Value {
+        let message = match self {
+            Self::CrossOrigin { .. } => {
+                "Cross-site request refused: state-changing requests must come from the panel's own origin"
+                    .to_string()
+            }
+            other => other.to_string(),
+        };
+        json!({ "error": { "code": self.code(), "message": message, "details": self.details() } })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error = %cause, code = self.code(), "internal error")
+            }
+            Self::ComfyBadResponse(why) => {
+                tracing::warn!(why, code = self.code(), "bad answer from ComfyUI")
+            }
+            _ => tracing::debug!(code = self.code(), %status, "request refused"),
+        }
+        (status, Json(self.body())).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_causes_are_not_echoed() {
+        let err = ApiError::internal("disk /secret/path exploded");
+        let body = err.body().to_string();
+        assert!(!body.contains("/secret/path"), "{body}");
+        assert_eq!(err.body()["error"]["code"], "internal");
+    }
+
+    #[test]
+    fn codes_and_statuses_match_the_contract() {
+        let e = ApiError::ComfyTimeout {
+            upstream: "http://127.0.0.1:8188".into(),
+            seconds: 10.0,
+        };
+        assert_eq!((e.status().as_u16(), e.code()), (504, "comfy_timeout"));
+        let e = ApiError::ComfyUnreachable {
+            upstream: "http://127.0.0.1:8188".into(),
+        };
+        assert_eq!((e.status().as_u16(), e.code()), (502, "comfy_unreachable"));
+        assert_eq!(
+            e.body()["error"]["details"]["upstream"],
+            "http://127.0.0.1:8188"
+        );
+    }
+}

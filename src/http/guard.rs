@@ -1,0 +1,342 @@
+//! The guard every request passes, WebSocket upgrades included.
+//!
+//! In order: the `Host` must be an allowed name (a DNS-rebinding page reaches us under its own name, so a
+//! loopback listener alone is no protection); the token must match when one is configured (always, when bound to a
+//! non-loopback address); a state-changing request or a WebSocket upgrade must not come from a foreign origin
+//! (CSRF and cross-site WebSocket hijacking).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, header};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, Secret};
+use crate::error::ApiError;
+
+/// What the guard lets through, derived once from the configuration.
+#[derive(Debug)]
+pub struct GuardPolicy {
+    /// Lower-cased names accepted besides the loopback ones.
+    extra_hosts: Vec<String>,
+    token: Option<Secret>,
+}
+
+impl GuardPolicy {
+    pub fn from_config(config: &Config) -> Self {
+        let mut extra_hosts = config.allowed_hosts.clone();
+        let ip = config.bind.ip();
+        if !ip.is_unspecified() && !ip.is_loopback() {
+            // Bound to one LAN address: people will type that address into the browser.
+            extra_hosts.push(ip.to_string());
+        }
+        Self {
+            extra_hosts,
+            token: config.token.clone(),
+        }
+    }
+
+    /// Whether `hostname` (no port, no brackets) names this server.
+    pub fn host_allowed(&self, hostname: &str) -> bool {
+        let name = hostname.trim_end_matches('.').to_ascii_lowercase();
+        if name == "localhost" || name.ends_with(".localhost") {
+            return true;
+        }
+        if let Ok(ip) = name.parse::<IpAddr>()
+            && ip.is_loopback()
+        {
+            return true;
+        }
+        self.extra_hosts.iter().any(|h| *h == name)
+    }
+
+    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let hostname = split_host_port(host).map(|(name, _)| name).unwrap_or("");
+        if hostname.is_empty() || !self.host_allowed(hostname) {
+            return Err(ApiError::HostNotAllowed {
+                host: host.chars().take(256).collect(),
+            });
+        }
+
+        if let Some(expected) = &self.token
+            && !presented_token(headers)
+                .is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.expose().as_bytes())))
+        {
+            return Err(ApiError::Unauthorized);
+        }
+
+        if changes_state(method) || is_websocket_upgrade(headers) {
+            let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+            if fetch_site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+                return Err(ApiError::CrossOrigin {
+                    origin: origin_of(headers),
+                });
+            }
+            if let Some(origin) = headers.get(header::ORIGIN) {
+                let same = origin.to_str().ok().is_some_and(|o| same_origin(o, host));
+                if !same {
+                    return Err(ApiError::CrossOrigin {
+                        origin: origin_of(headers),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The axum middleware around [`GuardPolicy::check`].
+pub async fn guard(
+    State(policy): State<Arc<GuardPolicy>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match policy.check(request.method(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Refuses a state-changing request whose body is not JSON, on routes that only take JSON. A browser can send a
+/// cross-site form or `text/plain` body without a CORS preflight; it cannot send `application/json`.
+pub async fn require_json_body(request: Request, next: Next) -> Response {
+    if changes_state(request.method()) && has_body(request.headers()) && !is_json(request.headers())
+    {
+        return ApiError::UnsupportedMediaType.into_response();
+    }
+    next.run(request).await
+}
+
+pub fn changes_state(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
+    match length {
+        Some(len) => len.trim() != "0",
+        None => headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, value) = auth.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| value.trim());
+    }
+    // Browsers cannot put headers on page loads or WebSocket upgrades, so the panel carries the token in a cookie.
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("orch_token="))
+}
+
+fn origin_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(|o| o.chars().take(256).collect())
+}
+
+/// `host[:port]` → (host, port), accepting bracketed IPv6 literals. `None` when the value is malformed.
+pub fn split_host_port(value: &str) -> Option<(&str, Option<u16>)> {
+    let value = value.trim();
+    if let Some(rest) = value.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        return Some((ip, port));
+    }
+    match value.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => Some((name, Some(port.parse().ok()?))),
+        Some(_) => None,
+        None => Some((value, None)),
+    }
+}
+
+/// Whether the browser's `Origin` names the same scheme-less authority the request was sent to.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Ok(uri) = origin.parse::<http::Uri>() else {
+        return false;
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return false,
+    };
+    let Some((host_name, host_port)) = split_host_port(host) else {
+        return false;
+    };
+    let origin_port = authority.port_u16().unwrap_or(default_port);
+    let origin_host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    origin_host.eq_ignore_ascii_case(host_name) && origin_port == host_port.unwrap_or(default_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn policy(token: Option<&str>) -> GuardPolicy {
+        GuardPolicy {
+            extra_hosts: vec!["studio.lan".into()],
+            token: token.map(Secret::new),
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn host_allowlist() {
+        let p = policy(None);
+        for ok in [
+            "127.0.0.1:3000",
+            "localhost:3000",
+            "LOCALHOST",
+            "[::1]:3000",
+            "127.9.9.9",
+            "studio.lan:3000",
+        ] {
+            assert!(
+                p.check(&Method::GET, &headers(&[("host", ok)])).is_ok(),
+                "{ok} should pass"
+            );
+        }
+        for bad in [
+            "evil.example",
+            "localhost.evil.com",
+            "",
+            "127.0.0.1.nip.io:3000",
+            "[::1",
+            "a:b:c",
+        ] {
+            let err = p
+                .check(&Method::GET, &headers(&[("host", bad)]))
+                .unwrap_err();
+            assert_eq!(err.code(), "host_not_allowed", "{bad}");
+        }
+        assert!(
+            p.check(&Method::GET, &HeaderMap::new()).is_err(),
+            "a missing Host is refused"
+        );
+    }
+
+    #[test]
+    fn foreign_origins_cannot_write() {
+        let p = policy(None);
+        let host = ("host", "127.0.0.1:3000");
+        let ok = headers(&[host, ("origin", "http://127.0.0.1:3000")]);
+        assert!(p.check(&Method::POST, &ok).is_ok());
+        for origin in [
+            "http://evil.example",
+            "http://127.0.0.1:5173",
+            "null",
+            "http://localhost:3000",
+        ] {
+            let err = p
+                .check(&Method::POST, &headers(&[host, ("origin", origin)]))
+                .unwrap_err();
+            assert_eq!(err.code(), "cross_origin_refused", "{origin}");
+        }
+        let cross = headers(&[host, ("sec-fetch-site", "cross-site")]);
+        assert!(p.check(&Method::DELETE, &cross).is_err());
+        // Reads from elsewhere are harmless: the browser's same-origin policy keeps the answer from the page.
+        assert!(
+            p.check(
+                &Method::GET,
+                &headers(&[host, ("origin", "http://evil.example")])
+            )
+            .is_ok()
+        );
+        let ws = headers(&[
+            host,
+            ("origin", "http://evil.example"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(
+            p.check(&Method::GET, &ws).is_err(),
+            "cross-site WebSocket hijacking"
+        );
+    }
+
+    #[test]
+    fn token_when_configured() {
+        let p = policy(Some("0123456789abcdef"));
+        let host = ("host", "localhost:3000");
+        assert_eq!(
+            p.check(&Method::GET, &headers(&[host])).unwrap_err().code(),
+            "unauthorized"
+        );
+        let wrong = headers(&[host, ("authorization", "Bearer nope")]);
+        assert!(p.check(&Method::GET, &wrong).is_err());
+        assert!(
+            p.check(
+                &Method::GET,
+                &headers(&[host, ("authorization", "Bearer 0123456789abcdef")])
+            )
+            .is_ok()
+        );
+        assert!(
+            p.check(
+                &Method::GET,
+                &headers(&[host, ("cookie", "a=b; orch_token=0123456789abcdef")])
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Everything that knows HTTP: the router, the guard and the request log. Handlers stay thin and call into the
+//! domain modules.
+
+pub mod guard;
+pub mod request_log;
+pub mod router;

@@ -1,0 +1,121 @@
+//! Every route in one place, and the layers every request passes through.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, body::Body};
+use serde::Deserialize;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use super::guard::{self, GuardPolicy};
+use super::request_log::log_request;
+use crate::AppState;
+use crate::comfy::ws;
+use crate::error::{ApiError, ApiResult};
+
+pub fn router(state: AppState) -> Router {
+    let policy = Arc::new(GuardPolicy::from_config(&state.config));
+
+    let own_api = Router::new()
+        .route("/api/health", get(health))
+        .route("/api/models", get(models))
+        .layer(from_fn(guard::require_json_body));
+
+    let gateway = Router::new()
+        .route("/api/comfy", any(comfy_gateway))
+        .route("/api/comfy/", any(comfy_gateway))
+        .route("/api/comfy/{*path}", any(comfy_gateway));
+
+    Router::new()
+        .merge(own_api)
+        .merge(gateway)
+        .fallback(not_found)
+        .with_state(state)
+        .layer(from_fn_with_state(policy, guard::guard))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(from_fn(log_request))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Liveness of Orchestrator itself (not of ComfyUI): answers as soon as the server accepts requests.
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ModelsQuery {
+    refresh: Option<String>,
+}
+
+async fn models(
+    State(state): State<AppState>,
+    Query(query): Query<ModelsQuery>,
+) -> ApiResult<Response> {
+    let refresh = query
+        .refresh
+        .as_deref()
+        .is_some_and(|v| matches!(v, "1" | "true" | "yes"));
+    let lists = state.models.get(&state.gateway, refresh).await?;
+    Ok(Json(lists.as_ref()).into_response())
+}
+
+/// `/api/comfy/{*path}`: every method, and WebSocket upgrades, to the first ComfyUI backend.
+async fn comfy_gateway(State(state): State<AppState>, request: Request) -> Response {
+    let path = request
+        .uri()
+        .path()
+        .strip_prefix("/api/comfy")
+        .unwrap_or_default()
+        .to_owned();
+    if guard::is_websocket_upgrade(request.headers()) {
+        return websocket(state, request, &path)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    if guard::changes_state(request.method())
+        && takes_json(&path)
+        && request.headers().contains_key(http::header::CONTENT_TYPE)
+        && !guard::is_json(request.headers())
+    {
+        return ApiError::UnsupportedMediaType.into_response();
+    }
+    state
+        .gateway
+        .forward(request, &path)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// ComfyUI routes whose bodies are JSON; a browser can only send a cross-site body of another type.
+fn takes_json(path: &str) -> bool {
+    let route = path
+        .strip_prefix("/api")
+        .unwrap_or(path)
+        .trim_end_matches('/');
+    matches!(
+        route,
+        "/prompt" | "/queue" | "/history" | "/interrupt" | "/free"
+    )
+}
+
+async fn websocket(state: AppState, request: Request, path: &str) -> ApiResult<Response> {
+    let (mut parts, _body) = request.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let uri = state.gateway.upstream_uri(path, parts.uri.query())?;
+    let timeout = state.config.comfy.read_timeout;
+    let upstream = ws::connect_upstream(state.gateway.backend(), &uri, timeout).await?;
+    Ok(upgrade.on_upgrade(move |socket| ws::relay(socket, upstream)))
+}
+
+async fn not_found(request: Request<Body>) -> ApiError {
+    ApiError::NotFound {
+        path: request.uri().path().chars().take(256).collect(),
+    }
+}

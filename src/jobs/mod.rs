@@ -1,0 +1,3 @@
+//! Generation jobs. Only [`store`] runs SQL.
+
+pub mod store;
