@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -74,6 +76,76 @@ where
                 }
                 Poll::Pending => Poll::Pending,
             },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body grew past its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("body larger than {limit} bytes")]
+pub struct TooLarge {
+    pub limit: u64,
+}
+
+/// A streaming size limit that also raises a flag when it trips. The flag, not the error, is what the gateway
+/// reads: an HTTP client reports a failed request body in its own words, and the original error does not always
+/// survive the trip through its connection task.
+pub struct SizeLimit<B> {
+    inner: B,
+    left: u64,
+    limit: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl<B> SizeLimit<B> {
+    pub fn new(inner: B, limit: u64) -> (Self, Arc<AtomicBool>) {
+        let tripped = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                left: limit,
+                limit,
+                tripped: tripped.clone(),
+            },
+            tripped,
+        )
+    }
+}
+
+impl<B> Body for SizeLimit<B>
+where
+    B: Body + Unpin,
+    B::Data: Buf,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                if len > this.left {
+                    this.tripped.store(true, Ordering::SeqCst);
+                    return Poll::Ready(Some(Err(Box::new(TooLarge { limit: this.limit }))));
+                }
+                this.left -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
     }
 

@@ -12,7 +12,7 @@ use super::proxy::ComfyGateway;
 use crate::error::ApiError;
 
 /// Where each folder's list comes from: (folder, loader node, input name).
-const SOURCES: [(&str, &str, &str); 8] = [
+pub const SOURCES: [(&str, &str, &str); 8] = [
     ("checkpoints", "CheckpointLoaderSimple", "ckpt_name"),
     ("loras", "LoraLoader", "lora_name"),
     ("controlnet", "ControlNetLoader", "control_net_name"),

@@ -6,13 +6,13 @@ use std::time::Duration;
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::percent_decode_str;
 
-use super::body::IdleTimeout;
+use super::body::{IdleTimeout, SizeLimit};
 use crate::config::{ComfyBackend, ComfyConfig};
 use crate::error::ApiError;
 
@@ -83,11 +83,8 @@ impl ComfyGateway {
         if headers.contains_key(header::ORIGIN) {
             headers.insert(header::ORIGIN, self.upstream_origin.clone());
         }
-        let body = IdleTimeout::new(
-            Limited::new(body, limit as usize),
-            self.settings.idle_timeout,
-            "request body",
-        );
+        let (limited, too_large) = SizeLimit::new(body, limit);
+        let body = IdleTimeout::new(limited, self.settings.idle_timeout, "request body");
         let upstream = upstream.body(Body::new(body)).map_err(ApiError::internal)?;
 
         let deadline = self.header_deadline(&parts.method);
@@ -99,7 +96,10 @@ impl ComfyGateway {
                     seconds: deadline.as_secs_f64(),
                 });
             }
-            Ok(Err(error)) => return Err(self.classify(error, limit)),
+            Ok(Err(_)) if too_large.load(std::sync::atomic::Ordering::SeqCst) => {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            Ok(Err(error)) => return Err(self.classify(error)),
             Ok(Ok(response)) => response,
         };
 
@@ -181,12 +181,9 @@ impl ComfyGateway {
         }
     }
 
-    fn classify(&self, error: hyper_util::client::legacy::Error, limit: u64) -> ApiError {
+    fn classify(&self, error: hyper_util::client::legacy::Error) -> ApiError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(cause) = source {
-            if cause.is::<LengthLimitError>() {
-                return ApiError::PayloadTooLarge { limit };
-            }
             if cause.is::<super::body::IdleTimeoutError>() {
                 return ApiError::ComfyTimeout {
                     upstream: self.backend.origin(),
@@ -226,9 +223,7 @@ pub fn normalise_path(raw: &str) -> Option<String> {
         path.push('/');
         path.push_str(segment);
     }
-    if path.is_empty() {
-        path.push('/');
-    } else if raw.ends_with('/') {
+    if path.is_empty() || raw.ends_with('/') {
         path.push('/');
     }
     Some(path)

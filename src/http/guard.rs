@@ -50,7 +50,7 @@ impl GuardPolicy {
         {
             return true;
         }
-        self.extra_hosts.iter().any(|h| *h == name)
+        self.extra_hosts.contains(&name)
     }
 
     pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {

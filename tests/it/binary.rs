@@ -1,0 +1,240 @@
+//! The `orchestrator` binary as a user runs it: a real child process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use orchestrator::testkit::fake_comfy::FakeComfy;
+use serde_json::Value;
+
+use crate::support::wait_until;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_orchestrator");
+
+fn command(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// The server as a child process; its stdout lines are collected as they come.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    fn start(dir: &std::path::Path, comfy_url: &str) -> Self {
+        let data = dir.join("data");
+        let mut child = command(
+            dir,
+            &[
+                ("ORCH_BIND", "127.0.0.1:0"),
+                ("COMFY_URL", comfy_url),
+                ("DATA_DIR", data.to_str().unwrap()),
+                ("LOG_FORMAT", "json"),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the binary starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["message"] == "Orchestrator listening"
+                {
+                    let _ = addr_tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server logs its address");
+        Self {
+            child,
+            addr: addr.parse().unwrap(),
+            lines,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Resident memory now and at its peak, in KiB, from `/proc`.
+    #[cfg(target_os = "linux")]
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn every_configuration_problem_is_listed_and_exit_code_is_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(
+        dir.path(),
+        &[
+            ("ORCH_BIND", "0.0.0.0:99999"),
+            ("COMFY_URL", "ftp://comfy:8188"),
+            ("MAX_BODY_MB", "many"),
+            ("LOG_FORMAT", "xml"),
+            ("COMFY_READ_TIMEOUT_SECS", "-1"),
+            ("DATABASE_URL", "postgres://user:hunter2@db/orch"),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for name in [
+        "ORCH_BIND",
+        "COMFY_URL",
+        "MAX_BODY_MB",
+        "LOG_FORMAT",
+        "COMFY_READ_TIMEOUT_SECS",
+        "DATABASE_URL",
+    ] {
+        assert!(stderr.contains(name), "{name} not listed in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("hunter2"),
+        "a secret was printed:\n{stderr}"
+    );
+
+    // A token is required off loopback, and a .env file is read.
+    std::fs::write(dir.path().join(".env"), "ORCH_BIND=0.0.0.0:3000\n").unwrap();
+    let output = command(dir.path(), &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ORCHESTRATOR_TOKEN"));
+}
+
+#[tokio::test]
+async fn first_run_creates_the_store_logs_requests_and_stops_on_sigterm() {
+    let fake = FakeComfy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path(), &fake.url());
+    assert!(
+        dir.path().join("data/orchestrator.db").exists(),
+        "SQLite file created on first run"
+    );
+
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client
+        .get(served.url("/api/comfy/system_stats?secret=s3cr3t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    wait_until(Duration::from_secs(5), "the request is logged", || {
+        let lines = served.lines();
+        let id = request_id.clone();
+        async move { lines.iter().any(|l| l.contains(&id)) }
+    })
+    .await;
+    let line = served
+        .lines()
+        .into_iter()
+        .find(|l| l.contains(&request_id))
+        .unwrap();
+    let event: Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(event["method"], "GET");
+    assert_eq!(event["path"], "/api/comfy/system_stats");
+    assert_eq!(event["status"], 200);
+    assert!(event["duration_ms"].as_f64().is_some());
+    assert!(event["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(!line.contains("s3cr3t"), "the query string is not logged");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "a clean stop: {status:?}");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_gibibyte_streams_through_with_flat_memory() {
+    let fake = FakeComfy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &fake.url());
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // Warm up: pools, buffers and allocator arenas exist before the baseline is taken.
+    let warm = client
+        .get(served.url("/api/comfy/view?filename=large.bin&size=16777216"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.bytes().await.unwrap().len(), 16 * 1024 * 1024);
+    let (_, baseline_peak) = served.memory_kib();
+
+    const GIB: u64 = 1 << 30;
+    let response = client
+        .get(served.url(&format!("/api/comfy/view?filename=large.bin&size={GIB}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        total += chunk.unwrap().len() as u64;
+    }
+    assert_eq!(total, GIB);
+    let (_, peak) = served.memory_kib();
+    let growth_mib = peak.saturating_sub(baseline_peak) / 1024;
+    assert!(
+        growth_mib < 64,
+        "peak RSS grew by {growth_mib} MiB while 1 GiB streamed"
+    );
+}

@@ -1,0 +1,140 @@
+//! The guard in front of every route: DNS rebinding, CSRF, the token.
+
+use orchestrator::testkit::fake_comfy::{FakeComfy, no_model_workflow};
+use serde_json::json;
+
+use crate::support::{TestApp, error_code, raw_request};
+
+#[tokio::test]
+async fn rebinding_hosts_are_refused_on_every_route_and_upgrade() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let routes = [
+        "/api/health",
+        "/api/models",
+        "/api/comfy/system_stats",
+        "/api/comfy/ws?clientId=x",
+        "/nowhere",
+    ];
+    for host in ["evil.example", "localhost.evil.com", "127.0.0.1.nip.io", ""] {
+        for route in routes {
+            let upgrade = if route.contains("/ws") {
+                "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            } else {
+                ""
+            };
+            let request = format!(
+                "GET {route} HTTP/1.1\r\nHost: {host}\r\n{upgrade}Connection: close\r\n\r\n"
+            );
+            let (status, text) = raw_request(app.addr, &request).await;
+            assert_eq!(status, 403, "Host {host:?} on {route}: {text}");
+            assert!(text.contains("\"host_not_allowed\""), "{text}");
+        }
+    }
+    let (status, _) = raw_request(app.addr, "GET /api/health HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 403, "a request without Host is refused");
+    assert_eq!(fake.request_count(), 0, "nothing reached ComfyUI");
+}
+
+#[tokio::test]
+async fn cross_site_writes_are_refused_before_comfy_sees_them() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let body = json!({ "prompt": no_model_workflow() });
+    let prompt = app.url("/api/comfy/prompt");
+
+    let cases: [(&str, &str); 4] = [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("origin", "http://localhost:1"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    for (name, value) in cases {
+        let response = app
+            .http
+            .post(&prompt)
+            .header(name, value)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{name}: {value}");
+        assert_eq!(
+            error_code(&response.json().await.unwrap()),
+            "cross_origin_refused"
+        );
+    }
+    // A cross-site WebSocket (hijacking) is refused too.
+    let request = format!(
+        "GET /api/comfy/ws HTTP/1.1\r\nHost: {}\r\nOrigin: http://evil.example\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        app.addr
+    );
+    let (status, _) = raw_request(app.addr, &request).await;
+    assert_eq!(status, 403);
+
+    // A form or text/plain body, which a browser can send cross-site without asking, is refused.
+    let form = app
+        .http
+        .post(&prompt)
+        .header("content-type", "text/plain")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 415);
+    assert_eq!(
+        error_code(&form.json().await.unwrap()),
+        "unsupported_media_type"
+    );
+    assert_eq!(
+        fake.request_count(),
+        0,
+        "no refused request reached ComfyUI"
+    );
+
+    // The panel's own page may write.
+    let ok = app
+        .http
+        .post(&prompt)
+        .header("origin", app.origin())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(fake.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_configured_token_is_required() {
+    let fake = FakeComfy::start().await;
+    let token = "a-long-enough-test-token";
+    let app = TestApp::spawn_with(&fake.url(), |s| s.token = Some(token.into())).await;
+    let url = app.url("/api/comfy/system_stats");
+
+    let missing = app.http.get(&url).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(error_code(&missing.json().await.unwrap()), "unauthorized");
+    let wrong = app
+        .http
+        .get(&url)
+        .bearer_auth("a-long-enough-wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let ok = app.http.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let recorded = fake.requests();
+    assert_eq!(
+        recorded.len(),
+        1,
+        "only the authorised request went through"
+    );
+    assert!(
+        recorded[0].headers.get("authorization").is_none(),
+        "the token is not passed on to ComfyUI"
+    );
+}

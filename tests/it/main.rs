@@ -1,0 +1,9 @@
+//! The integration suite: the real server on a random port, in front of the fake ComfyUI.
+
+mod support;
+
+mod binary;
+mod gateway;
+mod guard;
+mod models;
+mod websocket;

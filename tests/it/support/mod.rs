@@ -1,0 +1,186 @@
+//! Test support: the real server on a random port, raw-socket requests, and waiting on conditions.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use orchestrator::config::Settings;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Settings as a fresh install has them, pointed at `comfy_url`, with data in `data_dir`.
+pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
+    Settings {
+        bind: "127.0.0.1:0".into(),
+        allowed_hosts: None,
+        token: None,
+        data_dir: data_dir.display().to_string(),
+        database_url: None,
+        comfy_url: comfy_url.into(),
+        comfy_connect_timeout_ms: "2000".into(),
+        comfy_read_timeout_secs: "10".into(),
+        comfy_write_timeout_secs: "30".into(),
+        comfy_idle_timeout_secs: "30".into(),
+        max_body_mb: "100".into(),
+        log_format: Some("json".into()),
+    }
+}
+
+/// Orchestrator serving on a random loopback port, stopped when dropped.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _data: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn(comfy_url: &str) -> Self {
+        Self::spawn_with(comfy_url, |_| {}).await
+    }
+
+    pub async fn spawn_with(comfy_url: &str, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut settings = settings(comfy_url, data.path());
+        adjust(&mut settings);
+        let config = settings.validate(false).expect("test settings are valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            orchestrator::run(config, listener, shutdown)
+                .await
+                .expect("server runs");
+        });
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let app = Self {
+            addr,
+            data_dir: data.path().to_owned(),
+            _data: Some(data),
+            stop: Some(stop),
+            http,
+        };
+        let url = app.url("/api/health");
+        let client = app.http.clone();
+        wait_until(
+            Duration::from_secs(10),
+            "the server accepts requests",
+            || {
+                let client = client.clone();
+                let url = url.clone();
+                async move { client.get(url).send().await.is_ok() }
+            },
+        )
+        .await;
+        app
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The origin the panel's own page has.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing the test at `deadline`.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A raw HTTP/1.1 exchange, for request shapes an HTTP client library would normalise away. Returns the status
+/// and the whole response text (the request asks the server to close the connection).
+pub async fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut response)).await;
+    assert!(read.is_ok(), "no complete answer to {request:?}");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A loopback listener that only counts connections: the target SSRF tests must never reach.
+pub struct Bait {
+    pub addr: SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Bait {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((_socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        Self { addr, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A port on which nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// Asserts the shared error body and returns its code.
+pub fn error_code(body: &serde_json::Value) -> String {
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message in {body}"
+    );
+    assert!(error["details"].is_object(), "no details in {body}");
+    error["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code in {body}"))
+        .to_owned()
+}
