@@ -50,6 +50,10 @@ pub struct Settings {
     )]
     pub bind: String,
 
+    /// Serving threads (one event loop each); `auto` is one per core.
+    #[arg(long, env = "ORCH_WORKERS", default_value = "auto", global = true)]
+    pub workers: String,
+
     /// Extra `Host` names accepted besides the loopback names (comma list).
     #[arg(long, env = "ORCH_ALLOWED_HOSTS", global = true)]
     pub allowed_hosts: Option<String>,
@@ -166,6 +170,8 @@ pub struct ComfyConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind: SocketAddr,
+    /// Serving threads, each with its own event loop and upstream pool.
+    pub workers: usize,
     /// Lower-cased extra `Host` names; loopback names are always allowed.
     pub allowed_hosts: Vec<String>,
     pub token: Option<Secret>,
@@ -259,6 +265,21 @@ impl Settings {
             }
         };
 
+        let workers = match self.workers.trim() {
+            "" | "auto" => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            raw => match raw.parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => n,
+                _ => {
+                    problems.push(format!(
+                        "ORCH_WORKERS (--workers) = {raw:?}: expected \"auto\" or a whole number from 1 to 256"
+                    ));
+                    1
+                }
+            },
+        };
+
         let backends: Vec<ComfyBackend> = split_list(&self.comfy_url)
             .filter_map(|url| match parse_backend(url) {
                 Ok(backend) => Some(backend),
@@ -314,6 +335,7 @@ impl Settings {
             .log_format
             .as_deref()
             .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
         {
             None => {
                 if stdout_is_terminal {
@@ -335,6 +357,7 @@ impl Settings {
         match (problems.is_empty(), bind) {
             (true, Some(bind)) => Ok(Config {
                 bind,
+                workers,
                 allowed_hosts,
                 token,
                 data_dir,

@@ -10,7 +10,8 @@
 //! - [`jobs`]: the durable store; all SQL lives in `jobs::store`.
 //! - [`telemetry`]: log set-up.
 //!
-//! [`run`] serves on a listener the caller bound, so tests pass `127.0.0.1:0`.
+//! [`run`] serves on a listener the caller bound, so tests pass `127.0.0.1:0`; [`run_per_core`] is what the
+//! binary runs: one single-threaded runtime per core.
 
 pub mod comfy;
 pub mod config;
@@ -40,12 +41,13 @@ use paths::DataPaths;
 pub struct AppState(Arc<AppInner>);
 
 pub struct AppInner {
-    pub config: Config,
-    pub paths: DataPaths,
+    pub config: Arc<Config>,
+    pub paths: Arc<DataPaths>,
     pub store: Store,
-    /// The gateway to the first configured ComfyUI.
+    /// The gateway to the first configured ComfyUI. Each serving thread has its own, so that a request and the
+    /// pooled upstream connection it uses never wake another thread.
     pub gateway: ComfyGateway,
-    pub models: ModelCache,
+    pub models: Arc<ModelCache>,
 }
 
 impl Deref for AppState {
@@ -57,16 +59,31 @@ impl Deref for AppState {
 
 impl AppState {
     pub fn new(config: Config, paths: DataPaths, store: Store) -> Self {
-        let client = http_client(config.comfy.connect_timeout);
-        let gateway =
-            ComfyGateway::new(client, config.primary_comfy().clone(), config.comfy.clone());
+        let config = Arc::new(config);
+        let gateway = Self::new_gateway(&config);
         Self(Arc::new(AppInner {
             config,
-            paths,
+            paths: Arc::new(paths),
             store,
             gateway,
-            models: ModelCache::default(),
+            models: Arc::default(),
         }))
+    }
+
+    /// The same shared state with a gateway (and connection pool) of its own, for another serving thread.
+    pub fn for_another_thread(&self) -> Self {
+        Self(Arc::new(AppInner {
+            config: self.config.clone(),
+            paths: self.paths.clone(),
+            store: self.store.clone(),
+            gateway: Self::new_gateway(&self.config),
+            models: self.models.clone(),
+        }))
+    }
+
+    fn new_gateway(config: &Config) -> ComfyGateway {
+        let client = http_client(config.comfy.connect_timeout);
+        ComfyGateway::new(client, config.primary_comfy().clone(), config.comfy.clone())
     }
 }
 
@@ -80,35 +97,85 @@ pub enum RunError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the server failed")]
-    Serve(#[source] std::io::Error),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start a serving thread")]
+    Thread(#[source] std::io::Error),
 }
 
-/// Opens the store and serves the panel and API on `listener` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), RunError> {
+/// Opens the store and creates the folders: everything the server needs before it accepts a request.
+async fn prepare(config: Config) -> Result<AppState, RunError> {
     let paths = DataPaths::new(&config.data_dir);
     paths.ensure().map_err(|source| RunError::DataDir {
         path: paths.root().display().to_string(),
         source,
     })?;
     let store = Store::open(config.database_url.expose()).await?;
-    let state = AppState::new(config, paths, store);
-    let app = http::router::router(state.clone());
+    Ok(AppState::new(config, paths, store))
+}
 
+/// Opens the store and serves the panel and API on `listener`, in the caller's runtime, until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let state = prepare(config).await?;
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, comfy = %state.gateway.backend().origin(), "Orchestrator listening");
+        tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads = 1, "Orchestrator listening");
     }
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(RunError::Serve)?;
+    http::server::serve(listener, http::router::router(state.clone()), shutdown).await;
     state.store.close().await;
+    Ok(())
+}
+
+/// Serves like [`run`], with one single-threaded event loop per serving thread and one acceptor handing them
+/// connections in turn (see [`http::server`] for why). Blocks until `shutdown` resolves and every loop has drained.
+pub fn run_per_core(
+    config: Config,
+    threads: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Thread)?;
+    let bind = config.bind;
+    let listener = control
+        .block_on(TcpListener::bind(bind))
+        .map_err(|source| RunError::Bind { addr: bind, source })?;
+    let state = control.block_on(prepare(config))?;
+    let addr = listener.local_addr().unwrap_or(bind);
+    tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads, "Orchestrator listening");
+
+    let (dispatcher, workers) = http::server::dispatcher(threads);
+    let mut handles = Vec::new();
+    for (index, worker) in workers.into_iter().enumerate() {
+        let state = if index == 0 {
+            state.clone()
+        } else {
+            state.for_another_thread()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RunError::Thread)?;
+        let handle = std::thread::Builder::new()
+            .name(format!("orchestrator-http-{index}"))
+            .spawn(move || runtime.block_on(worker.run(http::router::router(state))))
+            .map_err(RunError::Thread)?;
+        handles.push(handle);
+    }
+
+    control.block_on(dispatcher.run(listener, shutdown));
+    for handle in handles {
+        if handle.join().is_err() {
+            tracing::error!("a serving thread panicked");
+        }
+    }
+    control.block_on(state.store.close());
     Ok(())
 }

@@ -36,6 +36,8 @@ pub struct ComfyGateway {
     backend: ComfyBackend,
     /// The `Origin` ComfyUI's host/origin check accepts: its own.
     upstream_origin: HeaderValue,
+    /// The `Host` header for every upstream request, made once instead of by the client on every request.
+    upstream_host: HeaderValue,
     settings: ComfyConfig,
 }
 
@@ -43,10 +45,13 @@ impl ComfyGateway {
     pub fn new(client: HttpClient, backend: ComfyBackend, settings: ComfyConfig) -> Self {
         let upstream_origin =
             HeaderValue::from_str(&backend.origin()).expect("an origin built from a valid URI");
+        let upstream_host = HeaderValue::from_str(backend.authority.as_str())
+            .expect("an authority is a valid header value");
         Self {
             client,
             backend,
             upstream_origin,
+            upstream_host,
             settings,
         }
     }
@@ -69,13 +74,9 @@ impl ComfyGateway {
             return Err(ApiError::PayloadTooLarge { limit });
         }
 
-        let mut upstream = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .version(http::Version::HTTP_11);
-        let headers = upstream.headers_mut().expect("a fresh builder has headers");
-        copy_end_to_end_headers(&parts.headers, headers);
-        headers.remove(header::HOST);
+        let mut headers = parts.headers;
+        remove_hop_by_hop(&mut headers);
+        headers.insert(header::HOST, self.upstream_host.clone());
         headers.remove(header::EXPECT);
         // Orchestrator's own credentials are not ComfyUI's business.
         headers.remove(header::AUTHORIZATION);
@@ -83,9 +84,24 @@ impl ComfyGateway {
         if headers.contains_key(header::ORIGIN) {
             headers.insert(header::ORIGIN, self.upstream_origin.clone());
         }
-        let (limited, too_large) = SizeLimit::new(body, limit);
-        let body = IdleTimeout::new(limited, self.settings.idle_timeout, "request body");
-        let upstream = upstream.body(Body::new(body)).map_err(ApiError::internal)?;
+        // An empty body (most GETs) needs no limit and no idle watch: skip the wrappers and their timer.
+        let (body, too_large) = if http_body::Body::is_end_stream(&body) {
+            (Body::empty(), None)
+        } else {
+            let (limited, too_large) = SizeLimit::new(body, limit);
+            (
+                Body::new(IdleTimeout::new(
+                    limited,
+                    self.settings.idle_timeout,
+                    "request body",
+                )),
+                Some(too_large),
+            )
+        };
+        let mut upstream = Request::new(body);
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.headers_mut() = headers;
 
         let deadline = self.header_deadline(&parts.method);
         let answer = tokio::time::timeout(deadline, self.client.request(upstream)).await;
@@ -96,7 +112,9 @@ impl ComfyGateway {
                     seconds: deadline.as_secs_f64(),
                 });
             }
-            Ok(Err(_)) if too_large.load(std::sync::atomic::Ordering::SeqCst) => {
+            Ok(Err(_))
+                if too_large.is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst)) =>
+            {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
             Ok(Err(error)) => return Err(self.classify(error)),
@@ -104,9 +122,7 @@ impl ComfyGateway {
         };
 
         let (mut parts, body) = response.into_parts();
-        let mut headers = HeaderMap::with_capacity(parts.headers.len());
-        copy_end_to_end_headers(&parts.headers, &mut headers);
-        parts.headers = headers;
+        remove_hop_by_hop(&mut parts.headers);
         let body = IdleTimeout::new(body, self.settings.idle_timeout, "ComfyUI response body");
         Ok(Response::from_parts(parts, Body::new(body)))
     }
@@ -210,6 +226,12 @@ pub fn normalise_path(raw: &str) -> Option<String> {
         if segment.is_empty() {
             continue;
         }
+        let plain = !segment.contains(['%', '\\']) && segment != "." && segment != "..";
+        if plain && !segment.chars().any(char::is_control) {
+            path.push('/');
+            path.push_str(segment);
+            continue;
+        }
         let once = percent_decode_str(segment).decode_utf8().ok()?;
         let twice = percent_decode_str(&once).decode_utf8_lossy();
         for decoded in [once.as_ref(), twice.as_ref()] {
@@ -229,38 +251,44 @@ pub fn normalise_path(raw: &str) -> Option<String> {
     Some(path)
 }
 
-/// Copies headers except the hop-by-hop ones (RFC 9110 §7.6.1): the fixed list and every name the `Connection`
-/// header lists.
-pub fn copy_end_to_end_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for (name, value) in from {
-        if is_hop_by_hop(name) || listed.contains(name) {
-            continue;
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every name the `Connection` header
+/// lists. In place, because rebuilding the map costs an allocation per header on every request.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over the names is cheaper than nine failed removals.
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
+    {
+        return;
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
         }
-        to.append(name.clone(), value.clone());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -330,9 +358,8 @@ mod tests {
         ] {
             from.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let mut to = HeaderMap::new();
-        copy_end_to_end_headers(&from, &mut to);
-        let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
+        remove_hop_by_hop(&mut from);
+        let names: Vec<_> = from.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "x-kept"]);
     }
 }

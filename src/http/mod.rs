@@ -4,3 +4,4 @@
 pub mod guard;
 pub mod request_log;
 pub mod router;
+pub mod server;

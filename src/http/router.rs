@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, body::Body};
 use serde::Deserialize;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use super::guard::{self, GuardPolicy};
 use super::request_log::log_request;
@@ -36,9 +35,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .with_state(state)
         .layer(from_fn_with_state(policy, guard::guard))
-        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(from_fn(log_request))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 /// Liveness of Orchestrator itself (not of ComfyUI): answers as soon as the server accepts requests.

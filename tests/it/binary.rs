@@ -137,6 +137,34 @@ fn every_configuration_problem_is_listed_and_exit_code_is_2() {
         "a secret was printed:\n{stderr}"
     );
 
+    // The documented example, copied as it is, is a valid configuration.
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example"),
+        dir.path().join(".env"),
+    )
+    .unwrap();
+    let output = command(
+        dir.path(),
+        &[("ORCHESTRATOR_TOKEN", "a-token-that-must-not-print")],
+    )
+    .arg("config")
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains("127.0.0.1:3000") && printed.contains("8188"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("a-token-that-must-not-print"),
+        "{printed}"
+    );
+
     // A token is required off loopback, and a .env file is read.
     std::fs::write(dir.path().join(".env"), "ORCH_BIND=0.0.0.0:3000\n").unwrap();
     let output = command(dir.path(), &[]).output().unwrap();

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
     Settings {
         bind: "127.0.0.1:0".into(),
+        workers: "auto".into(),
         allowed_hosts: None,
         token: None,
         data_dir: data_dir.display().to_string(),

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every check and test of the project, from a fresh Debian machine: installs what the tests need, then runs
+# formatting, lints, the unit and integration tests, and the Windows build check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# The Windows check compiles bundled SQLite with MinGW.
+if ! command -v x86_64-w64-mingw32-gcc >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-mingw-w64-x86-64 >/dev/null
+fi
+rustup target list --installed | grep -qx x86_64-pc-windows-gnu || rustup target add x86_64-pc-windows-gnu
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked
+echo "== cargo check --target x86_64-pc-windows-gnu"
+cargo check --locked --target x86_64-pc-windows-gnu
