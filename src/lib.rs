@@ -127,7 +127,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads = 1, "Orchestrator listening");
     }
-    http::server::serve(listener, http::router::router(state.clone()), shutdown).await;
+    http::server::serve(listener, http::router::App::new(state.clone()), shutdown).await;
     state.store.close().await;
     Ok(())
 }
@@ -165,7 +165,7 @@ pub fn run_per_core(
             .map_err(RunError::Thread)?;
         let handle = std::thread::Builder::new()
             .name(format!("orchestrator-http-{index}"))
-            .spawn(move || runtime.block_on(worker.run(http::router::router(state))))
+            .spawn(move || runtime.block_on(worker.run(http::router::App::new(state))))
             .map_err(RunError::Thread)?;
         handles.push(handle);
     }

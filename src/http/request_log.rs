@@ -27,7 +27,17 @@ fn next_request_id() -> HeaderValue {
         .expect("hex digits and a dash are a valid header value")
 }
 
-pub async fn log_request(mut request: Request, next: Next) -> Response {
+/// The axum middleware form of [`logged`].
+pub async fn log_request(request: Request, next: Next) -> Response {
+    logged(request, |request| next.run(request)).await
+}
+
+/// Runs `inner` on the request and logs the exchange.
+pub async fn logged<F, Fut>(mut request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let started = Instant::now();
     let request_id = match request.headers().get(REQUEST_ID) {
         Some(id) if id.len() <= 128 => id.clone(),
@@ -44,7 +54,7 @@ pub async fn log_request(mut request: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
 
-    let mut response = next.run(request).await;
+    let mut response = inner(request).await;
     response
         .headers_mut()
         .insert(REQUEST_ID, request_id.clone());

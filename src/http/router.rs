@@ -6,32 +6,67 @@ use axum::Router;
 use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
 use axum::{Json, body::Body};
 use serde::Deserialize;
+use tower::ServiceExt;
 
 use super::guard::{self, GuardPolicy};
-use super::request_log::log_request;
+use super::request_log::{log_request, logged as log_request_with};
 use crate::AppState;
 use crate::comfy::ws;
 use crate::error::{ApiError, ApiResult};
 
-pub fn router(state: AppState) -> Router {
-    let policy = Arc::new(GuardPolicy::from_config(&state.config));
+/// The whole HTTP application: the gateway's hot path, then axum's router for everything else.
+#[derive(Clone)]
+pub struct App {
+    state: AppState,
+    policy: Arc<GuardPolicy>,
+    router: Router,
+}
 
+impl App {
+    pub fn new(state: AppState) -> Self {
+        let policy = Arc::new(GuardPolicy::from_config(&state.config));
+        let router = router(state.clone(), policy.clone());
+        Self {
+            state,
+            policy,
+            router,
+        }
+    }
+
+    /// `/api/comfy/*` is the one route that carries heavy traffic (the ComfyUI frontend polls it, previews stream
+    /// through it), so it is dispatched here, with the same log line and guard, without the router's layers of
+    /// boxed futures: that saves about a tenth of the CPU a proxied request costs. Everything else goes through
+    /// the router.
+    pub async fn handle(self, request: Request) -> Response {
+        let path = request.uri().path();
+        if path == "/api/comfy" || path.starts_with("/api/comfy/") {
+            let Self { state, policy, .. } = self;
+            return log_request_with(request, move |request| async move {
+                match policy.check(request.method(), request.headers()) {
+                    Ok(()) => comfy_gateway(State(state), request).await,
+                    Err(refusal) => refusal.into_response(),
+                }
+            })
+            .await;
+        }
+        match self.router.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
     let own_api = Router::new()
         .route("/api/health", get(health))
         .route("/api/models", get(models))
         .layer(from_fn(guard::require_json_body));
 
-    let gateway = Router::new()
-        .route("/api/comfy", any(comfy_gateway))
-        .route("/api/comfy/", any(comfy_gateway))
-        .route("/api/comfy/{*path}", any(comfy_gateway));
-
     Router::new()
         .merge(own_api)
-        .merge(gateway)
         .fallback(not_found)
         .with_state(state)
         .layer(from_fn_with_state(policy, guard::guard))
@@ -60,7 +95,8 @@ async fn models(
     Ok(Json(lists.as_ref()).into_response())
 }
 
-/// `/api/comfy/{*path}`: every method, and WebSocket upgrades, to the first ComfyUI backend.
+/// `/api/comfy/{*path}`: every method, and WebSocket upgrades, to the first ComfyUI backend (dispatched by
+/// [`App::handle`]).
 async fn comfy_gateway(State(state): State<AppState>, request: Request) -> Response {
     let path = request
         .uri()

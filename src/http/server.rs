@@ -12,7 +12,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -21,7 +20,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tower::ServiceExt;
+
+use super::router::App;
 
 /// How long requests in flight may run on after a shutdown signal before their connections are dropped.
 const DRAIN_FOR: Duration = Duration::from_secs(10);
@@ -36,7 +36,7 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
 
 /// Serves one accepted connection on the current runtime until it closes.
 fn spawn_connection(
-    app: &Router,
+    app: &App,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
     stream: TcpStream,
@@ -49,11 +49,7 @@ fn spawn_connection(
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             let app = app.clone();
-            async move {
-                app.oneshot(request.map(Body::new))
-                    .await
-                    .map_err(|never: Infallible| match never {})
-            }
+            async move { Ok::<_, Infallible>(app.handle(request.map(Body::new)).await) }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         if let Err(error) = watcher.watch(connection).await {
@@ -86,7 +82,7 @@ async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
 /// Accepts and serves on the current runtime until `shutdown` resolves, then drains.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let builder = connection_builder();
@@ -156,7 +152,7 @@ impl Dispatcher {
 
 impl Worker {
     /// Serves the connections it is handed, on the current (single-threaded) runtime, then drains.
-    pub async fn run(mut self, app: Router) {
+    pub async fn run(mut self, app: App) {
         let builder = connection_builder();
         let graceful = GracefulShutdown::new();
         while let Some((stream, peer)) = self.connections.recv().await {

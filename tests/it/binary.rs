@@ -6,7 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use orchestrator::testkit::fake_comfy::FakeComfy;
 use serde_json::Value;
 
@@ -255,7 +254,7 @@ async fn a_gibibyte_streams_through_with_flat_memory() {
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let mut total = 0u64;
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
         total += chunk.unwrap().len() as u64;
     }
     assert_eq!(total, GIB);
