@@ -3,8 +3,11 @@
 # Orchestrator and through nginx (Debian's, when installed), prints requests/s and p50/p99 latency of
 # GET /system_stats (the recorded 720-byte body); then Orchestrator's peak RSS while 1 GiB streams through it.
 #
-#   bench/gateway.sh                      # 16 connections, 10 s per target
-#   CONNS=64 DURATION=30s bench/gateway.sh
+#   bench/gateway.sh                      # 16 connections, 3 rounds of 10 s per target, medians printed
+#   CONNS=64 DURATION=30s ROUNDS=5 bench/gateway.sh
+#
+# A 2-core machine shared by wrk, the upstream and the proxy is noisy (±15% between runs of the same target), so
+# the targets take turns, round after round, and the median of the rounds is printed for each.
 #
 # Needs wrk (apt-get install wrk) and optionally nginx (apt-get install nginx) and curl.
 # Orchestrator and nginx both log every request to a file, as they would in use.
@@ -13,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 CONNS=${CONNS:-16}
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18188}
 ORCH_PORT=${ORCH_PORT:-13000}
@@ -78,21 +82,37 @@ else
   echo "(nginx not installed: apt-get install nginx to compare)"
 fi
 
-echo "GET /system_stats, $CONNS connections, $THREADS wrk threads, $DURATION per target, $(nproc) cores"
-printf '%-13s %12s %10s %10s\n' target "requests/s" "p50 ms" "p99 ms"
+echo "GET /system_stats, $CONNS connections, $THREADS wrk threads, $ROUNDS rounds of $DURATION per target, $(nproc) cores"
 to_ms() { # wrk prints 512.00us, 1.20ms or 2.00s
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
-for entry in "${targets[@]}"; do
-  name=${entry%% *}; url=${entry#* }
-  wrk -t1 -c4 -d1s "$url" >/dev/null # warm the pools
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url")
-  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
-  p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
-  p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
-  non2xx=$(awk '/Non-2xx/ { print $NF }' <<<"$out")
-  printf '%-13s %12s %10s %10s %s\n' "$name" "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" "${non2xx:+(non-2xx: $non2xx)}"
+for entry in "${targets[@]}"; do wrk -t1 -c4 -d1s "${entry#* }" >/dev/null; done # warm the pools
+for round in $(seq 1 "$ROUNDS"); do
+  for entry in "${targets[@]}"; do
+    name=${entry%% *}; url=${entry#* }
+    out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url")
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
+    errors=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out")
+    [ -n "$errors" ] && echo "$name round $round: $errors" >&2
+    echo "$rps $p50 $p99" >>"$work/$name.rounds"
+    printf '  round %d %-13s %10s req/s  p50 %s ms  p99 %s ms\n' "$round" "$name" "$rps" "$p50" "$p99"
+  done
 done
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+printf '%-13s %12s %10s %10s   (medians of %d rounds)\n' target "requests/s" "p50 ms" "p99 ms" "$ROUNDS"
+for entry in "${targets[@]}"; do
+  name=${entry%% *}
+  printf '%-13s %12s %10s %10s\n' "$name" \
+    "$(cut -d' ' -f1 "$work/$name.rounds" | median)" \
+    "$(cut -d' ' -f2 "$work/$name.rounds" | median)" \
+    "$(cut -d' ' -f3 "$work/$name.rounds" | median)"
+done
+if [ -f "$work/nginx.rounds" ]; then
+  awk -v o="$(cut -d' ' -f1 "$work/orchestrator.rounds" | median)" -v n="$(cut -d' ' -f1 "$work/nginx.rounds" | median)" \
+    'BEGIN { printf "orchestrator / nginx requests/s: %.1f%%\n", 100 * o / n }'
+fi
 
 rss() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$orch_pid/status"; }
 before=$(rss VmHWM)
