@@ -124,6 +124,58 @@ pub struct Settings {
     #[arg(long, env = "MAX_BODY_MB", default_value = "100", global = true)]
     pub max_body_mb: String,
 
+    /// ComfyUI's folder: where it is started from, and where `extra_model_paths.yaml` lives.
+    #[arg(long, env = "COMFY_DIR", global = true)]
+    pub comfy_dir: Option<String>,
+
+    /// The program and arguments that start ComfyUI, as a JSON array (default: derived from COMFY_DIR).
+    #[arg(long, env = "COMFY_COMMAND", global = true)]
+    pub comfy_command: Option<String>,
+
+    /// The log the viewer tails (default: `$DATA_DIR/logs/comfyui.log`, where every backend writes it).
+    #[arg(long, env = "COMFY_LOG_FILE", global = true)]
+    pub comfy_log_file: Option<String>,
+
+    /// How ComfyUI is run: `windows`, `systemd`, `supervised` or `external` (default: windows on Windows,
+    /// supervised elsewhere).
+    #[arg(long, env = "SERVICE_BACKEND", global = true)]
+    pub service_backend: Option<String>,
+
+    /// The OS service's name.
+    #[arg(
+        long,
+        env = "SERVICE_NAME",
+        default_value = "OrchestratorComfyUI",
+        global = true
+    )]
+    pub service_name: String,
+
+    /// NSSM's executable, for the windows backend.
+    #[arg(long, env = "NSSM_PATH", default_value = "nssm", global = true)]
+    pub nssm_path: String,
+
+    /// The first restart delay after ComfyUI exits (supervised backend), in ms; it doubles per quick crash, to 30 s.
+    #[arg(
+        long,
+        env = "COMFY_RESTART_DELAY_MS",
+        default_value = "1000",
+        global = true
+    )]
+    pub comfy_restart_delay_ms: String,
+
+    /// How long a stop waits for ComfyUI to exit before it is killed (supervised backend), in seconds.
+    #[arg(
+        long,
+        env = "COMFY_STOP_GRACE_SECS",
+        default_value = "15",
+        global = true
+    )]
+    pub comfy_stop_grace_secs: String,
+
+    /// How long Ignite waits for ComfyUI to answer, in seconds.
+    #[arg(long, env = "IGNITE_TIMEOUT_SECS", default_value = "60", global = true)]
+    pub ignite_timeout_secs: String,
+
     /// `json` or `text`; the default is `text` on a terminal and `json` elsewhere.
     #[arg(long, env = "LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -166,6 +218,30 @@ pub struct ComfyConfig {
     pub max_body_bytes: u64,
 }
 
+/// How ComfyUI is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceBackend {
+    Windows,
+    Systemd,
+    Supervised,
+    External,
+}
+
+/// Settings of the service layer.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub backend: ServiceBackend,
+    pub name: String,
+    pub comfy_dir: Option<PathBuf>,
+    /// `COMFY_COMMAND`, when given: program and arguments.
+    pub command: Option<(String, Vec<String>)>,
+    pub log_file: PathBuf,
+    pub nssm: String,
+    pub ignite_timeout: Duration,
+    pub restart_delay: Duration,
+    pub stop_grace: Duration,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -178,6 +254,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: Secret,
     pub comfy: ComfyConfig,
+    pub service: ServiceConfig,
     pub log_format: LogFormat,
 }
 
@@ -330,6 +407,95 @@ impl Settings {
             86_400,
         );
         let max_body_mb = positive("MAX_BODY_MB", "--max-body-mb", &self.max_body_mb, 1 << 20);
+        let restart_ms = positive(
+            "COMFY_RESTART_DELAY_MS",
+            "--comfy-restart-delay-ms",
+            &self.comfy_restart_delay_ms,
+            60_000,
+        );
+        let grace_secs = positive(
+            "COMFY_STOP_GRACE_SECS",
+            "--comfy-stop-grace-secs",
+            &self.comfy_stop_grace_secs,
+            600,
+        );
+        let ignite_secs = positive(
+            "IGNITE_TIMEOUT_SECS",
+            "--ignite-timeout-secs",
+            &self.ignite_timeout_secs,
+            3600,
+        );
+
+        let service_backend = match self
+            .service_backend
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") if cfg!(windows) => ServiceBackend::Windows,
+            None | Some("") => ServiceBackend::Supervised,
+            Some("windows") => ServiceBackend::Windows,
+            Some("systemd") => ServiceBackend::Systemd,
+            Some("supervised") => ServiceBackend::Supervised,
+            Some("external") => ServiceBackend::External,
+            Some(other) => {
+                problems.push(format!(
+                    "SERVICE_BACKEND (--service-backend) = {other:?}: expected windows, systemd, supervised or external"
+                ));
+                ServiceBackend::External
+            }
+        };
+        let comfy_dir = self
+            .comfy_dir
+            .as_deref()
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let command = match self
+            .comfy_command
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            None => None,
+            Some(raw) => match serde_json::from_str::<Vec<String>>(raw) {
+                Ok(words) if !words.is_empty() && !words[0].trim().is_empty() => {
+                    let mut words = words.into_iter();
+                    let program = words.next().expect("checked non-empty");
+                    Some((program, words.collect()))
+                }
+                _ => {
+                    problems.push(
+                        "COMFY_COMMAND (--comfy-command): expected a JSON array of strings, program first, such as \
+                         [\"python\", \"main.py\", \"--port\", \"8188\"]"
+                            .to_string(),
+                    );
+                    None
+                }
+            },
+        };
+        let service_name = self.service_name.trim().to_owned();
+        if service_name.is_empty()
+            || !service_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            problems.push(format!(
+                "SERVICE_NAME (--service-name) = {:?}: use letters, digits, '-', '_' and '.' only",
+                self.service_name
+            ));
+        }
+        let log_file = match self
+            .comfy_log_file
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            Some(path) => PathBuf::from(path),
+            None => PathBuf::from(self.data_dir.trim())
+                .join("logs")
+                .join("comfyui.log"),
+        };
 
         let log_format = match self
             .log_format
@@ -370,6 +536,17 @@ impl Settings {
                     idle_timeout: Duration::from_secs(idle_secs),
                     max_body_bytes: max_body_mb * 1024 * 1024,
                 },
+                service: ServiceConfig {
+                    backend: service_backend,
+                    name: service_name,
+                    comfy_dir,
+                    command,
+                    log_file,
+                    nssm: self.nssm_path.trim().to_owned(),
+                    ignite_timeout: Duration::from_secs(ignite_secs),
+                    restart_delay: Duration::from_millis(restart_ms),
+                    stop_grace: Duration::from_secs(grace_secs),
+                },
                 log_format,
             }),
             _ => Err(ConfigErrors(problems)),
@@ -381,6 +558,32 @@ impl Config {
     /// The first ComfyUI backend, the one the gateway talks to.
     pub fn primary_comfy(&self) -> &ComfyBackend {
         &self.comfy.backends[0]
+    }
+
+    /// How to start ComfyUI: `COMFY_COMMAND` when given, else the default for `COMFY_DIR`; `None` when neither
+    /// is set.
+    pub fn launch_spec(&self) -> Option<crate::service::LaunchSpec> {
+        let service = &self.service;
+        let (program, args) = match (&service.command, &service.comfy_dir) {
+            (Some((program, args)), _) => (program.clone(), args.clone()),
+            (None, Some(dir)) => {
+                let comfy = self.primary_comfy();
+                let host = comfy
+                    .authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                crate::service::default_command(dir, host, comfy.authority.port_u16().unwrap_or(80))
+            }
+            (None, None) => return None,
+        };
+        Some(crate::service::LaunchSpec {
+            service_name: service.name.clone(),
+            program,
+            args,
+            working_dir: service.comfy_dir.clone(),
+            log_file: service.log_file.clone(),
+        })
     }
 
     /// Whether the server listens on a loopback address only.

@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
 
+use crate::service::ServiceError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("Host {host:?} is not allowed; add it to ORCH_ALLOWED_HOSTS if it is yours")]
@@ -45,6 +47,12 @@ pub enum ApiError {
     #[error("a WebSocket upgrade is required on this route")]
     UpgradeRequired,
 
+    #[error("{0}")]
+    Service(#[from] crate::service::ServiceError),
+
+    #[error("ComfyUI's log was not found at {path}")]
+    LogNotFound { path: String },
+
     #[error("no route for {path}")]
     NotFound { path: String },
 
@@ -68,7 +76,16 @@ impl ApiError {
             Self::ComfyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ComfyOffline { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } | Self::LogNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Service(error) => match error {
+                ServiceError::External | ServiceError::NotInstalled | ServiceError::NoCommand => {
+                    StatusCode::CONFLICT
+                }
+                ServiceError::CommandFailed { .. } => StatusCode::BAD_GATEWAY,
+                ServiceError::Write { .. } | ServiceError::Supervisor(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +105,15 @@ impl ApiError {
             Self::ComfyBadResponse(_) => "comfy_bad_response",
             Self::UpgradeRequired => "upgrade_required",
             Self::NotFound { .. } => "not_found",
+            Self::LogNotFound { .. } => "log_not_found",
+            Self::Service(error) => match error {
+                ServiceError::External => "service_external",
+                ServiceError::NotInstalled => "service_not_installed",
+                ServiceError::NoCommand => "service_not_configured",
+                ServiceError::CommandFailed { .. } => "service_command_failed",
+                ServiceError::Write { .. } => "service_write_failed",
+                ServiceError::Supervisor(_) => "service_start_failed",
+            },
             Self::Internal(_) => "internal",
         }
     }
@@ -100,6 +126,7 @@ impl ApiError {
             Self::ComfyUnreachable { upstream } | Self::ComfyOffline { upstream, .. } => {
                 json!({ "upstream": upstream })
             }
+            Self::LogNotFound { path } => json!({ "path": path }),
             Self::ComfyTimeout { upstream, seconds } => {
                 json!({ "upstream": upstream, "timeout_secs": seconds })
             }

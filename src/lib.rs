@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod paths;
+pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -48,6 +49,8 @@ pub struct AppInner {
     /// pooled upstream connection it uses never wake another thread.
     pub gateway: ComfyGateway,
     pub models: Arc<ModelCache>,
+    /// How ComfyUI is run: one for the process (the supervisor's task lives on the runtime that created it).
+    pub service: Arc<service::ServiceControl>,
 }
 
 impl Deref for AppState {
@@ -61,12 +64,14 @@ impl AppState {
     pub fn new(config: Config, paths: DataPaths, store: Store) -> Self {
         let config = Arc::new(config);
         let gateway = Self::new_gateway(&config);
+        let service = Arc::new(service::control::for_config(&config));
         Self(Arc::new(AppInner {
             config,
             paths: Arc::new(paths),
             store,
             gateway,
             models: Arc::default(),
+            service,
         }))
     }
 
@@ -78,6 +83,7 @@ impl AppState {
             store: self.store.clone(),
             gateway: Self::new_gateway(&self.config),
             models: self.models.clone(),
+            service: self.service.clone(),
         }))
     }
 
@@ -128,6 +134,7 @@ pub async fn run(
         tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads = 1, "Orchestrator listening");
     }
     http::server::serve(listener, http::router::App::new(state.clone()), shutdown).await;
+    stop_supervised(&state).await;
     state.store.close().await;
     Ok(())
 }
@@ -176,6 +183,18 @@ pub fn run_per_core(
             tracing::error!("a serving thread panicked");
         }
     }
-    control.block_on(state.store.close());
+    control.block_on(async {
+        stop_supervised(&state).await;
+        state.store.close().await;
+    });
     Ok(())
+}
+
+/// A ComfyUI that Orchestrator runs as its child is stopped politely with it (OS-service backends keep running).
+async fn stop_supervised(state: &AppState) {
+    if let Some(supervisor) = state.service.supervisor()
+        && let Err(error) = supervisor.stop().await
+    {
+        tracing::warn!(%error, "could not stop ComfyUI");
+    }
 }

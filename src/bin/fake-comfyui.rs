@@ -1,15 +1,36 @@
-//! A fake ComfyUI on a port, for the benchmarks and the browser tests (the integration tests run it in-process).
+//! A fake ComfyUI as a program: for the benchmark, the browser tests, and as the child process the service tests
+//! supervise (the integration tests also run it in-process).
 //!
-//! `fake-comfyui [ADDR]` (default `127.0.0.1:8188`); switches at `POST /__fake/control {"hang": bool,
-//! "step_delay_ms": n}`.
+//! `fake-comfyui [ADDR] [--startup-delay-ms N] [--exit-immediately CODE] [--ignore-sigterm]`
+//! (default address `127.0.0.1:8188`). Switches at `POST /__fake/control {"hang": bool, "step_delay_ms": n,
+//! "exit": code}`.
+
+use std::time::Duration;
 
 use orchestrator::testkit::fake_comfy::FakeComfy;
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8188".to_owned());
+    let mut addr = "127.0.0.1:8188".to_owned();
+    let (mut delay_ms, mut exit_code, mut ignore_sigterm) = (0u64, None::<i32>, false);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--startup-delay-ms" => {
+                delay_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(0)
+            }
+            "--exit-immediately" => exit_code = args.next().and_then(|v| v.parse().ok()),
+            "--ignore-sigterm" => ignore_sigterm = true,
+            other => addr = other.to_owned(),
+        }
+    }
+    // What ComfyUI prints first, so a log viewer has something to show.
+    println!("Starting server (fake-comfyui, pid {})", std::process::id());
+    if let Some(code) = exit_code {
+        eprintln!("fake-comfyui: crashing at start-up with code {code}");
+        std::process::exit(code);
+    }
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -18,6 +39,30 @@ async fn main() {
         }
     };
     let fake = FakeComfy::start_on(listener);
-    println!("fake-comfyui listening on {}", fake.url());
+    fake.allow_exit_on_request();
+    println!("To see the GUI go to: {}", fake.url());
+    wait_for_stop(ignore_sigterm).await;
+}
+
+#[cfg(unix)]
+async fn wait_for_stop(ignore_sigterm: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => {
+                if !ignore_sigterm {
+                    println!("fake-comfyui: SIGTERM, stopping");
+                    return;
+                }
+                println!("fake-comfyui: SIGTERM ignored");
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop(_ignore_sigterm: bool) {
     let _ = tokio::signal::ctrl_c().await;
 }

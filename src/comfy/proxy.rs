@@ -127,6 +127,24 @@ impl ComfyGateway {
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
+    /// Whether ComfyUI answers `/system_stats` within `within` (the health probe).
+    pub async fn probe(&self, within: Duration) -> bool {
+        let Ok(uri) = self.upstream_uri("/system_stats", None) else {
+            return false;
+        };
+        let Ok(request) = Request::get(uri).body(Body::empty()) else {
+            return false;
+        };
+        let answer = tokio::time::timeout(within, async {
+            let response = self.client.request(request).await.ok()?;
+            let ok = response.status().is_success();
+            // Read the small body so the connection goes back to the pool.
+            response.into_body().collect().await.ok()?;
+            Some(ok)
+        });
+        matches!(answer.await, Ok(Some(true)))
+    }
+
     /// Sends a GET to ComfyUI and reads a JSON answer of at most `max_bytes`.
     pub async fn get_json(
         &self,

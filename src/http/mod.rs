@@ -5,3 +5,4 @@ pub mod guard;
 pub mod request_log;
 pub mod router;
 pub mod server;
+pub mod system;

@@ -6,13 +6,14 @@ use axum::Router;
 use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, body::Body};
 use serde::Deserialize;
 use tower::ServiceExt;
 
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
+use super::system;
 use crate::AppState;
 use crate::comfy::ws;
 use crate::error::{ApiError, ApiResult};
@@ -63,6 +64,11 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
     let own_api = Router::new()
         .route("/api/health", get(health))
         .route("/api/models", get(models))
+        .route("/api/system/comfy/status", get(system::status))
+        .route("/api/system/comfy/start", post(system::start))
+        .route("/api/system/comfy/stop", post(system::stop))
+        .route("/api/system/ignite", post(system::ignite))
+        .route("/api/logs/comfy", get(system::comfy_log))
         .layer(from_fn(guard::require_json_body));
 
     Router::new()

@@ -129,6 +129,8 @@ struct Queue {
 }
 
 struct Shared {
+    /// Whether `/__fake/control {"exit": code}` may end the process (only the stand-alone binary allows it).
+    exit_allowed: AtomicBool,
     /// The recorded node definitions with this instance's installed models in the loaders' lists.
     object_info: Value,
     /// Installed model files by folder (the recording had none).
@@ -202,6 +204,7 @@ impl FakeComfy {
         }
         let (work, work_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            exit_allowed: AtomicBool::new(false),
             object_info,
             models,
             hang: AtomicBool::new(false),
@@ -243,6 +246,11 @@ impl FakeComfy {
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Lets `POST /__fake/control {"exit": code}` end the whole process, as a crashing ComfyUI would.
+    pub fn allow_exit_on_request(&self) {
+        self.shared.exit_allowed.store(true, Ordering::SeqCst);
     }
 
     /// While on, every HTTP request and upgrade is accepted and never answered.
@@ -459,6 +467,12 @@ async fn control(
 ) -> Response {
     if let Some(hang) = body.get("hang").and_then(Value::as_bool) {
         shared.hang.store(hang, Ordering::SeqCst);
+    }
+    if let Some(code) = body.get("exit").and_then(Value::as_i64)
+        && shared.exit_allowed.load(Ordering::SeqCst)
+    {
+        eprintln!("fake-comfyui: exiting with code {code} on request");
+        std::process::exit(code as i32);
     }
     if let Some(ms) = body.get("step_delay_ms").and_then(Value::as_u64) {
         shared.step_delay_ms.store(ms, Ordering::SeqCst);

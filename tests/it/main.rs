@@ -6,4 +6,5 @@ mod binary;
 mod gateway;
 mod guard;
 mod models;
+mod service;
 mod websocket;

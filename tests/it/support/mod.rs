@@ -27,6 +27,15 @@ pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
         comfy_write_timeout_secs: "30".into(),
         comfy_idle_timeout_secs: "30".into(),
         max_body_mb: "100".into(),
+        comfy_dir: None,
+        comfy_command: None,
+        comfy_log_file: None,
+        service_backend: Some("supervised".into()),
+        service_name: "OrchestratorComfyUI".into(),
+        nssm_path: "nssm".into(),
+        ignite_timeout_secs: "60".into(),
+        comfy_restart_delay_ms: "1000".into(),
+        comfy_stop_grace_secs: "15".into(),
         log_format: Some("json".into()),
     }
 }

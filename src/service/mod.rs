@@ -1,0 +1,172 @@
+//! ComfyUI as a service: the only module that starts processes.
+//!
+//! Four backends behind one [`ServiceControl`]: `windows` (NSSM + the Service Control Manager), `systemd`,
+//! `supervised` (Orchestrator runs ComfyUI as its child) and `external` (someone else runs it; Orchestrator only
+//! watches its health). Processes are always started from a program and an argument list, never a shell string.
+
+pub mod control;
+pub mod ignite;
+pub mod logs;
+pub mod supervisor;
+pub mod systemd;
+pub mod windows;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use control::{ServiceControl, ServiceError};
+
+/// A service's state, in the words the API and the panel use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    Running,
+    Stopped,
+    Starting,
+    Stopping,
+    NotInstalled,
+    /// It kept dying soon after each start, and restarting it was given up until someone starts it again.
+    CrashLooping,
+    Unknown,
+}
+
+/// How the last run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExitRecord {
+    /// The exit code, when the process exited by itself.
+    pub code: Option<i32>,
+    /// The signal that ended it (Unix).
+    pub signal: Option<i32>,
+    pub at: DateTime<Utc>,
+    /// How long that run lasted.
+    pub uptime_ms: u64,
+}
+
+/// `GET /api/system/comfy/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceStatus {
+    pub status: ServiceState,
+    pub backend: &'static str,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<ExitRecord>,
+    /// When the current state began, where the backend knows it.
+    pub since: Option<String>,
+}
+
+impl ServiceStatus {
+    pub fn simple(backend: &'static str, status: ServiceState) -> Self {
+        Self {
+            status,
+            backend,
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+            since: None,
+        }
+    }
+}
+
+/// How to start ComfyUI, and under which name and log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub service_name: String,
+    pub program: String,
+    pub args: Vec<String>,
+    pub working_dir: Option<PathBuf>,
+    /// Where ComfyUI's stdout and stderr go (the log viewer tails it).
+    pub log_file: PathBuf,
+}
+
+/// The default command line for ComfyUI in `comfy_dir`, listening where `COMFY_URL` says.
+///
+/// The Windows portable build keeps its Python in `python_embeded` next to the `ComfyUI` folder and is started
+/// from the outer folder; a git checkout has `main.py` at its root and runs with the Python on the PATH (or its
+/// `venv`/`.venv`).
+pub fn default_command(
+    comfy_dir: &std::path::Path,
+    host: &str,
+    port: u16,
+) -> (String, Vec<String>) {
+    let listen = [
+        "--listen".to_owned(),
+        host.to_owned(),
+        "--port".to_owned(),
+        port.to_string(),
+    ];
+    let portable_python = comfy_dir.join("python_embeded").join("python.exe");
+    if portable_python.exists() || comfy_dir.join("ComfyUI").join("main.py").exists() {
+        let python = if portable_python.exists() {
+            portable_python.display().to_string()
+        } else {
+            python_name()
+        };
+        let mut args = vec![
+            "-s".to_owned(),
+            format!("ComfyUI{}main.py", std::path::MAIN_SEPARATOR),
+        ];
+        args.push("--windows-standalone-build".to_owned());
+        args.extend(listen);
+        return (python, args);
+    }
+    let venv_python = ["venv", ".venv"].iter().map(|v| {
+        if cfg!(windows) {
+            comfy_dir.join(v).join("Scripts").join("python.exe")
+        } else {
+            comfy_dir.join(v).join("bin").join("python")
+        }
+    });
+    let python = venv_python
+        .into_iter()
+        .find(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(python_name);
+    let mut args = vec!["main.py".to_owned()];
+    args.extend(listen);
+    (python, args)
+}
+
+fn python_name() -> String {
+    if cfg!(windows) {
+        "python.exe".to_owned()
+    } else {
+        "python3".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_commands_follow_the_install_layout() {
+        let checkout = tempfile::tempdir().unwrap();
+        std::fs::write(checkout.path().join("main.py"), "").unwrap();
+        let (program, args) = default_command(checkout.path(), "127.0.0.1", 8188);
+        assert!(program.starts_with("python"));
+        assert_eq!(args, ["main.py", "--listen", "127.0.0.1", "--port", "8188"]);
+
+        std::fs::create_dir_all(checkout.path().join("venv/bin")).unwrap();
+        std::fs::write(checkout.path().join("venv/bin/python"), "").unwrap();
+        if cfg!(unix) {
+            assert_eq!(
+                default_command(checkout.path(), "127.0.0.1", 8188).0,
+                checkout
+                    .path()
+                    .join("venv/bin/python")
+                    .display()
+                    .to_string()
+            );
+        }
+
+        let portable = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(portable.path().join("python_embeded")).unwrap();
+        std::fs::write(portable.path().join("python_embeded/python.exe"), "").unwrap();
+        let (program, args) = default_command(portable.path(), "127.0.0.1", 8188);
+        assert!(program.ends_with("python.exe"));
+        assert_eq!(args[0], "-s");
+        assert!(args.contains(&"--windows-standalone-build".to_owned()));
+    }
+}

@@ -1,0 +1,368 @@
+//! ComfyUI as a supervised service, for real: the child is the `fake-comfyui` program, a separate process that
+//! answers like ComfyUI after a start-up delay and can crash on request.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, closed_port, error_code, wait_until};
+
+const FAKE: &str = env!("CARGO_BIN_EXE_fake-comfyui");
+
+/// Orchestrator supervising a fake ComfyUI that will listen on a free port; `extra` are its arguments.
+async fn supervised(
+    extra: &[&str],
+    adjust: impl FnOnce(&mut orchestrator::config::Settings),
+) -> TestApp {
+    let port = closed_port().await;
+    let mut command = vec![FAKE.to_owned(), port.to_string()];
+    command.extend(extra.iter().map(|s| (*s).to_owned()));
+    TestApp::spawn_with(&format!("http://{port}"), |s| {
+        s.comfy_command = Some(serde_json::to_string(&command).unwrap());
+        s.comfy_restart_delay_ms = "100".into();
+        s.ignite_timeout_secs = "20".into();
+        adjust(s);
+    })
+    .await
+}
+
+async fn status(app: &TestApp) -> Value {
+    app.http
+        .get(app.url("/api/system/comfy/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn post(app: &TestApp, path: &str) -> reqwest::Response {
+    app.http.post(app.url(path)).send().await.unwrap()
+}
+
+fn pid_of(status: &Value) -> Option<u32> {
+    status["pid"].as_u64().map(|p| p as u32)
+}
+
+async fn wait_for_status(
+    app: &TestApp,
+    deadline: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let check = &check;
+    wait_until(deadline, what, || async move { check(&status(app).await) }).await;
+    status(app).await
+}
+
+#[tokio::test]
+async fn ignite_starts_comfy_and_waits_until_it_answers() {
+    let app = supervised(&["--startup-delay-ms", "700"], |_| {}).await;
+    assert_eq!(status(&app).await["status"], "stopped");
+
+    let started = Instant::now();
+    let outcome: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    assert_eq!(outcome["comfy"], "online", "{outcome}");
+    assert_eq!(outcome["started"], true);
+    assert_eq!(outcome["worker"], "n/a");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "online before ComfyUI could answer"
+    );
+    let now = status(&app).await;
+    assert_eq!(now["status"], "running");
+    assert!(pid_of(&now).is_some());
+
+    // Ignite again: ComfyUI answers, so nothing new is started.
+    let again: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    assert_eq!(
+        (again["comfy"].as_str(), again["started"].as_bool()),
+        (Some("online"), Some(false))
+    );
+    assert_eq!(pid_of(&status(&app).await), pid_of(&now));
+    post(&app, "/api/system/comfy/stop").await;
+}
+
+#[tokio::test]
+async fn ignite_streams_its_phases() {
+    let app = supervised(&["--startup-delay-ms", "300"], |_| {}).await;
+    let response = app
+        .http
+        .post(app.url("/api/system/ignite"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let body = response.text().await.unwrap();
+    let mut phases = Vec::new();
+    let mut done = None;
+    for block in body.split("\n\n") {
+        let event = block
+            .lines()
+            .find_map(|l| l.strip_prefix("event: "))
+            .unwrap_or("");
+        let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+            continue;
+        };
+        let data: Value = serde_json::from_str(data).unwrap();
+        match event {
+            "progress" => phases.push((
+                data["phase"].as_str().unwrap().to_owned(),
+                data["percent"].as_u64().unwrap(),
+            )),
+            "done" => done = Some(data),
+            _ => {}
+        }
+    }
+    let names: Vec<&str> = phases.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(names.first(), Some(&"checking"));
+    assert!(
+        names.windows(2).all(|w| w[0] == w[1]
+            || matches!(
+                (w[0], w[1]),
+                ("checking", "starting") | ("starting", "waiting") | ("waiting", "online")
+            )),
+        "{names:?}"
+    );
+    assert_eq!(names.last(), Some(&"online"));
+    assert!(
+        phases.windows(2).all(|w| w[0].1 <= w[1].1),
+        "the bar never goes back: {phases:?}"
+    );
+    assert_eq!(phases.last().unwrap().1, 100);
+    assert_eq!(done.expect("a final event")["comfy"], "online");
+    post(&app, "/api/system/comfy/stop").await;
+}
+
+#[tokio::test]
+async fn a_killed_child_is_restarted() {
+    let app = supervised(&[], |_| {}).await;
+    assert_eq!(post(&app, "/api/system/ignite").await.status(), 200);
+    let first = status(&app).await;
+    let pid = pid_of(&first).expect("a pid");
+
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let after = wait_for_status(
+        &app,
+        Duration::from_secs(10),
+        "ComfyUI runs again under a new pid",
+        |s| s["status"] == "running" && pid_of(s).is_some_and(|p| p != pid),
+    )
+    .await;
+    assert_eq!(after["restarts"], 1);
+    assert_eq!(
+        after["last_exit"]["signal"], 9,
+        "the exit is recorded: {after}"
+    );
+    let outcome: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    assert_eq!(outcome["comfy"], "online", "the restarted ComfyUI answers");
+    post(&app, "/api/system/comfy/stop").await;
+}
+
+#[tokio::test]
+async fn a_child_that_crashes_at_once_ends_crash_looping_without_spinning() {
+    let app = supervised(&["--exit-immediately", "3"], |_| {}).await;
+    assert_eq!(post(&app, "/api/system/comfy/start").await.status(), 200);
+    let looping = wait_for_status(&app, Duration::from_secs(15), "crash_looping", |s| {
+        s["status"] == "crash_looping"
+    })
+    .await;
+    assert_eq!(looping["last_exit"]["code"], 3);
+    let restarts = looping["restarts"].as_u64().unwrap();
+    assert_eq!(
+        restarts, 4,
+        "five quick exits: the first start and four restarts"
+    );
+    // Given up means given up: no more attempts.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let later = status(&app).await;
+    assert_eq!(
+        (later["status"].as_str(), later["restarts"].as_u64()),
+        (Some("crash_looping"), Some(restarts))
+    );
+
+    // Its last words are in the log.
+    let log: Value = app
+        .http
+        .get(app.url("/api/logs/comfy?lines=3"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        log["lines"].as_array().unwrap().iter().any(|l| l
+            .as_str()
+            .unwrap()
+            .contains("crashing at start-up with code 3")),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn stop_asks_first_and_forces_after_the_grace_period() {
+    let app = supervised(&[], |_| {}).await;
+    post(&app, "/api/system/ignite").await;
+    let started = Instant::now();
+    let stopped: Value = post(&app, "/api/system/comfy/stop")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stopped["status"], "stopped");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a polite stop is quick"
+    );
+    assert_eq!(
+        stopped["last_exit"]["code"], 0,
+        "it exited by itself after SIGTERM: {stopped}"
+    );
+
+    let stubborn = supervised(&["--ignore-sigterm"], |s| {
+        s.comfy_stop_grace_secs = "1".into()
+    })
+    .await;
+    post(&stubborn, "/api/system/ignite").await;
+    let started = Instant::now();
+    let stopped: Value = post(&stubborn, "/api/system/comfy/stop")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(stopped["status"], "stopped");
+    assert_eq!(stopped["last_exit"]["signal"], 9, "forced: {stopped}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "forced after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn start_and_stop_are_idempotent_and_concurrent_starts_start_once() {
+    let app = supervised(&[], |_| {}).await;
+    assert_eq!(
+        post(&app, "/api/system/comfy/stop").await.status(),
+        200,
+        "stop when stopped is a no-op"
+    );
+    let starts = (0..10).map(|_| post(&app, "/api/system/comfy/start"));
+    let answers = futures_util::future::join_all(starts).await;
+    let mut pids = Vec::new();
+    for answer in answers {
+        assert_eq!(answer.status(), 200);
+        let body: Value = answer.json().await.unwrap();
+        pids.push(pid_of(&body));
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 1, "one process for ten starts: {pids:?}");
+    let again: Value = post(&app, "/api/system/comfy/start")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pid_of(&again), pids[0], "start when running is a no-op");
+    assert_eq!(again["restarts"], 0);
+    post(&app, "/api/system/comfy/stop").await;
+}
+
+#[tokio::test]
+async fn logs_are_tailed_and_a_missing_log_is_a_json_404() {
+    let app = supervised(&[], |_| {}).await;
+    let missing = app
+        .http
+        .get(app.url("/api/logs/comfy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(error_code(&body), "log_not_found");
+    assert!(
+        body["error"]["details"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("comfyui.log")
+    );
+
+    post(&app, "/api/system/ignite").await;
+    wait_until(
+        Duration::from_secs(5),
+        "ComfyUI's greeting is in the log (lines=0 reads as 1)",
+        || async {
+            let log: Value = app
+                .http
+                .get(app.url("/api/logs/comfy?lines=0"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            log["lines"]
+                .as_array()
+                .is_some_and(|l| l.len() == 1 && l[0].as_str().unwrap().contains("To see the GUI"))
+        },
+    )
+    .await;
+    let log: Value = app
+        .http
+        .get(app.url("/api/logs/comfy?lines=999999"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        log["lines"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Starting server"),
+        "{log}"
+    );
+    post(&app, "/api/system/comfy/stop").await;
+}
+
+#[tokio::test]
+async fn without_a_command_or_with_an_external_comfy_start_is_refused() {
+    let fake = orchestrator::testkit::fake_comfy::FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let refused = post(&app, "/api/system/comfy/start").await;
+    assert_eq!(refused.status(), 409);
+    assert_eq!(
+        error_code(&refused.json().await.unwrap()),
+        "service_not_configured"
+    );
+
+    let external =
+        TestApp::spawn_with(&fake.url(), |s| s.service_backend = Some("external".into())).await;
+    let refused = post(&external, "/api/system/comfy/start").await;
+    assert_eq!(refused.status(), 409);
+    assert_eq!(
+        error_code(&refused.json().await.unwrap()),
+        "service_external"
+    );
+    assert_eq!(
+        status(&external).await["status"],
+        "running",
+        "an external ComfyUI's health is its status"
+    );
+    let outcome: Value = post(&external, "/api/system/ignite")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        json!({"comfy": "online", "panel": "dev", "worker": "n/a", "elapsed_ms": outcome["elapsed_ms"], "started": false, "error": null})
+    );
+}
