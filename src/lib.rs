@@ -13,6 +13,7 @@
 //! [`run`] serves on a listener the caller bound, so tests pass `127.0.0.1:0`; [`run_per_core`] is what the
 //! binary runs: one single-threaded runtime per core.
 
+pub mod cli;
 pub mod comfy;
 pub mod config;
 pub mod error;

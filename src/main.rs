@@ -26,6 +26,63 @@ enum Command {
     Serve,
     /// Validate the configuration and print it, secrets masked; exit code 2 when it is invalid.
     Config,
+    /// ComfyUI as a service: install, uninstall, start, stop, status, logs.
+    Service {
+        #[command(subcommand)]
+        action: ServiceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Install ComfyUI as an OS service (NSSM on Windows, a systemd unit on Linux).
+    Install {
+        /// Print the exact commands or unit file instead of carrying them out.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove the OS service.
+    Uninstall {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Start ComfyUI (a no-op when it runs).
+    Start {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop ComfyUI (a no-op when it is stopped).
+    Stop {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show whether ComfyUI runs, its pid, restarts and last exit.
+    Status {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the last lines of ComfyUI's log.
+    Logs {
+        /// How many lines (1 to 5000).
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: usize,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+impl ServiceCommand {
+    fn split(self) -> (orchestrator::cli::ServiceAction, bool) {
+        use orchestrator::cli::ServiceAction as A;
+        match self {
+            Self::Install { dry_run } => (A::Install, dry_run),
+            Self::Uninstall { dry_run } => (A::Uninstall, dry_run),
+            Self::Start { dry_run } => (A::Start, dry_run),
+            Self::Stop { dry_run } => (A::Stop, dry_run),
+            Self::Status { dry_run } => (A::Status, dry_run),
+            Self::Logs { lines, dry_run } => (A::Logs { lines }, dry_run),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -46,11 +103,36 @@ fn main() -> ExitCode {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
-    orchestrator::telemetry::init(config.log_format);
+    if let Command::Serve = command {
+        orchestrator::telemetry::init(config.log_format);
+    }
 
     match command {
         Command::Serve => serve(config),
         Command::Config => unreachable!("handled before the server starts"),
+        Command::Service { action } => {
+            let (action, dry_run) = action.split();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("cannot start: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(orchestrator::cli::service(&config, action, dry_run)) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("{message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
