@@ -25,8 +25,9 @@ pub struct IdleTimeoutError {
 pub struct IdleTimeout<B> {
     inner: B,
     timeout: Duration,
-    /// Armed only while the inner body is pending; reset by every frame.
-    deadline: Pin<Box<Sleep>>,
+    /// Made the first time the inner body has nothing ready (a small body that arrives whole never needs a
+    /// timer); then reset by every frame.
+    deadline: Option<Pin<Box<Sleep>>>,
     what: &'static str,
 }
 
@@ -35,7 +36,7 @@ impl<B> IdleTimeout<B> {
         Self {
             inner,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: None,
             what,
         }
     }
@@ -57,12 +58,19 @@ where
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.deadline.as_mut().reset(Instant::now() + this.timeout);
+                if let Some(deadline) = this.deadline.as_mut() {
+                    deadline.as_mut().reset(Instant::now() + this.timeout);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+            Poll::Pending => match this
+                .deadline
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.timeout)))
+                .as_mut()
+                .poll(cx)
+            {
                 Poll::Ready(()) => {
                     tracing::warn!(
                         what = this.what,

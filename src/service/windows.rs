@@ -199,6 +199,28 @@ mod tests {
     }
 
     #[test]
+    fn real_sc_query_output_recorded_under_wine() {
+        let running = parse_sc_query(&recorded("wine_sc_query_running.txt"));
+        assert_eq!(
+            running,
+            ScQuery {
+                state: ServiceState::Running,
+                pid: None,
+                win32_exit_code: Some(0)
+            }
+        );
+        let stopped = parse_sc_query(&recorded("wine_sc_query_stopped.txt"));
+        assert_eq!(
+            stopped,
+            ScQuery {
+                state: ServiceState::Stopped,
+                pid: None,
+                win32_exit_code: Some(1077)
+            }
+        );
+    }
+
+    #[test]
     fn arguments_survive_the_windows_command_line() {
         let args: Vec<String> = [
             "-s",
