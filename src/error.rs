@@ -53,6 +53,27 @@ pub enum ApiError {
     #[error("ComfyUI's log was not found at {path}")]
     LogNotFound { path: String },
 
+    #[error("the request is not valid: {}", summary(.fields))]
+    Validation {
+        fields: serde_json::Map<String, Value>,
+    },
+
+    #[error("ComfyUI refused the workflow: {message}")]
+    ComfyRejected {
+        message: String,
+        job_id: String,
+        details: Value,
+    },
+
+    #[error("no job {id}")]
+    JobNotFound { id: String },
+
+    #[error("the job is already {status}")]
+    JobFinished { status: &'static str },
+
+    #[error("the job has no output named {name:?}")]
+    OutputNotFound { name: String },
+
     #[error("no route for {path}")]
     NotFound { path: String },
 
@@ -76,7 +97,14 @@ impl ApiError {
             Self::ComfyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ComfyOffline { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            Self::NotFound { .. } | Self::LogNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::NotFound { .. }
+            | Self::LogNotFound { .. }
+            | Self::JobNotFound { .. }
+            | Self::OutputNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Validation { .. } | Self::ComfyRejected { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::JobFinished { .. } => StatusCode::CONFLICT,
             Self::Service(error) => match error {
                 ServiceError::External | ServiceError::NotInstalled | ServiceError::NoCommand => {
                     StatusCode::CONFLICT
@@ -106,6 +134,11 @@ impl ApiError {
             Self::UpgradeRequired => "upgrade_required",
             Self::NotFound { .. } => "not_found",
             Self::LogNotFound { .. } => "log_not_found",
+            Self::Validation { .. } => "validation_failed",
+            Self::ComfyRejected { .. } => "comfy_rejected",
+            Self::JobNotFound { .. } => "job_not_found",
+            Self::JobFinished { .. } => "job_finished",
+            Self::OutputNotFound { .. } => "output_not_found",
             Self::Service(error) => match error {
                 ServiceError::External => "service_external",
                 ServiceError::NotInstalled => "service_not_installed",
@@ -127,6 +160,14 @@ impl ApiError {
                 json!({ "upstream": upstream })
             }
             Self::LogNotFound { path } => json!({ "path": path }),
+            Self::Validation { fields } => json!({ "fields": fields }),
+            Self::ComfyRejected {
+                job_id, details, ..
+            } => {
+                let mut details = details.clone();
+                details["job_id"] = json!(job_id);
+                details
+            }
             Self::ComfyTimeout { upstream, seconds } => {
                 json!({ "upstream": upstream, "timeout_secs": seconds })
             }
@@ -164,6 +205,23 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+fn summary(fields: &serde_json::Map<String, Value>) -> String {
+    fields
+        .iter()
+        .map(|(field, problem)| format!("{field}: {}", problem.as_str().unwrap_or("invalid")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    /// A 422 naming one field.
+    pub fn invalid(field: &str, problem: impl Into<String>) -> Self {
+        let mut fields = serde_json::Map::new();
+        fields.insert(field.to_owned(), Value::String(problem.into()));
+        Self::Validation { fields }
+    }
+}
 
 #[cfg(test)]
 mod tests {

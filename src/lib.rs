@@ -52,6 +52,9 @@ pub struct AppInner {
     pub models: Arc<ModelCache>,
     /// How ComfyUI is run: one for the process (the supervisor's task lives on the runtime that created it).
     pub service: Arc<service::ServiceControl>,
+    pub templates: Arc<jobs::templates::Templates>,
+    /// Jobs: one for the process (its event stream and followers are shared by every serving thread).
+    pub jobs: jobs::runner::Jobs,
 }
 
 impl Deref for AppState {
@@ -66,6 +69,7 @@ impl AppState {
         let config = Arc::new(config);
         let gateway = Self::new_gateway(&config);
         let service = Arc::new(service::control::for_config(&config));
+        let jobs = jobs::runner::Jobs::new(store.clone(), gateway.clone(), paths.outputs());
         Self(Arc::new(AppInner {
             config,
             paths: Arc::new(paths),
@@ -73,6 +77,8 @@ impl AppState {
             gateway,
             models: Arc::default(),
             service,
+            templates: Arc::new(jobs::templates::Templates::builtin()),
+            jobs,
         }))
     }
 
@@ -85,6 +91,8 @@ impl AppState {
             gateway: Self::new_gateway(&self.config),
             models: self.models.clone(),
             service: self.service.clone(),
+            templates: self.templates.clone(),
+            jobs: self.jobs.clone(),
         }))
     }
 

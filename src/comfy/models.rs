@@ -61,6 +61,22 @@ impl ModelLists {
         lists
     }
 
+    /// The files of a folder as `/api/models` names it (`text_encoders` reads as `clip`).
+    pub fn folder(&self, folder: &str) -> Option<&Vec<String>> {
+        Some(match folder {
+            "checkpoints" => &self.checkpoints,
+            "loras" => &self.loras,
+            "controlnet" => &self.controlnet,
+            "vae" => &self.vae,
+            "upscale_models" => &self.upscale_models,
+            "clip" | "text_encoders" => &self.clip,
+            "clip_vision" => &self.clip_vision,
+            "diffusion_models" | "unet" => &self.diffusion_models,
+            "embeddings" => &self.embeddings,
+            _ => return None,
+        })
+    }
+
     fn folder_mut(&mut self, folder: &str) -> &mut Vec<String> {
         match folder {
             "checkpoints" => &mut self.checkpoints,

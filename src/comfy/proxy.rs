@@ -145,6 +145,109 @@ impl ComfyGateway {
         matches!(answer.await, Ok(Some(true)))
     }
 
+    /// POSTs a JSON body; answers the status and the body (JSON, or the text as a JSON string).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(http::StatusCode, serde_json::Value), ApiError> {
+        let uri = self.upstream_uri(path, None)?;
+        let request = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .map_err(ApiError::internal)?;
+        let deadline = self.settings.write_timeout;
+        let timeout = || ApiError::ComfyTimeout {
+            upstream: self.backend.origin(),
+            seconds: deadline.as_secs_f64(),
+        };
+        let response = tokio::time::timeout(deadline, self.client.request(request))
+            .await
+            .map_err(|_| timeout())?
+            .map_err(|_| ApiError::ComfyUnreachable {
+                upstream: self.backend.origin(),
+            })?;
+        let status = response.status();
+        let bytes = tokio::time::timeout(
+            deadline,
+            Limited::new(response.into_body(), 16 * 1024 * 1024).collect(),
+        )
+        .await
+        .map_err(|_| timeout())?
+        .map_err(|e| ApiError::ComfyBadResponse(format!("POST {path}: {e}")))?
+        .to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        Ok((status, value))
+    }
+
+    /// Streams `GET path_and_query` into `dest` (through `dest.part`, renamed when complete, so a file that exists
+    /// is whole). Answers the size and the content type.
+    pub async fn download(
+        &self,
+        path: &str,
+        query: &str,
+        dest: &std::path::Path,
+    ) -> Result<(u64, String), ApiError> {
+        use tokio::io::AsyncWriteExt;
+        let uri = self.upstream_uri(path, Some(query))?;
+        let request = Request::get(uri)
+            .body(Body::empty())
+            .map_err(ApiError::internal)?;
+        let response =
+            tokio::time::timeout(self.settings.read_timeout, self.client.request(request))
+                .await
+                .map_err(|_| ApiError::ComfyTimeout {
+                    upstream: self.backend.origin(),
+                    seconds: self.settings.read_timeout.as_secs_f64(),
+                })?
+                .map_err(|_| ApiError::ComfyUnreachable {
+                    upstream: self.backend.origin(),
+                })?;
+        if !response.status().is_success() {
+            return Err(ApiError::ComfyBadResponse(format!(
+                "GET {path}?{query} answered {}",
+                response.status()
+            )));
+        }
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let partial = dest.with_extension(format!(
+            "{}part",
+            dest.extension()
+                .map(|e| format!("{}.", e.to_string_lossy()))
+                .unwrap_or_default()
+        ));
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut body = IdleTimeout::new(
+            response.into_body(),
+            self.settings.idle_timeout,
+            "ComfyUI output",
+        );
+        let mut size = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ApiError::ComfyBadResponse(format!("GET {path}: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                size += data.len() as u64;
+                file.write_all(&data).await.map_err(ApiError::internal)?;
+            }
+        }
+        file.sync_all().await.map_err(ApiError::internal)?;
+        drop(file);
+        tokio::fs::rename(&partial, dest)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok((size, content_type))
+    }
+
     /// Sends a GET to ComfyUI and reads a JSON answer of at most `max_bytes`.
     pub async fn get_json(
         &self,

@@ -2,6 +2,7 @@
 //! domain modules.
 
 pub mod guard;
+pub mod jobs;
 pub mod request_log;
 pub mod router;
 pub mod server;

@@ -13,7 +13,7 @@ use tower::ServiceExt;
 
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
-use super::system;
+use super::{jobs, system};
 use crate::AppState;
 use crate::comfy::ws;
 use crate::error::{ApiError, ApiResult};
@@ -69,6 +69,11 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .route("/api/system/comfy/stop", post(system::stop))
         .route("/api/system/ignite", post(system::ignite))
         .route("/api/logs/comfy", get(system::comfy_log))
+        .route("/api/jobs", get(jobs::list).post(jobs::submit))
+        .route("/api/jobs/{id}", get(jobs::get))
+        .route("/api/jobs/{id}/events", get(jobs::events))
+        .route("/api/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/jobs/{id}/outputs/{name}", get(jobs::output))
         .layer(from_fn(guard::require_json_body));
 
     Router::new()

@@ -6,9 +6,23 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use serde_json::Value;
+use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
+
+use super::model::{Job, JobStatus, OutputFile, now};
+
+/// The columns a [`Job`] is read from, as a macro so that every statement stays a static string (sqlx refuses
+/// SQL built at run time).
+macro_rules! job_columns {
+    () => {
+        "id, backend, status, progress, current_node, template, params, error, outputs, comfy_prompt_id, \
+         backend_url, created_at, started_at, finished_at"
+    };
+}
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +109,191 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Records a new job, `queued`.
+    pub async fn insert_job(&self, new: NewJob<'_>) -> Result<Job, StoreError> {
+        // v7: time-ordered (and monotonic within this process), so id order breaks created_at ties in insertion order.
+        let id = uuid::Uuid::now_v7().to_string();
+        sqlx::query(
+            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(new.backend)
+        .bind(new.workflow.to_string())
+        .bind(new.params.to_string())
+        .bind(new.template)
+        .bind(now())
+        .bind(new.backend_url)
+        .execute(&self.pool)
+        .await?;
+        self.job(&id)
+            .await?
+            .ok_or_else(|| StoreError::Query(sqlx::Error::RowNotFound))
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(job_from_row))
+    }
+
+    /// The workflow a job submits (the `prompt` column).
+    pub async fn workflow(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT prompt FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .and_then(|(text,)| text)
+            .and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Newest first; `cursor` is the `next_cursor` of the previous page.
+    pub async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, StoreError> {
+        let (after_time, after_id) = match cursor.and_then(|c| c.split_once('~')) {
+            Some((time, id)) => (Some(time.to_owned()), Some(id.to_owned())),
+            None => (None, None),
+        };
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR (created_at, id) < (?2, ?3)) \
+             ORDER BY created_at DESC, id DESC LIMIT ?4"
+        ))
+        .bind(status.map(JobStatus::as_str))
+        .bind(after_time)
+        .bind(after_id)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs: Vec<Job> = rows.iter().map(job_from_row).collect();
+        let next_cursor = if jobs.len() > limit as usize {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|j| format!("{}~{}", j.created_at, j.id))
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// Applies `change` to the job's row.
+    pub async fn update_job(&self, id: &str, change: JobChange) -> Result<(), StoreError> {
+        let JobChange {
+            status,
+            progress,
+            current_node,
+            error,
+            outputs,
+            comfy_prompt_id,
+            started,
+            finished,
+        } = change;
+        sqlx::query(
+            "UPDATE jobs SET \
+               status = COALESCE(?2, status), \
+               progress = COALESCE(?3, progress), \
+               current_node = CASE WHEN ?4 THEN ?5 ELSE current_node END, \
+               error = COALESCE(?6, error), \
+               outputs = COALESCE(?7, outputs), \
+               comfy_prompt_id = COALESCE(?8, comfy_prompt_id), \
+               started_at = CASE WHEN ?9 AND started_at IS NULL THEN ?11 ELSE started_at END, \
+               finished_at = CASE WHEN ?10 THEN ?11 ELSE finished_at END \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(status.map(JobStatus::as_str))
+        .bind(progress)
+        .bind(current_node.is_some())
+        .bind(current_node.flatten())
+        .bind(error.map(|e| e.to_string()))
+        .bind(outputs.map(|o| serde_json::to_string(&o).unwrap_or_else(|_| "[]".into())))
+        .bind(comfy_prompt_id)
+        .bind(started)
+        .bind(finished)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Jobs that were handed to a backend and not finished: what a restart must reconcile.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE status IN ('submitted', 'running') ORDER BY created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(job_from_row).collect())
+    }
+}
+
+/// What a new job is made of.
+pub struct NewJob<'a> {
+    pub backend: &'a str,
+    pub template: Option<&'a str>,
+    pub params: &'a Value,
+    pub workflow: &'a Value,
+    pub backend_url: Option<&'a str>,
+}
+
+/// A change to a job; `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct JobChange {
+    pub status: Option<JobStatus>,
+    pub progress: Option<f64>,
+    /// `Some(None)` clears the current node.
+    pub current_node: Option<Option<String>>,
+    pub error: Option<Value>,
+    pub outputs: Option<Vec<OutputFile>>,
+    pub comfy_prompt_id: Option<String>,
+    /// Sets `started_at` (once).
+    pub started: bool,
+    pub finished: bool,
+}
+
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+}
+
+fn job_from_row(row: &SqliteRow) -> Job {
+    let json = |column: &str| {
+        row.get::<Option<String>, _>(column)
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    };
+    Job {
+        id: row.get("id"),
+        backend: row.get("backend"),
+        status: JobStatus::parse(row.get::<String, _>("status").as_str())
+            .unwrap_or(JobStatus::NeedsReconcile),
+        progress: row.get("progress"),
+        current_node: row.get("current_node"),
+        template: row.get("template"),
+        params: json("params").unwrap_or(Value::Null),
+        error: json("error"),
+        outputs: json("outputs")
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        comfy_prompt_id: row.get("comfy_prompt_id"),
+        backend_url: row.get("backend_url"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+    }
 }
 
 #[cfg(test)]
@@ -130,5 +329,53 @@ mod tests {
             .expect("reopened without re-running migrations");
         assert_eq!(again.stats().await.unwrap().jobs, 0);
         assert_eq!(again.integrity_check().await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn jobs_page_newest_first_with_a_cursor_and_a_status_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap();
+        let params = serde_json::json!({});
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let new = NewJob {
+                backend: "comfy",
+                template: None,
+                params: &params,
+                workflow: &params,
+                backend_url: None,
+            };
+            ids.push(store.insert_job(new).await.unwrap().id);
+        }
+        let done = JobChange {
+            status: Some(JobStatus::Succeeded),
+            finished: true,
+            ..Default::default()
+        };
+        store.update_job(&ids[1], done).await.unwrap();
+
+        let page_ids = |page: &JobPage| page.jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
+        let first = store.list_jobs(None, 2, None).await.unwrap();
+        assert_eq!(page_ids(&first), [ids[4].clone(), ids[3].clone()]);
+        let second = store
+            .list_jobs(None, 2, first.next_cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(page_ids(&second), [ids[2].clone(), ids[1].clone()]);
+        let third = store
+            .list_jobs(None, 2, second.next_cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!((third.jobs.len(), third.next_cursor), (1, None));
+
+        let succeeded = store
+            .list_jobs(Some(JobStatus::Succeeded), 10, None)
+            .await
+            .unwrap();
+        assert_eq!(page_ids(&succeeded), [ids[1].clone()]);
+        assert!(succeeded.jobs[0].finished_at.is_some());
+        assert!(store.unfinished_jobs().await.unwrap().is_empty());
     }
 }

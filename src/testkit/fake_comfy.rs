@@ -1157,13 +1157,15 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
                         .and_then(|n| n["inputs"]["filename_prefix"].as_str())
                         .unwrap_or("ComfyUI");
                     let counter = shared.file_counter.fetch_add(1, Ordering::SeqCst) + 1;
-                    let filename = format!("{prefix}_{counter:05}_.png");
+                    // As ComfyUI's get_save_image_path: a prefix "a/b" saves b_00001_.png in the subfolder "a".
+                    let (subfolder, stem) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+                    let filename = format!("{stem}_{counter:05}_.png");
                     shared
                         .files
                         .lock()
                         .unwrap()
                         .insert(filename.clone(), Bytes::from_static(OUTPUT_PNG));
-                    let output = json!({"images": [{"filename": filename, "subfolder": "", "type": "output"}]});
+                    let output = json!({"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]});
                     event["data"]["output"] = output.clone();
                     outputs.insert(node, output);
                 }

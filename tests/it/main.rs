@@ -5,6 +5,8 @@ mod support;
 mod binary;
 mod gateway;
 mod guard;
+mod jobs;
 mod models;
 mod service;
+mod templates;
 mod websocket;

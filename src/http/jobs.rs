@@ -1,0 +1,312 @@
+//! `/api/jobs…`: submit, list, read, follow, cancel, download.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::model::{Job, JobStatus};
+use crate::jobs::runner::{JobError, safe_file_name};
+
+#[derive(Debug, Deserialize)]
+pub struct SubmitJob {
+    backend: Option<String>,
+    template: Option<String>,
+    #[serde(default)]
+    params: Option<Value>,
+    workflow: Option<Value>,
+}
+
+/// `POST /api/jobs`: 202 `{id, status}` once ComfyUI has accepted the workflow.
+pub async fn submit(State(state): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
+    let request: SubmitJob =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    match request.backend.as_deref().unwrap_or("comfy") {
+        "comfy" => {}
+        other => {
+            return Err(ApiError::invalid(
+                "backend",
+                format!("unknown backend {other:?}; expected \"comfy\""),
+            ));
+        }
+    }
+    let params = request.params.unwrap_or_else(|| json!({}));
+    if !params.is_object() {
+        return Err(ApiError::invalid("params", "must be an object"));
+    }
+    let (template, workflow) = match (request.template, request.workflow) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "workflow",
+                "give either a template or a workflow, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "template",
+                "give a template name or an API-format workflow",
+            ));
+        }
+        (None, Some(workflow)) => {
+            check_workflow(&workflow)?;
+            (None, workflow)
+        }
+        (Some(name), None) => {
+            let lists = state.models.get(&state.gateway, false).await.ok();
+            let workflow = state
+                .templates
+                .instantiate(&name, &params, lists.as_deref())
+                .map_err(|fields| ApiError::Validation { fields })?;
+            (Some(name), workflow)
+        }
+    };
+    let job = state
+        .jobs
+        .submit_comfy(template.as_deref(), &params, &workflow)
+        .await
+        .map_err(job_error)?;
+    let body = json!({ "id": job.id, "status": job.status });
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/api/jobs/{}", job.id))],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// An API-format workflow: an object of nodes, each with a `class_type` and `inputs`.
+fn check_workflow(workflow: &Value) -> ApiResult<()> {
+    let Some(nodes) = workflow.as_object().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::invalid(
+            "workflow",
+            "must be a non-empty object of nodes (ComfyUI's API format)",
+        ));
+    };
+    let mut fields = Map::new();
+    for (id, node) in nodes {
+        if node
+            .get("class_type")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            fields.insert(
+                format!("workflow.{id}.class_type"),
+                json!("missing: is this the UI format? Export with \"Save (API)\""),
+            );
+        }
+        if node.get("inputs").is_some_and(|i| !i.is_object()) {
+            fields.insert(format!("workflow.{id}.inputs"), json!("must be an object"));
+        }
+    }
+    if fields.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation { fields })
+    }
+}
+
+fn job_error(error: JobError) -> ApiError {
+    match error {
+        JobError::Rejected {
+            job,
+            message,
+            details,
+        } => ApiError::ComfyRejected {
+            message,
+            job_id: job.id,
+            details,
+        },
+        JobError::Comfy(error) => error,
+        JobError::Store(error) => ApiError::internal(error),
+        JobError::NotFound(id) => ApiError::JobNotFound { id },
+        JobError::Finished(status) => ApiError::JobFinished { status },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/jobs?status=&limit=&cursor=`: newest first, `next_cursor` for the next page.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            JobStatus::parse(text)
+                .ok_or_else(|| ApiError::invalid("status", format!("unknown status {text:?}")))?,
+        ),
+    };
+    let limit = match query.limit.as_deref() {
+        None => 50,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "a whole number from 1 to 500"))?,
+    };
+    let page = state
+        .jobs
+        .store()
+        .list_jobs(status, limit, query.cursor.as_deref())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "jobs": page.jobs, "next_cursor": page.next_cursor }),
+    ))
+}
+
+async fn find(state: &AppState, id: &str) -> ApiResult<Job> {
+    state
+        .jobs
+        .store()
+        .job(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::JobNotFound {
+            id: id.chars().take(64).collect(),
+        })
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    Ok(Json(find(&state, &id).await?))
+}
+
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    find(&state, &id).await?;
+    Ok(Json(state.jobs.cancel(&id).await.map_err(job_error)?))
+}
+
+/// `GET /api/jobs/{id}/events`: the job as it is now (`event: state`), then every change until it ends.
+pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    // Subscribe before reading, so no change falls between the snapshot and the stream.
+    let mut changes = state.jobs.subscribe();
+    let job = find(&state, &id).await?;
+    let store = state.jobs.store().clone();
+    let stream = async_stream(move |tx| async move {
+        let done = job.status.is_final();
+        if tx.send(event("state", &job)).is_err() || done {
+            return;
+        }
+        loop {
+            match changes.recv().await {
+                Ok(change) if change.job.id == id => {
+                    let done = change.job.status.is_final();
+                    if tx.send(event(change.kind, &change.job)).is_err() || done {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {
+                    // Too slow a reader: send the current state instead of the missed steps.
+                    let Ok(Some(job)) = store.job(&id).await else {
+                        return;
+                    };
+                    let done = job.status.is_final();
+                    if tx.send(event("state", &job)).is_err() || done {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn event(kind: &str, job: &Job) -> Event {
+    Event::default()
+        .event(kind)
+        .json_data(job)
+        .unwrap_or_default()
+}
+
+/// A stream fed by a task: `produce` sends items until it returns.
+fn async_stream<F, Fut>(produce: F) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(produce(tx));
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+    )
+}
+
+/// `GET /api/jobs/{id}/outputs/{name}`: a job's file, streamed; only names the job recorded are served.
+pub async fn output(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let job = find(&state, &id).await?;
+    let Some(file) = job
+        .outputs
+        .iter()
+        .find(|o| o.name == name && safe_file_name(&name) == name)
+    else {
+        return Err(ApiError::OutputNotFound {
+            name: name.chars().take(128).collect(),
+        });
+    };
+    let path = state.jobs.output_dir(&job.id).join(&file.name);
+    let opened = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::OutputNotFound {
+            name: file.name.clone(),
+        })?;
+    let length = opened
+        .metadata()
+        .await
+        .map(|m| m.len())
+        .unwrap_or(file.size);
+    let body = Body::from_stream(tokio_util_stream(opened));
+    Ok((
+        [
+            (header::CONTENT_TYPE, file.content_type.clone()),
+            (header::CONTENT_LENGTH, length.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{}\"", file.name.replace('"', "")),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A file as a stream of 64 KiB chunks.
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buffer = vec![0u8; 64 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok(bytes::Bytes::from(buffer)), Some(file)))
+            }
+            Err(error) => Some((Err(error), None)),
+        }
+    })
+}

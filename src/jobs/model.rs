@@ -1,0 +1,79 @@
+//! What a job is, as the API shows it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A job's state. `backend_lost`: the backend no longer knows the job (it restarted or died); never `succeeded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Submitted,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    BackendLost,
+    NeedsReconcile,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Submitted => "submitted",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::BackendLost => "backend_lost",
+            Self::NeedsReconcile => "needs_reconcile",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        serde_json::from_value(Value::String(text.to_owned())).ok()
+    }
+
+    /// Whether the job will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::BackendLost
+        )
+    }
+}
+
+/// A file a job produced, kept in `DATA_DIR/outputs/<job id>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    pub name: String,
+    pub url: String,
+    pub content_type: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub backend: String,
+    pub status: JobStatus,
+    /// 0 to 100.
+    pub progress: f64,
+    pub current_node: Option<String>,
+    pub template: Option<String>,
+    pub params: Value,
+    pub error: Option<Value>,
+    pub outputs: Vec<OutputFile>,
+    /// ComfyUI's id for the prompt, once submitted.
+    pub comfy_prompt_id: Option<String>,
+    pub backend_url: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// The current time as stored: RFC 3339, UTC, microseconds, so that text order is time order.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}

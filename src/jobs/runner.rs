@@ -1,0 +1,623 @@
+//! A job's life on ComfyUI: recorded, submitted, followed over ComfyUI's WebSocket, its outputs fetched.
+//!
+//! The WebSocket is opened before the prompt is posted, with a client id of the job's own, so no event of the run
+//! is missed. The end of a run is ComfyUI's `executing {node: null}` for the prompt, sent after the history is
+//! written: the outputs are then read from `/history/{id}` (the one authoritative list: a cached run names files
+//! of an earlier one) and downloaded through `/view` before the job is `succeeded`, so a succeeded job always has
+//! its files. A socket that ends before that is resolved through `/history` and `/queue`: finished work is
+//! recorded, work ComfyUI no longer knows becomes `backend_lost`, never `succeeded`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::model::{Job, JobStatus, OutputFile};
+use super::store::{JobChange, NewJob, Store, StoreError};
+use crate::comfy::proxy::ComfyGateway;
+use crate::comfy::ws;
+use crate::error::ApiError;
+
+/// One change to a job, as `/api/jobs/{id}/events` sends it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobEvent {
+    /// `state`, `progress` or `output`.
+    pub kind: &'static str,
+    pub job: Job,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("ComfyUI refused the workflow: {message}")]
+    Rejected {
+        job: Box<Job>,
+        message: String,
+        details: Value,
+    },
+    #[error(transparent)]
+    Comfy(#[from] ApiError),
+    #[error("the store failed")]
+    Store(#[from] StoreError),
+    #[error("no job {0}")]
+    NotFound(String),
+    #[error("the job is already {0}")]
+    Finished(&'static str),
+}
+
+/// The job service: shared by every serving thread.
+#[derive(Clone)]
+pub struct Jobs {
+    store: Store,
+    gateway: ComfyGateway,
+    outputs: PathBuf,
+    events: broadcast::Sender<JobEvent>,
+    /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
+    followers: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+}
+
+impl Jobs {
+    pub fn new(store: Store, gateway: ComfyGateway, outputs: PathBuf) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            store,
+            gateway,
+            outputs,
+            events,
+            followers: Arc::default(),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The folder of a job's files.
+    pub fn output_dir(&self, job_id: &str) -> PathBuf {
+        self.outputs.join(job_id)
+    }
+
+    /// Records the job, submits it to ComfyUI and follows it in the background. Answers once ComfyUI accepted it.
+    pub async fn submit_comfy(
+        &self,
+        template: Option<&str>,
+        params: &Value,
+        workflow: &Value,
+    ) -> Result<Job, JobError> {
+        let backend_url = self.gateway.backend().origin();
+        let new = NewJob {
+            backend: "comfy",
+            template,
+            params,
+            workflow,
+            backend_url: Some(&backend_url),
+        };
+        let job = self.store.insert_job(new).await?;
+        let client_id = format!("orchestrator-{}", job.id);
+
+        let socket_uri = self
+            .gateway
+            .upstream_uri("/ws", Some(&format!("clientId={client_id}")))?;
+        let socket = match ws::connect_upstream(
+            self.gateway.backend(),
+            &socket_uri,
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(socket) => socket,
+            Err(error) => {
+                self.fail(
+                    &job.id,
+                    json!({ "code": error.code(), "message": error.to_string() }),
+                )
+                .await;
+                return Err(error.into());
+            }
+        };
+        let body = json!({ "prompt": workflow, "client_id": client_id, "extra_data": { "orchestrator_job": job.id } });
+        let (status, answer) = match self.gateway.post_json("/prompt", &body).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                self.fail(
+                    &job.id,
+                    json!({ "code": error.code(), "message": error.to_string() }),
+                )
+                .await;
+                return Err(error.into());
+            }
+        };
+        let Some(prompt_id) = answer
+            .get("prompt_id")
+            .and_then(Value::as_str)
+            .filter(|_| status.is_success())
+        else {
+            let message = answer["error"]["message"]
+                .as_str()
+                .unwrap_or("ComfyUI did not accept the workflow")
+                .to_owned();
+            let details = json!({ "comfy_status": status.as_u16(), "error": answer.get("error"), "node_errors": answer.get("node_errors") });
+            let error = json!({ "code": "comfy_rejected", "message": message, "details": details });
+            self.fail(&job.id, error).await;
+            let job = self
+                .store
+                .job(&job.id)
+                .await?
+                .ok_or_else(|| JobError::NotFound(job.id.clone()))?;
+            return Err(JobError::Rejected {
+                job: Box::new(job),
+                message,
+                details,
+            });
+        };
+        self.change(
+            &job.id,
+            "state",
+            JobChange {
+                status: Some(JobStatus::Submitted),
+                comfy_prompt_id: Some(prompt_id.to_owned()),
+                ..Default::default()
+            },
+        )
+        .await;
+
+        let (stop, stopped) = oneshot::channel();
+        self.followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.id.clone(), stop);
+        let follower = Follower::new(self.clone(), job.id.clone(), prompt_id.to_owned(), workflow);
+        tokio::spawn(follower.run(socket, stopped));
+        Ok(self.store.job(&job.id).await?.unwrap_or(job))
+    }
+
+    /// Cancels a job: removed from ComfyUI's queue while it waits there, interrupted while it runs.
+    pub async fn cancel(&self, id: &str) -> Result<Job, JobError> {
+        let job = self
+            .store
+            .job(id)
+            .await?
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
+        if job.status.is_final() {
+            return Err(JobError::Finished(job.status.as_str()));
+        }
+        let Some(prompt_id) = job.comfy_prompt_id.clone() else {
+            self.change(id, "state", finished(JobStatus::Cancelled))
+                .await;
+            return self
+                .store
+                .job(id)
+                .await?
+                .ok_or_else(|| JobError::NotFound(id.to_owned()));
+        };
+        let queue = self.gateway.get_json("/queue", 64 * 1024 * 1024).await?;
+        let pending = queue["queue_pending"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i[1] == prompt_id.as_str()));
+        if pending {
+            self.gateway
+                .post_json("/queue", &json!({ "delete": [prompt_id] }))
+                .await?;
+            if let Some(stop) = self
+                .followers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id)
+            {
+                let _ = stop.send(());
+            }
+            self.change(id, "state", finished(JobStatus::Cancelled))
+                .await;
+        } else {
+            // Running: the follower records `cancelled` when ComfyUI reports the interrupt.
+            self.gateway
+                .post_json("/interrupt", &json!({ "prompt_id": prompt_id }))
+                .await?;
+        }
+        self.store
+            .job(id)
+            .await?
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))
+    }
+
+    async fn fail(&self, id: &str, error: Value) {
+        let change = JobChange {
+            error: Some(error),
+            ..finished(JobStatus::Failed)
+        };
+        self.change(id, "state", change).await;
+    }
+
+    /// Stores a change and tells the listeners.
+    async fn change(&self, id: &str, kind: &'static str, change: JobChange) {
+        if let Err(error) = self.store.update_job(id, change).await {
+            tracing::error!(job = id, %error, "cannot record a job change");
+            return;
+        }
+        if let Ok(Some(job)) = self.store.job(id).await {
+            let _ = self.events.send(JobEvent { kind, job });
+        }
+    }
+}
+
+fn finished(status: JobStatus) -> JobChange {
+    JobChange {
+        status: Some(status),
+        current_node: Some(None),
+        finished: true,
+        ..Default::default()
+    }
+}
+
+/// Follows one prompt to its end.
+struct Follower {
+    jobs: Jobs,
+    job_id: String,
+    prompt_id: String,
+    /// Node id → class, to name the current node.
+    classes: HashMap<String, String>,
+    done: HashSet<String>,
+    last_progress: f64,
+}
+
+enum End {
+    /// `executing {node: null}` arrived: the run is over and its history written.
+    Finished,
+    Failed(Value),
+    Interrupted,
+    /// The socket ended first.
+    SocketLost,
+    Stopped,
+}
+
+impl Follower {
+    fn new(jobs: Jobs, job_id: String, prompt_id: String, workflow: &Value) -> Self {
+        let classes = workflow
+            .as_object()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|(id, node)| {
+                        (
+                            id.clone(),
+                            node["class_type"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            jobs,
+            job_id,
+            prompt_id,
+            classes,
+            done: HashSet::new(),
+            last_progress: 0.0,
+        }
+    }
+
+    async fn run(mut self, mut socket: ws::UpstreamSocket, mut stopped: oneshot::Receiver<()>) {
+        let end = loop {
+            let message = tokio::select! {
+                _ = &mut stopped => break End::Stopped,
+                message = socket.next() => message,
+            };
+            let text = match message {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::SocketLost,
+                Some(Ok(_)) => continue,
+            };
+            let Ok(event) = serde_json::from_str::<Value>(text.as_str()) else {
+                continue;
+            };
+            if let Some(end) = self.on_event(&event).await {
+                break end;
+            }
+        };
+        drop(socket);
+        self.jobs
+            .followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.job_id);
+        match end {
+            End::Finished => self.collect_outputs().await,
+            End::Failed(error) => self.jobs.fail(&self.job_id, error).await,
+            End::Interrupted => {
+                self.jobs
+                    .change(&self.job_id, "state", finished(JobStatus::Cancelled))
+                    .await
+            }
+            End::SocketLost => self.resolve_without_socket().await,
+            End::Stopped => {}
+        }
+    }
+
+    async fn on_event(&mut self, event: &Value) -> Option<End> {
+        let data = &event["data"];
+        if data
+            .get("prompt_id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| id != self.prompt_id)
+        {
+            return None;
+        }
+        match event["type"].as_str()? {
+            "execution_start" => {
+                let change = JobChange {
+                    status: Some(JobStatus::Running),
+                    started: true,
+                    ..Default::default()
+                };
+                self.jobs.change(&self.job_id, "state", change).await;
+            }
+            "execution_cached" => {
+                for node in data["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    self.done.insert(node.to_owned());
+                }
+            }
+            "executing" => match data["node"].as_str() {
+                None if data["prompt_id"] == self.prompt_id.as_str() => return Some(End::Finished),
+                None => {}
+                Some(node) => {
+                    let label = match self.classes.get(node) {
+                        Some(class) if !class.is_empty() => format!("{node} {class}"),
+                        _ => node.to_owned(),
+                    };
+                    let change = JobChange {
+                        status: Some(JobStatus::Running),
+                        started: true,
+                        current_node: Some(Some(label)),
+                        progress: Some(self.progress(0.0)),
+                        ..Default::default()
+                    };
+                    self.jobs.change(&self.job_id, "progress", change).await;
+                }
+            },
+            "progress" => {
+                let (value, max) = (
+                    data["value"].as_f64().unwrap_or(0.0),
+                    data["max"].as_f64().unwrap_or(1.0),
+                );
+                let progress = self.progress(if max > 0.0 { value / max } else { 0.0 });
+                // Whole percents only: a 1,000-step sampler must not write a thousand rows.
+                if progress.floor() > self.last_progress.floor() {
+                    self.last_progress = progress;
+                    let change = JobChange {
+                        progress: Some(progress),
+                        ..Default::default()
+                    };
+                    self.jobs.change(&self.job_id, "progress", change).await;
+                }
+            }
+            "executed" => {
+                if let Some(node) = data["node"].as_str() {
+                    self.done.insert(node.to_owned());
+                }
+            }
+            "execution_error" => {
+                let error = json!({
+                    "code": "comfy_execution_error",
+                    "message": data["exception_message"].as_str().unwrap_or("ComfyUI failed while running the workflow").trim(),
+                    "details": {
+                        "node_id": data["node_id"], "node_type": data["node_type"],
+                        "exception_type": data["exception_type"], "traceback": data["traceback"],
+                    },
+                });
+                return Some(End::Failed(error));
+            }
+            "execution_interrupted" => return Some(End::Interrupted),
+            _ => {}
+        }
+        None
+    }
+
+    /// Overall progress in percent: finished nodes plus the running node's share.
+    fn progress(&self, running_fraction: f64) -> f64 {
+        let total = self.classes.len().max(1) as f64;
+        ((self.done.len() as f64 + running_fraction) / total * 100.0).clamp(0.0, 99.0)
+    }
+
+    /// Reads the run's outputs from the history and downloads every file; only then is the job `succeeded`.
+    async fn collect_outputs(&self) {
+        let entry = match self.history_entry().await {
+            Some(entry) => entry,
+            None => {
+                let error = json!({ "code": "comfy_history_missing", "message": "ComfyUI finished the run but has no history for it" });
+                self.jobs
+                    .change(
+                        &self.job_id,
+                        "state",
+                        JobChange {
+                            error: Some(error),
+                            ..finished(JobStatus::BackendLost)
+                        },
+                    )
+                    .await;
+                return;
+            }
+        };
+        if entry["status"]["status_str"] != "success" {
+            let interrupted = entry["status"]["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m[0] == "execution_interrupted"));
+            if interrupted {
+                self.jobs
+                    .change(&self.job_id, "state", finished(JobStatus::Cancelled))
+                    .await;
+            } else {
+                let error = json!({ "code": "comfy_execution_error", "message": "ComfyUI reports the run failed", "details": entry["status"] });
+                self.jobs.fail(&self.job_id, error).await;
+            }
+            return;
+        }
+        match self.download_outputs(&entry).await {
+            Ok(outputs) => {
+                let change = JobChange {
+                    outputs: Some(outputs),
+                    progress: Some(100.0),
+                    ..finished(JobStatus::Succeeded)
+                };
+                self.jobs.change(&self.job_id, "state", change).await;
+            }
+            Err(error) => {
+                let error = json!({ "code": "output_fetch_failed", "message": error.to_string() });
+                self.jobs.fail(&self.job_id, error).await;
+            }
+        }
+    }
+
+    async fn history_entry(&self) -> Option<Value> {
+        for attempt in 0..5 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let history = self
+                .jobs
+                .gateway
+                .get_json(&format!("/history/{}", self.prompt_id), 64 * 1024 * 1024)
+                .await
+                .ok()?;
+            if let Some(entry) = history.get(&self.prompt_id) {
+                return Some(entry.clone());
+            }
+        }
+        None
+    }
+
+    async fn download_outputs(&self, entry: &Value) -> Result<Vec<OutputFile>, ApiError> {
+        let dir = self.jobs.output_dir(&self.job_id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut outputs = Vec::new();
+        for node_output in entry["outputs"]
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.values())
+        {
+            // Images, animations and videos are all listed under `images`; some nodes use `gifs` or `videos`.
+            for key in ["images", "gifs", "videos"] {
+                for file in node_output[key].as_array().into_iter().flatten() {
+                    let Some(filename) = file["filename"].as_str() else {
+                        continue;
+                    };
+                    let name = safe_file_name(filename);
+                    if name.is_empty() || outputs.iter().any(|o: &OutputFile| o.name == name) {
+                        continue;
+                    }
+                    let query = serde_urlencoded_query(&[
+                        ("filename", filename),
+                        ("subfolder", file["subfolder"].as_str().unwrap_or("")),
+                        ("type", file["type"].as_str().unwrap_or("output")),
+                    ]);
+                    let (size, content_type) = self
+                        .jobs
+                        .gateway
+                        .download("/view", &query, &dir.join(&name))
+                        .await?;
+                    outputs.push(OutputFile {
+                        url: format!(
+                            "/api/jobs/{}/outputs/{}",
+                            self.job_id,
+                            percent_encoding::utf8_percent_encode(
+                                &name,
+                                percent_encoding::NON_ALPHANUMERIC
+                            )
+                        ),
+                        name,
+                        content_type,
+                        size,
+                    });
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// The socket ended before the run did: the history says whether it finished; the queue whether ComfyUI
+    /// still has it. Anything else is `backend_lost`.
+    async fn resolve_without_socket(&self) {
+        if self.history_entry().await.is_some() {
+            return self.collect_outputs().await;
+        }
+        let reason = match self.jobs.gateway.get_json("/queue", 64 * 1024 * 1024).await {
+            Ok(queue) => {
+                let known = ["queue_running", "queue_pending"].iter().any(|k| {
+                    queue[*k]
+                        .as_array()
+                        .is_some_and(|items| items.iter().any(|i| i[1] == self.prompt_id.as_str()))
+                });
+                if known {
+                    // Still queued or running, but its events are no longer reaching us (rejoining is issue 10's).
+                    "ComfyUI's WebSocket closed while the job was still queued or running"
+                } else {
+                    "ComfyUI no longer knows the job (it was restarted?)"
+                }
+            }
+            Err(_) => "ComfyUI stopped answering while the job ran",
+        };
+        let error = json!({ "code": "backend_lost", "message": reason });
+        self.jobs
+            .change(
+                &self.job_id,
+                "state",
+                JobChange {
+                    error: Some(error),
+                    ..finished(JobStatus::BackendLost)
+                },
+            )
+            .await;
+    }
+}
+
+/// The last path component of a ComfyUI file name, without anything that could climb out of a folder.
+pub fn safe_file_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).collect();
+    match cleaned.as_str() {
+        "." | ".." => String::new(),
+        _ => cleaned,
+    }
+}
+
+fn serde_urlencoded_query(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_cannot_climb() {
+        assert_eq!(safe_file_name("ComfyUI_00001_.png"), "ComfyUI_00001_.png");
+        assert_eq!(safe_file_name("../../etc/passwd"), "passwd");
+        assert_eq!(safe_file_name("a\\b\\..\\c.png"), "c.png");
+        assert_eq!(safe_file_name(".."), "");
+        assert_eq!(safe_file_name("x/"), "");
+    }
+}

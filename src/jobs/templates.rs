@@ -1,0 +1,340 @@
+//! Workflow templates: API-format workflows with a manifest naming their parameters (see
+//! `workflows/api/README.md`). The built-in ones are compiled into the binary; a parameter's value is only ever
+//! written into the literal inputs its manifest names, so no value can change the graph's shape.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::comfy::models::ModelLists;
+
+#[derive(rust_embed::Embed)]
+#[folder = "workflows/api/"]
+struct Builtin;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    String,
+    Int,
+    Float,
+    Choice,
+    Model,
+    Image,
+}
+
+/// One parameter of a template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Param {
+    #[serde(rename = "type")]
+    pub kind: ParamKind,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<serde_json::Number>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<serde_json::Number>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiple_of: Option<u64>,
+    /// For choices: the node and input of ComfyUI's definition that lists them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices_from: Option<(String, String)>,
+    /// For models: the folder (as `/api/models` names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `[node id, input name]` pairs the value is written to.
+    pub targets: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    /// `image` or `video`.
+    pub output: String,
+    pub params: BTreeMap<String, Param>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub manifest: Manifest,
+    pub workflow: Value,
+}
+
+#[derive(Debug, Default)]
+pub struct Templates {
+    by_name: BTreeMap<String, Template>,
+}
+
+impl Templates {
+    /// The templates compiled into the binary.
+    pub fn builtin() -> Self {
+        let mut templates = Self::default();
+        for file in Builtin::iter().filter(|f| f.ends_with(".manifest.json")) {
+            let workflow_file = file.replace(".manifest.json", ".json");
+            let (Some(manifest), Some(workflow)) =
+                (Builtin::get(&file), Builtin::get(&workflow_file))
+            else {
+                continue;
+            };
+            match (
+                serde_json::from_slice::<Manifest>(&manifest.data),
+                serde_json::from_slice::<Value>(&workflow.data),
+            ) {
+                (Ok(manifest), Ok(workflow)) => {
+                    templates
+                        .by_name
+                        .insert(manifest.name.clone(), Template { manifest, workflow });
+                }
+                (manifest, workflow) => {
+                    tracing::error!(file = %file, manifest_ok = manifest.is_ok(), workflow_ok = workflow.is_ok(), "a built-in template does not parse");
+                }
+            }
+        }
+        templates
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Template> {
+        self.by_name.get(name)
+    }
+
+    pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
+        self.by_name.values().map(|t| &t.manifest)
+    }
+
+    /// The template's workflow with `params` applied, or every problem as `{"params.<name>": "why"}`. When `models`
+    /// is known, a model parameter must name a file ComfyUI has.
+    pub fn instantiate(
+        &self,
+        name: &str,
+        params: &Value,
+        models: Option<&ModelLists>,
+    ) -> Result<Value, Map<String, Value>> {
+        let mut problems = Map::new();
+        let Some(template) = self.by_name.get(name) else {
+            let known = self.names().collect::<Vec<_>>().join(", ");
+            problems.insert(
+                "template".into(),
+                json!(format!("unknown template {name:?}; known: {known}")),
+            );
+            return Err(problems);
+        };
+        let given = params.as_object().cloned().unwrap_or_default();
+        for key in given.keys() {
+            if !template.manifest.params.contains_key(key) {
+                let known = template
+                    .manifest
+                    .params
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                problems.insert(
+                    format!("params.{key}"),
+                    json!(format!("unknown parameter; {name} takes: {known}")),
+                );
+            }
+        }
+        let mut workflow = template.workflow.clone();
+        for (key, param) in &template.manifest.params {
+            let value = match given
+                .get(key)
+                .filter(|v| !v.is_null())
+                .or(param.default.as_ref())
+            {
+                Some(value) => value,
+                None if param.required => {
+                    problems.insert(format!("params.{key}"), json!("required"));
+                    continue;
+                }
+                None => continue,
+            };
+            if let Err(problem) = check(param, value, models) {
+                problems.insert(format!("params.{key}"), json!(problem));
+                continue;
+            }
+            for (node, input) in &param.targets {
+                if let Some(inputs) = workflow
+                    .get_mut(node)
+                    .and_then(|n| n.get_mut("inputs"))
+                    .and_then(Value::as_object_mut)
+                {
+                    inputs.insert(input.clone(), value.clone());
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(workflow)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn check(param: &Param, value: &Value, models: Option<&ModelLists>) -> Result<(), String> {
+    match param.kind {
+        ParamKind::String | ParamKind::Choice | ParamKind::Image | ParamKind::Model => {
+            let Some(text) = value.as_str() else {
+                return Err("must be a string".into());
+            };
+            if matches!(
+                param.kind,
+                ParamKind::Image | ParamKind::Model | ParamKind::Choice
+            ) && text.trim().is_empty()
+            {
+                return Err("must not be empty".into());
+            }
+            if let (ParamKind::Model, Some(folder), Some(models)) =
+                (param.kind, &param.folder, models)
+                && let Some(files) = models.folder(folder)
+                && !files.iter().any(|f| f == text)
+            {
+                let shown = if files.is_empty() {
+                    "none".to_owned()
+                } else {
+                    files.join(", ")
+                };
+                return Err(format!(
+                    "ComfyUI has no {folder} file named {text:?} (it has: {shown})"
+                ));
+            }
+            Ok(())
+        }
+        ParamKind::Int => {
+            let number = value
+                .as_u64()
+                .map(i128::from)
+                .or_else(|| value.as_i64().map(i128::from));
+            let Some(number) = number else {
+                return Err("must be a whole number".into());
+            };
+            let bound = |n: &Option<serde_json::Number>| {
+                n.as_ref().and_then(|n| {
+                    n.as_u64()
+                        .map(i128::from)
+                        .or_else(|| n.as_i64().map(i128::from))
+                })
+            };
+            if let Some(min) = bound(&param.min)
+                && number < min
+            {
+                return Err(format!("must be at least {min}"));
+            }
+            if let Some(max) = bound(&param.max)
+                && number > max
+            {
+                return Err(format!("must be at most {max}"));
+            }
+            if let Some(step) = param.multiple_of.filter(|s| *s > 1)
+                && number % i128::from(step) != 0
+            {
+                return Err(format!("must be a multiple of {step}"));
+            }
+            Ok(())
+        }
+        ParamKind::Float => {
+            let Some(number) = value.as_f64() else {
+                return Err("must be a number".into());
+            };
+            if let Some(min) = param.min.as_ref().and_then(serde_json::Number::as_f64)
+                && number < min
+            {
+                return Err(format!("must be at least {min}"));
+            }
+            if let Some(max) = param.max.as_ref().and_then(serde_json::Number::as_f64)
+                && number > max
+            {
+                return Err(format!("must be at most {max}"));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_templates_load() {
+        let templates = Templates::builtin();
+        let names: Vec<&str> = templates.names().collect();
+        assert_eq!(names, ["sd35-t2i", "sdxl-i2i", "sdxl-t2i", "svd-v2v"]);
+    }
+
+    #[test]
+    fn parameters_land_in_their_targets_and_nowhere_else() {
+        let templates = Templates::builtin();
+        let template = templates.get("sdxl-t2i").unwrap();
+        let params =
+            json!({ "prompt": "a lighthouse", "steps": 12, "seed": 18446744073709551615u64 });
+        let workflow = templates.instantiate("sdxl-t2i", &params, None).unwrap();
+        for (key, value) in [
+            ("prompt", json!("a lighthouse")),
+            ("steps", json!(12)),
+            ("seed", json!(18446744073709551615u64)),
+        ] {
+            for (node, input) in &template.manifest.params[key].targets {
+                assert_eq!(workflow[node]["inputs"][input], value, "{key}");
+            }
+        }
+        // The graph's shape is the template's: same nodes, same classes, same links.
+        let shape = |w: &Value| {
+            w.as_object()
+                .unwrap()
+                .iter()
+                .map(|(id, n)| (id.clone(), n["class_type"].clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shape(&workflow), shape(&template.workflow));
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let templates = Templates::builtin();
+        let params = json!({ "steps": 0, "cfg": "high", "width": 1001, "colour": "red" });
+        let problems = templates
+            .instantiate("sdxl-t2i", &params, None)
+            .unwrap_err();
+        for field in [
+            "params.prompt",
+            "params.steps",
+            "params.cfg",
+            "params.width",
+            "params.colour",
+        ] {
+            assert!(
+                problems.contains_key(field),
+                "{field} missing from {problems:?}"
+            );
+        }
+        let problems = templates.instantiate("nope", &json!({}), None).unwrap_err();
+        assert!(problems["template"].as_str().unwrap().contains("sdxl-t2i"));
+
+        let lists = ModelLists {
+            checkpoints: vec!["other.safetensors".into()],
+            ..Default::default()
+        };
+        let problems = templates
+            .instantiate("sdxl-t2i", &json!({"prompt": "x"}), Some(&lists))
+            .unwrap_err();
+        assert!(
+            problems["params.checkpoint"]
+                .as_str()
+                .unwrap()
+                .contains("other.safetensors"),
+            "{problems:?}"
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! Generation jobs against the fake ComfyUI: submitted, followed, outputs fetched, cancelled, lost.
+
+use std::time::{Duration, Instant};
+
+use orchestrator::testkit::fake_comfy::{FakeComfy, OUTPUT_PNG, no_model_workflow};
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, error_code, wait_until};
+
+async fn submit(app: &TestApp, body: Value) -> reqwest::Response {
+    app.http
+        .post(app.url("/api/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn job(app: &TestApp, id: &str) -> Value {
+    app.http
+        .get(app.url(&format!("/api/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_for_job(app: &TestApp, id: &str, deadline: Duration, status: &str) -> Value {
+    let id = id.to_owned();
+    wait_until(deadline, &format!("job {id} is {status}"), || {
+        let id = id.clone();
+        async move { job(app, &id).await["status"] == status }
+    })
+    .await;
+    job(app, &id).await
+}
+
+/// A variant of the recorded no-model workflow (a new colour defeats ComfyUI's cache).
+fn workflow(colour: u32) -> Value {
+    let mut workflow = no_model_workflow();
+    workflow["1"]["inputs"]["color"] = json!(colour);
+    workflow
+}
+
+#[tokio::test]
+async fn a_workflow_runs_to_success_with_its_output_on_disk() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+
+    let response = submit(&app, json!({ "backend": "comfy", "workflow": workflow(1) })).await;
+    assert_eq!(response.status(), 202);
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Accepted by ComfyUI; the follower may already have seen it start.
+    assert!(
+        matches!(created["status"].as_str(), Some("submitted" | "running")),
+        "{created}"
+    );
+
+    // Follow it live: the event stream ends when the job does.
+    let events = app
+        .http
+        .get(app.url(&format!("/api/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(10), events.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let states: Vec<String> = text
+        .split("\n\n")
+        .filter_map(|block| block.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| {
+            serde_json::from_str::<Value>(data).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("succeeded"),
+        "{states:?}"
+    );
+
+    let done = job(&app, &id).await;
+    assert_eq!(done["progress"], 100.0);
+    assert!(done["started_at"].is_string() && done["finished_at"].is_string());
+    let outputs = done["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 1);
+    let output = &outputs[0];
+    assert!(output["name"].as_str().unwrap().starts_with("fixture_"));
+    assert_eq!(output["content_type"], "image/png");
+    assert_eq!(output["size"], OUTPUT_PNG.len());
+
+    let on_disk = std::fs::read(
+        app.data_dir
+            .join("outputs")
+            .join(&id)
+            .join(output["name"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert_eq!(
+        on_disk, OUTPUT_PNG,
+        "the file on disk is the bytes ComfyUI served"
+    );
+    let served = app
+        .http
+        .get(app.url(output["url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.headers()["content-type"], "image/png");
+    assert_eq!(served.bytes().await.unwrap().as_ref(), OUTPUT_PNG);
+
+    let listed: Value = app
+        .http
+        .get(app.url("/api/jobs?status=succeeded"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+    let missing = app
+        .http
+        .get(app.url(&format!("/api/jobs/{id}/outputs/..%2F..%2Forchestrator.db")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn bad_requests_are_422_naming_each_field() {
+    let fake = FakeComfy::start_with_models(&[("checkpoints", "mine.safetensors")]).await;
+    let app = TestApp::spawn(&fake.url()).await;
+
+    let cases = [
+        (json!({ "template": "nope" }), "template"),
+        (
+            json!({ "template": "sdxl-t2i", "params": { "steps": 0 } }),
+            "params.prompt",
+        ),
+        (
+            json!({ "template": "sdxl-t2i", "params": { "prompt": "x", "steps": 100000 } }),
+            "params.steps",
+        ),
+        (
+            json!({ "template": "sdxl-t2i", "params": { "prompt": "x" } }),
+            "params.checkpoint",
+        ),
+        (
+            json!({ "template": "sdxl-t2i", "params": { "prompt": "x", "checkpoint": "mine.safetensors", "hue": 1 } }),
+            "params.hue",
+        ),
+        (json!({ "workflow": [] }), "workflow"),
+        (
+            json!({ "workflow": { "1": { "inputs": {} } } }),
+            "workflow.1.class_type",
+        ),
+        (
+            json!({ "backend": "dall-e", "workflow": workflow(2) }),
+            "backend",
+        ),
+        (json!({}), "template"),
+    ];
+    for (body, field) in cases {
+        let response = submit(&app, body.clone()).await;
+        assert_eq!(response.status(), 422, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(error_code(&answer), "validation_failed");
+        assert!(
+            answer["error"]["details"]["fields"][field].is_string(),
+            "{field} not named for {body}: {answer}"
+        );
+    }
+    assert!(
+        fake.requests().iter().all(|r| r.path != "/prompt"),
+        "nothing invalid reached ComfyUI"
+    );
+    let listed: Value = app
+        .http
+        .get(app.url("/api/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["jobs"],
+        json!([]),
+        "no job recorded for a request that was refused"
+    );
+}
+
+#[tokio::test]
+async fn comfy_validation_errors_reach_the_job_and_the_answer() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let unknown = json!({ "1": { "class_type": "NoSuchNode", "inputs": {} } });
+    let response = submit(&app, json!({ "workflow": unknown })).await;
+    assert_eq!(response.status(), 422);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&answer), "comfy_rejected");
+    assert_eq!(
+        answer["error"]["details"]["error"]["type"],
+        "invalid_prompt"
+    );
+    let id = answer["error"]["details"]["job_id"].as_str().unwrap();
+    let failed = job(&app, id).await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"]["code"], "comfy_rejected");
+
+    let mut missing_model = orchestrator::testkit::fake_comfy::ksampler_workflow();
+    missing_model["4"]["inputs"]["ckpt_name"] = json!("absent.safetensors");
+    let answer: Value = submit(&app, json!({ "workflow": missing_model }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["error"]["details"]["node_errors"]["4"]["errors"][0]["type"], "value_not_in_list",
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_template_job_runs_the_sampler_graph() {
+    let fake = FakeComfy::start_with_models(&[("checkpoints", "sd_xl_base_1.0.safetensors")]).await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let response = submit(&app, json!({ "template": "sdxl-t2i", "params": { "prompt": "a lighthouse at dusk", "seed": 42 } })).await;
+    assert_eq!(response.status(), 202);
+    let created: Value = response.json().await.unwrap();
+    let done = wait_for_job(
+        &app,
+        created["id"].as_str().unwrap(),
+        Duration::from_secs(10),
+        "succeeded",
+    )
+    .await;
+    assert_eq!(done["template"], "sdxl-t2i");
+    assert_eq!(done["params"]["prompt"], "a lighthouse at dusk");
+    assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
+
+    // What ComfyUI received is the template with the parameters in place.
+    let posted = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/prompt")
+        .count();
+    assert_eq!(posted, 1);
+}
+
+#[tokio::test]
+async fn cancel_removes_a_queued_job_and_interrupts_a_running_one() {
+    let fake = FakeComfy::start().await;
+    fake.set_step_delay(Duration::from_millis(150));
+    let app = TestApp::spawn(&fake.url()).await;
+    let running: Value = submit(&app, json!({ "workflow": workflow(3) }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let queued: Value = submit(&app, json!({ "workflow": workflow(4) }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (running, queued) = (
+        running["id"].as_str().unwrap().to_owned(),
+        queued["id"].as_str().unwrap().to_owned(),
+    );
+    wait_for_job(&app, &running, Duration::from_secs(10), "running").await;
+
+    let cancelled: Value = app
+        .http
+        .post(app.url(&format!("/api/jobs/{queued}/cancel")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    let queue: Value = reqwest::get(format!("{}/queue", fake.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        queue["queue_pending"],
+        json!([]),
+        "removed from ComfyUI's queue"
+    );
+
+    let response = app
+        .http
+        .post(app.url(&format!("/api/jobs/{running}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    wait_for_job(&app, &running, Duration::from_secs(10), "cancelled").await;
+    assert!(fake.requests().iter().any(|r| r.path == "/interrupt"));
+
+    let again = app
+        .http
+        .post(app.url(&format!("/api/jobs/{running}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(error_code(&again.json().await.unwrap()), "job_finished");
+}
+
+#[tokio::test]
+async fn comfy_dying_mid_job_is_backend_lost_within_10_s() {
+    let mut fake = FakeComfy::start().await;
+    fake.set_step_delay(Duration::from_millis(300));
+    let app = TestApp::spawn_with(&fake.url(), |s| s.comfy_read_timeout_secs = "2".into()).await;
+    let created: Value = submit(&app, json!({ "workflow": workflow(5) }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    wait_for_job(&app, &id, Duration::from_secs(10), "running").await;
+
+    let died = Instant::now();
+    fake.set_hang(true);
+    fake.close_sockets(1006, "");
+    fake.stop().await;
+    let lost = wait_for_job(&app, &id, Duration::from_secs(10), "backend_lost").await;
+    assert!(
+        died.elapsed() < Duration::from_secs(10),
+        "noticed after {:?}",
+        died.elapsed()
+    );
+    assert_eq!(lost["error"]["code"], "backend_lost");
+    assert!(lost["outputs"].as_array().unwrap().is_empty());
+}
