@@ -129,7 +129,9 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
         source,
     })?;
     let store = Store::open(config.database_url.expose()).await?;
-    Ok(AppState::new(config, paths, store))
+    let state = AppState::new(config, paths, store);
+    tokio::spawn(state.jobs.clone().reconcile());
+    Ok(state)
 }
 
 /// Opens the store and serves the panel and API on `listener`, in the caller's runtime, until `shutdown` resolves.

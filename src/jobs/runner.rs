@@ -102,7 +102,12 @@ impl Jobs {
             backend_url: Some(&backend_url),
         };
         let job = self.store.insert_job(new).await?;
-        let client_id = format!("orchestrator-{}", job.id);
+        self.send_to_comfy(job, workflow).await
+    }
+
+    /// Posts a recorded job's workflow to ComfyUI and starts following it.
+    async fn send_to_comfy(&self, job: Job, workflow: &Value) -> Result<Job, JobError> {
+        let client_id = client_id(&job.id);
 
         let socket_uri = self
             .gateway
@@ -170,14 +175,110 @@ impl Jobs {
         )
         .await;
 
+        self.follow(&job.id, prompt_id, workflow, socket);
+        Ok(self.store.job(&job.id).await?.unwrap_or(job))
+    }
+
+    fn follow(&self, job_id: &str, prompt_id: &str, workflow: &Value, socket: ws::UpstreamSocket) {
         let (stop, stopped) = oneshot::channel();
         self.followers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(job.id.clone(), stop);
-        let follower = Follower::new(self.clone(), job.id.clone(), prompt_id.to_owned(), workflow);
+            .insert(job_id.to_owned(), stop);
+        let follower = Follower::new(
+            self.clone(),
+            job_id.to_owned(),
+            prompt_id.to_owned(),
+            workflow,
+        );
         tokio::spawn(follower.run(socket, stopped));
-        Ok(self.store.job(&job.id).await?.unwrap_or(job))
+    }
+
+    /// After a restart: every job left queued, submitted or running is settled against ComfyUI. Finished runs are
+    /// collected from `/history`, runs still in `/queue` are followed again (the job's client id is derived from
+    /// its id, so ComfyUI's events reach the new socket), queued jobs ComfyUI never received are sent, and
+    /// anything else is `backend_lost`. While ComfyUI does not answer, it tries again every 10 s.
+    pub async fn reconcile(self) {
+        loop {
+            match self.reconcile_once().await {
+                Ok(0) => return,
+                Ok(left) => tracing::info!(left, "jobs wait for ComfyUI to be reconciled"),
+                Err(error) => tracing::warn!(%error, "cannot reconcile jobs yet"),
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    }
+
+    /// One pass; answers how many jobs are still unsettled.
+    async fn reconcile_once(&self) -> Result<usize, JobError> {
+        // Jobs this process is following already (submitted since start-up) are not touched.
+        let unfinished: Vec<Job> = {
+            let jobs = self.store.unfinished_jobs().await?;
+            let followed = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.into_iter()
+                .filter(|j| !followed.contains_key(&j.id))
+                .collect()
+        };
+        if unfinished.is_empty() {
+            return Ok(0);
+        }
+        let Ok(queue) = self.gateway.get_json("/queue", 64 * 1024 * 1024).await else {
+            return Ok(unfinished.len());
+        };
+        let queued: Vec<Value> = ["queue_running", "queue_pending"]
+            .iter()
+            .flat_map(|k| queue[*k].as_array().cloned().unwrap_or_default())
+            .collect();
+        let mut left = 0;
+        for job in unfinished {
+            let workflow = self.store.workflow(&job.id).await?.unwrap_or(Value::Null);
+            // The prompt id, or, for a job whose submit was cut short, whatever ComfyUI queued under its id.
+            let found = queued.iter().find(|item| {
+                job.comfy_prompt_id.as_deref().is_some_and(|p| item[1] == p)
+                    || item[3]["orchestrator_job"] == job.id.as_str()
+            });
+            if let Some(item) = found {
+                let prompt_id = item[1].as_str().unwrap_or_default().to_owned();
+                let uri = self
+                    .gateway
+                    .upstream_uri("/ws", Some(&format!("clientId={}", client_id(&job.id))))?;
+                match ws::connect_upstream(self.gateway.backend(), &uri, Duration::from_secs(10))
+                    .await
+                {
+                    Ok(socket) => {
+                        let change = JobChange {
+                            comfy_prompt_id: Some(prompt_id.clone()),
+                            ..Default::default()
+                        };
+                        self.change(&job.id, "state", change).await;
+                        self.follow(&job.id, &prompt_id, &workflow, socket);
+                    }
+                    Err(_) => left += 1,
+                }
+                continue;
+            }
+            if let Some(prompt_id) = &job.comfy_prompt_id {
+                let follower =
+                    Follower::new(self.clone(), job.id.clone(), prompt_id.clone(), &workflow);
+                match follower.history_entry().await {
+                    Some(_) => follower.collect_outputs().await,
+                    None => {
+                        let error = json!({ "code": "backend_lost", "message": "ComfyUI no longer knows the job (it was restarted?)" });
+                        let change = JobChange {
+                            error: Some(error),
+                            ..finished(JobStatus::BackendLost)
+                        };
+                        self.change(&job.id, "state", change).await;
+                    }
+                }
+                continue;
+            }
+            // Recorded but never accepted by ComfyUI: a local run costs nothing, so it is sent now.
+            if let Err(error) = self.send_to_comfy(job.clone(), &workflow).await {
+                tracing::warn!(job = %job.id, %error, "resubmitting a job after a restart failed");
+            }
+        }
+        Ok(left)
     }
 
     /// Cancels a job: removed from ComfyUI's queue while it waits there, interrupted while it runs.
@@ -247,6 +348,11 @@ impl Jobs {
             let _ = self.events.send(JobEvent { kind, job });
         }
     }
+}
+
+/// The WebSocket client id of a job: derived from its id, so a restarted Orchestrator can rejoin its events.
+fn client_id(job_id: &str) -> String {
+    format!("orchestrator-{job_id}")
 }
 
 fn finished(status: JobStatus) -> JobChange {

@@ -166,18 +166,35 @@ impl Store {
             Some((time, id)) => (Some(time.to_owned()), Some(id.to_owned())),
             None => (None, None),
         };
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR (created_at, id) < (?2, ?3)) \
-             ORDER BY created_at DESC, id DESC LIMIT ?4"
-        ))
-        .bind(status.map(JobStatus::as_str))
-        .bind(after_time)
-        .bind(after_id)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        // Separate statements with and without a cursor: an `OR` around the row-value comparison would keep
+        // SQLite from seeking in the (created_at, id) index.
+        let rows = match (&after_time, &after_id) {
+            (Some(time), Some(id)) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE (created_at, id) < (?2, ?3) AND (?1 IS NULL OR status = ?1) \
+                     ORDER BY created_at DESC, id DESC LIMIT ?4"
+                ))
+                .bind(status.map(JobStatus::as_str))
+                .bind(time)
+                .bind(id)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            _ => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2"
+                ))
+                .bind(status.map(JobStatus::as_str))
+                .bind(i64::from(limit) + 1)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         let mut jobs: Vec<Job> = rows.iter().map(job_from_row).collect();
         let next_cursor = if jobs.len() > limit as usize {
             jobs.truncate(limit as usize);
@@ -228,12 +245,12 @@ impl Store {
         Ok(())
     }
 
-    /// Jobs that were handed to a backend and not finished: what a restart must reconcile.
+    /// Jobs not finished: what a restart must reconcile.
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE status IN ('submitted', 'running') ORDER BY created_at"
+            " FROM jobs WHERE status IN ('queued', 'submitted', 'running') ORDER BY created_at"
         ))
         .fetch_all(&self.pool)
         .await?;
@@ -376,6 +393,7 @@ mod tests {
             .unwrap();
         assert_eq!(page_ids(&succeeded), [ids[1].clone()]);
         assert!(succeeded.jobs[0].finished_at.is_some());
-        assert!(store.unfinished_jobs().await.unwrap().is_empty());
+        // The four still queued are what a restart would reconcile.
+        assert_eq!(store.unfinished_jobs().await.unwrap().len(), 4);
     }
 }

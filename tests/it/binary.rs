@@ -390,3 +390,98 @@ async fn service_status_asks_the_running_server() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("is `orchestrator serve` running?"));
 }
+
+#[tokio::test]
+async fn sigkill_during_50_jobs_loses_none() {
+    let fake = FakeComfy::start().await;
+    // Long enough that most of the 50 are still queued or running in ComfyUI when Orchestrator is killed.
+    fake.set_step_delay(Duration::from_millis(8));
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path(), &fake.url());
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let submissions = (0..50u32).map(|i| {
+        let client = client.clone();
+        let url = served.url("/api/jobs");
+        async move {
+            let mut workflow = orchestrator::testkit::fake_comfy::no_model_workflow();
+            workflow["1"]["inputs"]["color"] = serde_json::json!(i);
+            let response = client
+                .post(url)
+                .json(&serde_json::json!({ "workflow": workflow }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    });
+    let accepted: Vec<String> = futures_util::future::join_all(submissions).await;
+    Command::new("kill")
+        .args(["-KILL", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = served.child.wait();
+    let finished_before_restart: Value = client
+        .get(format!("{}/history", fake.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let finished_before_restart = finished_before_restart.as_object().unwrap().len();
+    assert!(
+        finished_before_restart < 40,
+        "the kill must land while most jobs are unfinished ({finished_before_restart} done)"
+    );
+
+    let restarted = Served::start(dir.path(), &fake.url());
+    let jobs_url = restarted.url("/api/jobs?limit=500");
+    let all_succeeded = || {
+        let (client, url) = (client.clone(), jobs_url.clone());
+        async move {
+            let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            let jobs = page["jobs"].as_array().unwrap().clone();
+            jobs.len() == 50 && jobs.iter().all(|j| j["status"] == "succeeded")
+        }
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "every job accepted before the kill succeeds",
+        all_succeeded,
+    )
+    .await;
+
+    let page: Value = client
+        .get(&jobs_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for id in &accepted {
+        let job = page["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id.as_str())
+            .expect("no job lost");
+        let name = job["outputs"][0]["name"].as_str().expect("an output");
+        assert!(
+            dir.path().join("data/outputs").join(id).join(name).exists(),
+            "the output file of {id} exists"
+        );
+    }
+    let store = orchestrator::jobs::store::Store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("data/orchestrator.db").display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(store.integrity_check().await.unwrap(), "ok");
+}
