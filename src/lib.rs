@@ -69,7 +69,19 @@ impl AppState {
         let config = Arc::new(config);
         let gateway = Self::new_gateway(&config);
         let service = Arc::new(service::control::for_config(&config));
-        let jobs = jobs::runner::Jobs::new(store.clone(), gateway.clone(), paths.outputs());
+        let backends = config
+            .comfy
+            .backends
+            .iter()
+            .map(|backend| {
+                ComfyGateway::new(
+                    http_client(config.comfy.connect_timeout),
+                    backend.clone(),
+                    config.comfy.clone(),
+                )
+            })
+            .collect();
+        let jobs = jobs::runner::Jobs::new(store.clone(), backends, paths.outputs());
         Self(Arc::new(AppInner {
             config,
             paths: Arc::new(paths),

@@ -46,6 +46,26 @@ pub async fn connect_upstream(
     }
 }
 
+/// Waits for ComfyUI's greeting (`status` with the socket's `sid`). ComfyUI registers a socket under its client id
+/// only after the upgrade, and greets it right after: a prompt posted before the greeting can send its first
+/// events to no one.
+pub async fn wait_for_greeting(socket: &mut UpstreamSocket, within: std::time::Duration) -> bool {
+    let greeting = async {
+        while let Some(Ok(message)) = socket.next().await {
+            if let tungstenite::Message::Text(text) = message
+                && serde_json::from_str::<serde_json::Value>(text.as_str())
+                    .is_ok_and(|m| m["type"] == "status" && m["data"]["sid"].is_string())
+            {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(within, greeting)
+        .await
+        .unwrap_or(false)
+}
+
 /// Relays frames until either side closes; the other side then gets the close.
 pub async fn relay(client: WebSocket, upstream: UpstreamSocket) {
     let (mut to_client, mut from_client) = client.split();

@@ -54,23 +54,60 @@ pub enum JobError {
 #[derive(Clone)]
 pub struct Jobs {
     store: Store,
-    gateway: ComfyGateway,
+    /// Every configured ComfyUI; a job goes to the online one with the shortest queue.
+    backends: Arc<Vec<ComfyGateway>>,
     outputs: PathBuf,
     events: broadcast::Sender<JobEvent>,
     /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
     followers: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    /// When this process began: only jobs recorded before it are reconciled. A job this process records is its own
+    /// to submit and follow, even in the moment between being recorded and being followed.
+    started_at: String,
 }
 
 impl Jobs {
-    pub fn new(store: Store, gateway: ComfyGateway, outputs: PathBuf) -> Self {
+    pub fn new(store: Store, backends: Vec<ComfyGateway>, outputs: PathBuf) -> Self {
+        assert!(
+            !backends.is_empty(),
+            "the configuration has at least one ComfyUI"
+        );
         let (events, _) = broadcast::channel(1024);
         Self {
             store,
-            gateway,
+            backends: Arc::new(backends),
             outputs,
             events,
             followers: Arc::default(),
+            started_at: super::model::now(),
         }
+    }
+
+    /// The backend a recorded job went to (the first one for a job that names none).
+    fn backend_of(&self, job: &Job) -> &ComfyGateway {
+        job.backend_url
+            .as_deref()
+            .and_then(|url| self.backends.iter().find(|b| b.backend().origin() == url))
+            .unwrap_or(&self.backends[0])
+    }
+
+    /// The online backend with the shortest queue; `None` when none answers.
+    async fn choose_backend(&self) -> Option<&ComfyGateway> {
+        let probes = self.backends.iter().map(|backend| async move {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(2),
+                backend.get_json("/prompt", 64 * 1024),
+            )
+            .await;
+            let queued = answer.ok()?.ok()?["exec_info"]["queue_remaining"].as_u64()?;
+            Some((queued, backend))
+        });
+        let answers = futures_util::future::join_all(probes).await;
+        // min_by_key keeps the first of equals: ties go to the backend listed first.
+        answers
+            .into_iter()
+            .flatten()
+            .min_by_key(|(queued, _)| *queued)
+            .map(|(_, backend)| backend)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
@@ -93,7 +130,20 @@ impl Jobs {
         params: &Value,
         workflow: &Value,
     ) -> Result<Job, JobError> {
-        let backend_url = self.gateway.backend().origin();
+        let Some(gateway) = self.choose_backend().await else {
+            let upstream = self
+                .backends
+                .iter()
+                .map(|b| b.backend().origin())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ApiError::ComfyOffline {
+                upstream,
+                what: "a job",
+            }
+            .into());
+        };
+        let backend_url = gateway.backend().origin();
         let new = NewJob {
             backend: "comfy",
             template,
@@ -108,29 +158,34 @@ impl Jobs {
     /// Posts a recorded job's workflow to ComfyUI and starts following it.
     async fn send_to_comfy(&self, job: Job, workflow: &Value) -> Result<Job, JobError> {
         let client_id = client_id(&job.id);
+        let gateway = self.backend_of(&job).clone();
 
-        let socket_uri = self
-            .gateway
-            .upstream_uri("/ws", Some(&format!("clientId={client_id}")))?;
-        let socket = match ws::connect_upstream(
-            self.gateway.backend(),
-            &socket_uri,
-            Duration::from_secs(10),
-        )
-        .await
-        {
-            Ok(socket) => socket,
-            Err(error) => {
-                self.fail(
-                    &job.id,
-                    json!({ "code": error.code(), "message": error.to_string() }),
-                )
-                .await;
-                return Err(error.into());
-            }
-        };
+        let socket_uri = gateway.upstream_uri("/ws", Some(&format!("clientId={client_id}")))?;
+        let mut socket =
+            match ws::connect_upstream(gateway.backend(), &socket_uri, Duration::from_secs(10))
+                .await
+            {
+                Ok(socket) => socket,
+                Err(error) => {
+                    self.fail(
+                        &job.id,
+                        json!({ "code": error.code(), "message": error.to_string() }),
+                    )
+                    .await;
+                    return Err(error.into());
+                }
+            };
+        if !ws::wait_for_greeting(&mut socket, Duration::from_secs(10)).await {
+            let error = ApiError::ComfyBadResponse("ComfyUI's WebSocket sent no greeting".into());
+            self.fail(
+                &job.id,
+                json!({ "code": error.code(), "message": error.to_string() }),
+            )
+            .await;
+            return Err(error.into());
+        }
         let body = json!({ "prompt": workflow, "client_id": client_id, "extra_data": { "orchestrator_job": job.id } });
-        let (status, answer) = match self.gateway.post_json("/prompt", &body).await {
+        let (status, answer) = match gateway.post_json("/prompt", &body).await {
             Ok(answer) => answer,
             Err(error) => {
                 self.fail(
@@ -175,11 +230,18 @@ impl Jobs {
         )
         .await;
 
-        self.follow(&job.id, prompt_id, workflow, socket);
+        self.follow(gateway.clone(), &job.id, prompt_id, workflow, socket);
         Ok(self.store.job(&job.id).await?.unwrap_or(job))
     }
 
-    fn follow(&self, job_id: &str, prompt_id: &str, workflow: &Value, socket: ws::UpstreamSocket) {
+    fn follow(
+        &self,
+        gateway: ComfyGateway,
+        job_id: &str,
+        prompt_id: &str,
+        workflow: &Value,
+        socket: ws::UpstreamSocket,
+    ) {
         let (stop, stopped) = oneshot::channel();
         self.followers
             .lock()
@@ -187,6 +249,7 @@ impl Jobs {
             .insert(job_id.to_owned(), stop);
         let follower = Follower::new(
             self.clone(),
+            gateway.clone(),
             job_id.to_owned(),
             prompt_id.to_owned(),
             workflow,
@@ -216,21 +279,31 @@ impl Jobs {
             let jobs = self.store.unfinished_jobs().await?;
             let followed = self.followers.lock().unwrap_or_else(|p| p.into_inner());
             jobs.into_iter()
-                .filter(|j| !followed.contains_key(&j.id))
+                .filter(|j| j.created_at < self.started_at && !followed.contains_key(&j.id))
                 .collect()
         };
-        if unfinished.is_empty() {
-            return Ok(0);
-        }
-        let Ok(queue) = self.gateway.get_json("/queue", 64 * 1024 * 1024).await else {
-            return Ok(unfinished.len());
-        };
-        let queued: Vec<Value> = ["queue_running", "queue_pending"]
-            .iter()
-            .flat_map(|k| queue[*k].as_array().cloned().unwrap_or_default())
-            .collect();
+        let mut queues: HashMap<String, Option<Vec<Value>>> = HashMap::new();
         let mut left = 0;
         for job in unfinished {
+            let gateway = self.backend_of(&job).clone();
+            let origin = gateway.backend().origin();
+            if !queues.contains_key(&origin) {
+                let queue = gateway
+                    .get_json("/queue", 64 * 1024 * 1024)
+                    .await
+                    .ok()
+                    .map(|queue| {
+                        ["queue_running", "queue_pending"]
+                            .iter()
+                            .flat_map(|k| queue[*k].as_array().cloned().unwrap_or_default())
+                            .collect::<Vec<_>>()
+                    });
+                queues.insert(origin.clone(), queue);
+            }
+            let Some(queued) = queues[&origin].as_ref() else {
+                left += 1;
+                continue;
+            };
             let workflow = self.store.workflow(&job.id).await?.unwrap_or(Value::Null);
             // The prompt id, or, for a job whose submit was cut short, whatever ComfyUI queued under its id.
             let found = queued.iter().find(|item| {
@@ -239,27 +312,40 @@ impl Jobs {
             });
             if let Some(item) = found {
                 let prompt_id = item[1].as_str().unwrap_or_default().to_owned();
-                let uri = self
-                    .gateway
+                let uri = gateway
                     .upstream_uri("/ws", Some(&format!("clientId={}", client_id(&job.id))))?;
-                match ws::connect_upstream(self.gateway.backend(), &uri, Duration::from_secs(10))
-                    .await
-                {
-                    Ok(socket) => {
+                let connected =
+                    match ws::connect_upstream(gateway.backend(), &uri, Duration::from_secs(10))
+                        .await
+                    {
+                        Ok(mut socket) => {
+                            ws::wait_for_greeting(&mut socket, Duration::from_secs(10))
+                                .await
+                                .then_some(socket)
+                        }
+                        Err(_) => None,
+                    };
+                match connected {
+                    Some(socket) => {
                         let change = JobChange {
                             comfy_prompt_id: Some(prompt_id.clone()),
                             ..Default::default()
                         };
                         self.change(&job.id, "state", change).await;
-                        self.follow(&job.id, &prompt_id, &workflow, socket);
+                        self.follow(gateway.clone(), &job.id, &prompt_id, &workflow, socket);
                     }
-                    Err(_) => left += 1,
+                    None => left += 1,
                 }
                 continue;
             }
             if let Some(prompt_id) = &job.comfy_prompt_id {
-                let follower =
-                    Follower::new(self.clone(), job.id.clone(), prompt_id.clone(), &workflow);
+                let follower = Follower::new(
+                    self.clone(),
+                    gateway.clone(),
+                    job.id.clone(),
+                    prompt_id.clone(),
+                    &workflow,
+                );
                 match follower.history_entry().await {
                     Some(_) => follower.collect_outputs().await,
                     None => {
@@ -300,12 +386,15 @@ impl Jobs {
                 .await?
                 .ok_or_else(|| JobError::NotFound(id.to_owned()));
         };
-        let queue = self.gateway.get_json("/queue", 64 * 1024 * 1024).await?;
+        let queue = self
+            .backend_of(&job)
+            .get_json("/queue", 64 * 1024 * 1024)
+            .await?;
         let pending = queue["queue_pending"]
             .as_array()
             .is_some_and(|items| items.iter().any(|i| i[1] == prompt_id.as_str()));
         if pending {
-            self.gateway
+            self.backend_of(&job)
                 .post_json("/queue", &json!({ "delete": [prompt_id] }))
                 .await?;
             if let Some(stop) = self
@@ -320,7 +409,7 @@ impl Jobs {
                 .await;
         } else {
             // Running: the follower records `cancelled` when ComfyUI reports the interrupt.
-            self.gateway
+            self.backend_of(&job)
                 .post_json("/interrupt", &json!({ "prompt_id": prompt_id }))
                 .await?;
         }
@@ -350,6 +439,9 @@ impl Jobs {
     }
 }
 
+/// How long a followed run may stay silent before its history is checked.
+const SILENCE_CHECK: Duration = Duration::from_secs(15);
+
 /// The WebSocket client id of a job: derived from its id, so a restarted Orchestrator can rejoin its events.
 fn client_id(job_id: &str) -> String {
     format!("orchestrator-{job_id}")
@@ -367,6 +459,8 @@ fn finished(status: JobStatus) -> JobChange {
 /// Follows one prompt to its end.
 struct Follower {
     jobs: Jobs,
+    /// The ComfyUI the job went to.
+    gateway: ComfyGateway,
     job_id: String,
     prompt_id: String,
     /// Node id → class, to name the current node.
@@ -386,7 +480,13 @@ enum End {
 }
 
 impl Follower {
-    fn new(jobs: Jobs, job_id: String, prompt_id: String, workflow: &Value) -> Self {
+    fn new(
+        jobs: Jobs,
+        gateway: ComfyGateway,
+        job_id: String,
+        prompt_id: String,
+        workflow: &Value,
+    ) -> Self {
         let classes = workflow
             .as_object()
             .map(|nodes| {
@@ -403,6 +503,7 @@ impl Follower {
             .unwrap_or_default();
         Self {
             jobs,
+            gateway,
             job_id,
             prompt_id,
             classes,
@@ -412,10 +513,21 @@ impl Follower {
     }
 
     async fn run(mut self, mut socket: ws::UpstreamSocket, mut stopped: oneshot::Receiver<()>) {
+        // Events about this prompt can stop arriving while the socket stays open (ComfyUI's reconnect hazard: an
+        // old socket with the same client id closing late unregisters the new one). After a silence the history is
+        // asked, so a finished run is never waited for forever.
+        let mut heard_at = tokio::time::Instant::now();
         let end = loop {
             let message = tokio::select! {
                 _ = &mut stopped => break End::Stopped,
                 message = socket.next() => message,
+                () = tokio::time::sleep_until(heard_at + SILENCE_CHECK) => {
+                    if self.history_entry().await.is_some() {
+                        break End::Finished;
+                    }
+                    heard_at = tokio::time::Instant::now();
+                    continue;
+                }
             };
             let text = match message {
                 Some(Ok(Message::Text(text))) => text,
@@ -425,6 +537,9 @@ impl Follower {
             let Ok(event) = serde_json::from_str::<Value>(text.as_str()) else {
                 continue;
             };
+            if event["data"]["prompt_id"] == self.prompt_id.as_str() {
+                heard_at = tokio::time::Instant::now();
+            }
             if let Some(end) = self.on_event(&event).await {
                 break end;
             }
@@ -593,7 +708,6 @@ impl Follower {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let history = self
-                .jobs
                 .gateway
                 .get_json(&format!("/history/{}", self.prompt_id), 64 * 1024 * 1024)
                 .await
@@ -632,7 +746,6 @@ impl Follower {
                         ("type", file["type"].as_str().unwrap_or("output")),
                     ]);
                     let (size, content_type) = self
-                        .jobs
                         .gateway
                         .download("/view", &query, &dir.join(&name))
                         .await?;
@@ -661,7 +774,7 @@ impl Follower {
         if self.history_entry().await.is_some() {
             return self.collect_outputs().await;
         }
-        let reason = match self.jobs.gateway.get_json("/queue", 64 * 1024 * 1024).await {
+        let reason = match self.gateway.get_json("/queue", 64 * 1024 * 1024).await {
             Ok(queue) => {
                 let known = ["queue_running", "queue_pending"].iter().any(|k| {
                     queue[*k]

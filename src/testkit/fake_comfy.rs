@@ -998,13 +998,15 @@ async fn websocket(
 async fn serve_socket(shared: Arc<Shared>, socket: WebSocket, sid: String) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    let hello = json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": queue_remaining(&shared)}}, "sid": sid}});
-    let _ = tx.send(Message::text(hello.to_string()));
+    // As ComfyUI: the socket is registered under its id first, then greeted; a client that waits for the
+    // greeting knows that events for its id will reach it.
     shared
         .sockets
         .lock()
         .unwrap()
         .insert(sid.clone(), tx.clone());
+    let hello = json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": queue_remaining(&shared)}}, "sid": sid}});
+    let _ = tx.send(Message::text(hello.to_string()));
     let writer = tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
             let closing = matches!(message, Message::Close(_));

@@ -253,7 +253,7 @@ async fn a_template_job_runs_the_sampler_graph() {
     let posted = fake
         .requests()
         .into_iter()
-        .filter(|r| r.path == "/prompt")
+        .filter(|r| r.path == "/prompt" && r.method == "POST")
         .count();
     assert_eq!(posted, 1);
 }
@@ -323,7 +323,7 @@ async fn cancel_removes_a_queued_job_and_interrupts_a_running_one() {
 
 #[tokio::test]
 async fn comfy_dying_mid_job_is_backend_lost_within_10_s() {
-    let mut fake = FakeComfy::start().await;
+    let fake = FakeComfy::start().await;
     fake.set_step_delay(Duration::from_millis(300));
     let app = TestApp::spawn_with(&fake.url(), |s| s.comfy_read_timeout_secs = "2".into()).await;
     let created: Value = submit(&app, json!({ "workflow": workflow(5) }))
@@ -332,12 +332,26 @@ async fn comfy_dying_mid_job_is_backend_lost_within_10_s() {
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
-    wait_for_job(&app, &id, Duration::from_secs(10), "running").await;
+    let id2 = id.clone();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let now = job(&app, &id2).await;
+            if now["status"] == "running" {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if seen.is_err() {
+        panic!("never running: {}", job(&app, &id).await);
+    }
 
     let died = Instant::now();
+    // Dead to its clients: every socket closed, nothing answered. (Its port stays taken, so no other test's fake
+    // can appear there.)
     fake.set_hang(true);
-    fake.close_sockets(1006, "");
-    fake.stop().await;
+    fake.close_sockets(1001, "going away");
     let lost = wait_for_job(&app, &id, Duration::from_secs(10), "backend_lost").await;
     assert!(
         died.elapsed() < Duration::from_secs(10),
@@ -346,4 +360,75 @@ async fn comfy_dying_mid_job_is_backend_lost_within_10_s() {
     );
     assert_eq!(lost["error"]["code"], "backend_lost");
     assert!(lost["outputs"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_job_goes_to_the_online_backend_with_the_shortest_queue() {
+    let busy = FakeComfy::start().await;
+    busy.set_step_delay(Duration::from_millis(200));
+    let idle = FakeComfy::start().await;
+    // Two prompts straight into the first ComfyUI's queue.
+    let client = reqwest::Client::new();
+    for colour in [10, 11] {
+        let answer = client
+            .post(format!("{}/prompt", busy.url()))
+            .json(&json!({ "prompt": workflow(colour) }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let app = TestApp::spawn(&format!("{},{}", busy.url(), idle.url())).await;
+    let created: Value = submit(&app, json!({ "workflow": workflow(12) }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = wait_for_job(
+        &app,
+        created["id"].as_str().unwrap(),
+        Duration::from_secs(10),
+        "succeeded",
+    )
+    .await;
+    assert_eq!(done["backend_url"], idle.url().as_str());
+
+    let down = crate::support::closed_port().await;
+    let app = TestApp::spawn(&format!("http://{down},{}", idle.url())).await;
+    let created: Value = submit(&app, json!({ "workflow": workflow(13) }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = wait_for_job(
+        &app,
+        created["id"].as_str().unwrap(),
+        Duration::from_secs(10),
+        "succeeded",
+    )
+    .await;
+    assert_eq!(
+        done["backend_url"],
+        idle.url().as_str(),
+        "an offline backend is skipped"
+    );
+
+    let app = TestApp::spawn(&format!("http://{down}")).await;
+    let refused = submit(&app, json!({ "workflow": workflow(14) })).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(error_code(&refused.json().await.unwrap()), "comfy_offline");
+    let listed: Value = app
+        .http
+        .get(app.url("/api/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["jobs"],
+        json!([]),
+        "nothing recorded when no ComfyUI can take it"
+    );
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, closed_port, error_code, wait_until};
+use crate::support::{TestApp, error_code, free_port, wait_until};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-comfyui");
 
@@ -14,7 +14,7 @@ async fn supervised(
     extra: &[&str],
     adjust: impl FnOnce(&mut orchestrator::config::Settings),
 ) -> TestApp {
-    let port = closed_port().await;
+    let port = free_port().await;
     let mut command = vec![FAKE.to_owned(), port.to_string()];
     command.extend(extra.iter().map(|s| (*s).to_owned()));
     TestApp::spawn_with(&format!("http://{port}"), |s| {

@@ -173,12 +173,36 @@ impl Bait {
     }
 }
 
-/// A port on which nothing listens.
-pub async fn closed_port() -> SocketAddr {
+/// A loopback port on which nothing listens, held for as long as the value lives: the socket is bound but never
+/// listens, so connections are refused, and no other test can be handed the same port meanwhile (a port that is
+/// merely released can be given to the next fake another test starts).
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+impl std::fmt::Display for ClosedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+pub async fn closed_port() -> ClosedPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    ClosedPort {
+        addr,
+        _socket: socket,
+    }
+}
+
+/// A port free right now, for a process the test starts to listen on.
+pub async fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr
+    listener.local_addr().unwrap()
 }
 
 /// Asserts the shared error body and returns its code.
