@@ -172,6 +172,10 @@ pub struct Settings {
     )]
     pub comfy_stop_grace_secs: String,
 
+    /// A folder of your own workflow templates (`<name>.json` + `<name>.manifest.json`), added to the built-in ones.
+    #[arg(long, env = "TEMPLATES_DIR", global = true)]
+    pub templates_dir: Option<String>,
+
     /// How long Ignite waits for ComfyUI to answer, in seconds.
     #[arg(long, env = "IGNITE_TIMEOUT_SECS", default_value = "60", global = true)]
     pub ignite_timeout_secs: String,
@@ -255,6 +259,8 @@ pub struct Config {
     pub database_url: Secret,
     pub comfy: ComfyConfig,
     pub service: ServiceConfig,
+    /// A folder of user templates, when configured.
+    pub templates_dir: Option<PathBuf>,
     pub log_format: LogFormat,
 }
 
@@ -536,6 +542,12 @@ impl Settings {
                     idle_timeout: Duration::from_secs(idle_secs),
                     max_body_bytes: max_body_mb * 1024 * 1024,
                 },
+                templates_dir: self
+                    .templates_dir
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from),
                 service: ServiceConfig {
                     backend: service_backend,
                     name: service_name,

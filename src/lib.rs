@@ -82,6 +82,7 @@ impl AppState {
             })
             .collect();
         let jobs = jobs::runner::Jobs::new(store.clone(), backends, paths.outputs());
+        let templates = Arc::new(load_templates(&config));
         Self(Arc::new(AppInner {
             config,
             paths: Arc::new(paths),
@@ -89,7 +90,7 @@ impl AppState {
             gateway,
             models: Arc::default(),
             service,
-            templates: Arc::new(jobs::templates::Templates::builtin()),
+            templates,
             jobs,
         }))
     }
@@ -112,6 +113,17 @@ impl AppState {
         let client = http_client(config.comfy.connect_timeout);
         ComfyGateway::new(client, config.primary_comfy().clone(), config.comfy.clone())
     }
+}
+
+fn load_templates(config: &Config) -> jobs::templates::Templates {
+    let Some(dir) = &config.templates_dir else {
+        return jobs::templates::Templates::builtin();
+    };
+    let (templates, problems) = jobs::templates::Templates::with_folder(dir);
+    for problem in problems {
+        tracing::warn!(%problem, "a template was not loaded");
+    }
+    templates
 }
 
 /// Why the server could not start or stopped with an error.

@@ -145,6 +145,65 @@ impl ComfyGateway {
         matches!(answer.await, Ok(Some(true)))
     }
 
+    /// Uploads an image into ComfyUI's input folder (`/upload/image`, multipart); answers the name ComfyUI gave it,
+    /// which is what a LoadImage node takes.
+    pub async fn upload_image(
+        &self,
+        bytes: bytes::Bytes,
+        file_name: &str,
+        content_type: &str,
+    ) -> Result<String, ApiError> {
+        let boundary = format!("orchestrator-{}", uuid::Uuid::new_v4().simple());
+        let file_name = file_name.replace(['"', '\r', '\n'], "_");
+        let head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{file_name}\"\r\n\
+             Content-Type: {content_type}\r\n\r\n"
+        );
+        let tail = format!(
+            "\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\ninput\r\n--{boundary}--\r\n"
+        );
+        let mut body = Vec::with_capacity(head.len() + bytes.len() + tail.len());
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(&bytes);
+        body.extend_from_slice(tail.as_bytes());
+        let uri = self.upstream_uri("/upload/image", None)?;
+        let request = Request::post(uri)
+            .header(
+                header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(Body::from(body))
+            .map_err(ApiError::internal)?;
+        let deadline = self.settings.write_timeout;
+        let response = tokio::time::timeout(deadline, self.client.request(request))
+            .await
+            .map_err(|_| ApiError::ComfyTimeout {
+                upstream: self.backend.origin(),
+                seconds: deadline.as_secs_f64(),
+            })?
+            .map_err(|_| ApiError::ComfyUnreachable {
+                upstream: self.backend.origin(),
+            })?;
+        let status = response.status();
+        let answer = Limited::new(response.into_body(), 1024 * 1024)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+        match answer["name"].as_str() {
+            Some(name) if status.is_success() => Ok(
+                match answer["subfolder"].as_str().filter(|s| !s.is_empty()) {
+                    Some(subfolder) => format!("{subfolder}/{name}"),
+                    None => name.to_owned(),
+                },
+            ),
+            _ => Err(ApiError::ComfyBadResponse(format!(
+                "POST /upload/image answered {status}"
+            ))),
+        }
+    }
+
     /// POSTs a JSON body; answers the status and the body (JSON, or the text as a JSON string).
     pub async fn post_json(
         &self,

@@ -15,7 +15,8 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::model::{Job, JobStatus};
-use crate::jobs::runner::{JobError, safe_file_name};
+use crate::jobs::runner::{JobError, Upload, safe_file_name};
+use crate::jobs::templates::ParamKind;
 
 #[derive(Debug, Deserialize)]
 pub struct SubmitJob {
@@ -39,10 +40,14 @@ pub async fn submit(State(state): State<AppState>, body: axum::body::Bytes) -> A
             ));
         }
     }
-    let params = request.params.unwrap_or_else(|| json!({}));
+    let mut params = request.params.unwrap_or_else(|| json!({}));
     if !params.is_object() {
         return Err(ApiError::invalid("params", "must be an object"));
     }
+    let uploads = match &request.template {
+        Some(name) => take_uploads(&state, name, &mut params)?,
+        None => Vec::new(),
+    };
     let (template, workflow) = match (request.template, request.workflow) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
@@ -71,7 +76,7 @@ pub async fn submit(State(state): State<AppState>, body: axum::body::Bytes) -> A
     };
     let job = state
         .jobs
-        .submit_comfy(template.as_deref(), &params, &workflow)
+        .submit_comfy(template.as_deref(), &params, workflow, uploads)
         .await
         .map_err(job_error)?;
     let body = json!({ "id": job.id, "status": job.status });
@@ -81,6 +86,78 @@ pub async fn submit(State(state): State<AppState>, body: axum::body::Bytes) -> A
         Json(body),
     )
         .into_response())
+}
+
+/// The largest input image accepted as a data URL.
+const MAX_IMAGE_BYTES: usize = 50 * 1024 * 1024;
+
+/// Image parameters given as `data:` URLs: decoded here, uploaded to the ComfyUI that runs the job. In the stored
+/// parameters the data is replaced by a short note, so the store never holds megabytes of base64.
+fn take_uploads(state: &AppState, template: &str, params: &mut Value) -> ApiResult<Vec<Upload>> {
+    let Some(template) = state.templates.get(template) else {
+        return Ok(Vec::new());
+    };
+    let mut uploads = Vec::new();
+    let mut fields = Map::new();
+    for (key, param) in &template.manifest.params {
+        if param.kind != ParamKind::Image {
+            continue;
+        }
+        let Some(url) = params
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|v| v.starts_with("data:"))
+        else {
+            continue;
+        };
+        match decode_data_url(url) {
+            Ok((content_type, bytes)) => {
+                let extension = content_type
+                    .strip_prefix("image/")
+                    .unwrap_or("png")
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+                let file_name =
+                    format!("orchestrator-{}.{extension}", uuid::Uuid::new_v4().simple());
+                params[key] = json!(format!("upload:{file_name}"));
+                uploads.push(Upload {
+                    bytes: bytes.into(),
+                    file_name,
+                    content_type,
+                    targets: param.targets.clone(),
+                });
+            }
+            Err(problem) => {
+                fields.insert(format!("params.{key}"), json!(problem));
+            }
+        }
+    }
+    if fields.is_empty() {
+        Ok(uploads)
+    } else {
+        Err(ApiError::Validation { fields })
+    }
+}
+
+/// `data:<type>;base64,<data>` → (type, bytes).
+fn decode_data_url(url: &str) -> Result<(String, Vec<u8>), String> {
+    use base64::Engine;
+    let (head, data) = url
+        .strip_prefix("data:")
+        .and_then(|u| u.split_once(','))
+        .ok_or("not a data: URL")?;
+    let content_type = head
+        .strip_suffix(";base64")
+        .ok_or("only base64 data: URLs are accepted")?;
+    if !content_type.starts_with("image/") {
+        return Err(format!("an image is expected, not {content_type:?}"));
+    }
+    if data.len() / 4 * 3 > MAX_IMAGE_BYTES {
+        return Err(format!("larger than {} MiB", MAX_IMAGE_BYTES / 1024 / 1024));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| format!("not valid base64: {e}"))?;
+    Ok((content_type.to_owned(), bytes))
 }
 
 /// An API-format workflow: an object of nodes, each with a `class_type` and `inputs`.
@@ -130,6 +207,12 @@ fn job_error(error: JobError) -> ApiError {
         JobError::NotFound(id) => ApiError::JobNotFound { id },
         JobError::Finished(status) => ApiError::JobFinished { status },
     }
+}
+
+/// `GET /api/templates`: every template's manifest (name, title, output, parameters with types, ranges, defaults).
+pub async fn templates(State(state): State<AppState>) -> Json<Value> {
+    let manifests: Vec<_> = state.templates.manifests().collect();
+    Json(json!({ "templates": manifests }))
 }
 
 #[derive(Debug, Deserialize)]

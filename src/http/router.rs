@@ -69,7 +69,14 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .route("/api/system/comfy/stop", post(system::stop))
         .route("/api/system/ignite", post(system::ignite))
         .route("/api/logs/comfy", get(system::comfy_log))
-        .route("/api/jobs", get(jobs::list).post(jobs::submit))
+        .route(
+            "/api/jobs",
+            // Input images come inline as data: URLs.
+            get(jobs::list)
+                .post(jobs::submit)
+                .layer(axum::extract::DefaultBodyLimit::max(72 * 1024 * 1024)),
+        )
+        .route("/api/templates", get(jobs::templates))
         .route("/api/jobs/{id}", get(jobs::get))
         .route("/api/jobs/{id}/events", get(jobs::events))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))

@@ -24,6 +24,15 @@ use crate::comfy::proxy::ComfyGateway;
 use crate::comfy::ws;
 use crate::error::ApiError;
 
+/// An input image to upload before the job is submitted.
+pub struct Upload {
+    pub bytes: bytes::Bytes,
+    pub file_name: String,
+    pub content_type: String,
+    /// The `[node, input]` pairs that take the uploaded file's name.
+    pub targets: Vec<(String, String)>,
+}
+
 /// One change to a job, as `/api/jobs/{id}/events` sends it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobEvent {
@@ -128,7 +137,8 @@ impl Jobs {
         &self,
         template: Option<&str>,
         params: &Value,
-        workflow: &Value,
+        mut workflow: Value,
+        uploads: Vec<Upload>,
     ) -> Result<Job, JobError> {
         let Some(gateway) = self.choose_backend().await else {
             let upstream = self
@@ -143,16 +153,31 @@ impl Jobs {
             }
             .into());
         };
+        // Input images go to the ComfyUI that will run the job, under the names it answers with.
+        for upload in uploads {
+            let name = gateway
+                .upload_image(upload.bytes, &upload.file_name, &upload.content_type)
+                .await?;
+            for (node, input) in &upload.targets {
+                if let Some(inputs) = workflow
+                    .get_mut(node)
+                    .and_then(|n| n.get_mut("inputs"))
+                    .and_then(Value::as_object_mut)
+                {
+                    inputs.insert(input.clone(), Value::String(name.clone()));
+                }
+            }
+        }
         let backend_url = gateway.backend().origin();
         let new = NewJob {
             backend: "comfy",
             template,
             params,
-            workflow,
+            workflow: &workflow,
             backend_url: Some(&backend_url),
         };
         let job = self.store.insert_job(new).await?;
-        self.send_to_comfy(job, workflow).await
+        self.send_to_comfy(job, &workflow).await
     }
 
     /// Posts a recorded job's workflow to ComfyUI and starts following it.

@@ -101,6 +101,51 @@ impl Templates {
         templates
     }
 
+    /// The built-in templates plus those in `dir` (`<name>.json` with `<name>.manifest.json`); a template of the
+    /// folder replaces a built-in one of the same name. Answers the problems found in the folder, one per file.
+    pub fn with_folder(dir: &std::path::Path) -> (Self, Vec<String>) {
+        let mut templates = Self::builtin();
+        let mut problems = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(error) => return (templates, vec![format!("{}: {error}", dir.display())]),
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(stem) = file.strip_suffix(".manifest.json") else {
+                continue;
+            };
+            let workflow_path = path.with_file_name(format!("{stem}.json"));
+            let read =
+                |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            let loaded = read(&path).and_then(|manifest| {
+                let manifest: Manifest = serde_json::from_slice(&manifest).map_err(|e| format!("{}: {e}", path.display()))?;
+                let workflow: Value = serde_json::from_slice(&read(&workflow_path)?)
+                    .map_err(|e| format!("{}: {e}", workflow_path.display()))?;
+                for (key, param) in &manifest.params {
+                    for (node, input) in &param.targets {
+                        if workflow.get(node).and_then(|n| n.get("inputs")).and_then(|i| i.get(input)).is_none() {
+                            return Err(format!("{}: parameter {key} targets {node}.{input}, which the workflow lacks", path.display()));
+                        }
+                    }
+                }
+                Ok(Template { manifest, workflow })
+            });
+            match loaded {
+                Ok(template) => {
+                    templates
+                        .by_name
+                        .insert(template.manifest.name.clone(), template);
+                }
+                Err(problem) => problems.push(problem),
+            }
+        }
+        (templates, problems)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
     }
@@ -271,6 +316,30 @@ mod tests {
         let templates = Templates::builtin();
         let names: Vec<&str> = templates.names().collect();
         assert_eq!(names, ["sd35-t2i", "sdxl-i2i", "sdxl-t2i", "svd-v2v"]);
+    }
+
+    #[test]
+    fn a_folder_adds_and_replaces_templates_and_names_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let builtin = Templates::builtin();
+        let mut manifest = builtin.get("sdxl-t2i").unwrap().manifest.clone();
+        manifest.name = "my-sdxl".into();
+        std::fs::write(
+            dir.path().join("my-sdxl.manifest.json"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("my-sdxl.json"),
+            builtin.get("sdxl-t2i").unwrap().workflow.to_string(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("broken.manifest.json"), "{").unwrap();
+        let (templates, problems) = Templates::with_folder(dir.path());
+        assert!(templates.get("my-sdxl").is_some());
+        assert!(templates.get("sdxl-t2i").is_some(), "built-ins stay");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("broken.manifest.json"));
     }
 
     #[test]

@@ -235,6 +235,22 @@ async fn comfy_validation_errors_reach_the_job_and_the_answer() {
 async fn a_template_job_runs_the_sampler_graph() {
     let fake = FakeComfy::start_with_models(&[("checkpoints", "sd_xl_base_1.0.safetensors")]).await;
     let app = TestApp::spawn(&fake.url()).await;
+    let listed: Value = app
+        .http
+        .get(app.url("/api/templates"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sd35-t2i", "sdxl-i2i", "sdxl-t2i", "svd-v2v"]);
     let response = submit(&app, json!({ "template": "sdxl-t2i", "params": { "prompt": "a lighthouse at dusk", "seed": 42 } })).await;
     assert_eq!(response.status(), 202);
     let created: Value = response.json().await.unwrap();
@@ -431,4 +447,51 @@ async fn a_job_goes_to_the_online_backend_with_the_shortest_queue() {
         json!([]),
         "nothing recorded when no ComfyUI can take it"
     );
+}
+
+#[tokio::test]
+async fn an_input_image_is_uploaded_to_comfy_for_img2img() {
+    use base64::Engine;
+    let fake = FakeComfy::start_with_models(&[("checkpoints", "sd_xl_base_1.0.safetensors")]).await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let image = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(OUTPUT_PNG)
+    );
+    let params = json!({ "prompt": "the same scene at night", "image": image });
+    let response = submit(&app, json!({ "template": "sdxl-i2i", "params": params })).await;
+    assert_eq!(response.status(), 202);
+    let created: Value = response.json().await.unwrap();
+    let done = wait_for_job(
+        &app,
+        created["id"].as_str().unwrap(),
+        Duration::from_secs(10),
+        "succeeded",
+    )
+    .await;
+
+    let uploads = fake.uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    let (name, size) = uploads.iter().next().unwrap();
+    assert_eq!(*size, OUTPUT_PNG.len() as u64, "the image arrived whole");
+    assert_eq!(
+        done["params"]["image"],
+        format!("upload:{name}"),
+        "the store keeps a note, not the data"
+    );
+
+    for bad in [
+        "data:text/plain;base64,aGk=",
+        "data:image/png;base64,***",
+        "data:image/png,raw",
+    ] {
+        let params = json!({ "prompt": "x", "image": bad });
+        let response = submit(&app, json!({ "template": "sdxl-i2i", "params": params })).await;
+        assert_eq!(response.status(), 422, "{bad}");
+        let answer: Value = response.json().await.unwrap();
+        assert!(
+            answer["error"]["details"]["fields"]["params.image"].is_string(),
+            "{answer}"
+        );
+    }
 }

@@ -34,6 +34,7 @@ pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
         service_name: "OrchestratorComfyUI".into(),
         nssm_path: "nssm".into(),
         ignite_timeout_secs: "60".into(),
+        templates_dir: None,
         comfy_restart_delay_ms: "1000".into(),
         comfy_stop_grace_secs: "15".into(),
         log_format: Some("json".into()),
