@@ -171,6 +171,33 @@ async fn local_api(
     method: Method,
     path: &str,
 ) -> Result<(StatusCode, Value), String> {
+    local_api_with(config, method, path, None).await
+}
+
+async fn local_api_with(
+    config: &Config,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(StatusCode, Value), String> {
+    let response = local_request(config, method, path, body).await?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// Sends a request to the running server; the answer's body is left to the caller (it may be a stream).
+async fn local_request(
+    config: &Config,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
     let base = local_base(config);
     let client = crate::comfy::proxy::http_client(Duration::from_secs(2));
     let mut request = Request::builder()
@@ -182,20 +209,198 @@ async fn local_api(
             format!("Bearer {}", token.expose()),
         );
     }
-    let request = request.body(Body::empty()).map_err(|e| e.to_string())?;
+    let request = match body {
+        Some(body) => request
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .map_err(|e| e.to_string())?,
+        None => request.body(Body::empty()).map_err(|e| e.to_string())?,
+    };
     let unreachable = |e: &dyn std::fmt::Display| {
         format!("Orchestrator is not answering at {base} ({e}); is `orchestrator serve` running?")
     };
-    let response = tokio::time::timeout(Duration::from_secs(120), client.request(request))
+    tokio::time::timeout(Duration::from_secs(120), client.request(request))
         .await
         .map_err(|e| unreachable(&e))?
-        .map_err(|e| unreachable(&e))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+        .map_err(|e| unreachable(&e))
+}
+
+/// What `orchestrator generate` asks for.
+pub struct GenerateRequest {
+    pub template: Option<String>,
+    pub workflow_file: Option<std::path::PathBuf>,
+    pub prompt: Option<String>,
+    /// `key=value`; a value that parses as JSON (a number, true/false) is taken as such, otherwise as text.
+    pub params: Vec<String>,
+    pub image: Option<std::path::PathBuf>,
+}
+
+/// Submits a job to the running server, follows it with a progress bar, and answers the paths of its outputs.
+pub async fn generate(config: &Config, request: GenerateRequest) -> Result<String, String> {
+    let mut params = serde_json::Map::new();
+    if let Some(prompt) = request.prompt {
+        params.insert("prompt".into(), Value::String(prompt));
+    }
+    for pair in &request.params {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--param {pair:?}: expected key=value"))?;
+        let value = serde_json::from_str::<Value>(value)
+            .ok()
+            .filter(|v| !v.is_string())
+            .unwrap_or_else(|| Value::String(value.to_owned()));
+        params.insert(key.trim().to_owned(), value);
+    }
+    if let Some(path) = &request.image {
+        use base64::Engine;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let kind = match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("jpg" | "jpeg") => "image/jpeg",
+            Some("webp") => "image/webp",
+            _ => "image/png",
+        };
+        let url = format!(
+            "data:{kind};base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        );
+        params.insert("image".into(), Value::String(url));
+    }
+    let body = match (&request.template, &request.workflow_file) {
+        (Some(template), None) => {
+            serde_json::json!({ "backend": "comfy", "template": template, "params": params })
+        }
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let workflow: Value = serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
+            serde_json::json!({ "backend": "comfy", "workflow": workflow })
+        }
+        _ => return Err("give --template NAME or --workflow FILE".into()),
+    };
+    let (status, answer) = local_api_with(config, Method::POST, "/api/jobs", Some(&body)).await?;
+    if !status.is_success() {
+        return Err(describe_error(&answer));
+    }
+    let id = answer["id"]
+        .as_str()
+        .ok_or("no job id in the answer")?
+        .to_owned();
+    let job = follow(config, &id).await?;
+    if job["status"] != "succeeded" {
+        let why = describe_error(&serde_json::json!({ "error": job["error"] }));
+        return Err(format!("job {id} ended {}: {why}", job["status"]));
+    }
+    let dir = config.data_dir.join("outputs").join(&id);
+    let paths: Vec<String> = job["outputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["name"].as_str())
+        .map(|name| dir.join(name).display().to_string())
+        .collect();
+    Ok(paths.join("\n"))
+}
+
+/// Follows `/api/jobs/{id}/events` with a progress bar until the job ends; answers the last state.
+async fn follow(config: &Config, id: &str) -> Result<Value, String> {
+    let bar = indicatif::ProgressBar::new(100);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>3}% {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("job {id}"));
+    let response =
+        local_request(config, Method::GET, &format!("/api/jobs/{id}/events"), None).await?;
+    let mut body = response.into_body();
+    let mut pending = String::new();
+    let mut last = Value::Null;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.push_str(&String::from_utf8_lossy(&data));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let Some(json) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let Ok(job) = serde_json::from_str::<Value>(json) else {
+                continue;
+            };
+            bar.set_position(job["progress"].as_f64().unwrap_or(0.0) as u64);
+            let node = job["current_node"].as_str().unwrap_or("");
+            bar.set_message(format!("{} {node}", job["status"].as_str().unwrap_or("")));
+            last = job;
+        }
+    }
+    bar.finish_and_clear();
+    if last.is_null() {
+        return Err(format!("no events for job {id}"));
+    }
+    Ok(last)
+}
+
+/// `orchestrator jobs …`
+pub enum JobsAction {
+    List { status: Option<String>, limit: u32 },
+    Show { id: String },
+    Cancel { id: String },
+}
+
+pub async fn jobs(config: &Config, action: JobsAction) -> Result<String, String> {
+    let (method, path) = match &action {
+        JobsAction::List { status, limit } => {
+            let status = status
+                .as_deref()
+                .map(|s| format!("&status={s}"))
+                .unwrap_or_default();
+            (Method::GET, format!("/api/jobs?limit={limit}{status}"))
+        }
+        JobsAction::Show { id } => (Method::GET, format!("/api/jobs/{id}")),
+        JobsAction::Cancel { id } => (Method::POST, format!("/api/jobs/{id}/cancel")),
+    };
+    let (status, answer) = local_api_with(config, method, &path, None).await?;
+    if !status.is_success() {
+        return Err(describe_error(&answer));
+    }
+    Ok(match action {
+        JobsAction::List { .. } => {
+            let mut lines = vec![format!(
+                "{:<36}  {:<15} {:>5}  {:<10} {}",
+                "ID", "STATUS", "%", "TEMPLATE", "CREATED"
+            )];
+            for job in answer["jobs"].as_array().into_iter().flatten() {
+                lines.push(format!(
+                    "{:<36}  {:<15} {:>5.0}  {:<10} {}",
+                    job["id"].as_str().unwrap_or(""),
+                    job["status"].as_str().unwrap_or(""),
+                    job["progress"].as_f64().unwrap_or(0.0),
+                    job["template"].as_str().unwrap_or("-"),
+                    job["created_at"].as_str().unwrap_or("")
+                ));
+            }
+            lines.join("\n")
+        }
+        _ => serde_json::to_string_pretty(&answer).unwrap_or_default(),
+    })
+}
+
+fn describe_error(answer: &Value) -> String {
+    let error = &answer["error"];
+    let mut text = error["message"].as_str().unwrap_or("failed").to_owned();
+    if let Some(fields) = error["details"]["fields"].as_object() {
+        for (field, problem) in fields {
+            text.push_str(&format!("\n  {field}: {}", problem.as_str().unwrap_or("")));
+        }
+    }
+    text
 }

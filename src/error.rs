@@ -35,7 +35,7 @@ pub enum ApiError {
     #[error("ComfyUI at {upstream} did not answer within {seconds} s")]
     ComfyTimeout { upstream: String, seconds: f64 },
 
-    #[error("ComfyUI at {upstream} is offline, so {what} cannot be read")]
+    #[error("ComfyUI at {upstream} is offline, so {what}")]
     ComfyOffline {
         upstream: String,
         what: &'static str,

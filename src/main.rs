@@ -26,11 +26,49 @@ enum Command {
     Serve,
     /// Validate the configuration and print it, secrets masked; exit code 2 when it is invalid.
     Config,
+    /// Submit a job (a template or a workflow file), follow it with a progress bar, print its output paths.
+    Generate {
+        /// A template name (see GET /api/templates), e.g. sdxl-t2i.
+        #[arg(long, conflicts_with = "workflow")]
+        template: Option<String>,
+        /// An API-format workflow file instead of a template.
+        #[arg(long)]
+        workflow: Option<std::path::PathBuf>,
+        /// The prompt (the template's `prompt` parameter).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Another parameter, key=value (repeatable), e.g. --param steps=20.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// An input image for img2img and video templates.
+        #[arg(long)]
+        image: Option<std::path::PathBuf>,
+    },
+    /// The job store: list, show, cancel.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsCommand,
+    },
     /// ComfyUI as a service: install, uninstall, start, stop, status, logs.
     Service {
         #[command(subcommand)]
         action: ServiceCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// The newest jobs first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One job, in full.
+    Show { id: String },
+    /// Cancel a queued or running job.
+    Cancel { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,26 +150,56 @@ fn main() -> ExitCode {
         Command::Config => unreachable!("handled before the server starts"),
         Command::Service { action } => {
             let (action, dry_run) = action.split();
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("cannot start: {error}");
-                    return ExitCode::FAILURE;
-                }
+            terminal(orchestrator::cli::service(&config, action, dry_run))
+        }
+        Command::Generate {
+            template,
+            workflow,
+            prompt,
+            params,
+            image,
+        } => {
+            let request = orchestrator::cli::GenerateRequest {
+                template,
+                workflow_file: workflow,
+                prompt,
+                params,
+                image,
             };
-            match runtime.block_on(orchestrator::cli::service(&config, action, dry_run)) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(message) => {
-                    eprintln!("{message}");
-                    ExitCode::FAILURE
-                }
-            }
+            terminal(orchestrator::cli::generate(&config, request))
+        }
+        Command::Jobs { action } => {
+            use orchestrator::cli::JobsAction;
+            let action = match action {
+                JobsCommand::List { status, limit } => JobsAction::List { status, limit },
+                JobsCommand::Show { id } => JobsAction::Show { id },
+                JobsCommand::Cancel { id } => JobsAction::Cancel { id },
+            };
+            terminal(orchestrator::cli::jobs(&config, action))
+        }
+    }
+}
+
+/// Runs a terminal command to its end: its answer on stdout (exit 0), or its error on stderr (exit 1).
+fn terminal(command: impl std::future::Future<Output = Result<String, String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -148,12 +148,12 @@ impl ModelCache {
             ApiError::ComfyTimeout { upstream, .. } | ApiError::ComfyUnreachable { upstream } => {
                 ApiError::ComfyOffline {
                     upstream,
-                    what: "the model lists",
+                    what: "the model lists cannot be read",
                 }
             }
             ApiError::ComfyOffline { upstream, .. } => ApiError::ComfyOffline {
                 upstream,
-                what: "the model lists",
+                what: "the model lists cannot be read",
             },
             other => other,
         })?;

@@ -319,7 +319,7 @@ impl ComfyGateway {
             .map_err(ApiError::internal)?;
         let offline = |_| ApiError::ComfyOffline {
             upstream: self.backend.origin(),
-            what: "its node definitions",
+            what: "its node definitions cannot be read",
         };
         let response =
             tokio::time::timeout(self.settings.read_timeout, self.client.request(request))

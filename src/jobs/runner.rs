@@ -149,7 +149,7 @@ impl Jobs {
                 .join(", ");
             return Err(ApiError::ComfyOffline {
                 upstream,
-                what: "a job",
+                what: "no job can be started",
             }
             .into());
         };

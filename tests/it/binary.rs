@@ -485,3 +485,78 @@ async fn sigkill_during_50_jobs_loses_none() {
     .unwrap();
     assert_eq!(store.integrity_check().await.unwrap(), "ok");
 }
+
+// Multi-threaded: the fake ComfyUI must keep answering while this test blocks on the CLI process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_follows_the_job_and_prints_the_output_paths() {
+    let fake = FakeComfy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &fake.url());
+    let workflow = dir.path().join("workflow.json");
+    std::fs::write(
+        &workflow,
+        orchestrator::testkit::fake_comfy::no_model_workflow().to_string(),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("ORCH_BIND", served.addr.to_string()),
+        ("DATA_DIR", data.display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let output = command(dir.path(), &env)
+        .args(["generate", "--workflow", workflow.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(
+        path.starts_with(data.join("outputs").to_str().unwrap()),
+        "{path}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        orchestrator::testkit::fake_comfy::OUTPUT_PNG
+    );
+
+    let refused = command(dir.path(), &env)
+        .args(["generate", "--template", "sdxl-t2i"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("params.prompt: required"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let listed = command(dir.path(), &env)
+        .args(["jobs", "list"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    let id = listed
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("one job listed")
+        .to_owned();
+    assert!(listed.contains("succeeded"), "{listed}");
+    let shown = command(dir.path(), &env)
+        .args(["jobs", "show", &id])
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["status"], "succeeded");
+    let cancel = command(dir.path(), &env)
+        .args(["jobs", "cancel", &id])
+        .output()
+        .unwrap();
+    assert!(!cancel.status.success());
+    assert!(String::from_utf8_lossy(&cancel.stderr).contains("already succeeded"));
+}
