@@ -495,3 +495,46 @@ async fn an_input_image_is_uploaded_to_comfy_for_img2img() {
         );
     }
 }
+
+#[tokio::test]
+async fn after_a_restart_a_job_comfy_no_longer_knows_is_backend_lost() {
+    let fake = FakeComfy::start().await;
+    let data = tempfile::tempdir().unwrap();
+    // A job an earlier run submitted; this ComfyUI (restarted since) has never heard of its prompt.
+    let store = orchestrator::jobs::store::Store::open(&format!(
+        "sqlite://{}",
+        data.path().join("orchestrator.db").display()
+    ))
+    .await
+    .unwrap();
+    let workflow = workflow(20);
+    let new = orchestrator::jobs::store::NewJob {
+        backend: "comfy",
+        template: None,
+        params: &json!({}),
+        workflow: &workflow,
+        backend_url: Some(&fake.url()),
+    };
+    let id = store.insert_job(new).await.unwrap().id;
+    let change = orchestrator::jobs::store::JobChange {
+        status: Some(orchestrator::jobs::model::JobStatus::Running),
+        comfy_prompt_id: Some("prompt-from-before-the-restart".into()),
+        ..Default::default()
+    };
+    store.update_job(&id, change).await.unwrap();
+    store.close().await;
+
+    let app = TestApp::spawn_with(&fake.url(), |s| {
+        s.data_dir = data.path().display().to_string()
+    })
+    .await;
+    let lost = wait_for_job(&app, &id, Duration::from_secs(10), "backend_lost").await;
+    assert!(
+        lost["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer knows"),
+        "{lost}"
+    );
+    assert!(lost["finished_at"].is_string());
+}
