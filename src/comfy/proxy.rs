@@ -175,15 +175,7 @@ impl ComfyGateway {
             .body(Body::from(body))
             .map_err(ApiError::internal)?;
         let deadline = self.settings.write_timeout;
-        let response = tokio::time::timeout(deadline, self.client.request(request))
-            .await
-            .map_err(|_| ApiError::ComfyTimeout {
-                upstream: self.backend.origin(),
-                seconds: deadline.as_secs_f64(),
-            })?
-            .map_err(|_| ApiError::ComfyUnreachable {
-                upstream: self.backend.origin(),
-            })?;
+        let response = self.send_within(request, deadline).await?;
         let status = response.status();
         let answer = Limited::new(response.into_body(), 1024 * 1024)
             .collect()
@@ -220,12 +212,7 @@ impl ComfyGateway {
             upstream: self.backend.origin(),
             seconds: deadline.as_secs_f64(),
         };
-        let response = tokio::time::timeout(deadline, self.client.request(request))
-            .await
-            .map_err(|_| timeout())?
-            .map_err(|_| ApiError::ComfyUnreachable {
-                upstream: self.backend.origin(),
-            })?;
+        let response = self.send_within(request, deadline).await?;
         let status = response.status();
         let bytes = tokio::time::timeout(
             deadline,
@@ -254,16 +241,9 @@ impl ComfyGateway {
         let request = Request::get(uri)
             .body(Body::empty())
             .map_err(ApiError::internal)?;
-        let response =
-            tokio::time::timeout(self.settings.read_timeout, self.client.request(request))
-                .await
-                .map_err(|_| ApiError::ComfyTimeout {
-                    upstream: self.backend.origin(),
-                    seconds: self.settings.read_timeout.as_secs_f64(),
-                })?
-                .map_err(|_| ApiError::ComfyUnreachable {
-                    upstream: self.backend.origin(),
-                })?;
+        let response = self
+            .send_within(request, self.settings.read_timeout)
+            .await?;
         if !response.status().is_success() {
             return Err(ApiError::ComfyBadResponse(format!(
                 "GET {path}?{query} answered {}",
@@ -317,18 +297,9 @@ impl ComfyGateway {
         let request = Request::get(uri)
             .body(Body::empty())
             .map_err(ApiError::internal)?;
-        let offline = |_| ApiError::ComfyOffline {
-            upstream: self.backend.origin(),
-            what: "its node definitions cannot be read",
-        };
-        let response =
-            tokio::time::timeout(self.settings.read_timeout, self.client.request(request))
-                .await
-                .map_err(|_| ApiError::ComfyTimeout {
-                    upstream: self.backend.origin(),
-                    seconds: self.settings.read_timeout.as_secs_f64(),
-                })?
-                .map_err(offline)?;
+        let response = self
+            .send_within(request, self.settings.read_timeout)
+            .await?;
         if !response.status().is_success() {
             return Err(ApiError::ComfyBadResponse(format!(
                 "GET {path} answered {}",
@@ -367,6 +338,24 @@ impl ComfyGateway {
             .build()
             .map_err(|_| ApiError::InvalidPath {
                 path: raw_path.chars().take(256).collect(),
+            })
+    }
+
+    /// Sends one of Orchestrator's own requests: no answer within `deadline` is `comfy_timeout`, no connection
+    /// `comfy_unreachable`.
+    async fn send_within(
+        &self,
+        request: Request<Body>,
+        deadline: Duration,
+    ) -> Result<Response<hyper::body::Incoming>, ApiError> {
+        tokio::time::timeout(deadline, self.client.request(request))
+            .await
+            .map_err(|_| ApiError::ComfyTimeout {
+                upstream: self.backend.origin(),
+                seconds: deadline.as_secs_f64(),
+            })?
+            .map_err(|_| ApiError::ComfyUnreachable {
+                upstream: self.backend.origin(),
             })
     }
 

@@ -374,12 +374,12 @@ impl Jobs {
                 match follower.history_entry().await {
                     Some(_) => follower.collect_outputs().await,
                     None => {
-                        let error = json!({ "code": "backend_lost", "message": "ComfyUI no longer knows the job (it was restarted?)" });
-                        let change = JobChange {
-                            error: Some(error),
-                            ..finished(JobStatus::BackendLost)
-                        };
-                        self.change(&job.id, "state", change).await;
+                        self.lose(
+                            &job.id,
+                            "backend_lost",
+                            "ComfyUI no longer knows the job (it was restarted?)",
+                        )
+                        .await;
                     }
                 }
                 continue;
@@ -442,6 +442,20 @@ impl Jobs {
             .job(id)
             .await?
             .ok_or_else(|| JobError::NotFound(id.to_owned()))
+    }
+
+    /// The backend no longer has the job: `backend_lost`, with why.
+    async fn lose(&self, id: &str, code: &str, message: &str) {
+        let error = json!({ "code": code, "message": message });
+        self.change(
+            id,
+            "state",
+            JobChange {
+                error: Some(error),
+                ..finished(JobStatus::BackendLost)
+            },
+        )
+        .await;
     }
 
     async fn fail(&self, id: &str, error: Value) {
@@ -683,15 +697,11 @@ impl Follower {
         let entry = match self.history_entry().await {
             Some(entry) => entry,
             None => {
-                let error = json!({ "code": "comfy_history_missing", "message": "ComfyUI finished the run but has no history for it" });
                 self.jobs
-                    .change(
+                    .lose(
                         &self.job_id,
-                        "state",
-                        JobChange {
-                            error: Some(error),
-                            ..finished(JobStatus::BackendLost)
-                        },
+                        "comfy_history_missing",
+                        "ComfyUI finished the run but has no history for it",
                     )
                     .await;
                 return;
@@ -815,17 +825,7 @@ impl Follower {
             }
             Err(_) => "ComfyUI stopped answering while the job ran",
         };
-        let error = json!({ "code": "backend_lost", "message": reason });
-        self.jobs
-            .change(
-                &self.job_id,
-                "state",
-                JobChange {
-                    error: Some(error),
-                    ..finished(JobStatus::BackendLost)
-                },
-            )
-            .await;
+        self.jobs.lose(&self.job_id, "backend_lost", reason).await;
     }
 }
 
