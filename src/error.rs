@@ -44,9 +44,6 @@ pub enum ApiError {
     #[error("ComfyUI answered with something that is not what it should be: {0}")]
     ComfyBadResponse(String),
 
-    #[error("a WebSocket upgrade is required on this route")]
-    UpgradeRequired,
-
     #[error("{0}")]
     Service(#[from] crate::service::ServiceError),
 
@@ -96,7 +93,6 @@ impl ApiError {
             Self::ComfyUnreachable { .. } | Self::ComfyBadResponse(_) => StatusCode::BAD_GATEWAY,
             Self::ComfyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ComfyOffline { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Self::NotFound { .. }
             | Self::LogNotFound { .. }
             | Self::JobNotFound { .. }
@@ -131,7 +127,6 @@ impl ApiError {
             Self::ComfyTimeout { .. } => "comfy_timeout",
             Self::ComfyOffline { .. } => "comfy_offline",
             Self::ComfyBadResponse(_) => "comfy_bad_response",
-            Self::UpgradeRequired => "upgrade_required",
             Self::NotFound { .. } => "not_found",
             Self::LogNotFound { .. } => "log_not_found",
             Self::Validation { .. } => "validation_failed",

@@ -44,7 +44,6 @@ pub struct AppState(Arc<AppInner>);
 
 pub struct AppInner {
     pub config: Arc<Config>,
-    pub paths: Arc<DataPaths>,
     pub store: Store,
     /// The gateway to the first configured ComfyUI. Each serving thread has its own, so that a request and the
     /// pooled upstream connection it uses never wake another thread.
@@ -85,7 +84,6 @@ impl AppState {
         let templates = Arc::new(load_templates(&config));
         Self(Arc::new(AppInner {
             config,
-            paths: Arc::new(paths),
             store,
             gateway,
             models: Arc::default(),
@@ -99,7 +97,6 @@ impl AppState {
     pub fn for_another_thread(&self) -> Self {
         Self(Arc::new(AppInner {
             config: self.config.clone(),
-            paths: self.paths.clone(),
             store: self.store.clone(),
             gateway: Self::new_gateway(&self.config),
             models: self.models.clone(),

@@ -151,10 +151,6 @@ impl ModelCache {
                     what: "the model lists cannot be read",
                 }
             }
-            ApiError::ComfyOffline { upstream, .. } => ApiError::ComfyOffline {
-                upstream,
-                what: "the model lists cannot be read",
-            },
             other => other,
         })?;
         let lists = Arc::new(ModelLists::from_object_info(&object_info, &embeddings));

@@ -270,7 +270,6 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
 }
 
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    find(&state, &id).await?;
     Ok(Json(state.jobs.cancel(&id).await.map_err(job_error)?))
 }
 
@@ -360,7 +359,7 @@ pub async fn output(
         .await
         .map(|m| m.len())
         .unwrap_or(file.size);
-    let body = Body::from_stream(tokio_util_stream(opened));
+    let body = Body::from_stream(file_chunks(opened));
     Ok((
         [
             (header::CONTENT_TYPE, file.content_type.clone()),
@@ -376,7 +375,7 @@ pub async fn output(
 }
 
 /// A file as a stream of 64 KiB chunks.
-fn tokio_util_stream(
+fn file_chunks(
     file: tokio::fs::File,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
     use tokio::io::AsyncReadExt;

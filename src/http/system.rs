@@ -27,7 +27,7 @@ pub async fn status(State(state): State<AppState>) -> Json<ServiceStatus> {
 /// The service's status; for an external ComfyUI, its health decides.
 async fn current_status(state: &AppState) -> ServiceStatus {
     let mut status = state.service.status().await;
-    if status.backend == "external" {
+    if matches!(*state.service, crate::service::ServiceControl::External) {
         status.status = match state.gateway.probe(PROBE_WITHIN).await {
             true => ServiceState::Running,
             false => ServiceState::Stopped,

@@ -136,6 +136,16 @@ fn python_name() -> String {
     }
 }
 
+/// A recorded service-manager output from `tests/fixtures/service`.
+#[cfg(test)]
+pub(crate) fn recorded(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/service/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

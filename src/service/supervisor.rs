@@ -116,11 +116,6 @@ impl Supervisor {
     pub fn status(&self) -> ServiceStatus {
         self.status.borrow().clone()
     }
-
-    /// Changes of status, for waiting on a condition.
-    pub fn watch(&self) -> watch::Receiver<ServiceStatus> {
-        self.status.clone()
-    }
 }
 
 /// A running child and what the actor needs to know about it.

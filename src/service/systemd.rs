@@ -169,14 +169,7 @@ pub fn parse_show(output: &str) -> UnitStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn recorded(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/tests/fixtures/service/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
+    use crate::service::recorded;
 
     #[test]
     fn show_output_states() {

@@ -157,15 +157,8 @@ fn quote_windows_arg(arg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::recorded;
     use std::path::PathBuf;
-
-    fn recorded(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/tests/fixtures/service/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
 
     #[test]
     fn sc_query_states() {

@@ -17,14 +17,7 @@ async fn submit(app: &TestApp, body: Value) -> reqwest::Response {
 }
 
 async fn job(app: &TestApp, id: &str) -> Value {
-    app.http
-        .get(app.url(&format!("/api/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json(&format!("/api/jobs/{id}")).await
 }
 
 async fn wait_for_job(app: &TestApp, id: &str, deadline: Duration, status: &str) -> Value {
@@ -117,15 +110,7 @@ async fn a_workflow_runs_to_success_with_its_output_on_disk() {
     assert_eq!(served.headers()["content-type"], "image/png");
     assert_eq!(served.bytes().await.unwrap().as_ref(), OUTPUT_PNG);
 
-    let listed: Value = app
-        .http
-        .get(app.url("/api/jobs?status=succeeded"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/api/jobs?status=succeeded").await;
     assert_eq!(listed["jobs"][0]["id"], id.as_str());
     let missing = app
         .http
@@ -184,15 +169,7 @@ async fn bad_requests_are_422_naming_each_field() {
         fake.requests().iter().all(|r| r.path != "/prompt"),
         "nothing invalid reached ComfyUI"
     );
-    let listed: Value = app
-        .http
-        .get(app.url("/api/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/api/jobs").await;
     assert_eq!(
         listed["jobs"],
         json!([]),
@@ -235,15 +212,7 @@ async fn comfy_validation_errors_reach_the_job_and_the_answer() {
 async fn a_template_job_runs_the_sampler_graph() {
     let fake = FakeComfy::start_with_models(&[("checkpoints", "sd_xl_base_1.0.safetensors")]).await;
     let app = TestApp::spawn(&fake.url()).await;
-    let listed: Value = app
-        .http
-        .get(app.url("/api/templates"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/api/templates").await;
     let names: Vec<&str> = listed["templates"]
         .as_array()
         .unwrap()
@@ -433,15 +402,7 @@ async fn a_job_goes_to_the_online_backend_with_the_shortest_queue() {
     let refused = submit(&app, json!({ "workflow": workflow(14) })).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(error_code(&refused.json().await.unwrap()), "comfy_offline");
-    let listed: Value = app
-        .http
-        .get(app.url("/api/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/api/jobs").await;
     assert_eq!(
         listed["jobs"],
         json!([]),

@@ -26,15 +26,7 @@ async fn lists_every_folder_from_object_info() {
     ])
     .await;
     let app = TestApp::spawn(&fake.url()).await;
-    let body: Value = app
-        .http
-        .get(app.url("/api/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.get_json("/api/models").await;
     let keys: Vec<&str> = body
         .as_object()
         .unwrap()

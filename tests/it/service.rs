@@ -27,14 +27,7 @@ async fn supervised(
 }
 
 async fn status(app: &TestApp) -> Value {
-    app.http
-        .get(app.url("/api/system/comfy/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json("/api/system/comfy/status").await
 }
 
 async fn post(app: &TestApp, path: &str) -> reqwest::Response {
@@ -188,15 +181,7 @@ async fn a_child_that_crashes_at_once_ends_crash_looping_without_spinning() {
     );
 
     // Its last words are in the log.
-    let log: Value = app
-        .http
-        .get(app.url("/api/logs/comfy?lines=3"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = app.get_json("/api/logs/comfy?lines=3").await;
     assert!(
         log["lines"].as_array().unwrap().iter().any(|l| l
             .as_str()
@@ -298,30 +283,14 @@ async fn logs_are_tailed_and_a_missing_log_is_a_json_404() {
         Duration::from_secs(5),
         "ComfyUI's greeting is in the log (lines=0 reads as 1)",
         || async {
-            let log: Value = app
-                .http
-                .get(app.url("/api/logs/comfy?lines=0"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let log: Value = app.get_json("/api/logs/comfy?lines=0").await;
             log["lines"]
                 .as_array()
                 .is_some_and(|l| l.len() == 1 && l[0].as_str().unwrap().contains("To see the GUI"))
         },
     )
     .await;
-    let log: Value = app
-        .http
-        .get(app.url("/api/logs/comfy?lines=999999"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = app.get_json("/api/logs/comfy?lines=999999").await;
     assert!(
         log["lines"][0]
             .as_str()

@@ -109,14 +109,8 @@ async fn the_recorded_run_is_relayed_in_order() {
 
     // ComfyUI writes the history before the final message, so it is there now.
     let history: Value = app
-        .http
-        .get(app.url(&format!("/api/comfy/history/{prompt_id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/comfy/history/{prompt_id}"))
+        .await;
     assert_eq!(history[&prompt_id]["status"]["status_str"], "success");
 }
 

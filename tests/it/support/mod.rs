@@ -98,6 +98,18 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// GETs `path` and reads the answer as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The origin the panel's own page has.
     pub fn origin(&self) -> String {
         format!("http://{}", self.addr)
