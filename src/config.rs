@@ -180,6 +180,103 @@ pub struct Settings {
     #[arg(long, env = "IGNITE_TIMEOUT_SECS", default_value = "60", global = true)]
     pub ignite_timeout_secs: String,
 
+    /// Whether paid cloud calls (FLUX) may happen at all; `false` keeps every FLUX request a dry run.
+    #[arg(long, env = "ALLOW_GENERATION", default_value = "false", global = true)]
+    pub allow_generation: String,
+
+    /// Black Forest Labs API key (sent as `x-key`, never shown).
+    #[arg(long, env = "BFL_API_KEY", hide_env_values = true, global = true)]
+    pub bfl_api_key: Option<String>,
+
+    /// BFL's API: `https://api.bfl.ai` (global) or a regional one such as `https://api.eu.bfl.ai`.
+    #[arg(
+        long,
+        env = "BFL_BASE_URL",
+        default_value = "https://api.bfl.ai",
+        global = true
+    )]
+    pub bfl_base_url: String,
+
+    /// The most FLUX may cost per UTC day, in US dollars.
+    #[arg(
+        long,
+        env = "FLUX_DAILY_BUDGET_USD",
+        default_value = "5",
+        global = true
+    )]
+    pub flux_daily_budget_usd: String,
+
+    /// How long a dry run's confirmation token stays valid, in seconds.
+    #[arg(
+        long,
+        env = "FLUX_CONFIRM_TTL_SECS",
+        default_value = "600",
+        global = true
+    )]
+    pub flux_confirm_ttl_secs: String,
+
+    /// How long a submit to BFL may take before its outcome counts as unknown, in seconds.
+    #[arg(
+        long,
+        env = "FLUX_SUBMIT_TIMEOUT_SECS",
+        default_value = "30",
+        global = true
+    )]
+    pub flux_submit_timeout_secs: String,
+
+    /// The first pause between two polls of a FLUX task, in milliseconds; it grows to 5 s.
+    #[arg(
+        long,
+        env = "FLUX_POLL_INTERVAL_MS",
+        default_value = "1000",
+        global = true
+    )]
+    pub flux_poll_interval_ms: String,
+
+    /// How long a FLUX task may stay unfinished before its job fails, in seconds.
+    #[arg(
+        long,
+        env = "FLUX_POLL_TIMEOUT_SECS",
+        default_value = "900",
+        global = true
+    )]
+    pub flux_poll_timeout_secs: String,
+
+    /// v0 Platform API key (sent as `Authorization: Bearer`, never shown).
+    #[arg(long, env = "V0_API_KEY", hide_env_values = true, global = true)]
+    pub v0_api_key: Option<String>,
+
+    /// The v0 Platform API; `/api/v0/chats` goes to `$V0_BASE_URL/v1/chats`.
+    #[arg(
+        long,
+        env = "V0_BASE_URL",
+        default_value = "https://api.v0.dev",
+        global = true
+    )]
+    pub v0_base_url: String,
+
+    /// How long v0 may take to start answering, and the longest pause inside a streamed answer, in seconds.
+    #[arg(long, env = "V0_TIMEOUT_SECS", default_value = "300", global = true)]
+    pub v0_timeout_secs: String,
+
+    /// Requests per minute one client may make to `/api/flux/*` and `/api/v0/*`.
+    #[arg(
+        long,
+        env = "PAID_RATE_LIMIT_PER_MIN",
+        default_value = "30",
+        global = true
+    )]
+    pub paid_rate_limit_per_min: String,
+
+    /// How many of those requests may come at once before the per-minute pace applies.
+    #[arg(
+        long,
+        env = "PAID_RATE_LIMIT_BURST",
+        default_value = "10",
+        global = true
+    )]
+    pub paid_rate_limit_burst: String,
+
     /// `json` or `text`; the default is `text` on a terminal and `json` elsewhere.
     #[arg(long, env = "LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -246,6 +343,37 @@ pub struct ServiceConfig {
     pub stop_grace: Duration,
 }
 
+/// Settings of the Black Forest Labs (FLUX) client and its money guards.
+#[derive(Debug, Clone)]
+pub struct FluxConfig {
+    pub allow_generation: bool,
+    pub api_key: Option<Secret>,
+    /// Without a trailing slash.
+    pub base_url: String,
+    /// The day's spending cap in millionths of a dollar, so sums stay exact.
+    pub daily_budget_micros: i64,
+    pub confirm_ttl: Duration,
+    pub submit_timeout: Duration,
+    pub poll_interval: Duration,
+    pub poll_timeout: Duration,
+}
+
+/// Settings of the v0 Platform API gateway.
+#[derive(Debug, Clone)]
+pub struct V0Config {
+    pub api_key: Option<Secret>,
+    /// Scheme, host and optional path prefix, without a trailing slash or API version.
+    pub base_url: String,
+    pub timeout: Duration,
+}
+
+/// The per-client limit on the paid routes.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -261,6 +389,9 @@ pub struct Config {
     pub service: ServiceConfig,
     /// A folder of user templates, when configured.
     pub templates_dir: Option<PathBuf>,
+    pub flux: FluxConfig,
+    pub v0: V0Config,
+    pub paid_rate_limit: RateLimitConfig,
     pub log_format: LogFormat,
 }
 
@@ -432,6 +563,101 @@ impl Settings {
             3600,
         );
 
+        let confirm_ttl_secs = positive(
+            "FLUX_CONFIRM_TTL_SECS",
+            "--flux-confirm-ttl-secs",
+            &self.flux_confirm_ttl_secs,
+            86_400,
+        );
+        let submit_timeout_secs = positive(
+            "FLUX_SUBMIT_TIMEOUT_SECS",
+            "--flux-submit-timeout-secs",
+            &self.flux_submit_timeout_secs,
+            600,
+        );
+        let poll_interval_ms = positive(
+            "FLUX_POLL_INTERVAL_MS",
+            "--flux-poll-interval-ms",
+            &self.flux_poll_interval_ms,
+            60_000,
+        );
+        let poll_timeout_secs = positive(
+            "FLUX_POLL_TIMEOUT_SECS",
+            "--flux-poll-timeout-secs",
+            &self.flux_poll_timeout_secs,
+            86_400,
+        );
+        let v0_timeout_secs = positive(
+            "V0_TIMEOUT_SECS",
+            "--v0-timeout-secs",
+            &self.v0_timeout_secs,
+            86_400,
+        );
+        let rate_per_min = positive(
+            "PAID_RATE_LIMIT_PER_MIN",
+            "--paid-rate-limit-per-min",
+            &self.paid_rate_limit_per_min,
+            1_000_000,
+        );
+        let rate_burst = positive(
+            "PAID_RATE_LIMIT_BURST",
+            "--paid-rate-limit-burst",
+            &self.paid_rate_limit_burst,
+            1_000_000,
+        );
+
+        let allow_generation = match self.allow_generation.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" | "" => false,
+            other => {
+                problems.push(format!(
+                    "ALLOW_GENERATION (--allow-generation) = {other:?}: expected true or false"
+                ));
+                false
+            }
+        };
+        let daily_budget_micros = match self.flux_daily_budget_usd.trim().parse::<f64>() {
+            Ok(usd) if usd.is_finite() && (0.0..=100_000.0).contains(&usd) => {
+                (usd * 1_000_000.0).round() as i64
+            }
+            _ => {
+                problems.push(format!(
+                    "FLUX_DAILY_BUDGET_USD (--flux-daily-budget-usd) = {:?}: expected dollars from 0 to 100000, such as 5 or 2.50",
+                    self.flux_daily_budget_usd
+                ));
+                0
+            }
+        };
+        let bfl_base_url = match parse_api_base(&self.bfl_base_url) {
+            Ok(url) => url,
+            Err(why) => {
+                problems.push(format!(
+                    "BFL_BASE_URL (--bfl-base-url) = {:?}: {why}",
+                    self.bfl_base_url
+                ));
+                String::new()
+            }
+        };
+        let v0_base_url = match parse_api_base(&self.v0_base_url) {
+            // The version is part of the forwarded path (`/api/v0/v2/…` reaches v2), so a base given with
+            // `/v1` is taken without it.
+            Ok(url) => url.strip_suffix("/v1").map(str::to_owned).unwrap_or(url),
+            Err(why) => {
+                problems.push(format!(
+                    "V0_BASE_URL (--v0-base-url) = {:?}: {why}",
+                    self.v0_base_url
+                ));
+                String::new()
+            }
+        };
+        let optional_secret = |value: &Option<String>| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(Secret::new)
+        };
+
         let service_backend = match self
             .service_backend
             .as_deref()
@@ -559,11 +785,46 @@ impl Settings {
                     restart_delay: Duration::from_millis(restart_ms),
                     stop_grace: Duration::from_secs(grace_secs),
                 },
+                flux: FluxConfig {
+                    allow_generation,
+                    api_key: optional_secret(&self.bfl_api_key),
+                    base_url: bfl_base_url,
+                    daily_budget_micros,
+                    confirm_ttl: Duration::from_secs(confirm_ttl_secs),
+                    submit_timeout: Duration::from_secs(submit_timeout_secs),
+                    poll_interval: Duration::from_millis(poll_interval_ms),
+                    poll_timeout: Duration::from_secs(poll_timeout_secs),
+                },
+                v0: V0Config {
+                    api_key: optional_secret(&self.v0_api_key),
+                    base_url: v0_base_url,
+                    timeout: Duration::from_secs(v0_timeout_secs),
+                },
+                paid_rate_limit: RateLimitConfig {
+                    per_minute: u32::try_from(rate_per_min).unwrap_or(u32::MAX),
+                    burst: u32::try_from(rate_burst).unwrap_or(u32::MAX),
+                },
                 log_format,
             }),
             _ => Err(ConfigErrors(problems)),
         }
     }
+}
+
+/// An HTTP(S) API's base URL, checked and without a trailing slash, query or fragment.
+fn parse_api_base(raw: &str) -> Result<String, &'static str> {
+    let url = reqwest::Url::parse(raw.trim())
+        .map_err(|_| "expected a URL such as https://api.example.com")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("expected an http:// or https:// URL");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host");
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err("expected no query, fragment or user name");
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 impl Config {

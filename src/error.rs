@@ -74,6 +74,52 @@ pub enum ApiError {
     #[error("no route for {path}")]
     NotFound { path: String },
 
+    #[error("a job on {backend} cannot be cancelled: {why}")]
+    JobNotCancellable { backend: String, why: &'static str },
+
+    #[error("Generation disabled. Set ALLOW_GENERATION=true on the server to allow paid calls")]
+    GenerationDisabled,
+
+    #[error("{what} is not configured on the server")]
+    NotConfigured {
+        code: &'static str,
+        what: &'static str,
+    },
+
+    #[error("{message}")]
+    Confirmation {
+        code: &'static str,
+        message: &'static str,
+    },
+
+    #[error(
+        "the day's FLUX budget cannot cover this request: ${price:.3} needed, ${left:.3} of ${limit:.2} left"
+    )]
+    BudgetExceeded {
+        price: f64,
+        limit: f64,
+        spent: f64,
+        reserved: f64,
+        left: f64,
+    },
+
+    #[error(
+        "this Idempotency-Key was used with another request body; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
+
+    #[error("too many requests; try again in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+
+    #[error("{message}")]
+    Provider {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        details: Value,
+        retry_after: Option<u64>,
+    },
+
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -100,7 +146,14 @@ impl ApiError {
             Self::Validation { .. } | Self::ComfyRejected { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::JobFinished { .. } => StatusCode::CONFLICT,
+            Self::JobFinished { .. } | Self::JobNotCancellable { .. } => StatusCode::CONFLICT,
+            Self::GenerationDisabled => StatusCode::FORBIDDEN,
+            Self::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Confirmation { .. } => StatusCode::CONFLICT,
+            Self::BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Provider { status, .. } => *status,
             Self::Service(error) => match error {
                 ServiceError::External | ServiceError::NotInstalled | ServiceError::NoCommand => {
                     StatusCode::CONFLICT
@@ -134,6 +187,14 @@ impl ApiError {
             Self::JobNotFound { .. } => "job_not_found",
             Self::JobFinished { .. } => "job_finished",
             Self::OutputNotFound { .. } => "output_not_found",
+            Self::JobNotCancellable { .. } => "job_not_cancellable",
+            Self::GenerationDisabled => "generation_disabled",
+            Self::NotConfigured { code, .. } => code,
+            Self::Confirmation { code, .. } => code,
+            Self::BudgetExceeded { .. } => "budget_exceeded",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Provider { code, .. } => code,
             Self::Service(error) => match error {
                 ServiceError::External => "service_external",
                 ServiceError::NotInstalled => "service_not_installed",
@@ -166,6 +227,17 @@ impl ApiError {
             Self::ComfyTimeout { upstream, seconds } => {
                 json!({ "upstream": upstream, "timeout_secs": seconds })
             }
+            Self::BudgetExceeded {
+                price,
+                limit,
+                spent,
+                reserved,
+                left,
+            } => {
+                json!({ "price": price, "limit": limit, "spent": spent, "reserved": reserved, "left": left, "currency": "USD" })
+            }
+            Self::RateLimited { retry_after } => json!({ "retry_after_secs": retry_after }),
+            Self::Provider { details, .. } => details.clone(),
             _ => json!({}),
         }
     }
@@ -195,7 +267,18 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(code = self.code(), %status, "request refused"),
         }
-        (status, Json(self.body())).into_response()
+        let retry_after = match &self {
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            Self::Provider { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let mut response = (status, Json(self.body())).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

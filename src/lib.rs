@@ -17,6 +17,7 @@ pub mod cli;
 pub mod comfy;
 pub mod config;
 pub mod error;
+pub mod flux;
 pub mod http;
 pub mod jobs;
 pub mod paths;
@@ -24,6 +25,7 @@ pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod v0;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +56,11 @@ pub struct AppInner {
     pub templates: Arc<jobs::templates::Templates>,
     /// Jobs: one for the process (its event stream and followers are shared by every serving thread).
     pub jobs: jobs::runner::Jobs,
+    /// Paid FLUX generation; one for the process, so idempotency locks are shared.
+    pub flux: flux::service::Flux,
+    pub v0: v0::V0Gateway,
+    /// One for the process, so a client cannot multiply its allowance by the number of serving threads.
+    pub paid_limiter: Arc<http::rate_limit::PaidLimiter>,
 }
 
 impl Deref for AppState {
@@ -82,6 +89,9 @@ impl AppState {
             .collect();
         let jobs = jobs::runner::Jobs::new(store.clone(), backends, paths.outputs());
         let templates = Arc::new(load_templates(&config));
+        let flux = flux::service::Flux::new(config.flux.clone(), jobs.clone());
+        let v0 = v0::V0Gateway::new(config.v0.clone());
+        let paid_limiter = Arc::new(http::rate_limit::PaidLimiter::new(config.paid_rate_limit));
         Self(Arc::new(AppInner {
             config,
             store,
@@ -90,6 +100,9 @@ impl AppState {
             service,
             templates,
             jobs,
+            flux,
+            v0,
+            paid_limiter,
         }))
     }
 
@@ -103,6 +116,9 @@ impl AppState {
             service: self.service.clone(),
             templates: self.templates.clone(),
             jobs: self.jobs.clone(),
+            flux: self.flux.clone(),
+            v0: self.v0.clone(),
+            paid_limiter: self.paid_limiter.clone(),
         }))
     }
 
@@ -152,6 +168,7 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     let store = Store::open(config.database_url.expose()).await?;
     let state = AppState::new(config, paths, store);
     tokio::spawn(state.jobs.clone().reconcile());
+    tokio::spawn(state.flux.clone().reconcile());
     Ok(state)
 }
 
@@ -166,6 +183,7 @@ pub async fn run(
         tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads = 1, "Orchestrator listening");
     }
     http::server::serve(listener, http::router::App::new(state.clone()), shutdown).await;
+    state.flux.shutdown();
     stop_supervised(&state).await;
     state.store.close().await;
     Ok(())
@@ -216,6 +234,7 @@ pub fn run_per_core(
         }
     }
     control.block_on(async {
+        state.flux.shutdown();
         stop_supervised(&state).await;
         state.store.close().await;
     });

@@ -206,6 +206,10 @@ fn job_error(error: JobError) -> ApiError {
         JobError::Store(error) => ApiError::internal(error),
         JobError::NotFound(id) => ApiError::JobNotFound { id },
         JobError::Finished(status) => ApiError::JobFinished { status },
+        JobError::NotCancellable(backend) => ApiError::JobNotCancellable {
+            backend,
+            why: "BFL cannot stop a task once it is sent, and it is charged",
+        },
     }
 }
 

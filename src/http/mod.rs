@@ -3,6 +3,8 @@
 
 pub mod guard;
 pub mod jobs;
+pub mod paid;
+pub mod rate_limit;
 pub mod request_log;
 pub mod router;
 pub mod server;

@@ -6,14 +6,14 @@ use axum::Router;
 use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, body::Body};
 use serde::Deserialize;
 use tower::ServiceExt;
 
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
-use super::{jobs, system};
+use super::{jobs, paid, rate_limit, system};
 use crate::AppState;
 use crate::comfy::ws;
 use crate::error::{ApiError, ApiResult};
@@ -81,6 +81,7 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .route("/api/jobs/{id}/events", get(jobs::events))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/jobs/{id}/outputs/{name}", get(jobs::output))
+        .merge(paid_routes(state.paid_limiter.clone()))
         .layer(from_fn(guard::require_json_body));
 
     Router::new()
@@ -89,6 +90,21 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .with_state(state)
         .layer(from_fn_with_state(policy, guard::guard))
         .layer(from_fn(log_request))
+}
+
+/// The routes that cost money or call a remote API, behind the per-client rate limit.
+fn paid_routes(limiter: Arc<rate_limit::PaidLimiter>) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/flux/generate",
+            // Kontext takes its input image inline.
+            post(paid::flux_generate).layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024)),
+        )
+        .route("/api/flux/budget", get(paid::flux_budget))
+        .route("/api/flux/models", get(paid::flux_models))
+        .route("/api/v0/validate", get(paid::v0_validate))
+        .route("/api/v0/{*path}", any(paid::v0_gateway))
+        .route_layer(from_fn_with_state(limiter, rate_limit::limit))
 }
 
 /// Liveness of Orchestrator itself (not of ComfyUI): answers as soon as the server accepts requests.

@@ -68,6 +68,13 @@ pub struct Job {
     /// ComfyUI's id for the prompt, once submitted.
     pub comfy_prompt_id: Option<String>,
     pub backend_url: Option<String>,
+    /// The paid provider's task id (FLUX), once it accepted the task.
+    pub provider_id: Option<String>,
+    /// Where the provider's task is polled; internal, as it is the provider's address, not the user's.
+    #[serde(skip)]
+    pub polling_url: Option<String>,
+    /// What the job costs in US dollars, for paid backends.
+    pub cost_usd: Option<f64>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,

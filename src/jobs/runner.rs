@@ -57,6 +57,8 @@ pub enum JobError {
     NotFound(String),
     #[error("the job is already {0}")]
     Finished(&'static str),
+    #[error("a {0} job cannot be cancelled")]
+    NotCancellable(String),
 }
 
 /// The job service: shared by every serving thread.
@@ -304,7 +306,11 @@ impl Jobs {
             let jobs = self.store.unfinished_jobs().await?;
             let followed = self.followers.lock().unwrap_or_else(|p| p.into_inner());
             jobs.into_iter()
-                .filter(|j| j.created_at < self.started_at && !followed.contains_key(&j.id))
+                .filter(|j| {
+                    j.backend == "comfy"
+                        && j.created_at < self.started_at
+                        && !followed.contains_key(&j.id)
+                })
                 .collect()
         };
         let mut queues: HashMap<String, Option<Vec<Value>>> = HashMap::new();
@@ -402,6 +408,9 @@ impl Jobs {
         if job.status.is_final() {
             return Err(JobError::Finished(job.status.as_str()));
         }
+        if job.backend != "comfy" {
+            return Err(JobError::NotCancellable(job.backend));
+        }
         let Some(prompt_id) = job.comfy_prompt_id.clone() else {
             self.change(id, "state", finished(JobStatus::Cancelled))
                 .await;
@@ -445,7 +454,7 @@ impl Jobs {
     }
 
     /// The backend no longer has the job: `backend_lost`, with why.
-    async fn lose(&self, id: &str, code: &str, message: &str) {
+    pub(crate) async fn lose(&self, id: &str, code: &str, message: &str) {
         let error = json!({ "code": code, "message": message });
         self.change(
             id,
@@ -458,7 +467,7 @@ impl Jobs {
         .await;
     }
 
-    async fn fail(&self, id: &str, error: Value) {
+    pub(crate) async fn fail(&self, id: &str, error: Value) {
         let change = JobChange {
             error: Some(error),
             ..finished(JobStatus::Failed)
@@ -467,7 +476,7 @@ impl Jobs {
     }
 
     /// Stores a change and tells the listeners.
-    async fn change(&self, id: &str, kind: &'static str, change: JobChange) {
+    pub(crate) async fn change(&self, id: &str, kind: &'static str, change: JobChange) {
         if let Err(error) = self.store.update_job(id, change).await {
             tracing::error!(job = id, %error, "cannot record a job change");
             return;
@@ -486,7 +495,7 @@ fn client_id(job_id: &str) -> String {
     format!("orchestrator-{job_id}")
 }
 
-fn finished(status: JobStatus) -> JobChange {
+pub(crate) fn finished(status: JobStatus) -> JobChange {
     JobChange {
         status: Some(status),
         current_node: Some(None),

@@ -20,7 +20,7 @@ use super::model::{Job, JobStatus, OutputFile, now};
 macro_rules! job_columns {
     () => {
         "id, backend, status, progress, current_node, template, params, error, outputs, comfy_prompt_id, \
-         backend_url, created_at, started_at, finished_at"
+         backend_url, provider_id, polling_url, cost_micros, created_at, started_at, finished_at"
     };
 }
 
@@ -214,6 +214,8 @@ impl Store {
             error,
             outputs,
             comfy_prompt_id,
+            provider_id,
+            polling_url,
             started,
             finished,
         } = change;
@@ -226,7 +228,9 @@ impl Store {
                outputs = COALESCE(?7, outputs), \
                comfy_prompt_id = COALESCE(?8, comfy_prompt_id), \
                started_at = CASE WHEN ?9 AND started_at IS NULL THEN ?11 ELSE started_at END, \
-               finished_at = CASE WHEN ?10 THEN ?11 ELSE finished_at END \
+               finished_at = CASE WHEN ?10 THEN ?11 ELSE finished_at END, \
+               provider_id = COALESCE(?12, provider_id), \
+               polling_url = COALESCE(?13, polling_url) \
              WHERE id = ?1",
         )
         .bind(id)
@@ -240,6 +244,8 @@ impl Store {
         .bind(started)
         .bind(finished)
         .bind(now())
+        .bind(provider_id)
+        .bind(polling_url)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -256,6 +262,212 @@ impl Store {
         .await?;
         Ok(rows.iter().map(job_from_row).collect())
     }
+}
+
+/// Paid generation: budget reservations and idempotency keys.
+impl Store {
+    /// Records a paid job and reserves its price in one transaction, unless the day's budget cannot cover it.
+    /// `BEGIN IMMEDIATE` takes SQLite's write lock before the day's usage is read, so two requests can never both
+    /// see the same room left; with an idempotency key the key is claimed in the same transaction.
+    pub async fn reserve_paid_job(&self, paid: PaidJob<'_>) -> Result<Reservation, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (spent, reserved): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN state = 'spent' THEN amount_micros END), 0), \
+                    COALESCE(SUM(CASE WHEN state = 'reserved' THEN amount_micros END), 0) \
+             FROM charges WHERE day = ?",
+        )
+        .bind(paid.day)
+        .fetch_one(&mut *tx)
+        .await?;
+        let usage = BudgetUsage { spent, reserved };
+        if spent + reserved + paid.cost_micros > paid.budget_micros {
+            tx.rollback().await?;
+            return Ok(Reservation::OverBudget(usage));
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let created = now();
+        let new = paid.job;
+        sqlx::query(
+            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, cost_micros) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(new.backend)
+        .bind(new.workflow.to_string())
+        .bind(new.params.to_string())
+        .bind(new.template)
+        .bind(&created)
+        .bind(new.backend_url)
+        .bind(paid.cost_micros)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO charges (job_id, day, amount_micros, state, updated_at) VALUES (?, ?, ?, 'reserved', ?)",
+        )
+        .bind(&id)
+        .bind(paid.day)
+        .bind(paid.cost_micros)
+        .bind(&created)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(claim) = paid.idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(claim.scope)
+            .bind(claim.key)
+            .bind(claim.fingerprint)
+            .bind(&id)
+            .bind(&created)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let job = self
+            .job(&id)
+            .await?
+            .ok_or(StoreError::Query(sqlx::Error::RowNotFound))?;
+        Ok(Reservation::Reserved(Box::new(job)))
+    }
+
+    /// Settles a reserved charge: `spent` once the provider took the task, `released` when it certainly did not.
+    /// A charge already settled stays as it is.
+    pub async fn settle_charge(&self, job_id: &str, state: ChargeState) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE charges SET state = ?2, updated_at = ?3 WHERE job_id = ?1 AND state = 'reserved'",
+        )
+        .bind(job_id)
+        .bind(state.as_str())
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// What the day's paid jobs spent and hold reserved, in millionths of a dollar.
+    pub async fn budget_usage(&self, day: &str) -> Result<BudgetUsage, StoreError> {
+        let (spent, reserved): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN state = 'spent' THEN amount_micros END), 0), \
+                    COALESCE(SUM(CASE WHEN state = 'reserved' THEN amount_micros END), 0) \
+             FROM charges WHERE day = ?",
+        )
+        .bind(day)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(BudgetUsage { spent, reserved })
+    }
+
+    /// The record of an idempotency key younger than `since`, if one was claimed.
+    pub async fn idempotency_record(
+        &self,
+        scope: &str,
+        key: &str,
+        since: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row: Option<IdempotencyRow> = sqlx::query_as(
+            "SELECT fingerprint, job_id, response_status, response_body FROM idempotency_keys \
+             WHERE scope = ? AND key = ? AND created_at >= ?",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(
+            row.map(|(fingerprint, job_id, status, body)| IdempotencyRecord {
+                fingerprint,
+                job_id,
+                response: status.zip(body).and_then(|(status, body)| {
+                    Some((
+                        u16::try_from(status).ok()?,
+                        serde_json::from_str(&body).ok()?,
+                    ))
+                }),
+            }),
+        )
+    }
+
+    /// Forgets keys older than `before`, so a key can be used again after its window.
+    pub async fn prune_idempotency_keys(&self, before: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps the answer a key's first request got, for its repeats.
+    pub async fn record_idempotent_response(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = ?3, response_body = ?4 WHERE scope = ?1 AND key = ?2",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(i64::from(status))
+        .bind(body.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// fingerprint, job id, response status, response body.
+type IdempotencyRow = (String, Option<String>, Option<i64>, Option<String>);
+
+/// A paid job to record, with its price and the budget it must fit in.
+pub struct PaidJob<'a> {
+    pub job: NewJob<'a>,
+    pub cost_micros: i64,
+    /// The UTC day the price counts against, `YYYY-MM-DD`.
+    pub day: &'a str,
+    pub budget_micros: i64,
+    pub idempotency: Option<IdempotencyClaim<'a>>,
+}
+
+pub struct IdempotencyClaim<'a> {
+    pub scope: &'a str,
+    pub key: &'a str,
+    pub fingerprint: &'a str,
+}
+
+pub enum Reservation {
+    Reserved(Box<Job>),
+    OverBudget(BudgetUsage),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetUsage {
+    pub spent: i64,
+    pub reserved: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeState {
+    Spent,
+    Released,
+}
+
+impl ChargeState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Spent => "spent",
+            Self::Released => "released",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub job_id: Option<String>,
+    /// The status and body the first request was answered with, once known.
+    pub response: Option<(u16, Value)>,
 }
 
 /// What a new job is made of.
@@ -277,6 +489,8 @@ pub struct JobChange {
     pub error: Option<Value>,
     pub outputs: Option<Vec<OutputFile>>,
     pub comfy_prompt_id: Option<String>,
+    pub provider_id: Option<String>,
+    pub polling_url: Option<String>,
     /// Sets `started_at` (once).
     pub started: bool,
     pub finished: bool,
@@ -307,6 +521,11 @@ fn job_from_row(row: &SqliteRow) -> Job {
             .unwrap_or_default(),
         comfy_prompt_id: row.get("comfy_prompt_id"),
         backend_url: row.get("backend_url"),
+        provider_id: row.get("provider_id"),
+        polling_url: row.get("polling_url"),
+        cost_usd: row
+            .get::<Option<i64>, _>("cost_micros")
+            .map(|micros| micros as f64 / 1_000_000.0),
         created_at: row.get("created_at"),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),

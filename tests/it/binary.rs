@@ -181,7 +181,7 @@ async fn first_run_creates_the_store_logs_requests_and_stops_on_sigterm() {
         "SQLite file created on first run"
     );
 
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::support::client();
     let response = client
         .get(served.url("/api/comfy/system_stats?secret=s3cr3t"))
         .send()
@@ -234,7 +234,7 @@ async fn a_gibibyte_streams_through_with_flat_memory() {
     let fake = FakeComfy::start().await;
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start(dir.path(), &fake.url());
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::support::client();
 
     // Warm up: pools, buffers and allocator arenas exist before the baseline is taken.
     let warm = client
@@ -398,7 +398,7 @@ async fn sigkill_during_50_jobs_loses_none() {
     fake.set_step_delay(Duration::from_millis(8));
     let dir = tempfile::tempdir().unwrap();
     let mut served = Served::start(dir.path(), &fake.url());
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = crate::support::client();
 
     let submissions = (0..50u32).map(|i| {
         let client = client.clone();

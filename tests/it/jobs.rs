@@ -274,7 +274,9 @@ async fn cancel_removes_a_queued_job_and_interrupts_a_running_one() {
         .await
         .unwrap();
     assert_eq!(cancelled["status"], "cancelled");
-    let queue: Value = reqwest::get(format!("{}/queue", fake.url()))
+    let queue: Value = crate::support::client()
+        .get(format!("{}/queue", fake.url()))
+        .send()
         .await
         .unwrap()
         .json()
@@ -353,7 +355,7 @@ async fn a_job_goes_to_the_online_backend_with_the_shortest_queue() {
     busy.set_step_delay(Duration::from_millis(200));
     let idle = FakeComfy::start().await;
     // Two prompts straight into the first ComfyUI's queue.
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     for colour in [10, 11] {
         let answer = client
             .post(format!("{}/prompt", busy.url()))

@@ -3,10 +3,12 @@
 mod support;
 
 mod binary;
+mod flux;
 mod gateway;
 mod guard;
 mod jobs;
 mod models;
 mod service;
 mod templates;
+mod v0;
 mod websocket;

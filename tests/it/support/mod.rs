@@ -37,6 +37,19 @@ pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
         templates_dir: None,
         comfy_restart_delay_ms: "1000".into(),
         comfy_stop_grace_secs: "15".into(),
+        allow_generation: "false".into(),
+        bfl_api_key: None,
+        bfl_base_url: "https://api.bfl.ai".into(),
+        flux_daily_budget_usd: "5".into(),
+        flux_confirm_ttl_secs: "600".into(),
+        flux_submit_timeout_secs: "30".into(),
+        flux_poll_interval_ms: "1000".into(),
+        flux_poll_timeout_secs: "900".into(),
+        v0_api_key: None,
+        v0_base_url: "https://api.v0.dev".into(),
+        v0_timeout_secs: "300".into(),
+        paid_rate_limit_per_min: "30".into(),
+        paid_rate_limit_burst: "10".into(),
         log_format: Some("json".into()),
     }
 }
@@ -47,6 +60,7 @@ pub struct TestApp {
     pub data_dir: PathBuf,
     _data: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
     pub http: reqwest::Client,
 }
 
@@ -63,7 +77,7 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
@@ -71,12 +85,13 @@ impl TestApp {
                 .await
                 .expect("server runs");
         });
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = client();
         let app = Self {
             addr,
             data_dir: data.path().to_owned(),
             _data: Some(data),
             stop: Some(stop),
+            task: Some(task),
             http,
         };
         let url = app.url("/api/health");
@@ -110,6 +125,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Stops the server and waits until it has: its store closed and its background work ended.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the server stops within 30 s")
+                .expect("the server task ends cleanly");
+        }
+    }
+
     /// The origin the panel's own page has.
     pub fn origin(&self) -> String {
         format!("http://{}", self.addr)
@@ -122,6 +150,12 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// An HTTP client for tests (rustls needs its crypto provider installed before the first client is built).
+pub fn client() -> reqwest::Client {
+    orchestrator::flux::client::install_crypto_provider();
+    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 /// Polls `condition` until it holds, failing the test at `deadline`.

@@ -1,0 +1,609 @@
+//! The FLUX models Orchestrator can call, their prices, and the checks a request body passes before anything is
+//! priced or sent.
+//!
+//! Prices are BFL's list prices (https://docs.bfl.ml/quick_start/pricing, 1 credit = $0.01), kept here and nowhere
+//! else, in millionths of a dollar so that budget sums stay exact. Field ranges follow BFL's API reference as
+//! summarised in `shared/CONTRACTS.md` §2; where BFL leaves a bound open, the tighter one ComfyUI's BFL nodes use
+//! is taken, so a request Orchestrator accepts is one BFL accepts too.
+
+use serde_json::{Map, Value, json};
+
+/// How a model is asked for an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `width` × `height` (256–1440, multiples of 32); FLUX.1 [dev] adds `steps` and `guidance`.
+    Sized { steps_and_guidance: bool },
+    /// `aspect_ratio` and `raw` (FLUX 1.1 [pro] Ultra).
+    Ultra,
+    /// Editing an `input_image` from a prompt (Kontext).
+    Kontext,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FluxModel {
+    /// BFL's endpoint name: `POST /v1/<name>`.
+    pub name: &'static str,
+    pub label: &'static str,
+    pub price_micros: i64,
+    pub shape: Shape,
+    /// The strictest moderation is 0; Kontext caps the range at 2.
+    pub max_safety_tolerance: u64,
+    pub default_output_format: &'static str,
+    /// Where the price comes from.
+    pub price_source: &'static str,
+}
+
+pub const DEFAULT_MODEL: &str = "flux-pro-1.1";
+
+/// The one table of models and prices.
+pub const MODELS: &[FluxModel] = &[
+    FluxModel {
+        name: "flux-pro-1.1",
+        label: "FLUX1.1 [pro]",
+        price_micros: 40_000,
+        shape: Shape::Sized {
+            steps_and_guidance: false,
+        },
+        max_safety_tolerance: 6,
+        default_output_format: "jpeg",
+        price_source: "bfl.ai pricing: 4 credits",
+    },
+    FluxModel {
+        name: "flux-pro-1.1-ultra",
+        label: "FLUX1.1 [pro] Ultra (and Raw)",
+        price_micros: 60_000,
+        shape: Shape::Ultra,
+        max_safety_tolerance: 6,
+        default_output_format: "jpeg",
+        price_source: "bfl.ai pricing: 6 credits",
+    },
+    FluxModel {
+        name: "flux-dev",
+        label: "FLUX.1 [dev]",
+        price_micros: 25_000,
+        shape: Shape::Sized {
+            steps_and_guidance: true,
+        },
+        max_safety_tolerance: 6,
+        default_output_format: "jpeg",
+        price_source: "2.5 credits, from a page citing bfl.ai pricing (not on BFL's own page)",
+    },
+    FluxModel {
+        name: "flux-kontext-pro",
+        label: "FLUX.1 Kontext [pro]",
+        price_micros: 40_000,
+        shape: Shape::Kontext,
+        max_safety_tolerance: 2,
+        default_output_format: "png",
+        price_source: "bfl.ai pricing: 4 credits",
+    },
+    FluxModel {
+        name: "flux-kontext-max",
+        label: "FLUX.1 Kontext [max]",
+        price_micros: 80_000,
+        shape: Shape::Kontext,
+        max_safety_tolerance: 2,
+        default_output_format: "png",
+        price_source: "bfl.ai pricing: 8 credits",
+    },
+];
+
+pub fn model(name: &str) -> Option<&'static FluxModel> {
+    MODELS.iter().find(|m| m.name == name)
+}
+
+pub fn usd(micros: i64) -> f64 {
+    micros as f64 / 1_000_000.0
+}
+
+/// The catalogue as `GET /api/flux/models` shows it.
+pub fn catalogue() -> Value {
+    let models: Vec<Value> = MODELS
+        .iter()
+        .map(|m| {
+            json!({
+                "model": m.name,
+                "label": m.label,
+                "priceUsd": usd(m.price_micros),
+                "credits": m.price_micros / 10_000,
+                "priceSource": m.price_source,
+                "fields": fields_of(m.shape),
+            })
+        })
+        .collect();
+    json!({ "default": DEFAULT_MODEL, "currency": "USD", "models": models })
+}
+
+/// A request that passed every check: the exact body BFL will get.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub model: &'static FluxModel,
+    pub payload: Map<String, Value>,
+}
+
+impl ValidRequest {
+    /// The payload as one canonical string (keys sorted), what a confirmation and an idempotency key bind to.
+    pub fn canonical(&self) -> String {
+        let sorted: std::collections::BTreeMap<&String, &Value> = self.payload.iter().collect();
+        format!(
+            "{}\n{}",
+            self.model.name,
+            serde_json::to_string(&sorted).unwrap_or_default()
+        )
+    }
+}
+
+/// Keys of the request that are Orchestrator's, not BFL's.
+const CONTROL_KEYS: [&str; 5] = [
+    "model",
+    "dryRun",
+    "dry_run",
+    "confirmToken",
+    "confirm_token",
+];
+
+/// camelCase spellings accepted for BFL's snake_case fields.
+const ALIASES: [(&str, &str); 7] = [
+    ("promptUpsampling", "prompt_upsampling"),
+    ("safetyTolerance", "safety_tolerance"),
+    ("outputFormat", "output_format"),
+    ("aspectRatio", "aspect_ratio"),
+    ("imagePrompt", "image_prompt"),
+    ("imagePromptStrength", "image_prompt_strength"),
+    ("inputImage", "input_image"),
+];
+
+const PROMPT_MAX_CHARS: usize = 20_000;
+
+fn fields_of(shape: Shape) -> &'static [&'static str] {
+    match shape {
+        Shape::Sized {
+            steps_and_guidance: false,
+        } => &[
+            "prompt",
+            "width",
+            "height",
+            "seed",
+            "safety_tolerance",
+            "output_format",
+            "prompt_upsampling",
+            "image_prompt",
+        ],
+        Shape::Sized {
+            steps_and_guidance: true,
+        } => &[
+            "prompt",
+            "width",
+            "height",
+            "steps",
+            "guidance",
+            "seed",
+            "safety_tolerance",
+            "output_format",
+            "prompt_upsampling",
+            "image_prompt",
+        ],
+        Shape::Ultra => &[
+            "prompt",
+            "aspect_ratio",
+            "raw",
+            "seed",
+            "safety_tolerance",
+            "output_format",
+            "prompt_upsampling",
+            "image_prompt",
+            "image_prompt_strength",
+        ],
+        Shape::Kontext => &[
+            "prompt",
+            "input_image",
+            "aspect_ratio",
+            "seed",
+            "safety_tolerance",
+            "output_format",
+            "prompt_upsampling",
+        ],
+    }
+}
+
+/// Checks a `POST /api/flux/generate` body and builds BFL's payload, defaults filled in so that the dry run
+/// shows exactly what would be sent. Every problem is reported, each under its field.
+pub fn validate(body: &Map<String, Value>) -> Result<ValidRequest, Map<String, Value>> {
+    let mut problems = Map::new();
+    let model = match body.get("model") {
+        None | Some(Value::Null) => model(DEFAULT_MODEL),
+        Some(Value::String(name)) => model(name.trim()),
+        Some(_) => None,
+    };
+    let Some(model) = model else {
+        let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
+        problems.insert(
+            "model".into(),
+            json!(format!(
+                "unknown model; expected one of {}",
+                names.join(", ")
+            )),
+        );
+        return Err(problems);
+    };
+
+    let mut fields = Map::new();
+    for (key, value) in body {
+        // A null is an absent field, as a form that clears an input sends it.
+        if CONTROL_KEYS.contains(&key.as_str()) || value.is_null() {
+            continue;
+        }
+        let name = ALIASES
+            .iter()
+            .find(|(alias, _)| alias == key)
+            .map_or(key.as_str(), |(_, canonical)| canonical);
+        if fields.insert(name.to_owned(), value.clone()).is_some() {
+            problems.insert(
+                name.into(),
+                json!("given twice (in snake_case and camelCase)"),
+            );
+        }
+    }
+    let allowed = fields_of(model.shape);
+    for key in fields.keys() {
+        if allowed.contains(&key.as_str()) {
+            continue;
+        }
+        let takers: Vec<&str> = MODELS
+            .iter()
+            .filter(|m| fields_of(m.shape).contains(&key.as_str()))
+            .map(|m| m.name)
+            .collect();
+        let message = if takers.is_empty() {
+            format!("unknown field; {} takes {}", model.name, allowed.join(", "))
+        } else {
+            format!(
+                "{} takes no {key} (only {} do)",
+                model.name,
+                takers.join(", ")
+            )
+        };
+        problems.insert(key.clone(), json!(message));
+    }
+
+    let mut payload = Map::new();
+    let mut check = Checker {
+        fields: &fields,
+        problems: &mut problems,
+        payload: &mut payload,
+    };
+    check.prompt();
+    match model.shape {
+        Shape::Sized { steps_and_guidance } => {
+            check.dimension("width", 1024);
+            check.dimension("height", 768);
+            if steps_and_guidance {
+                check.integer("steps", 1, 50, Some(28));
+                check.number("guidance", 1.5, 5.0, Some(3.0));
+            }
+            check.base64_image("image_prompt", false, false);
+        }
+        Shape::Ultra => {
+            check.aspect_ratio(Some("16:9"));
+            check.boolean("raw", Some(false));
+            check.base64_image("image_prompt", false, false);
+            if fields.contains_key("image_prompt") {
+                check.number("image_prompt_strength", 0.0, 1.0, Some(0.1));
+            } else if fields.contains_key("image_prompt_strength") {
+                check.problem("image_prompt_strength", "only applies with an image_prompt");
+            }
+        }
+        Shape::Kontext => {
+            check.base64_image("input_image", true, true);
+            check.aspect_ratio(None);
+        }
+    }
+    check.integer("seed", 0, (1 << 53) - 1, None);
+    check.integer(
+        "safety_tolerance",
+        0,
+        model.max_safety_tolerance,
+        Some(2.min(model.max_safety_tolerance)),
+    );
+    check.output_format(model.default_output_format);
+    check.boolean("prompt_upsampling", Some(false));
+
+    if problems.is_empty() {
+        Ok(ValidRequest { model, payload })
+    } else {
+        Err(problems)
+    }
+}
+
+struct Checker<'a> {
+    fields: &'a Map<String, Value>,
+    problems: &'a mut Map<String, Value>,
+    payload: &'a mut Map<String, Value>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, field: &str, message: impl Into<String>) {
+        self.problems
+            .entry(field.to_owned())
+            .or_insert_with(|| Value::String(message.into()));
+    }
+
+    /// The field's value, `None` when absent or null.
+    fn given(&self, field: &str) -> Option<&Value> {
+        self.fields.get(field).filter(|v| !v.is_null())
+    }
+
+    fn prompt(&mut self) {
+        match self.given("prompt") {
+            Some(Value::String(text)) if text.trim().is_empty() => {
+                self.problem("prompt", "must not be empty")
+            }
+            Some(Value::String(text)) if text.chars().count() > PROMPT_MAX_CHARS => self.problem(
+                "prompt",
+                format!("is longer than {PROMPT_MAX_CHARS} characters"),
+            ),
+            Some(Value::String(text)) => {
+                self.payload.insert("prompt".into(), json!(text));
+            }
+            Some(_) => self.problem("prompt", "must be a string"),
+            None => self.problem("prompt", "is required"),
+        }
+    }
+
+    fn dimension(&mut self, field: &str, default: u64) {
+        let value = match self.given(field) {
+            None => default,
+            Some(value) => match value.as_u64() {
+                Some(n) if (256..=1440).contains(&n) && n % 32 == 0 => n,
+                Some(n) if (256..=1440).contains(&n) => {
+                    let lower = n / 32 * 32;
+                    return self.problem(
+                        field,
+                        format!(
+                            "must be a multiple of 32 (try {} or {})",
+                            lower.max(256),
+                            (lower + 32).min(1440)
+                        ),
+                    );
+                }
+                _ => {
+                    return self.problem(
+                        field,
+                        "must be a whole number from 256 to 1440, a multiple of 32",
+                    );
+                }
+            },
+        };
+        self.payload.insert(field.into(), json!(value));
+    }
+
+    fn integer(&mut self, field: &str, min: u64, max: u64, default: Option<u64>) {
+        let value = match self.given(field) {
+            None => default,
+            Some(value) => match value.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Some(n),
+                _ => {
+                    return self
+                        .problem(field, format!("must be a whole number from {min} to {max}"));
+                }
+            },
+        };
+        if let Some(value) = value {
+            self.payload.insert(field.into(), json!(value));
+        }
+    }
+
+    fn number(&mut self, field: &str, min: f64, max: f64, default: Option<f64>) {
+        let value = match self.given(field) {
+            None => default,
+            Some(value) => match value.as_f64() {
+                Some(n) if (min..=max).contains(&n) => Some(n),
+                _ => return self.problem(field, format!("must be a number from {min} to {max}")),
+            },
+        };
+        if let Some(value) = value {
+            self.payload.insert(field.into(), json!(value));
+        }
+    }
+
+    fn boolean(&mut self, field: &str, default: Option<bool>) {
+        let value = match self.given(field) {
+            None => default,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return self.problem(field, "must be true or false"),
+        };
+        if let Some(value) = value {
+            self.payload.insert(field.into(), json!(value));
+        }
+    }
+
+    fn output_format(&mut self, default: &str) {
+        let value = match self.given("output_format") {
+            None => default,
+            Some(Value::String(f)) if f == "jpeg" || f == "png" => f.as_str(),
+            Some(_) => return self.problem("output_format", "must be \"jpeg\" or \"png\""),
+        };
+        self.payload.insert("output_format".into(), json!(value));
+    }
+
+    /// `W:H` between 21:9 and 9:21, BFL's documented range.
+    fn aspect_ratio(&mut self, default: Option<&str>) {
+        let value = match self.given("aspect_ratio") {
+            None => default.map(str::to_owned),
+            Some(Value::String(text)) => {
+                let parsed = text
+                    .split_once(':')
+                    .and_then(|(w, h)| {
+                        Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?))
+                    })
+                    .filter(|(w, h)| *w > 0 && *h > 0);
+                match parsed {
+                    Some((w, h))
+                        if f64::from(w) / f64::from(h) <= 21.0 / 9.0 + 1e-9
+                            && f64::from(h) / f64::from(w) <= 21.0 / 9.0 + 1e-9 =>
+                    {
+                        Some(format!("{w}:{h}"))
+                    }
+                    Some(_) => {
+                        return self.problem("aspect_ratio", "must lie between 21:9 and 9:21");
+                    }
+                    None => {
+                        return self
+                            .problem("aspect_ratio", "must be width:height, such as \"16:9\"");
+                    }
+                }
+            }
+            Some(_) => return self.problem("aspect_ratio", "must be a string such as \"16:9\""),
+        };
+        if let Some(value) = value {
+            self.payload.insert("aspect_ratio".into(), json!(value));
+        }
+    }
+
+    /// Base64 image data (a `data:` URL is taken without its prefix), or for Kontext also an http(s) URL.
+    fn base64_image(&mut self, field: &str, required: bool, url_allowed: bool) {
+        let text = match self.given(field) {
+            None if required => return self.problem(field, "is required (the image to edit)"),
+            None => return,
+            Some(Value::String(text)) => text.trim(),
+            Some(_) => return self.problem(field, "must be a string"),
+        };
+        if url_allowed && (text.starts_with("https://") || text.starts_with("http://")) {
+            self.payload.insert(field.into(), json!(text));
+            return;
+        }
+        let data = match text.split_once(";base64,") {
+            Some((prefix, data)) if prefix.starts_with("data:image/") => data,
+            Some(_) => return self.problem(field, "a data: URL must hold an image"),
+            None => text,
+        };
+        use base64::Engine;
+        if data.is_empty()
+            || base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .is_err()
+        {
+            let what = if url_allowed {
+                "must be base64 image data, a data:image URL or an http(s) URL"
+            } else {
+                "must be base64 image data or a data:image URL"
+            };
+            return self.problem(field, what);
+        }
+        self.payload.insert(field.into(), json!(data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn the_default_model_gets_its_documented_defaults() {
+        let valid = validate(&body(json!({ "prompt": "a fox" }))).unwrap();
+        assert_eq!(valid.model.name, "flux-pro-1.1");
+        assert_eq!(
+            Value::Object(valid.payload),
+            json!({ "prompt": "a fox", "width": 1024, "height": 768, "safety_tolerance": 2,
+                    "output_format": "jpeg", "prompt_upsampling": false })
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named_at_once() {
+        let problems = validate(&body(json!({
+            "prompt": "", "width": 1000, "height": 2048, "steps": 10, "seed": -1, "heigth": 3,
+            "output_format": "gif", "safety_tolerance": 9
+        })))
+        .unwrap_err();
+        let fields: Vec<&str> = problems.keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            [
+                "height",
+                "heigth",
+                "output_format",
+                "prompt",
+                "safety_tolerance",
+                "seed",
+                "steps",
+                "width"
+            ]
+        );
+        assert_eq!(
+            problems["width"],
+            "must be a multiple of 32 (try 992 or 1024)"
+        );
+        assert_eq!(
+            problems["steps"],
+            "flux-pro-1.1 takes no steps (only flux-dev do)"
+        );
+    }
+
+    #[test]
+    fn ultra_takes_an_aspect_ratio_and_raw_not_a_size() {
+        let valid = validate(&body(json!({
+            "model": "flux-pro-1.1-ultra", "prompt": "x", "aspectRatio": "21:9", "raw": true
+        })))
+        .unwrap();
+        assert_eq!(valid.payload["aspect_ratio"], "21:9");
+        assert_eq!(valid.payload["raw"], true);
+        let problems = validate(&body(json!({
+            "model": "flux-pro-1.1-ultra", "prompt": "x", "aspect_ratio": "4:1", "width": 1024
+        })))
+        .unwrap_err();
+        assert_eq!(problems["aspect_ratio"], "must lie between 21:9 and 9:21");
+        assert!(
+            problems["width"]
+                .as_str()
+                .unwrap()
+                .contains("takes no width")
+        );
+    }
+
+    #[test]
+    fn kontext_needs_an_image_and_caps_safety_at_two() {
+        let problems = validate(&body(json!({
+            "model": "flux-kontext-pro", "prompt": "make it blue", "safety_tolerance": 3
+        })))
+        .unwrap_err();
+        assert_eq!(problems["input_image"], "is required (the image to edit)");
+        assert_eq!(
+            problems["safety_tolerance"],
+            "must be a whole number from 0 to 2"
+        );
+        let valid = validate(&body(json!({
+            "model": "flux-kontext-pro", "prompt": "make it blue",
+            "input_image": "data:image/png;base64,iVBORw0KGgo="
+        })))
+        .unwrap();
+        assert_eq!(valid.payload["input_image"], "iVBORw0KGgo=");
+        assert_eq!(valid.payload["output_format"], "png");
+    }
+
+    #[test]
+    fn the_canonical_form_ignores_key_order_but_not_values() {
+        let a = validate(&body(json!({ "prompt": "p", "width": 512, "seed": 1 }))).unwrap();
+        let b = validate(&body(json!({ "seed": 1, "width": 512, "prompt": "p" }))).unwrap();
+        let c = validate(&body(json!({ "seed": 2, "width": 512, "prompt": "p" }))).unwrap();
+        assert_eq!(a.canonical(), b.canonical());
+        assert_ne!(a.canonical(), c.canonical());
+    }
+
+    #[test]
+    fn every_model_has_a_price_and_an_unknown_model_is_refused() {
+        assert!(MODELS.iter().all(|m| m.price_micros > 0));
+        assert_eq!(model("flux-pro-1.1-ultra").unwrap().price_micros, 60_000);
+        let problems = validate(&body(json!({ "model": "flux-9", "prompt": "x" }))).unwrap_err();
+        assert!(
+            problems["model"]
+                .as_str()
+                .unwrap()
+                .starts_with("unknown model")
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! Confirmation tokens: a dry run hands one out, and a paid call needs it back for the very same payload and price.
+//!
+//! A token is `v1.<expiry unix seconds>.<HMAC-SHA256>` over the expiry, the price and the canonical payload, keyed
+//! with a secret drawn at start-up. Nothing is stored: any change to the payload or the price, an expired token or
+//! a token from before a restart is refused. The comparison is constant-time (ring's `hmac::verify`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Why a token was refused; each becomes a 409 with its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    Missing,
+    Expired,
+    /// Not a token this server issued for this payload and price.
+    Mismatch,
+}
+
+impl TokenProblem {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "confirmation_required",
+            Self::Expired => "confirmation_expired",
+            Self::Mismatch => "confirmation_mismatch",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing => {
+                "A paid call needs the confirmToken of a dry run of this exact request: send it without dryRun first"
+            }
+            Self::Expired => {
+                "The confirmToken has expired: run the dry run again and confirm the new one"
+            }
+            Self::Mismatch => {
+                "The confirmToken does not match this request (the payload or its price changed, or the server \
+                 restarted): run the dry run again"
+            }
+        }
+    }
+}
+
+pub struct Confirmer {
+    key: hmac::Key,
+    ttl: Duration,
+}
+
+impl Confirmer {
+    pub fn new(ttl: Duration) -> Self {
+        let mut secret = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut secret)
+            .expect("the operating system's random source works");
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            ttl,
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// A token for `canonical` at `price_micros`, valid for the configured time from now.
+    pub fn issue(&self, canonical: &str, price_micros: i64) -> String {
+        let expiry = unix_now() + self.ttl.as_secs();
+        let tag = hmac::sign(
+            &self.key,
+            message(expiry, canonical, price_micros).as_bytes(),
+        );
+        format!("v1.{expiry}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    pub fn check(
+        &self,
+        token: Option<&str>,
+        canonical: &str,
+        price_micros: i64,
+    ) -> Result<(), TokenProblem> {
+        let token = token
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(TokenProblem::Missing)?;
+        let mut parts = token.splitn(3, '.');
+        let (Some("v1"), Some(expiry), Some(tag)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenProblem::Mismatch);
+        };
+        let expiry: u64 = expiry.parse().map_err(|_| TokenProblem::Mismatch)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| TokenProblem::Mismatch)?;
+        hmac::verify(
+            &self.key,
+            message(expiry, canonical, price_micros).as_bytes(),
+            &tag,
+        )
+        .map_err(|_| TokenProblem::Mismatch)?;
+        if unix_now() > expiry {
+            return Err(TokenProblem::Expired);
+        }
+        Ok(())
+    }
+}
+
+fn message(expiry: u64, canonical: &str, price_micros: i64) -> String {
+    format!("orchestrator-flux-confirm\n{expiry}\n{price_micros}\n{canonical}")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_confirms_only_its_own_payload_and_price() {
+        let confirmer = Confirmer::new(Duration::from_secs(600));
+        let token = confirmer.issue("flux-pro-1.1\n{\"prompt\":\"a\"}", 40_000);
+        assert_eq!(
+            confirmer.check(Some(&token), "flux-pro-1.1\n{\"prompt\":\"a\"}", 40_000),
+            Ok(())
+        );
+        for (payload, price) in [
+            ("flux-pro-1.1\n{\"prompt\":\"b\"}", 40_000),
+            ("flux-pro-1.1\n{\"prompt\":\"a\"}", 60_000),
+        ] {
+            assert_eq!(
+                confirmer.check(Some(&token), payload, price),
+                Err(TokenProblem::Mismatch)
+            );
+        }
+        assert_eq!(confirmer.check(None, "x", 1), Err(TokenProblem::Missing));
+        assert_eq!(
+            confirmer.check(Some("v1.99999999999.AAAA"), "x", 1),
+            Err(TokenProblem::Mismatch)
+        );
+        // Another server (or this one after a restart) has another key.
+        let other = Confirmer::new(Duration::from_secs(600));
+        assert_eq!(
+            other.check(Some(&token), "flux-pro-1.1\n{\"prompt\":\"a\"}", 40_000),
+            Err(TokenProblem::Mismatch)
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_as_expired() {
+        let confirmer = Confirmer::new(Duration::from_secs(600));
+        let expiry = unix_now() - 1;
+        let tag = hmac::sign(&confirmer.key, message(expiry, "p", 5).as_bytes());
+        let token = format!("v1.{expiry}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+        assert_eq!(
+            confirmer.check(Some(&token), "p", 5),
+            Err(TokenProblem::Expired)
+        );
+    }
+}

@@ -1,0 +1,617 @@
+//! FLUX generation behind the money rules (`shared/DESIGN.md`): a dry run by default, a paid call only when the
+//! server allows it and a person confirmed the exact payload and price, one charge per `Idempotency-Key`, and a
+//! daily budget reserved before the call.
+//!
+//! The order of a paid call: the body is validated; the server must allow generation and hold a key; a repeated
+//! `Idempotency-Key` gets the first answer back; the confirmation token must match; the job row, the price
+//! reservation and the key are written in one transaction; only then is BFL called. Its id is stored right after.
+//! A submit whose outcome is unknown leaves the job `needs_reconcile` and is never sent again; after a restart,
+//! submitted tasks are polled again and nothing is resent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use super::catalog::{self, ValidRequest, usd};
+use super::client::{BflClient, Polled, Submitted};
+use super::confirm::Confirmer;
+use crate::config::FluxConfig;
+use crate::error::ApiError;
+use crate::jobs::model::{Job, JobStatus, OutputFile};
+use crate::jobs::runner::{Jobs, finished};
+use crate::jobs::store::{
+    ChargeState, IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError,
+};
+
+/// Keys are remembered this long (Stripe keeps them 24 hours).
+const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+const IDEMPOTENCY_SCOPE: &str = "flux.generate";
+/// The longest pause between two polls.
+const MAX_POLL_PAUSE: Duration = Duration::from_secs(5);
+
+/// An answer of `POST /api/flux/generate`.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    /// A repeat of an earlier request with the same `Idempotency-Key`.
+    pub replayed: bool,
+}
+
+/// The budget as `GET /api/flux/budget` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct Budget {
+    pub day: String,
+    pub currency: &'static str,
+    pub limit: f64,
+    pub spent: f64,
+    pub reserved: f64,
+    pub left: f64,
+    #[serde(rename = "allowGeneration")]
+    pub allow_generation: bool,
+    pub configured: bool,
+}
+
+#[derive(Clone)]
+pub struct Flux(Arc<Inner>);
+
+struct Inner {
+    config: FluxConfig,
+    client: BflClient,
+    confirmer: Confirmer,
+    jobs: Jobs,
+    /// One lock per idempotency key in flight: repeats wait for the first request's answer instead of racing it.
+    key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    started_at: String,
+    /// Set when the server stops: pollers end, and the next start picks their tasks up again.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Flux {
+    pub fn new(config: FluxConfig, jobs: Jobs) -> Self {
+        Self(Arc::new(Inner {
+            client: BflClient::new(&config),
+            confirmer: Confirmer::new(config.confirm_ttl),
+            config,
+            jobs,
+            key_locks: Mutex::default(),
+            started_at: crate::jobs::model::now(),
+            stopping: tokio::sync::watch::Sender::new(false),
+        }))
+    }
+
+    /// Ends every poller; called when the server stops.
+    pub fn shutdown(&self) {
+        self.0.stopping.send_replace(true);
+    }
+
+    fn store(&self) -> &Store {
+        self.0.jobs.store()
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.0.client.is_configured()
+    }
+
+    pub fn client(&self) -> &BflClient {
+        &self.0.client
+    }
+
+    pub async fn budget(&self) -> Result<Budget, StoreError> {
+        let day = today();
+        let usage = self.store().budget_usage(&day).await?;
+        let limit = self.0.config.daily_budget_micros;
+        Ok(Budget {
+            day,
+            currency: "USD",
+            limit: usd(limit),
+            spent: usd(usage.spent),
+            reserved: usd(usage.reserved),
+            left: usd((limit - usage.spent - usage.reserved).max(0)),
+            allow_generation: self.0.config.allow_generation,
+            configured: self.is_configured(),
+        })
+    }
+
+    /// `POST /api/flux/generate`.
+    pub async fn generate(
+        &self,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, ApiError> {
+        let Some(body) = body.as_object() else {
+            return Err(ApiError::invalid("body", "must be a JSON object"));
+        };
+        let dry_run = match body.get("dryRun").or_else(|| body.get("dry_run")) {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(flag)) => *flag,
+            Some(_) => return Err(ApiError::invalid("dryRun", "must be true or false")),
+        };
+        let token = match body
+            .get("confirmToken")
+            .or_else(|| body.get("confirm_token"))
+        {
+            None | Some(Value::Null) => None,
+            Some(Value::String(token)) => Some(token.as_str()),
+            Some(_) => return Err(ApiError::invalid("confirmToken", "must be a string")),
+        };
+        let request = catalog::validate(body).map_err(|fields| ApiError::Validation { fields })?;
+        if dry_run {
+            return Ok(self.dry_run(&request).await);
+        }
+        if !self.0.config.allow_generation {
+            return Err(ApiError::GenerationDisabled);
+        }
+        if !self.is_configured() {
+            return Err(ApiError::NotConfigured {
+                code: "flux_not_configured",
+                what: "FLUX (BFL_API_KEY)",
+            });
+        }
+        let Some(key) = idempotency_key else {
+            return self.paid(&request, token, None).await;
+        };
+        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiError::invalid(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters (a UUID is a good key)",
+            ));
+        }
+        let lock = self.key_lock(key);
+        let answer = {
+            let _held = lock.lock().await;
+            self.paid_once(&request, token, key).await
+        };
+        drop(lock);
+        self.release_key_lock(key);
+        answer
+    }
+
+    async fn dry_run(&self, request: &ValidRequest) -> Answer {
+        let price = request.model.price_micros;
+        let token = self.0.confirmer.issue(&request.canonical(), price);
+        let minutes = self.0.confirmer.ttl().as_secs().div_ceil(60);
+        let budget = self.budget().await.ok();
+        let mut message = format!(
+            "Dry run: nothing was sent and nothing was charged. {} costs ${:.3} per image. To generate, send the same \
+             body with \"dryRun\": false and this confirmToken within {minutes} min.",
+            request.model.name,
+            usd(price)
+        );
+        if !self.0.config.allow_generation {
+            message.push_str(" Generation is disabled on this server (ALLOW_GENERATION=false).");
+        }
+        Answer {
+            status: StatusCode::OK,
+            body: json!({
+                "dryRun": true,
+                "valid": true,
+                "model": request.model.name,
+                "payload": request.payload,
+                "estimatedCost": { "usd": usd(price), "credits": price / 10_000, "currency": "USD" },
+                "confirmToken": token,
+                "expiresInSecs": self.0.confirmer.ttl().as_secs(),
+                "budget": budget,
+                "message": message,
+            }),
+            replayed: false,
+        }
+    }
+
+    /// A paid call under an idempotency key, with the key's lock held.
+    async fn paid_once(
+        &self,
+        request: &ValidRequest,
+        token: Option<&str>,
+        key: &str,
+    ) -> Result<Answer, ApiError> {
+        let fingerprint = fingerprint(request);
+        let since = (chrono::Utc::now() - IDEMPOTENCY_WINDOW)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let store = self.store();
+        if let Some(record) = store
+            .idempotency_record(IDEMPOTENCY_SCOPE, key, &since)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            if record.fingerprint != fingerprint {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            if let Some((status, body)) = record.response {
+                return Ok(Answer {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                    body,
+                    replayed: true,
+                });
+            }
+            // The first request was cut off (a crash) after its job was written: that job is the answer.
+            if let Some(job) = match &record.job_id {
+                Some(id) => store.job(id).await.map_err(ApiError::internal)?,
+                None => None,
+            } {
+                return Ok(Answer {
+                    status: StatusCode::ACCEPTED,
+                    body: json!({ "id": job.id, "status": job.status }),
+                    replayed: true,
+                });
+            }
+        }
+        let _ = store.prune_idempotency_keys(&since).await;
+        let claim = IdempotencyClaim {
+            scope: IDEMPOTENCY_SCOPE,
+            key,
+            fingerprint: &fingerprint,
+        };
+        let answer = self.paid(request, token, Some(claim)).await;
+        // Only what happened after the job was written is kept for repeats: a refused token or a full budget
+        // wrote nothing, so a repeat may succeed later.
+        let record = match &answer {
+            Ok(answer) => Some((answer.status, answer.body.clone())),
+            Err(error) if error_after_job(error) => Some((error.status(), error.body())),
+            Err(_) => None,
+        };
+        if let Some((status, body)) = record {
+            store
+                .record_idempotent_response(IDEMPOTENCY_SCOPE, key, status.as_u16(), &body)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        answer
+    }
+
+    async fn paid(
+        &self,
+        request: &ValidRequest,
+        token: Option<&str>,
+        claim: Option<IdempotencyClaim<'_>>,
+    ) -> Result<Answer, ApiError> {
+        let price = request.model.price_micros;
+        self.0
+            .confirmer
+            .check(token, &request.canonical(), price)
+            .map_err(|problem| ApiError::Confirmation {
+                code: problem.code(),
+                message: problem.message(),
+            })?;
+        let payload = Value::Object(request.payload.clone());
+        let params =
+            json!({ "model": request.model.name, "prompt": request.payload.get("prompt") });
+        let day = today();
+        let limit = self.0.config.daily_budget_micros;
+        let paid = PaidJob {
+            job: NewJob {
+                backend: "flux",
+                template: Some(request.model.name),
+                params: &params,
+                workflow: &payload,
+                backend_url: None,
+            },
+            cost_micros: price,
+            day: &day,
+            budget_micros: limit,
+            idempotency: claim,
+        };
+        let job = match self.store().reserve_paid_job(paid).await {
+            Ok(Reservation::Reserved(job)) => *job,
+            Ok(Reservation::OverBudget(usage)) => {
+                return Err(ApiError::BudgetExceeded {
+                    price: usd(price),
+                    limit: usd(limit),
+                    spent: usd(usage.spent),
+                    reserved: usd(usage.reserved),
+                    left: usd((limit - usage.spent - usage.reserved).max(0)),
+                });
+            }
+            Err(error) => return Err(ApiError::internal(error)),
+        };
+        self.submit(job, request.model.name, &request.payload).await
+    }
+
+    /// Sends a recorded, reserved job to BFL and starts polling it.
+    async fn submit(
+        &self,
+        job: Job,
+        model: &str,
+        payload: &Map<String, Value>,
+    ) -> Result<Answer, ApiError> {
+        let jobs = &self.0.jobs;
+        let store = self.store();
+        match self.0.client.submit(model, payload).await {
+            Submitted::Accepted { id, polling_url } => {
+                let change = JobChange {
+                    status: Some(JobStatus::Submitted),
+                    provider_id: Some(id.clone()),
+                    polling_url: Some(polling_url.clone()),
+                    started: true,
+                    ..Default::default()
+                };
+                jobs.change(&job.id, "state", change).await;
+                if let Err(error) = store.settle_charge(&job.id, ChargeState::Spent).await {
+                    tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
+                }
+                tracing::info!(job = %job.id, model, provider_id = %id, "FLUX task submitted");
+                tokio::spawn(self.clone().follow(job.id.clone(), Some(polling_url), id));
+                Ok(Answer {
+                    status: StatusCode::ACCEPTED,
+                    body: json!({ "id": job.id, "status": JobStatus::Submitted }),
+                    replayed: false,
+                })
+            }
+            Submitted::Refused {
+                status,
+                code,
+                message,
+                retry_after,
+            } => {
+                jobs.fail(&job.id, json!({ "code": code, "message": message, "details": { "bfl_status": status } }))
+                    .await;
+                let _ = store.settle_charge(&job.id, ChargeState::Released).await;
+                tracing::warn!(job = %job.id, model, bfl_status = status, code, "BFL refused a FLUX task");
+                let status = match status {
+                    429 => StatusCode::TOO_MANY_REQUESTS,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                Err(ApiError::Provider {
+                    status,
+                    code,
+                    message,
+                    details: json!({ "job_id": job.id }),
+                    retry_after: retry_after
+                        .or((status == StatusCode::TOO_MANY_REQUESTS).then_some(10)),
+                })
+            }
+            Submitted::NotSent(why) => {
+                let message = format!("{why}; nothing was sent or charged");
+                jobs.fail(
+                    &job.id,
+                    json!({ "code": "bfl_unreachable", "message": message }),
+                )
+                .await;
+                let _ = store.settle_charge(&job.id, ChargeState::Released).await;
+                Err(ApiError::Provider {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: "bfl_unreachable",
+                    message,
+                    details: json!({ "job_id": job.id }),
+                    retry_after: None,
+                })
+            }
+            Submitted::Unknown(why) => {
+                let message = format!(
+                    "{why}. BFL may have started and charged the task; it is not sent again. Check the BFL dashboard."
+                );
+                let change = JobChange {
+                    status: Some(JobStatus::NeedsReconcile),
+                    error: Some(json!({ "code": "bfl_outcome_unknown", "message": message })),
+                    ..Default::default()
+                };
+                jobs.change(&job.id, "state", change).await;
+                tracing::warn!(job = %job.id, model, "a FLUX submit's outcome is unknown");
+                Err(ApiError::Provider {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: "bfl_outcome_unknown",
+                    message,
+                    details: json!({ "job_id": job.id, "status": JobStatus::NeedsReconcile }),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+
+    /// Polls a submitted task to its end, with back-off, and saves its image at once (BFL's URL expires).
+    async fn follow(self, job_id: String, polling_url: Option<String>, provider_id: String) {
+        let client = &self.0.client;
+        let jobs = &self.0.jobs;
+        let url = client.polling_target(polling_url.as_deref(), &provider_id);
+        let started = match self.store().job(&job_id).await {
+            Ok(Some(job)) => job.started_at.unwrap_or(job.created_at),
+            _ => crate::jobs::model::now(),
+        };
+        let deadline = chrono::DateTime::parse_from_rfc3339(&started)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now())
+            + self.0.config.poll_timeout;
+        let mut pause = self.0.config.poll_interval;
+        let mut not_found = 0;
+        let mut running = false;
+        let mut stopping = self.0.stopping.subscribe();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            if chrono::Utc::now() > deadline {
+                let message = format!(
+                    "BFL did not finish the task within {} s; it may still finish on BFL's side",
+                    self.0.config.poll_timeout.as_secs()
+                );
+                jobs.fail(
+                    &job_id,
+                    json!({ "code": "bfl_timeout", "message": message }),
+                )
+                .await;
+                return;
+            }
+            match client.poll(&url).await {
+                Polled::Pending { progress } => {
+                    let progress =
+                        progress.map(|p| if p <= 1.0 { p * 100.0 } else { p }.clamp(0.0, 99.0));
+                    if !running || progress.is_some() {
+                        running = true;
+                        let change = JobChange {
+                            status: Some(JobStatus::Running),
+                            progress,
+                            ..Default::default()
+                        };
+                        jobs.change(&job_id, "progress", change).await;
+                    }
+                    pause = (pause.mul_f64(1.5)).min(MAX_POLL_PAUSE);
+                }
+                Polled::Ready { sample } => {
+                    self.collect(&job_id, &sample).await;
+                    return;
+                }
+                Polled::Moderated { status, details } => {
+                    let what = if status == "Request Moderated" {
+                        "the prompt or input image"
+                    } else {
+                        "the generated image"
+                    };
+                    let message =
+                        format!("BFL's moderation flagged {what} ({status}); no image was made");
+                    jobs.fail(
+                        &job_id,
+                        json!({ "code": "bfl_moderated", "message": message, "details": { "bfl_status": status, "details": details } }),
+                    )
+                    .await;
+                    return;
+                }
+                Polled::NotFound => {
+                    not_found += 1;
+                    if not_found >= 5 {
+                        jobs.lose(
+                            &job_id,
+                            "bfl_task_not_found",
+                            "BFL no longer knows the task (unknown or expired id)",
+                        )
+                        .await;
+                        return;
+                    }
+                    pause = Duration::from_secs(2).max(self.0.config.poll_interval);
+                }
+                Polled::Failed { details } => {
+                    jobs.fail(
+                        &job_id,
+                        json!({ "code": "bfl_failed", "message": "BFL reported an error for the task", "details": details }),
+                    )
+                    .await;
+                    return;
+                }
+                Polled::Retry(why) => {
+                    tracing::debug!(job = %job_id, why, "polling BFL again later");
+                    pause = (pause.mul_f64(1.5)).min(MAX_POLL_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Downloads a ready task's image into the job's outputs; a few tries, as the URL is only good for minutes.
+    async fn collect(&self, job_id: &str, sample: &str) {
+        let jobs = &self.0.jobs;
+        let format = match self.store().workflow(job_id).await {
+            Ok(Some(payload)) => payload["output_format"]
+                .as_str()
+                .unwrap_or("jpeg")
+                .to_owned(),
+            _ => "jpeg".to_owned(),
+        };
+        let dir = jobs.output_dir(job_id);
+        let mut last_error = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            match self.0.client.download(sample, &dir, "flux", &format).await {
+                Ok((name, content_type, size)) => {
+                    let output = OutputFile {
+                        url: format!("/api/jobs/{job_id}/outputs/{name}"),
+                        name,
+                        content_type,
+                        size,
+                    };
+                    let change = JobChange {
+                        progress: Some(100.0),
+                        outputs: Some(vec![output]),
+                        ..finished(JobStatus::Succeeded)
+                    };
+                    jobs.change(job_id, "state", change).await;
+                    return;
+                }
+                Err(why) => last_error = why,
+            }
+        }
+        jobs.fail(
+            job_id,
+            json!({ "code": "bfl_download_failed", "message": format!("the image was made but could not be saved: {last_error}") }),
+        )
+        .await;
+    }
+
+    /// After a restart: submitted tasks are polled again; a job whose submit was cut off by the stop becomes
+    /// `needs_reconcile` (it may have been charged) and is never sent again.
+    pub async fn reconcile(self) {
+        let unfinished = match self.store().unfinished_jobs().await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::error!(%error, "cannot read unfinished FLUX jobs");
+                return;
+            }
+        };
+        for job in unfinished
+            .into_iter()
+            .filter(|j| j.backend == "flux" && j.created_at < self.0.started_at)
+        {
+            match job.provider_id.clone() {
+                Some(provider_id) => {
+                    tracing::info!(job = %job.id, "polling a FLUX task again after a restart");
+                    tokio::spawn(self.clone().follow(
+                        job.id.clone(),
+                        job.polling_url.clone(),
+                        provider_id,
+                    ));
+                }
+                None => {
+                    let change = JobChange {
+                        status: Some(JobStatus::NeedsReconcile),
+                        error: Some(json!({
+                            "code": "submit_interrupted",
+                            "message": "Orchestrator stopped while this job was being sent to BFL. It may have been \
+                                        charged; it is not sent again. Check the BFL dashboard."
+                        })),
+                        ..Default::default()
+                    };
+                    self.0.jobs.change(&job.id, "state", change).await;
+                }
+            }
+        }
+    }
+
+    fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.0
+            .key_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn release_key_lock(&self, key: &str) {
+        let mut locks = self.0.key_locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks
+            .get(key)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            locks.remove(key);
+        }
+    }
+}
+
+/// Errors that come after the job was written (the outcome of the call itself), kept for an idempotent repeat.
+fn error_after_job(error: &ApiError) -> bool {
+    matches!(error, ApiError::Provider { .. })
+}
+
+/// What an idempotency key binds to: the validated request, so key order and camelCase spellings do not matter.
+fn fingerprint(request: &ValidRequest) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, request.canonical().as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The UTC day a charge counts against.
+fn today() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}

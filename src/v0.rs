@@ -1,0 +1,252 @@
+//! The v0 Platform API behind `/api/v0/{*path}`, with the key kept on the server.
+//!
+//! `/api/v0/chats` goes to `$V0_BASE_URL/v1/chats`; a path that names its version (`/api/v0/v2/…`) keeps it. The
+//! client's `Authorization`, cookies and hop-by-hop headers are dropped before the server's key is added, and
+//! answers stream back chunk by chunk, so v0's server-sent events (`responseMode: "experimental_stream"`) reach
+//! the browser as they are produced.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use crate::comfy::proxy::{normalise_path, remove_hop_by_hop};
+use crate::config::V0Config;
+use crate::error::ApiError;
+use crate::flux::client::api_client;
+
+/// v0's request bodies are JSON with attachments given as URLs; anything larger is a mistake.
+const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// Request headers that never reach v0: credentials of the panel's own origin, and what describes the hop to
+/// Orchestrator rather than the request.
+const DROPPED_REQUEST_HEADERS: [header::HeaderName; 8] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::HOST,
+    header::ORIGIN,
+    header::REFERER,
+    header::CONTENT_LENGTH,
+    header::ACCEPT_ENCODING,
+    header::PROXY_AUTHORIZATION,
+];
+
+#[derive(Clone)]
+pub struct V0Gateway {
+    http: reqwest::Client,
+    config: V0Config,
+}
+
+impl V0Gateway {
+    pub fn new(config: V0Config) -> Self {
+        Self {
+            http: api_client(Duration::from_secs(10)),
+            config,
+        }
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.config.api_key.is_some()
+    }
+
+    fn bearer(&self) -> Result<HeaderValue, ApiError> {
+        let key = self
+            .config
+            .api_key
+            .as_ref()
+            .ok_or(ApiError::NotConfigured {
+                code: "v0_not_configured",
+                what: "the v0 Platform API (V0_API_KEY)",
+            })?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+            .map_err(|_| ApiError::internal("V0_API_KEY holds characters a header cannot carry"))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// The upstream URL for a path below `/api/v0`.
+    fn upstream_url(&self, path: &str, query: Option<&str>) -> Result<String, ApiError> {
+        let clean = normalise_path(path).ok_or_else(|| ApiError::InvalidPath {
+            path: path.chars().take(256).collect(),
+        })?;
+        let versioned = clean.split('/').nth(1).is_some_and(|first| {
+            first.len() >= 2
+                && first.starts_with('v')
+                && first[1..].bytes().all(|b| b.is_ascii_digit())
+        });
+        let mut url = self.config.base_url.clone();
+        if !versioned {
+            url.push_str("/v1");
+        }
+        url.push_str(&clean);
+        if let Some(query) = query.filter(|q| !q.is_empty()) {
+            url.push('?');
+            url.push_str(query);
+        }
+        Ok(url)
+    }
+
+    /// Forwards one request and streams the answer back.
+    pub async fn forward(&self, request: Request, path: &str) -> Result<Response, ApiError> {
+        let bearer = self.bearer()?;
+        let url = self.upstream_url(path, request.uri().query())?;
+        let (parts, body) = request.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
+            .collect()
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge {
+                limit: MAX_REQUEST_BYTES as u64,
+            })?
+            .to_bytes();
+        let mut headers = parts.headers;
+        remove_hop_by_hop(&mut headers);
+        for name in DROPPED_REQUEST_HEADERS {
+            headers.remove(name);
+        }
+        headers.insert(header::AUTHORIZATION, bearer);
+        let sent = self
+            .http
+            .request(parts.method, &url)
+            .headers(headers)
+            .body(body)
+            .timeout(self.config.timeout)
+            .send()
+            .await;
+        let upstream = match sent {
+            Ok(response) => response,
+            Err(error) if error.is_timeout() => {
+                return Err(ApiError::Provider {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    code: "v0_timeout",
+                    message: format!(
+                        "v0 did not answer within {} s",
+                        self.config.timeout.as_secs()
+                    ),
+                    details: json!({}),
+                    retry_after: None,
+                });
+            }
+            Err(_) => {
+                return Err(ApiError::Provider {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: "v0_unreachable",
+                    message: format!(
+                        "cannot reach the v0 Platform API at {}",
+                        self.config.base_url
+                    ),
+                    details: json!({}),
+                    retry_after: None,
+                });
+            }
+        };
+        let status = upstream.status();
+        let mut headers = upstream.headers().clone();
+        remove_hop_by_hop(&mut headers);
+        clean_response_headers(&mut headers);
+        let idle = self.config.timeout;
+        // reqwest's per-request timeout would cut a long stream; each chunk gets the idle limit instead.
+        let stream = upstream.bytes_stream();
+        let body = Body::from_stream(futures_util::stream::unfold(
+            stream,
+            move |mut stream| async move {
+                match tokio::time::timeout(idle, stream.next()).await {
+                    Ok(Some(Ok(chunk))) => Some((Ok::<_, std::io::Error>(chunk), stream)),
+                    Ok(Some(Err(_))) => {
+                        Some((Err(std::io::Error::other("v0's answer broke off")), stream))
+                    }
+                    Ok(None) => None,
+                    Err(_) => Some((Err(std::io::Error::other("v0 went silent")), stream)),
+                }
+            },
+        ));
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+
+    /// `GET /api/v0/validate`: the key checked with v0's cheapest call, `GET /v1/user`.
+    pub async fn validate(&self) -> Value {
+        let Ok(bearer) = self.bearer() else {
+            return json!({ "status": "not_configured", "message": "V0_API_KEY is not set on the server" });
+        };
+        let url = format!("{}/v1/user", self.config.base_url);
+        let answer = self
+            .http
+            .get(url)
+            .header(header::AUTHORIZATION, bearer)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status().is_success() => {
+                let user: Value = response.json().await.unwrap_or(Value::Null);
+                json!({ "status": "valid", "user": { "name": user["name"], "id": user["id"] } })
+            }
+            Ok(response) if matches!(response.status().as_u16(), 401 | 403) => json!({
+                "status": "invalid",
+                "message": format!("v0 refused the key (HTTP {})", response.status().as_u16()),
+            }),
+            Ok(response) => json!({
+                "status": "unknown",
+                "message": format!("v0 answered HTTP {}", response.status().as_u16()),
+            }),
+            Err(_) => {
+                json!({ "status": "unreachable", "message": format!("cannot reach {}", self.config.base_url) })
+            }
+        }
+    }
+}
+
+/// Response headers that stay with Orchestrator: cookies and session tokens of v0's origin, and lengths and
+/// encodings hyper sets itself for the re-streamed body.
+fn clean_response_headers(headers: &mut HeaderMap) {
+    for name in [
+        header::SET_COOKIE,
+        header::CONTENT_LENGTH,
+        header::STRICT_TRANSPORT_SECURITY,
+        header::ALT_SVC,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("x-session-token");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn gateway(base: &str) -> V0Gateway {
+        V0Gateway::new(V0Config {
+            api_key: Some(Secret::new("k")),
+            base_url: base.into(),
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    #[test]
+    fn paths_get_v1_unless_they_name_a_version() {
+        let v0 = gateway("https://api.v0.dev");
+        assert_eq!(
+            v0.upstream_url("/chats", Some("limit=2")).unwrap(),
+            "https://api.v0.dev/v1/chats?limit=2"
+        );
+        assert_eq!(
+            v0.upstream_url("/v2/chats", None).unwrap(),
+            "https://api.v0.dev/v2/chats"
+        );
+        assert_eq!(
+            v0.upstream_url("/video/x", None).unwrap(),
+            "https://api.v0.dev/v1/video/x"
+        );
+        for bad in ["/../admin", "/chats/%2e%2e/x", "/a\\b"] {
+            assert!(v0.upstream_url(bad, None).is_err(), "{bad}");
+        }
+    }
+}
