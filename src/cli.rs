@@ -198,11 +198,51 @@ async fn local_request(
     path: &str,
     body: Option<&Value>,
 ) -> Result<http::Response<hyper::body::Incoming>, String> {
+    local_request_with_headers(config, method, path, body, &[]).await
+}
+
+/// The paid FLUX call, under an idempotency key.
+async fn local_request_with_key(
+    config: &Config,
+    body: &Value,
+    key: &str,
+) -> Result<(StatusCode, Value), String> {
+    let response = local_request_with_headers(
+        config,
+        Method::POST,
+        "/api/flux/generate",
+        Some(body),
+        &[("idempotency-key", key)],
+    )
+    .await?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+async fn local_request_with_headers(
+    config: &Config,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> Result<http::Response<hyper::body::Incoming>, String> {
     let base = local_base(config);
     let client = crate::comfy::proxy::http_client(Duration::from_secs(2));
     let mut request = Request::builder()
         .method(method)
         .uri(format!("{base}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some(token) = &config.token {
         request = request.header(
             http::header::AUTHORIZATION,
@@ -227,6 +267,12 @@ async fn local_request(
 
 /// What `orchestrator generate` asks for.
 pub struct GenerateRequest {
+    /// `comfy` (the default) or `flux`.
+    pub backend: Option<String>,
+    /// The FLUX model (`flux-pro-1.1` when not given).
+    pub model: Option<String>,
+    /// Pay without asking (FLUX).
+    pub yes: bool,
     pub template: Option<String>,
     pub workflow_file: Option<std::path::PathBuf>,
     pub prompt: Option<String>,
@@ -237,39 +283,21 @@ pub struct GenerateRequest {
 
 /// Submits a job to the running server, follows it with a progress bar, and answers the paths of its outputs.
 pub async fn generate(config: &Config, request: GenerateRequest) -> Result<String, String> {
+    match request.backend.as_deref().unwrap_or("comfy") {
+        "comfy" => {}
+        "flux" => return generate_flux(config, request).await,
+        other => return Err(format!("--backend {other:?}: expected comfy or flux")),
+    }
     let mut params = serde_json::Map::new();
     if let Some(prompt) = request.prompt {
         params.insert("prompt".into(), Value::String(prompt));
     }
     for pair in &request.params {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("--param {pair:?}: expected key=value"))?;
-        let value = serde_json::from_str::<Value>(value)
-            .ok()
-            .filter(|v| !v.is_string())
-            .unwrap_or_else(|| Value::String(value.to_owned()));
-        params.insert(key.trim().to_owned(), value);
+        let (key, value) = parse_param(pair)?;
+        params.insert(key, value);
     }
     if let Some(path) = &request.image {
-        use base64::Engine;
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let kind = match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Some("jpg" | "jpeg") => "image/jpeg",
-            Some("webp") => "image/webp",
-            _ => "image/png",
-        };
-        let url = format!(
-            "data:{kind};base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        );
-        params.insert("image".into(), Value::String(url));
+        params.insert("image".into(), Value::String(image_data_url(path)?));
     }
     let body = match (&request.template, &request.workflow_file) {
         (Some(template), None) => {
@@ -292,12 +320,106 @@ pub async fn generate(config: &Config, request: GenerateRequest) -> Result<Strin
         .as_str()
         .ok_or("no job id in the answer")?
         .to_owned();
-    let job = follow(config, &id).await?;
+    finish(config, &id).await
+}
+
+/// `generate --backend flux`: the dry run and its price first, then, confirmed with `--yes` or at the terminal's
+/// prompt, the paid call under an idempotency key of its own (a retry of this command is a new request).
+async fn generate_flux(config: &Config, request: GenerateRequest) -> Result<String, String> {
+    if request.template.is_some() || request.workflow_file.is_some() {
+        return Err(
+            "--template and --workflow are for ComfyUI; FLUX takes --prompt, --model and --param"
+                .into(),
+        );
+    }
+    let mut body = serde_json::Map::new();
+    if let Some(model) = request.model {
+        body.insert("model".into(), Value::String(model));
+    }
+    if let Some(prompt) = request.prompt {
+        body.insert("prompt".into(), Value::String(prompt));
+    }
+    for pair in &request.params {
+        let (key, value) = parse_param(pair)?;
+        body.insert(key, value);
+    }
+    if let Some(path) = &request.image {
+        body.insert("input_image".into(), Value::String(image_data_url(path)?));
+    }
+    let (status, dry) = local_api_with(
+        config,
+        Method::POST,
+        "/api/flux/generate",
+        Some(&Value::Object(body.clone())),
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(describe_error(&dry));
+    }
+    let cost = dry["estimatedCost"]["usd"].as_f64().unwrap_or_default();
+    let mut shown = dry["payload"].clone();
+    for field in ["input_image", "image_prompt"] {
+        if let Some(text) = shown[field].as_str()
+            && text.len() > 64
+        {
+            shown[field] = Value::String(format!("<{} bytes of base64>", text.len()));
+        }
+    }
+    println!(
+        "Dry run: {} would cost ${cost:.3} ({} credits). Nothing has been sent.",
+        dry["model"].as_str().unwrap_or("?"),
+        dry["estimatedCost"]["credits"]
+    );
+    println!(
+        "Payload: {}",
+        serde_json::to_string_pretty(&shown).unwrap_or_default()
+    );
+    if let Some(left) = dry["budget"]["left"].as_f64() {
+        println!(
+            "Budget today: ${left:.2} left of ${:.2}.",
+            dry["budget"]["limit"].as_f64().unwrap_or_default()
+        );
+    }
+    if !request.yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            return Err(
+                "not confirmed, nothing was sent: add --yes to pay without being asked".into(),
+            );
+        }
+        print!("Pay ${cost:.3} for this image? [y/N] ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|e| e.to_string())?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            return Err("not confirmed, nothing was sent".into());
+        }
+    }
+    body.insert("dryRun".into(), Value::Bool(false));
+    body.insert("confirmToken".into(), dry["confirmToken"].clone());
+    let key = uuid::Uuid::new_v4().to_string();
+    let (status, answer) = local_request_with_key(config, &Value::Object(body), &key).await?;
+    if !status.is_success() {
+        return Err(describe_error(&answer));
+    }
+    let id = answer["id"]
+        .as_str()
+        .ok_or("no job id in the answer")?
+        .to_owned();
+    finish(config, &id).await
+}
+
+/// Follows a job to its end and answers the paths of its outputs.
+async fn finish(config: &Config, id: &str) -> Result<String, String> {
+    let job = follow(config, id).await?;
     if job["status"] != "succeeded" {
         let why = describe_error(&serde_json::json!({ "error": job["error"] }));
         return Err(format!("job {id} ended {}: {why}", job["status"]));
     }
-    let dir = config.data_dir.join("outputs").join(&id);
+    let dir = config.data_dir.join("outputs").join(id);
     let paths: Vec<String> = job["outputs"]
         .as_array()
         .into_iter()
@@ -306,6 +428,37 @@ pub async fn generate(config: &Config, request: GenerateRequest) -> Result<Strin
         .map(|name| dir.join(name).display().to_string())
         .collect();
     Ok(paths.join("\n"))
+}
+
+/// `key=value`; a value that parses as JSON (a number, true/false) is taken as such, otherwise as text.
+fn parse_param(pair: &str) -> Result<(String, Value), String> {
+    let (key, value) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("--param {pair:?}: expected key=value"))?;
+    let value = serde_json::from_str::<Value>(value)
+        .ok()
+        .filter(|v| !v.is_string())
+        .unwrap_or_else(|| Value::String(value.to_owned()));
+    Ok((key.trim().to_owned(), value))
+}
+
+fn image_data_url(path: &std::path::Path) -> Result<String, String> {
+    use base64::Engine;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let kind = match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        _ => "image/png",
+    };
+    Ok(format!(
+        "data:{kind};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
 }
 
 /// Follows `/api/jobs/{id}/events` with a progress bar until the job ends; answers the last state.

@@ -28,6 +28,16 @@ enum Command {
     Config,
     /// Submit a job (a template or a workflow file), follow it with a progress bar, print its output paths.
     Generate {
+        /// `comfy` (a template or workflow on ComfyUI) or `flux` (a paid FLUX image: shows the dry run and its
+        /// price, and asks before paying).
+        #[arg(long, default_value = "comfy")]
+        backend: String,
+        /// The FLUX model, e.g. flux-pro-1.1 (the default) or flux-pro-1.1-ultra.
+        #[arg(long)]
+        model: Option<String>,
+        /// Pay for a FLUX image without being asked.
+        #[arg(long)]
+        yes: bool,
         /// A template name (see GET /api/templates), e.g. sdxl-t2i.
         #[arg(long, conflicts_with = "workflow")]
         template: Option<String>,
@@ -40,7 +50,7 @@ enum Command {
         /// Another parameter, key=value (repeatable), e.g. --param steps=20.
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
-        /// An input image for img2img and video templates.
+        /// An input image for img2img and video templates, or the image a FLUX Kontext model edits.
         #[arg(long)]
         image: Option<std::path::PathBuf>,
     },
@@ -153,6 +163,9 @@ fn main() -> ExitCode {
             terminal(orchestrator::cli::service(&config, action, dry_run))
         }
         Command::Generate {
+            backend,
+            model,
+            yes,
             template,
             workflow,
             prompt,
@@ -160,6 +173,9 @@ fn main() -> ExitCode {
             image,
         } => {
             let request = orchestrator::cli::GenerateRequest {
+                backend: Some(backend),
+                model,
+                yes,
                 template,
                 workflow_file: workflow,
                 prompt,

@@ -6,7 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use orchestrator::testkit::fake_bfl::{FakeBfl, SubmitMode};
 use orchestrator::testkit::fake_comfy::FakeComfy;
+use orchestrator::testkit::fake_v0::FakeV0;
 use serde_json::Value;
 
 use crate::support::wait_until;
@@ -34,21 +36,33 @@ struct Served {
 
 impl Served {
     fn start(dir: &std::path::Path, comfy_url: &str) -> Self {
+        Self::start_with(dir, comfy_url, &[])
+    }
+
+    /// With more environment; stderr lines are collected too.
+    fn start_with(dir: &std::path::Path, comfy_url: &str, extra: &[(&str, &str)]) -> Self {
         let data = dir.join("data");
-        let mut child = command(
-            dir,
-            &[
-                ("ORCH_BIND", "127.0.0.1:0"),
-                ("COMFY_URL", comfy_url),
-                ("DATA_DIR", data.to_str().unwrap()),
-                ("LOG_FORMAT", "json"),
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary starts");
+        let mut env = vec![
+            ("ORCH_BIND", "127.0.0.1:0"),
+            ("COMFY_URL", comfy_url),
+            ("DATA_DIR", data.to_str().unwrap()),
+            ("LOG_FORMAT", "json"),
+        ];
+        env.extend_from_slice(extra);
+        let mut child = command(dir, &env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let errors = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                errors.lock().unwrap().push(line);
+            }
+        });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         let sink = lines.clone();
@@ -559,4 +573,208 @@ async fn generate_follows_the_job_and_prints_the_output_paths() {
         .unwrap();
     assert!(!cancel.status.success());
     assert!(String::from_utf8_lossy(&cancel.stderr).contains("already succeeded"));
+}
+
+fn flux_env(bfl: &FakeBfl) -> Vec<(&'static str, String)> {
+    vec![
+        ("ALLOW_GENERATION", "true".into()),
+        ("BFL_API_KEY", BFL_KEY.into()),
+        ("BFL_BASE_URL", bfl.url()),
+        ("FLUX_POLL_INTERVAL_MS", "20".into()),
+    ]
+}
+
+const BFL_KEY: &str = "bfl-secret-key-never-shown-1234";
+const V0_KEY: &str = "v0-secret-key-never-shown-5678";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_flux_shows_the_price_and_asks_before_paying() {
+    let bfl = FakeBfl::start(BFL_KEY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = flux_env(&bfl);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let served = Served::start_with(dir.path(), "http://127.0.0.1:9", &env);
+    let data = dir.path().join("data");
+    let client_env = [
+        ("ORCH_BIND", served.addr.to_string()),
+        ("DATA_DIR", data.display().to_string()),
+    ];
+    let client_env: Vec<(&str, &str)> = client_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = ["generate", "--backend", "flux", "--prompt", "a paper boat"];
+
+    // Not on a terminal and no --yes: the dry run is shown and nothing is paid.
+    let refused = command(dir.path(), &client_env)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let shown = String::from_utf8_lossy(&refused.stdout);
+    assert!(shown.contains("flux-pro-1.1 would cost $0.040"), "{shown}");
+    assert!(shown.contains("\"prompt\": \"a paper boat\""), "{shown}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    assert_eq!(bfl.submits(), 0);
+
+    // On a terminal it asks; "n" pays nothing, "y" pays once.
+    let line = std::iter::once(BINARY)
+        .chain(args)
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let script = |answer: &'static str| {
+        let mut command = Command::new("script");
+        command.current_dir(dir.path()).env_clear();
+        command.env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (key, value) in &client_env {
+            command.env(key, value);
+        }
+        command
+            .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        {
+            use std::io::Write;
+            stdin.write_all(answer.as_bytes()).unwrap();
+        }
+        // Closing script's input early would end the session before the question is asked.
+        let output = {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(_status) = child.try_wait().unwrap() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the command finishes");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(stdin);
+            child.wait_with_output().unwrap()
+        };
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let declined = script("n\n");
+    assert!(
+        declined.contains("Pay $0.040 for this image? [y/N]"),
+        "{declined}"
+    );
+    assert!(declined.contains("not confirmed"), "{declined}");
+    assert_eq!(bfl.submits(), 0);
+    let accepted = script("y\n");
+    assert!(
+        accepted.contains(data.join("outputs").to_str().unwrap()),
+        "{accepted}"
+    );
+    assert_eq!(bfl.submits(), 1);
+
+    // --yes pays without asking, and prints where the image is.
+    let paid = command(dir.path(), &client_env)
+        .args(args)
+        .arg("--yes")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        paid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paid.stderr)
+    );
+    let stdout = String::from_utf8(paid.stdout).unwrap();
+    let path = stdout.lines().last().unwrap().trim();
+    assert_eq!(std::fs::read(path).unwrap(), bfl.image());
+    assert_eq!(bfl.submits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_never_appear_in_answers_headers_or_logs() {
+    let bfl = FakeBfl::start(BFL_KEY).await;
+    let v0 = FakeV0::start(V0_KEY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = flux_env(&bfl);
+    env.extend([
+        ("V0_API_KEY", V0_KEY.to_owned()),
+        ("V0_BASE_URL", v0.url()),
+        ("RUST_LOG", "trace".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let served = Served::start_with(dir.path(), "http://127.0.0.1:9", &env);
+    let client = crate::support::client();
+    let mut seen = String::new();
+    let record = |response: reqwest::Response| {
+        let headers = format!("{:?}", response.headers());
+        async move { format!("{headers}\n{}\n", response.text().await.unwrap()) }
+    };
+
+    let dry: Value = client
+        .post(served.url("/api/flux/generate"))
+        .json(&serde_json::json!({ "prompt": "secret-free" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    seen.push_str(&dry.to_string());
+    let mut paid = serde_json::json!({ "prompt": "secret-free", "dryRun": false });
+    paid["confirmToken"] = dry["confirmToken"].clone();
+    let answer = client
+        .post(served.url("/api/flux/generate"))
+        .json(&paid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let answer: Value = answer.json().await.unwrap();
+    let job = format!("/api/jobs/{}", answer["id"].as_str().unwrap());
+    wait_until(Duration::from_secs(15), "the FLUX job succeeds", || {
+        let client = client.clone();
+        let url = served.url(&job);
+        async move {
+            let job: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            job["status"] == "succeeded"
+        }
+    })
+    .await;
+    bfl.set_submit_mode(SubmitMode::Refuse(403));
+    for request in [
+        client.post(served.url("/api/flux/generate")).json(&paid),
+        client.get(served.url(&job)),
+        client.get(served.url("/api/jobs")),
+        client.get(served.url("/api/flux/budget")),
+        client.get(served.url("/api/v0/validate")),
+        client.get(served.url("/api/v0/chats")),
+        client
+            .post(served.url("/api/v0/chats"))
+            .header("Authorization", "Bearer client")
+            .json(&serde_json::json!({ "message": "hi" })),
+    ] {
+        let response = request.send().await.unwrap();
+        seen.push_str(&record(response).await);
+    }
+    assert!(
+        seen.contains("bfl_unauthorized") && seen.contains("\"status\":\"valid\""),
+        "{seen}"
+    );
+    let config = command(dir.path(), &env).arg("config").output().unwrap();
+    seen.push_str(&String::from_utf8_lossy(&config.stdout));
+    seen.push_str(&String::from_utf8_lossy(&config.stderr));
+    // The server did log the requests (so the check below reads real log lines).
+    let lines = served.lines().join("\n");
+    assert!(
+        lines.contains("/api/v0/chats") && lines.contains("/api/flux/generate"),
+        "{lines}"
+    );
+    for key in [BFL_KEY, V0_KEY] {
+        assert!(
+            !seen.contains(key),
+            "a key leaked into an answer or `config`"
+        );
+        assert!(!lines.contains(key), "a key leaked into the log");
+    }
+    // The upstreams did get them.
+    assert!(v0.requests().iter().all(|r| {
+        r.headers
+            .contains(&("authorization".into(), format!("Bearer {V0_KEY}")))
+    }));
 }
