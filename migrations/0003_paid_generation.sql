@@ -27,3 +27,10 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at);
+
+-- Confirmation tokens are single-use: a token is recorded with the job it paid for, in the same transaction.
+CREATE TABLE used_confirmations (
+    token_id TEXT PRIMARY KEY NOT NULL,
+    job_id   TEXT REFERENCES jobs (id) ON DELETE CASCADE,
+    used_at  TEXT NOT NULL
+);

@@ -180,6 +180,10 @@ pub struct Settings {
     #[arg(long, env = "IGNITE_TIMEOUT_SECS", default_value = "60", global = true)]
     pub ignite_timeout_secs: String,
 
+    /// `base_path` for a new `extra_model_paths.yaml` (`orchestrator paths init`, the panel's "create" button).
+    #[arg(long, env = "MODELS_DIR", global = true)]
+    pub models_dir: Option<String>,
+
     /// Whether paid cloud calls (FLUX) may happen at all; `false` keeps every FLUX request a dry run.
     #[arg(long, env = "ALLOW_GENERATION", default_value = "false", global = true)]
     pub allow_generation: String,
@@ -389,6 +393,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// A folder of user templates, when configured.
     pub templates_dir: Option<PathBuf>,
+    /// The default `base_path` of a new `extra_model_paths.yaml`.
+    pub models_dir: Option<PathBuf>,
     pub flux: FluxConfig,
     pub v0: V0Config,
     pub paid_rate_limit: RateLimitConfig,
@@ -785,6 +791,12 @@ impl Settings {
                     restart_delay: Duration::from_millis(restart_ms),
                     stop_grace: Duration::from_secs(grace_secs),
                 },
+                models_dir: self
+                    .models_dir
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from),
                 flux: FluxConfig {
                     allow_generation,
                     api_key: optional_secret(&self.bfl_api_key),

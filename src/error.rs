@@ -86,6 +86,9 @@ pub enum ApiError {
         what: &'static str,
     },
 
+    #[error("{0}")]
+    PathsWrite(String),
+
     #[error("{message}")]
     Confirmation {
         code: &'static str,
@@ -148,6 +151,7 @@ impl ApiError {
             }
             Self::JobFinished { .. } | Self::JobNotCancellable { .. } => StatusCode::CONFLICT,
             Self::GenerationDisabled => StatusCode::FORBIDDEN,
+            Self::PathsWrite(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Confirmation { .. } => StatusCode::CONFLICT,
             Self::BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
@@ -189,6 +193,7 @@ impl ApiError {
             Self::OutputNotFound { .. } => "output_not_found",
             Self::JobNotCancellable { .. } => "job_not_cancellable",
             Self::GenerationDisabled => "generation_disabled",
+            Self::PathsWrite(_) => "paths_write_failed",
             Self::NotConfigured { code, .. } => code,
             Self::Confirmation { code, .. } => code,
             Self::BudgetExceeded { .. } => "budget_exceeded",

@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// ComfyUI's extra_model_paths.yaml (in COMFY_DIR): check it, write a default one, or put a backup back.
+    Paths {
+        #[command(subcommand)]
+        action: PathsCommand,
+    },
     /// ComfyUI as a service: install, uninstall, start, stop, status, logs.
     Service {
         #[command(subcommand)]
@@ -79,6 +84,27 @@ enum JobsCommand {
     Show { id: String },
     /// Cancel a queued or running job.
     Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum PathsCommand {
+    /// Read the file the way ComfyUI does and list every problem (exit code 1 when ComfyUI would not start).
+    Check {
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back up the current file, then write one section with the usual model folders under a base path.
+    Init {
+        /// The folder holding the model folders (default: MODELS_DIR).
+        #[arg(long)]
+        base_path: Option<std::path::PathBuf>,
+        /// Also create the model folders that do not exist.
+        #[arg(long)]
+        create_folders: bool,
+    },
+    /// Put a backup (extra_model_paths.yaml.bak.…) back in place; the current file is backed up first.
+    Restore { backup: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +209,21 @@ fn main() -> ExitCode {
                 image,
             };
             terminal(orchestrator::cli::generate(&config, request))
+        }
+        Command::Paths { action } => {
+            use orchestrator::cli::PathsAction;
+            let action = match action {
+                PathsCommand::Check { json } => PathsAction::Check { json },
+                PathsCommand::Init {
+                    base_path,
+                    create_folders,
+                } => PathsAction::Init {
+                    base_path,
+                    create_folders,
+                },
+                PathsCommand::Restore { backup } => PathsAction::Restore { backup },
+            };
+            terminal(async { orchestrator::cli::paths(&config, action) })
         }
         Command::Jobs { action } => {
             use orchestrator::cli::JobsAction;

@@ -109,17 +109,20 @@ impl V0Gateway {
             headers.remove(name);
         }
         headers.insert(header::AUTHORIZATION, bearer);
-        let sent = self
-            .http
-            .request(parts.method, &url)
-            .headers(headers)
-            .body(body)
-            .timeout(self.config.timeout)
-            .send()
-            .await;
+        // The limit is on the time to the answer's headers; a long stream is then held to the idle limit per chunk
+        // below (reqwest's own per-request timeout would cut it whole).
+        let sent = tokio::time::timeout(
+            self.config.timeout,
+            self.http
+                .request(parts.method, &url)
+                .headers(headers)
+                .body(body)
+                .send(),
+        )
+        .await;
         let upstream = match sent {
-            Ok(response) => response,
-            Err(error) if error.is_timeout() => {
+            Ok(Ok(response)) => response,
+            Err(_) => {
                 return Err(ApiError::Provider {
                     status: StatusCode::GATEWAY_TIMEOUT,
                     code: "v0_timeout",
@@ -131,7 +134,7 @@ impl V0Gateway {
                     retry_after: None,
                 });
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 return Err(ApiError::Provider {
                     status: StatusCode::BAD_GATEWAY,
                     code: "v0_unreachable",

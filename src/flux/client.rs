@@ -50,6 +50,8 @@ pub enum Polled {
     Failed {
         details: Value,
     },
+    /// BFL refused the key (401/403): after a few of these the job fails.
+    Unauthorized(u16),
     /// Nothing learnt (a network error, 429, 5xx, BFL's transient 202/404): ask again later.
     Retry(String),
 }
@@ -57,6 +59,8 @@ pub enum Polled {
 #[derive(Clone)]
 pub struct BflClient {
     http: reqwest::Client,
+    /// For the signed image URL: no key is ever sent there, so redirects (a CDN's) may be followed.
+    delivery: reqwest::Client,
     base_url: String,
     key: Option<Secret>,
     submit_timeout: Duration,
@@ -81,12 +85,23 @@ pub fn api_client(connect_timeout: Duration) -> reqwest::Client {
         .expect("the TLS back-end initialises")
 }
 
+fn delivery_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .user_agent(concat!("orchestrator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the TLS back-end initialises")
+}
+
 const MAX_IMAGE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl BflClient {
     pub fn new(config: &FluxConfig) -> Self {
         Self {
             http: api_client(Duration::from_secs(10)),
+            delivery: delivery_client(),
             base_url: config.base_url.clone(),
             key: config.api_key.clone(),
             submit_timeout: config.submit_timeout,
@@ -167,6 +182,13 @@ impl BflClient {
             .as_ref()
             .map(describe_error)
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+        // A 5xx may come from a gateway in front of BFL after the task was created: not a refusal.
+        if status.is_server_error() {
+            return Submitted::Unknown(format!(
+                "BFL answered HTTP {} ({detail}) after the request was sent",
+                status.as_u16()
+            ));
+        }
         let (code, message) = match status.as_u16() {
             402 => (
                 "bfl_insufficient_credits",
@@ -180,14 +202,10 @@ impl BflClient {
                 "bfl_unauthorized",
                 format!("BFL refused the key ({detail})"),
             ),
-            400 | 422 => (
-                "bfl_rejected",
-                format!("BFL rejected the request: {detail}"),
-            ),
             _ => (
-                "bfl_unavailable",
+                "bfl_rejected",
                 format!(
-                    "BFL could not take the task (HTTP {}: {detail})",
+                    "BFL rejected the request (HTTP {}): {detail}",
                     status.as_u16()
                 ),
             ),
@@ -241,6 +259,9 @@ impl BflClient {
             Err(error) => return Polled::Retry(format!("polling BFL failed: {}", kind_of(&error))),
         };
         let status = response.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            return Polled::Unauthorized(status.as_u16());
+        }
         if !status.is_success() || status.as_u16() == 202 {
             return Polled::Retry(format!(
                 "BFL answered the poll with HTTP {}",
@@ -286,7 +307,7 @@ impl BflClient {
         fallback_format: &str,
     ) -> Result<(String, String, u64), String> {
         let response = self
-            .http
+            .delivery
             .get(url)
             .timeout(Duration::from_secs(120))
             .send()
@@ -304,16 +325,19 @@ impl BflClient {
         {
             return Err("the image is larger than 64 MiB".into());
         }
-        let content_type = response
+        let declared = response
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase())
-            .filter(|v| v.starts_with("image/"))
-            .unwrap_or_else(|| match fallback_format {
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
+        let content_type = match declared {
+            Some(kind) if kind.starts_with("image/") => kind,
+            None => match fallback_format {
                 "png" => "image/png".into(),
                 _ => "image/jpeg".into(),
-            });
+            },
+            Some(other) => return Err(format!("the image URL answered {other}, not an image")),
+        };
         let extension = match content_type.as_str() {
             "image/png" => "png",
             "image/webp" => "webp",
@@ -420,6 +444,7 @@ mod tests {
     fn client(base: &str) -> BflClient {
         BflClient {
             http: api_client(Duration::from_secs(1)),
+            delivery: delivery_client(),
             base_url: base.into(),
             key: Some(Secret::new("k")),
             submit_timeout: Duration::from_secs(1),

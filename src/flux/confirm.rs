@@ -1,8 +1,9 @@
 //! Confirmation tokens: a dry run hands one out, and a paid call needs it back for the very same payload and price.
 //!
-//! A token is `v1.<expiry unix seconds>.<HMAC-SHA256>` over the expiry, the price and the canonical payload, keyed
-//! with a secret drawn at start-up. Nothing is stored: any change to the payload or the price, an expired token or
-//! a token from before a restart is refused. The comparison is constant-time (ring's `hmac::verify`).
+//! A token is `v1.<expiry unix seconds>.<random id>.<HMAC-SHA256>` over the expiry, the id, the price and the
+//! canonical payload, keyed with a secret drawn at start-up. Any change to the payload or the price, an expired
+//! token or a token from before a restart is refused; the comparison is constant-time (ring's `hmac::verify`). The
+//! store records the id of a token that paid, in the transaction that records the job, so a token pays once.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +19,8 @@ pub enum TokenProblem {
     Expired,
     /// Not a token this server issued for this payload and price.
     Mismatch,
+    /// It already paid for a job.
+    Used,
 }
 
 impl TokenProblem {
@@ -26,6 +29,7 @@ impl TokenProblem {
             Self::Missing => "confirmation_required",
             Self::Expired => "confirmation_expired",
             Self::Mismatch => "confirmation_mismatch",
+            Self::Used => "confirmation_used",
         }
     }
 
@@ -40,6 +44,10 @@ impl TokenProblem {
             Self::Mismatch => {
                 "The confirmToken does not match this request (the payload or its price changed, or the server \
                  restarted): run the dry run again"
+            }
+            Self::Used => {
+                "This confirmToken already paid for a job; a token confirms one payment. Run the dry run again to \
+                 pay for another image (or retry under the same Idempotency-Key to get the first answer back)"
             }
         }
     }
@@ -69,25 +77,35 @@ impl Confirmer {
     /// A token for `canonical` at `price_micros`, valid for the configured time from now.
     pub fn issue(&self, canonical: &str, price_micros: i64) -> String {
         let expiry = unix_now() + self.ttl.as_secs();
+        let mut nonce = [0u8; 12];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .expect("the operating system's random source works");
+        let nonce = URL_SAFE_NO_PAD.encode(nonce);
         let tag = hmac::sign(
             &self.key,
-            message(expiry, canonical, price_micros).as_bytes(),
+            message(expiry, &nonce, canonical, price_micros).as_bytes(),
         );
-        format!("v1.{expiry}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+        format!(
+            "v1.{expiry}.{nonce}.{}",
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
     }
 
+    /// Checks a token; answers its id, which the store records so the token pays only once.
     pub fn check(
         &self,
         token: Option<&str>,
         canonical: &str,
         price_micros: i64,
-    ) -> Result<(), TokenProblem> {
+    ) -> Result<String, TokenProblem> {
         let token = token
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(TokenProblem::Missing)?;
-        let mut parts = token.splitn(3, '.');
-        let (Some("v1"), Some(expiry), Some(tag)) = (parts.next(), parts.next(), parts.next())
+        let mut parts = token.splitn(4, '.');
+        let (Some("v1"), Some(expiry), Some(nonce), Some(tag)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenProblem::Mismatch);
         };
@@ -97,19 +115,19 @@ impl Confirmer {
             .map_err(|_| TokenProblem::Mismatch)?;
         hmac::verify(
             &self.key,
-            message(expiry, canonical, price_micros).as_bytes(),
+            message(expiry, nonce, canonical, price_micros).as_bytes(),
             &tag,
         )
         .map_err(|_| TokenProblem::Mismatch)?;
         if unix_now() > expiry {
             return Err(TokenProblem::Expired);
         }
-        Ok(())
+        Ok(nonce.to_owned())
     }
 }
 
-fn message(expiry: u64, canonical: &str, price_micros: i64) -> String {
-    format!("orchestrator-flux-confirm\n{expiry}\n{price_micros}\n{canonical}")
+fn message(expiry: u64, nonce: &str, canonical: &str, price_micros: i64) -> String {
+    format!("orchestrator-flux-confirm\n{expiry}\n{nonce}\n{price_micros}\n{canonical}")
 }
 
 fn unix_now() -> u64 {
@@ -126,10 +144,18 @@ mod tests {
     fn a_token_confirms_only_its_own_payload_and_price() {
         let confirmer = Confirmer::new(Duration::from_secs(600));
         let token = confirmer.issue("flux-pro-1.1\n{\"prompt\":\"a\"}", 40_000);
-        assert_eq!(
-            confirmer.check(Some(&token), "flux-pro-1.1\n{\"prompt\":\"a\"}", 40_000),
-            Ok(())
+        let id = confirmer
+            .check(Some(&token), "flux-pro-1.1\n{\"prompt\":\"a\"}", 40_000)
+            .unwrap();
+        let again = confirmer.issue("flux-pro-1.1\n{\"prompt\":\"a\"}", 40_000);
+        assert_ne!(
+            token, again,
+            "every token has an id of its own, so each pays once"
         );
+        let other_id = confirmer
+            .check(Some(&again), "flux-pro-1.1\n{\"prompt\":\"a\"}", 40_000)
+            .unwrap();
+        assert_ne!(id, other_id);
         for (payload, price) in [
             ("flux-pro-1.1\n{\"prompt\":\"b\"}", 40_000),
             ("flux-pro-1.1\n{\"prompt\":\"a\"}", 60_000),
@@ -141,7 +167,7 @@ mod tests {
         }
         assert_eq!(confirmer.check(None, "x", 1), Err(TokenProblem::Missing));
         assert_eq!(
-            confirmer.check(Some("v1.99999999999.AAAA"), "x", 1),
+            confirmer.check(Some("v1.99999999999.AAAA.AAAA"), "x", 1),
             Err(TokenProblem::Mismatch)
         );
         // Another server (or this one after a restart) has another key.
@@ -156,8 +182,8 @@ mod tests {
     fn an_expired_token_is_refused_as_expired() {
         let confirmer = Confirmer::new(Duration::from_secs(600));
         let expiry = unix_now() - 1;
-        let tag = hmac::sign(&confirmer.key, message(expiry, "p", 5).as_bytes());
-        let token = format!("v1.{expiry}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+        let tag = hmac::sign(&confirmer.key, message(expiry, "n", "p", 5).as_bytes());
+        let token = format!("v1.{expiry}.n.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
         assert_eq!(
             confirmer.check(Some(&token), "p", 5),
             Err(TokenProblem::Expired)

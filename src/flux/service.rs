@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::catalog::{self, ValidRequest, usd};
 use super::client::{BflClient, Polled, Submitted};
-use super::confirm::Confirmer;
+use super::confirm::{Confirmer, TokenProblem};
 use crate::config::FluxConfig;
 use crate::error::ApiError;
 use crate::jobs::model::{Job, JobStatus, OutputFile};
@@ -151,23 +151,36 @@ impl Flux {
                 what: "FLUX (BFL_API_KEY)",
             });
         }
-        let Some(key) = idempotency_key else {
-            return self.paid(&request, token, None).await;
-        };
-        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        if let Some(key) = idempotency_key
+            && (key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()))
+        {
             return Err(ApiError::invalid(
                 "Idempotency-Key",
                 "must be 1 to 255 visible ASCII characters (a UUID is a good key)",
             ));
         }
-        let lock = self.key_lock(key);
-        let answer = {
-            let _held = lock.lock().await;
-            self.paid_once(&request, token, key).await
-        };
-        drop(lock);
-        self.release_key_lock(key);
-        answer
+        // From here on money may move: the work runs as a task of its own, so a client that hangs up cannot cut
+        // it short between the reservation, the submit and recording what BFL answered.
+        let this = self.clone();
+        let token = token.map(str::to_owned);
+        let key = idempotency_key.map(str::to_owned);
+        tokio::spawn(async move {
+            match key {
+                None => this.paid(&request, token.as_deref(), None).await,
+                Some(key) => {
+                    let lock = this.key_lock(&key);
+                    let answer = {
+                        let _held = lock.lock().await;
+                        this.paid_once(&request, token.as_deref(), &key).await
+                    };
+                    drop(lock);
+                    this.release_key_lock(&key);
+                    answer
+                }
+            }
+        })
+        .await
+        .map_err(ApiError::internal)?
     }
 
     async fn dry_run(&self, request: &ValidRequest) -> Answer {
@@ -246,8 +259,8 @@ impl Flux {
             fingerprint: &fingerprint,
         };
         let answer = self.paid(request, token, Some(claim)).await;
-        // Only what happened after the job was written is kept for repeats: a refused token or a full budget
-        // wrote nothing, so a repeat may succeed later.
+        // Kept for repeats: an accepted task, and one whose outcome is unknown. A refused token or a full budget
+        // wrote nothing, and a task BFL certainly did not start gave its key back, so a repeat may succeed later.
         let record = match &answer {
             Ok(answer) => Some((answer.status, answer.body.clone())),
             Err(error) if error_after_job(error) => Some((error.status(), error.body())),
@@ -269,13 +282,15 @@ impl Flux {
         claim: Option<IdempotencyClaim<'_>>,
     ) -> Result<Answer, ApiError> {
         let price = request.model.price_micros;
-        self.0
+        let refused = |problem: TokenProblem| ApiError::Confirmation {
+            code: problem.code(),
+            message: problem.message(),
+        };
+        let token_id = self
+            .0
             .confirmer
             .check(token, &request.canonical(), price)
-            .map_err(|problem| ApiError::Confirmation {
-                code: problem.code(),
-                message: problem.message(),
-            })?;
+            .map_err(refused)?;
         let payload = Value::Object(request.payload.clone());
         let params =
             json!({ "model": request.model.name, "prompt": request.payload.get("prompt") });
@@ -293,6 +308,7 @@ impl Flux {
             day: &day,
             budget_micros: limit,
             idempotency: claim,
+            token_id: &token_id,
         };
         let job = match self.store().reserve_paid_job(paid).await {
             Ok(Reservation::Reserved(job)) => *job,
@@ -305,6 +321,7 @@ impl Flux {
                     left: usd((limit - usage.spent - usage.reserved).max(0)),
                 });
             }
+            Ok(Reservation::TokenUsed) => return Err(refused(TokenProblem::Used)),
             Err(error) => return Err(ApiError::internal(error)),
         };
         self.submit(job, request.model.name, &request.payload).await
@@ -348,7 +365,9 @@ impl Flux {
             } => {
                 jobs.fail(&job.id, json!({ "code": code, "message": message, "details": { "bfl_status": status } }))
                     .await;
-                let _ = store.settle_charge(&job.id, ChargeState::Released).await;
+                if let Err(error) = store.release_paid_job(&job.id).await {
+                    tracing::error!(job = %job.id, %error, "cannot release a FLUX job BFL did not start");
+                }
                 tracing::warn!(job = %job.id, model, bfl_status = status, code, "BFL refused a FLUX task");
                 let status = match status {
                     429 => StatusCode::TOO_MANY_REQUESTS,
@@ -370,7 +389,9 @@ impl Flux {
                     json!({ "code": "bfl_unreachable", "message": message }),
                 )
                 .await;
-                let _ = store.settle_charge(&job.id, ChargeState::Released).await;
+                if let Err(error) = store.release_paid_job(&job.id).await {
+                    tracing::error!(job = %job.id, %error, "cannot release a FLUX job BFL did not start");
+                }
                 Err(ApiError::Provider {
                     status: StatusCode::BAD_GATEWAY,
                     code: "bfl_unreachable",
@@ -416,6 +437,7 @@ impl Flux {
             + self.0.config.poll_timeout;
         let mut pause = self.0.config.poll_interval;
         let mut not_found = 0;
+        let mut refused_polls = 0;
         let mut running = false;
         let mut stopping = self.0.stopping.subscribe();
         loop {
@@ -423,7 +445,14 @@ impl Flux {
                 () = tokio::time::sleep(pause) => {}
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
-            if chrono::Utc::now() > deadline {
+            // The deadline is checked after a poll that did not settle the task, so a task that finished while
+            // Orchestrator was stopped is still collected.
+            let polled = client.poll(&url).await;
+            let settled = matches!(
+                polled,
+                Polled::Ready { .. } | Polled::Moderated { .. } | Polled::Failed { .. }
+            );
+            if !settled && chrono::Utc::now() > deadline {
                 let message = format!(
                     "BFL did not finish the task within {} s; it may still finish on BFL's side",
                     self.0.config.poll_timeout.as_secs()
@@ -435,7 +464,7 @@ impl Flux {
                 .await;
                 return;
             }
-            match client.poll(&url).await {
+            match polled {
                 Polled::Pending { progress } => {
                     let progress =
                         progress.map(|p| if p <= 1.0 { p * 100.0 } else { p }.clamp(0.0, 99.0));
@@ -489,6 +518,21 @@ impl Flux {
                     )
                     .await;
                     return;
+                }
+                Polled::Unauthorized(status) => {
+                    refused_polls += 1;
+                    if refused_polls >= 5 {
+                        let message = format!(
+                            "BFL refuses to show the task to this key (HTTP {status}); was BFL_API_KEY changed?"
+                        );
+                        jobs.fail(
+                            &job_id,
+                            json!({ "code": "bfl_unauthorized", "message": message }),
+                        )
+                        .await;
+                        return;
+                    }
+                    pause = (pause.mul_f64(1.5)).min(MAX_POLL_PAUSE);
                 }
                 Polled::Retry(why) => {
                     tracing::debug!(job = %job_id, why, "polling BFL again later");
@@ -556,6 +600,14 @@ impl Flux {
         {
             match job.provider_id.clone() {
                 Some(provider_id) => {
+                    // A stop between storing the provider id and settling the charge leaves it reserved.
+                    if let Err(error) = self
+                        .store()
+                        .settle_charge(&job.id, ChargeState::Spent)
+                        .await
+                    {
+                        tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
+                    }
                     tracing::info!(job = %job.id, "polling a FLUX task again after a restart");
                     tokio::spawn(self.clone().follow(
                         job.id.clone(),
@@ -600,9 +652,9 @@ impl Flux {
     }
 }
 
-/// Errors that come after the job was written (the outcome of the call itself), kept for an idempotent repeat.
+/// A submit whose outcome is unknown: its answer is kept for an idempotent repeat, which must never send again.
 fn error_after_job(error: &ApiError) -> bool {
-    matches!(error, ApiError::Provider { .. })
+    matches!(error, ApiError::Provider { code, .. } if *code == "bfl_outcome_unknown")
 }
 
 /// What an idempotency key binds to: the validated request, so key order and camelCase spellings do not matter.

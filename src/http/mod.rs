@@ -3,6 +3,7 @@
 
 pub mod guard;
 pub mod jobs;
+pub mod model_paths;
 pub mod paid;
 pub mod rate_limit;
 pub mod request_log;

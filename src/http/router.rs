@@ -13,7 +13,7 @@ use tower::ServiceExt;
 
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
-use super::{jobs, paid, rate_limit, system};
+use super::{jobs, model_paths, paid, rate_limit, system};
 use crate::AppState;
 use crate::comfy::ws;
 use crate::error::{ApiError, ApiResult};
@@ -43,7 +43,7 @@ impl App {
     /// the router.
     pub async fn handle(self, request: Request) -> Response {
         let path = request.uri().path();
-        if path == "/api/comfy" || path.starts_with("/api/comfy/") {
+        if (path == "/api/comfy" || path.starts_with("/api/comfy/")) && !is_own_comfy_route(path) {
             let Self { state, policy, .. } = self;
             return log_request_with(request, move |request| async move {
                 match policy.check(request.method(), request.headers()) {
@@ -58,6 +58,17 @@ impl App {
             Err(never) => match never {},
         }
     }
+}
+
+/// Orchestrator's own routes under `/api/comfy/` (about ComfyUI's files, not ComfyUI's API): served by the router,
+/// not forwarded.
+fn is_own_comfy_route(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/comfy/validate-paths"
+            | "/api/comfy/create-default-paths"
+            | "/api/comfy/restore-paths"
+    )
 }
 
 fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
@@ -77,6 +88,12 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(72 * 1024 * 1024)),
         )
         .route("/api/templates", get(jobs::templates))
+        .route("/api/comfy/validate-paths", get(model_paths::validate))
+        .route(
+            "/api/comfy/create-default-paths",
+            post(model_paths::create_default),
+        )
+        .route("/api/comfy/restore-paths", post(model_paths::restore))
         .route("/api/jobs/{id}", get(jobs::get))
         .route("/api/jobs/{id}/events", get(jobs::events))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))

@@ -310,6 +310,21 @@ impl Store {
         .bind(&created)
         .execute(&mut *tx)
         .await?;
+        let token_taken = sqlx::query(
+            "INSERT INTO used_confirmations (token_id, job_id, used_at) VALUES (?, ?, ?) \
+             ON CONFLICT (token_id) DO NOTHING",
+        )
+        .bind(paid.token_id)
+        .bind(&id)
+        .bind(&created)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 0;
+        if token_taken {
+            tx.rollback().await?;
+            return Ok(Reservation::TokenUsed);
+        }
         if let Some(claim) = paid.idempotency {
             sqlx::query(
                 "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -341,6 +356,29 @@ impl Store {
         .bind(now())
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// A paid job the provider certainly did not start: its price, its idempotency key and its confirmation token
+    /// are given back, so the very same request can be tried again.
+    pub async fn release_paid_job(&self, job_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE charges SET state = 'released', updated_at = ?2 WHERE job_id = ?1 AND state = 'reserved'",
+        )
+        .bind(job_id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE job_id = ?")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM used_confirmations WHERE job_id = ?")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -393,6 +431,11 @@ impl Store {
             .bind(before)
             .execute(&self.pool)
             .await?;
+        // A token lives at most a day (FLUX_CONFIRM_TTL_SECS), so older records guard nothing.
+        sqlx::query("DELETE FROM used_confirmations WHERE used_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -428,6 +471,8 @@ pub struct PaidJob<'a> {
     pub day: &'a str,
     pub budget_micros: i64,
     pub idempotency: Option<IdempotencyClaim<'a>>,
+    /// The confirmation token's id: recorded, so it pays once.
+    pub token_id: &'a str,
 }
 
 pub struct IdempotencyClaim<'a> {
@@ -439,6 +484,8 @@ pub struct IdempotencyClaim<'a> {
 pub enum Reservation {
     Reserved(Box<Job>),
     OverBudget(BudgetUsage),
+    /// The confirmation token already paid for a job.
+    TokenUsed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

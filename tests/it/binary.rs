@@ -737,6 +737,16 @@ async fn keys_never_appear_in_answers_headers_or_logs() {
     })
     .await;
     bfl.set_submit_mode(SubmitMode::Refuse(403));
+    let dry: Value = client
+        .post(served.url("/api/flux/generate"))
+        .json(&serde_json::json!({ "prompt": "secret-free" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    paid["confirmToken"] = dry["confirmToken"].clone();
     for request in [
         client.post(served.url("/api/flux/generate")).json(&paid),
         client.get(served.url(&job)),

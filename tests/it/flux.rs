@@ -112,7 +112,7 @@ async fn a_request_is_a_priced_dry_run_by_default_and_sends_nothing() {
     let models = app.get_json("/api/flux/models").await;
     assert_eq!(models["default"], "flux-pro-1.1");
     assert!(models["models"].as_array().unwrap().len() >= 4);
-    assert_eq!(bfl.submits(), 0, "a dry run never reaches BFL");
+    assert!(bfl.requests().is_empty(), "a dry run never reaches BFL");
 }
 
 #[tokio::test]
@@ -172,8 +172,12 @@ async fn every_refusal_sends_nothing_to_bfl() {
     assert_eq!(answer["error"]["details"]["price"], 0.04);
 
     // No key on the server.
-    let keyless =
-        TestApp::spawn_with("http://127.0.0.1:9", |s| s.allow_generation = "true".into()).await;
+    let url = bfl.url();
+    let keyless = TestApp::spawn_with("http://127.0.0.1:9", |s| {
+        s.allow_generation = "true".into();
+        s.bfl_base_url = url;
+    })
+    .await;
     let paid = confirmed(&keyless, body.clone()).await;
     let (status, answer, _) = post(&keyless, &paid, None).await;
     assert_eq!(
@@ -181,9 +185,8 @@ async fn every_refusal_sends_nothing_to_bfl() {
         (503, "flux_not_configured")
     );
 
-    assert_eq!(
-        bfl.submits(),
-        0,
+    assert!(
+        bfl.requests().is_empty(),
         "no refusal may reach BFL: {:?}",
         bfl.requests()
     );
@@ -256,9 +259,13 @@ async fn fifty_concurrent_requests_never_overshoot_the_budget() {
     bfl.set_pending_polls(1000);
     // $0.20 covers five $0.04 images.
     let app = app(&bfl, true, |s| s.flux_daily_budget_usd = "0.20".into()).await;
-    let paid = confirmed(&app, json!({ "prompt": "fifty at once" })).await;
+    // Fifty people each confirmed a dry run of their own.
+    let mut confirmations = Vec::new();
+    for _ in 0..50 {
+        confirmations.push(confirmed(&app, json!({ "prompt": "fifty at once" })).await);
+    }
 
-    let requests = (0..50).map(|_| post(&app, &paid, None));
+    let requests = confirmations.iter().map(|paid| post(&app, paid, None));
     let answers = futures_util::future::join_all(requests).await;
     let accepted = answers.iter().filter(|(status, ..)| *status == 202).count();
     let refused = answers
@@ -342,6 +349,7 @@ async fn bfl_refusals_and_moderation_become_clear_job_errors() {
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"]["code"], "bfl_insufficient_credits");
 
+    // A task BFL refused gave its token back: the same confirmed request may be tried again.
     bfl.set_submit_mode(SubmitMode::Refuse(429));
     let (status, answer, headers) = post(&app, &paid, None).await;
     assert_eq!(
@@ -363,6 +371,7 @@ async fn bfl_refusals_and_moderation_become_clear_job_errors() {
         (TaskEnd::Error, "bfl_failed"),
     ] {
         bfl.set_task_end(end);
+        let paid = confirmed(&app, json!({ "prompt": "moderate me" })).await;
         let (status, answer, _) = post(&app, &paid, None).await;
         assert_eq!(status, 202, "{answer}");
         let job = wait_for_status(&app, answer["id"].as_str().unwrap(), "failed").await;
@@ -474,4 +483,89 @@ async fn a_client_that_goes_too_fast_gets_429_with_retry_after() {
     assert_eq!(v0.status(), 429);
     let health = app.http.get(app.url("/api/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn a_confirmation_pays_once() {
+    let bfl = FakeBfl::start(KEY).await;
+    bfl.set_pending_polls(1000);
+    let app = app(&bfl, true, |_| {}).await;
+    let paid = confirmed(&app, json!({ "prompt": "once" })).await;
+    let (status, _, _) = post(&app, &paid, None).await;
+    assert_eq!(status, 202);
+    // A retry loop or a stray script sending the same confirmed body again pays nothing more.
+    for _ in 0..3 {
+        let (status, answer, _) = post(&app, &paid, None).await;
+        assert_eq!(
+            (status, error_code(&answer).as_str()),
+            (409, "confirmation_used")
+        );
+    }
+    assert_eq!(bfl.submits(), 1);
+}
+
+#[tokio::test]
+async fn a_slow_or_failing_bfl_after_sending_is_needs_reconcile_not_a_refusal() {
+    let bfl = FakeBfl::start(KEY).await;
+    let app = app(&bfl, true, |s| s.flux_submit_timeout_secs = "1".into()).await;
+    for (mode, why) in [
+        (
+            SubmitMode::Slow(Duration::from_secs(3)),
+            "did not answer within 1 s",
+        ),
+        (SubmitMode::Refuse(503), "HTTP 503"),
+    ] {
+        bfl.set_submit_mode(mode);
+        let paid = confirmed(&app, json!({ "prompt": "maybe charged" })).await;
+        let (status, answer, _) = post(&app, &paid, None).await;
+        assert_eq!(
+            (status, error_code(&answer).as_str()),
+            (502, "bfl_outcome_unknown"),
+            "{answer}"
+        );
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(why),
+            "{answer}"
+        );
+        let job = app
+            .get_json(&format!(
+                "/api/jobs/{}",
+                answer["error"]["details"]["job_id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(job["status"], "needs_reconcile");
+    }
+    assert_eq!(bfl.submits(), 2);
+    // Both prices stay reserved: either may have been charged.
+    assert_eq!(app.get_json("/api/flux/budget").await["reserved"], 0.08);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_submit_does_not_orphan_the_job() {
+    let bfl = FakeBfl::start(KEY).await;
+    bfl.set_submit_mode(SubmitMode::Slow(Duration::from_millis(500)));
+    let app = app(&bfl, true, |_| {}).await;
+    let paid = confirmed(&app, json!({ "prompt": "impatient" })).await;
+    let request = app
+        .http
+        .post(app.url("/api/flux/generate"))
+        .json(&paid)
+        .send();
+    // The client gives up while BFL is still answering.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), request)
+            .await
+            .is_err()
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the job is recorded and finishes",
+        || async {
+            let jobs = app.get_json("/api/jobs").await;
+            jobs["jobs"][0]["status"] == "succeeded"
+        },
+    )
+    .await;
+    assert_eq!(bfl.submits(), 1);
+    assert_eq!(app.get_json("/api/flux/budget").await["spent"], 0.04);
 }

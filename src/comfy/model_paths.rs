@@ -1,0 +1,1167 @@
+//! ComfyUI's `extra_model_paths.yaml`: read the way ComfyUI reads it (`utils/extra_config.py`, summarised in
+//! `shared/CONTRACTS.md` §1.9), checked, and written back in its format.
+//!
+//! The file is parsed with a YAML event parser (saphyr-parser) into a small tree, refusing what a model-folder list
+//! never needs and what makes YAML dangerous: tags, anchors and aliases (the "billion laughs" bomb), several
+//! documents, deep nesting, and files over [`MAX_FILE_BYTES`]. Everything ComfyUI would choke on at start-up (an
+//! empty file, a top-level list, a section that is a string, a folder value that is not a string) is an error;
+//! what it accepts but probably should not (missing folders, unknown keys, `custom_nodes`) is a warning.
+//!
+//! Writes are atomic: a temporary file in the same folder, fsync, rename, so a crash leaves the old file or the new
+//! one; an existing file is first copied to `extra_model_paths.yaml.bak.YYYYMMDD-HHMMSS`.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use serde::Serialize;
+
+pub const FILE_NAME: &str = "extra_model_paths.yaml";
+/// The real file is a few hundred bytes; anything this large is not one.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+const MAX_DEPTH: usize = 8;
+
+/// ComfyUI's model extensions (`folder_paths.supported_pt_extensions`).
+const MODEL_EXTENSIONS: [&str; 8] = [
+    "ckpt",
+    "pt",
+    "pt2",
+    "bin",
+    "pth",
+    "safetensors",
+    "pkl",
+    "sft",
+];
+
+/// The folder keys `folder_paths.py` knows.
+pub const KNOWN_FOLDERS: [&str; 20] = [
+    "checkpoints",
+    "configs",
+    "loras",
+    "vae",
+    "text_encoders",
+    "diffusion_models",
+    "clip_vision",
+    "style_models",
+    "embeddings",
+    "diffusers",
+    "vae_approx",
+    "controlnet",
+    "gligen",
+    "upscale_models",
+    "custom_nodes",
+    "hypernetworks",
+    "photomaker",
+    "classifiers",
+    "model_patches",
+    "audio_encoders",
+];
+
+/// Old names ComfyUI still maps to their new folders.
+const LEGACY_FOLDERS: [(&str, &str); 2] = [("unet", "diffusion_models"), ("clip", "text_encoders")];
+
+/// What a new file lists, each as `<base_path>/<key>/`.
+pub const WRITTEN_FOLDERS: [&str; 10] = [
+    "checkpoints",
+    "loras",
+    "vae",
+    "controlnet",
+    "clip",
+    "clip_vision",
+    "upscale_models",
+    "embeddings",
+    "diffusion_models",
+    "text_encoders",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// ComfyUI fails to start, or the file was refused.
+    Error,
+    /// ComfyUI starts, but the set-up is probably not what was meant.
+    Warning,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// 1-based.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// 1-based.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Folder {
+    /// Every path the key adds, resolved as ComfyUI resolves it.
+    pub paths: Vec<String>,
+    /// Whether each path is an existing folder.
+    pub exist: Vec<bool>,
+    /// Model files under the paths (for `diffusers` and `custom_nodes`: sub-folders).
+    pub files: u64,
+    /// The count stopped at the scan limit.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    pub name: String,
+    pub base_path: Option<String>,
+    pub is_default: bool,
+    /// Keyed by the folder key as written (`unet` stays `unet`; the problems say what it maps to).
+    pub folders: std::collections::BTreeMap<String, Folder>,
+}
+
+/// `GET /api/comfy/validate-paths`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub path: String,
+    pub exists: bool,
+    /// No error: ComfyUI will start with this file (a missing file is valid: ComfyUI then reads none).
+    pub valid: bool,
+    pub sections: Vec<Section>,
+    pub problems: Vec<Problem>,
+    /// Model files per ComfyUI category across every section (legacy keys counted under their new name).
+    pub counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// The file in ComfyUI's folder.
+pub fn file_in(comfy_dir: &Path) -> PathBuf {
+    comfy_dir.join(FILE_NAME)
+}
+
+/// Reads and checks the file at `path`.
+pub fn check(path: &Path) -> Report {
+    let mut report = Report {
+        path: path.display().to_string(),
+        exists: path.exists(),
+        valid: true,
+        sections: Vec::new(),
+        problems: Vec::new(),
+        counts: Default::default(),
+    };
+    if !report.exists {
+        report.problems.push(problem(
+            Severity::Warning,
+            "file_missing",
+            "there is no extra_model_paths.yaml: ComfyUI uses only its own models folder",
+        ));
+        return report;
+    }
+    let text = match read_limited(path) {
+        Ok(text) => text,
+        Err(refusal) => {
+            report.problems.push(refusal);
+            report.valid = false;
+            return report;
+        }
+    };
+    let base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    match parse(&text) {
+        Ok(root) => interpret(&root, &base_dir, &mut report),
+        Err(refusal) => report.problems.push(refusal),
+    }
+    report.valid = !report
+        .problems
+        .iter()
+        .any(|p| p.severity == Severity::Error);
+    for section in &report.sections {
+        for (key, folder) in &section.folders {
+            let category = LEGACY_FOLDERS
+                .iter()
+                .find(|(old, _)| old == key)
+                .map_or(key.as_str(), |(_, new)| new);
+            *report.counts.entry(category.to_owned()).or_default() += folder.files;
+        }
+    }
+    report
+}
+
+fn problem(severity: Severity, code: &'static str, message: impl Into<String>) -> Problem {
+    Problem {
+        severity,
+        code,
+        message: message.into(),
+        section: None,
+        key: None,
+        line: None,
+        column: None,
+    }
+}
+
+fn at(mut problem: Problem, span: Span) -> Problem {
+    problem.line = Some(span.start.line());
+    problem.column = Some(span.start.col() + 1);
+    problem
+}
+
+// One problem per file read: its size does not matter.
+#[allow(clippy::result_large_err)]
+fn read_limited(path: &Path) -> Result<String, Problem> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        problem(
+            Severity::Error,
+            "file_unreadable",
+            format!("cannot read the file: {e}"),
+        )
+    })?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            problem(
+                Severity::Error,
+                "file_unreadable",
+                format!("cannot read the file: {e}"),
+            )
+        })?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(problem(
+            Severity::Error,
+            "file_too_large",
+            format!(
+                "the file is larger than {} KiB; a model-folder list never is",
+                MAX_FILE_BYTES / 1024
+            ),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| problem(Severity::Error, "not_utf8", "the file is not UTF-8 text"))
+}
+
+/// The parsed file: only what a model-folder list is made of.
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Scalar {
+        text: String,
+        plain: bool,
+        span: Span,
+    },
+    Sequence {
+        span: Span,
+    },
+    Mapping {
+        entries: Vec<(String, Span, Node)>,
+        span: Span,
+    },
+}
+
+impl Node {
+    fn span(&self) -> Span {
+        match self {
+            Self::Scalar { span, .. } | Self::Sequence { span } | Self::Mapping { span, .. } => {
+                *span
+            }
+        }
+    }
+
+    /// A plain scalar YAML 1.1 (PyYAML) reads as null.
+    fn is_null(&self) -> bool {
+        matches!(self, Self::Scalar { text, plain: true, .. } if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+}
+
+/// The document's root, or why the file is refused. `None` inside `Ok` is an empty document.
+#[allow(clippy::result_large_err)]
+fn parse(text: &str) -> Result<Option<Node>, Problem> {
+    let mut events = Vec::new();
+    for event in Parser::new_from_str(text) {
+        match event {
+            Ok(event) => events.push(event),
+            Err(error) => {
+                let mut refusal = problem(
+                    Severity::Error,
+                    "yaml_syntax",
+                    format!(
+                        "YAML syntax error: {} (ComfyUI fails to start on it)",
+                        error.info()
+                    ),
+                );
+                refusal.line = Some(error.marker().line());
+                refusal.column = Some(error.marker().col() + 1);
+                return Err(refusal);
+            }
+        }
+    }
+    let mut stack: Vec<(Node, Option<(String, Span)>)> = Vec::new();
+    let mut root = None;
+    let mut documents = 0;
+    for (event, span) in events {
+        let node = match event {
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => continue,
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(at(
+                        problem(
+                            Severity::Error,
+                            "several_documents",
+                            "the file holds more than one YAML document",
+                        ),
+                        span,
+                    ));
+                }
+                continue;
+            }
+            Event::Alias(_) => {
+                return Err(at(
+                    problem(
+                        Severity::Error,
+                        "yaml_alias",
+                        "YAML aliases (*name) are not allowed in this file",
+                    ),
+                    span,
+                ));
+            }
+            Event::Scalar(_, _, anchor, tag)
+            | Event::SequenceStart(anchor, tag)
+            | Event::MappingStart(anchor, tag)
+                if anchor != 0 || tag.is_some() =>
+            {
+                let (code, what) = if tag.is_some() {
+                    ("yaml_tag", "YAML tags (!tag) are not allowed in this file")
+                } else {
+                    (
+                        "yaml_anchor",
+                        "YAML anchors (&name) are not allowed in this file",
+                    )
+                };
+                return Err(at(problem(Severity::Error, code, what), span));
+            }
+            Event::Scalar(text, style, _, _) => Node::Scalar {
+                text: text.into_owned(),
+                plain: style == ScalarStyle::Plain,
+                span,
+            },
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(at(
+                        problem(
+                            Severity::Error,
+                            "too_deep",
+                            "the file is nested deeper than a model-folder list is",
+                        ),
+                        span,
+                    ));
+                }
+                let node = if matches!(event, Event::SequenceStart(..)) {
+                    Node::Sequence { span }
+                } else {
+                    Node::Mapping {
+                        entries: Vec::new(),
+                        span,
+                    }
+                };
+                stack.push((node, None));
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some((node, _)) => node,
+                None => continue,
+            },
+        };
+        // Place the finished node: a mapping key, a mapping value, a sequence item (dropped: only its shape
+        // matters), or the root.
+        match stack.last_mut() {
+            None => root = Some(node),
+            Some((Node::Sequence { .. }, _)) => {}
+            Some((Node::Mapping { entries, .. }, pending)) => match pending.take() {
+                None => match node {
+                    Node::Scalar { text, span, .. } => *pending = Some((text, span)),
+                    other => {
+                        return Err(at(
+                            problem(
+                                Severity::Error,
+                                "complex_key",
+                                "a mapping key must be plain text",
+                            ),
+                            other.span(),
+                        ));
+                    }
+                },
+                Some((key, key_span)) => entries.push((key, key_span, node)),
+            },
+            Some((Node::Scalar { .. }, _)) => unreachable!("scalars are never pushed"),
+        }
+    }
+    Ok(root)
+}
+
+/// ComfyUI's `load_extra_path_config`, as checks.
+fn interpret(root: &Option<Node>, base_dir: &Path, report: &mut Report) {
+    let sections = match root {
+        None => {
+            report.problems.push(problem(
+                Severity::Error,
+                "empty_file",
+                "the file is empty: ComfyUI fails to start on it (delete it, or give it a section)",
+            ));
+            return;
+        }
+        Some(node) if node.is_null() => {
+            report.problems.push(at(
+                problem(
+                    Severity::Error,
+                    "empty_file",
+                    "the file holds nothing: ComfyUI fails to start on it",
+                ),
+                node.span(),
+            ));
+            return;
+        }
+        Some(Node::Mapping { entries, .. }) => entries,
+        Some(other) => {
+            report.problems.push(at(
+                problem(
+                    Severity::Error,
+                    "not_a_mapping",
+                    "the top level must be named sections (name: then its folders); ComfyUI fails to start on this",
+                ),
+                other.span(),
+            ));
+            return;
+        }
+    };
+    let flat = sections.iter().any(|(key, _, value)| {
+        matches!(value, Node::Scalar { .. })
+            && !value.is_null()
+            && (key == "base_path" || is_folder_key(key))
+    });
+    if flat {
+        report.problems.push(at(
+            problem(
+                Severity::Error,
+                "flat_layout",
+                "this is the flat layout (base_path and folders at the top level), which ComfyUI does not read: put \
+                 them under a section name, e.g. `orchestrator:` with the lines below it indented",
+            ),
+            sections[0].1,
+        ));
+        return;
+    }
+    for (name, name_span, value) in sections {
+        let section_problem = |severity, code, message: String, span| {
+            let mut p = at(problem(severity, code, message), span);
+            p.section = Some(name.clone());
+            p
+        };
+        let entries = match value {
+            node if node.is_null() => {
+                report.problems.push(section_problem(
+                    Severity::Warning,
+                    "empty_section",
+                    format!("section {name:?} is empty; ComfyUI skips it"),
+                    *name_span,
+                ));
+                continue;
+            }
+            Node::Mapping { entries, .. } => entries,
+            other => {
+                report.problems.push(section_problem(
+                    Severity::Error,
+                    "section_not_a_mapping",
+                    format!("section {name:?} must hold keys (base_path, folders); ComfyUI fails to start on this"),
+                    other.span(),
+                ));
+                continue;
+            }
+        };
+        let mut section = Section {
+            name: name.clone(),
+            base_path: None,
+            is_default: false,
+            folders: Default::default(),
+        };
+        let mut base = None;
+        for (key, key_span, value) in entries {
+            let key_problem = |severity, code, message: String, span| {
+                let mut p = section_problem(severity, code, message, span);
+                p.key = Some(key.clone());
+                p
+            };
+            match key.as_str() {
+                "base_path" => match value {
+                    Node::Scalar { text, .. } if !value.is_null() => {
+                        let expanded = PathBuf::from(expand(text));
+                        let resolved = normalise(&if expanded.is_absolute() {
+                            expanded
+                        } else {
+                            base_dir.join(expanded)
+                        });
+                        if !resolved.is_dir() {
+                            report.problems.push(key_problem(
+                                Severity::Warning,
+                                "base_path_missing",
+                                format!("base_path {} does not exist", resolved.display()),
+                                value.span(),
+                            ));
+                        }
+                        section.base_path = Some(resolved.display().to_string());
+                        base = Some(resolved);
+                    }
+                    _ => report.problems.push(key_problem(
+                        Severity::Error,
+                        "not_a_string",
+                        "base_path must be a path".into(),
+                        value.span(),
+                    )),
+                },
+                "is_default" => section.is_default = truthy(value),
+                _ => {
+                    let text = match value {
+                        Node::Scalar { text, plain, .. }
+                            if !(value.is_null() || *plain && non_string(text)) =>
+                        {
+                            text
+                        }
+                        _ => {
+                            report.problems.push(key_problem(
+                                Severity::Error,
+                                "not_a_string",
+                                format!("{key} must be a path, or several paths one a line (a `|` block); ComfyUI fails to start on this"),
+                                value.span(),
+                            ));
+                            continue;
+                        }
+                    };
+                    if let Some((_, new)) = LEGACY_FOLDERS.iter().find(|(old, _)| old == key) {
+                        report.problems.push(key_problem(
+                            Severity::Warning,
+                            "legacy_key",
+                            format!("{key} is an old name; ComfyUI reads it as {new}"),
+                            *key_span,
+                        ));
+                    } else if key == "custom_nodes" {
+                        report.problems.push(key_problem(
+                            Severity::Warning,
+                            "custom_nodes",
+                            "custom_nodes lists folders of Python code that ComfyUI imports and runs at start-up: \
+                             make sure you trust every one"
+                                .into(),
+                            *key_span,
+                        ));
+                    } else if !KNOWN_FOLDERS.contains(&key.as_str()) {
+                        report.problems.push(key_problem(
+                            Severity::Warning,
+                            "unknown_key",
+                            format!("{key} is not a ComfyUI model folder; ComfyUI makes a new category of it that lists every file (a typo?)"),
+                            *key_span,
+                        ));
+                    }
+                    let mut folder = Folder {
+                        paths: Vec::new(),
+                        exist: Vec::new(),
+                        files: 0,
+                        truncated: false,
+                    };
+                    // Lines are not stripped by ComfyUI, so trailing spaces are part of the path.
+                    for line in text.split('\n').filter(|l| !l.is_empty()) {
+                        if line != line.trim_end() {
+                            report.problems.push(key_problem(
+                                Severity::Warning,
+                                "trailing_space",
+                                format!("{line:?} ends in spaces, which ComfyUI keeps as part of the path"),
+                                value.span(),
+                            ));
+                        }
+                        let resolved = normalise(&match &base {
+                            Some(base) => base.join(line),
+                            None => base_dir.join(line),
+                        });
+                        let exists = resolved.is_dir();
+                        if exists {
+                            let (count, truncated) = count_files(&resolved, key);
+                            folder.files += count;
+                            folder.truncated |= truncated;
+                        } else {
+                            report.problems.push(key_problem(
+                                Severity::Warning,
+                                "folder_missing",
+                                format!("{} does not exist", resolved.display()),
+                                value.span(),
+                            ));
+                        }
+                        folder.paths.push(resolved.display().to_string());
+                        folder.exist.push(exists);
+                    }
+                    section.folders.insert(key.clone(), folder);
+                }
+            }
+        }
+        if section.folders.is_empty() {
+            report.problems.push(section_problem(
+                Severity::Warning,
+                "empty_section",
+                format!("section {name:?} lists no model folder"),
+                *name_span,
+            ));
+        }
+        report.sections.push(section);
+    }
+}
+
+fn is_folder_key(key: &str) -> bool {
+    KNOWN_FOLDERS.contains(&key) || LEGACY_FOLDERS.iter().any(|(old, _)| *old == key)
+}
+
+/// A plain scalar PyYAML reads as a number or a boolean (no `.split`, so ComfyUI fails).
+fn non_string(text: &str) -> bool {
+    matches!(
+        text.to_ascii_lowercase().as_str(),
+        "true" | "false" | "yes" | "no" | "on" | "off"
+    ) || text.parse::<f64>().is_ok()
+}
+
+fn truthy(node: &Node) -> bool {
+    match node {
+        Node::Scalar {
+            text, plain: true, ..
+        } => {
+            !node.is_null()
+                && !matches!(
+                    text.to_ascii_lowercase().as_str(),
+                    "false" | "no" | "off" | "0" | "0.0"
+                )
+        }
+        Node::Scalar { text, .. } => !text.is_empty(),
+        Node::Sequence { .. } | Node::Mapping { .. } => true,
+    }
+}
+
+/// `os.path.expandvars(os.path.expanduser(path))`: `~`, `$NAME`, `${NAME}` (and `%NAME%` on Windows); unknown
+/// variables stay as written.
+fn expand(path: &str) -> String {
+    let mut path = path.to_owned();
+    if (path == "~" || path.starts_with("~/") || path.starts_with("~\\"))
+        && let Some(home) = std::env::home_dir()
+    {
+        path = format!("{}{}", home.display(), &path[1..]);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path.as_str();
+    while let Some(at) = rest.find(['$', '%']) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, consumed) = if rest[at..].starts_with('%') {
+            match after.find('%') {
+                Some(end) if cfg!(windows) && end > 0 => (&after[..end], end + 1),
+                _ => ("", 0),
+            }
+        } else if let Some(braced) = after.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) => (&braced[..end], end + 2),
+                None => ("", 0),
+            }
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        match std::env::var(name).ok().filter(|_| !name.is_empty()) {
+            Some(value) => {
+                out.push_str(&value);
+                rest = &after[consumed..];
+            }
+            None => {
+                out.push_str(&rest[at..at + 1]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `os.path.normpath`: `.` and `..` resolved lexically.
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Model files under `dir`, recursively as ComfyUI lists them; stops at a limit so a huge tree cannot stall a
+/// diagnostics page.
+fn count_files(dir: &Path, key: &str) -> (u64, bool) {
+    const LIMIT: u64 = 50_000;
+    if matches!(key, "diffusers" | "custom_nodes") {
+        let count = std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().filter(|e| e.path().is_dir()).count() as u64)
+            .unwrap_or(0);
+        return (count, false);
+    }
+    let wanted = |path: &Path| {
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        match key {
+            "configs" => extension == "yaml",
+            _ if is_folder_key(key) => MODEL_EXTENSIONS.contains(&extension.as_str()),
+            _ => true,
+        }
+    };
+    let (mut count, mut visited) = (0u64, 0u64);
+    let mut pending = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((folder, depth)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            visited += 1;
+            if visited > LIMIT {
+                return (count, true);
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                if depth < 16 {
+                    pending.push((path, depth + 1));
+                }
+            } else if wanted(&path) {
+                count += 1;
+            }
+        }
+    }
+    (count, false)
+}
+
+/// The text of a new file: one section in ComfyUI's format, only known model-folder keys.
+pub fn default_file(base_path: &Path) -> String {
+    let base = base_path.display().to_string().replace('\'', "''");
+    let mut text = format!(
+        "# Written by Orchestrator. ComfyUI reads named sections; each folder is relative to base_path.\n\
+         # A line per extra path works too:  loras: |\n#     loras/\n#     more_loras/\n\
+         orchestrator:\n    base_path: '{base}'\n    is_default: true\n"
+    );
+    for key in WRITTEN_FOLDERS {
+        text.push_str(&format!("    {key}: {key}/\n"));
+    }
+    text
+}
+
+/// What [`create_default`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    pub created: bool,
+    pub path: String,
+    #[serde(rename = "backupPath")]
+    pub backup_path: Option<String>,
+    /// Folders made because they did not exist.
+    #[serde(rename = "createdFolders")]
+    pub created_folders: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("base_path must be an absolute path, got {0:?}")]
+    RelativeBase(String),
+    #[error("cannot back up {path}: {source}")]
+    Backup {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0:?} is not a backup of {FILE_NAME} in ComfyUI's folder")]
+    NotABackup(String),
+}
+
+/// Backs up the current file (if any), then atomically writes the default one for `base_path`.
+pub fn create_default(
+    file: &Path,
+    base_path: &Path,
+    create_folders: bool,
+) -> Result<Created, WriteError> {
+    if !base_path.is_absolute() {
+        return Err(WriteError::RelativeBase(base_path.display().to_string()));
+    }
+    let backup_path = backup(file)?;
+    write_atomic(file, default_file(base_path).as_bytes())?;
+    let mut created_folders = Vec::new();
+    if create_folders {
+        for key in WRITTEN_FOLDERS {
+            let folder = base_path.join(key);
+            if !folder.exists() {
+                std::fs::create_dir_all(&folder).map_err(|source| WriteError::Write {
+                    path: folder.display().to_string(),
+                    source,
+                })?;
+                created_folders.push(folder.display().to_string());
+            }
+        }
+    }
+    Ok(Created {
+        created: true,
+        path: file.display().to_string(),
+        backup_path: backup_path.map(|p| p.display().to_string()),
+        created_folders,
+    })
+}
+
+/// Puts a backup back in place (the current file is backed up first). `backup` must be one of the file's backups.
+pub fn restore(file: &Path, backup_file: &Path) -> Result<Created, WriteError> {
+    let named = backup_file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(&format!("{FILE_NAME}.bak.")));
+    if !named || backup_file.parent() != file.parent() || !backup_file.is_file() {
+        return Err(WriteError::NotABackup(backup_file.display().to_string()));
+    }
+    let bytes = std::fs::read(backup_file).map_err(|source| WriteError::Write {
+        path: backup_file.display().to_string(),
+        source,
+    })?;
+    let backup_path = backup(file)?;
+    write_atomic(file, &bytes)?;
+    Ok(Created {
+        created: true,
+        path: file.display().to_string(),
+        backup_path: backup_path.map(|p| p.display().to_string()),
+        created_folders: Vec::new(),
+    })
+}
+
+/// Copies the file to `<file>.bak.YYYYMMDD-HHMMSS` (with `-N` when that name is taken); `None` when there is no
+/// file yet.
+fn backup(file: &Path) -> Result<Option<PathBuf>, WriteError> {
+    if !file.exists() {
+        return Ok(None);
+    }
+    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(FILE_NAME);
+    let mut target = file.with_file_name(format!("{name}.bak.{stamp}"));
+    let mut n = 1;
+    while target.exists() {
+        target = file.with_file_name(format!("{name}.bak.{stamp}-{n}"));
+        n += 1;
+    }
+    let bytes = std::fs::read(file).map_err(|source| WriteError::Backup {
+        path: file.display().to_string(),
+        source,
+    })?;
+    write_atomic(&target, &bytes).map_err(|error| match error {
+        WriteError::Write { path, source } => WriteError::Backup { path, source },
+        other => other,
+    })?;
+    Ok(Some(target))
+}
+
+/// Temporary file beside the target, fsync, rename, fsync of the folder: a crash at any point leaves the old
+/// file or the new one.
+pub fn write_atomic(target: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let failed = |source| WriteError::Write {
+        path: target.display().to_string(),
+        source,
+    };
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
+    let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temporary, target)?;
+        #[cfg(unix)]
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result.map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(text: &str) -> (Report, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        std::fs::write(&file, text).unwrap();
+        (check(&file), dir)
+    }
+
+    fn codes(report: &Report) -> Vec<&'static str> {
+        report.problems.iter().map(|p| p.code).collect()
+    }
+
+    /// ComfyUI's own `extra_model_paths.yaml.example` (comments shortened).
+    const COMFY_EXAMPLE: &str = "\
+#config for a1111 ui
+#all you have to do is change the base_path to where yours is installed
+a111:
+    base_path: path/to/stable-diffusion-webui/
+
+    checkpoints: models/Stable-diffusion
+    configs: models/Stable-diffusion
+    vae: models/VAE
+    loras: |
+         models/Lora
+         models/LyCORIS
+    upscale_models: |
+                  models/ESRGAN
+                  models/RealESRGAN
+                  models/SwinIR
+    embeddings: embeddings
+    hypernetworks: models/hypernetworks
+    controlnet: models/ControlNet
+
+#config for comfyui
+#your base path should be either an existing comfy install or a central folder where you store all of your models, loras, etc.
+
+#comfyui:
+#     base_path: path/to/comfyui/
+#     # You can use is_default to mark that these folders should be listed first, and used as the default dirs for eg downloads
+#     #is_default: true
+#     checkpoints: models/checkpoints/
+#     clip: models/clip/
+
+#other_ui:
+#    base_path: path/to/ui
+#    checkpoints: models/checkpoints
+#    gligen: models/gligen
+#    custom_nodes: path/custom_nodes
+";
+
+    #[test]
+    fn comfyuis_example_reads_as_comfyui_reads_it() {
+        let (report, dir) = checked(COMFY_EXAMPLE);
+        assert!(report.valid, "{:?}", report.problems);
+        assert_eq!(report.sections.len(), 1);
+        let a111 = &report.sections[0];
+        assert_eq!(a111.name, "a111");
+        let base = dir.path().join("path/to/stable-diffusion-webui");
+        assert_eq!(a111.base_path.as_deref(), Some(base.to_str().unwrap()));
+        assert!(!a111.is_default);
+        let loras = &a111.folders["loras"];
+        assert_eq!(
+            loras.paths,
+            [
+                base.join("models/Lora").display().to_string(),
+                base.join("models/LyCORIS").display().to_string()
+            ]
+        );
+        assert_eq!(a111.folders["upscale_models"].paths.len(), 3);
+        assert_eq!(a111.folders.len(), 8);
+        // Nothing of it exists here: each folder is a warning, not an error.
+        assert!(codes(&report).contains(&"folder_missing"));
+        assert!(
+            report
+                .problems
+                .iter()
+                .all(|p| p.severity == Severity::Warning)
+        );
+    }
+
+    #[test]
+    fn existing_folders_are_counted_by_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(models.join("checkpoints/sdxl")).unwrap();
+        std::fs::write(models.join("checkpoints/a.safetensors"), "x").unwrap();
+        std::fs::write(models.join("checkpoints/sdxl/b.ckpt"), "x").unwrap();
+        std::fs::write(models.join("checkpoints/readme.txt"), "x").unwrap();
+        std::fs::create_dir_all(models.join("unet")).unwrap();
+        std::fs::write(models.join("unet/c.gguf.safetensors"), "x").unwrap();
+        let file = dir.path().join(FILE_NAME);
+        std::fs::write(
+            &file,
+            format!("mine:\n  base_path: {}\n  is_default: true\n  checkpoints: checkpoints\n  unet: unet\n", models.display()),
+        )
+        .unwrap();
+        let report = check(&file);
+        assert!(report.valid);
+        assert!(report.sections[0].is_default);
+        assert_eq!(report.sections[0].folders["checkpoints"].files, 2);
+        assert_eq!(report.counts["diffusion_models"], 1);
+        assert_eq!(codes(&report), ["legacy_key"]);
+    }
+
+    #[test]
+    fn the_flat_layout_is_flagged() {
+        let (report, _dir) = checked("base_path: F:/Models\ncheckpoints: F:/Models/checkpoints\n");
+        assert!(!report.valid);
+        assert_eq!(codes(&report), ["flat_layout"]);
+        assert_eq!(report.problems[0].line, Some(1));
+    }
+
+    #[test]
+    fn what_comfyui_fails_on_is_an_error_with_its_place() {
+        for (text, code, line) in [
+            ("", "empty_file", None),
+            ("- a\n- b\n", "not_a_mapping", Some(1)),
+            ("one: just text\n", "section_not_a_mapping", Some(1)),
+            (
+                "s:\n  base_path: /x\n  loras:\n    - a\n",
+                "not_a_string",
+                Some(4),
+            ),
+            ("s:\n  checkpoints: 5\n", "not_a_string", Some(2)),
+            ("s:\n  checkpoints: [a\n", "yaml_syntax", Some(3)),
+        ] {
+            let (report, _dir) = checked(text);
+            assert!(!report.valid, "{text:?}");
+            let first = report
+                .problems
+                .iter()
+                .find(|p| p.severity == Severity::Error)
+                .unwrap();
+            assert_eq!(
+                (first.code, first.line),
+                (code, line),
+                "{text:?}: {:?}",
+                report.problems
+            );
+        }
+    }
+
+    #[test]
+    fn tags_aliases_and_huge_files_are_refused() {
+        let bomb = "a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n";
+        for (text, code) in [
+            (
+                "s:\n  checkpoints: !!python/object/apply:os.system [\"id\"]\n",
+                "yaml_tag",
+            ),
+            ("s: !custom\n  checkpoints: x\n", "yaml_tag"),
+            (bomb, "yaml_anchor"),
+            ("s:\n  checkpoints: *x\n", "yaml_syntax"),
+            ("a: 1\n---\nb: 2\n", "several_documents"),
+        ] {
+            let (report, _dir) = checked(text);
+            assert_eq!(codes(&report), [code], "{text:?}");
+            assert!(!report.valid);
+        }
+        let (report, _dir) = checked(&"# padding\n".repeat(1_100_000));
+        assert_eq!(codes(&report), ["file_too_large"]);
+    }
+
+    #[test]
+    fn unknown_keys_custom_nodes_and_empty_sections_are_warnings() {
+        let (report, _dir) =
+            checked("s:\n  chekpoints: a\n  custom_nodes: b\nempty:\nbare:\n  base_path: /\n");
+        assert!(report.valid);
+        let mut found = codes(&report);
+        found.sort_unstable();
+        found.dedup();
+        assert_eq!(
+            found,
+            [
+                "custom_nodes",
+                "empty_section",
+                "folder_missing",
+                "unknown_key"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_written_file_reads_back_with_only_known_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("it's models");
+        let file = dir.path().join(FILE_NAME);
+        let created = create_default(&file, &base, true).unwrap();
+        assert_eq!(created.backup_path, None);
+        assert_eq!(created.created_folders.len(), WRITTEN_FOLDERS.len());
+        let report = check(&file);
+        assert!(
+            report.valid && report.problems.iter().all(|p| p.code == "legacy_key"),
+            "{:?}",
+            report.problems
+        );
+        let section = &report.sections[0];
+        assert_eq!(section.base_path.as_deref(), Some(base.to_str().unwrap()));
+        assert!(section.is_default);
+        assert!(section.folders.keys().all(|k| is_folder_key(k)));
+        assert_eq!(section.folders.len(), WRITTEN_FOLDERS.len());
+    }
+
+    #[test]
+    fn backup_and_restore_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let original = "mine:\n  base_path: /srv/models\n  checkpoints: ckpt\n";
+        std::fs::write(&file, original).unwrap();
+        let created = create_default(&file, Path::new("/opt/models"), false).unwrap();
+        let backup = PathBuf::from(created.backup_path.unwrap());
+        assert!(
+            backup
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("extra_model_paths.yaml.bak.")
+        );
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), original);
+        assert!(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .contains("/opt/models")
+        );
+
+        let restored = restore(&file, &backup).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+        assert!(
+            restored.backup_path.is_some(),
+            "the replaced file was kept too"
+        );
+        assert!(matches!(
+            restore(&file, &file),
+            Err(WriteError::NotABackup(_))
+        ));
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        std::fs::write(&file, "old").unwrap();
+        // The temporary name is taken by a folder, so the write fails before the rename.
+        std::fs::create_dir(
+            dir.path()
+                .join(format!(".{FILE_NAME}.tmp-{}", std::process::id())),
+        )
+        .unwrap();
+        assert!(write_atomic(&file, b"new").is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "old");
+    }
+}
