@@ -8,6 +8,7 @@ mod gateway;
 mod guard;
 mod jobs;
 mod models;
+mod paths;
 mod service;
 mod templates;
 mod v0;
