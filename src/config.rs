@@ -399,6 +399,8 @@ pub struct Config {
     pub v0: V0Config,
     pub paid_rate_limit: RateLimitConfig,
     pub log_format: LogFormat,
+    /// Where each variable's value came from (`flag`, `env`, `dotenv`); a variable not listed has its default.
+    pub sources: std::collections::BTreeMap<String, &'static str>,
 }
 
 /// Every problem found in the settings, each naming the variable and the flag.
@@ -817,6 +819,7 @@ impl Settings {
                     burst: u32::try_from(rate_burst).unwrap_or(u32::MAX),
                 },
                 log_format,
+                sources: Default::default(),
             }),
             _ => Err(ConfigErrors(problems)),
         }
@@ -840,6 +843,120 @@ fn parse_api_base(raw: &str) -> Result<String, &'static str> {
 }
 
 impl Config {
+    /// Every setting as the settings page shows it: variable name and effective value, secrets masked.
+    pub fn effective(&self) -> Vec<(&'static str, String)> {
+        let secret = |value: &Option<Secret>| match value {
+            Some(_) => "***".to_owned(),
+            None => String::new(),
+        };
+        let path = |value: &Option<PathBuf>| {
+            value
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let secs = |d: Duration| d.as_secs().to_string();
+        let service = &self.service;
+        let comfy = &self.comfy;
+        let flux = &self.flux;
+        vec![
+            ("ORCH_BIND", self.bind.to_string()),
+            ("ORCH_WORKERS", self.workers.to_string()),
+            ("ORCH_ALLOWED_HOSTS", self.allowed_hosts.join(",")),
+            ("ORCHESTRATOR_TOKEN", secret(&self.token)),
+            ("DATA_DIR", self.data_dir.display().to_string()),
+            ("DATABASE_URL", "***".to_owned()),
+            (
+                "COMFY_URL",
+                comfy
+                    .backends
+                    .iter()
+                    .map(ComfyBackend::origin)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "COMFY_CONNECT_TIMEOUT_MS",
+                comfy.connect_timeout.as_millis().to_string(),
+            ),
+            ("COMFY_READ_TIMEOUT_SECS", secs(comfy.read_timeout)),
+            ("COMFY_WRITE_TIMEOUT_SECS", secs(comfy.write_timeout)),
+            ("COMFY_IDLE_TIMEOUT_SECS", secs(comfy.idle_timeout)),
+            (
+                "MAX_BODY_MB",
+                (comfy.max_body_bytes / (1024 * 1024)).to_string(),
+            ),
+            ("COMFY_DIR", path(&service.comfy_dir)),
+            (
+                "COMFY_COMMAND",
+                service
+                    .command
+                    .as_ref()
+                    .map(|(program, args)| {
+                        serde_json::to_string(
+                            &std::iter::once(program).chain(args).collect::<Vec<_>>(),
+                        )
+                        .unwrap_or_default()
+                    })
+                    .unwrap_or_default(),
+            ),
+            ("COMFY_LOG_FILE", service.log_file.display().to_string()),
+            (
+                "SERVICE_BACKEND",
+                match service.backend {
+                    ServiceBackend::Windows => "windows",
+                    ServiceBackend::Systemd => "systemd",
+                    ServiceBackend::Supervised => "supervised",
+                    ServiceBackend::External => "external",
+                }
+                .to_owned(),
+            ),
+            ("SERVICE_NAME", service.name.clone()),
+            ("NSSM_PATH", service.nssm.clone()),
+            (
+                "COMFY_RESTART_DELAY_MS",
+                service.restart_delay.as_millis().to_string(),
+            ),
+            ("COMFY_STOP_GRACE_SECS", secs(service.stop_grace)),
+            ("IGNITE_TIMEOUT_SECS", secs(service.ignite_timeout)),
+            ("TEMPLATES_DIR", path(&self.templates_dir)),
+            ("MODELS_DIR", path(&self.models_dir)),
+            ("ALLOW_GENERATION", flux.allow_generation.to_string()),
+            ("BFL_API_KEY", secret(&flux.api_key)),
+            ("BFL_BASE_URL", flux.base_url.clone()),
+            (
+                "FLUX_DAILY_BUDGET_USD",
+                format!("{:.2}", flux.daily_budget_micros as f64 / 1_000_000.0),
+            ),
+            ("FLUX_CONFIRM_TTL_SECS", secs(flux.confirm_ttl)),
+            ("FLUX_SUBMIT_TIMEOUT_SECS", secs(flux.submit_timeout)),
+            (
+                "FLUX_POLL_INTERVAL_MS",
+                flux.poll_interval.as_millis().to_string(),
+            ),
+            ("FLUX_POLL_TIMEOUT_SECS", secs(flux.poll_timeout)),
+            ("V0_API_KEY", secret(&self.v0.api_key)),
+            ("V0_BASE_URL", self.v0.base_url.clone()),
+            ("V0_TIMEOUT_SECS", secs(self.v0.timeout)),
+            (
+                "PAID_RATE_LIMIT_PER_MIN",
+                self.paid_rate_limit.per_minute.to_string(),
+            ),
+            (
+                "PAID_RATE_LIMIT_BURST",
+                self.paid_rate_limit.burst.to_string(),
+            ),
+            (
+                "LOG_FORMAT",
+                match self.log_format {
+                    LogFormat::Json => "json",
+                    LogFormat::Text => "text",
+                }
+                .to_owned(),
+            ),
+        ]
+    }
+
     /// The first ComfyUI backend, the one the gateway talks to.
     pub fn primary_comfy(&self) -> &ComfyBackend {
         &self.comfy.backends[0]

@@ -22,9 +22,11 @@ pub mod http;
 pub mod jobs;
 pub mod paths;
 pub mod service;
+pub mod status;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod ui;
 pub mod v0;
 
 use std::future::Future;
@@ -61,6 +63,7 @@ pub struct AppInner {
     pub v0: v0::V0Gateway,
     /// One for the process, so a client cannot multiply its allowance by the number of serving threads.
     pub paid_limiter: Arc<http::rate_limit::PaidLimiter>,
+    pub status_cache: Arc<status::StatusCache>,
 }
 
 impl Deref for AppState {
@@ -103,6 +106,7 @@ impl AppState {
             flux,
             v0,
             paid_limiter,
+            status_cache: Arc::default(),
         }))
     }
 
@@ -119,6 +123,7 @@ impl AppState {
             flux: self.flux.clone(),
             v0: self.v0.clone(),
             paid_limiter: self.paid_limiter.clone(),
+            status_cache: self.status_cache.clone(),
         }))
     }
 

@@ -59,6 +59,12 @@ enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// Print the health report: ComfyUI, its service, models, database, external APIs (exit code 1 when down).
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// ComfyUI's extra_model_paths.yaml (in COMFY_DIR): check it, write a default one, or put a backup back.
     Paths {
         #[command(subcommand)]
@@ -160,13 +166,22 @@ impl ServiceCommand {
 }
 
 fn main() -> ExitCode {
+    let before: std::collections::HashSet<std::ffi::OsString> =
+        std::env::vars_os().map(|(key, _)| key).collect();
     if let Err(problem) = load_dotenv() {
         eprintln!("invalid configuration (1 problem(s)):\n  - .env: {problem}");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let config = match cli.settings.validate(std::io::stdout().is_terminal()) {
-        Ok(config) => config,
+        Ok(mut config) => {
+            config.sources = sources(&matches, &before);
+            config
+        }
         Err(problems) => {
             eprint!("{problems}");
             return ExitCode::from(2);
@@ -210,6 +225,7 @@ fn main() -> ExitCode {
             };
             terminal(orchestrator::cli::generate(&config, request))
         }
+        Command::Doctor { json } => terminal(orchestrator::cli::doctor(&config, json)),
         Command::Paths { action } => {
             use orchestrator::cli::PathsAction;
             let action = match action {
@@ -259,6 +275,37 @@ fn terminal(command: impl std::future::Future<Output = Result<String, String>>) 
             ExitCode::FAILURE
         }
     }
+}
+
+/// Where each setting came from: the command line, the environment, the `.env` file (a variable that was not in
+/// the environment before `.env` was loaded), or nowhere (its default, not listed).
+fn sources(
+    matches: &clap::ArgMatches,
+    before: &std::collections::HashSet<std::ffi::OsString>,
+) -> std::collections::BTreeMap<String, &'static str> {
+    use clap::parser::ValueSource;
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut sources = std::collections::BTreeMap::new();
+    for arg in command.get_arguments() {
+        let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+            continue;
+        };
+        let id = arg.get_id().as_str();
+        // A global flag given after the subcommand is recorded in the subcommand's matches.
+        let found = std::iter::successors(Some(matches), |m| m.subcommand().map(|(_, sub)| sub))
+            .filter_map(|m| m.try_get_raw(id).ok().flatten().and(m.value_source(id)))
+            .find(|source| *source != ValueSource::DefaultValue);
+        let source = match found {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) if !before.contains(std::ffi::OsStr::new(env)) => {
+                "dotenv"
+            }
+            Some(ValueSource::EnvVariable) => "env",
+            _ => continue,
+        };
+        sources.insert(env.to_owned(), source);
+    }
+    sources
 }
 
 /// Loads `.env` from the working folder into the environment; variables already set win.

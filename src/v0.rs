@@ -19,6 +19,14 @@ use crate::comfy::proxy::{normalise_path, remove_hop_by_hop};
 use crate::config::V0Config;
 use crate::error::ApiError;
 use crate::flux::client::api_client;
+use crate::jobs::store::Link;
+
+/// Characters a chat id keeps in a path segment (RFC 3986 unreserved); everything else is percent-encoded.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// v0's request bodies are JSON with attachments given as URLs; anything larger is a mistake.
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
@@ -203,6 +211,110 @@ impl V0Gateway {
                 json!({ "status": "unreachable", "message": format!("cannot reach {}", self.config.base_url) })
             }
         }
+    }
+}
+
+/// What v0 answered to one builder message.
+#[derive(Debug, Clone)]
+pub struct ChatReply {
+    pub chat_id: String,
+    pub text: String,
+    pub links: Vec<Link>,
+}
+
+impl V0Gateway {
+    /// Sends a builder message: a new chat, or the next message of `chat_id`. Waits for the whole answer
+    /// (`responseMode: sync`), up to `V0_TIMEOUT_SECS`.
+    pub async fn chat(&self, chat_id: Option<&str>, message: &str) -> Result<ChatReply, ApiError> {
+        let bearer = self.bearer()?;
+        let (url, body) = match chat_id {
+            None => (
+                format!("{}/v1/chats", self.config.base_url),
+                json!({ "message": message, "chatPrivacy": "private", "responseMode": "sync" }),
+            ),
+            Some(id) => {
+                let id: String = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT).collect();
+                (
+                    format!("{}/v1/chats/{id}/messages", self.config.base_url),
+                    json!({ "message": message, "responseMode": "sync" }),
+                )
+            }
+        };
+        let sent = self
+            .http
+            .post(url)
+            .header(header::AUTHORIZATION, bearer)
+            .json(&body)
+            .timeout(self.config.timeout)
+            .send()
+            .await;
+        let response = sent.map_err(|error| ApiError::Provider {
+            status: if error.is_timeout() {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            },
+            code: if error.is_timeout() {
+                "v0_timeout"
+            } else {
+                "v0_unreachable"
+            },
+            message: format!(
+                "v0 did not answer ({})",
+                if error.is_timeout() {
+                    "timed out"
+                } else {
+                    "cannot connect"
+                }
+            ),
+            details: json!({}),
+            retry_after: None,
+        })?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(ApiError::Provider {
+                status: StatusCode::BAD_GATEWAY,
+                code: "v0_error",
+                message: format!(
+                    "v0 answered HTTP {}: {}",
+                    status.as_u16(),
+                    answer["error"]["message"].as_str().unwrap_or("no message")
+                ),
+                details: json!({ "v0_status": status.as_u16(), "type": answer["error"]["type"] }),
+                retry_after: None,
+            });
+        }
+        let text = answer["messages"]
+            .as_array()
+            .and_then(|messages| messages.iter().rev().find(|m| m["role"] == "assistant"))
+            .and_then(|m| m["content"].as_str())
+            .or_else(|| answer["text"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let mut links = Vec::new();
+        for (label, pointer) in [
+            ("open_result", "/latestVersion/demoUrl"),
+            ("open_chat", "/webUrl"),
+        ] {
+            if let Some(url) = answer.pointer(pointer).and_then(Value::as_str)
+                && (url.starts_with("https://") || url.starts_with("http://"))
+            {
+                links.push(Link {
+                    label: label.to_owned(),
+                    url: url.to_owned(),
+                });
+            }
+        }
+        Ok(ChatReply {
+            chat_id: answer["id"]
+                .as_str()
+                .or(chat_id)
+                .unwrap_or_default()
+                .to_owned(),
+            text,
+            links,
+        })
     }
 }
 

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Json, body::Body};
 use serde::Deserialize;
 use tower::ServiceExt;
 
@@ -17,6 +17,7 @@ use super::{jobs, model_paths, paid, rate_limit, system};
 use crate::AppState;
 use crate::comfy::ws;
 use crate::error::{ApiError, ApiResult};
+use crate::ui;
 
 /// The whole HTTP application: the gateway's hot path, then axum's router for everything else.
 #[derive(Clone)]
@@ -76,6 +77,10 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .route("/api/health", get(health))
         .route("/api/models", get(models))
         .route("/api/system/comfy/status", get(system::status))
+        .route("/api/status", get(system::full_status))
+        .route("/api/status/services", get(system::services_status))
+        .route("/api/status/comfy", get(system::comfy_status))
+        .route("/api/status/models", get(system::models_status))
         .route("/api/system/comfy/start", post(system::start))
         .route("/api/system/comfy/stop", post(system::stop))
         .route("/api/system/ignite", post(system::ignite))
@@ -98,13 +103,30 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .route("/api/jobs/{id}/events", get(jobs::events))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/jobs/{id}/outputs/{name}", get(jobs::output))
+        .route(
+            "/api/builder/messages",
+            get(ui::builder_messages).post(ui::builder_send),
+        )
         .merge(paid_routes(state.paid_limiter.clone()))
         .layer(from_fn(guard::require_json_body));
 
+    let pages = Router::new()
+        .route("/", get(ui::home))
+        .route("/diagnostics", get(ui::diagnostics))
+        .route("/builder", get(ui::builder))
+        .route("/settings", get(ui::settings))
+        .route("/jobs", get(ui::jobs))
+        .route("/jobs/{id}", get(ui::job))
+        .route("/assets/{*path}", get(ui::asset));
+    #[cfg(feature = "testkit")]
+    let pages = pages.route("/__testkit/panic", get(ui::testkit_panic));
+
     Router::new()
         .merge(own_api)
-        .fallback(not_found)
+        .merge(pages)
+        .fallback(ui::not_found)
         .with_state(state)
+        .layer(from_fn(ui::catch_panics))
         .layer(from_fn_with_state(policy, guard::guard))
         .layer(from_fn(log_request))
 }
@@ -196,10 +218,4 @@ async fn websocket(state: AppState, request: Request, path: &str) -> ApiResult<R
     let timeout = state.config.comfy.read_timeout;
     let upstream = ws::connect_upstream(state.gateway.backend(), &uri, timeout).await?;
     Ok(upgrade.on_upgrade(move |socket| ws::relay(socket, upstream)))
-}
-
-async fn not_found(request: Request<Body>) -> ApiError {
-    ApiError::NotFound {
-        path: request.uri().path().chars().take(256).collect(),
-    }
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::service::ignite::{self, Progress};
-use crate::service::{ServiceState, ServiceStatus, logs};
+use crate::service::{ServiceStatus, logs};
 
 /// The health probe's time budget.
 const PROBE_WITHIN: Duration = Duration::from_secs(2);
@@ -24,16 +24,30 @@ pub async fn status(State(state): State<AppState>) -> Json<ServiceStatus> {
     Json(current_status(&state).await)
 }
 
-/// The service's status; for an external ComfyUI, its health decides.
 async fn current_status(state: &AppState) -> ServiceStatus {
-    let mut status = state.service.status().await;
-    if matches!(*state.service, crate::service::ServiceControl::External) {
-        status.status = match state.gateway.probe(PROBE_WITHIN).await {
-            true => ServiceState::Running,
-            false => ServiceState::Stopped,
-        };
-    }
-    status
+    crate::status::service_status(state).await
+}
+
+/// `GET /api/status`: the whole report, within 2.5 s whatever hangs.
+pub async fn full_status(State(state): State<AppState>) -> Json<crate::status::Report> {
+    Json(crate::status::report(&state).await)
+}
+
+pub async fn services_status(State(state): State<AppState>) -> Json<crate::status::Services> {
+    Json(crate::status::services(&state).await)
+}
+
+pub async fn comfy_status(State(state): State<AppState>) -> Json<crate::status::Comfy> {
+    Json(crate::status::comfy(&state).await)
+}
+
+/// `GET /api/status/models`: model files per folder as ComfyUI lists them, and the extra_model_paths.yaml check.
+pub async fn models_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let (comfy, paths) = tokio::join!(
+        crate::status::comfy(&state),
+        crate::status::model_paths(&state)
+    );
+    Json(json!({ "comfy": comfy.status, "folders": comfy.models, "model_paths": paths }))
 }
 
 pub async fn start(State(state): State<AppState>) -> ApiResult<Json<ServiceStatus>> {

@@ -123,8 +123,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         json!({
             "id": "chat_fake1", "object": "chat", "privacy": "private", "name": "Fake chat",
             "webUrl": "https://v0.app/chat/chat_fake1", "text": message,
-            "latestVersion": { "id": "ver_1", "status": "completed", "files": [] },
-            "messages": [{ "id": "msg_1", "content": message, "role": "user", "type": "message" }],
+            "latestVersion": { "id": "ver_1", "status": "completed", "demoUrl": "https://demo.example/chat_fake1", "files": [] },
+            "messages": [
+                { "id": "msg_1", "content": message, "role": "user", "type": "message" },
+                { "id": "msg_2", "content": format!("Built: {message}"), "role": "assistant", "type": "message" },
+            ],
         })
     };
     let mut response = match (parts.method.as_str(), parts.uri.path()) {
@@ -156,6 +159,16 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 response
             } else {
                 axum::Json(chat(message)).into_response()
+            }
+        }
+        ("POST", path) if path.starts_with("/v1/chats/chat_fake1/messages") => {
+            match body["message"].as_str() {
+                Some(message) => axum::Json(chat(message)).into_response(),
+                None => error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unprocessable_entity_error",
+                    "message is required",
+                ),
             }
         }
         _ => error(StatusCode::NOT_FOUND, "not_found_error", "Not found"),

@@ -788,3 +788,51 @@ async fn keys_never_appear_in_answers_headers_or_logs() {
             .contains(&("authorization".into(), format!("Bearer {V0_KEY}")))
     }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_prints_the_report_with_or_without_a_running_server() {
+    let fake = FakeComfy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &fake.url());
+    let data = dir.path().join("data");
+    let env = [
+        ("ORCH_BIND", served.addr.to_string()),
+        ("DATA_DIR", data.display().to_string()),
+        ("COMFY_URL", fake.url()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let healthy = command(dir.path(), &env).arg("doctor").output().unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    let text = String::from_utf8_lossy(&healthy.stdout);
+    assert!(
+        text.contains("overall      healthy") && text.contains("version 0.3.64"),
+        "{text}"
+    );
+    drop(served);
+
+    // Nothing serves, ComfyUI is gone: the command makes the report itself and says ComfyUI is down.
+    let gone = crate::support::closed_port().await;
+    let env = [
+        ("ORCH_BIND", gone.to_string()),
+        ("DATA_DIR", data.display().to_string()),
+        ("COMFY_URL", format!("http://{gone}")),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let down = command(dir.path(), &env).args(["doctor"]).output().unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        text.contains("not running") && text.contains("overall      down"),
+        "{text}"
+    );
+    let json = command(dir.path(), &env)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&json.stderr).unwrap();
+    assert_eq!(report["comfy"]["status"], "offline");
+}

@@ -8,6 +8,7 @@ mod gateway;
 mod guard;
 mod jobs;
 mod models;
+mod panel;
 mod paths;
 mod service;
 mod templates;

@@ -1,0 +1,507 @@
+// The panel's one script: the live parts of each page. The pages are whole HTML without it; if something here
+// fails, the banner at the top says so instead of leaving a blank area.
+"use strict";
+
+const T = JSON.parse(document.getElementById("i18n").textContent);
+
+function showScriptError(message) {
+  const banner = document.querySelector("[data-testid=script-error]");
+  if (!banner) return;
+  banner.querySelector("span").textContent = message || "";
+  banner.hidden = false;
+}
+window.addEventListener("error", (event) => showScriptError(event.message));
+window.addEventListener("unhandledrejection", (event) => showScriptError(String(event.reason && event.reason.message || event.reason)));
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+/** A JSON call to the server's own API: {status, data}; a network failure is status 0. */
+async function api(method, path, body, headers = {}) {
+  const options = { method, headers: { Accept: "application/json", ...headers } };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  try {
+    const response = await fetch(path, options);
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    return { status: response.status, data };
+  } catch (error) {
+    return { status: 0, data: { error: { message: String(error) } } };
+  }
+}
+
+function errorText(data) {
+  const error = data && data.error;
+  if (!error) return T.error;
+  let text = error.message || error.code || T.error;
+  const fields = error.details && error.details.fields;
+  if (fields) text += " — " + Object.entries(fields).map(([k, v]) => `${k}: ${v}`).join("; ");
+  return text;
+}
+
+function money(value) {
+  return typeof value === "number" ? `$${value.toFixed(2)}` : "—";
+}
+
+function bytes(value) {
+  if (typeof value !== "number") return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let n = value, unit = 0;
+  while (n >= 1024 && unit < units.length - 1) { n /= 1024; unit++; }
+  return `${n.toFixed(unit ? 1 : 0)} ${units[unit]}`;
+}
+
+function setBadge(node, word) {
+  node.textContent = T[word] || word;
+  node.className = "badge " + word;
+}
+
+function every(ms, task) {
+  let running = false;
+  const tick = async () => {
+    if (running || document.hidden) return;
+    running = true;
+    try { await task(); } finally { running = false; }
+  };
+  tick();
+  return setInterval(tick, ms);
+}
+
+/** Reads a server-sent-event response body, calling onEvent(name, data) for each event. */
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+      }
+      if (data) onEvent(name, JSON.parse(data));
+    }
+  }
+}
+
+// ---- Ignite (home and diagnostics) ----
+
+const PHASE_STATE = { checking: "starting", starting: "starting", waiting: "waiting", online: "online", error: "error" };
+const STATE_TEXT = { idle: "idle", starting: "starting", waiting: "waiting", online: "ready", error: "failed" };
+
+async function ignite(onProgress) {
+  const response = await fetch("/api/system/ignite", { method: "POST", headers: { Accept: "text/event-stream" } });
+  if (!response.ok) {
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    onProgress("error", 0, errorText(data));
+    return;
+  }
+  await readEvents(response, (name, data) => {
+    if (name === "progress") onProgress(PHASE_STATE[data.phase] || "starting", data.percent, data.message);
+    if (name === "done") {
+      if (data.comfy === "online") onProgress("online", 100, "");
+      else onProgress("error", 0, data.error || "");
+    }
+  });
+}
+
+function setupIgnite(button, stateNode, bar, afterwards) {
+  const show = (state, percent, message) => {
+    stateNode.dataset.state = state;
+    stateNode.textContent = T[STATE_TEXT[state]] + (message && state === "error" ? `: ${message}` : "");
+    if (bar) bar.value = percent;
+  };
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    show("starting", 0, "");
+    try { await ignite(show); } finally {
+      button.disabled = false;
+      if (afterwards) afterwards();
+    }
+  });
+}
+
+// ---- Home ----
+
+function homePage() {
+  const strip = {
+    overall: $("#strip-overall"), comfy: $("#strip-comfy"), service: $("#strip-service"),
+    queue: $("#strip-queue"), budget: $("#strip-budget"),
+  };
+  let comfyOnline = false;
+  const refreshStatus = async () => {
+    const { status, data } = await api("GET", "/api/status");
+    if (status !== 200 || !data) return;
+    setBadge(strip.overall, data.overall);
+    setBadge(strip.comfy, data.comfy.status);
+    strip.service.textContent = `${data.services.comfy.status} (${data.services.comfy.backend})`;
+    const queue = data.comfy.queue;
+    strip.queue.textContent = queue ? `${queue.running} ${T.running} · ${queue.pending} ${T.pending}` : "—";
+    const budget = data.external.flux.budget;
+    strip.budget.textContent = budget ? `${money(budget.left)} ${T.left} ${money(budget.limit)}` : "—";
+    const wasOnline = comfyOnline;
+    comfyOnline = data.comfy.online;
+    if (comfyOnline && !wasOnline) loadModels();
+  };
+  every(10000, refreshStatus);
+  setupIgnite($("[data-testid=ignite-button]"), $("[data-testid=ignite-state]"), $("[data-testid=ignite-progress]"), refreshStatus);
+
+  // The generation form.
+  const form = $("[data-testid=generate-form]");
+  const message = $("[data-testid=generate-message]");
+  const templates = JSON.parse($("#templates-data").textContent || "[]");
+  let models = {};
+  const backendSelect = form.elements.backend;
+  const showBackend = () => {
+    for (const section of $$("[data-backend]", form)) section.hidden = section.dataset.backend !== backendSelect.value;
+    for (const input of $$("[data-backend] [required]", form)) input.disabled = input.closest("[data-backend]").hidden;
+  };
+  backendSelect.addEventListener("change", showBackend);
+
+  const fieldsBox = $(".template-fields", form);
+  const renderTemplateFields = () => {
+    fieldsBox.replaceChildren();
+    const manifest = templates.find((t) => t.name === form.elements.template.value);
+    if (!manifest) { fieldsBox.append(el("p", { class: "muted", text: T.no_templates })); return; }
+    if (manifest.description) fieldsBox.append(el("p", { class: "muted", text: manifest.description }));
+    // What people change most comes first: required fields, then the prompts, then the rest.
+    const rank = ([name, param]) => (param.required ? 0 : 2) + (["prompt", "negative", "image"].includes(name) ? 0 : 1);
+    const entries = Object.entries(manifest.params).sort((a, b) => rank(a) - rank(b));
+    for (const [name, param] of entries) {
+      let input;
+      if (param.type === "string") {
+        input = el("textarea", { name: `p.${name}`, rows: name === "prompt" ? 3 : 1, required: param.required });
+        if (param.default !== undefined) input.value = param.default;
+      } else if (param.type === "int" || param.type === "float") {
+        input = el("input", { name: `p.${name}`, type: "number", required: param.required, min: param.min, max: param.max,
+          step: param.type === "int" ? (param.multiple_of || 1) : "any" });
+        if (param.default !== undefined) input.value = param.default;
+      } else if (param.type === "model") {
+        input = el("select", { name: `p.${name}`, "data-folder": param.folder, required: param.required });
+        const options = models[param.folder] || [];
+        for (const file of options) input.append(el("option", { value: file, text: file }));
+        if (param.default !== undefined && !options.includes(param.default)) input.append(el("option", { value: param.default, text: param.default }));
+        if (param.default !== undefined) input.value = param.default;
+      } else if (param.type === "image") {
+        input = el("input", { name: `p.${name}`, type: "file", accept: "image/*", required: param.required });
+      } else {
+        input = el("input", { name: `p.${name}`, required: param.required });
+        if (param.default !== undefined) input.value = param.default;
+      }
+      const label = el("label", { title: param.description || "" }, name, input);
+      fieldsBox.append(label);
+    }
+  };
+  const loadModels = async () => {
+    const { status, data } = await api("GET", "/api/models");
+    if (status === 200 && data) { models = data; renderTemplateFields(); }
+  };
+  form.elements.template.addEventListener("change", renderTemplateFields);
+  renderTemplateFields();
+  showBackend();
+
+  const readFile = (file) => new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+
+  const fluxBody = () => {
+    const model = form.elements.model.value;
+    const body = { model, prompt: form.elements.prompt.value };
+    if (model === "flux-pro-1.1" || model === "flux-dev") {
+      body.width = Number(form.elements.width.value);
+      body.height = Number(form.elements.height.value);
+    } else {
+      if (form.elements.aspect_ratio.value) body.aspect_ratio = form.elements.aspect_ratio.value;
+      if (model === "flux-pro-1.1-ultra") body.raw = form.elements.raw.checked;
+    }
+    return body;
+  };
+
+  const modal = $("[data-testid=flux-modal]");
+  const modalMessage = $("[data-testid=flux-message]");
+  let pending = null;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    message.textContent = "";
+    if (backendSelect.value === "flux") {
+      message.textContent = T.pricing;
+      const body = fluxBody();
+      const { status, data } = await api("POST", "/api/flux/generate", body);
+      message.textContent = "";
+      if (status !== 200) { message.textContent = errorText(data); return; }
+      pending = { body, token: data.confirmToken, key: crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random() };
+      const payload = data.payload;
+      $("[data-field=model]", modal).textContent = data.model;
+      $("[data-field=prompt]", modal).textContent = payload.prompt;
+      $("[data-field=size]", modal).textContent = payload.width ? `${payload.width} × ${payload.height}` : (payload.aspect_ratio || "—");
+      $("[data-field=raw]", modal).textContent = payload.raw ? T.yes : T.no;
+      $("[data-testid=flux-cost]", modal).textContent = `$${data.estimatedCost.usd.toFixed(3)}`;
+      modalMessage.textContent = "";
+      $("[data-testid=flux-confirm]", modal).disabled = false;
+      modal.showModal();
+      return;
+    }
+    const params = {};
+    for (const input of $$("[name^='p.']", form)) {
+      const name = input.name.slice(2);
+      if (input.type === "file") {
+        if (input.files[0]) params[name] = await readFile(input.files[0]);
+      } else if (input.type === "number") {
+        if (input.value !== "") params[name] = Number(input.value);
+      } else if (input.value !== "" || input.required) {
+        params[name] = input.value;
+      }
+    }
+    const { status, data } = await api("POST", "/api/jobs", { backend: "comfy", template: form.elements.template.value, params });
+    if (status === 202) {
+      message.replaceChildren(T.submitted + " ", el("a", { href: `/jobs/${data.id}`, text: data.id }));
+      refreshJobs();
+    } else {
+      message.textContent = errorText(data);
+    }
+  });
+  $("[data-testid=flux-cancel]", modal).addEventListener("click", () => {
+    pending = null;
+    modal.close();
+    message.textContent = T.cancelled;
+  });
+  $("[data-testid=flux-confirm]", modal).addEventListener("click", async () => {
+    if (!pending) return;
+    const confirmButton = $("[data-testid=flux-confirm]", modal);
+    confirmButton.disabled = true;
+    modalMessage.textContent = T.paying;
+    const { status, data } = await api("POST", "/api/flux/generate",
+      { ...pending.body, dryRun: false, confirmToken: pending.token }, { "Idempotency-Key": pending.key });
+    if (status === 202) {
+      modal.close();
+      pending = null;
+      message.replaceChildren(T.submitted + " ", el("a", { href: `/jobs/${data.id}`, text: data.id }));
+      refreshJobs();
+    } else {
+      modalMessage.textContent = errorText(data);
+      confirmButton.disabled = status === 403 || status === 402;
+    }
+  });
+
+  // The live queue and the latest outputs.
+  const queue = $("[data-testid=queue]");
+  const recent = $("[data-testid=recent-outputs]");
+  const refreshJobs = async () => {
+    const { status, data } = await api("GET", "/api/jobs?limit=30");
+    if (status !== 200 || !data) return;
+    const live = data.jobs.filter((j) => ["queued", "submitted", "running"].includes(j.status));
+    queue.replaceChildren(...(live.length ? live.map((job) => el("li", {},
+      el("a", { href: `/jobs/${job.id}`, text: job.template || job.backend }), " ",
+      el("span", { class: `status ${job.status}`, text: job.status }), " ",
+      el("progress", { max: 100, value: job.progress }))) : [el("li", { class: "muted", text: "—" })]));
+    const outputs = data.jobs.filter((j) => j.status === "succeeded").flatMap((j) => j.outputs.map((o) => ({ job: j, o }))).slice(0, 8);
+    if (outputs.length) {
+      recent.replaceChildren(...outputs.map(({ job, o }) => el("a", { href: `/jobs/${job.id}` },
+        o.content_type.startsWith("image/") ? el("img", { src: o.url, alt: o.name, loading: "lazy" }) : el("span", { text: o.name }))));
+    }
+  };
+  every(3000, refreshJobs);
+}
+
+// ---- Diagnostics ----
+
+function dl(target, rows) {
+  target.replaceChildren(...rows.flatMap(([term, value, dynamic]) => [el("dt", { text: term }), el("dd", { text: value, "data-dynamic": dynamic || null })]));
+}
+
+function diagnosticsPage() {
+  const show = (data) => {
+    setBadge($("#diag-overall"), data.overall);
+    $("#diag-checked").textContent = new Date(data.checked_at).toLocaleTimeString();
+    $("#diag-reasons").replaceChildren(...data.reasons.map((r) => el("li", { text: r })));
+    const service = data.services.comfy;
+    $("#d-service").textContent = `${service.status} · ${service.backend}` + (service.pid ? ` · pid ${service.pid}` : "") + (service.restarts ? ` · ${service.restarts}↻` : "");
+    $("#d-panel").textContent = data.services.panel;
+    $("#d-worker").textContent = data.services.worker;
+    const comfy = data.comfy;
+    const devices = comfy.devices.map((d) => `${d.name} (${d.type}, ${bytes(d.vram_free)} / ${bytes(d.vram_total)})`).join(", ");
+    dl($("#d-comfy"), [
+      ["URL", comfy.url, true],
+      [T.online, T[comfy.status] || comfy.status],
+      [T.version, comfy.version || "—"],
+      [T.devices, devices || "—", true],
+      [T.memory, comfy.ram_total ? `${bytes(comfy.ram_free)} / ${bytes(comfy.ram_total)}` : "—", true],
+      ["Queue", comfy.queue ? `${comfy.queue.running} ${T.running} · ${comfy.queue.pending} ${T.pending}` : "—"],
+    ]);
+    dl($("#d-models"), comfy.models ? Object.entries(comfy.models).map(([folder, count]) => [folder, `${count} ${T.files}`]) : [["—", T.offline]]);
+    const paths = data.model_paths;
+    const box = $("#d-paths");
+    if (!paths.configured) box.replaceChildren(el("p", { text: T.paths_unset }));
+    else if (paths.error) box.replaceChildren(el("p", { text: paths.error }));
+    else if (!paths.exists) box.replaceChildren(el("p", { text: T.paths_missing }), el("code", { text: paths.path }));
+    else {
+      const problems = (paths.problems || []).map((p) => el("li", { class: p.severity, text: `${p.message}${p.line ? ` (${p.line}:${p.column})` : ""}` }));
+      box.replaceChildren(el("p", { text: paths.valid ? T.paths_valid : T.paths_invalid }), el("code", { text: paths.path }),
+        el("ul", { class: "problems" }, ...problems),
+        el("p", {}, ...Object.entries(paths.counts || {}).map(([k, v]) => `${k}: ${v} ${T.files}. `)));
+    }
+    const flux = data.external.flux, v0 = data.external.v0;
+    const fluxText = [`${T.key} ${flux.configured ? T.set : T.not_set}`, `${T.generation} ${flux.allowGeneration ? T.allowed : T.disabled}`];
+    if (flux.reachable !== null && flux.reachable !== undefined) fluxText.push(flux.reachable ? T.reachable : T.unreachable);
+    dl($("#d-external"), [
+      ["FLUX", fluxText.join(" · ")],
+      [T.left, flux.budget ? `${money(flux.budget.left)} / ${money(flux.budget.limit)}` : "—"],
+      ["v0", v0.configured ? (T[v0.status] || v0.status || "—") : T.not_configured],
+    ]);
+    const db = data.database;
+    dl($("#d-database"), [
+      ["", db.ok ? T.healthy : (db.error || T.down)],
+      ["path", db.path, true],
+      [T.size, bytes(db.size_bytes), true],
+      [T.jobs, String(db.jobs ?? "—"), true],
+      [T.messages, String(db.messages ?? "—"), true],
+    ]);
+  };
+  const refresh = async () => {
+    const { status, data } = await api("GET", "/api/status");
+    if (status === 200 && data) show(data);
+  };
+  every(10000, refresh);
+
+  const note = $("#diag-message");
+  const igniteState = el("span", { "data-state": "idle" });
+  note.after(igniteState);
+  setupIgnite($("[data-testid=diag-ignite]"), igniteState, null, refresh);
+  $("[data-testid=diag-rescan]").addEventListener("click", async () => {
+    const { status, data } = await api("GET", "/api/models?refresh=1");
+    note.textContent = status === 200 ? T.rescanned : errorText(data);
+    refresh();
+  });
+  $("[data-testid=diag-create-paths]").addEventListener("click", async () => {
+    const base = window.prompt(T.confirm_paths, $("#models-dir").value);
+    if (!base) return;
+    const { status, data } = await api("POST", "/api/comfy/create-default-paths", { base_path: base, create_folders: true });
+    note.textContent = status === 200 ? `${T.paths_written} ${data.path}` : errorText(data);
+    refresh();
+  });
+  const viewer = $("[data-testid=log-viewer]");
+  const loadLog = async () => {
+    const lines = $("#log-form").elements.lines.value || 200;
+    const { status, data } = await api("GET", `/api/logs/comfy?lines=${encodeURIComponent(lines)}`);
+    const target = $("[data-testid=log-lines]");
+    if (status === 200) target.textContent = data.lines.join("\n") || T.no_log;
+    else target.textContent = data && data.error && data.error.code === "log_not_found" ? T.no_log : errorText(data);
+  };
+  viewer.addEventListener("toggle", () => { if (viewer.open) loadLog(); });
+  $("#log-form").addEventListener("submit", (event) => { event.preventDefault(); loadLog(); });
+}
+
+// ---- Builder ----
+
+function bubble(message) {
+  const links = (message.links || []).map((link) => el("a", { href: link.url, target: "_blank", rel: "noopener noreferrer", text: T[link.label] || link.url }));
+  return el("article", { class: `bubble ${message.role}` },
+    el("header", { text: message.role === "user" ? T.you : T.assistant }),
+    el("div", { class: "text", text: message.content }), ...links);
+}
+
+function builderPage() {
+  const form = $("[data-testid=builder-form]");
+  const list = $("[data-testid=builder-messages]");
+  const status = $("[data-testid=builder-status]");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = form.elements.message.value.trim();
+    if (!text) return;
+    const send = $("[data-testid=builder-send]");
+    send.disabled = true;
+    status.textContent = T.sending;
+    const answer = await api("POST", "/api/builder/messages", { message: text });
+    send.disabled = false;
+    const empty = $(".empty", list);
+    if (empty) empty.remove();
+    if (answer.status === 200) {
+      for (const message of answer.data.messages) list.append(bubble(message));
+      form.elements.message.value = "";
+      status.textContent = T.v0_ready;
+    } else {
+      status.textContent = errorText(answer.data);
+    }
+  });
+}
+
+// ---- Settings ----
+
+function settingsPage() {
+  $("[data-testid=lang-select]").addEventListener("change", (event) => {
+    document.cookie = `lang=${event.target.value}; path=/; max-age=31536000; samesite=lax`;
+    window.location.reload();
+  });
+}
+
+// ---- Jobs ----
+
+function jobsPage() {
+  const table = $("[data-testid=jobs-table]");
+  every(3000, async () => {
+    const live = $$("tr[data-job]", table).filter((row) => ["queued", "submitted", "running"].includes($(".status", row).textContent));
+    for (const row of live) {
+      const { status, data } = await api("GET", `/api/jobs/${row.dataset.job}`);
+      if (status !== 200) continue;
+      const badge = $(".status", row);
+      badge.textContent = data.status;
+      badge.className = `status ${data.status}`;
+      $("progress", row).value = data.progress;
+    }
+  });
+}
+
+function jobPage() {
+  const section = $("[data-job]");
+  const id = section.dataset.job;
+  const badge = $("[data-testid=job-status]");
+  const cancel = $("#job-cancel");
+  if (cancel) {
+    cancel.addEventListener("click", async () => {
+      const { status, data } = await api("POST", `/api/jobs/${id}/cancel`);
+      if (status !== 200) showScriptError(errorText(data));
+    });
+  }
+  if (!["queued", "submitted", "running", "needs_reconcile"].includes(badge.textContent)) return;
+  const events = new EventSource(`/api/jobs/${id}/events`);
+  events.onmessage = (event) => {
+    const job = JSON.parse(event.data);
+    badge.textContent = job.status;
+    badge.className = `status ${job.status}`;
+    $("[data-testid=job-progress]").value = job.progress;
+    $("#job-node").textContent = job.current_node || "";
+    if (["succeeded", "failed", "cancelled", "backend_lost"].includes(job.status)) {
+      events.close();
+      window.location.reload();
+    }
+  };
+  events.onerror = () => events.close();
+}
+
+const PAGES = { home: homePage, diagnostics: diagnosticsPage, builder: builderPage, settings: settingsPage, jobs: jobsPage, job: jobPage };
+const page = document.querySelector("main") && document.querySelector("main").dataset.page;
+if (PAGES[page]) PAGES[page]();

@@ -1,0 +1,511 @@
+//! The web panel: server-rendered pages (askama templates in `templates/`), one small hand-written script and a
+//! stylesheet (embedded from `assets/`), in English and Russian ([`i18n`]).
+//!
+//! Every page is whole HTML from the server, so nothing depends on the script to show; the script adds the live
+//! parts (status, progress, the FLUX confirmation) and, if it fails, says so in a banner instead of leaving a
+//! blank area. Unknown pages and server errors get a styled page with a way back.
+
+pub mod i18n;
+
+use askama::Template;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::model::{Job, JobStatus};
+use crate::jobs::store::{Message, NewMessage};
+use i18n::{Lang, Tr};
+
+/// JSON to embed in `<script type="application/json">`: `<`, `>` and `&` escaped so no text can close the element.
+pub fn script_json(value: &Value) -> String {
+    serde_json::to_string(value)
+        .unwrap_or_else(|_| "null".into())
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
+fn tr(headers: &HeaderMap) -> Tr {
+    Tr {
+        lang: Lang::from_headers(headers),
+    }
+}
+
+/// Renders a page; a template that fails to render is a server error, shown as the error page.
+fn render(template: &impl Template, lang: Tr) -> Response {
+    match template.render() {
+        Ok(html) => page_response(StatusCode::OK, html),
+        Err(error) => {
+            tracing::error!(%error, "a page template failed to render");
+            error_page(lang, StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+fn page_response(status: StatusCode, html: String) -> Response {
+    let mut response = (status, Html(html)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; \
+             script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    t: Tr,
+    page: &'static str,
+    code: u16,
+    title: &'static str,
+    text: &'static str,
+}
+
+/// The styled 404 or 500 page.
+pub fn error_page(t: Tr, status: StatusCode) -> Response {
+    let (title, text) = if status == StatusCode::NOT_FOUND {
+        (t.s("error.title.404"), t.s("error.text.404"))
+    } else {
+        (t.s("error.title.500"), t.s("error.text.500"))
+    };
+    let page = ErrorPage {
+        t,
+        page: "error",
+        code: status.as_u16(),
+        title,
+        text,
+    };
+    let html = page.render().unwrap_or_else(|_| {
+        format!(
+            "<!doctype html><title>{0}</title><h1>{0}</h1><p>{title}</p><a href=\"/\">/</a>",
+            status.as_u16()
+        )
+    });
+    page_response(status, html)
+}
+
+/// Turns a panic in any handler into the error page (or, under `/api/`, the JSON error), instead of a dropped
+/// connection; the panic is logged.
+pub async fn catch_panics(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let lang = tr(request.headers());
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %why, "a request handler panicked");
+            if api {
+                ApiError::internal(format!("handler panicked: {why}")).into_response()
+            } else {
+                error_page(lang, StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+}
+
+/// A page for any path the router does not know; JSON under `/api/`.
+pub async fn not_found(headers: HeaderMap, request: Request) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/api/") || path == "/api" {
+        return ApiError::NotFound {
+            path: path.chars().take(256).collect(),
+        }
+        .into_response();
+    }
+    error_page(tr(&headers), StatusCode::NOT_FOUND)
+}
+
+#[derive(rust_embed::Embed)]
+#[folder = "assets/"]
+struct Assets;
+
+/// `/assets/{*path}`: the stylesheet, the script and the icon, embedded in the binary.
+pub async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
+    let Some(file) = Assets::get(&path) else {
+        return not_found(headers, Request::new(axum::body::Body::empty())).await;
+    };
+    let content_type = match path.rsplit('.').next() {
+        Some("css") => "text/css; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    };
+    let etag = format!(
+        "\"{}\"",
+        file.metadata
+            .sha256_hash()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    let mut response = (StatusCode::OK, file.data.into_owned()).into_response();
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        out.insert(header::ETAG, value);
+    }
+    out.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+struct HomePage {
+    t: Tr,
+    page: &'static str,
+    templates: Vec<(String, String)>,
+    flux_models: Vec<(&'static str, &'static str, String)>,
+    templates_json: String,
+}
+
+pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let t = tr(&headers);
+    let manifests: Vec<_> = state.templates.manifests().collect();
+    let page = HomePage {
+        t,
+        page: "home",
+        templates: manifests
+            .iter()
+            .map(|m| (m.name.clone(), m.title.clone()))
+            .collect(),
+        flux_models: crate::flux::catalog::MODELS
+            .iter()
+            .map(|m| {
+                (
+                    m.name,
+                    m.label,
+                    format!("{:.3}", crate::flux::catalog::usd(m.price_micros)),
+                )
+            })
+            .collect(),
+        templates_json: script_json(&json!(manifests)),
+    };
+    render(&page, t)
+}
+
+#[derive(Template)]
+#[template(path = "diagnostics.html")]
+struct DiagnosticsPage {
+    t: Tr,
+    page: &'static str,
+    models_dir: String,
+}
+
+pub async fn diagnostics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let t = tr(&headers);
+    let page = DiagnosticsPage {
+        t,
+        page: "diagnostics",
+        models_dir: state
+            .config
+            .models_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+    };
+    render(&page, t)
+}
+
+#[derive(Template)]
+#[template(path = "builder.html")]
+struct BuilderPage {
+    t: Tr,
+    page: &'static str,
+    v0_configured: bool,
+    messages: Vec<Message>,
+}
+
+pub async fn builder(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let t = tr(&headers);
+    let messages = match state.store.messages(200).await {
+        Ok(messages) => messages,
+        Err(error) => {
+            tracing::error!(%error, "cannot read the builder's messages");
+            return error_page(t, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    };
+    let page = BuilderPage {
+        t,
+        page: "builder",
+        v0_configured: state.v0.is_configured(),
+        messages,
+    };
+    render(&page, t)
+}
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct SettingsPage {
+    t: Tr,
+    page: &'static str,
+    /// Variable, value, source key, whether the value differs per machine (masked in screenshots).
+    rows: Vec<(&'static str, String, &'static str, bool)>,
+}
+
+pub async fn settings(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let t = tr(&headers);
+    let rows = state
+        .config
+        .effective()
+        .into_iter()
+        .map(|(key, value)| {
+            let source = match state.config.sources.get(key).copied() {
+                Some("flag") => "source.flag",
+                Some("env") => "source.env",
+                Some("dotenv") => "source.dotenv",
+                _ => "source.default",
+            };
+            // Values that differ from one machine or run to the next.
+            let dynamic = matches!(
+                key,
+                "DATA_DIR"
+                    | "COMFY_LOG_FILE"
+                    | "ORCH_BIND"
+                    | "COMFY_URL"
+                    | "COMFY_COMMAND"
+                    | "BFL_BASE_URL"
+                    | "V0_BASE_URL"
+                    | "COMFY_DIR"
+                    | "ORCH_WORKERS"
+                    | "MODELS_DIR"
+                    | "TEMPLATES_DIR"
+            );
+            (key, value, source, dynamic)
+        })
+        .collect();
+    render(
+        &SettingsPage {
+            t,
+            page: "settings",
+            rows,
+        },
+        t,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JobsQuery {
+    status: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "jobs.html")]
+struct JobsPage {
+    t: Tr,
+    page: &'static str,
+    filter: String,
+    /// Each status, and whether it is the one shown.
+    statuses: Vec<(&'static str, bool)>,
+    jobs: Vec<Job>,
+    next_cursor: Option<String>,
+}
+
+const STATUSES: [JobStatus; 8] = [
+    JobStatus::Queued,
+    JobStatus::Submitted,
+    JobStatus::Running,
+    JobStatus::Succeeded,
+    JobStatus::Failed,
+    JobStatus::Cancelled,
+    JobStatus::BackendLost,
+    JobStatus::NeedsReconcile,
+];
+
+pub async fn jobs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<JobsQuery>,
+) -> Response {
+    let t = tr(&headers);
+    let status = query.status.as_deref().and_then(JobStatus::parse);
+    let page = match state
+        .store
+        .list_jobs(status, 50, query.cursor.as_deref())
+        .await
+    {
+        Ok(page) => page,
+        Err(error) => {
+            tracing::error!(%error, "cannot list jobs");
+            return error_page(t, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    };
+    let page = JobsPage {
+        t,
+        page: "jobs",
+        filter: status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        statuses: STATUSES
+            .iter()
+            .map(|s| (s.as_str(), Some(*s) == status))
+            .collect(),
+        jobs: page.jobs,
+        next_cursor: page.next_cursor,
+    };
+    render(&page, t)
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    t: Tr,
+    page: &'static str,
+    job: Job,
+    params_json: String,
+    error_json: String,
+}
+
+pub async fn job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let t = tr(&headers);
+    match state.store.job(&id).await {
+        Ok(Some(job)) => {
+            let page = JobPage {
+                t,
+                page: "job",
+                params_json: serde_json::to_string_pretty(&job.params).unwrap_or_default(),
+                error_json: job
+                    .error
+                    .as_ref()
+                    .map(|e| serde_json::to_string_pretty(e).unwrap_or_default())
+                    .unwrap_or_default(),
+                job,
+            };
+            render(&page, t)
+        }
+        Ok(None) => error_page(t, StatusCode::NOT_FOUND),
+        Err(error) => {
+            tracing::error!(%error, "cannot read a job");
+            error_page(t, StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+/// `GET /api/builder/messages`: the conversation, oldest first.
+pub async fn builder_messages(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let messages = state
+        .store
+        .messages(200)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "messages": messages, "configured": state.v0.is_configured() }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuilderRequest {
+    message: String,
+}
+
+/// `POST /api/builder/messages {message}`: stored, sent to v0 (a new chat, or the next message of the current
+/// one), and v0's answer stored with its links. The message is kept even when v0 fails.
+pub async fn builder_send(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let request: BuilderRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    let message = request.message.trim();
+    if message.is_empty() || message.chars().count() > 20_000 {
+        return Err(ApiError::invalid(
+            "message",
+            "must be 1 to 20000 characters",
+        ));
+    }
+    if !state.v0.is_configured() {
+        return Err(ApiError::NotConfigured {
+            code: "v0_not_configured",
+            what: "the v0 Platform API (V0_API_KEY)",
+        });
+    }
+    let store = &state.store;
+    let chat_id = store
+        .messages(200)
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .rev()
+        .find_map(|m| m.chat_id);
+    let asked = store
+        .insert_message(NewMessage {
+            role: "user",
+            content: message,
+            chat_id: chat_id.as_deref(),
+            links: &[],
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    let reply = state.v0.chat(chat_id.as_deref(), message).await?;
+    let answered = store
+        .insert_message(NewMessage {
+            role: "assistant",
+            content: &reply.text,
+            chat_id: Some(&reply.chat_id),
+            links: &reply.links,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "messages": [asked, answered] })))
+}
+
+/// A handler that panics, to show (and test) the 500 page; only in builds with the test doubles.
+#[cfg(feature = "testkit")]
+pub async fn testkit_panic() -> Response {
+    panic!("the testkit's deliberate panic");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_json_cannot_close_its_script_element() {
+        let text = script_json(&json!({ "a": "</script><script>alert(1)</script>&" }));
+        assert!(!text.contains("</") && !text.contains('&'));
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["a"], "</script><script>alert(1)</script>&");
+    }
+}
