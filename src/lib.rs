@@ -20,6 +20,7 @@ pub mod error;
 pub mod flux;
 pub mod http;
 pub mod jobs;
+pub mod mcp;
 pub mod paths;
 pub mod service;
 pub mod status;
@@ -64,6 +65,8 @@ pub struct AppInner {
     /// One for the process, so a client cannot multiply its allowance by the number of serving threads.
     pub paid_limiter: Arc<http::rate_limit::PaidLimiter>,
     pub status_cache: Arc<status::StatusCache>,
+    /// The address the server really listens on (known once bound), for the MCP tools' calls back to the API.
+    pub local_addr: Arc<std::sync::OnceLock<SocketAddr>>,
 }
 
 impl Deref for AppState {
@@ -107,6 +110,7 @@ impl AppState {
             v0,
             paid_limiter,
             status_cache: Arc::default(),
+            local_addr: Arc::default(),
         }))
     }
 
@@ -124,6 +128,7 @@ impl AppState {
             v0: self.v0.clone(),
             paid_limiter: self.paid_limiter.clone(),
             status_cache: self.status_cache.clone(),
+            local_addr: self.local_addr.clone(),
         }))
     }
 
@@ -185,6 +190,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let state = prepare(config).await?;
     if let Ok(addr) = listener.local_addr() {
+        let _ = state.local_addr.set(addr);
         tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads = 1, "Orchestrator listening");
     }
     http::server::serve(listener, http::router::App::new(state.clone()), shutdown).await;
@@ -211,6 +217,7 @@ pub fn run_per_core(
         .map_err(|source| RunError::Bind { addr: bind, source })?;
     let state = control.block_on(prepare(config))?;
     let addr = listener.local_addr().unwrap_or(bind);
+    let _ = state.local_addr.set(addr);
     tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads, "Orchestrator listening");
 
     let (dispatcher, workers) = http::server::dispatcher(threads);

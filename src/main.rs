@@ -59,6 +59,8 @@ enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// The MCP server on stdin/stdout, for agents (Claude Desktop, IDEs); it calls the running server.
+    Mcp,
     /// Print the health report: ComfyUI, its service, models, database, external APIs (exit code 1 when down).
     Doctor {
         /// Print the report as JSON.
@@ -225,6 +227,11 @@ fn main() -> ExitCode {
             };
             terminal(orchestrator::cli::generate(&config, request))
         }
+        Command::Mcp => terminal(async {
+            orchestrator::mcp::serve_stdio(&config)
+                .await
+                .map(|()| String::new())
+        }),
         Command::Doctor { json } => terminal(orchestrator::cli::doctor(&config, json)),
         Command::Paths { action } => {
             use orchestrator::cli::PathsAction;

@@ -124,11 +124,40 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
     Router::new()
         .merge(own_api)
         .merge(pages)
+        .route_service("/mcp", mcp_service(&state))
         .fallback(ui::not_found)
         .with_state(state)
         .layer(from_fn(ui::catch_panics))
         .layer(from_fn_with_state(policy, guard::guard))
         .layer(from_fn(log_request))
+}
+
+/// `/mcp`: the MCP tools as streamable HTTP, stateless (each request stands alone, so any serving thread can answer
+/// it), behind the same guard and token as every route; the guard has already checked `Host`.
+fn mcp_service(
+    state: &AppState,
+) -> rmcp::transport::streamable_http_server::StreamableHttpService<
+    crate::mcp::OrchestratorMcp,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let config = state.config.clone();
+    let local_addr = state.local_addr.clone();
+    let mut settings = StreamableHttpServerConfig::default().disable_allowed_hosts();
+    settings.legacy_session_mode = false;
+    settings.json_response = true;
+    StreamableHttpService::new(
+        move || {
+            let addr = local_addr.get().copied().unwrap_or(config.bind);
+            Ok(crate::mcp::OrchestratorMcp::new(crate::mcp::LocalApi::new(
+                &config, addr,
+            )))
+        },
+        Default::default(),
+        settings,
+    )
 }
 
 /// The routes that cost money or call a remote API, behind the per-client rate limit.

@@ -7,6 +7,7 @@ mod flux;
 mod gateway;
 mod guard;
 mod jobs;
+mod mcp;
 mod models;
 mod panel;
 mod paths;

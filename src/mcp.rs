@@ -1,0 +1,475 @@
+//! The MCP server: Orchestrator's tools for agents, on stdio (`orchestrator mcp`) and as streamable HTTP at `/mcp`.
+//!
+//! Every tool is a call to Orchestrator's own HTTP API on loopback, so an agent meets exactly the guards a person
+//! does: template and field validation, the job store, the FLUX dry run, `ALLOW_GENERATION`, the confirmation
+//! token, the budget and the rate limit. A failure is a tool error whose text is the API's error body, with the
+//! same stable `code`. Job outputs are resources: `orchestrator://jobs/{id}/outputs/{name}`.
+
+use std::time::Duration;
+
+use base64::Engine;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+/// Orchestrator's HTTP API on loopback, as the tools call it.
+#[derive(Clone)]
+pub struct LocalApi {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl LocalApi {
+    /// The API of the server at `addr` (its loopback address when it listens on every interface).
+    pub fn new(config: &Config, addr: std::net::SocketAddr) -> Self {
+        crate::flux::client::install_crypto_provider();
+        let host = if addr.ip().is_unspecified() {
+            if addr.is_ipv4() {
+                "127.0.0.1".to_owned()
+            } else {
+                "[::1]".to_owned()
+            }
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        Self {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("the HTTP client initialises"),
+            base: format!("http://{host}:{}", addr.port()),
+            token: config.token.as_ref().map(|t| t.expose().to_owned()),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.json::<Value>().await.unwrap_or(Value::Null);
+                Reply { status, body }
+            }
+            Err(_) => Reply {
+                status: 0,
+                body: json!({ "error": { "code": "orchestrator_unreachable",
+                    "message": format!("Orchestrator is not answering at {}; is `orchestrator serve` running?", self.base),
+                    "details": {} } }),
+            },
+        }
+    }
+
+    async fn bytes(&self, path: &str) -> Result<(String, Vec<u8>), String> {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|_| "Orchestrator is not answering".to_owned())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status().as_u16()));
+        }
+        let kind = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|_| "the download broke off".to_owned())?;
+        Ok((kind, bytes.to_vec()))
+    }
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+impl Reply {
+    /// A success as pretty JSON text; a failure as a tool error carrying the API's error body.
+    fn into_result(self) -> CallToolResult {
+        let text = serde_json::to_string_pretty(&self.body).unwrap_or_default();
+        if (200..300).contains(&self.status) {
+            CallToolResult::success(vec![ContentBlock::text(text)])
+        } else {
+            CallToolResult::error(vec![ContentBlock::text(text)])
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ListModels {
+    /// Rescan ComfyUI's folders instead of using the list cached for a minute.
+    #[serde(default)]
+    pub refresh: bool,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct GenerateImage {
+    /// `comfy` (a local ComfyUI template, free; the default) or `flux` (Black Forest Labs, paid).
+    pub backend: Option<String>,
+    /// ComfyUI: the template's name, from list_templates (e.g. `sdxl-t2i`).
+    pub template: Option<String>,
+    /// ComfyUI: the template's parameters (`prompt`, `steps`, `checkpoint`, …; images as data: URLs).
+    /// FLUX: extra fields of the model (`seed`, `safety_tolerance`, `output_format`, `input_image`, …).
+    pub params: Option<serde_json::Map<String, Value>>,
+    /// FLUX: the model, `flux-pro-1.1` by default (also `flux-pro-1.1-ultra`, `flux-dev`, `flux-kontext-pro`,
+    /// `flux-kontext-max`).
+    pub model: Option<String>,
+    /// The prompt (ComfyUI templates take it as their `prompt` parameter).
+    pub prompt: Option<String>,
+    /// FLUX 1.1 pro and dev: width, 256 to 1440, a multiple of 32.
+    pub width: Option<u32>,
+    /// FLUX 1.1 pro and dev: height, 256 to 1440, a multiple of 32.
+    pub height: Option<u32>,
+    /// FLUX Ultra and Kontext: an aspect ratio such as `16:9`.
+    pub aspect_ratio: Option<String>,
+    /// FLUX Ultra: raw mode.
+    pub raw: Option<bool>,
+    /// FLUX: the `confirmToken` a first call (the dry run) returned. Without it nothing is paid: the call answers
+    /// the exact payload and its cost. Paying also needs `ALLOW_GENERATION=true` on the server.
+    pub confirm_token: Option<String>,
+    /// FLUX: a key of your own (a UUID) so that repeating the paid call can never pay twice.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct JobId {
+    /// The job's id.
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ListJobs {
+    /// Only jobs in this state: queued, submitted, running, succeeded, failed, cancelled, backend_lost,
+    /// needs_reconcile.
+    pub status: Option<String>,
+    /// How many, newest first (1 to 200, default 20).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct TailLogs {
+    /// How many of the last lines (1 to 5000, default 100).
+    pub lines: Option<u32>,
+}
+
+#[derive(Clone)]
+pub struct OrchestratorMcp {
+    api: LocalApi,
+    tool_router: ToolRouter<Self>,
+}
+
+fn encode(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).collect()
+}
+
+#[tool_router]
+impl OrchestratorMcp {
+    pub fn new(api: LocalApi) -> Self {
+        Self {
+            api,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(
+        description = "Health of everything: ComfyUI (online, version, devices, queue, models), its service, the database, FLUX and v0, extra_model_paths.yaml; overall healthy, degraded or down."
+    )]
+    async fn system_status(&self) -> CallToolResult {
+        self.api
+            .call(reqwest::Method::GET, "/api/status", None, None)
+            .await
+            .into_result()
+    }
+
+    #[tool(
+        description = "Start ComfyUI if it is not answering and wait until it is online (or the configured time runs out)."
+    )]
+    async fn ignite_comfy(&self) -> CallToolResult {
+        self.api
+            .call(reqwest::Method::POST, "/api/system/ignite", None, None)
+            .await
+            .into_result()
+    }
+
+    #[tool(
+        description = "The model files ComfyUI can load, per folder (checkpoints, loras, vae, controlnet, clip, …)."
+    )]
+    async fn list_models(&self, Parameters(request): Parameters<ListModels>) -> CallToolResult {
+        let path = if request.refresh {
+            "/api/models?refresh=1"
+        } else {
+            "/api/models"
+        };
+        self.api
+            .call(reqwest::Method::GET, path, None, None)
+            .await
+            .into_result()
+    }
+
+    #[tool(
+        description = "The ComfyUI workflow templates and their parameters (types, ranges, defaults)."
+    )]
+    async fn list_templates(&self) -> CallToolResult {
+        self.api
+            .call(reqwest::Method::GET, "/api/templates", None, None)
+            .await
+            .into_result()
+    }
+
+    #[tool(
+        description = "Make an image. backend `comfy`: a template with its params, queued on ComfyUI; answers the job. backend `flux`: PAID. The first call (no confirm_token) sends nothing and answers the exact payload, the estimated cost and a confirmToken; show them to the user. Only a second call with the same fields and confirm_token pays, and only if the server allows generation."
+    )]
+    async fn generate_image(
+        &self,
+        Parameters(request): Parameters<GenerateImage>,
+    ) -> CallToolResult {
+        let GenerateImage {
+            backend,
+            template,
+            params,
+            model,
+            prompt,
+            width,
+            height,
+            aspect_ratio,
+            raw,
+            confirm_token,
+            idempotency_key,
+        } = request;
+        let mut params = params.unwrap_or_default();
+        match backend.as_deref().unwrap_or("comfy") {
+            "comfy" => {
+                if let Some(prompt) = prompt {
+                    params.insert("prompt".into(), Value::String(prompt));
+                }
+                let body = json!({ "backend": "comfy", "template": template, "params": params });
+                self.api
+                    .call(reqwest::Method::POST, "/api/jobs", Some(&body), None)
+                    .await
+                    .into_result()
+            }
+            "flux" => {
+                let mut body = params;
+                let fields = [
+                    ("model", model.map(Value::from)),
+                    ("prompt", prompt.map(Value::from)),
+                    ("width", width.map(Value::from)),
+                    ("height", height.map(Value::from)),
+                    ("aspect_ratio", aspect_ratio.map(Value::from)),
+                    ("raw", raw.map(Value::from)),
+                ];
+                for (name, value) in fields {
+                    if let Some(value) = value {
+                        body.insert(name.into(), value);
+                    }
+                }
+                body.remove("dryRun");
+                body.remove("dry_run");
+                if let Some(token) = confirm_token {
+                    body.insert("dryRun".into(), Value::Bool(false));
+                    body.insert("confirmToken".into(), Value::String(token));
+                }
+                let body = Value::Object(body);
+                self.api
+                    .call(
+                        reqwest::Method::POST,
+                        "/api/flux/generate",
+                        Some(&body),
+                        idempotency_key.as_deref(),
+                    )
+                    .await
+                    .into_result()
+            }
+            other => CallToolResult::error(vec![ContentBlock::text(
+                json!({ "error": { "code": "validation_failed",
+                    "message": format!("unknown backend {other:?}; expected comfy or flux"),
+                    "details": { "fields": { "backend": "expected comfy or flux" } } } })
+                .to_string(),
+            )]),
+        }
+    }
+
+    #[tool(description = "One job: status, progress, current node, parameters, error, outputs.")]
+    async fn get_job(&self, Parameters(JobId { id }): Parameters<JobId>) -> CallToolResult {
+        let path = format!("/api/jobs/{}", encode(&id));
+        self.api
+            .call(reqwest::Method::GET, &path, None, None)
+            .await
+            .into_result()
+    }
+
+    #[tool(description = "Jobs, newest first, optionally of one status.")]
+    async fn list_jobs(&self, Parameters(request): Parameters<ListJobs>) -> CallToolResult {
+        let mut path = format!(
+            "/api/jobs?limit={}",
+            request.limit.unwrap_or(20).clamp(1, 200)
+        );
+        if let Some(status) = request.status {
+            path.push_str(&format!("&status={}", encode(&status)));
+        }
+        self.api
+            .call(reqwest::Method::GET, &path, None, None)
+            .await
+            .into_result()
+    }
+
+    #[tool(
+        description = "Cancel a ComfyUI job: removed from the queue, or interrupted while it runs. A FLUX job cannot be cancelled."
+    )]
+    async fn cancel_job(&self, Parameters(JobId { id }): Parameters<JobId>) -> CallToolResult {
+        let path = format!("/api/jobs/{}/cancel", encode(&id));
+        self.api
+            .call(reqwest::Method::POST, &path, None, None)
+            .await
+            .into_result()
+    }
+
+    #[tool(description = "The last lines of ComfyUI's log.")]
+    async fn tail_comfy_logs(&self, Parameters(request): Parameters<TailLogs>) -> CallToolResult {
+        let path = format!(
+            "/api/logs/comfy?lines={}",
+            request.lines.unwrap_or(100).clamp(1, 5000)
+        );
+        self.api
+            .call(reqwest::Method::GET, &path, None, None)
+            .await
+            .into_result()
+    }
+}
+
+const RESOURCE_PREFIX: &str = "orchestrator://jobs/";
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for OrchestratorMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build()).with_instructions(
+            "Orchestrator runs image generation on the user's ComfyUI and on paid FLUX. Check system_status first; \
+             ignite_comfy starts ComfyUI. generate_image with backend flux costs money: its first call is a free dry \
+             run; only call it again with the confirm_token after the user agreed to the shown cost. Finished images \
+             are resources orchestrator://jobs/{id}/outputs/{name}.",
+        )
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let reply = self
+            .api
+            .call(
+                reqwest::Method::GET,
+                "/api/jobs?status=succeeded&limit=50",
+                None,
+                None,
+            )
+            .await;
+        if reply.status != 200 {
+            return Err(ErrorData::internal_error(reply.body.to_string(), None));
+        }
+        let resources: Vec<Value> = reply.body["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|job| {
+                let id = job["id"].as_str().unwrap_or_default().to_owned();
+                job["outputs"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |output| {
+                        let name = output["name"].as_str().unwrap_or_default();
+                        json!({
+                            "uri": format!("{RESOURCE_PREFIX}{id}/outputs/{}", encode(name)),
+                            "name": name,
+                            "title": format!("{name} (job {id})"),
+                            "mimeType": output["content_type"],
+                            "size": output["size"],
+                        })
+                    })
+            })
+            .collect();
+        serde_json::from_value(json!({ "resources": resources }))
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let not_found =
+            || ErrorData::resource_not_found(format!("no resource {}", request.uri), None);
+        let rest = request
+            .uri
+            .strip_prefix(RESOURCE_PREFIX)
+            .ok_or_else(not_found)?;
+        let (id, name) = rest.split_once("/outputs/").ok_or_else(not_found)?;
+        if id.is_empty() || name.is_empty() || id.contains('/') || name.contains('/') {
+            return Err(not_found());
+        }
+        let path = format!("/api/jobs/{}/outputs/{name}", encode(id));
+        let (mime_type, bytes) = self.api.bytes(&path).await.map_err(|_| not_found())?;
+        let result: ReadResourceResult = serde_json::from_value(json!({
+            "contents": [{
+                "uri": request.uri,
+                "mimeType": mime_type,
+                "blob": base64::engine::general_purpose::STANDARD.encode(bytes),
+            }]
+        }))
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        Ok(result.into())
+    }
+}
+
+/// `orchestrator mcp`: the tools on stdin/stdout, calling the running server.
+pub async fn serve_stdio(config: &Config) -> Result<(), String> {
+    use rmcp::ServiceExt;
+    let api = LocalApi::new(config, config.bind);
+    let server = OrchestratorMcp::new(api)
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| format!("the MCP session did not start: {e}"))?;
+    server
+        .waiting()
+        .await
+        .map_err(|e| format!("the MCP session failed: {e}"))?;
+    Ok(())
+}
