@@ -649,6 +649,7 @@ pub enum PathsAction {
     Init {
         base_path: Option<std::path::PathBuf>,
         create_folders: bool,
+        force: bool,
     },
     Restore {
         backup: std::path::PathBuf,
@@ -676,11 +677,12 @@ pub fn paths(config: &Config, action: PathsAction) -> Result<String, String> {
         PathsAction::Init {
             base_path,
             create_folders,
+            force,
         } => {
             let base = base_path
                 .or_else(|| config.models_dir.clone())
                 .ok_or("give --base-path, or set MODELS_DIR")?;
-            let created = model_paths::create_default(&file, &base, create_folders)
+            let created = model_paths::create_default(&file, &base, create_folders, force)
                 .map_err(|e| e.to_string())?;
             let mut text = format!("wrote {}", created.path);
             if let Some(backup) = &created.backup_path {

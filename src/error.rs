@@ -89,6 +89,11 @@ pub enum ApiError {
     #[error("{0}")]
     PathsWrite(String),
 
+    #[error(
+        "extra_model_paths.yaml cannot be read the way ComfyUI reads it, so it was left as it is; fix it, or send force: true to replace it after a backup"
+    )]
+    ModelPathsUnparsable { problems: Vec<String> },
+
     #[error("{message}")]
     Confirmation {
         code: &'static str,
@@ -152,6 +157,7 @@ impl ApiError {
             Self::JobFinished { .. } | Self::JobNotCancellable { .. } => StatusCode::CONFLICT,
             Self::GenerationDisabled => StatusCode::FORBIDDEN,
             Self::PathsWrite(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ModelPathsUnparsable { .. } => StatusCode::CONFLICT,
             Self::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Confirmation { .. } => StatusCode::CONFLICT,
             Self::BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
@@ -194,6 +200,7 @@ impl ApiError {
             Self::JobNotCancellable { .. } => "job_not_cancellable",
             Self::GenerationDisabled => "generation_disabled",
             Self::PathsWrite(_) => "paths_write_failed",
+            Self::ModelPathsUnparsable { .. } => "model_paths_unparsable",
             Self::NotConfigured { code, .. } => code,
             Self::Confirmation { code, .. } => code,
             Self::BudgetExceeded { .. } => "budget_exceeded",
@@ -242,6 +249,7 @@ impl ApiError {
                 json!({ "price": price, "limit": limit, "spent": spent, "reserved": reserved, "left": left, "currency": "USD" })
             }
             Self::RateLimited { retry_after } => json!({ "retry_after_secs": retry_after }),
+            Self::ModelPathsUnparsable { problems } => json!({ "problems": problems }),
             Self::Provider { details, .. } => details.clone(),
             _ => json!({}),
         }

@@ -110,6 +110,9 @@ enum PathsCommand {
         /// Also create the model folders that do not exist.
         #[arg(long)]
         create_folders: bool,
+        /// Replace a file ComfyUI could not read (it is backed up first); without it such a file is left alone.
+        #[arg(long)]
+        force: bool,
     },
     /// Put a backup (extra_model_paths.yaml.bak.…) back in place; the current file is backed up first.
     Restore { backup: std::path::PathBuf },
@@ -240,9 +243,11 @@ fn main() -> ExitCode {
                 PathsCommand::Init {
                     base_path,
                     create_folders,
+                    force,
                 } => PathsAction::Init {
                     base_path,
                     create_folders,
+                    force,
                 },
                 PathsCommand::Restore { backup } => PathsAction::Restore { backup },
             };

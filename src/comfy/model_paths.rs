@@ -748,15 +748,63 @@ fn count_files(dir: &Path, key: &str) -> (u64, bool) {
 
 /// The text of a new file: one section in ComfyUI's format, only known model-folder keys.
 pub fn default_file(base_path: &Path) -> String {
+    own_section(base_path)
+}
+
+const SECTION_START: &str =
+    "# >>> Orchestrator's section (its next create replaces it; edit the other sections freely)";
+const SECTION_END: &str = "# <<< Orchestrator's section";
+
+/// Orchestrator's own section, between markers so a later create finds and replaces exactly it.
+fn own_section(base_path: &Path) -> String {
     let base = base_path.display().to_string().replace('\'', "''");
     let mut text = format!(
-        "# Written by Orchestrator. ComfyUI reads named sections; each folder is relative to base_path.\n\
-         # A line per extra path works too:  loras: |\n#     loras/\n#     more_loras/\n\
+        "{SECTION_START}\n# Each folder is relative to base_path; several paths, one a line, work too:  loras: |\n\
          orchestrator:\n    base_path: '{base}'\n    is_default: true\n"
     );
     for key in WRITTEN_FOLDERS {
         text.push_str(&format!("    {key}: {key}/\n"));
     }
+    text.push_str(SECTION_END);
+    text.push('\n');
+    text
+}
+
+/// The user's file with Orchestrator's section added, or replaced where it already is (between its markers, or an
+/// `orchestrator:` section written by hand); every other line stays as the user wrote it.
+pub fn merged_file(existing: &str, base_path: &Path) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut inside_markers = false;
+    let mut inside_section = false;
+    for line in existing.lines() {
+        if line.trim_end() == SECTION_START {
+            inside_markers = true;
+            continue;
+        }
+        if inside_markers {
+            if line.trim_end() == SECTION_END {
+                inside_markers = false;
+            }
+            continue;
+        }
+        let top_level = !line.starts_with([' ', '\t', '#']) && !line.trim().is_empty();
+        if top_level {
+            let key = line.split('#').next().unwrap_or("").trim_end();
+            inside_section =
+                key == "orchestrator:" || key == "\"orchestrator\":" || key == "'orchestrator':";
+        }
+        if !inside_section {
+            kept.push(line);
+        }
+    }
+    while kept.last().is_some_and(|l| l.trim().is_empty()) {
+        kept.pop();
+    }
+    let mut text = kept.join("\n");
+    if !text.is_empty() {
+        text.push_str("\n\n");
+    }
+    text.push_str(&own_section(base_path));
     text
 }
 
@@ -788,6 +836,8 @@ pub enum WriteError {
     },
     #[error("{0:?} is not a backup of {FILE_NAME} in ComfyUI's folder")]
     NotABackup(String),
+    #[error("the current {FILE_NAME} cannot be read the way ComfyUI reads it, so it is left as it is (give force to replace it after a backup): {}", .0.join("; "))]
+    Unparsable(Vec<String>),
 }
 
 /// Backs up the current file (if any), then atomically writes the default one for `base_path`.
@@ -795,12 +845,37 @@ pub fn create_default(
     file: &Path,
     base_path: &Path,
     create_folders: bool,
+    force: bool,
 ) -> Result<Created, WriteError> {
     if !base_path.is_absolute() {
         return Err(WriteError::RelativeBase(base_path.display().to_string()));
     }
+    // The user's sections are kept; a file that cannot be read as ComfyUI reads it is left alone unless forced
+    // (and then replaced whole, after the backup), since merging into it could lose what the user meant.
+    let text = if file.exists() {
+        let report = check(file);
+        let broken: Vec<String> = report
+            .problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error && p.code != "empty_file")
+            .map(|p| match p.line {
+                Some(line) => format!("{} (line {line})", p.message),
+                None => p.message.clone(),
+            })
+            .collect();
+        match (broken.is_empty(), force) {
+            (true, _) => merged_file(
+                &std::fs::read_to_string(file).unwrap_or_default(),
+                base_path,
+            ),
+            (false, true) => default_file(base_path),
+            (false, false) => return Err(WriteError::Unparsable(broken)),
+        }
+    } else {
+        default_file(base_path)
+    };
     let backup_path = backup(file)?;
-    write_atomic(file, default_file(base_path).as_bytes())?;
+    write_atomic(file, text.as_bytes())?;
     let mut created_folders = Vec::new();
     if create_folders {
         for key in WRITTEN_FOLDERS {
@@ -1092,7 +1167,7 @@ a111:
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("it's models");
         let file = dir.path().join(FILE_NAME);
-        let created = create_default(&file, &base, true).unwrap();
+        let created = create_default(&file, &base, true, false).unwrap();
         assert_eq!(created.backup_path, None);
         assert_eq!(created.created_folders.len(), WRITTEN_FOLDERS.len());
         let report = check(&file);
@@ -1114,7 +1189,7 @@ a111:
         let file = dir.path().join(FILE_NAME);
         let original = "mine:\n  base_path: /srv/models\n  checkpoints: ckpt\n";
         std::fs::write(&file, original).unwrap();
-        let created = create_default(&file, Path::new("/opt/models"), false).unwrap();
+        let created = create_default(&file, Path::new("/opt/models"), false, false).unwrap();
         let backup = PathBuf::from(created.backup_path.unwrap());
         assert!(
             backup
@@ -1148,6 +1223,57 @@ a111:
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_create_keeps_the_users_sections_and_replaces_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let users = "# my comfy set-up\na111:\n    base_path: /srv/a1111\n    checkpoints: models/Stable-diffusion\n\norchestrator:\n    base_path: /old\n    loras: loras\n\nother:\n    base_path: /srv/other\n    vae: vae\n";
+        std::fs::write(&file, users).unwrap();
+        create_default(&file, Path::new("/models/one"), false, false).unwrap();
+        create_default(&file, Path::new("/models/two"), false, false).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        for kept in [
+            "# my comfy set-up",
+            "a111:",
+            "models/Stable-diffusion",
+            "other:",
+            "base_path: /srv/other",
+        ] {
+            assert!(text.contains(kept), "{kept:?} lost:\n{text}");
+        }
+        assert!(
+            !text.contains("/old") && !text.contains("/models/one"),
+            "{text}"
+        );
+        assert_eq!(text.matches("orchestrator:").count(), 1, "{text}");
+        let report = check(&file);
+        assert!(report.valid, "{:?}", report.problems);
+        let names: Vec<&str> = report.sections.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a111", "other", "orchestrator"]);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_left_byte_for_byte_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let broken = b"a111:\n  checkpoints: [unclosed\n\xff";
+        std::fs::write(&file, broken).unwrap();
+        let refused = create_default(&file, Path::new("/models"), false, false);
+        assert!(matches!(refused, Err(WriteError::Unparsable(_))));
+        assert_eq!(std::fs::read(&file).unwrap(), broken);
+        let backups = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains(".bak."))
+                .count()
+        };
+        assert_eq!(backups(), 0);
+        let forced = create_default(&file, Path::new("/models"), false, true).unwrap();
+        assert_eq!(std::fs::read(forced.backup_path.unwrap()).unwrap(), broken);
+        assert!(check(&file).valid);
     }
 
     #[test]

@@ -43,6 +43,9 @@ struct CreateRequest {
     base_path: Option<String>,
     #[serde(default, alias = "createFolders")]
     create_folders: bool,
+    /// Replace a file that cannot be read as ComfyUI reads it (after a backup).
+    #[serde(default)]
+    force: bool,
 }
 
 pub async fn create_default(
@@ -69,8 +72,10 @@ pub async fn create_default(
             )
         })?,
     };
-    let created =
-        blocking(move || model_paths::create_default(&file, &base, request.create_folders)).await?;
+    let created = blocking(move || {
+        model_paths::create_default(&file, &base, request.create_folders, request.force)
+    })
+    .await?;
     created.map(Json).map_err(write_error)
 }
 
@@ -94,6 +99,7 @@ fn write_error(error: WriteError) -> ApiError {
     match error {
         WriteError::RelativeBase(_) => ApiError::invalid("base_path", error.to_string()),
         WriteError::NotABackup(_) => ApiError::invalid("backup_path", error.to_string()),
+        WriteError::Unparsable(problems) => ApiError::ModelPathsUnparsable { problems },
         WriteError::Backup { .. } | WriteError::Write { .. } => {
             ApiError::PathsWrite(error.to_string())
         }

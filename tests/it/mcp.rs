@@ -58,7 +58,8 @@ async fn the_tools_and_their_schemas_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_job_runs_to_its_outputs_which_are_resources() {
-    let comfy = FakeComfy::start_with_models(&[("checkpoints", "sd_xl_base_1.0.safetensors")]).await;
+    let comfy =
+        FakeComfy::start_with_models(&[("checkpoints", "sd_xl_base_1.0.safetensors")]).await;
     let app = TestApp::spawn(&comfy.url()).await;
     let client = http_client(&app).await;
 

@@ -146,6 +146,18 @@ async fn a_refused_file_is_reported_and_left_as_it_is() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), hostile);
     assert!(!dir.path().join("pwned").exists());
 
+    // Creating the default section would have to drop what cannot be read: refused, file untouched.
+    let (status, answer) = post(
+        &app,
+        "/api/comfy/create-default-paths",
+        &json!({ "base_path": "/models" }),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (409, "model_paths_unparsable")
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), hostile);
     // A foreign page cannot rewrite the file.
     let response = app
         .http
@@ -209,12 +221,22 @@ fn the_cli_checks_writes_and_restores() {
     );
 
     let models = dir.path().join("models");
+    // A file ComfyUI cannot read is never overwritten without --force.
+    let flat_text = std::fs::read(&file).unwrap();
+    let refused = paths_command(dir.path())
+        .args(["init", "--base-path", models.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("force"));
+    assert_eq!(std::fs::read(&file).unwrap(), flat_text);
     let init = paths_command(dir.path())
         .args([
             "init",
             "--base-path",
             models.to_str().unwrap(),
             "--create-folders",
+            "--force",
         ])
         .output()
         .unwrap();
@@ -260,9 +282,7 @@ fn a_write_killed_midway_leaves_the_old_or_the_new_file() {
     let file = dir.path().join(model_paths::FILE_NAME);
     let original = "mine:\n  base_path: /srv/models\n  checkpoints: checkpoints\n";
     std::fs::write(&file, original).unwrap();
-    let candidates: Vec<String> = (0..40)
-        .map(|i| model_paths::default_file(&dir.path().join(format!("models-{i}"))))
-        .collect();
+    let kills = 40;
     // How long a whole run takes here, so the kills spread over it whatever the machine's speed.
     let started = std::time::Instant::now();
     let whole_run = paths_command(dir.path())
@@ -273,19 +293,21 @@ fn a_write_killed_midway_leaves_the_old_or_the_new_file() {
     let run = started.elapsed();
     std::fs::write(&file, original).unwrap();
     let mut outcomes = std::collections::HashSet::new();
-    for (i, candidate) in candidates.iter().enumerate() {
+    for i in 0..kills {
         let before = std::fs::read_to_string(&file).unwrap();
         let base = dir.path().join(format!("models-{i}"));
         let mut child = paths_command(dir.path())
             .args(["init", "--base-path", base.to_str().unwrap()])
             .spawn()
             .unwrap();
-        std::thread::sleep(run.mul_f64(1.2 * i as f64 / candidates.len() as f64));
+        std::thread::sleep(run.mul_f64(1.2 * i as f64 / kills as f64));
         let _ = child.kill();
         let _ = child.wait();
         let now = std::fs::read_to_string(&file).unwrap();
+        // The new file keeps the user's section and adds Orchestrator's.
+        let candidate = model_paths::merged_file(&before, &base);
         assert!(
-            now == before || now == *candidate,
+            now == before || now == candidate,
             "a broken file after kill {i}:\n{now}"
         );
         assert!(model_paths::check(&file).valid);
