@@ -504,6 +504,16 @@ pub(crate) fn finished(status: JobStatus) -> JobChange {
     }
 }
 
+/// Pauses between attempts to reopen a lost WebSocket: about half a minute in all.
+const REJOIN_BACKOFF: [Duration; 6] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+
 /// Follows one prompt to its end.
 struct Follower {
     jobs: Jobs,
@@ -814,6 +824,51 @@ impl Follower {
 
     /// The socket ended before the run did: the history says whether it finished; the queue whether ComfyUI
     /// still has it. Anything else is `backend_lost`.
+    /// Reopens the WebSocket of a job ComfyUI still has, with back-off, and follows it again: the client id comes
+    /// from the job's id, so ComfyUI sends the job's events to the new socket. A run that ended while the socket
+    /// was down is collected from `/history`. Answers whether the job is taken care of.
+    async fn rejoin(&self) -> bool {
+        let Ok(uri) = self.gateway.upstream_uri(
+            "/ws",
+            Some(&format!("clientId={}", client_id(&self.job_id))),
+        ) else {
+            return false;
+        };
+        for pause in REJOIN_BACKOFF {
+            tokio::time::sleep(pause).await;
+            let Ok(mut socket) =
+                ws::connect_upstream(self.gateway.backend(), &uri, Duration::from_secs(10)).await
+            else {
+                continue;
+            };
+            if !ws::wait_for_greeting(&mut socket, Duration::from_secs(10)).await {
+                continue;
+            }
+            if self.history_entry().await.is_some() {
+                self.collect_outputs().await;
+                return true;
+            }
+            tracing::info!(job = %self.job_id, "ComfyUI's WebSocket reopened; following the job again");
+            let workflow = self
+                .jobs
+                .store
+                .workflow(&self.job_id)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(Value::Null);
+            self.jobs.follow(
+                self.gateway.clone(),
+                &self.job_id,
+                &self.prompt_id,
+                &workflow,
+                socket,
+            );
+            return true;
+        }
+        false
+    }
+
     async fn resolve_without_socket(&self) {
         if self.history_entry().await.is_some() {
             return self.collect_outputs().await;
@@ -826,8 +881,10 @@ impl Follower {
                         .is_some_and(|items| items.iter().any(|i| i[1] == self.prompt_id.as_str()))
                 });
                 if known {
-                    // Still queued or running, but its events are no longer reaching us (rejoining is issue 10's).
-                    "ComfyUI's WebSocket closed while the job was still queued or running"
+                    if self.rejoin().await {
+                        return;
+                    }
+                    "ComfyUI's WebSocket closed while the job was still queued or running, and could not be reopened"
                 } else {
                     "ComfyUI no longer knows the job (it was restarted?)"
                 }

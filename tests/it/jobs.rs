@@ -501,3 +501,33 @@ async fn after_a_restart_a_job_comfy_no_longer_knows_is_backend_lost() {
     );
     assert!(lost["finished_at"].is_string());
 }
+
+#[tokio::test]
+async fn a_websocket_dropped_mid_run_is_reopened_and_the_job_still_succeeds() {
+    let fake = FakeComfy::start().await;
+    fake.set_step_delay(Duration::from_millis(200));
+    let app = TestApp::spawn(&fake.url()).await;
+    let created: Value = submit(&app, json!({ "workflow": workflow(21) }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    wait_for_job(&app, &id, Duration::from_secs(10), "running").await;
+    let dropped = Instant::now();
+    // ComfyUI stays up; only its sockets go (a proxy restart, a network blip).
+    fake.close_sockets(1001, "going away");
+    let done = wait_for_job(&app, &id, Duration::from_secs(20), "succeeded").await;
+    assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
+    let client = format!("orchestrator-{id}");
+    let rejoined = fake
+        .connected_clients()
+        .iter()
+        .filter(|c| **c == client)
+        .count();
+    assert!(rejoined <= 1);
+    eprintln!(
+        "socket dropped mid-run: job succeeded {:?} later",
+        dropped.elapsed()
+    );
+}
