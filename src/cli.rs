@@ -470,30 +470,59 @@ async fn follow(config: &Config, id: &str) -> Result<Value, String> {
             .progress_chars("=> "),
     );
     bar.set_message(format!("job {id}"));
-    let response =
-        local_request(config, Method::GET, &format!("/api/jobs/{id}/events"), None).await?;
-    let mut body = response.into_body();
-    let mut pending = String::new();
     let mut last = Value::Null;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        pending.push_str(&String::from_utf8_lossy(&data));
-        while let Some(end) = pending.find("\n\n") {
-            let block: String = pending.drain(..end + 2).collect();
-            let Some(json) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+    let mut last_event: Option<String> = None;
+    // A dropped stream is picked up where it broke (Last-Event-ID): nothing is shown twice or missed.
+    let mut attempts = 0;
+    loop {
+        let path = format!("/api/jobs/{id}/events");
+        let headers: Vec<(&str, &str)> = last_event
+            .as_deref()
+            .map(|event| vec![("last-event-id", event)])
+            .unwrap_or_default();
+        let response =
+            match local_request_with_headers(config, Method::GET, &path, None, &headers).await {
+                Ok(response) => response,
+                Err(error) if attempts >= 10 => return Err(error),
+                Err(_) => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+        let mut body = response.into_body();
+        let mut pending = String::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
                 continue;
             };
-            let Ok(job) = serde_json::from_str::<Value>(json) else {
-                continue;
-            };
-            bar.set_position(job["progress"].as_f64().unwrap_or(0.0) as u64);
-            let node = job["current_node"].as_str().unwrap_or("");
-            bar.set_message(format!("{} {node}", job["status"].as_str().unwrap_or("")));
-            last = job;
+            pending.push_str(&String::from_utf8_lossy(&data));
+            while let Some(end) = pending.find("\n\n") {
+                let block: String = pending.drain(..end + 2).collect();
+                if let Some(event) = block.lines().find_map(|l| l.strip_prefix("id: ")) {
+                    last_event = Some(event.trim().to_owned());
+                }
+                let Some(json) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                    continue;
+                };
+                let Ok(job) = serde_json::from_str::<Value>(json) else {
+                    continue;
+                };
+                bar.set_position(job["progress"].as_f64().unwrap_or(0.0) as u64);
+                let node = job["current_node"].as_str().unwrap_or("");
+                bar.set_message(format!("{} {node}", job["status"].as_str().unwrap_or("")));
+                last = job;
+            }
         }
+        let finished = last["status"]
+            .as_str()
+            .and_then(crate::jobs::model::JobStatus::parse)
+            .is_some_and(crate::jobs::model::JobStatus::is_final);
+        if finished || attempts >= 10 {
+            break;
+        }
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     bar.finish_and_clear();
     if last.is_null() {

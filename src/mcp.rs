@@ -174,6 +174,14 @@ pub struct JobId {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct WaitJob {
+    /// The job's id.
+    pub id: String,
+    /// The longest wait in seconds (1 to 300, default 30); the job goes on after it either way.
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct ListJobs {
     /// Only jobs in this state: queued, submitted, running, succeeded, failed, cancelled, backend_lost,
     /// needs_reconcile.
@@ -334,6 +342,37 @@ impl OrchestratorMcp {
             .into_result()
     }
 
+    #[tool(
+        description = "Wait until a job ends, at most timeout_secs (default 30): answers the job, `finished` and how long it waited. The job keeps running when the wait ends; call again to wait more."
+    )]
+    async fn wait_job(&self, Parameters(request): Parameters<WaitJob>) -> CallToolResult {
+        let path = format!("/api/jobs/{}", encode(&request.id));
+        let limit = Duration::from_secs(request.timeout_secs.unwrap_or(30).clamp(1, 300));
+        let started = std::time::Instant::now();
+        loop {
+            let reply = self.api.call(reqwest::Method::GET, &path, None, None).await;
+            if reply.status != 200 {
+                return reply.into_result();
+            }
+            let finished = reply.body["status"]
+                .as_str()
+                .and_then(crate::jobs::model::JobStatus::parse)
+                .is_some_and(crate::jobs::model::JobStatus::is_final);
+            if finished || started.elapsed() >= limit {
+                let mut body = json!({ "job": reply.body, "finished": finished,
+                    "waited_secs": (started.elapsed().as_millis() as f64 / 1000.0) });
+                if finished {
+                    body["resources"] = json!(resource_links(&reply.body));
+                }
+                return Reply { status: 200, body }.into_result();
+            }
+            tokio::time::sleep(
+                Duration::from_millis(250).min(limit.saturating_sub(started.elapsed())),
+            )
+            .await;
+        }
+    }
+
     #[tool(description = "Jobs, newest first, optionally of one status.")]
     async fn list_jobs(&self, Parameters(request): Parameters<ListJobs>) -> CallToolResult {
         let mut path = format!(
@@ -374,6 +413,20 @@ impl OrchestratorMcp {
 }
 
 const RESOURCE_PREFIX: &str = "orchestrator://jobs/";
+/// Larger outputs (videos) are not sent inline: the resource answers where to download them instead.
+const MAX_INLINE_BYTES: usize = 1024 * 1024;
+
+/// The resource URIs of a job's outputs.
+fn resource_links(job: &Value) -> Vec<String> {
+    let id = job["id"].as_str().unwrap_or_default();
+    job["outputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["name"].as_str())
+        .map(|name| format!("{RESOURCE_PREFIX}{id}/outputs/{}", encode(name)))
+        .collect()
+}
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for OrchestratorMcp {
@@ -447,14 +500,16 @@ impl ServerHandler for OrchestratorMcp {
         }
         let path = format!("/api/jobs/{}/outputs/{name}", encode(id));
         let (mime_type, bytes) = self.api.bytes(&path).await.map_err(|_| not_found())?;
-        let result: ReadResourceResult = serde_json::from_value(json!({
-            "contents": [{
-                "uri": request.uri,
-                "mimeType": mime_type,
-                "blob": base64::engine::general_purpose::STANDARD.encode(bytes),
-            }]
-        }))
-        .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let contents = if bytes.len() <= MAX_INLINE_BYTES {
+            json!({ "uri": request.uri, "mimeType": mime_type,
+                    "blob": base64::engine::general_purpose::STANDARD.encode(bytes) })
+        } else {
+            json!({ "uri": request.uri, "mimeType": "text/plain",
+                    "text": format!("{} bytes of {mime_type}, too large to send inline: download {}{path}",
+                                    bytes.len(), self.api.base) })
+        };
+        let result: ReadResourceResult = serde_json::from_value(json!({ "contents": [contents] }))
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         Ok(result.into())
     }
 }

@@ -278,33 +278,117 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 }
 
 /// `GET /api/jobs/{id}/events`: the job as it is now (`event: state`), then every change until it ends.
-pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    // Subscribe before reading, so no change falls between the snapshot and the stream.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventsQuery {
+    /// The same as the `Last-Event-ID` header, for clients that cannot set it.
+    last_event_id: Option<i64>,
+}
+
+/// Where a reconnecting client left off: `Last-Event-ID`, else `?last_event_id=`.
+fn resume_from(headers: &http::HeaderMap, query: &EventsQuery) -> Option<i64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .or(query.last_event_id)
+        .filter(|id| *id >= 0)
+}
+
+fn numbered(id: i64, kind: &str, job: &impl serde::Serialize) -> Event {
+    Event::default()
+        .id(id.to_string())
+        .event(kind)
+        .json_data(job)
+        .unwrap_or_default()
+}
+
+fn is_final(job: &Value) -> bool {
+    job["status"]
+        .as_str()
+        .and_then(JobStatus::parse)
+        .is_some_and(JobStatus::is_final)
+}
+
+/// How many stored events one reconnect replays at most.
+const REPLAY_LIMIT: u32 = 10_000;
+
+/// `GET /api/jobs/{id}/events`: the job's changes as server-sent events, each with its number as `id:`. A client
+/// that reconnects with `Last-Event-ID` gets exactly the events after it, then live ones; a new client gets the
+/// current state first. The stream ends after the job's final state; a comment every 15 s keeps it open.
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: http::HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> ApiResult<Response> {
+    // Subscribe before reading, so no change falls between what is read and what is streamed.
     let mut changes = state.jobs.subscribe();
     let job = find(&state, &id).await?;
     let store = state.jobs.store().clone();
+    let resume = resume_from(&headers, &query);
     let stream = async_stream(move |tx| async move {
-        let done = job.status.is_final();
-        if tx.send(event("state", &job)).is_err() || done {
-            return;
-        }
+        let replay = |after: i64| {
+            let store = store.clone();
+            let id = id.clone();
+            async move {
+                store
+                    .job_events_after(&id, after, REPLAY_LIMIT)
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        let mut last = match resume {
+            Some(after) => {
+                let mut last = after;
+                for stored in replay(after).await {
+                    last = stored.job_seq;
+                    if tx
+                        .send(numbered(stored.job_seq, &stored.kind, &stored.job))
+                        .is_err()
+                        || is_final(&stored.job)
+                    {
+                        return;
+                    }
+                }
+                if job.status.is_final() && last >= after {
+                    // Nothing more will come; a final state was already delivered before the reconnect.
+                    return;
+                }
+                last
+            }
+            None => {
+                let last = store.last_job_event(&id).await.unwrap_or(0);
+                if tx.send(numbered(last, "state", &job)).is_err() || job.status.is_final() {
+                    return;
+                }
+                last
+            }
+        };
         loop {
             match changes.recv().await {
-                Ok(change) if change.job.id == id => {
+                Ok(change) if change.job.id == id && change.job_seq > last => {
+                    last = change.job_seq;
                     let done = change.job.status.is_final();
-                    if tx.send(event(change.kind, &change.job)).is_err() || done {
+                    if tx
+                        .send(numbered(change.job_seq, change.kind, &change.job))
+                        .is_err()
+                        || done
+                    {
                         return;
                     }
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
-                    // Too slow a reader: send the current state instead of the missed steps.
-                    let Ok(Some(job)) = store.job(&id).await else {
-                        return;
-                    };
-                    let done = job.status.is_final();
-                    if tx.send(event("state", &job)).is_err() || done {
-                        return;
+                    // Too slow a reader: what it missed is read back from the store, in order.
+                    for stored in replay(last).await {
+                        last = stored.job_seq;
+                        if tx
+                            .send(numbered(stored.job_seq, &stored.kind, &stored.job))
+                            .is_err()
+                            || is_final(&stored.job)
+                        {
+                            return;
+                        }
                     }
                 }
                 Err(RecvError::Closed) => return,
@@ -312,15 +396,74 @@ pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Ap
         }
     });
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response())
 }
 
-fn event(kind: &str, job: &Job) -> Event {
-    Event::default()
-        .event(kind)
-        .json_data(job)
-        .unwrap_or_default()
+/// `GET /api/events`: every job's changes, numbered across all jobs; `Last-Event-ID` replays what was missed.
+pub async fn all_events(
+    State(state): State<AppState>,
+    headers: http::HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> ApiResult<Response> {
+    let mut changes = state.jobs.subscribe();
+    let store = state.jobs.store().clone();
+    let resume = resume_from(&headers, &query);
+    let stream = async_stream(move |tx| async move {
+        // A new client starts from now; a returning one from where it left off.
+        let mut last = match resume {
+            Some(after) => after,
+            None => store.last_event().await.unwrap_or(0),
+        };
+        if let Some(after) = resume {
+            for stored in store
+                .events_after(after, REPLAY_LIMIT)
+                .await
+                .unwrap_or_default()
+            {
+                last = stored.seq;
+                if tx
+                    .send(numbered(stored.seq, &stored.kind, &stored.job))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        loop {
+            match changes.recv().await {
+                Ok(change) if change.seq > last => {
+                    last = change.seq;
+                    if tx
+                        .send(numbered(change.seq, change.kind, &change.job))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {
+                    for stored in store
+                        .events_after(last, REPLAY_LIMIT)
+                        .await
+                        .unwrap_or_default()
+                    {
+                        last = stored.seq;
+                        if tx
+                            .send(numbered(stored.seq, &stored.kind, &stored.job))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
 }
 
 /// A stream fed by a task: `produce` sends items until it returns.

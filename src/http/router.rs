@@ -101,6 +101,7 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .route("/api/comfy/restore-paths", post(model_paths::restore))
         .route("/api/jobs/{id}", get(jobs::get))
         .route("/api/jobs/{id}/events", get(jobs::events))
+        .route("/api/events", get(jobs::all_events))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/jobs/{id}/outputs/{name}", get(jobs::output))
         .route(

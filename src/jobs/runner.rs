@@ -39,6 +39,9 @@ pub struct JobEvent {
     /// `state`, `progress` or `output`.
     pub kind: &'static str,
     pub job: Job,
+    /// The event's number among all events, and among its job's.
+    pub seq: i64,
+    pub job_seq: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,8 @@ pub struct Jobs {
     events: broadcast::Sender<JobEvent>,
     /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
     followers: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    /// When each running job last sent a progress event, for coalescing.
+    last_progress: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     /// When this process began: only jobs recorded before it are reconciled. A job this process records is its own
     /// to submit and follow, even in the moment between being recorded and being followed.
     started_at: String,
@@ -89,6 +94,7 @@ impl Jobs {
             outputs,
             events,
             followers: Arc::default(),
+            last_progress: Arc::default(),
             started_at: super::model::now(),
         }
     }
@@ -475,17 +481,48 @@ impl Jobs {
         self.change(id, "state", change).await;
     }
 
-    /// Stores a change and tells the listeners.
+    /// Stores a change, numbers it as an event and tells the listeners. Progress alone is coalesced to at most
+    /// one event per [`PROGRESS_EVERY`] per job (the job row always has the latest); state changes always pass.
     pub(crate) async fn change(&self, id: &str, kind: &'static str, change: JobChange) {
         if let Err(error) = self.store.update_job(id, change).await {
             tracing::error!(job = id, %error, "cannot record a job change");
             return;
         }
-        if let Ok(Some(job)) = self.store.job(id).await {
-            let _ = self.events.send(JobEvent { kind, job });
+        let Ok(Some(job)) = self.store.job(id).await else {
+            return;
+        };
+        {
+            let mut last = self.last_progress.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if kind == "progress"
+                && last
+                    .get(id)
+                    .is_some_and(|at| now.duration_since(*at) < PROGRESS_EVERY)
+            {
+                return;
+            }
+            if job.status.is_final() {
+                last.remove(id);
+            } else {
+                last.insert(id.to_owned(), now);
+            }
+        }
+        match self.store.insert_event(kind, &job).await {
+            Ok(stored) => {
+                let _ = self.events.send(JobEvent {
+                    kind,
+                    job,
+                    seq: stored.seq,
+                    job_seq: stored.job_seq,
+                });
+            }
+            Err(error) => tracing::error!(job = id, %error, "cannot record a job event"),
         }
     }
 }
+
+/// At most this often a progress event per job: a 1,000-step sampler sends about 4 a second, not 1,000.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// How long a followed run may stay silent before its history is checked.
 const SILENCE_CHECK: Duration = Duration::from_secs(15);

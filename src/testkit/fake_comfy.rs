@@ -137,6 +137,8 @@ struct Shared {
     models: HashMap<String, Vec<String>>,
     hang: AtomicBool,
     step_delay_ms: AtomicU64,
+    /// When non-zero, a sampler's recorded progress is replaced by this many steps, one a millisecond.
+    progress_steps: AtomicU64,
     number: AtomicU64,
     file_counter: AtomicU64,
     /// Set by `/interrupt`; the worker checks it between events.
@@ -209,6 +211,7 @@ impl FakeComfy {
             models,
             hang: AtomicBool::new(false),
             step_delay_ms: AtomicU64::new(2),
+            progress_steps: AtomicU64::new(0),
             number: AtomicU64::new(0),
             file_counter: AtomicU64::new(0),
             interrupt: AtomicBool::new(false),
@@ -256,6 +259,12 @@ impl FakeComfy {
     /// While on, every HTTP request and upgrade is accepted and never answered.
     pub fn set_hang(&self, on: bool) {
         self.shared.hang.store(on, Ordering::SeqCst);
+    }
+
+    /// A sampler that reports `steps` progress events (one a millisecond) instead of the recorded ones, like a
+    /// long real run.
+    pub fn set_progress_steps(&self, steps: u64) {
+        self.shared.progress_steps.store(steps, Ordering::SeqCst);
     }
 
     /// Pause between two replayed events of a run.
@@ -1124,6 +1133,7 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
     let delay = Duration::from_millis(shared.step_delay_ms.load(Ordering::SeqCst));
     let mut messages = Vec::new();
     let mut outputs = Map::new();
+    let mut synthetic_done = false;
 
     // Entry 0 is the greeting a socket gets on connect; the queue-change statuses were sent by post_prompt.
     for entry in recorded.iter().skip(1) {
@@ -1136,6 +1146,23 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
             return;
         }
         match entry["kind"].as_str() {
+            Some("text")
+                if entry["data"]["type"] == "progress"
+                    && shared.progress_steps.load(Ordering::SeqCst) > 0 =>
+            {
+                // The first recorded progress event stands for the whole sampler; the rest are skipped.
+                if !std::mem::replace(&mut synthetic_done, true) {
+                    let steps = shared.progress_steps.load(Ordering::SeqCst);
+                    let node = entry["data"]["data"]["node"].clone();
+                    for value in 1..=steps {
+                        let event = json!({"type": "progress", "data": {
+                            "value": value, "max": steps, "prompt_id": item.prompt_id, "node": node}});
+                        send_event(shared, item, event);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                continue;
+            }
             Some("text") => {
                 let raw = entry["data"]
                     .to_string()

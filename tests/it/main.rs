@@ -3,6 +3,7 @@
 mod support;
 
 mod binary;
+mod events;
 mod flux;
 mod gateway;
 mod guard;

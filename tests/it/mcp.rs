@@ -1,7 +1,5 @@
 //! The MCP server, driven by rmcp's own client over streamable HTTP (`/mcp`) and over stdio (`orchestrator mcp`).
 
-use std::time::Duration;
-
 use orchestrator::testkit::fake_bfl::FakeBfl;
 use orchestrator::testkit::fake_comfy::FakeComfy;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ReadResourceRequestParams};
@@ -10,7 +8,7 @@ use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioC
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, wait_until};
+use crate::support::TestApp;
 
 type Client = RunningService<RoleClient, ()>;
 
@@ -81,12 +79,15 @@ async fn a_template_job_runs_to_its_outputs_which_are_resources() {
     .await;
     assert!(ok, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
-    wait_until(Duration::from_secs(20), "the job succeeds", || {
-        let client = &client;
-        let id = id.clone();
-        async move { call(client, "get_job", json!({ "id": id })).await.1["status"] == "succeeded" }
-    })
-    .await;
+    let (ok, waited) = call(&client, "wait_job", json!({ "id": id, "timeout_secs": 20 })).await;
+    assert!(ok && waited["finished"] == true, "{waited}");
+    assert_eq!(waited["job"]["status"], "succeeded");
+    assert!(
+        waited["resources"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("orchestrator://jobs/")
+    );
     let (ok, jobs) = call(&client, "list_jobs", json!({ "status": "succeeded" })).await;
     assert!(ok && jobs["jobs"][0]["id"] == id.as_str());
 
@@ -186,7 +187,7 @@ async fn the_stdio_server_calls_the_running_orchestrator() {
     let tools = client.list_all_tools().await.unwrap();
     assert_eq!(
         tools.len(),
-        9,
+        10,
         "{:?}",
         tools.iter().map(|t| &t.name).collect::<Vec<_>>()
     );
@@ -195,5 +196,44 @@ async fn the_stdio_server_calls_the_running_orchestrator() {
     assert!(models["checkpoints"].is_array());
     let (ok, logs) = call(&client, "tail_comfy_logs", json!({ "lines": 5 })).await;
     assert!(!ok && logs["error"]["code"] == "log_not_found", "{logs}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_answers_at_once_and_wait_job_returns_on_time() {
+    let comfy =
+        FakeComfy::start_with_models(&[("checkpoints", "sd_xl_base_1.0.safetensors")]).await;
+    comfy.set_step_delay(std::time::Duration::from_millis(400));
+    let app = TestApp::spawn(&comfy.url()).await;
+    let client = http_client(&app).await;
+    let started = std::time::Instant::now();
+    let (ok, job) = call(
+        &client,
+        "generate_image",
+        json!({ "template": "sdxl-t2i", "prompt": "slow" }),
+    )
+    .await;
+    let answered = started.elapsed();
+    assert!(ok, "{job}");
+    assert!(
+        answered < std::time::Duration::from_secs(1),
+        "generate_image took {answered:?}"
+    );
+    let started = std::time::Instant::now();
+    let (ok, waited) = call(
+        &client,
+        "wait_job",
+        json!({ "id": job["id"], "timeout_secs": 1 }),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(ok && waited["finished"] == false, "{waited}");
+    assert!(
+        took >= std::time::Duration::from_secs(1) && took < std::time::Duration::from_millis(2500),
+        "{took:?}"
+    );
+    eprintln!(
+        "mcp: generate_image answered in {answered:?}; wait_job(1 s) returned after {took:?}"
+    );
     client.cancel().await.unwrap();
 }

@@ -1,0 +1,149 @@
+//! Rejoinable progress: numbered server-sent events, `Last-Event-ID`, coalesced progress.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use orchestrator::testkit::fake_comfy::FakeComfy;
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+
+/// One parsed server-sent event.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: i64,
+    kind: String,
+    data: Value,
+    at: Instant,
+}
+
+/// Reads events from `path` until `stop` says so or the stream ends.
+async fn read_events(
+    app: &TestApp,
+    path: &str,
+    last_event_id: Option<i64>,
+    mut stop: impl FnMut(&[Sse]) -> bool,
+) -> Vec<Sse> {
+    let mut request = app.http.get(app.url(path));
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline.into(), body.next()).await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (None, String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    kind = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if let Some(id) = id {
+                events.push(Sse {
+                    id,
+                    kind,
+                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                    at: Instant::now(),
+                });
+                if stop(&events) {
+                    return events;
+                }
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reconnects_gets_every_missed_event_exactly_once_and_progress_is_coalesced() {
+    let fake = FakeComfy::start_with_models(&[("checkpoints", "sd_xl_base_1.0.safetensors")]).await;
+    fake.set_progress_steps(1000);
+    let app = TestApp::spawn(&fake.url()).await;
+    let created: Value = app
+        .http
+        .post(app.url("/api/jobs"))
+        .json(
+            &json!({ "template": "sdxl-t2i", "params": { "prompt": "a long run", "steps": 100 } }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/jobs/{id}/events");
+
+    // The first connection reads three events and hangs up.
+    let first = read_events(&app, &path, None, |events| events.len() == 3).await;
+    assert_eq!(first.len(), 3, "{first:?}");
+    let left_off = first.last().unwrap().id;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reconnected = Instant::now();
+    let rest = read_events(&app, &path, Some(left_off), |_| false).await;
+    let gap = rest.first().map(|e| e.at.duration_since(reconnected));
+    assert!(!rest.is_empty());
+    assert_eq!(
+        rest.last().unwrap().data["status"],
+        "succeeded",
+        "the stream ends with the final state"
+    );
+
+    // Every event after the one the client had, each once, in order.
+    let ids: Vec<i64> = rest.iter().map(|e| e.id).collect();
+    let expected: Vec<i64> = (left_off + 1..=left_off + ids.len() as i64).collect();
+    assert_eq!(
+        ids, expected,
+        "missed events replayed exactly once, then live ones"
+    );
+    let all = read_events(&app, &path, Some(0), |_| false).await;
+    assert_eq!(
+        all.last().unwrap().id,
+        *ids.last().unwrap(),
+        "nothing was left out"
+    );
+
+    // 1,000 sampler steps became a handful of progress events: at most ~4 a second while it ran.
+    let progress: Vec<&Sse> = all.iter().filter(|e| e.kind == "progress").collect();
+    let running_ms = {
+        let started = all
+            .iter()
+            .find(|e| e.data["status"] == "running")
+            .map(|e| e.data["started_at"].clone());
+        let finished = all.last().unwrap().data["finished_at"].clone();
+        let parse =
+            |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default()).ok();
+        match (started.as_ref().and_then(parse), parse(&finished)) {
+            (Some(a), Some(b)) => (b - a).num_milliseconds().max(1),
+            _ => 1000,
+        }
+    };
+    let allowed = (running_ms as f64 / 1000.0 * 4.0).ceil() as usize + 2;
+    assert!(
+        progress.len() <= allowed,
+        "{} progress events in {running_ms} ms (at most {allowed})",
+        progress.len()
+    );
+    eprintln!(
+        "rejoin: first event {gap:?} after reconnecting; {} progress events for 1,000 steps over {running_ms} ms",
+        progress.len()
+    );
+
+    // The global stream numbers every job's events and replays them too.
+    let global = read_events(&app, "/api/events", Some(0), |events| {
+        events.iter().any(|e| e.data["status"] == "succeeded")
+    })
+    .await;
+    assert!(global.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(global.iter().all(|e| e.data["id"] == id.as_str()));
+}
