@@ -42,6 +42,8 @@ pub struct ExitRecord {
     pub at: DateTime<Utc>,
     /// How long that run lasted.
     pub uptime_ms: u64,
+    /// The last lines of ComfyUI's log when it ended.
+    pub log_tail: Vec<String>,
 }
 
 /// `GET /api/system/comfy/status`.

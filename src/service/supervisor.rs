@@ -54,6 +54,8 @@ impl Default for RestartPolicy {
 /// The log ComfyUI writes through the supervisor: rotated at 10 MiB, five old files kept.
 pub const LOG_ROTATE_BYTES: usize = 10 * 1024 * 1024;
 pub const LOG_KEEP: usize = 5;
+/// How many of the last log lines an exit record keeps.
+pub const EXIT_LOG_LINES: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -122,6 +124,8 @@ impl Supervisor {
 struct Running {
     child: Box<dyn ChildWrapper>,
     started: Instant,
+    /// The tasks copying its output to the log.
+    pumps: Vec<tokio::task::JoinHandle<()>>,
 }
 
 struct Actor {
@@ -218,17 +222,19 @@ impl Actor {
             program: self.spec.program.clone(),
             source,
         })?;
+        let mut pumps = Vec::new();
         if let Some(stdout) = child.stdout().take() {
-            tokio::spawn(copy_to_log(stdout, log.clone()));
+            pumps.push(tokio::spawn(copy_to_log(stdout, log.clone())));
         }
         if let Some(stderr) = child.stderr().take() {
-            tokio::spawn(copy_to_log(stderr, log));
+            pumps.push(tokio::spawn(copy_to_log(stderr, log)));
         }
         let pid = child.id();
         tracing::info!(pid, program = %self.spec.program, "ComfyUI started");
         self.running = Some(Running {
             child,
             started: Instant::now(),
+            pumps,
         });
         self.publish(ServiceState::Running, pid, None);
         Ok(())
@@ -266,6 +272,10 @@ impl Actor {
         // What ComfyUI started dies with it, so nothing holds its port or the GPU.
         let _ = run.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(2), run.child.wait()).await;
+        // Its last words reach the log before the exit is recorded with them.
+        for pump in run.pumps.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
+        }
         let uptime = run.started.elapsed();
         let status = exit.ok();
         self.after_exit(uptime, status);
@@ -277,6 +287,7 @@ impl Actor {
             signal: status.and_then(signal_of),
             at: Utc::now(),
             uptime_ms: uptime.as_millis() as u64,
+            log_tail: self.log_tail(),
         };
         tracing::warn!(
             code = record.code,
@@ -352,9 +363,15 @@ impl Actor {
             signal: status.and_then(signal_of),
             at: Utc::now(),
             uptime_ms: run.started.elapsed().as_millis() as u64,
+            log_tail: self.log_tail(),
         };
         tracing::info!(pid, graceful, "ComfyUI stopped");
         self.publish(ServiceState::Stopped, None, Some(record));
+    }
+
+    /// The last lines ComfyUI wrote before it ended: why it died is usually there.
+    fn log_tail(&self) -> Vec<String> {
+        super::logs::tail(&self.spec.log_file, EXIT_LOG_LINES).unwrap_or_default()
     }
 
     fn publish(&mut self, state: ServiceState, pid: Option<u32>, exit: Option<ExitRecord>) {

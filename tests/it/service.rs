@@ -167,6 +167,15 @@ async fn a_child_that_crashes_at_once_ends_crash_looping_without_spinning() {
     })
     .await;
     assert_eq!(looping["last_exit"]["code"], 3);
+    // The exit carries the log's last lines: why it died, without opening the log.
+    assert!(
+        looping["last_exit"]["log_tail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("crashing at start-up with code 3")),
+        "{looping}"
+    );
     let restarts = looping["restarts"].as_u64().unwrap();
     assert_eq!(
         restarts, 4,
