@@ -155,7 +155,7 @@ function homePage() {
     if (status !== 200 || !data) return;
     setBadge(strip.overall, data.overall);
     setBadge(strip.comfy, data.comfy.status);
-    strip.service.textContent = `${data.services.comfy.status} (${data.services.comfy.backend})`;
+    strip.service.textContent = `${T["state_" + data.services.comfy.status] || data.services.comfy.status} (${data.services.comfy.backend})`;
     const queue = data.comfy.queue;
     strip.queue.textContent = queue ? `${queue.running} ${T.running} · ${queue.pending} ${T.pending}` : "—";
     const budget = data.external.flux.budget;
@@ -215,7 +215,7 @@ function homePage() {
   };
   const loadModels = async () => {
     const { status, data } = await api("GET", "/api/models");
-    if (status === 200 && data) { models = data; renderTemplateFields(); }
+    if (status === 200 && data) { models = data; renderTemplateFields(); showBackend(); }
   };
   form.elements.template.addEventListener("change", renderTemplateFields);
   renderTemplateFields();
@@ -339,7 +339,7 @@ function diagnosticsPage() {
     $("#diag-checked").textContent = new Date(data.checked_at).toLocaleTimeString();
     $("#diag-reasons").replaceChildren(...data.reasons.map((r) => el("li", { text: r })));
     const service = data.services.comfy;
-    $("#d-service").textContent = `${service.status} · ${service.backend}` + (service.pid ? ` · pid ${service.pid}` : "") + (service.restarts ? ` · ${service.restarts}↻` : "");
+    $("#d-service").textContent = `${T["state_" + service.status] || service.status} · ${service.backend}` + (service.pid ? ` · pid ${service.pid}` : "") + (service.restarts ? ` · ${service.restarts}↻` : "");
     $("#d-panel").textContent = data.services.panel;
     $("#d-worker").textContent = data.services.worker;
     const comfy = data.comfy;
@@ -350,7 +350,7 @@ function diagnosticsPage() {
       [T.version, comfy.version || "—"],
       [T.devices, devices || "—", true],
       [T.memory, comfy.ram_total ? `${bytes(comfy.ram_free)} / ${bytes(comfy.ram_total)}` : "—", true],
-      ["Queue", comfy.queue ? `${comfy.queue.running} ${T.running} · ${comfy.queue.pending} ${T.pending}` : "—"],
+      [T.queue, comfy.queue ? `${comfy.queue.running} ${T.running} · ${comfy.queue.pending} ${T.pending}` : "—"],
     ]);
     dl($("#d-models"), comfy.models ? Object.entries(comfy.models).map(([folder, count]) => [folder, `${count} ${T.files}`]) : [["—", T.offline]]);
     const paths = data.model_paths;
@@ -369,13 +369,13 @@ function diagnosticsPage() {
     if (flux.reachable !== null && flux.reachable !== undefined) fluxText.push(flux.reachable ? T.reachable : T.unreachable);
     dl($("#d-external"), [
       ["FLUX", fluxText.join(" · ")],
-      [T.left, flux.budget ? `${money(flux.budget.left)} / ${money(flux.budget.limit)}` : "—"],
+      [T.budget_today, flux.budget ? `${money(flux.budget.left)} / ${money(flux.budget.limit)}` : "—"],
       ["v0", v0.configured ? (T[v0.status] || v0.status || "—") : T.not_configured],
     ]);
     const db = data.database;
     dl($("#d-database"), [
       ["", db.ok ? T.healthy : (db.error || T.down)],
-      ["path", db.path, true],
+      [T.path, db.path, true],
       [T.size, bytes(db.size_bytes), true],
       [T.jobs, String(db.jobs ?? "—"), true],
       [T.messages, String(db.messages ?? "—"), true],
@@ -406,9 +406,10 @@ function diagnosticsPage() {
   const viewer = $("[data-testid=log-viewer]");
   const loadLog = async () => {
     const lines = $("#log-form").elements.lines.value || 200;
-    const { status, data } = await api("GET", `/api/logs/comfy?lines=${encodeURIComponent(lines)}`);
+    const { status, data } = await api("GET", `/api/logs/comfy?lines=${encodeURIComponent(lines)}&missing=empty`);
     const target = $("[data-testid=log-lines]");
     if (status === 200) target.textContent = data.lines.join("\n") || T.no_log;
+    else if (status === 0) target.textContent = errorText(data);
     else target.textContent = data && data.error && data.error.code === "log_not_found" ? T.no_log : errorText(data);
   };
   viewer.addEventListener("toggle", () => { if (viewer.open) loadLog(); });

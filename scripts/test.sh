@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check and test of the project, from a fresh Debian machine: installs what the tests need, then runs
-# formatting, lints, the unit and integration tests, and the Windows build check.
+# formatting, lints, the unit and integration tests, the Windows build check and the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +23,5 @@ echo "== cargo test"
 cargo test --locked
 echo "== cargo check --target x86_64-pc-windows-gnu"
 cargo check --locked --target x86_64-pc-windows-gnu
+echo "== browser tests (e2e/, Playwright with Debian's Chromium)"
+scripts/e2e.sh

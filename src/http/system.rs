@@ -119,6 +119,8 @@ pub async fn ignite(State(state): State<AppState>, headers: HeaderMap) -> Respon
 #[derive(Debug, Deserialize)]
 pub struct LogQuery {
     lines: Option<String>,
+    /// `empty`: a log not written yet is an empty answer (`exists: false`) instead of a 404, for the panel.
+    missing: Option<String>,
 }
 
 /// `GET /api/logs/comfy?lines=N`: the last N lines (default 100, clamped to 1..=5000).
@@ -138,7 +140,15 @@ pub async fn comfy_log(
         .await
         .map_err(ApiError::internal)?;
     match read {
-        Ok(lines) => Ok(Json(json!({ "path": shown, "lines": lines }))),
+        Ok(lines) => Ok(Json(
+            json!({ "path": shown, "exists": true, "lines": lines }),
+        )),
+        Err(error)
+            if error.kind() == std::io::ErrorKind::NotFound
+                && query.missing.as_deref() == Some("empty") =>
+        {
+            Ok(Json(json!({ "path": shown, "exists": false, "lines": [] })))
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             Err(ApiError::LogNotFound { path: shown })
         }

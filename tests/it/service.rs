@@ -173,7 +173,10 @@ async fn a_child_that_crashes_at_once_ends_crash_looping_without_spinning() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|l| l.as_str().unwrap().contains("crashing at start-up with code 3")),
+            .any(|l| l
+                .as_str()
+                .unwrap()
+                .contains("crashing at start-up with code 3")),
         "{looping}"
     );
     let restarts = looping["restarts"].as_u64().unwrap();
@@ -280,6 +283,15 @@ async fn logs_are_tailed_and_a_missing_log_is_a_json_404() {
     assert_eq!(missing.status(), 404);
     let body: Value = missing.json().await.unwrap();
     assert_eq!(error_code(&body), "log_not_found");
+    // The panel asks for an empty answer instead.
+    let quiet = app.get_json("/api/logs/comfy?missing=empty").await;
+    assert_eq!(
+        (
+            quiet["exists"].as_bool(),
+            quiet["lines"].as_array().map(Vec::len)
+        ),
+        (Some(false), Some(0))
+    );
     assert!(
         body["error"]["details"]["path"]
             .as_str()

@@ -1,0 +1,32 @@
+// The pages and the strings the tests know in both languages.
+
+import type { Lang } from './fixtures';
+
+export interface PageInfo {
+  path: string;
+  /** The `data-page` of its `<main>`. */
+  id: 'home' | 'jobs' | 'builder' | 'diagnostics' | 'settings';
+  /** Test ids that must be on the page. */
+  testIds: string[];
+}
+
+export const PAGES: PageInfo[] = [
+  { path: '/', id: 'home', testIds: ['status-strip', 'ignite-button', 'ignite-state', 'ignite-progress', 'generate-form', 'generate-submit', 'queue', 'recent-outputs'] },
+  { path: '/jobs', id: 'jobs', testIds: ['jobs-filter', 'jobs-table'] },
+  { path: '/builder', id: 'builder', testIds: ['builder-messages', 'builder-form', 'builder-send', 'builder-status'] },
+  {
+    path: '/diagnostics',
+    id: 'diagnostics',
+    testIds: ['diag-services', 'diag-comfy', 'diag-models', 'diag-paths', 'diag-external', 'diag-database', 'diag-ignite', 'diag-rescan', 'diag-create-paths', 'log-viewer'],
+  },
+  { path: '/settings', id: 'settings', testIds: ['settings-table', 'lang-select'] },
+];
+
+export const NAV_LINKS = ['/', '/jobs', '/builder', '/diagnostics', '/settings'];
+
+export const TEXT: Record<Lang, { diagnostics: string; ignite: string }> = {
+  en: { diagnostics: 'Diagnostics', ignite: 'Start system' },
+  ru: { diagnostics: 'Диагностика', ignite: 'Запуск системы' },
+};
+
+export const CYRILLIC = /[А-Яа-яЁё]/;
