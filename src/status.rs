@@ -176,6 +176,10 @@ pub async fn service_status(state: &AppState) -> ServiceStatus {
             true => ServiceState::Running,
             false => ServiceState::Stopped,
         };
+    } else if status.status != ServiceState::Running && state.gateway.probe(PROBE_WITHIN).await {
+        // Not ours, but a ComfyUI answers where ours would: report the truth instead of a "stopped" ghost.
+        status.status = ServiceState::Running;
+        status.adopted = true;
     }
     status
 }

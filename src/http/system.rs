@@ -51,6 +51,14 @@ pub async fn models_status(State(state): State<AppState>) -> Json<serde_json::Va
 }
 
 pub async fn start(State(state): State<AppState>) -> ApiResult<Json<ServiceStatus>> {
+    // A ComfyUI already answering on the address is adopted: a second one would only fail to bind its port.
+    let ours = state.service.status().await.status == crate::service::ServiceState::Running;
+    if !ours
+        && !matches!(*state.service, crate::service::ServiceControl::External)
+        && state.gateway.probe(PROBE_WITHIN).await
+    {
+        return Ok(Json(current_status(&state).await));
+    }
     state.service.start().await?;
     Ok(Json(current_status(&state).await))
 }

@@ -56,6 +56,9 @@ pub struct ServiceStatus {
     pub last_exit: Option<ExitRecord>,
     /// When the current state began, where the backend knows it.
     pub since: Option<String>,
+    /// A ComfyUI Orchestrator did not start answers on the configured address (started by hand, or restarted by
+    /// ComfyUI-Manager): it is used as it is, and nothing is started beside it.
+    pub adopted: bool,
 }
 
 impl ServiceStatus {
@@ -67,6 +70,7 @@ impl ServiceStatus {
             restarts: 0,
             last_exit: None,
             since: None,
+            adopted: false,
         }
     }
 }

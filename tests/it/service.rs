@@ -356,3 +356,36 @@ async fn without_a_command_or_with_an_external_comfy_start_is_refused() {
         json!({"comfy": "online", "panel": "dev", "worker": "n/a", "elapsed_ms": outcome["elapsed_ms"], "started": false, "error": null})
     );
 }
+
+#[tokio::test]
+async fn a_comfy_already_answering_is_adopted_and_nothing_else_is_started() {
+    // Someone started ComfyUI by hand on the address the supervised backend would use.
+    let running = orchestrator::testkit::fake_comfy::FakeComfy::start().await;
+    let url = running.url();
+    let command = vec![FAKE.to_owned(), running.addr().to_string()];
+    let app = TestApp::spawn_with(&url, |s| {
+        s.comfy_command = Some(serde_json::to_string(&command).unwrap());
+    })
+    .await;
+    let before = status(&app).await;
+    assert_eq!(
+        (before["status"].as_str(), before["adopted"].as_bool()),
+        (Some("running"), Some(true)),
+        "{before}"
+    );
+    let started = post(&app, "/api/system/comfy/start").await;
+    assert_eq!(started.status(), 200);
+    let after: Value = started.json().await.unwrap();
+    assert_eq!(
+        (after["adopted"].as_bool(), pid_of(&after)),
+        (Some(true), None),
+        "no child was started: {after}"
+    );
+    let ignite: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    assert_eq!(
+        (ignite["comfy"].as_str(), ignite["started"].as_bool()),
+        (Some("online"), Some(false))
+    );
+    let report = app.get_json("/api/status").await;
+    assert_eq!(report["services"]["comfy"]["adopted"], true);
+}
