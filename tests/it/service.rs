@@ -325,7 +325,9 @@ async fn logs_are_tailed_and_a_missing_log_is_a_json_404() {
 #[tokio::test]
 async fn without_a_command_or_with_an_external_comfy_start_is_refused() {
     let fake = orchestrator::testkit::fake_comfy::FakeComfy::start().await;
-    let app = TestApp::spawn(&fake.url()).await;
+    // Nothing answers where ComfyUI should be (an answering one would be adopted instead).
+    let nowhere = crate::support::closed_port().await;
+    let app = TestApp::spawn(&format!("http://{nowhere}")).await;
     let refused = post(&app, "/api/system/comfy/start").await;
     assert_eq!(refused.status(), 409);
     assert_eq!(
