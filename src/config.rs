@@ -172,6 +172,11 @@ pub struct Settings {
     )]
     pub comfy_stop_grace_secs: String,
 
+    /// How long a supervised ComfyUI may stay alive without answering its health probe before it is killed and
+    /// restarted, in seconds.
+    #[arg(long, env = "COMFY_HUNG_SECS", default_value = "60", global = true)]
+    pub comfy_hung_secs: String,
+
     /// A folder of your own workflow templates (`<name>.json` + `<name>.manifest.json`), added to the built-in ones.
     #[arg(long, env = "TEMPLATES_DIR", global = true)]
     pub templates_dir: Option<String>,
@@ -345,6 +350,8 @@ pub struct ServiceConfig {
     pub ignite_timeout: Duration,
     pub restart_delay: Duration,
     pub stop_grace: Duration,
+    /// A supervised ComfyUI failing its health probe this long is hung.
+    pub hung_after: Duration,
 }
 
 /// Settings of the Black Forest Labs (FLUX) client and its money guards.
@@ -563,6 +570,12 @@ impl Settings {
             "--comfy-stop-grace-secs",
             &self.comfy_stop_grace_secs,
             600,
+        );
+        let hung_secs = positive(
+            "COMFY_HUNG_SECS",
+            "--comfy-hung-secs",
+            &self.comfy_hung_secs,
+            86_400,
         );
         let ignite_secs = positive(
             "IGNITE_TIMEOUT_SECS",
@@ -792,6 +805,7 @@ impl Settings {
                     ignite_timeout: Duration::from_secs(ignite_secs),
                     restart_delay: Duration::from_millis(restart_ms),
                     stop_grace: Duration::from_secs(grace_secs),
+                    hung_after: Duration::from_secs(hung_secs),
                 },
                 models_dir: self
                     .models_dir
@@ -919,6 +933,7 @@ impl Config {
             ),
             ("COMFY_STOP_GRACE_SECS", secs(service.stop_grace)),
             ("IGNITE_TIMEOUT_SECS", secs(service.ignite_timeout)),
+            ("COMFY_HUNG_SECS", secs(service.hung_after)),
             ("TEMPLATES_DIR", path(&self.templates_dir)),
             ("MODELS_DIR", path(&self.models_dir)),
             ("ALLOW_GENERATION", flux.allow_generation.to_string()),

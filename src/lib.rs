@@ -179,6 +179,9 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     let state = AppState::new(config, paths, store);
     tokio::spawn(state.jobs.clone().reconcile());
     tokio::spawn(state.flux.clone().reconcile());
+    if state.service.supervisor().is_some() {
+        tokio::spawn(watch_for_hangs(state.clone()));
+    }
     Ok(state)
 }
 
@@ -251,6 +254,43 @@ pub fn run_per_core(
         state.store.close().await;
     });
     Ok(())
+}
+
+/// Probes a supervised ComfyUI while it runs; one that stays alive without answering for `COMFY_HUNG_SECS` is
+/// reported unresponsive and its process tree ended, and the restart policy brings it back.
+async fn watch_for_hangs(state: AppState) {
+    let Some(supervisor) = state.service.supervisor().cloned() else {
+        return;
+    };
+    let hung_after = state.config.service.hung_after;
+    let every = (hung_after / 4).clamp(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(5),
+    );
+    let mut watched: Option<(u32, std::time::Instant)> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let status = supervisor.status();
+        let pid = match (status.status, status.pid) {
+            (service::ServiceState::Running, Some(pid)) => pid,
+            _ => {
+                watched = None;
+                continue;
+            }
+        };
+        if watched.is_none_or(|(seen, _)| seen != pid) {
+            // A new run: it gets the whole grace period (ComfyUI takes a while to load its nodes).
+            watched = Some((pid, std::time::Instant::now()));
+        }
+        if state.gateway.probe(status::PROBE_WITHIN).await {
+            watched = Some((pid, std::time::Instant::now()));
+        } else if let Some((_, answered)) = watched
+            && answered.elapsed() >= hung_after
+        {
+            supervisor.kill_hung(pid).await;
+            watched = None;
+        }
+    }
 }
 
 /// A ComfyUI that Orchestrator runs as its child is stopped politely with it (OS-service backends keep running).

@@ -29,6 +29,8 @@ pub enum ServiceState {
     NotInstalled,
     /// It kept dying soon after each start, and restarting it was given up until someone starts it again.
     CrashLooping,
+    /// Alive but not answering its health probe for `COMFY_HUNG_SECS`: its process tree is being ended.
+    Unresponsive,
     Unknown,
 }
 

@@ -76,6 +76,8 @@ pub enum SupervisorError {
 enum Command {
     Start(oneshot::Sender<Result<(), SupervisorError>>),
     Stop(oneshot::Sender<()>),
+    /// The process with this pid is alive but hung: end its whole tree and let the restart policy act.
+    KillHung(u32),
 }
 
 /// A handle to the supervisor task; cheap to clone.
@@ -117,6 +119,11 @@ impl Supervisor {
 
     pub fn status(&self) -> ServiceStatus {
         self.status.borrow().clone()
+    }
+
+    /// Ends the process tree of the run with `pid` (if it is still the current one): it stopped answering.
+    pub async fn kill_hung(&self, pid: u32) {
+        let _ = self.commands.send(Command::KillHung(pid)).await;
     }
 }
 
@@ -170,6 +177,7 @@ impl Actor {
                         self.stop().await;
                         let _ = reply.send(());
                     }
+                    Some(Command::KillHung(pid)) => self.kill_hung(pid),
                     None => {
                         // Orchestrator is shutting down: ComfyUI goes with it.
                         self.stop().await;
@@ -367,6 +375,20 @@ impl Actor {
         };
         tracing::info!(pid, graceful, "ComfyUI stopped");
         self.publish(ServiceState::Stopped, None, Some(record));
+    }
+
+    /// A hung ComfyUI (a stopped or deadlocked process cannot answer SIGTERM): killed with its whole process group
+    /// at once; its exit is then handled like a crash, so the restart policy applies.
+    fn kill_hung(&mut self, pid: u32) {
+        let Some(run) = self.running.as_mut() else {
+            return;
+        };
+        if run.child.id() != Some(pid) {
+            return;
+        }
+        tracing::warn!(pid, "ComfyUI stopped answering: ending its process tree");
+        let _ = run.child.start_kill();
+        self.publish(ServiceState::Unresponsive, Some(pid), None);
     }
 
     /// The last lines ComfyUI wrote before it ended: why it died is usually there.

@@ -391,3 +391,40 @@ async fn a_comfy_already_answering_is_adopted_and_nothing_else_is_started() {
     let report = app.get_json("/api/status").await;
     assert_eq!(report["services"]["comfy"]["adopted"], true);
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_hung_child_is_reported_killed_with_its_tree_and_restarted() {
+    let app = supervised(&[], |s| s.comfy_hung_secs = "2".into()).await;
+    assert_eq!(post(&app, "/api/system/ignite").await.status(), 200);
+    let pid = pid_of(&status(&app).await).expect("a pid");
+    // Alive but frozen: it accepts connections (the kernel does) and never answers.
+    let frozen = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let after = wait_for_status(&app, Duration::from_secs(20), "a new ComfyUI runs", |s| {
+        s["status"] == "running" && pid_of(s).is_some_and(|p| p != pid)
+    })
+    .await;
+    let replaced = frozen.elapsed();
+    assert_eq!(
+        after["last_exit"]["signal"], 9,
+        "the hung one was killed: {after}"
+    );
+    assert!(
+        after["last_exit"]["log_tail"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+    );
+    let outcome: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    assert_eq!(outcome["comfy"], "online", "the restarted ComfyUI answers");
+    eprintln!(
+        "hung: frozen ComfyUI replaced by a healthy one after {replaced:?} (COMFY_HUNG_SECS=2)"
+    );
+    post(&app, "/api/system/comfy/stop").await;
+}

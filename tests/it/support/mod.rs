@@ -37,6 +37,7 @@ pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
         templates_dir: None,
         comfy_restart_delay_ms: "1000".into(),
         comfy_stop_grace_secs: "15".into(),
+        comfy_hung_secs: "60".into(),
         models_dir: None,
         allow_generation: "false".into(),
         bfl_api_key: None,
