@@ -136,6 +136,8 @@ struct Shared {
     /// Installed model files by folder (the recording had none).
     models: HashMap<String, Vec<String>>,
     hang: AtomicBool,
+    /// While on, runs go on but no WebSocket message is sent (a socket that stays open and goes quiet).
+    silent: AtomicBool,
     step_delay_ms: AtomicU64,
     /// When non-zero, a sampler's recorded progress is replaced by this many steps, one a millisecond.
     progress_steps: AtomicU64,
@@ -210,6 +212,7 @@ impl FakeComfy {
             object_info,
             models,
             hang: AtomicBool::new(false),
+            silent: AtomicBool::new(false),
             step_delay_ms: AtomicU64::new(2),
             progress_steps: AtomicU64::new(0),
             number: AtomicU64::new(0),
@@ -254,6 +257,11 @@ impl FakeComfy {
     /// Lets `POST /__fake/control {"exit": code}` end the whole process, as a crashing ComfyUI would.
     pub fn allow_exit_on_request(&self) {
         self.shared.exit_allowed.store(true, Ordering::SeqCst);
+    }
+
+    /// While on, the WebSocket stays open but carries nothing: runs finish and are written to the history unseen.
+    pub fn set_silent(&self, on: bool) {
+        self.shared.silent.store(on, Ordering::SeqCst);
     }
 
     /// While on, every HTTP request and upgrade is accepted and never answered.
@@ -1051,6 +1059,9 @@ fn broadcast_status(shared: &Shared) {
 
 /// Sends to one client's socket, or to every socket when `client` is `None`.
 fn send(shared: &Shared, client: Option<&str>, message: Message) {
+    if shared.silent.load(Ordering::SeqCst) {
+        return;
+    }
     let sockets = shared.sockets.lock().unwrap();
     match client {
         Some(client) => {

@@ -531,3 +531,24 @@ async fn a_websocket_dropped_mid_run_is_reopened_and_the_job_still_succeeds() {
         dropped.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_run_whose_messages_never_come_is_found_through_the_history() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    // The socket is open and greeted; after that ComfyUI says nothing about the run, which still finishes.
+    let started = Instant::now();
+    fake.set_silent(true);
+    let created: Value = submit(&app, json!({ "workflow": workflow(22) }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let done = wait_for_job(&app, &id, Duration::from_secs(30), "succeeded").await;
+    assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
+    eprintln!(
+        "silent run: recorded as succeeded {:?} after submit (silence check at 15 s)",
+        started.elapsed()
+    );
+}
