@@ -74,6 +74,9 @@ pub struct Jobs {
     events: broadcast::Sender<JobEvent>,
     /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
     followers: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    /// Jobs recorded while no ComfyUI answered, oldest first, to send when one does.
+    waiting: Arc<Mutex<Vec<String>>>,
+    dispatcher_running: Arc<std::sync::atomic::AtomicBool>,
     /// When each running job last sent a progress event, for coalescing.
     last_progress: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     /// When this process began: only jobs recorded before it are reconciled. A job this process records is its own
@@ -95,6 +98,8 @@ impl Jobs {
             events,
             followers: Arc::default(),
             last_progress: Arc::default(),
+            waiting: Arc::default(),
+            dispatcher_running: Arc::default(),
             started_at: super::model::now(),
         }
     }
@@ -149,6 +154,26 @@ impl Jobs {
         uploads: Vec<Upload>,
     ) -> Result<Job, JobError> {
         let Some(gateway) = self.choose_backend().await else {
+            // No ComfyUI answers: a job without input images waits in Orchestrator's own queue and goes out when
+            // one comes online (after Ignite, say). Images must go to the ComfyUI that runs the job, so such a
+            // job is refused instead of being held with its data.
+            if uploads.is_empty() {
+                let new = NewJob {
+                    backend: "comfy",
+                    template,
+                    params,
+                    workflow: &workflow,
+                    backend_url: None,
+                };
+                let job = self.store.insert_job(new).await?;
+                self.waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(job.id.clone());
+                self.start_dispatcher();
+                tracing::info!(job = %job.id, "no ComfyUI answers: the job waits in the queue");
+                return Ok(job);
+            }
             let upstream = self
                 .backends
                 .iter()
@@ -186,6 +211,86 @@ impl Jobs {
         };
         let job = self.store.insert_job(new).await?;
         self.send_to_comfy(job, &workflow).await
+    }
+
+    /// Starts the task that sends waiting jobs, unless it runs already.
+    fn start_dispatcher(&self) {
+        use std::sync::atomic::Ordering;
+        if self.dispatcher_running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DISPATCH_EVERY).await;
+                if jobs.dispatch_waiting().await {
+                    jobs.dispatcher_running.store(false, Ordering::SeqCst);
+                    // A job queued between the last look and the flag: look once more.
+                    if jobs
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_empty()
+                        || jobs.dispatcher_running.swap(true, Ordering::SeqCst)
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Sends waiting jobs, in order, while a ComfyUI answers; answers whether none is left waiting.
+    async fn dispatch_waiting(&self) -> bool {
+        loop {
+            let Some(id) = self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .first()
+                .cloned()
+            else {
+                return true;
+            };
+            let job = match self.store.job(&id).await {
+                Ok(Some(job)) if job.status == JobStatus::Queued => job,
+                // Cancelled meanwhile, or gone.
+                _ => {
+                    self.waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|w| *w != id);
+                    continue;
+                }
+            };
+            let Some(gateway) = self.choose_backend().await else {
+                return false;
+            };
+            let origin = gateway.backend().origin();
+            if let Err(error) = self.store.set_backend_url(&id, &origin).await {
+                tracing::error!(job = %id, %error, "cannot record where a waiting job goes");
+                return false;
+            }
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|w| *w != id);
+            let workflow = self
+                .store
+                .workflow(&id)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(Value::Null);
+            let job = Job {
+                backend_url: Some(origin),
+                ..job
+            };
+            tracing::info!(job = %id, backend = ?job.backend_url, "a ComfyUI answers: sending a waiting job");
+            if let Err(error) = self.send_to_comfy(job, &workflow).await {
+                tracing::warn!(job = %id, %error, "sending a waiting job failed");
+            }
+        }
     }
 
     /// Posts a recorded job's workflow to ComfyUI and starts following it.
@@ -520,6 +625,9 @@ impl Jobs {
         }
     }
 }
+
+/// How often waiting jobs look for a ComfyUI that answers.
+const DISPATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// At most this often a progress event per job: a 1,000-step sampler sends about 4 a second, not 1,000.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);

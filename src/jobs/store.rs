@@ -251,6 +251,16 @@ impl Store {
         Ok(())
     }
 
+    /// Where a job that waited for a backend was sent.
+    pub async fn set_backend_url(&self, id: &str, backend_url: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET backend_url = ? WHERE id = ?")
+            .bind(backend_url)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Jobs not finished: what a restart must reconcile.
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(concat!(

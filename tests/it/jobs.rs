@@ -400,15 +400,21 @@ async fn a_job_goes_to_the_online_backend_with_the_shortest_queue() {
         "an offline backend is skipped"
     );
 
+    // Input images must go to the ComfyUI that runs the job: with none answering, such a job is refused whole.
     let app = TestApp::spawn(&format!("http://{down}")).await;
-    let refused = submit(&app, json!({ "workflow": workflow(14) })).await;
+    let image = format!(
+        "data:image/png;base64,{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, OUTPUT_PNG)
+    );
+    let params = json!({ "prompt": "x", "image": image });
+    let refused = submit(&app, json!({ "template": "sdxl-i2i", "params": params })).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(error_code(&refused.json().await.unwrap()), "comfy_offline");
     let listed: Value = app.get_json("/api/jobs").await;
     assert_eq!(
         listed["jobs"],
         json!([]),
-        "nothing recorded when no ComfyUI can take it"
+        "nothing recorded when no ComfyUI can take its images"
     );
 }
 
@@ -550,5 +556,37 @@ async fn a_run_whose_messages_never_come_is_found_through_the_history() {
     eprintln!(
         "silent run: recorded as succeeded {:?} after submit (silence check at 15 s)",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn jobs_wait_in_orchestrators_queue_until_a_comfy_comes_online() {
+    // The port is taken but nothing answers yet: ComfyUI is still starting.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = TestApp::spawn(&format!("http://{addr}")).await;
+    let mut ids = Vec::new();
+    for colour in [31, 32] {
+        let response = submit(&app, json!({ "workflow": workflow(colour) })).await;
+        assert_eq!(response.status(), 202);
+        let created: Value = response.json().await.unwrap();
+        assert_eq!(created["status"], "queued");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let online = Instant::now();
+    let fake = FakeComfy::start_on(listener);
+    for id in &ids {
+        let done = wait_for_job(&app, id, Duration::from_secs(30), "succeeded").await;
+        assert_eq!(done["backend_url"], fake.url().as_str());
+    }
+    let prompts = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/prompt")
+        .count();
+    assert_eq!(prompts, 2, "each waiting job was sent once");
+    eprintln!(
+        "queue: 2 waiting jobs done {:?} after ComfyUI came online",
+        online.elapsed()
     );
 }
