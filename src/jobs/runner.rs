@@ -1014,6 +1014,50 @@ impl Follower {
         false
     }
 
+    /// The backend died with this job still waiting in its queue (never started): it is sent once to another
+    /// online backend, recorded as a `resubmitted` event. A job that had started is not: it may have done work.
+    async fn fail_over(&self) -> bool {
+        let store = &self.jobs.store;
+        let Ok(Some(job)) = store.job(&self.job_id).await else {
+            return false;
+        };
+        if job.status != JobStatus::Submitted {
+            return false;
+        }
+        let history = store
+            .job_events_after(&self.job_id, 0, 10_000)
+            .await
+            .unwrap_or_default();
+        if history.iter().any(|e| e.kind == "resubmitted") {
+            return false;
+        }
+        let dead = self.gateway.backend().origin();
+        let Some(other) = self.jobs.choose_backend().await.cloned() else {
+            return false;
+        };
+        let origin = other.backend().origin();
+        if origin == dead || store.set_backend_url(&self.job_id, &origin).await.is_err() {
+            return false;
+        }
+        self.jobs
+            .change(&self.job_id, "resubmitted", JobChange::default())
+            .await;
+        tracing::warn!(job = %self.job_id, from = %dead, to = %origin, "ComfyUI died before the job started: sent to another");
+        let workflow = store
+            .workflow(&self.job_id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Value::Null);
+        let Ok(Some(job)) = store.job(&self.job_id).await else {
+            return false;
+        };
+        if let Err(error) = self.jobs.send_to_comfy(job, &workflow).await {
+            tracing::warn!(job = %self.job_id, %error, "resubmitting to another ComfyUI failed");
+        }
+        true
+    }
+
     async fn resolve_without_socket(&self) {
         if self.history_entry().await.is_some() {
             return self.collect_outputs().await;
@@ -1034,7 +1078,12 @@ impl Follower {
                     "ComfyUI no longer knows the job (it was restarted?)"
                 }
             }
-            Err(_) => "ComfyUI stopped answering while the job ran",
+            Err(_) => {
+                if self.fail_over().await {
+                    return;
+                }
+                "ComfyUI stopped answering while the job ran"
+            }
         };
         self.jobs.lose(&self.job_id, "backend_lost", reason).await;
     }

@@ -590,3 +590,79 @@ async fn jobs_wait_in_orchestrators_queue_until_a_comfy_comes_online() {
         online.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_a_dead_backend_never_started_go_to_another_once_and_the_running_one_is_lost() {
+    let first = FakeComfy::start().await;
+    first.set_step_delay(Duration::from_millis(3000));
+    let second = FakeComfy::start().await;
+    let app = TestApp::spawn_with(&format!("{},{}", first.url(), second.url()), |s| {
+        s.comfy_read_timeout_secs = "2".into();
+    })
+    .await;
+    // The second is busy answering nothing while the jobs are handed out, so all four go to the first.
+    second.set_hang(true);
+    let mut ids = Vec::new();
+    for colour in 41..45 {
+        let created: Value = submit(&app, json!({ "workflow": workflow(colour) }))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    second.set_hang(false);
+    wait_for_job(&app, &ids[0], Duration::from_secs(10), "running").await;
+    for id in &ids[1..] {
+        assert_eq!(
+            job(&app, id).await["status"],
+            "submitted",
+            "waiting in the first ComfyUI's queue"
+        );
+    }
+    let died = Instant::now();
+    // Dead to its clients: its sockets closed, nothing answered any more.
+    first.set_hang(true);
+    first.close_sockets(1001, "going away");
+
+    let lost = wait_for_job(&app, &ids[0], Duration::from_secs(30), "backend_lost").await;
+    // It had started: it may have done work, so it is not sent again; the reason is kept.
+    assert!(
+        lost["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{lost}"
+    );
+    assert_eq!(lost["backend_url"], first.url().as_str());
+    assert!(lost["outputs"].as_array().unwrap().is_empty());
+    for id in &ids[1..] {
+        let done = wait_for_job(&app, id, Duration::from_secs(30), "succeeded").await;
+        assert_eq!(done["backend_url"], second.url().as_str());
+    }
+    eprintln!(
+        "failover: 3 waiting jobs finished on the second ComfyUI {:?} after the first died",
+        died.elapsed()
+    );
+    let prompts: Vec<_> = second
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/prompt")
+        .collect();
+    assert_eq!(prompts.len(), 3, "the second received each job once");
+    // The move is in each job's history of events.
+    let history = app
+        .http
+        .get(app.url(&format!("/api/jobs/{}/events", ids[1])))
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        history.matches("event: resubmitted").count(),
+        1,
+        "{history}"
+    );
+}
