@@ -180,7 +180,17 @@ async fn local_api_with(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(StatusCode, Value), String> {
-    let response = local_request(config, method, path, body).await?;
+    local_api_with_headers(config, method, path, body, &[]).await
+}
+
+async fn local_api_with_headers(
+    config: &Config,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> Result<(StatusCode, Value), String> {
+    let response = local_request_with_headers(config, method, path, body, headers).await?;
     let status = response.status();
     let body = response
         .into_body()
@@ -192,42 +202,6 @@ async fn local_api_with(
 }
 
 /// Sends a request to the running server; the answer's body is left to the caller (it may be a stream).
-async fn local_request(
-    config: &Config,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<http::Response<hyper::body::Incoming>, String> {
-    local_request_with_headers(config, method, path, body, &[]).await
-}
-
-/// The paid FLUX call, under an idempotency key.
-async fn local_request_with_key(
-    config: &Config,
-    body: &Value,
-    key: &str,
-) -> Result<(StatusCode, Value), String> {
-    let response = local_request_with_headers(
-        config,
-        Method::POST,
-        "/api/flux/generate",
-        Some(body),
-        &[("idempotency-key", key)],
-    )
-    .await?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
-}
-
 async fn local_request_with_headers(
     config: &Config,
     method: Method,
@@ -401,7 +375,14 @@ async fn generate_flux(config: &Config, request: GenerateRequest) -> Result<Stri
     body.insert("dryRun".into(), Value::Bool(false));
     body.insert("confirmToken".into(), dry["confirmToken"].clone());
     let key = uuid::Uuid::new_v4().to_string();
-    let (status, answer) = local_request_with_key(config, &Value::Object(body), &key).await?;
+    let (status, answer) = local_api_with_headers(
+        config,
+        Method::POST,
+        "/api/flux/generate",
+        Some(&Value::Object(body)),
+        &[("idempotency-key", &key)],
+    )
+    .await?;
     if !status.is_success() {
         return Err(describe_error(&answer));
     }

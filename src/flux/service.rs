@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::jobs::model::{Job, JobStatus, OutputFile};
 use crate::jobs::runner::{Jobs, finished};
 use crate::jobs::store::{
-    ChargeState, IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError,
+    IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError,
 };
 
 /// Keys are remembered this long (Stripe keeps them 24 hours).
@@ -346,7 +346,7 @@ impl Flux {
                     ..Default::default()
                 };
                 jobs.change(&job.id, "state", change).await;
-                if let Err(error) = store.settle_charge(&job.id, ChargeState::Spent).await {
+                if let Err(error) = store.mark_charge_spent(&job.id).await {
                     tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
                 }
                 tracing::info!(job = %job.id, model, provider_id = %id, "FLUX task submitted");
@@ -601,11 +601,7 @@ impl Flux {
             match job.provider_id.clone() {
                 Some(provider_id) => {
                     // A stop between storing the provider id and settling the charge leaves it reserved.
-                    if let Err(error) = self
-                        .store()
-                        .settle_charge(&job.id, ChargeState::Spent)
-                        .await
-                    {
+                    if let Err(error) = self.store().mark_charge_spent(&job.id).await {
                         tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
                     }
                     tracing::info!(job = %job.id, "polling a FLUX task again after a restart");

@@ -16,6 +16,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::model::{Job, JobStatus};
 use crate::jobs::runner::{JobError, Upload, safe_file_name};
+use crate::jobs::store::StoredEvent;
 use crate::jobs::templates::ParamKind;
 
 #[derive(Debug, Deserialize)]
@@ -309,6 +310,34 @@ fn is_final(job: &Value) -> bool {
         .is_some_and(JobStatus::is_final)
 }
 
+fn by_job(event: &StoredEvent) -> i64 {
+    event.job_seq
+}
+
+fn by_seq(event: &StoredEvent) -> i64 {
+    event.seq
+}
+
+/// Sends stored events in order, numbered by `number`; answers the last number sent, or `None` when the stream
+/// must end: the client left, or (with `end_on_final`) the job's final state was sent.
+fn send_stored(
+    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+    events: Vec<StoredEvent>,
+    mut last: i64,
+    number: fn(&StoredEvent) -> i64,
+    end_on_final: bool,
+) -> Option<i64> {
+    for stored in events {
+        last = number(&stored);
+        if tx.send(numbered(last, &stored.kind, &stored.job)).is_err()
+            || (end_on_final && is_final(&stored.job))
+        {
+            return None;
+        }
+    }
+    Some(last)
+}
+
 /// How many stored events one reconnect replays at most.
 const REPLAY_LIMIT: u32 = 10_000;
 
@@ -339,19 +368,11 @@ pub async fn events(
         };
         let mut last = match resume {
             Some(after) => {
-                let mut last = after;
-                for stored in replay(after).await {
-                    last = stored.job_seq;
-                    if tx
-                        .send(numbered(stored.job_seq, &stored.kind, &stored.job))
-                        .is_err()
-                        || is_final(&stored.job)
-                    {
-                        return;
-                    }
-                }
-                if job.status.is_final() && last >= after {
-                    // Nothing more will come; a final state was already delivered before the reconnect.
+                let Some(last) = send_stored(&tx, replay(after).await, after, by_job, true) else {
+                    return;
+                };
+                if job.status.is_final() {
+                    // Nothing more will come; the final state was delivered before the reconnect.
                     return;
                 }
                 last
@@ -380,15 +401,9 @@ pub async fn events(
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
                     // Too slow a reader: what it missed is read back from the store, in order.
-                    for stored in replay(last).await {
-                        last = stored.job_seq;
-                        if tx
-                            .send(numbered(stored.job_seq, &stored.kind, &stored.job))
-                            .is_err()
-                            || is_final(&stored.job)
-                        {
-                            return;
-                        }
+                    match send_stored(&tx, replay(last).await, last, by_job, true) {
+                        Some(sent) => last = sent,
+                        None => return,
                     }
                 }
                 Err(RecvError::Closed) => return,
@@ -411,25 +426,22 @@ pub async fn all_events(
     let resume = resume_from(&headers, &query);
     let stream = async_stream(move |tx| async move {
         // A new client starts from now; a returning one from where it left off.
+        let replay = |after: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .events_after(after, REPLAY_LIMIT)
+                    .await
+                    .unwrap_or_default()
+            }
+        };
         let mut last = match resume {
-            Some(after) => after,
+            Some(after) => match send_stored(&tx, replay(after).await, after, by_seq, false) {
+                Some(last) => last,
+                None => return,
+            },
             None => store.last_event().await.unwrap_or(0),
         };
-        if let Some(after) = resume {
-            for stored in store
-                .events_after(after, REPLAY_LIMIT)
-                .await
-                .unwrap_or_default()
-            {
-                last = stored.seq;
-                if tx
-                    .send(numbered(stored.seq, &stored.kind, &stored.job))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
         loop {
             match changes.recv().await {
                 Ok(change) if change.seq > last => {
@@ -443,18 +455,9 @@ pub async fn all_events(
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
-                    for stored in store
-                        .events_after(last, REPLAY_LIMIT)
-                        .await
-                        .unwrap_or_default()
-                    {
-                        last = stored.seq;
-                        if tx
-                            .send(numbered(stored.seq, &stored.kind, &stored.job))
-                            .is_err()
-                        {
-                            return;
-                        }
+                    match send_stored(&tx, replay(last).await, last, by_seq, false) {
+                        Some(sent) => last = sent,
+                        None => return,
                     }
                 }
                 Err(RecvError::Closed) => return,

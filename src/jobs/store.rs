@@ -454,16 +454,8 @@ impl Store {
     /// see the same room left; with an idempotency key the key is claimed in the same transaction.
     pub async fn reserve_paid_job(&self, paid: PaidJob<'_>) -> Result<Reservation, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (spent, reserved): (i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(SUM(CASE WHEN state = 'spent' THEN amount_micros END), 0), \
-                    COALESCE(SUM(CASE WHEN state = 'reserved' THEN amount_micros END), 0) \
-             FROM charges WHERE day = ?",
-        )
-        .bind(paid.day)
-        .fetch_one(&mut *tx)
-        .await?;
-        let usage = BudgetUsage { spent, reserved };
-        if spent + reserved + paid.cost_micros > paid.budget_micros {
+        let usage = day_usage(&mut *tx, paid.day).await?;
+        if usage.spent + usage.reserved + paid.cost_micros > paid.budget_micros {
             tx.rollback().await?;
             return Ok(Reservation::OverBudget(usage));
         }
@@ -528,14 +520,13 @@ impl Store {
         Ok(Reservation::Reserved(Box::new(job)))
     }
 
-    /// Settles a reserved charge: `spent` once the provider took the task, `released` when it certainly did not.
-    /// A charge already settled stays as it is.
-    pub async fn settle_charge(&self, job_id: &str, state: ChargeState) -> Result<(), StoreError> {
+    /// A reserved charge becomes `spent` once the provider took the task (a task it certainly did not take is
+    /// released by [`Store::release_paid_job`]). A charge already settled stays as it is.
+    pub async fn mark_charge_spent(&self, job_id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE charges SET state = ?2, updated_at = ?3 WHERE job_id = ?1 AND state = 'reserved'",
+            "UPDATE charges SET state = 'spent', updated_at = ?2 WHERE job_id = ?1 AND state = 'reserved'",
         )
         .bind(job_id)
-        .bind(state.as_str())
         .bind(now())
         .execute(&self.pool)
         .await?;
@@ -567,15 +558,7 @@ impl Store {
 
     /// What the day's paid jobs spent and hold reserved, in millionths of a dollar.
     pub async fn budget_usage(&self, day: &str) -> Result<BudgetUsage, StoreError> {
-        let (spent, reserved): (i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(SUM(CASE WHEN state = 'spent' THEN amount_micros END), 0), \
-                    COALESCE(SUM(CASE WHEN state = 'reserved' THEN amount_micros END), 0) \
-             FROM charges WHERE day = ?",
-        )
-        .bind(day)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(BudgetUsage { spent, reserved })
+        day_usage(&self.pool, day).await
     }
 
     /// The record of an idempotency key younger than `since`, if one was claimed.
@@ -646,6 +629,22 @@ impl Store {
 /// fingerprint, job id, response status, response body.
 type IdempotencyRow = (String, Option<String>, Option<i64>, Option<String>);
 
+/// The day's spent and reserved sums, on the pool or inside a transaction.
+async fn day_usage<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    day: &str,
+) -> Result<BudgetUsage, StoreError> {
+    let (spent, reserved): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(CASE WHEN state = 'spent' THEN amount_micros END), 0), \
+                COALESCE(SUM(CASE WHEN state = 'reserved' THEN amount_micros END), 0) \
+         FROM charges WHERE day = ?",
+    )
+    .bind(day)
+    .fetch_one(executor)
+    .await?;
+    Ok(BudgetUsage { spent, reserved })
+}
+
 /// A paid job to record, with its price and the budget it must fit in.
 pub struct PaidJob<'a> {
     pub job: NewJob<'a>,
@@ -675,21 +674,6 @@ pub enum Reservation {
 pub struct BudgetUsage {
     pub spent: i64,
     pub reserved: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChargeState {
-    Spent,
-    Released,
-}
-
-impl ChargeState {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Spent => "spent",
-            Self::Released => "released",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -525,13 +525,6 @@ async fn a_websocket_dropped_mid_run_is_reopened_and_the_job_still_succeeds() {
     fake.close_sockets(1001, "going away");
     let done = wait_for_job(&app, &id, Duration::from_secs(20), "succeeded").await;
     assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
-    let client = format!("orchestrator-{id}");
-    let rejoined = fake
-        .connected_clients()
-        .iter()
-        .filter(|c| **c == client)
-        .count();
-    assert!(rejoined <= 1);
     eprintln!(
         "socket dropped mid-run: job succeeded {:?} later",
         dropped.elapsed()
