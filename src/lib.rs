@@ -93,7 +93,12 @@ impl AppState {
                 )
             })
             .collect();
-        let jobs = jobs::runner::Jobs::new(store.clone(), backends, paths.outputs());
+        let mut jobs = jobs::runner::Jobs::new(store.clone(), backends, paths.outputs());
+        if let (Some(supervisor), Some(first)) =
+            (service.supervisor(), config.comfy.backends.first())
+        {
+            jobs = jobs.with_supervised(first.origin(), supervisor.subscribe());
+        }
         let templates = Arc::new(load_templates(&config));
         let flux = flux::service::Flux::new(config.flux.clone(), jobs.clone());
         let v0 = v0::V0Gateway::new(config.v0.clone());

@@ -1,7 +1,9 @@
 //! A fake ComfyUI as a program: for the benchmark, the browser tests, and as the child process the service tests
 //! supervise (the integration tests also run it in-process).
 //!
-//! `fake-comfyui [ADDR] [--startup-delay-ms N] [--exit-immediately CODE] [--ignore-sigterm]`
+//! `fake-comfyui [ADDR] [--startup-delay-ms N] [--exit-immediately CODE] [--ignore-sigterm] [--spawn-child]`
+//! (`--spawn-child`: starts a long `sleep` of its own and prints its pid, as ComfyUI's custom nodes start helper
+//! processes, so tests can see that ending ComfyUI ends its whole tree)
 //! (default address `127.0.0.1:8188`). Switches at `POST /__fake/control {"hang": bool, "step_delay_ms": n,
 //! "exit": code}`.
 
@@ -13,6 +15,7 @@ use orchestrator::testkit::fake_comfy::FakeComfy;
 async fn main() {
     let mut addr = "127.0.0.1:8188".to_owned();
     let (mut delay_ms, mut exit_code, mut ignore_sigterm) = (0u64, None::<i32>, false);
+    let mut spawn_child = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -21,6 +24,7 @@ async fn main() {
             }
             "--exit-immediately" => exit_code = args.next().and_then(|v| v.parse().ok()),
             "--ignore-sigterm" => ignore_sigterm = true,
+            "--spawn-child" => spawn_child = true,
             other => addr = other.to_owned(),
         }
     }
@@ -30,6 +34,15 @@ async fn main() {
         eprintln!("fake-comfyui: crashing at start-up with code {code}");
         std::process::exit(code);
     }
+    // Kept for the life of the process: dropping a std Child neither kills nor waits for it.
+    let _helper = spawn_child.then(|| {
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("fake-comfyui: cannot start its helper process");
+        println!("fake-comfyui: helper process pid {}", child.id());
+        child
+    });
     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(listener) => listener,

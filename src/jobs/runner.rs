@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::model::{Job, JobStatus, OutputFile};
@@ -23,6 +23,7 @@ use super::store::{JobChange, NewJob, Store, StoreError};
 use crate::comfy::proxy::ComfyGateway;
 use crate::comfy::ws;
 use crate::error::ApiError;
+use crate::service::{ExitRecord, ServiceState, ServiceStatus};
 
 /// An input image to upload before the job is submitted.
 pub struct Upload {
@@ -82,7 +83,23 @@ pub struct Jobs {
     /// When this process began: only jobs recorded before it are reconciled. A job this process records is its own
     /// to submit and follow, even in the moment between being recorded and being followed.
     started_at: String,
+    /// The ComfyUI Orchestrator supervises, when it does: a job that dies with it carries its exit record (code or
+    /// signal, uptime, last log lines) in its error, so the user sees why without opening the log.
+    supervised: Option<SupervisedBackend>,
+    /// Held from numbering an event to broadcasting it, so listeners get events in number order: `/api/events`
+    /// skips anything numbered below what it has sent, and would lose an event that overtook another.
+    event_order: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// The supervised ComfyUI's address and its live status.
+#[derive(Clone)]
+struct SupervisedBackend {
+    origin: String,
+    status: watch::Receiver<ServiceStatus>,
+}
+
+/// How long a lost job waits for the supervisor to record the exit that took it down.
+const EXIT_RECORD_WAIT: Duration = Duration::from_secs(4);
 
 impl Jobs {
     pub fn new(store: Store, backends: Vec<ComfyGateway>, outputs: PathBuf) -> Self {
@@ -101,6 +118,61 @@ impl Jobs {
             waiting: Arc::default(),
             dispatcher_running: Arc::default(),
             started_at: super::model::now(),
+            supervised: None,
+            event_order: Arc::default(),
+        }
+    }
+
+    /// Tells the job service which backend Orchestrator supervises (`origin`), and where its status is published.
+    pub fn with_supervised(
+        mut self,
+        origin: String,
+        status: watch::Receiver<ServiceStatus>,
+    ) -> Self {
+        self.supervised = Some(SupervisedBackend { origin, status });
+        self
+    }
+
+    /// The exit of the supervised ComfyUI that ended this job's run, if it was one: waits a moment for the
+    /// supervisor, which records an exit only after the process and its output are gone.
+    async fn exit_that_ended(&self, id: &str) -> Option<ExitRecord> {
+        let supervised = self.supervised.as_ref()?;
+        let job = self.store.job(id).await.ok()??;
+        if job.backend_url.as_deref() != Some(supervised.origin.as_str()) {
+            return None;
+        }
+        let began = job.started_at.as_deref().unwrap_or(&job.created_at);
+        let began = chrono::DateTime::parse_from_rfc3339(began).ok()?.to_utc();
+        let ended_it = |status: &ServiceStatus| {
+            status
+                .last_exit
+                .as_ref()
+                .filter(|exit| exit.at >= began)
+                .cloned()
+        };
+        let now = supervised.status.borrow().clone();
+        if let Some(exit) = ended_it(&now) {
+            return Some(exit);
+        }
+        let same_run_alive = now.status == ServiceState::Running
+            && now
+                .since
+                .as_deref()
+                .and_then(|since| chrono::DateTime::parse_from_rfc3339(since).ok())
+                .is_some_and(|since| since.to_utc() <= began);
+        let never_ran = now.status == ServiceState::Stopped && now.last_exit.is_none();
+        if same_run_alive || never_ran {
+            return None;
+        }
+        let mut status = supervised.status.clone();
+        let found = tokio::time::timeout(
+            EXIT_RECORD_WAIT,
+            status.wait_for(|status| ended_it(status).is_some()),
+        )
+        .await;
+        match found {
+            Ok(Ok(status)) => ended_it(&status),
+            _ => None,
         }
     }
 
@@ -566,7 +638,11 @@ impl Jobs {
 
     /// The backend no longer has the job: `backend_lost`, with why.
     pub(crate) async fn lose(&self, id: &str, code: &str, message: &str) {
-        let error = json!({ "code": code, "message": message });
+        let mut error = json!({ "code": code, "message": message });
+        if let Some(exit) = self.exit_that_ended(id).await {
+            error["message"] = json!(format!("{message}: ComfyUI {}", describe_exit(&exit)));
+            error["exit"] = json!(exit);
+        }
         self.change(
             id,
             "state",
@@ -612,6 +688,7 @@ impl Jobs {
                 last.insert(id.to_owned(), now);
             }
         }
+        let _in_order = self.event_order.lock().await;
         match self.store.insert_event(kind, &job).await {
             Ok(stored) => {
                 let _ = self.events.send(JobEvent {
@@ -624,6 +701,19 @@ impl Jobs {
             Err(error) => tracing::error!(job = id, %error, "cannot record a job event"),
         }
     }
+}
+
+/// "was killed by signal 9 after 12.3 s", for a job's error message.
+fn describe_exit(exit: &ExitRecord) -> String {
+    let how = match (exit.cause, exit.signal, exit.code) {
+        (crate::service::ExitCause::Unresponsive, _, _) => {
+            "stopped answering and was ended".to_owned()
+        }
+        (_, Some(signal), _) => format!("was killed by signal {signal}"),
+        (_, None, Some(code)) => format!("exited with code {code}"),
+        (_, None, None) => "exited".to_owned(),
+    };
+    format!("{how} after {:.1} s", exit.uptime_ms as f64 / 1000.0)
 }
 
 /// How often waiting jobs look for a ComfyUI that answers.

@@ -34,9 +34,22 @@ pub enum ServiceState {
     Unknown,
 }
 
+/// Why a run ended, as far as the supervisor knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitCause {
+    /// It ended by itself (a crash, or killed from outside).
+    Exited,
+    /// It was asked to stop.
+    Stopped,
+    /// It stopped answering its health probe and its process tree was ended.
+    Unresponsive,
+}
+
 /// How the last run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExitRecord {
+    pub cause: ExitCause,
     /// The exit code, when the process exited by itself.
     pub code: Option<i32>,
     /// The signal that ended it (Unix).

@@ -21,7 +21,7 @@ use process_wrap::tokio::{ChildWrapper, CommandWrap};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{ExitRecord, LaunchSpec, ServiceState, ServiceStatus};
+use super::{ExitCause, ExitRecord, LaunchSpec, ServiceState, ServiceStatus};
 
 /// When to restart and when to give up.
 #[derive(Debug, Clone)]
@@ -121,6 +121,11 @@ impl Supervisor {
         self.status.borrow().clone()
     }
 
+    /// The status as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<ServiceStatus> {
+        self.status.clone()
+    }
+
     /// Ends the process tree of the run with `pid` (if it is still the current one): it stopped answering.
     pub async fn kill_hung(&self, pid: u32) {
         let _ = self.commands.send(Command::KillHung(pid)).await;
@@ -148,6 +153,8 @@ struct Actor {
     /// Quick exits in a row, for the back-off.
     consecutive_quick: u32,
     restarts: u32,
+    /// The pid of a run ended because it hung, so its exit is recorded as such.
+    hung: Option<u32>,
 }
 
 impl Actor {
@@ -161,6 +168,7 @@ impl Actor {
             restart_at: None,
             quick_exits: VecDeque::new(),
             consecutive_quick: 0,
+            hung: None,
             restarts: 0,
         }
     }
@@ -274,7 +282,7 @@ impl Actor {
     async fn exited(&mut self, exit: std::io::Result<ExitStatus>) {
         let Some(mut run) = self.running.take() else {
             // A failed restart: count it like a quick exit.
-            self.after_exit(Duration::ZERO, None);
+            self.after_exit(Duration::ZERO, None, ExitCause::Exited);
             return;
         };
         // What ComfyUI started dies with it, so nothing holds its port or the GPU.
@@ -286,11 +294,18 @@ impl Actor {
         }
         let uptime = run.started.elapsed();
         let status = exit.ok();
-        self.after_exit(uptime, status);
+        // Set only by a hang kill of this run (a new run clears nothing: every exit takes it).
+        let cause = if self.hung.take().is_some() {
+            ExitCause::Unresponsive
+        } else {
+            ExitCause::Exited
+        };
+        self.after_exit(uptime, status, cause);
     }
 
-    fn after_exit(&mut self, uptime: Duration, status: Option<ExitStatus>) {
+    fn after_exit(&mut self, uptime: Duration, status: Option<ExitStatus>, cause: ExitCause) {
         let record = ExitRecord {
+            cause,
             code: status.and_then(|s| s.code()),
             signal: status.and_then(signal_of),
             at: Utc::now(),
@@ -301,6 +316,7 @@ impl Actor {
             code = record.code,
             signal = record.signal,
             uptime_ms = record.uptime_ms,
+            ?cause,
             "ComfyUI exited"
         );
         let now = Instant::now();
@@ -338,6 +354,7 @@ impl Actor {
     /// Asks ComfyUI's process group to stop, forces it after the grace period, and cancels pending restarts.
     async fn stop(&mut self) {
         self.restart_at = None;
+        self.hung = None;
         let Some(mut run) = self.running.take() else {
             let status = self.status.borrow().status;
             if status != ServiceState::Stopped {
@@ -367,6 +384,7 @@ impl Actor {
             .ok()
             .and_then(Result::ok);
         let record = ExitRecord {
+            cause: ExitCause::Stopped,
             code: status.and_then(|s| s.code()),
             signal: status.and_then(signal_of),
             at: Utc::now(),
@@ -387,6 +405,7 @@ impl Actor {
             return;
         }
         tracing::warn!(pid, "ComfyUI stopped answering: ending its process tree");
+        self.hung = Some(pid);
         let _ = run.child.start_kill();
         self.publish(ServiceState::Unresponsive, Some(pid), None);
     }

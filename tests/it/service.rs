@@ -14,7 +14,14 @@ async fn supervised(
     extra: &[&str],
     adjust: impl FnOnce(&mut orchestrator::config::Settings),
 ) -> TestApp {
-    let port = free_port().await;
+    supervised_on(free_port().await, extra, adjust).await
+}
+
+async fn supervised_on(
+    port: std::net::SocketAddr,
+    extra: &[&str],
+    adjust: impl FnOnce(&mut orchestrator::config::Settings),
+) -> TestApp {
     let mut command = vec![FAKE.to_owned(), port.to_string()];
     command.extend(extra.iter().map(|s| (*s).to_owned()));
     TestApp::spawn_with(&format!("http://{port}"), |s| {
@@ -393,11 +400,57 @@ async fn a_comfy_already_answering_is_adopted_and_nothing_else_is_started() {
 }
 
 #[cfg(unix)]
+/// The pid of the helper process `fake-comfyui --spawn-child` started, read from ComfyUI's log.
+async fn helper_pid(app: &TestApp, not: Option<u32>) -> u32 {
+    let found = std::cell::Cell::new(None);
+    let found = &found;
+    wait_until(
+        Duration::from_secs(10),
+        "the helper's pid in the log",
+        || async move {
+            let log = app
+                .get_json("/api/logs/comfy?lines=500&missing=empty")
+                .await;
+            let pid = log["lines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .rev()
+                .filter_map(|line| {
+                    line.as_str()?
+                        .split("helper process pid ")
+                        .nth(1)?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .find(|pid| Some(*pid) != not);
+            found.set(pid);
+            pid.is_some()
+        },
+    )
+    .await;
+    found.get().unwrap()
+}
+
+/// Gone, or a zombie nobody reaps (inside a container, PID 1 may not).
+fn process_is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
 #[tokio::test]
 async fn a_hung_child_is_reported_killed_with_its_tree_and_restarted() {
-    let app = supervised(&[], |s| s.comfy_hung_secs = "2".into()).await;
+    let app = supervised(&["--spawn-child"], |s| s.comfy_hung_secs = "2".into()).await;
     assert_eq!(post(&app, "/api/system/ignite").await.status(), 200);
     let pid = pid_of(&status(&app).await).expect("a pid");
+    let helper = helper_pid(&app, None).await;
+    assert!(!process_is_dead(helper), "the helper runs beside ComfyUI");
     // Alive but frozen: it accepts connections (the kernel does) and never answers.
     let frozen = std::time::Instant::now();
     assert!(
@@ -413,6 +466,10 @@ async fn a_hung_child_is_reported_killed_with_its_tree_and_restarted() {
     .await;
     let replaced = frozen.elapsed();
     assert_eq!(
+        after["last_exit"]["cause"], "unresponsive",
+        "the exit says it was ended for hanging: {after}"
+    );
+    assert_eq!(
         after["last_exit"]["signal"], 9,
         "the hung one was killed: {after}"
     );
@@ -421,10 +478,88 @@ async fn a_hung_child_is_reported_killed_with_its_tree_and_restarted() {
             .as_array()
             .is_some_and(|l| !l.is_empty())
     );
+    wait_until(
+        Duration::from_secs(5),
+        "the hung ComfyUI's helper process ended with it",
+        || async { process_is_dead(helper) },
+    )
+    .await;
     let outcome: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
     assert_eq!(outcome["comfy"], "online", "the restarted ComfyUI answers");
     eprintln!(
-        "hung: frozen ComfyUI replaced by a healthy one after {replaced:?} (COMFY_HUNG_SECS=2)"
+        "hung: frozen ComfyUI replaced by a healthy one after {replaced:?} (COMFY_HUNG_SECS=2); its helper process ended too"
     );
+    post(&app, "/api/system/comfy/stop").await;
+}
+
+#[tokio::test]
+async fn a_job_comfy_dies_under_carries_the_exit_in_its_error() {
+    let port = free_port().await;
+    let app = supervised_on(port, &[], |_| {}).await;
+    assert_eq!(post(&app, "/api/system/ignite").await.status(), 200);
+    let pid = pid_of(&status(&app).await).expect("a pid");
+    let control = app
+        .http
+        .post(format!("http://{port}/__fake/control"))
+        .json(&json!({ "step_delay_ms": 500 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(control.status().is_success());
+    let mut workflow = orchestrator::testkit::fake_comfy::no_model_workflow();
+    workflow["1"]["inputs"]["color"] = json!(7);
+    let created: Value = app
+        .http
+        .post(app.url("/api/jobs"))
+        .json(&json!({ "workflow": workflow }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().expect("a job id").to_owned();
+    let job_path = format!("/api/jobs/{id}");
+    wait_until(Duration::from_secs(10), "the job runs", || async {
+        app.get_json(&job_path).await["status"] == "running"
+    })
+    .await;
+
+    let killed = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the job is backend_lost",
+        || async { app.get_json(&job_path).await["status"] == "backend_lost" },
+    )
+    .await;
+    let lost = app.get_json(&job_path).await;
+    let noticed = killed.elapsed();
+    let error = &lost["error"];
+    assert_eq!(error["code"], "backend_lost", "{lost}");
+    assert_eq!(
+        error["exit"]["signal"], 9,
+        "the crash is in the job's error: {lost}"
+    );
+    assert_eq!(error["exit"]["cause"], "exited", "{lost}");
+    assert!(
+        error["exit"]["log_tail"]
+            .as_array()
+            .is_some_and(|lines| !lines.is_empty()),
+        "with ComfyUI's last log lines: {lost}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("killed by signal 9")),
+        "the message says how it died: {lost}"
+    );
+    eprintln!("crash forensics: job backend_lost with the exit record {noticed:?} after kill -9");
     post(&app, "/api/system/comfy/stop").await;
 }
