@@ -79,12 +79,38 @@ impl LocalApi {
                 let body = response.json::<Value>().await.unwrap_or(Value::Null);
                 Reply { status, body }
             }
-            Err(_) => Reply {
-                status: 0,
-                body: json!({ "error": { "code": "orchestrator_unreachable",
-                    "message": format!("Orchestrator is not answering at {}; is `orchestrator serve` running?", self.base),
-                    "details": {} } }),
-            },
+            Err(_) => self.unreachable(),
+        }
+    }
+
+    /// Opens a server-sent event stream at `path`, for at most `within` (plus a little, to end it cleanly); an answer
+    /// other than 200 comes back as the API's error.
+    async fn open(&self, path: &str, within: Duration) -> Result<reqwest::Response, Reply> {
+        let mut request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .timeout(within + Duration::from_secs(5));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Ok(response) if response.status() == reqwest::StatusCode::OK => Ok(response),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.json::<Value>().await.unwrap_or(Value::Null);
+                Err(Reply { status, body })
+            }
+            Err(_) => Err(self.unreachable()),
+        }
+    }
+
+    fn unreachable(&self) -> Reply {
+        Reply {
+            status: 0,
+            body: json!({ "error": { "code": "orchestrator_unreachable",
+                "message": format!("Orchestrator is not answering at {}; is `orchestrator serve` running?", self.base),
+                "details": {} } }),
         }
     }
 
@@ -346,31 +372,66 @@ impl OrchestratorMcp {
         description = "Wait until a job ends, at most timeout_secs (default 30): answers the job, `finished` and how long it waited. The job keeps running when the wait ends; call again to wait more."
     )]
     async fn wait_job(&self, Parameters(request): Parameters<WaitJob>) -> CallToolResult {
-        let path = format!("/api/jobs/{}", encode(&request.id));
         let limit = Duration::from_secs(request.timeout_secs.unwrap_or(30).clamp(1, 300));
         let started = std::time::Instant::now();
-        loop {
-            let reply = self.api.call(reqwest::Method::GET, &path, None, None).await;
+        let deadline = tokio::time::Instant::now() + limit;
+        // The job's own event stream: its state now, then every change (progress included) until it ends.
+        let path = format!("/api/jobs/{}/events", encode(&request.id));
+        let mut response = match self.api.open(&path, limit).await {
+            Ok(response) => response,
+            Err(reply) => return reply.into_result(),
+        };
+        let mut job = Value::Null;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut finished = false;
+        while !finished {
+            let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                // The deadline passed, or the stream ended or broke.
+                _ => break,
+            };
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = pending.drain(..end + 2).collect();
+                let data = String::from_utf8_lossy(&block)
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(|data| data.strip_prefix(' ').unwrap_or(data).to_owned())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if let Ok(state) = serde_json::from_str::<Value>(&data) {
+                    finished = is_final(&state);
+                    job = state;
+                    if finished {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(response);
+        if job.is_null() {
+            // No event came through (the stream broke at once): the job as it is now.
+            let reply = self
+                .api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/jobs/{}", encode(&request.id)),
+                    None,
+                    None,
+                )
+                .await;
             if reply.status != 200 {
                 return reply.into_result();
             }
-            let finished = reply.body["status"]
-                .as_str()
-                .and_then(crate::jobs::model::JobStatus::parse)
-                .is_some_and(crate::jobs::model::JobStatus::is_final);
-            if finished || started.elapsed() >= limit {
-                let mut body = json!({ "job": reply.body, "finished": finished,
-                    "waited_secs": (started.elapsed().as_millis() as f64 / 1000.0) });
-                if finished {
-                    body["resources"] = json!(resource_links(&reply.body));
-                }
-                return Reply { status: 200, body }.into_result();
-            }
-            tokio::time::sleep(
-                Duration::from_millis(250).min(limit.saturating_sub(started.elapsed())),
-            )
-            .await;
+            finished = is_final(&reply.body);
+            job = reply.body;
         }
+        let mut body = json!({ "job": job, "finished": finished,
+            "waited_secs": (started.elapsed().as_millis() as f64 / 1000.0) });
+        if finished {
+            body["resources"] = json!(resource_links(&body["job"]));
+        }
+        Reply { status: 200, body }.into_result()
     }
 
     #[tool(description = "Jobs, newest first, optionally of one status.")]
@@ -415,6 +476,14 @@ impl OrchestratorMcp {
 const RESOURCE_PREFIX: &str = "orchestrator://jobs/";
 /// Larger outputs (videos) are not sent inline: the resource answers where to download them instead.
 const MAX_INLINE_BYTES: usize = 1024 * 1024;
+
+/// Whether a job (as the API shows it) will not change any more.
+fn is_final(job: &Value) -> bool {
+    job["status"]
+        .as_str()
+        .and_then(crate::jobs::model::JobStatus::parse)
+        .is_some_and(crate::jobs::model::JobStatus::is_final)
+}
 
 /// The resource URIs of a job's outputs.
 fn resource_links(job: &Value) -> Vec<String> {

@@ -2,13 +2,14 @@
 
 use orchestrator::testkit::fake_bfl::FakeBfl;
 use orchestrator::testkit::fake_comfy::FakeComfy;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ReadResourceRequestParams};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ReadResourceRequestParams, Tool};
 use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
-use crate::support::TestApp;
+use crate::support::{TestApp, error_code, raw_request};
 
 type Client = RunningService<RoleClient, ()>;
 
@@ -17,6 +18,64 @@ async fn http_client(app: &TestApp) -> Client {
     ().serve(StreamableHttpClientTransport::from_uri(app.url("/mcp")))
         .await
         .expect("the MCP session starts over HTTP")
+}
+
+/// The tools as the snapshot holds them: sorted by name, each its name, description and input schema. Over HTTP and
+/// over stdio the list must be the same, so both compare against the one `mcp_tools` snapshot.
+fn tool_list(mut tools: Vec<Tool>) -> Vec<Value> {
+    tools.sort_by(|a, b| a.name.cmp(&b.name));
+    tools
+        .iter()
+        .map(|tool| json!({ "name": tool.name, "description": tool.description, "input_schema": tool.input_schema }))
+        .collect()
+}
+
+/// A FLUX body for the tool, and the server settings that let it pay (a fake BFL, `ALLOW_GENERATION=true`).
+fn paying_app_settings(bfl_url: String) -> impl FnOnce(&mut orchestrator::config::Settings) {
+    move |s| {
+        s.bfl_api_key = Some("bfl-key-for-the-agent-00".into());
+        s.bfl_base_url = bfl_url;
+        s.allow_generation = "true".into();
+    }
+}
+
+/// Tries to pay for FLUX with every kind of missing or wrong token, on a server that allows generation; each attempt
+/// must be a tool error with the API's own code, and the caller then checks that BFL saw nothing.
+async fn flux_refuses_every_bad_token(client: &Client) {
+    let fox = json!({ "backend": "flux", "prompt": "a fox", "width": 512 });
+    let (ok, dry) = call(client, "generate_image", fox.clone()).await;
+    assert!(ok && dry["dryRun"] == true, "{dry}");
+    let token = dry["confirmToken"].as_str().unwrap().to_owned();
+
+    // Asking to pay through params without a token is still only the dry run: the tool sets dryRun itself.
+    let (ok, still_dry) = call(
+        client,
+        "generate_image",
+        json!({ "backend": "flux", "prompt": "a fox", "width": 512, "params": { "dryRun": false } }),
+    )
+    .await;
+    assert!(ok && still_dry["dryRun"] == true, "{still_dry}");
+
+    let with_token = |token: &str, prompt: &str| json!({ "backend": "flux", "prompt": prompt, "width": 512, "confirm_token": token });
+    let forged_tag = format!(
+        "{}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        token.rsplit_once('.').unwrap().0
+    );
+    let cases = [
+        // An empty token: a paid call without one.
+        (with_token("", "a fox"), "confirmation_required"),
+        // Made up.
+        (with_token("v1.1.a.b", "a fox"), "confirmation_mismatch"),
+        // The dry run's expiry and id with a forged signature.
+        (with_token(&forged_tag, "a fox"), "confirmation_mismatch"),
+        // A genuine token, for another payload.
+        (with_token(&token, "a wolf"), "confirmation_mismatch"),
+    ];
+    for (arguments, code) in cases {
+        let (ok, refused) = call(client, "generate_image", arguments.clone()).await;
+        assert!(!ok, "{arguments} paid: {refused}");
+        assert_eq!(error_code(&refused), code, "{arguments}: {refused}");
+    }
 }
 
 async fn call(client: &Client, tool: &'static str, arguments: Value) -> (bool, Value) {
@@ -44,12 +103,7 @@ async fn the_tools_and_their_schemas_over_http() {
     let client = http_client(&app).await;
     let info = client.peer_info().expect("the server introduced itself");
     assert!(info.capabilities.tools.is_some() && info.capabilities.resources.is_some());
-    let mut tools = client.list_all_tools().await.unwrap();
-    tools.sort_by(|a, b| a.name.cmp(&b.name));
-    let listed: Vec<Value> = tools
-        .iter()
-        .map(|tool| json!({ "name": tool.name, "description": tool.description, "input_schema": tool.input_schema }))
-        .collect();
+    let listed = tool_list(client.list_all_tools().await.unwrap());
     insta::assert_json_snapshot!("mcp_tools", listed);
     client.cancel().await.unwrap();
 }
@@ -65,6 +119,21 @@ async fn a_template_job_runs_to_its_outputs_which_are_resources() {
     assert!(ok && status["comfy"]["online"] == true, "{status}");
     let (ok, templates) = call(&client, "list_templates", json!({})).await;
     assert!(ok && templates["templates"].as_array().unwrap().len() >= 4);
+
+    // ComfyUI already answers: Ignite adopts it and starts nothing.
+    let (ok, ignited) = call(&client, "ignite_comfy", json!({})).await;
+    assert!(ok, "{ignited}");
+    assert_eq!(
+        (&ignited["comfy"], &ignited["started"], &ignited["error"]),
+        (&json!("online"), &json!(false), &Value::Null),
+        "{ignited}"
+    );
+    let service = app.get_json("/api/system/comfy/status").await;
+    assert_eq!(
+        (&service["adopted"], &service["pid"]),
+        (&json!(true), &Value::Null),
+        "the ComfyUI that answers is adopted, no process of ours: {service}"
+    );
 
     // Validation is the API's: a missing prompt is a tool error with the API's code.
     let (ok, refused) = call(&client, "generate_image", json!({ "template": "sdxl-t2i" })).await;
@@ -88,6 +157,22 @@ async fn a_template_job_runs_to_its_outputs_which_are_resources() {
             .unwrap()
             .starts_with("orchestrator://jobs/")
     );
+    // The progress wait_job followed ends at the finished job.
+    assert_eq!(waited["job"]["progress"], 100.0, "{waited}");
+    let (ok, got) = call(&client, "get_job", json!({ "id": id })).await;
+    assert!(ok, "{got}");
+    assert_eq!(
+        (&got["id"], &got["status"], &got["template"]),
+        (&json!(id), &json!("succeeded"), &json!("sdxl-t2i"))
+    );
+    assert_eq!(got["params"]["prompt"], "a lighthouse");
+    assert_eq!(got["outputs"], waited["job"]["outputs"]);
+    assert_eq!(got["outputs"].as_array().unwrap().len(), 1, "{got}");
+    for tool in ["get_job", "wait_job"] {
+        let (ok, missing) = call(&client, tool, json!({ "id": "no-such-job" })).await;
+        assert!(!ok, "{tool}: {missing}");
+        assert_eq!(error_code(&missing), "job_not_found", "{tool}");
+    }
     let (ok, jobs) = call(&client, "list_jobs", json!({ "status": "succeeded" })).await;
     assert!(ok && jobs["jobs"][0]["id"] == id.as_str());
 
@@ -164,12 +249,108 @@ async fn flux_through_mcp_never_reaches_bfl_without_the_guards() {
         bfl.requests()
     );
     client.cancel().await.unwrap();
+
+    // With generation allowed, a missing, forged or wrong confirmToken is refused with the API's 409 codes.
+    let app = TestApp::spawn_with(&comfy.url(), paying_app_settings(bfl.url())).await;
+    let client = http_client(&app).await;
+    flux_refuses_every_bad_token(&client).await;
+    assert!(
+        bfl.requests().is_empty(),
+        "not a single request reached BFL: {:?}",
+        bfl.requests()
+    );
+    client.cancel().await.unwrap();
+}
+
+/// `/mcp` stands behind the guard every route has: Host allowlist, Origin check on writes, the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mcp_endpoint_is_behind_the_guard() {
+    let initialize = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-03-26", "capabilities": {},
+        "clientInfo": { "name": "guard-test", "version": "0" } } })
+    .to_string();
+    let comfy = FakeComfy::start().await;
+    let app = TestApp::spawn(&comfy.url()).await;
+
+    // A DNS-rebinding page reaches us under its own name.
+    for method in ["GET", "POST"] {
+        let request = format!(
+            "{method} /mcp HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{initialize}",
+            initialize.len()
+        );
+        let (status, text) = raw_request(app.addr, &request).await;
+        assert_eq!(status, 403, "{method} with Host evil.example: {text}");
+        let body: Value = serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(error_code(&body), "host_not_allowed");
+    }
+
+    // A page on another origin may not post to it (CSRF).
+    let post = |origin: Option<String>| {
+        let mut request = app
+            .http
+            .post(app.url("/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(initialize.clone());
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    let foreign = post(Some("https://evil.example".into())).await.unwrap();
+    assert_eq!(foreign.status(), 403);
+    assert_eq!(
+        error_code(&foreign.json().await.unwrap()),
+        "cross_origin_refused"
+    );
+    // The panel's own origin may.
+    let own = post(Some(app.origin())).await.unwrap();
+    assert_eq!(own.status(), 200);
+    let answer: Value = own.json().await.unwrap();
+    assert!(answer["result"]["serverInfo"].is_object(), "{answer}");
+
+    // With a token configured, nothing answers without it.
+    let token = "a-long-enough-mcp-test-token";
+    let app = TestApp::spawn_with(&comfy.url(), |s| s.token = Some(token.into())).await;
+    for authorization in [None, Some("Bearer a-long-enough-wrong-token")] {
+        let mut request = app
+            .http
+            .post(app.url("/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(initialize.clone());
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.status(), 401, "{authorization:?}");
+        assert_eq!(error_code(&refused.json().await.unwrap()), "unauthorized");
+    }
+    let refused = ().serve(StreamableHttpClientTransport::from_uri(app.url("/mcp"))).await;
+    assert!(
+        refused.is_err(),
+        "a session without the token must not start"
+    );
+    // With it, the session starts and the tools (which call the API with the server's token) work.
+    let client = ()
+        .serve(StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(app.url("/mcp")).auth_header(token),
+        ))
+        .await
+        .expect("the MCP session starts with the token");
+    assert!(client.peer_info().is_some());
+    let (ok, status) = call(&client, "system_status", json!({})).await;
+    assert!(ok && status["comfy"]["online"] == true, "{status}");
+    client.cancel().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stdio_server_calls_the_running_orchestrator() {
-    let comfy = FakeComfy::start().await;
-    let app = TestApp::spawn(&comfy.url()).await;
+    let comfy =
+        FakeComfy::start_with_models(&[("checkpoints", "sd_xl_base_1.0.safetensors")]).await;
+    let bfl = FakeBfl::start("bfl-key-for-the-agent-00").await;
+    let app = TestApp::spawn_with(&comfy.url(), paying_app_settings(bfl.url())).await;
     let addr = app.addr.to_string();
     let data = app.data_dir.display().to_string();
     let transport = TokioChildProcess::new(
@@ -184,18 +365,46 @@ async fn the_stdio_server_calls_the_running_orchestrator() {
     )
     .unwrap();
     let client = ().serve(transport).await.expect("the MCP session starts over stdio");
-    let tools = client.list_all_tools().await.unwrap();
-    assert_eq!(
-        tools.len(),
-        10,
-        "{:?}",
-        tools.iter().map(|t| &t.name).collect::<Vec<_>>()
-    );
+    // The same tools and schemas as over HTTP: one snapshot serves both.
+    let listed = tool_list(client.list_all_tools().await.unwrap());
+    insta::assert_json_snapshot!("mcp_tools", listed);
     let (ok, models) = call(&client, "list_models", json!({})).await;
     assert!(ok, "{models}");
-    assert!(models["checkpoints"].is_array());
+    assert_eq!(models["checkpoints"], json!(["sd_xl_base_1.0.safetensors"]));
     let (ok, logs) = call(&client, "tail_comfy_logs", json!({ "lines": 5 })).await;
     assert!(!ok && logs["error"]["code"] == "log_not_found", "{logs}");
+
+    // A template job runs to success against the fake ComfyUI.
+    let (ok, job) = call(
+        &client,
+        "generate_image",
+        json!({ "template": "sdxl-t2i", "prompt": "a harbour", "params": { "steps": 4, "checkpoint": "sd_xl_base_1.0.safetensors" } }),
+    )
+    .await;
+    assert!(ok, "{job}");
+    let (ok, waited) = call(
+        &client,
+        "wait_job",
+        json!({ "id": job["id"], "timeout_secs": 20 }),
+    )
+    .await;
+    assert!(ok && waited["finished"] == true, "{waited}");
+    assert_eq!(waited["job"]["status"], "succeeded");
+    let (ok, got) = call(&client, "get_job", json!({ "id": job["id"] })).await;
+    assert!(ok, "{got}");
+    assert_eq!(
+        (&got["id"], &got["status"]),
+        (&job["id"], &json!("succeeded"))
+    );
+    assert_eq!(got["outputs"].as_array().unwrap().len(), 1, "{got}");
+
+    // FLUX with generation allowed: without a valid confirmToken not a single request reaches BFL.
+    flux_refuses_every_bad_token(&client).await;
+    assert!(
+        bfl.requests().is_empty(),
+        "not a single request reached BFL: {:?}",
+        bfl.requests()
+    );
     client.cancel().await.unwrap();
 }
 
@@ -228,6 +437,10 @@ async fn generate_answers_at_once_and_wait_job_returns_on_time() {
     .await;
     let took = started.elapsed();
     assert!(ok && waited["finished"] == false, "{waited}");
+    // The answer is the last state the job's event stream showed, progress and all.
+    assert!(waited["job"]["progress"].is_number(), "{waited}");
+    assert_eq!(waited["job"]["id"], job["id"]);
+    assert!(waited.get("resources").is_none(), "{waited}");
     assert!(
         took >= std::time::Duration::from_secs(1) && took < std::time::Duration::from_millis(2500),
         "{took:?}"
