@@ -2,12 +2,15 @@
 //
 // - `instances`, `igniteURL`: where the servers started by the global setup listen; `baseURL` is the "online"
 //   instance, so `page.goto('/')` opens it.
+// - `onlineJob`: the id of a real job, run to its end on the "online" instance the first time a test asks for it
+//   (once per worker).
 // - `problems`: records, for every page of the test's browser context, console messages of type 'error',
 //   uncaught exceptions ('pageerror'), failed requests ('requestfailed') and responses with status >= 400, and
 //   fails the test at its end if any occurred that the test did not declare with `problems.allow(...)`. A visible
 //   script-error banner fails the test too.
 
 import { test as base, expect, type ConsoleMessage, type Page, type Request, type Response } from '@playwright/test';
+import { runJob } from './api';
 import { readInstances, type Instances } from './servers';
 
 export { expect };
@@ -174,10 +177,20 @@ interface TestFixtures {
 
 interface WorkerFixtures {
   instances: Instances;
+  onlineJob: string;
 }
 
 export const test = base.extend<TestFixtures, WorkerFixtures>({
   instances: [async ({}, use) => use(readInstances()), { scope: 'worker' }],
+  onlineJob: [
+    async ({ playwright, instances }, use) => {
+      const request = await playwright.request.newContext();
+      const job = await runJob(request, instances.online.url);
+      await request.dispose();
+      await use(job.id);
+    },
+    { scope: 'worker' },
+  ],
   baseURL: async ({ instances }, use) => use(instances.online.url),
   igniteURL: async ({ instances }, use) => use(instances.ignite.url),
   problems: async ({}, use) => use(new BrowserProblems()),

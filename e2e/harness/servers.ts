@@ -59,7 +59,7 @@ export function binaries(): { orchestrator: string; fakeComfy: string } {
 }
 
 /** A port nothing listens on right now (the kernel's pick); distinct from the ones already handed out. */
-async function freePort(taken: Set<number>): Promise<number> {
+export async function freePort(taken: Set<number>): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const port = await new Promise<number>((resolve, reject) => {
       const server = net.createServer();
@@ -97,56 +97,75 @@ function tail(file: string, lines = 40): string {
   }
 }
 
+function spawnManaged(name: string, command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv): Managed {
+  const logFile = path.join(cwd, `${name}.log`);
+  const fd = fs.openSync(logFile, 'a');
+  const child = spawn(command, args, { cwd, env, stdio: ['ignore', fd, fd] });
+  fs.closeSync(fd);
+  const managed: Managed = {
+    name,
+    child,
+    logFile,
+    exitCode: null,
+    signal: null,
+    exited: new Promise<void>((resolve) => {
+      child.once('exit', (code, signal) => {
+        managed.exitCode = code;
+        managed.signal = signal;
+        resolve();
+      });
+      child.once('error', (error) => {
+        fs.appendFileSync(logFile, `\n[e2e] cannot start ${command}: ${error.message}\n`);
+        resolve();
+      });
+    }),
+  };
+  return managed;
+}
+
+/** Polls `url` until it answers 200; fails early if the process died. */
+async function waitForHttp(managed: Managed, url: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (managed.child.exitCode !== null || managed.child.signalCode !== null || managed.exitCode !== null) {
+      throw new Error(`${managed.name} exited (code ${managed.child.exitCode}) before answering ${url}:\n${tail(managed.logFile)}`);
+    }
+    try {
+      const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
+      if (response.status === 200) return;
+      last = `status ${response.status}`;
+    } catch (error) {
+      last = String(error);
+    }
+    await sleep(100);
+  }
+  throw new Error(`${managed.name} did not answer ${url} within ${timeoutMs} ms (${last}):\n${tail(managed.logFile)}`);
+}
+
+/** SIGTERM, then SIGKILL after a grace period of 10 s. */
+async function stopManaged(managed: Managed): Promise<void> {
+  if (managed.child.exitCode !== null || managed.child.signalCode !== null) return;
+  managed.child.kill('SIGTERM');
+  const stopped = await Promise.race([managed.exited.then(() => true), sleep(10_000).then(() => false)]);
+  if (!stopped) {
+    console.warn(`[e2e] ${managed.name} (pid ${managed.child.pid}) ignored SIGTERM for 10 s: killing it`);
+    managed.child.kill('SIGKILL');
+    await managed.exited;
+  }
+}
+
+const LOGS_DIR = path.join(E2E_ROOT, 'server-logs');
+
 export class Servers {
   private readonly processes: Managed[] = [];
   private readonly dirs: string[] = [];
   instances?: Instances;
 
   private start(name: string, command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv): Managed {
-    const logFile = path.join(cwd, `${name}.log`);
-    const fd = fs.openSync(logFile, 'a');
-    const child = spawn(command, args, { cwd, env, stdio: ['ignore', fd, fd] });
-    fs.closeSync(fd);
-    const managed: Managed = {
-      name,
-      child,
-      logFile,
-      exitCode: null,
-      signal: null,
-      exited: new Promise<void>((resolve) => {
-        child.once('exit', (code, signal) => {
-          managed.exitCode = code;
-          managed.signal = signal;
-          resolve();
-        });
-        child.once('error', (error) => {
-          fs.appendFileSync(logFile, `\n[e2e] cannot start ${command}: ${error.message}\n`);
-          resolve();
-        });
-      }),
-    };
+    const managed = spawnManaged(name, command, args, cwd, env);
     this.processes.push(managed);
     return managed;
-  }
-
-  /** Polls `url` until it answers 200; fails early if the process died. */
-  private async waitForHttp(managed: Managed, url: string, timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    let last = '';
-    while (Date.now() < deadline) {
-      if (managed.child.exitCode !== null || managed.child.signalCode !== null || managed.exitCode !== null) {
-        throw new Error(`${managed.name} exited (code ${managed.child.exitCode}) before answering ${url}:\n${tail(managed.logFile)}`);
-      }
-      try {
-        const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
-        if (response.status === 200) return;
-        last = `status ${response.status}`;
-      } catch (error) {
-        last = String(error);
-      }
-      await sleep(100);
-    }
-    throw new Error(`${managed.name} did not answer ${url} within ${timeoutMs} ms (${last}):\n${tail(managed.logFile)}`);
   }
 
   private async assertNothingListens(port: number): Promise<void> {
@@ -163,6 +182,9 @@ export class Servers {
 
   async startAll(): Promise<Instances> {
     const { orchestrator, fakeComfy } = binaries();
+    // This run's logs only (instances the specs start add theirs while it runs).
+    fs.rmSync(LOGS_DIR, { recursive: true, force: true });
+    fs.mkdirSync(LOGS_DIR, { recursive: true });
     const ports = new Set<number>();
     const [p1, o1, p2, o2] = [await freePort(ports), await freePort(ports), await freePort(ports), await freePort(ports)];
     const tmp1 = fs.mkdtempSync(path.join(os.tmpdir(), 'orch-e2e-online-'));
@@ -201,9 +223,9 @@ export class Servers {
     );
 
     await Promise.all([
-      this.waitForHttp(comfy1, `http://127.0.0.1:${p1}/system_stats`, 30_000),
-      this.waitForHttp(online, `http://127.0.0.1:${o1}/api/health`, 60_000),
-      this.waitForHttp(ignite, `http://127.0.0.1:${o2}/api/health`, 60_000),
+      waitForHttp(comfy1, `http://127.0.0.1:${p1}/system_stats`, 30_000),
+      waitForHttp(online, `http://127.0.0.1:${o1}/api/health`, 60_000),
+      waitForHttp(ignite, `http://127.0.0.1:${o2}/api/health`, 60_000),
     ]);
     await this.assertNothingListens(p2);
 
@@ -218,16 +240,7 @@ export class Servers {
   async stopAll(): Promise<void> {
     // Orchestrators first, so the supervised ComfyUI is stopped by its supervisor.
     const ordered = [...this.processes].sort((a, b) => Number(b.name.startsWith('orch')) - Number(a.name.startsWith('orch')));
-    for (const managed of ordered) {
-      if (managed.child.exitCode !== null || managed.child.signalCode !== null) continue;
-      managed.child.kill('SIGTERM');
-      const stopped = await Promise.race([managed.exited.then(() => true), sleep(10_000).then(() => false)]);
-      if (!stopped) {
-        console.warn(`[e2e] ${managed.name} (pid ${managed.child.pid}) ignored SIGTERM for 10 s: killing it`);
-        managed.child.kill('SIGKILL');
-        await managed.exited;
-      }
-    }
+    for (const managed of ordered) await stopManaged(managed);
     // The supervised fake-comfyui should be gone with its supervisor; if not, end it by its pid.
     if (this.instances) {
       for (const pid of findOwnFakeComfy(this.instances.ignite.comfyPort)) {
@@ -269,22 +282,92 @@ export class Servers {
 
   /** Copies the servers' logs to e2e/server-logs/ (kept after the run, ignored by git). */
   private keepLogs(): void {
-    const target = path.join(E2E_ROOT, 'server-logs');
-    fs.rmSync(target, { recursive: true, force: true });
-    fs.mkdirSync(target, { recursive: true });
     for (const dir of this.dirs) {
-      const kind = path.basename(dir).startsWith('orch-e2e-online') ? 'online' : 'ignite';
-      for (const name of fs.readdirSync(dir)) {
-        if (name.endsWith('.log')) fs.copyFileSync(path.join(dir, name), path.join(target, `${kind}-${name}`));
-      }
-      const logs = path.join(dir, 'logs');
-      if (fs.existsSync(logs)) {
-        for (const name of fs.readdirSync(logs)) {
-          const file = path.join(logs, name);
-          if (fs.statSync(file).isFile()) fs.copyFileSync(file, path.join(target, `${kind}-data-logs-${name}`));
-        }
-      }
+      keepLogsOf(dir, path.basename(dir).startsWith('orch-e2e-online') ? 'online' : 'ignite');
     }
+  }
+}
+
+/** Copies the logs of the instance in `dir` to e2e/server-logs/, each name prefixed with `kind`. */
+function keepLogsOf(dir: string, kind: string): void {
+  fs.mkdirSync(LOGS_DIR, { recursive: true });
+  for (const name of fs.readdirSync(dir)) {
+    if (name.endsWith('.log')) fs.copyFileSync(path.join(dir, name), path.join(LOGS_DIR, `${kind}-${name}`));
+  }
+  const logs = path.join(dir, 'logs');
+  if (fs.existsSync(logs)) {
+    for (const name of fs.readdirSync(logs)) {
+      const file = path.join(logs, name);
+      if (fs.statSync(file).isFile()) fs.copyFileSync(file, path.join(LOGS_DIR, `${kind}-data-logs-${name}`));
+    }
+  }
+}
+
+/**
+ * One Orchestrator a spec starts for itself (in the test worker) when it needs settings the shared instances do
+ * not have; it can be restarted on the same port with the same data folder, as a service manager would.
+ */
+export class OwnOrchestrator {
+  private managed?: Managed;
+  private runs = 0;
+
+  private constructor(
+    readonly name: string,
+    readonly port: number,
+    readonly dataDir: string,
+    private readonly env: Record<string, string>,
+  ) {}
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** Starts `orchestrator serve` with `env` (plus its bind address and data folder) and waits until it answers. */
+  static async start(name: string, env: Record<string, string>): Promise<OwnOrchestrator> {
+    const port = await freePort(new Set());
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), `orch-e2e-${name}-`));
+    const instance = new OwnOrchestrator(name, port, dataDir, env);
+    await instance.run();
+    return instance;
+  }
+
+  private static readonly running = new Set<Managed>();
+
+  private async run(): Promise<void> {
+    const { orchestrator } = binaries();
+    if (OwnOrchestrator.running.size === 0) {
+      // A worker that exits without the spec's teardown takes its own servers down with it.
+      process.once('exit', () => {
+        for (const managed of OwnOrchestrator.running) {
+          if (managed.child.exitCode === null && managed.child.signalCode === null) managed.child.kill('SIGKILL');
+        }
+      });
+    }
+    this.runs += 1;
+    const managed = spawnManaged(
+      `orchestrator-${this.name}-run${this.runs}`,
+      orchestrator,
+      ['serve'],
+      this.dataDir,
+      baseEnv({ ...this.env, ORCH_BIND: `127.0.0.1:${this.port}`, DATA_DIR: this.dataDir, LOG_FORMAT: 'json' }),
+    );
+    this.managed = managed;
+    OwnOrchestrator.running.add(managed);
+    void managed.exited.then(() => OwnOrchestrator.running.delete(managed));
+    await waitForHttp(managed, `${this.url}/api/health`, 60_000);
+  }
+
+  /** Stops it (SIGTERM) and starts it again: same port, same data, a new process. */
+  async restart(): Promise<void> {
+    if (this.managed) await stopManaged(this.managed);
+    await this.run();
+  }
+
+  /** Stops it, keeps its logs in e2e/server-logs/ and removes its data folder (unless E2E_KEEP_DATA). */
+  async stop(): Promise<void> {
+    if (this.managed) await stopManaged(this.managed);
+    keepLogsOf(this.dataDir, this.name);
+    if (!process.env.E2E_KEEP_DATA) fs.rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
 

@@ -3,7 +3,7 @@
 // Values that change between runs are masked: everything the pages mark with `data-dynamic`, and whatever shows
 // this run's ports or temporary folders.
 //
-// Baselines: e2e/tests/__screenshots__/*.png; update with `npx playwright test 00-visual --update-snapshots` and
+// Baselines: e2e/tests/__screenshots__/*.png; update with `npx playwright test 00-visual --update-snapshots=all` and
 // copy them to docs/screenshots/ for the README.
 
 import type { Locator, Page } from '@playwright/test';

@@ -1,5 +1,5 @@
-// Every page, in English and in Russian, loads without a console error or a failed request (the `problems`
-// fixture checks that), has its test ids, the navigation, the right `<html lang>` and translated text. The
+// Every page (a real job's page among them), in English and in Russian, loads without a console error or a
+// failed request (the `problems` fixture checks that), has its test ids, the navigation, the right `<html lang>` and translated text. The
 // language comes from the `lang` cookie, else from Accept-Language, else English.
 
 import type { Page } from '@playwright/test';
@@ -28,9 +28,9 @@ for (const mode of MODES) {
     }
 
     for (const info of PAGES) {
-      test(`${info.path} (${info.id})`, async ({ page, baseURL, problems }) => {
+      test(`${info.path} (${info.id})`, async ({ page, baseURL, problems, onlineJob }) => {
         if (mode.cookie) await setLangCookie(page, baseURL!, mode.cookie);
-        const response = await page.goto(info.path);
+        const response = await page.goto(info.path.replace('{id}', onlineJob));
         expect(response, 'navigation response').not.toBeNull();
         expect(response!.status()).toBe(200);
         expect(response!.headers()['content-type']).toContain('text/html');
@@ -55,6 +55,13 @@ for (const mode of MODES) {
         }
         if (info.id === 'settings') {
           await expect(page.getByTestId('lang-select')).toHaveValue(mode.expected);
+        }
+        if (info.id === 'job') {
+          await expect(page.locator('h1')).toContainText(onlineJob);
+          await expect(page.getByTestId('job-status')).toHaveText('succeeded');
+          const image = page.getByTestId('job-outputs').locator(`img[src*="/api/jobs/${onlineJob}/outputs/"]`).first();
+          await expect(image).toBeVisible();
+          await expect.poll(() => image.evaluate((img) => (img as HTMLImageElement).naturalWidth)).toBeGreaterThan(0);
         }
         if (mode.expected === 'ru') {
           await expect(page.locator('main')).toContainText(CYRILLIC);

@@ -35,6 +35,45 @@ test.describe('diagnostics', () => {
     await expect(page.getByTestId('diag-models')).toBeVisible();
   });
 
+  test('Create default paths asks first, and dismissing sends nothing', async ({ page, problems }) => {
+    problems.allow({ url: '/api/comfy/validate-paths', status: 503 });
+    // This instance has no COMFY_DIR, so the one write that is let through is refused with 503.
+    problems.allow({ method: 'POST', url: '/api/comfy/create-default-paths', status: 503 });
+    const writes: string[] = [];
+    page.on('request', (request) => {
+      if (new URL(request.url()).pathname === '/api/comfy/create-default-paths') writes.push(`${request.method()} ${request.postData()}`);
+    });
+    await page.goto('/diagnostics');
+    await problems.settle();
+    const button = page.getByTestId('diag-create-paths');
+    const ask = 'Back up the current extra_model_paths.yaml and write a default one? Base folder:';
+
+    const dismissed = new Promise<{ type: string; message: string }>((resolve) => {
+      page.once('dialog', async (dialog) => {
+        resolve({ type: dialog.type(), message: dialog.message() });
+        await dialog.dismiss();
+      });
+    });
+    await button.click();
+    expect(await dismissed).toEqual({ type: 'prompt', message: ask });
+    await problems.settle();
+    expect(writes, 'requests after the question was dismissed').toEqual([]);
+    await expect(page.locator('#diag-message')).toHaveText('');
+
+    // Answering it sends exactly one write, with the folder given.
+    page.once('dialog', (dialog) => dialog.accept('/srv/e2e-models'));
+    const write = page.waitForResponse((r) => new URL(r.url()).pathname === '/api/comfy/create-default-paths');
+    await button.click();
+    const answer = await write;
+    expect(answer.status()).toBe(503);
+    expect(((await answer.json()) as { error: { code: string } }).error.code).toBe('comfy_dir_not_configured');
+    await expect(page.locator('#diag-message')).toContainText('COMFY_DIR');
+    expect(writes).toHaveLength(1);
+    expect(writes[0]).toMatch(/^POST /);
+    expect(JSON.parse(writes[0].slice('POST '.length))).toEqual({ base_path: '/srv/e2e-models', create_folders: true });
+    await problems.settle();
+  });
+
   test('the log viewer opens (no ComfyUI log on an external backend)', async ({ page, problems }) => {
     problems.allow({ url: '/api/comfy/validate-paths', status: 503 });
     await page.goto('/diagnostics');
@@ -91,7 +130,8 @@ test('home: Start system with ComfyUI already running reports online at once', a
   await problems.settle();
 });
 
-test('jobs: an instance without jobs shows an empty table', async ({ page, problems }) => {
+// The i18n spec has run a job on this instance by now: the list shows whatever is there.
+test('jobs: the list has its table and status filters', async ({ page, problems }) => {
   await page.goto('/jobs');
   await expect(page.locator('table[data-testid="jobs-table"]')).toHaveCount(1);
   await expect(page.getByTestId('jobs-filter').locator('a').first()).toBeVisible();

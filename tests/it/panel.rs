@@ -115,12 +115,72 @@ async fn unknown_pages_and_server_errors_get_the_error_page() {
     assert_eq!(status, 404);
 }
 
+/// The parts of the report every reader (the panel, `orchestrator doctor`, scripts) relies on, with their types.
+fn assert_report_shape(report: &Value) {
+    let services = &report["services"];
+    assert!(services.is_object(), "services: {report}");
+    assert!(
+        services["comfy"]["status"].is_string() && services["comfy"]["backend"].is_string(),
+        "services.comfy: {report}"
+    );
+    assert!(
+        services["panel"].is_string() && services["worker"].is_string(),
+        "services: {report}"
+    );
+    let comfy = &report["comfy"];
+    assert!(comfy["online"].is_boolean(), "comfy.online: {report}");
+    assert!(comfy["status"].is_string(), "comfy.status: {report}");
+    assert!(comfy["devices"].is_array(), "comfy.devices: {report}");
+    if comfy["online"] == true {
+        let devices = comfy["devices"].as_array().unwrap();
+        assert!(!devices.is_empty(), "comfy.devices: {report}");
+        for device in devices {
+            assert!(
+                device["name"].is_string() && device["type"].is_string(),
+                "a device: {device}"
+            );
+            assert!(
+                device["vram_total"].is_u64() && device["vram_free"].is_u64(),
+                "a device: {device}"
+            );
+        }
+    }
+    let database = &report["database"];
+    assert!(
+        database["path"].as_str().is_some_and(|p| !p.is_empty()),
+        "database.path: {report}"
+    );
+    assert!(
+        database["size_bytes"].is_u64(),
+        "database.size_bytes: {report}"
+    );
+    assert!(database["jobs"].is_u64(), "database.jobs: {report}");
+    assert!(database["messages"].is_u64(), "database.messages: {report}");
+    assert!(database["ok"].is_boolean(), "database.ok: {report}");
+}
+
 #[tokio::test]
 async fn the_status_report_answers_in_time_when_comfyui_hangs() {
     let comfy = FakeComfy::start().await;
     let app = TestApp::spawn(&comfy.url()).await;
     let report = app.get_json("/api/status").await;
     assert_eq!(report["overall"], "healthy", "{report}");
+    assert_report_shape(&report);
+    assert_eq!(report["comfy"]["online"], true);
+    assert_eq!(report["comfy"]["devices"][0]["name"], "cpu");
+    let database = &report["database"];
+    assert!(
+        database["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(app.data_dir.to_str().unwrap()),
+        "{database}"
+    );
+    assert!(database["size_bytes"].as_u64().unwrap() > 0, "{database}");
+    assert_eq!(
+        (database["jobs"].as_u64(), database["messages"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(report["comfy"]["version"], "0.3.64");
     assert_eq!(
         report["comfy"]["queue"],
@@ -143,12 +203,16 @@ async fn the_status_report_answers_in_time_when_comfyui_hangs() {
     let started = Instant::now();
     let report = app.get_json("/api/status").await;
     let took = started.elapsed();
+    // The budget: an answer within 2.5 s whatever hangs.
     assert!(
-        took < Duration::from_millis(3000),
+        took < Duration::from_millis(2500),
         "the report took {took:?}"
     );
     assert_eq!(report["overall"], "down");
     assert_eq!(report["comfy"]["status"], "unresponsive");
+    assert_report_shape(&report);
+    assert_eq!(report["comfy"]["online"], false);
+    assert_eq!(report["comfy"]["devices"], json!([]));
     assert!(
         report["reasons"][0]
             .as_str()

@@ -320,3 +320,230 @@ fn a_write_killed_midway_leaves_the_old_or_the_new_file() {
         "every kill landed on the same side of the write"
     );
 }
+
+/// Files `create-default-paths` and `paths init` must refuse without `force`, with the code validate-paths gives.
+fn refused_files() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    // The "billion laughs" shape: nine levels of nine aliases, 9^9 strings once expanded.
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (name, previous) in ('b'..='i').zip('a'..) {
+        let items = vec![format!("*{previous}"); 9].join(",");
+        bomb.push_str(&format!("{name}: &{name} [{items}]\n"));
+    }
+    bomb.push_str("mine:\n  checkpoints: *i\n");
+    let tag = "mine:\n  base_path: /srv/models\n  checkpoints: !!python/object/apply:os.system [\"touch pwned\"]\n";
+    // A real section first, then about 11 MB of comments.
+    let mut huge = b"mine:\n  base_path: /srv/models\n  checkpoints: checkpoints\n".to_vec();
+    while huge.len() < 11 * 1024 * 1024 {
+        huge.extend_from_slice(b"# a comment line to pad the file out to eleven megabytes......\n");
+    }
+    vec![
+        ("an alias bomb", bomb.into_bytes(), "yaml_anchor"),
+        ("a YAML tag", tag.as_bytes().to_vec(), "yaml_tag"),
+        ("an 11 MB file", huge, "file_too_large"),
+    ]
+}
+
+/// The names in `dir`: a refused write leaves no backup and no temporary file.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn alias_bombs_tags_and_huge_files_are_refused_through_the_api_and_left_as_they_are() {
+    let comfy = FakeComfy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let comfy_dir = dir.path().join("ComfyUI");
+    std::fs::create_dir(&comfy_dir).unwrap();
+    let models = dir.path().join("Models");
+    let file = comfy_dir.join(model_paths::FILE_NAME);
+    let app = app_for(&comfy, &comfy_dir, Some(&models)).await;
+    for (what, bytes, code) in refused_files() {
+        std::fs::write(&file, &bytes).unwrap();
+        let report = app.get_json("/api/comfy/validate-paths").await;
+        assert_eq!(report["valid"], false, "{what}: {report}");
+        assert_eq!(report["problems"][0]["code"], code, "{what}: {report}");
+        assert_eq!(report["problems"][0]["severity"], "error", "{what}");
+
+        // Without force, with MODELS_DIR as the base and with a base path of its own, folders asked for or not.
+        for body in [
+            json!({}),
+            json!({ "base_path": dir.path().join("Elsewhere"), "createFolders": true }),
+            json!({ "force": false }),
+        ] {
+            let (status, answer) = post(&app, "/api/comfy/create-default-paths", &body).await;
+            assert_eq!(
+                (status, error_code(&answer).as_str()),
+                (409, "model_paths_unparsable"),
+                "{what} {body}: {answer}"
+            );
+            assert!(
+                answer["error"]["details"]["problems"]
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty()),
+                "{what}: {answer}"
+            );
+            assert!(
+                std::fs::read(&file).unwrap() == bytes,
+                "{what}: the file changed after {body}"
+            );
+            assert_eq!(names_in(&comfy_dir), [model_paths::FILE_NAME], "{what}");
+            assert_eq!(names_in(dir.path()), ["ComfyUI"], "{what}: folders made");
+        }
+    }
+    assert!(!comfy_dir.join("pwned").exists());
+}
+
+#[test]
+fn alias_bombs_tags_and_huge_files_are_refused_by_paths_init_and_left_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let comfy_dir = dir.path().join("ComfyUI");
+    std::fs::create_dir(&comfy_dir).unwrap();
+    let file = comfy_dir.join(model_paths::FILE_NAME);
+    let models = dir.path().join("Models");
+    for (what, bytes, code) in refused_files() {
+        std::fs::write(&file, &bytes).unwrap();
+        let check = paths_command(&comfy_dir)
+            .args(["check", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(check.status.code(), Some(1), "{what}");
+        let report: Value = serde_json::from_slice(&check.stdout)
+            .or_else(|_| serde_json::from_slice(&check.stderr))
+            .unwrap();
+        assert_eq!(report["problems"][0]["code"], code, "{what}");
+
+        for extra in [&[][..], &["--create-folders"][..]] {
+            let init = paths_command(&comfy_dir)
+                .args(["init", "--base-path", models.to_str().unwrap()])
+                .args(extra)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&init.stderr);
+            assert_eq!(init.status.code(), Some(1), "{what}: {said}");
+            assert!(said.contains("force"), "{what}: {said}");
+            assert!(init.stdout.is_empty(), "{what}");
+            assert!(
+                std::fs::read(&file).unwrap() == bytes,
+                "{what}: the file changed"
+            );
+            assert_eq!(names_in(&comfy_dir), [model_paths::FILE_NAME], "{what}");
+            assert_eq!(names_in(dir.path()), ["ComfyUI"], "{what}: folders made");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_syntax_error_is_reported_with_its_line_and_column() {
+    let comfy = FakeComfy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(model_paths::FILE_NAME);
+    // A second `key:` inside a value, on line 3 at column 17 (where PyYAML, and so ComfyUI, stops too).
+    let text = "mine:\n  base_path: /srv/models\n  checkpoints: a: b\n";
+    std::fs::write(&file, text).unwrap();
+    let app = app_for(&comfy, dir.path(), Some(dir.path())).await;
+    let report = app.get_json("/api/comfy/validate-paths").await;
+    assert_eq!(report["valid"], false);
+    let problem = &report["problems"][0];
+    assert_eq!(problem["code"], "yaml_syntax", "{report}");
+    assert_eq!(
+        (problem["line"].as_u64(), problem["column"].as_u64()),
+        (Some(3), Some(17)),
+        "{report}"
+    );
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("ComfyUI fails to start"),
+        "{report}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+}
+
+#[tokio::test]
+async fn concurrent_creates_and_restores_each_leave_a_whole_file() {
+    let comfy = FakeComfy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(model_paths::FILE_NAME);
+    let users = "# my set-up\na111:\n    base_path: /srv/a1111\n    checkpoints: models/Stable-diffusion\n\nother:\n    base_path: /srv/other\n    vae: vae\n";
+    std::fs::write(&file, users).unwrap();
+    let app = app_for(&comfy, dir.path(), None).await;
+    let (status, first) = post(
+        &app,
+        "/api/comfy/create-default-paths",
+        &json!({ "base_path": "/models/first" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let users_backup = first["backupPath"].as_str().unwrap().to_owned();
+
+    // Ten at once: eight creates, each for another base path, and two restores of the user's own file.
+    let calls = (0..10).map(|i| {
+        let (path, body) = if i % 5 == 4 {
+            (
+                "/api/comfy/restore-paths",
+                json!({ "backupPath": users_backup }),
+            )
+        } else {
+            (
+                "/api/comfy/create-default-paths",
+                json!({ "base_path": format!("/models/{i}") }),
+            )
+        };
+        let request = app.http.post(app.url(path)).json(&body).send();
+        async move {
+            let response = request.await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let mut backups = std::collections::HashSet::new();
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer["created"], true, "{answer}");
+        backups.insert(answer["backupPath"].as_str().unwrap().to_owned());
+    }
+    // Each one backed up the whole file the one before it left, under a name of its own.
+    assert_eq!(backups.len(), answers.len(), "{answers:?}");
+    for backup in &backups {
+        let report = model_paths::check(Path::new(backup));
+        assert!(report.valid, "{backup}: {:?}", report.problems);
+        let names: Vec<&str> = report.sections.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(&names[..2], ["a111", "other"], "{backup}");
+    }
+
+    let now = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        now == users
+            || (0..10).any(|i| now == model_paths::merged_file(users, Path::new(&format!("/models/{i}")))),
+        "the file is none of the writes:\n{now}"
+    );
+    let report = app.get_json("/api/comfy/validate-paths").await;
+    assert_eq!(report["valid"], true, "{report}");
+    let names: Vec<&str> = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names == ["a111", "other"] || names == ["a111", "other", "orchestrator"],
+        "{names:?}"
+    );
+    let leftovers: Vec<String> = names_in(dir.path())
+        .into_iter()
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
