@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The browser tests (e2e/, Playwright with Debian's Chromium), from a fresh Debian machine: installs Chromium and
 # Node.js if missing, the npm packages (never a browser download), builds the binaries with the test doubles,
-# then runs the suite. Extra arguments go to `playwright test`, e.g. `scripts/e2e.sh --update-snapshots` or
+# then runs the suite. Extra arguments go to `playwright test`, e.g. `scripts/e2e.sh 00-visual --update-snapshots=all` or
 # `scripts/e2e.sh i18n`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

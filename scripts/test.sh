@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check and test of the project, from a fresh Debian machine: installs what the tests need, then runs
-# formatting, lints, the unit and integration tests, the Windows build check and the browser tests.
+# formatting, lints, the unit, property and integration tests, the schema fuzz run, the Windows build check and
+# the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,16 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== schema fuzz (schemathesis against the real server and the fakes)"
+if [ ! -x .venv-fuzz/bin/st ]; then
+  python3 -m venv .venv-fuzz 2>/dev/null || {
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+    python3 -m venv .venv-fuzz
+  }
+  .venv-fuzz/bin/pip install -q --disable-pip-version-check schemathesis==4.32.5
+fi
+SCHEMATHESIS="$PWD/.venv-fuzz/bin/st" cargo test --locked --test it -- --ignored --nocapture fuzz_the_api_against_its_schema
 echo "== cargo check --target x86_64-pc-windows-gnu"
 cargo check --locked --target x86_64-pc-windows-gnu
 echo "== browser tests (e2e/, Playwright with Debian's Chromium)"

@@ -54,6 +54,25 @@ pub struct Settings {
     #[arg(long, env = "ORCH_WORKERS", default_value = "auto", global = true)]
     pub workers: String,
 
+    /// How long a client may take to send a request's headers, in seconds; a connection that has sent no complete
+    /// request by then is closed.
+    #[arg(
+        long,
+        env = "ORCH_HEADER_READ_TIMEOUT_SECS",
+        default_value = "10",
+        global = true
+    )]
+    pub header_read_timeout_secs: String,
+
+    /// Most client connections open at once; past it, connections that have not sent a request yet are closed first.
+    #[arg(
+        long,
+        env = "ORCH_MAX_CONNECTIONS",
+        default_value = "1024",
+        global = true
+    )]
+    pub max_connections: String,
+
     /// Extra `Host` names accepted besides the loopback names (comma list).
     #[arg(long, env = "ORCH_ALLOWED_HOSTS", global = true)]
     pub allowed_hosts: Option<String>,
@@ -391,6 +410,10 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Serving threads, each with its own event loop and upstream pool.
     pub workers: usize,
+    /// A client's time to send a request head; also a new connection's time to send its first one.
+    pub header_read_timeout: Duration,
+    /// Client connections open at once, across every serving thread.
+    pub max_connections: usize,
     /// Lower-cased extra `Host` names; loopback names are always allowed.
     pub allowed_hosts: Vec<String>,
     pub token: Option<Secret>,
@@ -559,6 +582,18 @@ impl Settings {
             86_400,
         );
         let max_body_mb = positive("MAX_BODY_MB", "--max-body-mb", &self.max_body_mb, 1 << 20);
+        let header_read_secs = positive(
+            "ORCH_HEADER_READ_TIMEOUT_SECS",
+            "--header-read-timeout-secs",
+            &self.header_read_timeout_secs,
+            3600,
+        );
+        let max_connections = positive(
+            "ORCH_MAX_CONNECTIONS",
+            "--max-connections",
+            &self.max_connections,
+            1_000_000,
+        );
         let restart_ms = positive(
             "COMFY_RESTART_DELAY_MS",
             "--comfy-restart-delay-ms",
@@ -777,6 +812,8 @@ impl Settings {
             (true, Some(bind)) => Ok(Config {
                 bind,
                 workers,
+                header_read_timeout: Duration::from_secs(header_read_secs),
+                max_connections: max_connections as usize,
                 allowed_hosts,
                 token,
                 data_dir,
@@ -876,6 +913,11 @@ impl Config {
         vec![
             ("ORCH_BIND", self.bind.to_string()),
             ("ORCH_WORKERS", self.workers.to_string()),
+            (
+                "ORCH_HEADER_READ_TIMEOUT_SECS",
+                secs(self.header_read_timeout),
+            ),
+            ("ORCH_MAX_CONNECTIONS", self.max_connections.to_string()),
             ("ORCH_ALLOWED_HOSTS", self.allowed_hosts.join(",")),
             ("ORCHESTRATOR_TOKEN", secret(&self.token)),
             ("DATA_DIR", self.data_dir.display().to_string()),
@@ -1070,6 +1112,8 @@ mod tests {
         assert_eq!(config.bind.port(), 3000);
         assert_eq!(config.primary_comfy().origin(), "http://127.0.0.1:8188");
         assert_eq!(config.comfy.max_body_bytes, 100 * 1024 * 1024);
+        assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.max_connections, 1024);
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum ApiError {
     #[error("the path {path:?} is not allowed")]
     InvalidPath { path: String },
 
+    #[error("the request body could not be read (broken framing, or the client went away)")]
+    RequestBodyUnreadable,
+
     #[error("ComfyUI at {upstream} is unreachable")]
     ComfyUnreachable { upstream: String },
 
@@ -73,6 +76,9 @@ pub enum ApiError {
 
     #[error("no route for {path}")]
     NotFound { path: String },
+
+    #[error("this route does not take {method}")]
+    MethodNotAllowed { method: String },
 
     #[error("a job on {backend} cannot be cancelled: {why}")]
     JobNotCancellable { backend: String, why: &'static str },
@@ -143,7 +149,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InvalidPath { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidPath { .. } | Self::RequestBodyUnreadable => StatusCode::BAD_REQUEST,
             Self::ComfyUnreachable { .. } | Self::ComfyBadResponse(_) => StatusCode::BAD_GATEWAY,
             Self::ComfyTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ComfyOffline { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -151,6 +157,7 @@ impl ApiError {
             | Self::LogNotFound { .. }
             | Self::JobNotFound { .. }
             | Self::OutputNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation { .. } | Self::ComfyRejected { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -186,11 +193,13 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::InvalidPath { .. } => "invalid_path",
+            Self::RequestBodyUnreadable => "invalid_body",
             Self::ComfyUnreachable { .. } => "comfy_unreachable",
             Self::ComfyTimeout { .. } => "comfy_timeout",
             Self::ComfyOffline { .. } => "comfy_offline",
             Self::ComfyBadResponse(_) => "comfy_bad_response",
             Self::NotFound { .. } => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::LogNotFound { .. } => "log_not_found",
             Self::Validation { .. } => "validation_failed",
             Self::ComfyRejected { .. } => "comfy_rejected",
@@ -264,8 +273,43 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        json!({ "error": { "code": self.code(), "message": message, "details": self.details() } })
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message,
+                details: self.details(),
+            },
+        };
+        serde_json::to_value(body).unwrap_or_default()
     }
+}
+
+/// The body of every error answer of the API.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and snake_case; clients branch on it. Among them: `host_not_allowed`, `cross_origin_refused`,
+    /// `unauthorized`, `unsupported_media_type`, `payload_too_large`, `invalid_body`, `invalid_path`, `not_found`,
+    /// `method_not_allowed`, `validation_failed`, `comfy_unreachable`, `comfy_timeout`, `comfy_offline`, `comfy_bad_response`,
+    /// `comfy_rejected`, `job_not_found`, `job_finished`, `job_not_cancellable`, `output_not_found`,
+    /// `log_not_found`, `generation_disabled`, `flux_not_configured`, `v0_not_configured`,
+    /// `comfy_dir_not_configured`, `confirmation_required`, `confirmation_expired`, `confirmation_mismatch`,
+    /// `confirmation_used`, `budget_exceeded`, `idempotency_key_reused`, `rate_limited`,
+    /// `model_paths_unparsable`, `paths_write_failed`, `service_external`, `service_not_installed`,
+    /// `service_not_configured`, `service_command_failed`, `bfl_unreachable`, `bfl_outcome_unknown`,
+    /// `v0_timeout`, `v0_unreachable`, `v0_error`, `internal`.
+    #[schema(example = "validation_failed")]
+    pub code: String,
+    /// For people; may change between versions.
+    pub message: String,
+    /// Machine-readable specifics: `fields` (per-field problems) for `validation_failed`, `retry_after_secs`
+    /// for `rate_limited`, `upstream` for ComfyUI errors, and so on.
+    #[schema(value_type = Object)]
+    pub details: Value,
 }
 
 impl IntoResponse for ApiError {

@@ -3,6 +3,8 @@
 //! Layout of the crate:
 //! - [`config`]: settings from flags, environment and `.env`, validated at once; secrets redacted.
 //! - [`paths`]: every filesystem location, derived from the configuration.
+//! - [`fs_safe`]: names from elsewhere (a client, ComfyUI) turned into paths that stay inside their folder, links
+//!   included.
 //! - [`error`]: the one API error type and its JSON body.
 //! - [`http`]: the router, the guard (Host allowlist, token, CSRF) and the request log. Only `http` knows axum's
 //!   routing.
@@ -18,6 +20,7 @@ pub mod comfy;
 pub mod config;
 pub mod error;
 pub mod flux;
+pub mod fs_safe;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
@@ -201,7 +204,14 @@ pub async fn run(
         let _ = state.local_addr.set(addr);
         tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads = 1, "Orchestrator listening");
     }
-    http::server::serve(listener, http::router::App::new(state.clone()), shutdown).await;
+    let limits = http::server::Limits::from_config(&state.config);
+    http::server::serve(
+        listener,
+        http::router::App::new(state.clone()),
+        limits,
+        shutdown,
+    )
+    .await;
     state.flux.shutdown();
     stop_supervised(&state).await;
     state.store.close().await;
@@ -228,7 +238,8 @@ pub fn run_per_core(
     let _ = state.local_addr.set(addr);
     tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads, "Orchestrator listening");
 
-    let (dispatcher, workers) = http::server::dispatcher(threads);
+    let limits = http::server::Limits::from_config(&state.config);
+    let (dispatcher, workers) = http::server::dispatcher(threads, limits);
     let mut handles = Vec::new();
     for (index, worker) in workers.into_iter().enumerate() {
         let state = if index == 0 {

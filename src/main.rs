@@ -77,6 +77,12 @@ enum Command {
         #[command(subcommand)]
         action: ServiceCommand,
     },
+    /// Print the API's OpenAPI 3.1 document (what GET /api/openapi.json serves); `--write` puts it in a file.
+    Openapi {
+        /// Write it to this file (e.g. docs/openapi.json) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        write: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +199,23 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Openapi { write } = &command {
+        let document =
+            orchestrator::http::openapi::to_json(&orchestrator::http::router::openapi_document());
+        return match write {
+            None => {
+                print!("{document}");
+                ExitCode::SUCCESS
+            }
+            Some(path) => match std::fs::write(path, document) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("cannot write {}: {error}", path.display());
+                    ExitCode::FAILURE
+                }
+            },
+        };
+    }
     if let Command::Config = command {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
@@ -203,7 +226,9 @@ fn main() -> ExitCode {
 
     match command {
         Command::Serve => serve(config),
-        Command::Config => unreachable!("handled before the server starts"),
+        Command::Config | Command::Openapi { .. } => {
+            unreachable!("handled before the server starts")
+        }
         Command::Service { action } => {
             let (action, dry_run) = action.split();
             terminal(orchestrator::cli::service(&config, action, dry_run))

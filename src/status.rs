@@ -18,52 +18,64 @@ pub const ANSWER_WITHIN: Duration = Duration::from_millis(2500);
 /// Paid APIs are asked at most this often: the panel refreshes every 10 s.
 const EXTERNAL_FRESH_FOR: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = StatusReport)]
 pub struct Report {
     /// `healthy`, `degraded` or `down`.
+    #[schema(value_type = String, example = "healthy")]
     pub overall: &'static str,
     /// Why it is not healthy, in words.
     pub reasons: Vec<String>,
     pub services: Services,
     pub comfy: Comfy,
     pub database: Database,
+    /// `flux` and `v0`: whether each key is set and works.
+    #[schema(value_type = Object)]
     pub external: Value,
+    /// The `extra_model_paths.yaml` check, or why there is none.
+    #[schema(value_type = Object)]
     pub model_paths: Value,
     pub checked_at: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Services {
     pub comfy: ServiceStatus,
     /// `service` when Orchestrator runs under a service manager, `dev` when started by hand.
+    #[schema(value_type = String)]
     pub panel: &'static str,
     /// Jobs are followed inside the server process; there is no separate worker.
+    #[schema(value_type = String)]
     pub worker: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ComfyStatus)]
 pub struct Comfy {
     pub url: String,
     /// `online`, `offline` or `unresponsive` (it accepted the connection and did not answer in time).
+    #[schema(value_type = String)]
     pub status: &'static str,
     pub online: bool,
     pub version: Option<String>,
     pub python: Option<String>,
+    #[schema(value_type = Vec<Object>)]
     pub devices: Vec<Value>,
     pub ram_total: Option<u64>,
     pub ram_free: Option<u64>,
     pub queue: Option<Queue>,
     /// Model files per folder, as ComfyUI lists them.
+    #[schema(value_type = Option<Object>)]
     pub models: Option<Value>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Queue {
     pub running: usize,
     pub pending: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Database {
     pub ok: bool,
     pub path: String,

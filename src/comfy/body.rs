@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Buf;
+use http::uri::PathAndQuery;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -29,6 +30,8 @@ pub struct IdleTimeout<B> {
     /// timer); then reset by every frame.
     deadline: Option<Pin<Box<Sleep>>>,
     what: &'static str,
+    /// The client's route, for the log line when the stream is cut (only its path is written, never the query).
+    route: Option<PathAndQuery>,
 }
 
 impl<B> IdleTimeout<B> {
@@ -38,7 +41,14 @@ impl<B> IdleTimeout<B> {
             timeout,
             deadline: None,
             what,
+            route: None,
         }
+    }
+
+    /// Names the route in the warning written when the stream is cut.
+    pub fn on_route(mut self, route: Option<PathAndQuery>) -> Self {
+        self.route = route;
+        self
     }
 }
 
@@ -74,6 +84,7 @@ where
                 Poll::Ready(()) => {
                     tracing::warn!(
                         what = this.what,
+                        route = this.route.as_ref().map_or("", PathAndQuery::path),
                         idle_secs = this.timeout.as_secs_f64(),
                         "stream idle too long; cut"
                     );
@@ -105,12 +116,14 @@ pub struct TooLarge {
 
 /// A streaming size limit that also raises a flag when it trips. The flag, not the error, is what the gateway
 /// reads: an HTTP client reports a failed request body in its own words, and the original error does not always
-/// survive the trip through its connection task.
+/// survive the trip through its connection task. A second flag says the body itself failed (the client's framing
+/// was broken, or it went away mid-body), which is the client's fault, not the upstream's.
 pub struct SizeLimit<B> {
     inner: B,
     left: u64,
     limit: u64,
     tripped: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
 }
 
 impl<B> SizeLimit<B> {
@@ -122,9 +135,15 @@ impl<B> SizeLimit<B> {
                 left: limit,
                 limit,
                 tripped: tripped.clone(),
+                failed: Arc::new(AtomicBool::new(false)),
             },
             tripped,
         )
+    }
+
+    /// Raised when the inner body yields an error.
+    pub fn failed_flag(&self) -> Arc<AtomicBool> {
+        self.failed.clone()
     }
 }
 
@@ -152,7 +171,10 @@ where
                 this.left -= len;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Err(error))) => {
+                this.failed.store(true, Ordering::SeqCst);
+                Poll::Ready(Some(Err(error.into())))
+            }
             other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
     }

@@ -9,9 +9,17 @@
 //!
 //! Writes are atomic: a temporary file in the same folder, fsync, rename, so a crash leaves the old file or the new
 //! one; an existing file is first copied to `extra_model_paths.yaml.bak.YYYYMMDD-HHMMSS`.
+//!
+//! Locking rule: [`create_default`] and [`restore`] read, back up and replace the file as one step under a lock
+//! keyed by the file's path ([`exclusive`]), so two writers in this process (two requests, a request and the CLI's
+//! code in a test) run one after the other and each sees the file the other left. Every write has a temporary
+//! file of its own (pid and a per-process counter, created with `create_new`), so two writes can never share one.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use serde::Serialize;
@@ -74,7 +82,7 @@ pub const WRITTEN_FOLDERS: [&str; 10] = [
     "text_encoders",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// ComfyUI fails to start, or the file was refused.
@@ -83,9 +91,11 @@ pub enum Severity {
     Warning,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ModelPathsProblem)]
 pub struct Problem {
     pub severity: Severity,
+    #[schema(value_type = String)]
     pub code: &'static str,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,7 +110,8 @@ pub struct Problem {
     pub column: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ModelPathsFolder)]
 pub struct Folder {
     /// Every path the key adds, resolved as ComfyUI resolves it.
     pub paths: Vec<String>,
@@ -113,7 +124,8 @@ pub struct Folder {
     pub truncated: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ModelPathsSection)]
 pub struct Section {
     pub name: String,
     pub base_path: Option<String>,
@@ -123,7 +135,8 @@ pub struct Section {
 }
 
 /// `GET /api/comfy/validate-paths`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ModelPathsReport)]
 pub struct Report {
     pub path: String,
     pub exists: bool,
@@ -274,6 +287,21 @@ impl Node {
 /// The document's root, or why the file is refused. `None` inside `Ok` is an empty document.
 #[allow(clippy::result_large_err)]
 fn parse(text: &str) -> Result<Option<Node>, Problem> {
+    // PyYAML's reader refuses the whole file for one character outside its printable set, even in a comment.
+    if let Some((at, c)) = text.char_indices().find(|(_, c)| !printable(*c)) {
+        let before = &text[..at];
+        let mut refusal = problem(
+            Severity::Error,
+            "unprintable_character",
+            format!(
+                "the file holds the character U+{:04X}, which YAML does not allow (ComfyUI fails to start on it)",
+                u32::from(c)
+            ),
+        );
+        refusal.line = Some(before.matches('\n').count() + 1);
+        refusal.column = Some(before.rsplit('\n').next().unwrap_or("").chars().count() + 1);
+        return Err(refusal);
+    }
     let mut events = Vec::new();
     for event in Parser::new_from_str(text) {
         match event {
@@ -395,6 +423,13 @@ fn parse(text: &str) -> Result<Option<Node>, Problem> {
         }
     }
     Ok(root)
+}
+
+/// A character PyYAML reads (its reader's `NON_PRINTABLE` complement): tab, line breaks, printable ASCII, and
+/// the printable rest of Unicode.
+fn printable(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+        || c >= '\u{10000}'
 }
 
 /// ComfyUI's `load_extra_path_config`, as checks.
@@ -757,10 +792,10 @@ const SECTION_END: &str = "# <<< Orchestrator's section";
 
 /// Orchestrator's own section, between markers so a later create finds and replaces exactly it.
 fn own_section(base_path: &Path) -> String {
-    let base = base_path.display().to_string().replace('\'', "''");
+    let base = quoted(&base_path.display().to_string());
     let mut text = format!(
         "{SECTION_START}\n# Each folder is relative to base_path; several paths, one a line, work too:  loras: |\n\
-         orchestrator:\n    base_path: '{base}'\n    is_default: true\n"
+         orchestrator:\n    base_path: {base}\n    is_default: true\n"
     );
     for key in WRITTEN_FOLDERS {
         text.push_str(&format!("    {key}: {key}/\n"));
@@ -768,6 +803,38 @@ fn own_section(base_path: &Path) -> String {
     text.push_str(SECTION_END);
     text.push('\n');
     text
+}
+
+/// `text` as a YAML scalar that PyYAML (and this reader) read back exactly as `text`: single-quoted when every
+/// character may stand as itself, else double-quoted with escapes. In single quotes a line break would be folded
+/// into a space, and a control character (or U+FFFE) makes PyYAML refuse the whole file, so ComfyUI would not start.
+fn quoted(text: &str) -> String {
+    // Printable and no line break in YAML 1.1's reading (U+0085, U+2028 and U+2029 are line breaks there).
+    let as_itself = |c: char| {
+        matches!(c, ' '..='~')
+            || (c >= '\u{a0}'
+                && !matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+                ))
+    };
+    if text.chars().all(as_itself) {
+        return format!("'{}'", text.replace('\'', "''"));
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if as_itself(c) => out.push(c),
+            c if u32::from(c) < 0x100 => out.push_str(&format!("\\x{:02X}", u32::from(c))),
+            c if u32::from(c) < 0x10000 => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push_str(&format!("\\U{:08X}", u32::from(c))),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// The user's file with Orchestrator's section added, or replaced where it already is (between its markers, or an
@@ -808,8 +875,26 @@ pub fn merged_file(existing: &str, base_path: &Path) -> String {
     text
 }
 
+/// The problems of `text` read as the file in `base_dir` would be.
+fn problems_of(text: &str, base_dir: &Path) -> Vec<Problem> {
+    let mut report = Report {
+        path: String::new(),
+        exists: true,
+        valid: true,
+        sections: Vec::new(),
+        problems: Vec::new(),
+        counts: Default::default(),
+    };
+    match parse(text) {
+        Ok(root) => interpret(&root, base_dir, &mut report),
+        Err(refusal) => report.problems.push(refusal),
+    }
+    report.problems
+}
+
 /// What [`create_default`] did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ModelPathsWritten)]
 pub struct Created {
     pub created: bool,
     pub path: String,
@@ -850,24 +935,47 @@ pub fn create_default(
     if !base_path.is_absolute() {
         return Err(WriteError::RelativeBase(base_path.display().to_string()));
     }
+    exclusive(file, || {
+        create_default_locked(file, base_path, create_folders, force)
+    })
+}
+
+fn create_default_locked(
+    file: &Path,
+    base_path: &Path,
+    create_folders: bool,
+    force: bool,
+) -> Result<Created, WriteError> {
     // The user's sections are kept; a file that cannot be read as ComfyUI reads it is left alone unless forced
     // (and then replaced whole, after the backup), since merging into it could lose what the user meant.
-    let text = if file.exists() {
-        let report = check(file);
-        let broken: Vec<String> = report
-            .problems
+    let errors = |problems: &[Problem]| -> Vec<String> {
+        problems
             .iter()
             .filter(|p| p.severity == Severity::Error && p.code != "empty_file")
             .map(|p| match p.line {
                 Some(line) => format!("{} (line {line})", p.message),
                 None => p.message.clone(),
             })
-            .collect();
-        match (broken.is_empty(), force) {
-            (true, _) => merged_file(
+            .collect()
+    };
+    let text = if file.exists() {
+        let mut broken = errors(&check(file).problems);
+        let mut merged = String::new();
+        if broken.is_empty() {
+            merged = merged_file(
                 &std::fs::read_to_string(file).unwrap_or_default(),
                 base_path,
-            ),
+            );
+            // Sections laid out so that a block section cannot follow them (indented, or in flow style) would
+            // make the merge a file ComfyUI fails on: that file is refused the same way.
+            let dir = file.parent().unwrap_or(Path::new("."));
+            broken = errors(&problems_of(&merged, dir))
+                .into_iter()
+                .map(|e| format!("Orchestrator's section cannot follow the sections as they are laid out: {e}"))
+                .collect();
+        }
+        match (broken.is_empty(), force) {
+            (true, _) => merged,
             (false, true) => default_file(base_path),
             (false, false) => return Err(WriteError::Unparsable(broken)),
         }
@@ -899,13 +1007,27 @@ pub fn create_default(
 
 /// Puts a backup back in place (the current file is backed up first). `backup` must be one of the file's backups.
 pub fn restore(file: &Path, backup_file: &Path) -> Result<Created, WriteError> {
-    let named = backup_file
+    let not_a_backup = || WriteError::NotABackup(backup_file.display().to_string());
+    let name = backup_file
         .file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(&format!("{FILE_NAME}.bak.")));
-    if !named || backup_file.parent() != file.parent() || !backup_file.is_file() {
-        return Err(WriteError::NotABackup(backup_file.display().to_string()));
+        .filter(|n| n.starts_with(&format!("{FILE_NAME}.bak.")))
+        .ok_or_else(not_a_backup)?;
+    if backup_file.parent() != file.parent() {
+        return Err(not_a_backup());
     }
+    // Links resolved: a backup's name that links out of ComfyUI's folder (to any file on the machine) is no backup.
+    let folder = file
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let resolved = crate::fs_safe::resolve_within(folder, name)
+        .filter(|path| path.is_file())
+        .ok_or_else(not_a_backup)?;
+    exclusive(file, || restore_locked(file, &resolved))
+}
+
+fn restore_locked(file: &Path, backup_file: &Path) -> Result<Created, WriteError> {
     let bytes = std::fs::read(backup_file).map_err(|source| WriteError::Write {
         path: backup_file.display().to_string(),
         source,
@@ -948,33 +1070,88 @@ fn backup(file: &Path) -> Result<Option<PathBuf>, WriteError> {
     Ok(Some(target))
 }
 
-/// Temporary file beside the target, fsync, rename, fsync of the folder: a crash at any point leaves the old
-/// file or the new one.
+/// Runs `work` while no other caller in this process runs work for the same file (see the locking rule above).
+/// The locks live in a table keyed by the file's absolute path, each dropped when its last user is done.
+fn exclusive<T>(file: &Path, work: impl FnOnce() -> T) -> T {
+    static LOCKS: LazyLock<Mutex<HashMap<PathBuf, Weak<Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let key = lock_key(file);
+    let lock = {
+        let mut locks = LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        match locks.get(&key).and_then(Weak::upgrade) {
+            Some(lock) => lock,
+            None => {
+                let lock = Arc::new(Mutex::new(()));
+                locks.insert(key, Arc::downgrade(&lock));
+                lock
+            }
+        }
+    };
+    // A writer that panicked left the file whole (the rename is atomic): the next one may go on.
+    let _held = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    work()
+}
+
+/// One key per file however it is named: the folder resolved (symbolic links, `..`) when it exists.
+fn lock_key(file: &Path) -> PathBuf {
+    let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .map_or_else(|_| absolute.clone(), |dir| dir.join(name)),
+        _ => absolute,
+    }
+}
+
+/// A temporary name beside `target` that no other write uses: this process's id and a counter.
+fn temporary_for(target: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    target.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Temporary file beside the target (a name of its own, never an existing file), fsync, rename, fsync of the
+/// folder: a crash at any point leaves the old file or the new one, and concurrent writes each put a whole file in
+/// place (the last rename wins).
 pub fn write_atomic(target: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let failed = |source| WriteError::Write {
         path: target.display().to_string(),
         source,
     };
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("file");
-    let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let temporary = temporary_for(target);
+    // `create_new`: a name taken (a leftover of a killed process with a reused pid) is an error, never shared.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)
+        .map_err(failed)?;
     let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
-        std::fs::rename(&temporary, target)?;
-        #[cfg(unix)]
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
+        std::fs::rename(&temporary, target)
     })();
-    if result.is_err() {
+    if let Err(error) = result {
         let _ = std::fs::remove_file(&temporary);
+        return Err(failed(error));
     }
-    result.map_err(failed)
+    // The rename itself is durable only once the folder is synced (Unix; Windows cannot open a folder so).
+    #[cfg(unix)]
+    {
+        let dir = target
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1122,25 +1299,119 @@ a111:
         }
     }
 
+    /// The "billion laughs" shape: nine levels of nine aliases each, 9^9 strings once expanded.
+    fn alias_bomb() -> String {
+        let mut text = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (name, previous) in ('b'..='i').zip('a'..) {
+            let items = vec![format!("*{previous}"); 9].join(",");
+            text.push_str(&format!("{name}: &{name} [{items}]\n"));
+        }
+        text
+    }
+
     #[test]
-    fn tags_aliases_and_huge_files_are_refused() {
-        let bomb = "a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n";
+    fn tags_aliases_and_huge_files_are_refused_and_left_as_they_are() {
+        let huge = format!(
+            "mine:\n  checkpoints: ckpt\n{}",
+            "# padding\n".repeat(1_100_000)
+        );
         for (text, code) in [
             (
-                "s:\n  checkpoints: !!python/object/apply:os.system [\"id\"]\n",
+                "s:\n  checkpoints: !!python/object/apply:os.system [\"id\"]\n".to_owned(),
                 "yaml_tag",
             ),
-            ("s: !custom\n  checkpoints: x\n", "yaml_tag"),
-            (bomb, "yaml_anchor"),
-            ("s:\n  checkpoints: *x\n", "yaml_syntax"),
-            ("a: 1\n---\nb: 2\n", "several_documents"),
+            ("s: !custom\n  checkpoints: x\n".into(), "yaml_tag"),
+            (alias_bomb(), "yaml_anchor"),
+            ("s:\n  checkpoints: *x\n".into(), "yaml_syntax"),
+            ("a: 1\n---\nb: 2\n".into(), "several_documents"),
+            (huge, "file_too_large"),
         ] {
-            let (report, _dir) = checked(text);
-            assert_eq!(codes(&report), [code], "{text:?}");
+            let (report, dir) = checked(&text);
+            let what = &text[..text.len().min(60)];
+            assert_eq!(codes(&report), [code], "{what:?}");
             assert!(!report.valid);
+            // Nothing is written over it, backed up, or left beside it (not even the model folders asked for)
+            // without force.
+            let file = dir.path().join(FILE_NAME);
+            let refused = create_default(&file, &dir.path().join("models"), true, false);
+            assert!(
+                matches!(&refused, Err(WriteError::Unparsable(problems)) if !problems.is_empty()),
+                "{what:?}: {refused:?}"
+            );
+            assert!(
+                std::fs::read(&file).unwrap() == text.as_bytes(),
+                "{what:?} changed"
+            );
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert_eq!(names, [FILE_NAME], "{what:?}");
         }
-        let (report, _dir) = checked(&"# padding\n".repeat(1_100_000));
-        assert_eq!(codes(&report), ["file_too_large"]);
+        assert_eq!(alias_bomb().matches('*').count(), 8 * 9);
+    }
+
+    #[test]
+    fn concurrent_creates_and_restores_run_one_after_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        let users =
+            "# mine\na111:\n    base_path: /srv/a1111\n    checkpoints: models/Stable-diffusion\n";
+        std::fs::write(&file, users).unwrap();
+        let first = create_default(&file, Path::new("/models/first"), false, false).unwrap();
+        let backup = PathBuf::from(first.backup_path.unwrap());
+        let bases: Vec<PathBuf> = (0..12)
+            .map(|i| PathBuf::from(format!("/models/{i}")))
+            .collect();
+        let answers: Vec<Created> = std::thread::scope(|scope| {
+            let running: Vec<_> = bases
+                .iter()
+                .enumerate()
+                .map(|(i, base)| {
+                    let (file, backup) = (&file, &backup);
+                    scope.spawn(move || {
+                        if i % 4 == 3 {
+                            restore(file, backup)
+                        } else {
+                            create_default(file, base, false, false)
+                        }
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|thread| thread.join().unwrap().unwrap())
+                .collect()
+        });
+        // Each write backed up the whole file the one before it left, under a name of its own.
+        let backups: std::collections::HashSet<String> = answers
+            .iter()
+            .map(|a| a.backup_path.clone().expect("a backup"))
+            .collect();
+        assert_eq!(backups.len(), answers.len());
+        for backup in &backups {
+            let report = check(Path::new(backup));
+            assert!(report.valid, "{backup}: {:?}", report.problems);
+            assert_eq!(report.sections[0].name, "a111", "{backup}");
+        }
+        let now = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            now == users || bases.iter().any(|base| now == merged_file(users, base)),
+            "not one of the writes:\n{now}"
+        );
+        let report = check(&file);
+        assert!(report.valid, "{:?}", report.problems);
+        assert_eq!(report.sections[0].name, "a111");
+        assert!(report.sections.len() <= 2);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]
@@ -1279,15 +1550,45 @@ a111:
     #[test]
     fn a_failed_write_leaves_the_old_file() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join(FILE_NAME);
+        // A name the file system takes, but whose temporary name (longer) it refuses: the write fails before the
+        // rename.
+        let file = dir.path().join(format!("{}.yaml", "x".repeat(240)));
         std::fs::write(&file, "old").unwrap();
-        // The temporary name is taken by a folder, so the write fails before the rename.
-        std::fs::create_dir(
-            dir.path()
-                .join(format!(".{FILE_NAME}.tmp-{}", std::process::id())),
-        )
-        .unwrap();
         assert!(write_atomic(&file, b"new").is_err());
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn every_write_has_a_temporary_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE_NAME);
+        assert_ne!(temporary_for(&file), temporary_for(&file));
+        // Threads writing the same file at once each put a whole file in place; none of them fails.
+        let payloads: Vec<Vec<u8>> = (0..16u8)
+            .map(|i| vec![b'a' + i; 64 * 1024 + usize::from(i)])
+            .collect();
+        std::thread::scope(|scope| {
+            for payload in &payloads {
+                let file = &file;
+                scope.spawn(move || write_atomic(file, payload).unwrap());
+            }
+        });
+        let now = std::fs::read(&file).unwrap();
+        assert!(
+            payloads.contains(&now),
+            "a mixed file of {} bytes",
+            now.len()
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != FILE_NAME)
+            .collect();
+        assert!(names.is_empty(), "left behind: {names:?}");
     }
 }
+
+#[cfg(test)]
+mod properties;

@@ -32,7 +32,7 @@ const MAX_OBJECT_INFO_BYTES: usize = 64 * 1024 * 1024;
 /// How long a scan stays fresh; `?refresh=1` forces a new one.
 const FRESH_FOR: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ModelLists {
     pub checkpoints: Vec<String>,
     pub loras: Vec<String>,

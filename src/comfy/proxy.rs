@@ -68,6 +68,7 @@ impl ComfyGateway {
     ) -> Result<Response<Body>, ApiError> {
         let (parts, body) = request.into_parts();
         let uri = self.upstream_uri(upstream_path, parts.uri.query())?;
+        let route = parts.uri.path_and_query().cloned();
 
         let limit = self.settings.max_body_bytes;
         if declared_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -85,17 +86,18 @@ impl ComfyGateway {
             headers.insert(header::ORIGIN, self.upstream_origin.clone());
         }
         // An empty body (most GETs) needs no limit and no idle watch: skip the wrappers and their timer.
-        let (body, too_large) = if http_body::Body::is_end_stream(&body) {
-            (Body::empty(), None)
+        let (body, too_large, client_failed) = if http_body::Body::is_end_stream(&body) {
+            (Body::empty(), None, None)
         } else {
             let (limited, too_large) = SizeLimit::new(body, limit);
+            let client_failed = limited.failed_flag();
             (
-                Body::new(IdleTimeout::new(
-                    limited,
-                    self.settings.idle_timeout,
-                    "request body",
-                )),
+                Body::new(
+                    IdleTimeout::new(limited, self.settings.idle_timeout, "request body")
+                        .on_route(route.clone()),
+                ),
                 Some(too_large),
+                Some(client_failed),
             )
         };
         let mut upstream = Request::new(body);
@@ -117,13 +119,22 @@ impl ComfyGateway {
             {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
+            // The client's own body broke (bad chunked framing, or it hung up mid-upload): not ComfyUI's doing.
+            Ok(Err(error))
+                if client_failed
+                    .is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst)) =>
+            {
+                tracing::debug!(%error, "the client's request body failed");
+                return Err(ApiError::RequestBodyUnreadable);
+            }
             Ok(Err(error)) => return Err(self.classify(error)),
             Ok(Ok(response)) => response,
         };
 
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        let body = IdleTimeout::new(body, self.settings.idle_timeout, "ComfyUI response body");
+        let body = IdleTimeout::new(body, self.settings.idle_timeout, "ComfyUI response body")
+            .on_route(route);
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
@@ -262,7 +273,13 @@ impl ComfyGateway {
                 .map(|e| format!("{}.", e.to_string_lossy()))
                 .unwrap_or_default()
         ));
-        let mut file = tokio::fs::File::create(&partial)
+        // A new file of its own: whatever is at the temporary name (a leftover, or a link planted to make this
+        // write land elsewhere) is removed, never opened; `create_new` does not follow a link made in between.
+        let _ = tokio::fs::remove_file(&partial).await;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
             .await
             .map_err(ApiError::internal)?;
         let mut body = IdleTimeout::new(
@@ -384,12 +401,20 @@ impl ComfyGateway {
     }
 }
 
+/// Decodings of one segment checked before it counts as a climb in disguise (a real name needs two at most).
+const MAX_DECODINGS: usize = 4;
+
 /// Turns the client's path below `/api/comfy` into a clean absolute path, or `None` when it tries to leave it.
 ///
-/// Empty segments (`//host`) collapse; `.` and `..` are refused in every spelling (raw, percent-encoded, double
-/// encoded, hidden inside an encoded `/`); backslashes and control characters are refused. Percent-encoding that
-/// is legitimate (ComfyUI's `/userdata/workflows%2Fa.json`) is kept as the client sent it.
+/// Empty segments (`//host`) collapse; `.` and `..` are refused in every spelling (raw, percent-encoded once, twice
+/// or more, hidden inside an encoded `/`); backslashes and control characters are refused, in every decoding too.
+/// Percent-encoding that is legitimate (ComfyUI's `/userdata/workflows%2Fa.json`) is kept as the client sent it.
+/// A raw `?` or `#` is refused: a path never holds one (encoded, `%3F` and `%23` are kept), and in the URI built
+/// from it one would end the path early, so `..?` would reach ComfyUI as the path `/..`.
 pub fn normalise_path(raw: &str) -> Option<String> {
+    if raw.contains(['?', '#']) {
+        return None;
+    }
     let mut path = String::with_capacity(raw.len() + 1);
     for segment in raw.split('/') {
         if segment.is_empty() {
@@ -401,15 +426,25 @@ pub fn normalise_path(raw: &str) -> Option<String> {
             path.push_str(segment);
             continue;
         }
-        let once = percent_decode_str(segment).decode_utf8().ok()?;
-        let twice = percent_decode_str(&once).decode_utf8_lossy();
-        for decoded in [once.as_ref(), twice.as_ref()] {
+        // Every decoding is checked until one changes nothing, so a server that decodes once more than ComfyUI
+        // does (or a proxy in front of it) finds no climb either; a segment still changing after a few decodings
+        // is no name anyone means, and is refused rather than decoded on (each pass costs its length).
+        let mut decoded = percent_decode_str(segment).decode_utf8().ok()?.into_owned();
+        for pass in 0.. {
             if decoded.contains('\\') || decoded.chars().any(char::is_control) {
                 return None;
             }
             if decoded.split('/').any(|part| part == "." || part == "..") {
                 return None;
             }
+            let next = percent_decode_str(&decoded).decode_utf8_lossy();
+            if next == decoded {
+                break;
+            }
+            if pass == MAX_DECODINGS {
+                return None;
+            }
+            decoded = next.into_owned();
         }
         path.push('/');
         path.push_str(segment);
@@ -511,6 +546,43 @@ mod tests {
         }
     }
 
+    /// Found by `properties`: a dot encoded three times (`%25252e` decodes to `%252e`, `%2e`, `.`) passed, since
+    /// only two decodings were checked.
+    #[test]
+    fn dots_encoded_any_number_of_times_are_refused() {
+        for raw in [
+            "%25252e",
+            "/a/%25252e%25252e/etc/passwd",
+            "/%2525252e%2525252e",
+            "/%25252f..",
+            "/%25255c",
+            "/%25250a",
+        ] {
+            assert_eq!(normalise_path(raw), None, "{raw} should be refused");
+        }
+        // More decodings than any real name needs: refused without decoding on.
+        let deep = format!("/%{}2e", "25".repeat(20_000));
+        assert_eq!(normalise_path(&deep), None);
+        // A name with a literal `%25` in it (sent encoded) still passes.
+        assert_eq!(
+            normalise_path("/view/100%2525.png").as_deref(),
+            Some("/view/100%2525.png")
+        );
+    }
+
+    /// Found by `properties`: `..?` passed as a plain segment, and the URI built from it has the path `/..` (the
+    /// `?` starts the query); `#` likewise ends the path.
+    #[test]
+    fn a_raw_query_or_fragment_mark_in_the_path_is_refused() {
+        for raw in ["..?", "/a/..?x", "/..#", "/a#/../b", "/x?y"] {
+            assert_eq!(normalise_path(raw), None, "{raw} should be refused");
+        }
+        assert_eq!(
+            normalise_path("/view/a%3Fb%23c.png").as_deref(),
+            Some("/view/a%3Fb%23c.png")
+        );
+    }
+
     #[test]
     fn hop_by_hop_headers_are_dropped() {
         let mut from = HeaderMap::new();
@@ -530,5 +602,142 @@ mod tests {
         remove_hop_by_hop(&mut from);
         let names: Vec<_> = from.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "x-kept"]);
+    }
+}
+
+/// Property tests: whatever path and query a client sends, the upstream URI has the configured scheme and authority
+/// and a path that no decoding turns into a climb.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use http::uri::{Authority, Scheme};
+    use proptest::prelude::*;
+
+    /// Every decoding of `text` until it stops changing (lossy, as a server that decodes again would read it).
+    fn decodings(text: &str) -> Vec<String> {
+        let mut all = vec![text.to_owned()];
+        loop {
+            let next = percent_decode_str(all.last().unwrap())
+                .decode_utf8_lossy()
+                .into_owned();
+            if &next == all.last().unwrap() {
+                return all;
+            }
+            all.push(next);
+        }
+    }
+
+    /// Fragments that have broken path normalisers, mixed with arbitrary text.
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "..", ".", "%2e", "%2E", "%252e", "%25252e", "%2525252e", "%c0%ae", "/", "//", "\\", "%2f", "%2F",
+                "%252f", "%5c", "%5C", "%255c", "@", "#", "?", ":", "%00", "%0a", "%", "%ff", "%25", "evil.example",
+                "http:", "//evil.example:80", "a", "prompt", "é", "\u{202e}", "\n", "\r", "\t", "\0", "\u{7f}",
+                "\u{85}", "\u{ff0e}", "~", "%3f", "%23", "%40", ";", "&", "=",
+            ])
+            .prop_map(str::to_owned),
+            1 => "[ -~]{0,6}",
+            1 => any::<String>(),
+        ]
+    }
+
+    fn hostile_path() -> impl Strategy<Value = String> {
+        prop::collection::vec(fragment(), 0..12).prop_map(|parts| parts.concat())
+    }
+
+    fn configured() -> impl Strategy<Value = ComfyBackend> {
+        prop::sample::select(vec![
+            "127.0.0.1:8188",
+            "localhost:8188",
+            "[::1]:8188",
+            "comfy.internal:80",
+        ])
+        .prop_map(|authority| ComfyBackend {
+            scheme: Scheme::HTTP,
+            authority: authority.parse::<Authority>().unwrap(),
+        })
+    }
+
+    fn gateway(backend: ComfyBackend) -> ComfyGateway {
+        let settings = ComfyConfig {
+            backends: vec![backend.clone()],
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_body_bytes: 1024,
+        };
+        ComfyGateway::new(http_client(Duration::from_secs(1)), backend, settings)
+    }
+
+    /// The checks every accepted URI passes.
+    fn assert_confined(uri: &Uri, backend: &ComfyBackend, raw: &str) -> Result<(), TestCaseError> {
+        prop_assert_eq!(uri.scheme(), Some(&backend.scheme), "{:?}", raw);
+        prop_assert_eq!(uri.authority(), Some(&backend.authority), "{:?}", raw);
+        // What goes on the wire, read back by whoever reads it next, names the same server and path.
+        let reparsed: Uri = uri.to_string().parse().expect("a built URI parses");
+        prop_assert_eq!(reparsed.authority(), Some(&backend.authority), "{:?}", raw);
+        prop_assert_eq!(reparsed.path(), uri.path());
+        let path = uri.path();
+        prop_assert!(
+            path.starts_with('/') && !path.starts_with("//"),
+            "{raw:?} -> {path:?}"
+        );
+        for segment in path.split('/') {
+            for decoded in decodings(segment) {
+                prop_assert!(
+                    !decoded
+                        .split(['/', '\\'])
+                        .any(|part| part == "." || part == ".."),
+                    "{raw:?} -> {path:?}: {decoded:?} climbs"
+                );
+                prop_assert!(!decoded.contains('\\'), "{raw:?} -> {path:?}: backslash");
+                prop_assert!(
+                    !decoded.chars().any(char::is_control),
+                    "{raw:?} -> {path:?}: control character"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_upstream_is_the_configured_one_and_the_path_stays_below_it(
+            backend in configured(),
+            raw in hostile_path(),
+            query in prop::option::of(hostile_path()),
+        ) {
+            let gateway = gateway(backend.clone());
+            match gateway.upstream_uri(&raw, query.as_deref()) {
+                Ok(uri) => {
+                    assert_confined(&uri, &backend, &raw)?;
+                    // The path sent is the normalised one: nothing in it was read as a query or fragment.
+                    prop_assert_eq!(Some(uri.path().to_owned()), normalise_path(&raw), "{:?}", raw);
+                }
+                Err(ApiError::InvalidPath { .. }) => {}
+                Err(other) => prop_assert!(false, "{raw:?}: unexpected {other:?}"),
+            }
+        }
+
+        /// A path that is already clean comes back unchanged, so the normaliser refuses only what it must.
+        #[test]
+        fn clean_paths_pass_unchanged(
+            segments in prop::collection::vec("[A-Za-z0-9_\\-]{1,8}(\\.[a-z]{1,4})?", 0..6),
+        ) {
+            let path = format!("/{}", segments.join("/"));
+            prop_assert_eq!(normalise_path(&path), Some(path.clone()));
+        }
+
+        /// Normalising is idempotent: a normalised path is its own normal form.
+        #[test]
+        fn normalising_twice_changes_nothing(raw in hostile_path()) {
+            if let Some(once) = normalise_path(&raw) {
+                prop_assert_eq!(normalise_path(&once), Some(once.clone()), "{:?}", raw);
+            }
+        }
     }
 }

@@ -42,9 +42,11 @@ pub struct Answer {
 }
 
 /// The budget as `GET /api/flux/budget` shows it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = FluxBudget)]
 pub struct Budget {
     pub day: String,
+    #[schema(value_type = String, example = "USD")]
     pub currency: &'static str,
     pub limit: f64,
     pub spent: f64,

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::query::Query;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::model::{Job, JobStatus};
@@ -19,17 +20,59 @@ use crate::jobs::runner::{JobError, Upload, safe_file_name};
 use crate::jobs::store::StoredEvent;
 use crate::jobs::templates::ParamKind;
 
-#[derive(Debug, Deserialize)]
+/// A template with parameters, or an API-format workflow: one of the two.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SubmitJob {
+    /// Only `comfy` (the default).
+    #[schema(example = "comfy")]
     backend: Option<String>,
+    /// A template's name, from `GET /api/templates`.
+    #[schema(example = "sdxl-t2i")]
     template: Option<String>,
+    /// The template's parameters; image parameters may be `data:image/…;base64,…` URLs.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
+    /// A workflow in ComfyUI's API format ("Save (API)"): node id → `{class_type, inputs}`.
+    #[schema(value_type = Option<Object>)]
     workflow: Option<Value>,
 }
 
+/// A job accepted for running.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    id: String,
+    status: JobStatus,
+}
+
+/// One page of jobs, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobPage {
+    jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    next_cursor: Option<String>,
+}
+
+/// Every template's manifest.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TemplateList {
+    templates: Vec<crate::jobs::templates::Manifest>,
+}
+
 /// `POST /api/jobs`: 202 `{id, status}` once ComfyUI has accepted the workflow.
-pub async fn submit(State(state): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = SubmitJob,
+    responses((status = 202, description = "Accepted: sent to ComfyUI, or queued until one answers", body = Accepted,
+            headers(("Location" = String, description = "The job's URL"))),
+        (status = 413, description = "The body is larger than 72 MiB", body = crate::error::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = crate::error::ErrorBody),
+        (status = 422, description = "A field is wrong (`details.fields` names each), or ComfyUI refused the workflow (`comfy_rejected`)", body = crate::error::ErrorBody),
+        (status = 502, description = "ComfyUI answered with something unexpected", body = crate::error::ErrorBody),
+        (status = 503, description = "No ComfyUI answers and the job has input images to upload", body = crate::error::ErrorBody)))]
+pub async fn submit(
+    State(state): State<AppState>,
+    // Input images come inline as data: URLs.
+    super::query::Body(body): super::query::Body<{ 72 * 1024 * 1024 }>,
+) -> ApiResult<Response> {
     let request: SubmitJob =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
     match request.backend.as_deref().unwrap_or("comfy") {
@@ -80,10 +123,14 @@ pub async fn submit(State(state): State<AppState>, body: axum::body::Bytes) -> A
         .submit_comfy(template.as_deref(), &params, workflow, uploads)
         .await
         .map_err(job_error)?;
-    let body = json!({ "id": job.id, "status": job.status });
+    let location = format!("/api/jobs/{}", job.id);
+    let body = Accepted {
+        id: job.id,
+        status: job.status,
+    };
     Ok((
         StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/api/jobs/{}", job.id))],
+        [(header::LOCATION, location)],
         Json(body),
     )
         .into_response())
@@ -215,24 +262,35 @@ fn job_error(error: JobError) -> ApiError {
 }
 
 /// `GET /api/templates`: every template's manifest (name, title, output, parameters with types, ranges, defaults).
-pub async fn templates(State(state): State<AppState>) -> Json<Value> {
-    let manifests: Vec<_> = state.templates.manifests().collect();
-    Json(json!({ "templates": manifests }))
+#[utoipa::path(get, path = "/api/templates", tag = "jobs",
+    responses((status = 200, description = "The templates", body = TemplateList)))]
+pub async fn templates(State(state): State<AppState>) -> Json<TemplateList> {
+    let templates = state.templates.manifests().cloned().collect();
+    Json(TemplateList { templates })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only jobs in this state.
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
+    /// 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// `GET /api/jobs?status=&limit=&cursor=`: newest first, `next_cursor` for the next page.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, description = "A page of jobs", body = JobPage),
+        (status = 422, description = "An unknown status, or a limit out of range", body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
-    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
+) -> ApiResult<Json<JobPage>> {
+    let status = match query.status.as_deref() {
         None => None,
         Some(text) => Some(
             JobStatus::parse(text)
@@ -253,9 +311,10 @@ pub async fn list(
         .list_jobs(status, limit, query.cursor.as_deref())
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(
-        json!({ "jobs": page.jobs, "next_cursor": page.next_cursor }),
-    ))
+    Ok(Json(JobPage {
+        jobs: page.jobs,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 async fn find(state: &AppState, id: &str) -> ApiResult<Job> {
@@ -270,29 +329,52 @@ async fn find(state: &AppState, id: &str) -> ApiResult<Job> {
         })
 }
 
+/// One job: its state, progress, parameters, error and outputs.
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The job", body = Job), (status = 404, description = "No such job", body = crate::error::ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
     Ok(Json(find(&state, &id).await?))
 }
 
+/// Cancels a job: removed from ComfyUI's queue if it waits, interrupted if it runs.
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The job after the cancel", body = Job),
+        (status = 404, description = "No such job", body = crate::error::ErrorBody),
+        (status = 409, description = "The job has already ended, or its backend cannot cancel it", body = crate::error::ErrorBody),
+        (status = 502, description = "ComfyUI did not take the cancel", body = crate::error::ErrorBody), (status = 504, description = "ComfyUI did not answer in time", body = crate::error::ErrorBody)))]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
     Ok(Json(state.jobs.cancel(&id).await.map_err(job_error)?))
 }
 
 /// `GET /api/jobs/{id}/events`: the job as it is now (`event: state`), then every change until it ends.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// The same as the `Last-Event-ID` header, for clients that cannot set it.
-    last_event_id: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 0)]
+    last_event_id: Option<String>,
 }
 
-/// Where a reconnecting client left off: `Last-Event-ID`, else `?last_event_id=`.
-fn resume_from(headers: &http::HeaderMap, query: &EventsQuery) -> Option<i64> {
-    headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .or(query.last_event_id)
-        .filter(|id| *id >= 0)
+/// Where a reconnecting client left off: `Last-Event-ID`, else `?last_event_id=`; either must be a whole number.
+fn resume_from(headers: &http::HeaderMap, query: &EventsQuery) -> ApiResult<Option<i64>> {
+    let number = |field: &str, text: &str| {
+        text.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| ApiError::invalid(field, "must be a whole number, 0 or more"))
+    };
+    if let Some(value) = headers.get("last-event-id") {
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a whole number, 0 or more"))?;
+        return number("Last-Event-ID", text).map(Some);
+    }
+    query
+        .last_event_id
+        .as_deref()
+        .map(|text| number("last_event_id", text))
+        .transpose()
 }
 
 fn numbered(id: i64, kind: &str, job: &impl serde::Serialize) -> Event {
@@ -344,6 +426,11 @@ const REPLAY_LIMIT: u32 = 10_000;
 /// `GET /api/jobs/{id}/events`: the job's changes as server-sent events, each with its number as `id:`. A client
 /// that reconnects with `Last-Event-ID` gets exactly the events after it, then live ones; a new client gets the
 /// current state first. The stream ends after the job's final state; a comment every 15 s keeps it open.
+#[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id"), EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "The last event received; the stream resumes after it")),
+    responses((status = 200, description = "Server-sent events: `id:` the event's number, `event:` state, progress, node, output or resubmitted, `data:` the job (Job) as JSON", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such job", body = crate::error::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -354,7 +441,7 @@ pub async fn events(
     let mut changes = state.jobs.subscribe();
     let job = find(&state, &id).await?;
     let store = state.jobs.store().clone();
-    let resume = resume_from(&headers, &query);
+    let resume = resume_from(&headers, &query)?;
     let stream = async_stream(move |tx| async move {
         let replay = |after: i64| {
             let store = store.clone();
@@ -416,6 +503,9 @@ pub async fn events(
 }
 
 /// `GET /api/events`: every job's changes, numbered across all jobs; `Last-Event-ID` replays what was missed.
+#[utoipa::path(get, path = "/api/events", tag = "jobs",
+    params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "The last event received; the stream resumes after it")),
+    responses((status = 200, description = "Server-sent events of every job, numbered across all jobs; `data:` the job (Job) as JSON", content_type = "text/event-stream", body = String)))]
 pub async fn all_events(
     State(state): State<AppState>,
     headers: http::HeaderMap,
@@ -423,7 +513,7 @@ pub async fn all_events(
 ) -> ApiResult<Response> {
     let mut changes = state.jobs.subscribe();
     let store = state.jobs.store().clone();
-    let resume = resume_from(&headers, &query);
+    let resume = resume_from(&headers, &query)?;
     let stream = async_stream(move |tx| async move {
         // A new client starts from now; a returning one from where it left off.
         let replay = |after: i64| {
@@ -484,6 +574,10 @@ where
 }
 
 /// `GET /api/jobs/{id}/outputs/{name}`: a job's file, streamed; only names the job recorded are served.
+#[utoipa::path(get, path = "/api/jobs/{id}/outputs/{name}", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id"), ("name" = String, Path, description = "An output's name, as the job lists it")),
+    responses((status = 200, description = "The file, streamed", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such job, or no such output", body = crate::error::ErrorBody)))]
 pub async fn output(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
@@ -498,7 +592,13 @@ pub async fn output(
             name: name.chars().take(128).collect(),
         });
     };
-    let path = state.jobs.output_dir(&job.id).join(&file.name);
+    let path =
+        state
+            .jobs
+            .output_file(&job.id, &file.name)
+            .ok_or_else(|| ApiError::OutputNotFound {
+                name: file.name.clone(),
+            })?;
     let opened = tokio::fs::File::open(&path)
         .await
         .map_err(|_| ApiError::OutputNotFound {

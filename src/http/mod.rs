@@ -4,7 +4,9 @@
 pub mod guard;
 pub mod jobs;
 pub mod model_paths;
+pub mod openapi;
 pub mod paid;
+pub mod query;
 pub mod rate_limit;
 pub mod request_log;
 pub mod router;

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use serde::Deserialize;
 
@@ -31,14 +30,19 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
         .map_err(ApiError::internal)
 }
 
+/// `extra_model_paths.yaml` read the way ComfyUI reads it: sections, folders with file counts, problems.
+#[utoipa::path(get, path = "/api/comfy/validate-paths", tag = "model paths",
+    responses((status = 200, description = "The check", body = Report),
+        (status = 503, description = "COMFY_DIR is not configured, so the file has no place", body = crate::error::ErrorBody)))]
 pub async fn validate(State(state): State<AppState>) -> ApiResult<Json<Report>> {
     let file = file(&state)?;
     Ok(Json(blocking(move || model_paths::check(&file)).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateRequest {
+pub struct CreateRequest {
+    /// The folder the section's paths are relative to (default `MODELS_DIR`); absolute.
     #[serde(alias = "basePath")]
     base_path: Option<String>,
     #[serde(default, alias = "createFolders")]
@@ -48,16 +52,26 @@ struct CreateRequest {
     force: bool,
 }
 
+/// Writes Orchestrator's section of `extra_model_paths.yaml` (keeping the user's sections), after a backup.
+#[utoipa::path(post, path = "/api/comfy/create-default-paths", tag = "model paths",
+    request_body(content = CreateRequest, description = "`{}` for the defaults"),
+    responses((status = 200, description = "Written", body = Created),
+        (status = 409, description = "The file cannot be read as ComfyUI reads it; left as it is unless `force`", body = crate::error::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = crate::error::ErrorBody),
+        (status = 422, description = "base_path is missing or relative", body = crate::error::ErrorBody),
+        (status = 500, description = "The backup or the write failed; the old file is still there", body = crate::error::ErrorBody),
+        (status = 503, description = "COMFY_DIR is not configured", body = crate::error::ErrorBody)))]
 pub async fn create_default(
     State(state): State<AppState>,
-    body: Bytes,
+    super::query::Body(body): super::query::Body,
 ) -> ApiResult<Json<Created>> {
     let file = file(&state)?;
-    let request: CreateRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?
-    };
+    let request: CreateRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!("a JSON object is expected ({{}} for the defaults): {e}"),
+        )
+    })?;
     let base = match request
         .base_path
         .as_deref()
@@ -79,14 +93,25 @@ pub async fn create_default(
     created.map(Json).map_err(write_error)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RestoreRequest {
+pub struct RestoreRequest {
+    /// A backup written beside the file (`extra_model_paths.yaml.bak.YYYYMMDD-HHMMSS`).
     #[serde(alias = "backupPath")]
     backup_path: String,
 }
 
-pub async fn restore(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Created>> {
+/// Brings a backup of `extra_model_paths.yaml` back (the current file is backed up first).
+#[utoipa::path(post, path = "/api/comfy/restore-paths", tag = "model paths", request_body = RestoreRequest,
+    responses((status = 200, description = "Restored", body = Created),
+        (status = 415, description = "The body is not JSON", body = crate::error::ErrorBody),
+        (status = 422, description = "Not a backup of this file", body = crate::error::ErrorBody),
+        (status = 500, description = "The write failed; the old file is still there", body = crate::error::ErrorBody),
+        (status = 503, description = "COMFY_DIR is not configured", body = crate::error::ErrorBody)))]
+pub async fn restore(
+    State(state): State<AppState>,
+    super::query::Body(body): super::query::Body,
+) -> ApiResult<Json<Created>> {
     let file = file(&state)?;
     let request: RestoreRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;

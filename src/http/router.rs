@@ -4,16 +4,19 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{FromRequestParts, Query, Request, State, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use serde::Deserialize;
 use tower::ServiceExt;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::guard::{self, GuardPolicy};
+use super::query::Query;
 use super::request_log::{log_request, logged as log_request_with};
-use super::{jobs, model_paths, paid, rate_limit, system};
+use super::{jobs, model_paths, openapi, paid, rate_limit, system};
 use crate::AppState;
 use crate::comfy::ws;
 use crate::error::{ApiError, ApiResult};
@@ -73,49 +76,15 @@ fn is_own_comfy_route(path: &str) -> bool {
 }
 
 fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
-    let own_api = Router::new()
-        .route("/api/health", get(health))
-        .route("/api/models", get(models))
-        .route("/api/system/comfy/status", get(system::status))
-        .route("/api/status", get(system::full_status))
-        .route("/api/status/services", get(system::services_status))
-        .route("/api/status/comfy", get(system::comfy_status))
-        .route("/api/status/models", get(system::models_status))
-        .route("/api/system/comfy/start", post(system::start))
-        .route("/api/system/comfy/stop", post(system::stop))
-        .route("/api/system/ignite", post(system::ignite))
-        .route("/api/logs/comfy", get(system::comfy_log))
-        .route(
-            "/api/jobs",
-            // Input images come inline as data: URLs.
-            get(jobs::list)
-                .post(jobs::submit)
-                .layer(axum::extract::DefaultBodyLimit::max(72 * 1024 * 1024)),
-        )
-        .route("/api/templates", get(jobs::templates))
-        .route("/api/comfy/validate-paths", get(model_paths::validate))
-        .route(
-            "/api/comfy/create-default-paths",
-            post(model_paths::create_default),
-        )
-        .route("/api/comfy/restore-paths", post(model_paths::restore))
-        .route("/api/jobs/{id}", get(jobs::get))
-        .route("/api/jobs/{id}/events", get(jobs::events))
-        .route("/api/events", get(jobs::all_events))
-        .route("/api/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/api/jobs/{id}/outputs/{name}", get(jobs::output))
-        .route(
-            "/api/builder/messages",
-            get(ui::builder_messages).post(ui::builder_send),
-        )
-        .merge(paid_routes(state.paid_limiter.clone()))
-        .layer(from_fn(guard::require_json_body));
+    let (own_api, document) = api_routes(state.paid_limiter.clone()).split_for_parts();
+    let document: Arc<str> = openapi::to_json(&document).into();
 
     let pages = Router::new()
         .route("/", get(ui::home))
         .route("/diagnostics", get(ui::diagnostics))
         .route("/builder", get(ui::builder))
         .route("/settings", get(ui::settings))
+        .route("/api-docs", get(ui::api_docs))
         .route("/jobs", get(ui::jobs))
         .route("/jobs/{id}", get(ui::job))
         .route("/assets/{*path}", get(ui::asset));
@@ -123,14 +92,73 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
     let pages = pages.route("/__testkit/panic", get(ui::testkit_panic));
 
     Router::new()
-        .merge(own_api)
+        .merge(own_api.layer(from_fn(guard::require_json_body)))
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        document.to_string(),
+                    )
+                }
+            }),
+        )
         .merge(pages)
         .route_service("/mcp", mcp_service(&state))
         .fallback(ui::not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(from_fn(ui::catch_panics))
         .layer(from_fn_with_state(policy, guard::guard))
         .layer(from_fn(log_request))
+}
+
+/// Every `/api` route Orchestrator answers itself, each registered with its OpenAPI description, so the document
+/// lists exactly what is served.
+fn api_routes(limiter: Arc<rate_limit::PaidLimiter>) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::head())
+        .routes(routes!(health))
+        .routes(routes!(models))
+        .routes(routes!(system::status))
+        .routes(routes!(system::full_status))
+        .routes(routes!(system::services_status))
+        .routes(routes!(system::comfy_status))
+        .routes(routes!(system::models_status))
+        .routes(routes!(system::start))
+        .routes(routes!(system::stop))
+        .routes(routes!(system::ignite))
+        .routes(routes!(system::comfy_log))
+        .routes(routes!(jobs::list, jobs::submit))
+        .routes(routes!(jobs::templates))
+        .routes(routes!(model_paths::validate))
+        .routes(routes!(model_paths::create_default))
+        .routes(routes!(model_paths::restore))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::events))
+        .routes(routes!(jobs::all_events))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::output))
+        .routes(routes!(ui::builder_messages, ui::builder_send))
+        .merge(paid_routes(limiter))
+}
+
+/// A known route asked with a method it does not take: the shared error body, not an empty 405.
+async fn method_not_allowed(request: Request) -> Response {
+    ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+    }
+    .into_response()
+}
+
+/// The OpenAPI document of the routes [`App`] serves, as `GET /api/openapi.json` gives it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let limiter = rate_limit::PaidLimiter::new(crate::config::RateLimitConfig {
+        per_minute: 1,
+        burst: 1,
+    });
+    api_routes(Arc::new(limiter)).into_openapi()
 }
 
 /// `/mcp`: the MCP tools as streamable HTTP, stateless (each request stands alone, so any serving thread can answer
@@ -162,30 +190,40 @@ fn mcp_service(
 }
 
 /// The routes that cost money or call a remote API, behind the per-client rate limit.
-fn paid_routes(limiter: Arc<rate_limit::PaidLimiter>) -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/flux/generate",
-            // Kontext takes its input image inline.
-            post(paid::flux_generate).layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024)),
-        )
-        .route("/api/flux/budget", get(paid::flux_budget))
-        .route("/api/flux/models", get(paid::flux_models))
-        .route("/api/v0/validate", get(paid::v0_validate))
+fn paid_routes(limiter: Arc<rate_limit::PaidLimiter>) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(paid::flux_generate))
+        .routes(routes!(paid::flux_budget))
+        .routes(routes!(paid::flux_models))
+        .routes(routes!(paid::v0_validate))
+        // Described in the document by `openapi::v0_passthrough`.
         .route("/api/v0/{*path}", any(paid::v0_gateway))
         .route_layer(from_fn_with_state(limiter, rate_limit::limit))
 }
 
 /// Liveness of Orchestrator itself (not of ComfyUI): answers as soon as the server accepts requests.
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+#[utoipa::path(get, path = "/api/health", tag = "meta",
+    responses((status = 200, description = "Orchestrator is up", body = openapi::Health)))]
+async fn health() -> Json<openapi::Health> {
+    Json(openapi::Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ModelsQuery {
+    /// `1`, `true` or `yes`: scan ComfyUI again instead of answering from the cache.
     refresh: Option<String>,
 }
 
+/// Model files per folder, read from ComfyUI's loader nodes; cached for a minute.
+#[utoipa::path(get, path = "/api/models", tag = "comfy", params(ModelsQuery),
+    responses((status = 200, description = "Model files per folder", body = crate::comfy::models::ModelLists),
+        (status = 502, description = "ComfyUI answered with something unexpected", body = crate::error::ErrorBody),
+        (status = 503, description = "ComfyUI is offline", body = crate::error::ErrorBody),
+        (status = 504, description = "ComfyUI did not answer in time", body = crate::error::ErrorBody)))]
 async fn models(
     State(state): State<AppState>,
     Query(query): Query<ModelsQuery>,

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A job's state. `backend_lost`: the backend no longer knows the job (it restarted or died); never `succeeded`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,
@@ -45,7 +45,7 @@ impl JobStatus {
 }
 
 /// A file a job produced, kept in `DATA_DIR/outputs/<job id>/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputFile {
     pub name: String,
     pub url: String,
@@ -53,7 +53,7 @@ pub struct OutputFile {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: String,
     pub backend: String,
@@ -62,7 +62,11 @@ pub struct Job {
     pub progress: f64,
     pub current_node: Option<String>,
     pub template: Option<String>,
+    /// The parameters the job was made with (input images replaced by a note).
+    #[schema(value_type = Object)]
     pub params: Value,
+    /// `{code, message, …}` when it failed or was lost.
+    #[schema(value_type = Option<Object>)]
     pub error: Option<Value>,
     pub outputs: Vec<OutputFile>,
     /// ComfyUI's id for the prompt, once submitted.

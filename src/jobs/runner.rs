@@ -217,6 +217,12 @@ impl Jobs {
         self.outputs.join(job_id)
     }
 
+    /// One of a job's files, links resolved, when it exists inside the outputs folder (a link that points out of
+    /// it is not served).
+    pub fn output_file(&self, job_id: &str, name: &str) -> Option<PathBuf> {
+        crate::fs_safe::resolve_within(&self.outputs, &format!("{job_id}/{name}"))
+    }
+
     /// Records the job, submits it to ComfyUI and follows it in the background. Answers once ComfyUI accepted it.
     pub async fn submit_comfy(
         &self,
@@ -1026,18 +1032,19 @@ impl Follower {
                         continue;
                     };
                     let name = safe_file_name(filename);
-                    if name.is_empty() || outputs.iter().any(|o: &OutputFile| o.name == name) {
+                    if outputs.iter().any(|o: &OutputFile| o.name == name) {
                         continue;
                     }
+                    let Some(target) = crate::fs_safe::new_file_in(&dir, &name) else {
+                        continue;
+                    };
                     let query = serde_urlencoded_query(&[
                         ("filename", filename),
                         ("subfolder", file["subfolder"].as_str().unwrap_or("")),
                         ("type", file["type"].as_str().unwrap_or("output")),
                     ]);
-                    let (size, content_type) = self
-                        .gateway
-                        .download("/view", &query, &dir.join(&name))
-                        .await?;
+                    let (size, content_type) =
+                        self.gateway.download("/view", &query, &target).await?;
                     outputs.push(OutputFile {
                         url: format!(
                             "/api/jobs/{}/outputs/{}",
@@ -1205,6 +1212,7 @@ fn serde_urlencoded_query(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn output_names_cannot_climb() {
@@ -1213,5 +1221,37 @@ mod tests {
         assert_eq!(safe_file_name("a\\b\\..\\c.png"), "c.png");
         assert_eq!(safe_file_name(".."), "");
         assert_eq!(safe_file_name("x/"), "");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever file name ComfyUI's history gives, the name kept is one plain name (or nothing), and the file
+        /// it is written to is directly in the job's folder.
+        #[test]
+        fn a_kept_output_name_is_one_plain_name(
+            name in prop::collection::vec(
+                prop_oneof![
+                    prop::sample::select(vec![
+                        "..", ".", "/", "\\", "//", "C:", "\0", "\n", "\u{85}", "%2e%2e", "x.png", "~",
+                    ])
+                    .prop_map(str::to_owned),
+                    any::<String>(),
+                ],
+                0..8,
+            )
+            .prop_map(|parts| parts.concat()),
+        ) {
+            let kept = safe_file_name(&name);
+            prop_assert_eq!(safe_file_name(&kept), kept.clone(), "{:?}", name);
+            prop_assert!(!kept.contains(['/', '\\']) && !kept.chars().any(char::is_control));
+            prop_assert!(kept != "." && kept != "..");
+            let dir = std::path::Path::new("outputs").join("job");
+            match crate::fs_safe::new_file_in(&dir, &kept) {
+                Some(path) => prop_assert_eq!(path.parent(), Some(dir.as_path())),
+                // Nothing, or on Windows a drive-relative name such as `C:x.png`.
+                None => prop_assert!(kept.is_empty() || cfg!(windows), "{:?}", kept),
+            }
+        }
     }
 }

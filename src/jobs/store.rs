@@ -431,13 +431,15 @@ pub struct NewMessage<'a> {
     pub links: &'a [Link],
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = BuilderLink)]
 pub struct Link {
     pub label: String,
     pub url: String,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = BuilderMessage)]
 pub struct Message {
     pub id: String,
     pub role: String,

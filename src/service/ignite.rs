@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::ServiceControl;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Checking,
@@ -21,7 +21,7 @@ pub enum Phase {
 }
 
 /// One progress report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     pub phase: Phase,
     pub elapsed_ms: u64,
@@ -31,13 +31,17 @@ pub struct Progress {
 }
 
 /// What Ignite ended with.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = IgniteOutcome)]
 pub struct Outcome {
     /// `online` or `offline`.
+    #[schema(value_type = String)]
     pub comfy: &'static str,
     /// `service` when Orchestrator itself runs under a service manager, `dev` when started by hand.
+    #[schema(value_type = String)]
     pub panel: &'static str,
     /// No separate worker process exists yet.
+    #[schema(value_type = String)]
     pub worker: &'static str,
     pub elapsed_ms: u64,
     /// Whether Ignite started ComfyUI (false when it was already answering).

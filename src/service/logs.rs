@@ -111,19 +111,18 @@ pub fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
     };
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or(name);
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+    let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
-    }) else {
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut rotated: Vec<(std::time::SystemTime, PathBuf)> = entries
         .filter_map(Result::ok)
-        .filter(|entry| {
-            let Some(candidate) = entry.file_name().to_str().map(str::to_owned) else {
-                return false;
-            };
+        .filter_map(|entry| {
+            let candidate = entry.file_name().to_str()?.to_owned();
             let numbered = candidate
                 .strip_prefix(name)
                 .and_then(|rest| rest.strip_prefix('.'))
@@ -131,9 +130,16 @@ pub fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
             let stamped = candidate != name
                 && candidate.starts_with(&format!("{stem}-"))
                 && candidate.ends_with(&format!(".{extension}"));
-            numbered || stamped
+            if !(numbered || stamped) {
+                return None;
+            }
+            // A sibling that is a link out of the log's folder is not a rotated log: it is never read.
+            let resolved = crate::fs_safe::resolve_within(dir, &candidate)?;
+            Some((
+                std::fs::metadata(&resolved).ok()?.modified().ok()?,
+                resolved,
+            ))
         })
-        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
         .collect();
     rotated.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     rotated.into_iter().map(|(_, path)| path).collect()
@@ -233,5 +239,29 @@ mod tests {
         let lines = tail(&log, 5).unwrap();
         assert_eq!(lines.last().map(String::as_str), Some("end"));
         assert!(lines.iter().map(String::len).sum::<usize>() <= MAX_TAIL_BYTES as usize);
+    }
+
+    /// A rotated name that is a link out of the log's folder is skipped, so the log viewer cannot be turned into
+    /// a reader of any file; a link to a log in the folder is followed.
+    #[cfg(unix)]
+    #[test]
+    fn rotated_links_out_of_the_folder_are_not_read() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        write(&secret, "password\n");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("comfyui.log");
+        write(&dir.path().join("comfyui.log.3"), "old\n");
+        std::os::unix::fs::symlink(&secret, dir.path().join("comfyui.log.1")).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("comfyui-20250101.log")).unwrap();
+        std::os::unix::fs::symlink("comfyui.log.3", dir.path().join("comfyui.log.2")).unwrap();
+        write(&log, "new\n");
+        assert_eq!(
+            rotated_siblings(&log).len(),
+            2,
+            "{:?}",
+            rotated_siblings(&log)
+        );
+        assert!(!tail(&log, 100).unwrap().contains(&"password".to_owned()));
     }
 }

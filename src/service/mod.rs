@@ -19,7 +19,7 @@ use serde::Serialize;
 pub use control::{ServiceControl, ServiceError};
 
 /// A service's state, in the words the API and the panel use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceState {
     Running,
@@ -37,6 +37,7 @@ pub enum ServiceState {
 /// Why a run ended, as far as the supervisor knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum ExitCause {
     /// It ended by itself (a crash, or killed from outside).
     Exited,
@@ -47,13 +48,14 @@ pub enum ExitCause {
 }
 
 /// How the last run ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ExitRecord {
     pub cause: ExitCause,
     /// The exit code, when the process exited by itself.
     pub code: Option<i32>,
     /// The signal that ended it (Unix).
     pub signal: Option<i32>,
+    #[schema(value_type = String, format = DateTime)]
     pub at: DateTime<Utc>,
     /// How long that run lasted.
     pub uptime_ms: u64,
@@ -62,9 +64,11 @@ pub struct ExitRecord {
 }
 
 /// `GET /api/system/comfy/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ServiceStatus {
     pub status: ServiceState,
+    /// `windows`, `systemd`, `supervised` or `external`.
+    #[schema(value_type = String)]
     pub backend: &'static str,
     pub pid: Option<u32>,
     pub restarts: u32,

@@ -10,11 +10,11 @@
 //! Switches for failure tests: [`FakeComfy::set_hang`] (accept connections, never answer), [`FakeComfy::stop`]
 //! (connections refused), `/view?filename=large.bin&size=N` (a generated body of N bytes, streamed) and
 //! `/view?filename=stall.bin` (64 KiB, then silence). The same switches are reachable over HTTP at `/__fake/*` for
-//! the `fake-comfyui` binary.
+//! the `fake-comfyui` binary. [`FakeComfy::open_connections`] counts the TCP connections open to it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -147,6 +147,8 @@ struct Shared {
     interrupt: AtomicBool,
     requests: Mutex<VecDeque<RecordedRequest>>,
     request_count: AtomicU64,
+    /// TCP connections open right now (counted by the listener, so idle pooled ones too).
+    open_connections: Arc<AtomicUsize>,
     sockets: Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>,
     queue: Mutex<Queue>,
     history: Mutex<Map<String, Value>>,
@@ -220,6 +222,7 @@ impl FakeComfy {
             interrupt: AtomicBool::new(false),
             requests: Mutex::new(VecDeque::new()),
             request_count: AtomicU64::new(0),
+            open_connections: Arc::new(AtomicUsize::new(0)),
             sockets: Mutex::new(HashMap::new()),
             queue: Mutex::new(Queue::default()),
             history: Mutex::new(Map::new()),
@@ -230,6 +233,10 @@ impl FakeComfy {
         tokio::spawn(worker(shared.clone(), work_rx));
         let app = router(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
+        let listener = CountingListener {
+            inner: listener,
+            open: shared.open_connections.clone(),
+        };
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app.into_make_service());
             tokio::select! {
@@ -304,6 +311,11 @@ impl FakeComfy {
             .collect()
     }
 
+    /// How many TCP connections to the fake are open right now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::SeqCst)
+    }
+
     /// How many requests arrived since start.
     pub fn request_count(&self) -> u64 {
         self.shared.request_count.load(Ordering::SeqCst)
@@ -342,6 +354,74 @@ impl Drop for FakeComfy {
         if let Some(server) = self.server.take() {
             server.abort();
         }
+    }
+}
+
+/// The fake's listener: counts the connections open at any moment.
+struct CountingListener {
+    inner: TcpListener,
+    open: Arc<AtomicUsize>,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (inner, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        self.open.fetch_add(1, Ordering::SeqCst);
+        let open = self.open.clone();
+        (CountedStream { inner, open }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted connection that leaves the count when it is dropped.
+struct CountedStream {
+    inner: tokio::net::TcpStream,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl tokio::io::AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -108,6 +108,22 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ("nav.builder", "Builder", "Конструктор"),
     ("nav.diagnostics", "Diagnostics", "Диагностика"),
     ("nav.settings", "Settings", "Настройки"),
+    ("nav.api", "API", "API"),
+    ("apidocs.title", "API", "API"),
+    (
+        "apidocs.intro",
+        "Every route of Orchestrator's HTTP API, from its OpenAPI 3.1 document. Clients can be generated from the document itself:",
+        "Все маршруты HTTP API Orchestrator из его документа OpenAPI 3.1. Клиентов можно сгенерировать по самому документу:",
+    ),
+    ("apidocs.method", "Method", "Метод"),
+    ("apidocs.path", "Path", "Путь"),
+    ("apidocs.summary", "What it does", "Что делает"),
+    ("apidocs.answers", "Answers", "Ответы"),
+    (
+        "apidocs.errors",
+        "Every error answer has the body {\"error\": {\"code\", \"message\", \"details\"}} with a stable code.",
+        "Каждый ответ с ошибкой имеет тело {\"error\": {\"code\", \"message\", \"details\"}} с неизменным кодом.",
+    ),
     (
         "script.error",
         "Something on this page failed; the rest still works. Reload to try again:",

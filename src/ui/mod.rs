@@ -9,7 +9,6 @@ pub mod i18n;
 
 use askama::Template;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
@@ -275,6 +274,87 @@ pub async fn builder(State(state): State<AppState>, headers: HeaderMap) -> Respo
     render(&page, t)
 }
 
+/// One route as the API page lists it.
+struct ApiRoute {
+    method: String,
+    path: String,
+    summary: String,
+    statuses: String,
+}
+
+#[derive(Template)]
+#[template(path = "api-docs.html")]
+struct ApiDocsPage {
+    t: Tr,
+    page: &'static str,
+    version: String,
+    /// Routes by tag, in the document's order.
+    groups: Vec<(String, Vec<ApiRoute>)>,
+}
+
+/// `/api-docs`: the routes of the OpenAPI document, rendered here (no script, no CDN).
+pub async fn api_docs(headers: HeaderMap) -> Response {
+    let t = tr(&headers);
+    let document = crate::http::router::openapi_document();
+    let mut groups: Vec<(String, Vec<ApiRoute>)> = document
+        .tags
+        .iter()
+        .flatten()
+        .map(|tag| (tag.name.clone(), Vec::new()))
+        .collect();
+    for (path, item) in &document.paths.paths {
+        let operations = [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("DELETE", &item.delete),
+            ("PATCH", &item.patch),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let tag = operation
+                .tags
+                .as_ref()
+                .and_then(|tags| tags.first())
+                .cloned()
+                .unwrap_or_default();
+            let summary = operation
+                .summary
+                .clone()
+                .or_else(|| operation.description.clone())
+                .unwrap_or_default();
+            let statuses = operation
+                .responses
+                .responses
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let route = ApiRoute {
+                method: method.to_owned(),
+                path: path.clone(),
+                summary,
+                statuses,
+            };
+            match groups.iter_mut().find(|(name, _)| *name == tag) {
+                Some((_, routes)) => routes.push(route),
+                None => groups.push((tag, vec![route])),
+            }
+        }
+    }
+    groups.retain(|(_, routes)| !routes.is_empty());
+    let page = ApiDocsPage {
+        t,
+        page: "api-docs",
+        version: serde_json::to_value(&document.openapi)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        groups,
+    };
+    render(&page, t)
+}
+
 #[derive(Template)]
 #[template(path = "settings.html")]
 struct SettingsPage {
@@ -426,6 +506,8 @@ pub async fn job(
 }
 
 /// `GET /api/builder/messages`: the conversation, oldest first.
+#[utoipa::path(get, path = "/api/builder/messages", tag = "builder",
+    responses((status = 200, description = "The stored conversation", body = crate::http::openapi::BuilderConversation)))]
 pub async fn builder_messages(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let messages = state
         .store
@@ -437,15 +519,27 @@ pub async fn builder_messages(State(state): State<AppState>) -> ApiResult<Json<V
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BuilderRequest {
+pub struct BuilderRequest {
+    /// 1 to 20000 characters.
+    #[schema(min_length = 1, max_length = 20000)]
     message: String,
 }
 
 /// `POST /api/builder/messages {message}`: stored, sent to v0 (a new chat, or the next message of the current
 /// one), and v0's answer stored with its links. The message is kept even when v0 fails.
-pub async fn builder_send(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/api/builder/messages", tag = "builder", request_body = BuilderRequest,
+    responses((status = 200, description = "The message and v0's answer, both stored", body = crate::http::openapi::BuilderConversation),
+        (status = 415, description = "The body is not JSON", body = crate::error::ErrorBody),
+        (status = 422, description = "The message is empty or too long", body = crate::error::ErrorBody),
+        (status = 502, description = "v0 refused or could not be reached", body = crate::error::ErrorBody),
+        (status = 503, description = "V0_API_KEY is not configured", body = crate::error::ErrorBody),
+        (status = 504, description = "v0 did not answer in time", body = crate::error::ErrorBody)))]
+pub async fn builder_send(
+    State(state): State<AppState>,
+    crate::http::query::Body(body): crate::http::query::Body,
+) -> ApiResult<Json<Value>> {
     let request: BuilderRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
     let message = request.message.trim();

@@ -659,3 +659,59 @@ async fn jobs_a_dead_backend_never_started_go_to_another_once_and_the_running_on
         "{history}"
     );
 }
+
+/// An output that became a link out of the outputs folder (`outputs/<job>/x.png -> secret`) is not served: the
+/// name the job recorded is resolved, links included, and must stay inside the folder. A link to another file of
+/// the folder still is.
+#[cfg(unix)]
+#[tokio::test]
+async fn an_output_replaced_by_a_link_out_of_the_folder_is_not_served() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let response = submit(&app, json!({ "workflow": workflow(7) })).await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = wait_for_job(&app, &id, Duration::from_secs(10), "succeeded").await;
+    let output = &done["outputs"][0];
+    let url = output["url"].as_str().unwrap().to_owned();
+    let file = app
+        .data_dir
+        .join("outputs")
+        .join(&id)
+        .join(output["name"].as_str().unwrap());
+
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "password").unwrap();
+    std::fs::rename(&file, file.with_extension("kept")).unwrap();
+    std::os::unix::fs::symlink(&secret, &file).unwrap();
+    let served = app.http.get(app.url(&url)).send().await.unwrap();
+    assert_eq!(served.status(), 404);
+    assert_eq!(
+        error_code(&served.json::<Value>().await.unwrap()),
+        "output_not_found"
+    );
+
+    // The job's folder itself a link out (to a folder with a file of that name): refused as well.
+    let folder = app.data_dir.join("outputs").join(&id);
+    std::fs::remove_file(&file).unwrap();
+    std::fs::copy(file.with_extension("kept"), &file).unwrap();
+    std::fs::rename(&folder, outside.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("moved"), &folder).unwrap();
+    assert_eq!(
+        app.http.get(app.url(&url)).send().await.unwrap().status(),
+        404
+    );
+
+    // A link inside the outputs folder is followed.
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(outside.path().join("moved"), &folder).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(file.with_extension("kept").file_name().unwrap(), &file).unwrap();
+    let served = app.http.get(app.url(&url)).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.bytes().await.unwrap().as_ref(), OUTPUT_PNG);
+}

@@ -2,14 +2,17 @@
 
 mod support;
 
+mod bad_input;
 mod binary;
 mod events;
 mod flux;
 mod gateway;
 mod guard;
+mod hostile;
 mod jobs;
 mod mcp;
 mod models;
+mod openapi;
 mod panel;
 mod paths;
 mod service;

@@ -17,6 +17,8 @@ pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
     Settings {
         bind: "127.0.0.1:0".into(),
         workers: "auto".into(),
+        header_read_timeout_secs: "10".into(),
+        max_connections: "1024".into(),
         allowed_hosts: None,
         token: None,
         data_dir: data_dir.display().to_string(),

@@ -1,0 +1,263 @@
+//! The OpenAPI 3.1 document of the API, generated from the code: every route the router serves is registered
+//! together with its `#[utoipa::path]` description (see [`super::router`]), so a route cannot exist without being
+//! in the document. This module adds what no handler carries: the document's head, the pass-through routes
+//! (`/api/comfy/{path}`, its WebSocket, `/api/v0/{path}`), and the shapes of answers built as JSON values.
+//!
+//! `GET /api/openapi.json` serves it; `orchestrator openapi` prints it, and `docs/openapi.json` is that output,
+//! checked by a test.
+
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::error::ErrorBody;
+use crate::jobs::model::JobStatus;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Orchestrator",
+        description = "The local control plane for AI image generation: ComfyUI as a service behind one guarded \
+gateway, generation jobs, and paid cloud APIs behind money rules. Every error answer has the body \
+`{error: {code, message, details}}` with a stable `code`. Requests must carry an allowed `Host`; state-changing \
+requests from a foreign `Origin` are refused; with `ORCHESTRATOR_TOKEN` set, every request needs \
+`Authorization: Bearer <token>`.",
+        license(name = "MIT"),
+    ),
+    paths(comfy_passthrough, comfy_websocket, v0_passthrough, openapi_json),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "status", description = "The health report"),
+        (name = "service", description = "ComfyUI as a service: status, start, stop, Ignite, its log"),
+        (name = "comfy", description = "ComfyUI's own API, passed through"),
+        (name = "model paths", description = "ComfyUI's extra_model_paths.yaml"),
+        (name = "jobs", description = "Generation jobs, their events and outputs"),
+        (name = "flux", description = "FLUX (Black Forest Labs), behind dry run, confirmation and budget"),
+        (name = "v0", description = "The v0 Platform API, with the key kept on the server"),
+        (name = "builder", description = "The builder's conversation with v0"),
+        (name = "meta", description = "Orchestrator itself"),
+    )
+)]
+struct Head;
+
+/// The head of the document; the router adds every route it serves.
+pub fn head() -> Document {
+    Head::openapi()
+}
+
+/// The document as the server serves it and `docs/openapi.json` holds it.
+pub fn to_json(document: &Document) -> String {
+    let mut text = document
+        .to_pretty_json()
+        .expect("an OpenAPI document always serialises");
+    text.push('\n');
+    text
+}
+
+/// Every route of ComfyUI's API (`/prompt`, `/queue`, `/history`, `/view`, `/object_info`, `/upload/image`, …),
+/// under both of its prefixes (`/api/comfy/prompt` and `/api/comfy/api/prompt`), forwarded to the configured
+/// ComfyUI with bodies streamed both ways. Answers are ComfyUI's own, except the gateway's errors.
+#[utoipa::path(
+    method(get, post, put, delete, patch),
+    path = "/api/comfy/{path}",
+    tag = "comfy",
+    params(("path" = String, Path, description = "ComfyUI's path; `.`/`..` segments in any encoding, backslashes and control characters are refused")),
+    responses(
+        (status = 200, description = "ComfyUI's answer, streamed as it comes (any status ComfyUI gives passes through)"),
+        (status = 400, description = "A path that could climb out of ComfyUI's API (`invalid_path`)", body = ErrorBody),
+        (status = 413, description = "A body over the limit (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "A non-JSON body on one of ComfyUI's JSON routes", body = ErrorBody),
+        (status = 502, description = "ComfyUI cannot be reached (`comfy_unreachable`)", body = ErrorBody),
+        (status = 504, description = "ComfyUI did not answer in time (`comfy_timeout`)", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn comfy_passthrough() {}
+
+/// ComfyUI's WebSocket (`/ws?clientId=…`): progress, previews and results, relayed both ways.
+#[utoipa::path(
+    get,
+    path = "/api/comfy/ws",
+    tag = "comfy",
+    params(("clientId" = Option<String>, Query, description = "ComfyUI's client id: messages about prompts sent with it come to this socket")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol, relayed to ComfyUI's /ws"),
+        (status = 502, description = "ComfyUI cannot be reached", body = ErrorBody),
+        (status = 504, description = "ComfyUI did not answer the upgrade in time", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn comfy_websocket() {}
+
+/// The v0 Platform API (`/v1/…`): every method, the client's credentials removed and the server's key added;
+/// streamed answers (server-sent events) pass through as they come.
+#[utoipa::path(
+    method(get, post, put, delete, patch),
+    path = "/api/v0/{path}",
+    tag = "v0",
+    params(("path" = String, Path, description = "v0's path after /v1, e.g. `chats`")),
+    responses(
+        (status = 200, description = "v0's answer, streamed (any status v0 gives passes through)"),
+        (status = 429, description = "Too many requests from this client", body = ErrorBody),
+        (status = 502, description = "v0 cannot be reached (`v0_unreachable`)", body = ErrorBody),
+        (status = 503, description = "V0_API_KEY is not configured (`v0_not_configured`)", body = ErrorBody),
+        (status = 504, description = "v0 did not answer in time (`v0_timeout`)", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn v0_passthrough() {}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object))
+)]
+#[allow(dead_code)]
+fn openapi_json() {}
+
+/// `GET /api/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    pub version: &'static str,
+}
+
+/// A `POST /api/flux/generate` body. Which fields apply depends on the model (`GET /api/flux/models` lists them);
+/// camelCase spellings (`aspectRatio`, `outputFormat`, …) are accepted too.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct FluxRequest {
+    /// Default `flux-pro-1.1`.
+    #[schema(value_type = Option<String>, example = "flux-pro-1.1")]
+    model: Option<String>,
+    #[schema(value_type = String, min_length = 1)]
+    prompt: String,
+    /// 256 to 1440, a multiple of 32 (sized models).
+    #[schema(value_type = Option<u32>, minimum = 256, maximum = 1440, multiple_of = 32.0)]
+    width: Option<u32>,
+    /// 256 to 1440, a multiple of 32 (sized models).
+    #[schema(value_type = Option<u32>, minimum = 256, maximum = 1440, multiple_of = 32.0)]
+    height: Option<u32>,
+    /// Ultra and Kontext, e.g. `16:9`.
+    #[schema(value_type = Option<String>)]
+    aspect_ratio: Option<String>,
+    /// Ultra: less processed, more natural images.
+    #[schema(value_type = Option<bool>)]
+    raw: Option<bool>,
+    /// FLUX.1 [dev].
+    #[schema(value_type = Option<u32>)]
+    steps: Option<u32>,
+    /// FLUX.1 [dev].
+    #[schema(value_type = Option<f64>)]
+    guidance: Option<f64>,
+    #[schema(value_type = Option<u64>)]
+    seed: Option<u64>,
+    /// 0 (strict) to 6; Kontext to 2.
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 6)]
+    safety_tolerance: Option<u32>,
+    /// `jpeg` or `png`.
+    #[schema(value_type = Option<String>)]
+    output_format: Option<String>,
+    #[schema(value_type = Option<bool>)]
+    prompt_upsampling: Option<bool>,
+    /// Kontext: the image to edit, base64 or a data URL.
+    #[schema(value_type = Option<String>)]
+    input_image: Option<String>,
+    /// `false` to pay (with the confirmToken of the dry run); anything else is a dry run.
+    #[serde(rename = "dryRun")]
+    #[schema(value_type = Option<bool>)]
+    dry_run: Option<bool>,
+    /// From the dry run of this exact body.
+    #[serde(rename = "confirmToken")]
+    #[schema(value_type = Option<String>)]
+    confirm_token: Option<String>,
+}
+
+/// The dry run's answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct FluxDryRun {
+    #[serde(rename = "dryRun")]
+    dry_run: bool,
+    valid: bool,
+    model: String,
+    /// The exact body BFL would get.
+    #[schema(value_type = Object)]
+    payload: Value,
+    #[serde(rename = "estimatedCost")]
+    estimated_cost: FluxCost,
+    /// Send it back with `dryRun: false` to pay.
+    #[serde(rename = "confirmToken")]
+    confirm_token: String,
+    #[serde(rename = "expiresInSecs")]
+    expires_in_secs: u64,
+    budget: Option<crate::flux::service::Budget>,
+    message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct FluxCost {
+    usd: f64,
+    credits: i64,
+    #[schema(example = "USD")]
+    currency: String,
+}
+
+/// A paid request accepted: the job that follows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct FluxAccepted {
+    id: String,
+    status: JobStatus,
+}
+
+/// `GET /api/flux/models`.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct FluxCatalogue {
+    #[schema(example = "flux-pro-1.1")]
+    default: String,
+    currency: String,
+    models: Vec<FluxModelEntry>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct FluxModelEntry {
+    model: String,
+    label: String,
+    #[serde(rename = "priceUsd")]
+    price_usd: f64,
+    credits: i64,
+    #[serde(rename = "priceSource")]
+    price_source: String,
+    /// The body fields this model takes.
+    fields: Vec<String>,
+}
+
+/// `GET /api/v0/validate`.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct V0Validation {
+    /// `valid`, `invalid`, `not_configured`, `unknown` or `unreachable`.
+    #[schema(example = "valid")]
+    status: String,
+    message: Option<String>,
+    /// For a valid key: v0's user (name and id).
+    #[schema(value_type = Option<Object>)]
+    user: Option<Value>,
+}
+
+/// The builder's messages.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct BuilderConversation {
+    messages: Vec<crate::jobs::store::Message>,
+    /// Whether V0_API_KEY is set (on `GET` only).
+    configured: Option<bool>,
+}
