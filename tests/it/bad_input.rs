@@ -3,12 +3,11 @@
 //! exactly as they were.
 
 use std::path::Path;
-use std::time::Duration;
 
 use orchestrator::testkit::fake_comfy::{FakeComfy, no_model_workflow};
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, wait_until};
+use crate::support::TestApp;
 
 const USER_FILE: &str = "mine:\n    base_path: /srv/models\n    checkpoints: checkpoints\n";
 
@@ -52,23 +51,7 @@ async fn oversized_malformed_and_mistyped_bodies_change_nothing() {
         s.v0_base_url = "http://127.0.0.1:9".into();
     })
     .await;
-    let created: Value = app
-        .http
-        .post(app.url("/api/jobs"))
-        .json(&json!({ "workflow": no_model_workflow() }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let job = format!("/api/jobs/{}", created["id"].as_str().unwrap());
-    wait_until(
-        Duration::from_secs(20),
-        "the first job succeeds",
-        || async { app.get_json(&job).await["status"] == "succeeded" },
-    )
-    .await;
+    app.run_workflow(no_model_workflow()).await;
     let before = state(&app, comfy_dir.path()).await;
 
     let routes = [
@@ -120,4 +103,71 @@ async fn oversized_malformed_and_mistyped_bodies_change_nothing() {
         before == after,
         "a refused request changed the store or a file"
     );
+}
+
+/// What the schema fuzz run found, kept as plain regression tests: each answered in plain text or was accepted.
+#[tokio::test]
+async fn what_the_schema_fuzz_found_stays_fixed() {
+    let fake = FakeComfy::start().await;
+    let comfy_dir = tempfile::tempdir().unwrap();
+    let file = comfy_dir.path().join("extra_model_paths.yaml");
+    std::fs::write(&file, USER_FILE).unwrap();
+    let dir = comfy_dir.path().display().to_string();
+    let app = TestApp::spawn_with(&fake.url(), move |s| {
+        s.comfy_dir = Some(dir);
+        s.models_dir = Some("/srv/models".into());
+    })
+    .await;
+    let gets = [
+        // A repeated query parameter was axum's plain-text 400.
+        ("/api/jobs?status=queued&status=queued", 422),
+        // An empty status was taken as "any", though the schema allows only the status words.
+        ("/api/jobs?status=", 422),
+        ("/api/logs/comfy?lines=1&lines=2", 422),
+        ("/api/models?refresh=1&refresh=0", 422),
+        // A malformed resume point was ignored.
+        ("/api/events?last_event_id=abc", 422),
+        ("/api/events?last_event_id=-1", 422),
+    ];
+    for (path, status) in gets {
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(body["error"]["code"], "validation_failed", "{path}: {body}");
+    }
+    let events = app
+        .http
+        .get(app.url("/api/events"))
+        .header("Last-Event-ID", "not-a-number")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 422, "a malformed Last-Event-ID");
+    // No body, or only whitespace, wrote the default section.
+    for body in ["", " ", "\n"] {
+        let response = app
+            .http
+            .post(app.url("/api/comfy/create-default-paths"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422, "{body:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), USER_FILE);
+    // `{}` is how the defaults are asked for.
+    let response = app
+        .http
+        .post(app.url("/api/comfy/create-default-paths"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A known route asked with another method: the error body, not an empty 405.
+    let response = app.http.put(app.url("/api/jobs")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 }

@@ -10,7 +10,7 @@ use orchestrator::testkit::fake_comfy::{FakeComfy, no_model_workflow};
 use orchestrator::testkit::fake_v0::FakeV0;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, wait_until};
+use crate::support::TestApp;
 
 fn committed() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json")
@@ -258,21 +258,7 @@ async fn fuzz_the_api_against_its_schema() {
     .await;
 
     // Something to lose: a finished job with its output file.
-    let created: Value = app
-        .http
-        .post(app.url("/api/jobs"))
-        .json(&json!({ "workflow": no_model_workflow() }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let job = format!("/api/jobs/{}", created["id"].as_str().unwrap());
-    wait_until(Duration::from_secs(20), "the seed job succeeds", || async {
-        app.get_json(&job).await["status"] == "succeeded"
-    })
-    .await;
+    app.run_workflow(no_model_workflow()).await;
 
     let before = snapshot(&app, comfy_dir.path()).await;
     // Pass-through routes answer with ComfyUI's and v0's own statuses, and the event streams never end.

@@ -142,6 +142,26 @@ impl TestApp {
         }
     }
 
+    /// Submits an API-format workflow and waits until the job has succeeded; answers the job's API path.
+    pub async fn run_workflow(&self, workflow: serde_json::Value) -> String {
+        let created: serde_json::Value = self
+            .http
+            .post(self.url("/api/jobs"))
+            .json(&serde_json::json!({ "workflow": workflow }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let job = format!("/api/jobs/{}", created["id"].as_str().expect("a job id"));
+        wait_until(Duration::from_secs(20), "the job succeeds", || async {
+            self.get_json(&job).await["status"] == "succeeded"
+        })
+        .await;
+        job
+    }
+
     /// The origin the panel's own page has.
     pub fn origin(&self) -> String {
         format!("http://{}", self.addr)
