@@ -188,23 +188,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    let config = match cli.settings.validate(std::io::stdout().is_terminal()) {
-        Ok(mut config) => {
-            config.sources = sources(&matches, &before);
-            config
-        }
-        Err(problems) => {
-            eprint!("{problems}");
-            return ExitCode::from(2);
-        }
-    };
-    let command = cli.command.unwrap_or(Command::Serve);
-    if let Command::Openapi { write } = &command {
+    // The document is the same whatever the configuration, so it is printed even where no valid one exists.
+    if let Some(Command::Openapi { write }) = &cli.command {
         let document =
-            orchestrator::http::openapi::to_json(&orchestrator::http::router::openapi_document());
+            orchestrator::http::openapi::to_json(orchestrator::http::router::openapi_document());
         return match write {
             None => {
-                print!("{document}");
+                // A reader that stops early (`| head`) is not an error worth a panic.
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), document.as_bytes());
                 ExitCode::SUCCESS
             }
             Some(path) => match std::fs::write(path, document) {
@@ -216,6 +207,17 @@ fn main() -> ExitCode {
             },
         };
     }
+    let config = match cli.settings.validate(std::io::stdout().is_terminal()) {
+        Ok(mut config) => {
+            config.sources = sources(&matches, &before);
+            config
+        }
+        Err(problems) => {
+            eprint!("{problems}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Config = command {
         println!("{config:#?}");
         return ExitCode::SUCCESS;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::query::Query;
+use super::extract::Query;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::model::{Job, JobStatus};
@@ -71,7 +71,7 @@ pub struct TemplateList {
 pub async fn submit(
     State(state): State<AppState>,
     // Input images come inline as data: URLs.
-    super::query::Body(body): super::query::Body<{ 72 * 1024 * 1024 }>,
+    super::extract::Body(body): super::extract::Body<{ 72 * 1024 * 1024 }>,
 ) -> ApiResult<Response> {
     let request: SubmitJob =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;

@@ -1,12 +1,12 @@
 //! Everything that knows HTTP: the router, the guard and the request log. Handlers stay thin and call into the
 //! domain modules.
 
+pub mod extract;
 pub mod guard;
 pub mod jobs;
 pub mod model_paths;
 pub mod openapi;
 pub mod paid;
-pub mod query;
 pub mod rate_limit;
 pub mod request_log;
 pub mod router;

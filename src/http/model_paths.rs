@@ -63,7 +63,7 @@ pub struct CreateRequest {
         (status = 503, description = "COMFY_DIR is not configured", body = crate::error::ErrorBody)))]
 pub async fn create_default(
     State(state): State<AppState>,
-    super::query::Body(body): super::query::Body,
+    super::extract::Body(body): super::extract::Body,
 ) -> ApiResult<Json<Created>> {
     let file = file(&state)?;
     let request: CreateRequest = serde_json::from_slice(&body).map_err(|e| {
@@ -110,7 +110,7 @@ pub struct RestoreRequest {
         (status = 503, description = "COMFY_DIR is not configured", body = crate::error::ErrorBody)))]
 pub async fn restore(
     State(state): State<AppState>,
-    super::query::Body(body): super::query::Body,
+    super::extract::Body(body): super::extract::Body,
 ) -> ApiResult<Json<Created>> {
     let file = file(&state)?;
     let request: RestoreRequest =

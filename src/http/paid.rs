@@ -28,7 +28,7 @@ pub async fn flux_generate(
     State(state): State<AppState>,
     headers: HeaderMap,
     // Kontext takes its input image inline.
-    super::query::Body(body): super::query::Body<{ 32 * 1024 * 1024 }>,
+    super::extract::Body(body): super::extract::Body<{ 32 * 1024 * 1024 }>,
 ) -> ApiResult<Response> {
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))?;

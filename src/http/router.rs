@@ -13,8 +13,8 @@ use tower::ServiceExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::extract::Query;
 use super::guard::{self, GuardPolicy};
-use super::query::Query;
 use super::request_log::{log_request, logged as log_request_with};
 use super::{jobs, model_paths, openapi, paid, rate_limit, system};
 use crate::AppState;
@@ -76,8 +76,8 @@ fn is_own_comfy_route(path: &str) -> bool {
 }
 
 fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
-    let (own_api, document) = api_routes(state.paid_limiter.clone()).split_for_parts();
-    let document: Arc<str> = openapi::to_json(&document).into();
+    let own_api: Router<AppState> = api_routes(state.paid_limiter.clone()).into();
+    let document: Arc<str> = openapi::to_json(openapi_document()).into();
 
     let pages = Router::new()
         .route("/", get(ui::home))
@@ -152,13 +152,18 @@ async fn method_not_allowed(request: Request) -> Response {
     .into_response()
 }
 
-/// The OpenAPI document of the routes [`App`] serves, as `GET /api/openapi.json` gives it.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let limiter = rate_limit::PaidLimiter::new(crate::config::RateLimitConfig {
-        per_minute: 1,
-        burst: 1,
-    });
-    api_routes(Arc::new(limiter)).into_openapi()
+/// The OpenAPI document of the routes [`App`] serves, as `GET /api/openapi.json` gives it; made once.
+pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: std::sync::LazyLock<utoipa::openapi::OpenApi> =
+        std::sync::LazyLock::new(|| {
+            // Only the routes' descriptions are kept; the limiter is never asked.
+            let limiter = rate_limit::PaidLimiter::new(crate::config::RateLimitConfig {
+                per_minute: 1,
+                burst: 1,
+            });
+            api_routes(Arc::new(limiter)).into_openapi()
+        });
+    &DOCUMENT
 }
 
 /// `/mcp`: the MCP tools as streamable HTTP, stateless (each request stands alone, so any serving thread can answer

@@ -11,7 +11,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::query::Query;
+use super::extract::Query;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::service::ignite::{self, Progress};

@@ -538,7 +538,7 @@ pub struct BuilderRequest {
         (status = 504, description = "v0 did not answer in time", body = crate::error::ErrorBody)))]
 pub async fn builder_send(
     State(state): State<AppState>,
-    crate::http::query::Body(body): crate::http::query::Body,
+    crate::http::extract::Body(body): crate::http::extract::Body,
 ) -> ApiResult<Json<Value>> {
     let request: BuilderRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;

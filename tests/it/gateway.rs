@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use orchestrator::testkit::fake_comfy::{FakeComfy, no_model_workflow};
 use serde_json::{Value, json};
 
-use crate::support::{Bait, TestApp, closed_port, error_code, raw_request};
+use crate::support::{Bait, TestApp, closed_port, error_code, raw_request, read_until_cut};
 
 const SYSTEM_STATS: &str = include_str!("../fixtures/comfyui/system_stats.json");
 
@@ -333,16 +333,7 @@ async fn a_stalled_body_is_cut_after_the_idle_timeout() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut received = 0;
-    let ended_with_error = loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-            Err(_) => panic!("the stream was not cut after {:?}", started.elapsed()),
-            Ok(Some(Ok(chunk))) => received += chunk.len(),
-            Ok(Some(Err(_))) => break true,
-            Ok(None) => break false,
-        }
-    };
+    let (received, ended_with_error) = read_until_cut(response).await;
     assert!(ended_with_error, "a cut stream must not look complete");
     assert_eq!(received, 64 * 1024);
     let took = started.elapsed();

@@ -15,7 +15,7 @@ use orchestrator::testkit::fake_comfy::FakeComfy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{TestApp, client, wait_until};
+use crate::support::{TestApp, client, read_until_cut, wait_until};
 
 /// One hostile case at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -776,16 +776,7 @@ async fn a_stalled_upstream_body_is_cut_after_the_idle_timeout_with_a_log_line()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut received = 0;
-    let ended_with_error = loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-            Err(_) => panic!("the stream was not cut after {:?}", started.elapsed()),
-            Ok(Some(Ok(chunk))) => received += chunk.len(),
-            Ok(Some(Err(_))) => break true,
-            Ok(None) => break false,
-        }
-    };
+    let (received, ended_with_error) = read_until_cut(response).await;
     let took = started.elapsed();
     assert!(ended_with_error, "a cut stream must not look complete");
     assert_eq!(received, 64 * 1024);

@@ -201,6 +201,23 @@ where
     }
 }
 
+/// Reads a streamed answer until it ends: the bytes received, and whether it ended with an error (cut) rather
+/// than complete. Fails the test if no chunk comes for 5 s.
+pub async fn read_until_cut(response: reqwest::Response) -> (usize, bool) {
+    use futures_util::StreamExt;
+    let started = Instant::now();
+    let mut stream = response.bytes_stream();
+    let mut received = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Err(_) => panic!("the stream was not cut after {:?}", started.elapsed()),
+            Ok(Some(Ok(chunk))) => received += chunk.len(),
+            Ok(Some(Err(_))) => return (received, true),
+            Ok(None) => return (received, false),
+        }
+    }
+}
+
 /// A raw HTTP/1.1 exchange, for request shapes an HTTP client library would normalise away. Returns the status
 /// and the whole response text (the request asks the server to close the connection).
 pub async fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
