@@ -305,6 +305,21 @@ pub struct Settings {
     )]
     pub paid_rate_limit_burst: String,
 
+    /// Comfy.org API key for ComfyUI's paid API nodes: put into approved prompts only, never shown; a client's own
+    /// Comfy.org credentials are removed from every prompt that passes the gateway.
+    #[arg(long, env = "COMFY_ORG_API_KEY", hide_env_values = true, global = true)]
+    pub comfy_org_api_key: Option<String>,
+
+    /// The price assumed for a paid ComfyUI node whose price is neither in its `price_badge` nor public, in US
+    /// dollars.
+    #[arg(
+        long,
+        env = "COMFY_PAID_NODE_MAX_USD",
+        default_value = "1",
+        global = true
+    )]
+    pub comfy_paid_node_max_usd: String,
+
     /// `json` or `text`; the default is `text` on a terminal and `json` elsewhere.
     #[arg(long, env = "LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -388,6 +403,14 @@ pub struct FluxConfig {
     pub poll_timeout: Duration,
 }
 
+/// ComfyUI's paid API nodes, billed to a Comfy.org account.
+#[derive(Debug, Clone)]
+pub struct ComfyOrgConfig {
+    pub api_key: Option<Secret>,
+    /// The price of a paid node whose price is not known otherwise, in millionths of a dollar.
+    pub paid_node_max_micros: i64,
+}
+
 /// Settings of the v0 Platform API gateway.
 #[derive(Debug, Clone)]
 pub struct V0Config {
@@ -426,6 +449,7 @@ pub struct Config {
     /// The default `base_path` of a new `extra_model_paths.yaml`.
     pub models_dir: Option<PathBuf>,
     pub flux: FluxConfig,
+    pub comfy_org: ComfyOrgConfig,
     pub v0: V0Config,
     pub paid_rate_limit: RateLimitConfig,
     pub log_format: LogFormat,
@@ -684,6 +708,18 @@ impl Settings {
                 0
             }
         };
+        let paid_node_max_micros = match self.comfy_paid_node_max_usd.trim().parse::<f64>() {
+            Ok(usd) if usd.is_finite() && (0.0..=100_000.0).contains(&usd) => {
+                (usd * 1_000_000.0).round() as i64
+            }
+            _ => {
+                problems.push(format!(
+                    "COMFY_PAID_NODE_MAX_USD (--comfy-paid-node-max-usd) = {:?}: expected dollars from 0 to 100000, such as 1 or 0.50",
+                    self.comfy_paid_node_max_usd
+                ));
+                0
+            }
+        };
         let bfl_base_url = match parse_api_base(&self.bfl_base_url) {
             Ok(url) => url,
             Err(why) => {
@@ -860,6 +896,10 @@ impl Settings {
                     poll_interval: Duration::from_millis(poll_interval_ms),
                     poll_timeout: Duration::from_secs(poll_timeout_secs),
                 },
+                comfy_org: ComfyOrgConfig {
+                    api_key: optional_secret(&self.comfy_org_api_key),
+                    paid_node_max_micros,
+                },
                 v0: V0Config {
                     api_key: optional_secret(&self.v0_api_key),
                     base_url: v0_base_url,
@@ -992,6 +1032,14 @@ impl Config {
                 flux.poll_interval.as_millis().to_string(),
             ),
             ("FLUX_POLL_TIMEOUT_SECS", secs(flux.poll_timeout)),
+            ("COMFY_ORG_API_KEY", secret(&self.comfy_org.api_key)),
+            (
+                "COMFY_PAID_NODE_MAX_USD",
+                format!(
+                    "{:.2}",
+                    self.comfy_org.paid_node_max_micros as f64 / 1_000_000.0
+                ),
+            ),
             ("V0_API_KEY", secret(&self.v0.api_key)),
             ("V0_BASE_URL", self.v0.base_url.clone()),
             ("V0_TIMEOUT_SECS", secs(self.v0.timeout)),

@@ -84,7 +84,18 @@ pub enum ApiError {
     JobNotCancellable { backend: String, why: &'static str },
 
     #[error("Generation disabled. Set ALLOW_GENERATION=true on the server to allow paid calls")]
-    GenerationDisabled,
+    GenerationDisabled { details: Value },
+
+    /// A paid workflow without a valid approval: 402, the dry run (paid nodes, estimate, a new token) in details.
+    #[error("{message}")]
+    NeedsConfirmation {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
+
+    #[error("the job does not wait for a confirmation: it is {status}")]
+    NotAwaitingConfirmation { status: &'static str },
 
     #[error("{what} is not configured on the server")]
     NotConfigured {
@@ -107,7 +118,7 @@ pub enum ApiError {
     },
 
     #[error(
-        "the day's FLUX budget cannot cover this request: ${price:.3} needed, ${left:.3} of ${limit:.2} left"
+        "the day's budget for paid generation (FLUX and paid ComfyUI nodes) cannot cover this request: ${price:.3} needed, ${left:.3} of ${limit:.2} left"
     )]
     BudgetExceeded {
         price: f64,
@@ -162,7 +173,9 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::JobFinished { .. } | Self::JobNotCancellable { .. } => StatusCode::CONFLICT,
-            Self::GenerationDisabled => StatusCode::FORBIDDEN,
+            Self::GenerationDisabled { .. } => StatusCode::FORBIDDEN,
+            Self::NeedsConfirmation { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::NotAwaitingConfirmation { .. } => StatusCode::CONFLICT,
             Self::PathsWrite(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ModelPathsUnparsable { .. } => StatusCode::CONFLICT,
             Self::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -207,7 +220,9 @@ impl ApiError {
             Self::JobFinished { .. } => "job_finished",
             Self::OutputNotFound { .. } => "output_not_found",
             Self::JobNotCancellable { .. } => "job_not_cancellable",
-            Self::GenerationDisabled => "generation_disabled",
+            Self::GenerationDisabled { .. } => "generation_disabled",
+            Self::NeedsConfirmation { code, .. } => code,
+            Self::NotAwaitingConfirmation { .. } => "not_awaiting_confirmation",
             Self::PathsWrite(_) => "paths_write_failed",
             Self::ModelPathsUnparsable { .. } => "model_paths_unparsable",
             Self::NotConfigured { code, .. } => code,
@@ -259,7 +274,10 @@ impl ApiError {
             }
             Self::RateLimited { retry_after } => json!({ "retry_after_secs": retry_after }),
             Self::ModelPathsUnparsable { problems } => json!({ "problems": problems }),
-            Self::Provider { details, .. } => details.clone(),
+            Self::Provider { details, .. }
+            | Self::GenerationDisabled { details }
+            | Self::NeedsConfirmation { details, .. } => details.clone(),
+            Self::NotAwaitingConfirmation { status } => json!({ "status": status }),
             _ => json!({}),
         }
     }
@@ -298,7 +316,7 @@ pub struct ErrorDetail {
     /// `comfy_rejected`, `job_not_found`, `job_finished`, `job_not_cancellable`, `output_not_found`,
     /// `log_not_found`, `generation_disabled`, `flux_not_configured`, `v0_not_configured`,
     /// `comfy_dir_not_configured`, `confirmation_required`, `confirmation_expired`, `confirmation_mismatch`,
-    /// `confirmation_used`, `budget_exceeded`, `idempotency_key_reused`, `rate_limited`,
+    /// `confirmation_used`, `not_awaiting_confirmation`, `comfy_org_not_configured`, `budget_exceeded`, `idempotency_key_reused`, `rate_limited`,
     /// `model_paths_unparsable`, `paths_write_failed`, `service_external`, `service_not_installed`,
     /// `service_not_configured`, `service_command_failed`, `bfl_unreachable`, `bfl_outcome_unknown`,
     /// `v0_timeout`, `v0_unreachable`, `v0_error`, `internal`.

@@ -96,21 +96,36 @@ impl AppState {
                 )
             })
             .collect();
-        let mut jobs = jobs::runner::Jobs::new(store.clone(), backends, paths.outputs());
+        // One confirmation key for FLUX and paid ComfyUI nodes: one set of token rules.
+        let confirmer = Arc::new(flux::confirm::Confirmer::new(config.flux.confirm_ttl));
+        let models: Arc<ModelCache> = Arc::default();
+        let money = jobs::paid::Money {
+            models: models.clone(),
+            gate: jobs::gate::Gate::new(
+                confirmer.clone(),
+                config.flux.allow_generation,
+                config.comfy_org.api_key.is_some(),
+                config.comfy_org.paid_node_max_micros,
+            ),
+            api_key: config.comfy_org.api_key.clone(),
+            daily_budget_micros: config.flux.daily_budget_micros,
+            key_locks: Default::default(),
+        };
+        let mut jobs = jobs::runner::Jobs::new(store.clone(), backends, paths.outputs(), money);
         if let (Some(supervisor), Some(first)) =
             (service.supervisor(), config.comfy.backends.first())
         {
             jobs = jobs.with_supervised(first.origin(), supervisor.subscribe());
         }
         let templates = Arc::new(load_templates(&config));
-        let flux = flux::service::Flux::new(config.flux.clone(), jobs.clone());
+        let flux = flux::service::Flux::new(config.flux.clone(), jobs.clone(), confirmer);
         let v0 = v0::V0Gateway::new(config.v0.clone());
         let paid_limiter = Arc::new(http::rate_limit::PaidLimiter::new(config.paid_rate_limit));
         Self(Arc::new(AppInner {
             config,
             store,
             gateway,
-            models: Arc::default(),
+            models,
             service,
             templates,
             jobs,

@@ -15,7 +15,7 @@ const MODELS = ['flux-pro-1.1', 'flux-pro-1.1-ultra', 'flux-dev', 'flux-kontext-
 const PROMPT = 'A lighthouse on a cliff at dawn, e2e test';
 const DISABLED = 'Generation disabled. Set ALLOW_GENERATION=true on the server to allow paid calls';
 // src/error.rs (BudgetExceeded) for flux-pro-1.1's $0.04 against a budget of $0.
-const OVER_BUDGET = "the day's FLUX budget cannot cover this request: $0.040 needed, $0.000 of $0.00 left";
+const OVER_BUDGET = "the day's budget for paid generation (FLUX and paid ComfyUI nodes) cannot cover this request: $0.040 needed, $0.000 of $0.00 left";
 // src/flux/confirm.rs (TokenProblem::Mismatch).
 const MISMATCH =
   'The confirmToken does not match this request (the payload or its price changed, or the server restarted): run the dry run again';

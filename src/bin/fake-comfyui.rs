@@ -1,7 +1,8 @@
 //! A fake ComfyUI as a program: for the benchmark, the browser tests, and as the child process the service tests
 //! supervise (the integration tests also run it in-process).
 //!
-//! `fake-comfyui [ADDR] [--startup-delay-ms N] [--exit-immediately CODE] [--ignore-sigterm] [--spawn-child]`
+//! `fake-comfyui [ADDR] [--startup-delay-ms N] [--exit-immediately CODE] [--ignore-sigterm] [--spawn-child]
+//! [--comfy-api-base URL]` (`--comfy-api-base`: where paid API nodes call, as ComfyUI's own flag)
 //! (`--spawn-child`: starts a long `sleep` of its own and prints its pid, as ComfyUI's custom nodes start helper
 //! processes, so tests can see that ending ComfyUI ends its whole tree)
 //! (default address `127.0.0.1:8188`). Switches at `POST /__fake/control {"hang": bool, "step_delay_ms": n,
@@ -16,6 +17,7 @@ async fn main() {
     let mut addr = "127.0.0.1:8188".to_owned();
     let (mut delay_ms, mut exit_code, mut ignore_sigterm) = (0u64, None::<i32>, false);
     let mut spawn_child = false;
+    let mut comfy_api_base = None::<String>;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -25,6 +27,7 @@ async fn main() {
             "--exit-immediately" => exit_code = args.next().and_then(|v| v.parse().ok()),
             "--ignore-sigterm" => ignore_sigterm = true,
             "--spawn-child" => spawn_child = true,
+            "--comfy-api-base" => comfy_api_base = args.next(),
             other => addr = other.to_owned(),
         }
     }
@@ -53,6 +56,9 @@ async fn main() {
     };
     let fake = FakeComfy::start_on(listener);
     fake.allow_exit_on_request();
+    if let Some(base) = &comfy_api_base {
+        fake.set_comfy_api_base(base);
+    }
     println!("To see the GUI go to: {}", fake.url());
     wait_for_stop(ignore_sigterm).await;
 }

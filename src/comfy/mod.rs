@@ -1,7 +1,10 @@
-//! Everything that talks to ComfyUI: the HTTP and WebSocket gateway and the model lists.
+//! Everything that talks to ComfyUI: the HTTP and WebSocket gateway, the model lists, which node classes cost
+//! money, and the Comfy.org credentials that never leave the server.
 
 pub mod body;
+pub mod credentials;
 pub mod model_paths;
 pub mod models;
+pub mod nodes;
 pub mod proxy;
 pub mod ws;

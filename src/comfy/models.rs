@@ -1,6 +1,7 @@
 //! The model files ComfyUI can load, per folder, read from the loader nodes' combo options in `/object_info`
 //! (ComfyUI has no single "list every model" route that covers all folders the same way).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use super::nodes::NodeCatalog;
 use super::proxy::ComfyGateway;
 use crate::error::ApiError;
 
@@ -121,41 +123,97 @@ fn string_list(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The last scan, shared; the lock also makes concurrent misses wait for one scan instead of each starting one.
+/// One backend's last scan of `/object_info`: its model lists and its node classes (which of them cost money).
+pub struct Scan {
+    pub lists: Arc<ModelLists>,
+    pub nodes: Arc<NodeCatalog>,
+}
+
+type Slot = Arc<Mutex<Option<(Instant, Arc<Scan>)>>>;
+
+/// The last scan of each backend, shared; a backend's lock also makes concurrent misses wait for one scan instead
+/// of each starting one.
 #[derive(Default)]
 pub struct ModelCache {
-    last: Mutex<Option<(Instant, Arc<ModelLists>)>>,
+    slots: std::sync::Mutex<HashMap<String, Slot>>,
 }
 
 impl ModelCache {
+    fn slot(&self, gateway: &ComfyGateway) -> Slot {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(gateway.backend().origin())
+            .or_default()
+            .clone()
+    }
+
+    /// The backend's model lists, scanned again when older than a minute or when `refresh` asks.
     pub async fn get(
         &self,
         gateway: &ComfyGateway,
         refresh: bool,
     ) -> Result<Arc<ModelLists>, ApiError> {
-        let mut last = self.last.lock().await;
-        if let Some((at, lists)) = last.as_ref()
+        match self.scan(gateway, refresh).await {
+            Ok(scan) => Ok(scan.lists.clone()),
+            Err(
+                ApiError::ComfyTimeout { upstream, .. } | ApiError::ComfyUnreachable { upstream },
+            ) => Err(ApiError::ComfyOffline {
+                upstream,
+                what: "the model lists cannot be read",
+            }),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The backend's node classes, fresh as [`ModelCache::get`]; when the backend does not answer, its last
+    /// known classes (ComfyUI loads its nodes at start-up, so they change only with a restart).
+    pub async fn nodes(&self, gateway: &ComfyGateway) -> Result<Arc<NodeCatalog>, ApiError> {
+        match self.scan(gateway, false).await {
+            Ok(scan) => Ok(scan.nodes.clone()),
+            Err(error) => match self.slot(gateway).lock().await.as_ref() {
+                Some((_, scan)) => Ok(scan.nodes.clone()),
+                None => Err(error),
+            },
+        }
+    }
+
+    /// The node classes of any backend scanned before, for a job recorded while none answers.
+    pub async fn any_known_nodes(&self) -> Option<Arc<NodeCatalog>> {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            if let Some((_, scan)) = slot.lock().await.as_ref() {
+                return Some(scan.nodes.clone());
+            }
+        }
+        None
+    }
+
+    async fn scan(&self, gateway: &ComfyGateway, refresh: bool) -> Result<Arc<Scan>, ApiError> {
+        let slot = self.slot(gateway);
+        let mut last = slot.lock().await;
+        if let Some((at, scan)) = last.as_ref()
             && !refresh
             && at.elapsed() < FRESH_FOR
         {
-            return Ok(lists.clone());
+            return Ok(scan.clone());
         }
         let (object_info, embeddings) = tokio::try_join!(
             gateway.get_json("/object_info", MAX_OBJECT_INFO_BYTES),
             gateway.get_json("/embeddings", MAX_OBJECT_INFO_BYTES),
-        )
-        .map_err(|e| match e {
-            ApiError::ComfyTimeout { upstream, .. } | ApiError::ComfyUnreachable { upstream } => {
-                ApiError::ComfyOffline {
-                    upstream,
-                    what: "the model lists cannot be read",
-                }
-            }
-            other => other,
-        })?;
-        let lists = Arc::new(ModelLists::from_object_info(&object_info, &embeddings));
-        *last = Some((Instant::now(), lists.clone()));
-        Ok(lists)
+        )?;
+        let scan = Arc::new(Scan {
+            lists: Arc::new(ModelLists::from_object_info(&object_info, &embeddings)),
+            nodes: Arc::new(NodeCatalog::from_object_info(&object_info)),
+        });
+        *last = Some((Instant::now(), scan.clone()));
+        Ok(scan)
     }
 }
 

@@ -115,7 +115,11 @@ fn to_tungstenite(message: ws::Message) -> Option<tungstenite::Message> {
 
 fn to_axum(message: tungstenite::Message) -> Option<ws::Message> {
     Some(match message {
-        tungstenite::Message::Text(text) => ws::Message::Text(text.as_str().into()),
+        // A message that would carry a Comfy.org credential never reaches a client (see `credentials`).
+        tungstenite::Message::Text(text) => match super::credentials::strip_text(text.as_bytes()) {
+            None => ws::Message::Text(text.as_str().into()),
+            Some(clean) => ws::Message::Text(String::from_utf8_lossy(&clean).as_ref().into()),
+        },
         tungstenite::Message::Binary(bytes) => ws::Message::Binary(bytes),
         tungstenite::Message::Close(frame) => ws::Message::Close(frame.map(|f| ws::CloseFrame {
             code: f.code.into(),

@@ -8,8 +8,7 @@
 //! A submit whose outcome is unknown leaves the job `needs_reconcile` and is never sent again; after a restart,
 //! submitted tasks are polled again and nothing is resent.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -20,6 +19,7 @@ use super::client::{BflClient, Polled, Submitted};
 use super::confirm::{Confirmer, TokenProblem};
 use crate::config::FluxConfig;
 use crate::error::ApiError;
+use crate::jobs::key_locks::KeyLocks;
 use crate::jobs::model::{Job, JobStatus, OutputFile};
 use crate::jobs::runner::{Jobs, finished};
 use crate::jobs::store::{
@@ -63,23 +63,22 @@ pub struct Flux(Arc<Inner>);
 struct Inner {
     config: FluxConfig,
     client: BflClient,
-    confirmer: Confirmer,
+    confirmer: Arc<Confirmer>,
     jobs: Jobs,
-    /// One lock per idempotency key in flight: repeats wait for the first request's answer instead of racing it.
-    key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key_locks: KeyLocks,
     started_at: String,
     /// Set when the server stops: pollers end, and the next start picks their tasks up again.
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Flux {
-    pub fn new(config: FluxConfig, jobs: Jobs) -> Self {
+    pub fn new(config: FluxConfig, jobs: Jobs, confirmer: Arc<Confirmer>) -> Self {
         Self(Arc::new(Inner {
             client: BflClient::new(&config),
-            confirmer: Confirmer::new(config.confirm_ttl),
+            confirmer,
             config,
             jobs,
-            key_locks: Mutex::default(),
+            key_locks: KeyLocks::default(),
             started_at: crate::jobs::model::now(),
             stopping: tokio::sync::watch::Sender::new(false),
         }))
@@ -145,7 +144,7 @@ impl Flux {
             return Ok(self.dry_run(&request).await);
         }
         if !self.0.config.allow_generation {
-            return Err(ApiError::GenerationDisabled);
+            return Err(ApiError::GenerationDisabled { details: json!({}) });
         }
         if !self.is_configured() {
             return Err(ApiError::NotConfigured {
@@ -170,14 +169,10 @@ impl Flux {
             match key {
                 None => this.paid(&request, token.as_deref(), None).await,
                 Some(key) => {
-                    let lock = this.key_lock(&key);
-                    let answer = {
-                        let _held = lock.lock().await;
-                        this.paid_once(&request, token.as_deref(), &key).await
-                    };
-                    drop(lock);
-                    this.release_key_lock(&key);
-                    answer
+                    this.0
+                        .key_locks
+                        .with(&key, this.paid_once(&request, token.as_deref(), &key))
+                        .await
                 }
             }
         })
@@ -311,6 +306,7 @@ impl Flux {
             budget_micros: limit,
             idempotency: claim,
             token_id: &token_id,
+            approval: None,
         };
         let job = match self.store().reserve_paid_job(paid).await {
             Ok(Reservation::Reserved(job)) => *job,
@@ -626,26 +622,6 @@ impl Flux {
                     self.0.jobs.change(&job.id, "state", change).await;
                 }
             }
-        }
-    }
-
-    fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.0
-            .key_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    fn release_key_lock(&self, key: &str) {
-        let mut locks = self.0.key_locks.lock().unwrap_or_else(|p| p.into_inner());
-        if locks
-            .get(key)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
-        {
-            locks.remove(key);
         }
     }
 }

@@ -16,6 +16,7 @@ use super::extract::Query;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::model::{Job, JobStatus};
+use crate::jobs::paid::{Submission, Submitted};
 use crate::jobs::runner::{JobError, Upload, safe_file_name};
 use crate::jobs::store::StoredEvent;
 use crate::jobs::templates::ParamKind;
@@ -36,6 +37,21 @@ pub struct SubmitJob {
     /// A workflow in ComfyUI's API format ("Save (API)"): node id → `{class_type, inputs}`.
     #[schema(value_type = Option<Object>)]
     workflow: Option<Value>,
+    /// `true`: answer the dry run (paid nodes, estimated cost, a `confirmToken` for a paid workflow) and send
+    /// nothing.
+    #[serde(default, rename = "dryRun", alias = "dry_run")]
+    dry_run: Option<bool>,
+    /// A workflow with paid ComfyUI nodes runs only with the `confirmToken` of a dry run of this very workflow.
+    #[serde(default, rename = "confirmToken", alias = "confirm_token")]
+    confirm_token: Option<String>,
+}
+
+/// `POST /api/jobs/{id}/confirm`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ConfirmJob {
+    /// From the 402 answer's `details.confirmToken` (ask without one to get it).
+    #[serde(default, rename = "confirmToken", alias = "confirm_token")]
+    confirm_token: Option<String>,
 }
 
 /// A job accepted for running.
@@ -61,15 +77,20 @@ pub struct TemplateList {
 
 /// `POST /api/jobs`: 202 `{id, status}` once ComfyUI has accepted the workflow.
 #[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = SubmitJob,
-    responses((status = 202, description = "Accepted: sent to ComfyUI, or queued until one answers", body = Accepted,
+    params(("Idempotency-Key" = Option<String>, Header, description = "For a paid workflow: repeats with the same key get the first answer and pay once")),
+    responses((status = 200, description = "`dryRun: true`: the dry run (`paid`, `paidNodes`, `estimatedCost`, `confirmToken`); nothing was sent", body = Object),
+        (status = 202, description = "Accepted: sent to ComfyUI, or queued until one answers", body = Accepted,
             headers(("Location" = String, description = "The job's URL"))),
+        (status = 402, description = "A workflow with paid nodes and no valid `confirmToken` (`confirmation_required`, `_expired`, `_mismatch`, `_used`: `details` hold the dry run with a new token), or `budget_exceeded`", body = crate::error::ErrorBody),
+        (status = 403, description = "`generation_disabled`: the workflow has paid nodes (`details.paidNodes`) and ALLOW_GENERATION is off", body = crate::error::ErrorBody),
         (status = 413, description = "The body is larger than 72 MiB", body = crate::error::ErrorBody),
         (status = 415, description = "The body is not JSON", body = crate::error::ErrorBody),
         (status = 422, description = "A field is wrong (`details.fields` names each), or ComfyUI refused the workflow (`comfy_rejected`)", body = crate::error::ErrorBody),
         (status = 502, description = "ComfyUI answered with something unexpected", body = crate::error::ErrorBody),
-        (status = 503, description = "No ComfyUI answers and the job has input images to upload", body = crate::error::ErrorBody)))]
+        (status = 503, description = "No ComfyUI answers and the job has input images to upload or paid nodes; or `comfy_org_not_configured`", body = crate::error::ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
+    headers: http::HeaderMap,
     // Input images come inline as data: URLs.
     super::extract::Body(body): super::extract::Body<{ 72 * 1024 * 1024 }>,
 ) -> ApiResult<Response> {
@@ -118,22 +139,82 @@ pub async fn submit(
             (Some(name), workflow)
         }
     };
-    let job = state
+    let submission = Submission {
+        template,
+        params,
+        workflow,
+        uploads,
+        dry_run: request.dry_run.unwrap_or(false),
+        token: request.confirm_token,
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let submitted = state.jobs.submit(submission).await.map_err(job_error)?;
+    Ok(submitted_response(submitted))
+}
+
+fn idempotency_key(headers: &http::HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(|v| Some(v.to_owned()))
+            .map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII characters")),
+    }
+}
+
+fn submitted_response(submitted: Submitted) -> Response {
+    match submitted {
+        Submitted::DryRun(body) => (StatusCode::OK, Json(body)).into_response(),
+        Submitted::Replayed(status, body) => {
+            let mut response = (status, Json(body)).into_response();
+            response.headers_mut().insert(
+                "idempotent-replayed",
+                http::HeaderValue::from_static("true"),
+            );
+            response
+        }
+        Submitted::Job(job) => {
+            let location = format!("/api/jobs/{}", job.id);
+            let body = Accepted {
+                id: job.id,
+                status: job.status,
+            };
+            (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                Json(body),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `POST /api/jobs/{id}/confirm`: a person approves a job that waits with paid nodes; it is then sent.
+#[utoipa::path(post, path = "/api/jobs/{id}/confirm", tag = "jobs", request_body = ConfirmJob,
+    params(("id" = String, Path, description = "The job's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeats with the same key get the first answer")),
+    responses((status = 202, description = "Approved and sent to ComfyUI", body = Accepted),
+        (status = 402, description = "`confirmation_required` (or `_expired`, `_mismatch`, `_used`): `details` hold the dry run with a new `confirmToken`; or `budget_exceeded`", body = crate::error::ErrorBody),
+        (status = 403, description = "`generation_disabled`", body = crate::error::ErrorBody),
+        (status = 404, description = "No such job", body = crate::error::ErrorBody),
+        (status = 409, description = "`not_awaiting_confirmation`: the job does not wait for an approval", body = crate::error::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = crate::error::ErrorBody),
+        (status = 422, description = "A field is wrong", body = crate::error::ErrorBody),
+        (status = 503, description = "`comfy_org_not_configured`, or its ComfyUI is offline", body = crate::error::ErrorBody)))]
+pub async fn confirm(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: http::HeaderMap,
+    super::extract::Body(body): super::extract::Body<{ 64 * 1024 }>,
+) -> ApiResult<Response> {
+    let request: ConfirmJob =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    let submitted = state
         .jobs
-        .submit_comfy(template.as_deref(), &params, workflow, uploads)
+        .confirm(&id, request.confirm_token, idempotency_key(&headers)?)
         .await
         .map_err(job_error)?;
-    let location = format!("/api/jobs/{}", job.id);
-    let body = Accepted {
-        id: job.id,
-        status: job.status,
-    };
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(body),
-    )
-        .into_response())
+    Ok(submitted_response(submitted))
 }
 
 /// The largest input image accepted as a data URL.
@@ -257,6 +338,26 @@ fn job_error(error: JobError) -> ApiError {
         JobError::NotCancellable(backend) => ApiError::JobNotCancellable {
             backend,
             why: "BFL cannot stop a task once it is sent, and it is charged",
+        },
+        JobError::Refused(error) => *error,
+        JobError::UnknownClasses(unknown) => {
+            let fields = unknown
+                .into_iter()
+                .map(|(id, class)| {
+                    (
+                        format!("workflow.{id}.class_type"),
+                        json!(format!("ComfyUI has no node class {class:?} (a custom node that is not installed?)")),
+                    )
+                })
+                .collect();
+            ApiError::Validation { fields }
+        }
+        JobError::AwaitingConfirmation(job) => ApiError::NeedsConfirmation {
+            code: "confirmation_required",
+            message: "The workflow has paid nodes on the ComfyUI it was going to; it waits for a person's \
+                      confirmation (POST /api/jobs/{id}/confirm)"
+                .into(),
+            details: json!({ "job_id": job.id, "status": job.status, "approval": job.approval }),
         },
     }
 }

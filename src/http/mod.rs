@@ -1,6 +1,7 @@
 //! Everything that knows HTTP: the router, the guard and the request log. Handlers stay thin and call into the
 //! domain modules.
 
+pub mod comfy_money;
 pub mod extract;
 pub mod guard;
 pub mod jobs;

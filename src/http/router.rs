@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use super::extract::Query;
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
-use super::{jobs, model_paths, openapi, paid, rate_limit, system};
+use super::{comfy_money, jobs, model_paths, openapi, paid, rate_limit, system};
 use crate::AppState;
 use crate::comfy::ws;
 use crate::error::{ApiError, ApiResult};
@@ -201,6 +201,7 @@ fn paid_routes(limiter: Arc<rate_limit::PaidLimiter>) -> OpenApiRouter<AppState>
         .routes(routes!(paid::flux_budget))
         .routes(routes!(paid::flux_models))
         .routes(routes!(paid::v0_validate))
+        .routes(routes!(jobs::confirm))
         // Described in the document by `openapi::v0_passthrough`.
         .route("/api/v0/{*path}", any(paid::v0_gateway))
         .route_layer(from_fn_with_state(limiter, rate_limit::limit))
@@ -262,11 +263,25 @@ async fn comfy_gateway(State(state): State<AppState>, request: Request) -> Respo
     {
         return ApiError::UnsupportedMediaType.into_response();
     }
-    state
+    if request.method() == http::Method::POST && comfy_money::is_prompt_route(&path) {
+        return comfy_money::post_prompt(&state, request, &path).await;
+    }
+    let echoes_prompts = crate::comfy::credentials::answer_may_echo_prompts(
+        &percent_encoding::percent_decode_str(&path).decode_utf8_lossy(),
+    );
+    let mut request = request;
+    if echoes_prompts {
+        comfy_money::prepare_echo_request(&mut request);
+    }
+    let response = state
         .gateway
         .forward(request, &path)
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .unwrap_or_else(IntoResponse::into_response);
+    if echoes_prompts {
+        return comfy_money::clear_echo(response).await;
+    }
+    response
 }
 
 /// ComfyUI routes whose bodies are JSON; a browser can only send a cross-site body of another type.

@@ -15,6 +15,8 @@ pub enum JobStatus {
     Cancelled,
     BackendLost,
     NeedsReconcile,
+    /// A workflow with paid nodes, kept until a person approves its price (`POST /api/jobs/{id}/confirm`).
+    AwaitingConfirmation,
 }
 
 impl JobStatus {
@@ -28,6 +30,7 @@ impl JobStatus {
             Self::Cancelled => "cancelled",
             Self::BackendLost => "backend_lost",
             Self::NeedsReconcile => "needs_reconcile",
+            Self::AwaitingConfirmation => "awaiting_confirmation",
         }
     }
 
@@ -77,8 +80,14 @@ pub struct Job {
     /// Where the provider's task is polled; internal, as it is the provider's address, not the user's.
     #[serde(skip)]
     pub polling_url: Option<String>,
-    /// What the job costs in US dollars, for paid backends.
+    /// What the job costs in US dollars, for paid backends: the price reserved when it was approved.
     pub cost_usd: Option<f64>,
+    /// What the provider reported it really cost (ComfyUI's API nodes report a price while they run).
+    pub actual_cost_usd: Option<f64>,
+    /// For a workflow with paid nodes: which nodes cost what (`paidNodes`, `estimatedCost`), the approval a
+    /// person gives or gave.
+    #[schema(value_type = Option<Object>)]
+    pub approval: Option<Value>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,

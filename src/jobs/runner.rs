@@ -63,14 +63,25 @@ pub enum JobError {
     Finished(&'static str),
     #[error("a {0} job cannot be cancelled")]
     NotCancellable(String),
+    /// A money rule refused the request (generation disabled, no confirmation, over budget, …).
+    #[error(transparent)]
+    Refused(Box<ApiError>),
+    /// Node ids and classes the ComfyUI does not list: refused as ComfyUI would refuse them.
+    #[error("ComfyUI has no node class {}", .0.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>().join(", "))]
+    UnknownClasses(Vec<(String, String)>),
+    /// The workflow has paid nodes and the job no approval: it waits for one, nothing was sent.
+    #[error("the job waits for a confirmation of its paid nodes")]
+    AwaitingConfirmation(Box<Job>),
 }
 
 /// The job service: shared by every serving thread.
 #[derive(Clone)]
 pub struct Jobs {
-    store: Store,
+    pub(super) store: Store,
     /// Every configured ComfyUI; a job goes to the online one with the shortest queue.
-    backends: Arc<Vec<ComfyGateway>>,
+    pub(super) backends: Arc<Vec<ComfyGateway>>,
+    /// The money gate's state: node catalogs, settings, the Comfy.org key, idempotency locks.
+    pub(super) money: Arc<super::paid::Money>,
     outputs: PathBuf,
     events: broadcast::Sender<JobEvent>,
     /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
@@ -102,7 +113,12 @@ struct SupervisedBackend {
 const EXIT_RECORD_WAIT: Duration = Duration::from_secs(4);
 
 impl Jobs {
-    pub fn new(store: Store, backends: Vec<ComfyGateway>, outputs: PathBuf) -> Self {
+    pub fn new(
+        store: Store,
+        backends: Vec<ComfyGateway>,
+        outputs: PathBuf,
+        money: super::paid::Money,
+    ) -> Self {
         assert!(
             !backends.is_empty(),
             "the configuration has at least one ComfyUI"
@@ -111,6 +127,7 @@ impl Jobs {
         Self {
             store,
             backends: Arc::new(backends),
+            money: Arc::new(money),
             outputs,
             events,
             followers: Arc::default(),
@@ -177,7 +194,7 @@ impl Jobs {
     }
 
     /// The backend a recorded job went to (the first one for a job that names none).
-    fn backend_of(&self, job: &Job) -> &ComfyGateway {
+    pub(super) fn backend_of(&self, job: &Job) -> &ComfyGateway {
         job.backend_url
             .as_deref()
             .and_then(|url| self.backends.iter().find(|b| b.backend().origin() == url))
@@ -185,7 +202,7 @@ impl Jobs {
     }
 
     /// The online backend with the shortest queue; `None` when none answers.
-    async fn choose_backend(&self) -> Option<&ComfyGateway> {
+    pub(super) async fn choose_backend(&self) -> Option<&ComfyGateway> {
         let probes = self.backends.iter().map(|backend| async move {
             let answer = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -223,15 +240,17 @@ impl Jobs {
         crate::fs_safe::resolve_within(&self.outputs, &format!("{job_id}/{name}"))
     }
 
-    /// Records the job, submits it to ComfyUI and follows it in the background. Answers once ComfyUI accepted it.
-    pub async fn submit_comfy(
+    /// Records a free job, submits it to `gateway`'s ComfyUI and follows it in the background; answers once ComfyUI
+    /// accepted it. With no gateway (none answers) the job waits in Orchestrator's queue.
+    pub(super) async fn submit_comfy(
         &self,
+        gateway: Option<ComfyGateway>,
         template: Option<&str>,
         params: &Value,
         mut workflow: Value,
         uploads: Vec<Upload>,
     ) -> Result<Job, JobError> {
-        let Some(gateway) = self.choose_backend().await else {
+        let Some(gateway) = gateway else {
             // No ComfyUI answers: a job without input images waits in Orchestrator's own queue and goes out when
             // one comes online (after Ignite, say). Images must go to the ComfyUI that runs the job, so such a
             // job is refused instead of being held with its data.
@@ -252,19 +271,32 @@ impl Jobs {
                 tracing::info!(job = %job.id, "no ComfyUI answers: the job waits in the queue");
                 return Ok(job);
             }
-            let upstream = self
-                .backends
-                .iter()
-                .map(|b| b.backend().origin())
-                .collect::<Vec<_>>()
-                .join(", ");
             return Err(ApiError::ComfyOffline {
-                upstream,
+                upstream: self.origins(),
                 what: "no job can be started",
             }
             .into());
         };
-        // Input images go to the ComfyUI that will run the job, under the names it answers with.
+        self.upload_inputs(&gateway, &mut workflow, uploads).await?;
+        let backend_url = gateway.backend().origin();
+        let new = NewJob {
+            backend: "comfy",
+            template,
+            params,
+            workflow: &workflow,
+            backend_url: Some(&backend_url),
+        };
+        let job = self.store.insert_job(new).await?;
+        self.send_to_comfy(job, &workflow).await
+    }
+
+    /// Input images go to the ComfyUI that will run the job, under the names it answers with.
+    pub(super) async fn upload_inputs(
+        &self,
+        gateway: &ComfyGateway,
+        workflow: &mut Value,
+        uploads: Vec<Upload>,
+    ) -> Result<(), JobError> {
         for upload in uploads {
             let name = gateway
                 .upload_image(upload.bytes, &upload.file_name, &upload.content_type)
@@ -279,16 +311,7 @@ impl Jobs {
                 }
             }
         }
-        let backend_url = gateway.backend().origin();
-        let new = NewJob {
-            backend: "comfy",
-            template,
-            params,
-            workflow: &workflow,
-            backend_url: Some(&backend_url),
-        };
-        let job = self.store.insert_job(new).await?;
-        self.send_to_comfy(job, &workflow).await
+        Ok(())
     }
 
     /// Starts the task that sends waiting jobs, unless it runs already.
@@ -371,10 +394,31 @@ impl Jobs {
         }
     }
 
-    /// Posts a recorded job's workflow to ComfyUI and starts following it.
-    async fn send_to_comfy(&self, job: Job, workflow: &Value) -> Result<Job, JobError> {
+    /// Posts a recorded job's workflow to ComfyUI and starts following it. The money gate runs first: a paid
+    /// workflow goes out only for a job holding a reservation, with Orchestrator's Comfy.org key.
+    pub(super) async fn send_to_comfy(&self, job: Job, workflow: &Value) -> Result<Job, JobError> {
         let client_id = client_id(&job.id);
         let gateway = self.backend_of(&job).clone();
+        let paid_key = match self.gate_before_sending(&gateway, &job, workflow).await {
+            Ok(key) => key,
+            Err(JobError::AwaitingConfirmation(job)) => {
+                return Err(JobError::AwaitingConfirmation(job));
+            }
+            Err(error) => {
+                let (code, message) = match &error {
+                    JobError::UnknownClasses(_) => ("comfy_rejected", error.to_string()),
+                    JobError::Refused(api) => (api.code(), api.to_string()),
+                    JobError::Comfy(api) => (api.code(), api.to_string()),
+                    other => ("internal", other.to_string()),
+                };
+                self.fail(&job.id, json!({ "code": code, "message": message }))
+                    .await;
+                if job.cost_usd.is_some() {
+                    self.release(&job.id).await;
+                }
+                return Err(error);
+            }
+        };
 
         let socket_uri = gateway.upstream_uri("/ws", Some(&format!("clientId={client_id}")))?;
         let mut socket =
@@ -400,9 +444,27 @@ impl Jobs {
             .await;
             return Err(error.into());
         }
-        let body = json!({ "prompt": workflow, "client_id": client_id, "extra_data": { "orchestrator_job": job.id } });
+        let mut extra_data = json!({ "orchestrator_job": job.id });
+        if let Some(key) = &paid_key {
+            extra_data[crate::comfy::credentials::KEYS[0]] = json!(key.expose());
+        }
+        let body = json!({ "prompt": workflow, "client_id": client_id, "extra_data": extra_data });
         let (status, answer) = match gateway.post_json("/prompt", &body).await {
             Ok(answer) => answer,
+            // A paid prompt that may have reached ComfyUI is never sent again: its outcome is for a person to check.
+            Err(error) if paid_key.is_some() => {
+                let message = format!(
+                    "{error}. ComfyUI may have queued the paid workflow; it is not sent again. Check ComfyUI's \
+                     queue and the Comfy.org account."
+                );
+                let change = JobChange {
+                    status: Some(JobStatus::NeedsReconcile),
+                    error: Some(json!({ "code": "comfy_outcome_unknown", "message": message })),
+                    ..Default::default()
+                };
+                self.change(&job.id, "state", change).await;
+                return Err(error.into());
+            }
             Err(error) => {
                 self.fail(
                     &job.id,
@@ -424,6 +486,9 @@ impl Jobs {
             let details = json!({ "comfy_status": status.as_u16(), "error": answer.get("error"), "node_errors": answer.get("node_errors") });
             let error = json!({ "code": "comfy_rejected", "message": message, "details": details });
             self.fail(&job.id, error).await;
+            if paid_key.is_some() {
+                self.release(&job.id).await;
+            }
             let job = self
                 .store
                 .job(&job.id)
@@ -435,6 +500,11 @@ impl Jobs {
                 details,
             });
         };
+        if paid_key.is_some()
+            && let Err(error) = self.store.mark_charge_spent(&job.id).await
+        {
+            tracing::error!(job = %job.id, %error, "cannot record a paid job's charge as spent");
+        }
         self.change(
             &job.id,
             "state",
@@ -579,6 +649,21 @@ impl Jobs {
                 }
                 continue;
             }
+            // Recorded, reserved, and cut off while being sent: it may have been charged, so it is never resent.
+            if job.cost_usd.is_some() {
+                let change = JobChange {
+                    status: Some(JobStatus::NeedsReconcile),
+                    error: Some(json!({
+                        "code": "submit_interrupted",
+                        "message": "Orchestrator stopped while this paid workflow was being sent to ComfyUI. It may \
+                                    have been charged; it is not sent again. Check ComfyUI's queue and the Comfy.org \
+                                    account."
+                    })),
+                    ..Default::default()
+                };
+                self.change(&job.id, "state", change).await;
+                continue;
+            }
             // Recorded but never accepted by ComfyUI: a local run costs nothing, so it is sent now.
             if let Err(error) = self.send_to_comfy(job.clone(), &workflow).await {
                 tracing::warn!(job = %job.id, %error, "resubmitting a job after a restart failed");
@@ -670,6 +755,13 @@ impl Jobs {
 
     /// Stores a change, numbers it as an event and tells the listeners. Progress alone is coalesced to at most
     /// one event per [`PROGRESS_EVERY`] per job (the job row always has the latest); state changes always pass.
+    /// Gives a paid job's reservation back: ComfyUI certainly did not take it.
+    async fn release(&self, id: &str) {
+        if let Err(error) = self.store.release_paid_job(id).await {
+            tracing::error!(job = %id, %error, "cannot release a paid job ComfyUI did not take");
+        }
+    }
+
     pub(crate) async fn change(&self, id: &str, kind: &'static str, change: JobChange) {
         if let Err(error) = self.store.update_job(id, change).await {
             tracing::error!(job = id, %error, "cannot record a job change");
@@ -766,6 +858,8 @@ struct Follower {
     classes: HashMap<String, String>,
     done: HashSet<String>,
     last_progress: f64,
+    /// What each paid node reported it costs, in millionths of a dollar.
+    prices: HashMap<String, i64>,
 }
 
 enum End {
@@ -808,6 +902,7 @@ impl Follower {
             classes,
             done: HashSet::new(),
             last_progress: 0.0,
+            prices: HashMap::new(),
         }
     }
 
@@ -830,6 +925,10 @@ impl Follower {
             };
             let text = match message {
                 Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Binary(frame))) => {
+                    self.on_binary(&frame).await;
+                    continue;
+                }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::SocketLost,
                 Some(Ok(_)) => continue,
             };
@@ -860,6 +959,29 @@ impl Follower {
             End::SocketLost => self.resolve_without_socket().await,
             End::Stopped => {}
         }
+    }
+
+    /// A binary frame: previews are dropped here; a paid node's progress text with its price is the job's actual
+    /// cost, and settles its charge.
+    async fn on_binary(&mut self, frame: &[u8]) {
+        let Some((node, text)) = super::price::progress_text(frame) else {
+            return;
+        };
+        let Some(micros) = super::price::reported_price(&text) else {
+            return;
+        };
+        if self.prices.insert(node, micros) == Some(micros) {
+            return;
+        }
+        let total = self.prices.values().sum();
+        if let Err(error) = self.jobs.store.settle_charge(&self.job_id, total).await {
+            tracing::error!(job = %self.job_id, %error, "cannot record what a paid job cost");
+            return;
+        }
+        tracing::info!(job = %self.job_id, actual_usd = total as f64 / 1e6, "a paid node reported its price");
+        self.jobs
+            .change(&self.job_id, "state", JobChange::default())
+            .await;
     }
 
     async fn on_event(&mut self, event: &Value) -> Option<End> {
@@ -1118,7 +1240,8 @@ impl Follower {
         let Ok(Some(job)) = store.job(&self.job_id).await else {
             return false;
         };
-        if job.status != JobStatus::Submitted {
+        // A paid job is never moved: ComfyUI may have charged it already.
+        if job.status != JobStatus::Submitted || job.cost_usd.is_some() {
             return false;
         }
         let history = store

@@ -155,6 +155,10 @@ struct Shared {
     files: Mutex<HashMap<String, Bytes>>,
     uploads: Mutex<HashMap<String, u64>>,
     work: mpsc::UnboundedSender<()>,
+    /// Where paid API nodes call (ComfyUI's `--comfy-api-base`).
+    comfy_api_base: Mutex<Option<String>>,
+    /// The body of every `POST /prompt` that was queued, as received.
+    prompts: Mutex<Vec<Value>>,
 }
 
 /// A running fake ComfyUI on a loopback port.
@@ -229,6 +233,8 @@ impl FakeComfy {
             files: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
             work,
+            comfy_api_base: Mutex::new(None),
+            prompts: Mutex::new(Vec::new()),
         });
         tokio::spawn(worker(shared.clone(), work_rx));
         let app = router(shared.clone());
@@ -283,6 +289,16 @@ impl FakeComfy {
     }
 
     /// Pause between two replayed events of a run.
+    /// The body of every prompt it queued, in order (the test's view of what reached ComfyUI).
+    pub fn received_prompts(&self) -> Vec<Value> {
+        self.shared.prompts.lock().unwrap().clone()
+    }
+
+    /// The Comfy.org API base paid API nodes call (ComfyUI's `--comfy-api-base`).
+    pub fn set_comfy_api_base(&self, base: &str) {
+        *self.shared.comfy_api_base.lock().unwrap() = Some(base.trim_end_matches('/').to_owned());
+    }
+
     pub fn set_step_delay(&self, delay: Duration) {
         self.shared
             .step_delay_ms
@@ -574,6 +590,9 @@ async fn control(
     if let Some(ms) = body.get("step_delay_ms").and_then(Value::as_u64) {
         shared.step_delay_ms.store(ms, Ordering::SeqCst);
     }
+    if let Some(base) = body.get("comfy_api_base").and_then(Value::as_str) {
+        *shared.comfy_api_base.lock().unwrap() = Some(base.trim_end_matches('/').to_owned());
+    }
     axum::Json(json!({ "hang": shared.hang.load(Ordering::SeqCst), "requests": shared.request_count.load(Ordering::SeqCst) }))
         .into_response()
 }
@@ -628,6 +647,7 @@ async fn post_prompt(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
         .and_then(Value::as_str)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    shared.prompts.lock().unwrap().push(body.clone());
     let number = shared.number.fetch_add(1, Ordering::SeqCst);
     let mut extra_data = body.get("extra_data").cloned().unwrap_or_else(|| json!({}));
     if let Some(client_id) = body.get("client_id").and_then(Value::as_str)
@@ -1226,6 +1246,36 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
     let mut outputs = Map::new();
     let mut synthetic_done = false;
 
+    let paid = super::fake_api_nodes::paid_nodes(&shared.object_info, &nodes);
+    if !paid.is_empty() {
+        let base = shared.comfy_api_base.lock().unwrap().clone();
+        match super::fake_api_nodes::run(base.as_deref(), &paid, &item.extra_data).await {
+            Ok(texts) => {
+                for (node, text) in texts {
+                    let frame = crate::jobs::price::text_frame(&node, &text);
+                    send(
+                        shared,
+                        item.client_id().as_deref(),
+                        Message::Binary(Bytes::from(frame)),
+                    );
+                }
+            }
+            Err(failure) => {
+                let data = json!({"prompt_id": item.prompt_id, "node_id": failure.node_id, "node_type": failure.node_type,
+                    "executed": [], "exception_message": failure.message, "exception_type": "Exception",
+                    "traceback": [], "current_inputs": {}, "current_outputs": [], "timestamp": now_ms()});
+                messages.push(json!(["execution_error", data]));
+                record_history(shared, item, Map::new(), messages, false);
+                send_event(
+                    shared,
+                    item,
+                    json!({"type": "execution_error", "data": data}),
+                );
+                return;
+            }
+        }
+    }
+
     // Entry 0 is the greeting a socket gets on connect; the queue-change statuses were sent by post_prompt.
     for entry in recorded.iter().skip(1) {
         if shared.interrupt.swap(false, Ordering::SeqCst) {
@@ -1332,8 +1382,11 @@ fn record_history(
             )
         })
         .collect();
+    // ComfyUI keeps the prompt in its history without the Comfy.org credentials (`task_done`); `/queue` has them.
+    let mut prompt = item.to_json();
+    crate::comfy::credentials::strip(&mut prompt);
     let entry = json!({
-        "prompt": item.to_json(),
+        "prompt": prompt,
         "outputs": outputs,
         "status": {"status_str": if ok { "success" } else { "error" }, "completed": ok, "messages": messages},
         "meta": meta,

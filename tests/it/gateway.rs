@@ -214,8 +214,8 @@ async fn comfy_down_is_502_and_a_hang_is_504_within_bounds() {
             "GET" => app.http.get(app.url("/api/comfy/queue")),
             _ => app
                 .http
-                .post(app.url("/api/comfy/prompt"))
-                .json(&json!({"prompt": no_model_workflow()})),
+                .post(app.url("/api/comfy/interrupt"))
+                .json(&json!({})),
         };
         let response = request.send().await.unwrap();
         let took = started.elapsed();
@@ -227,6 +227,21 @@ async fn comfy_down_is_502_and_a_hang_is_504_within_bounds() {
             "{method} 504 after {took:?}"
         );
     }
+    // A prompt is looked at before it is sent (which of its nodes cost money): ComfyUI's node list does not come
+    // within the read timeout, and the prompt is not sent at all.
+    let started = Instant::now();
+    let response = app
+        .http
+        .post(app.url("/api/comfy/prompt"))
+        .json(&json!({"prompt": no_model_workflow()}))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status(), 504);
+    assert_eq!(error_code(&response.json().await.unwrap()), "comfy_timeout");
+    assert!(took < Duration::from_millis(2500), "504 after {took:?}");
+    assert!(fake.received_prompts().is_empty());
 }
 
 #[tokio::test]

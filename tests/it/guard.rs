@@ -103,7 +103,12 @@ async fn cross_site_writes_are_refused_before_comfy_sees_them() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    assert_eq!(fake.request_count(), 1);
+    let prompts = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/prompt")
+        .count();
+    assert_eq!(prompts, 1);
 }
 
 #[tokio::test]

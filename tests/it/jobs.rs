@@ -181,15 +181,34 @@ async fn bad_requests_are_422_naming_each_field() {
 async fn comfy_validation_errors_reach_the_job_and_the_answer() {
     let fake = FakeComfy::start().await;
     let app = TestApp::spawn(&fake.url()).await;
+    // A class ComfyUI does not list is refused before anything is sent: it might be a paid node of a custom
+    // package, and is not assumed free.
     let unknown = json!({ "1": { "class_type": "NoSuchNode", "inputs": {} } });
     let response = submit(&app, json!({ "workflow": unknown })).await;
     assert_eq!(response.status(), 422);
     let answer: Value = response.json().await.unwrap();
-    assert_eq!(error_code(&answer), "comfy_rejected");
-    assert_eq!(
-        answer["error"]["details"]["error"]["type"],
-        "invalid_prompt"
+    assert_eq!(error_code(&answer), "validation_failed");
+    assert!(
+        answer["error"]["details"]["fields"]["workflow.1.class_type"]
+            .as_str()
+            .is_some_and(|m| m.contains("NoSuchNode")),
+        "{answer}"
     );
+    assert!(
+        fake.received_prompts().is_empty(),
+        "nothing was sent to ComfyUI"
+    );
+
+    // ComfyUI's own refusal of a workflow reaches the job and the answer.
+    let mut bad_link = orchestrator::testkit::fake_comfy::no_model_workflow();
+    bad_link["3"]["inputs"]
+        .as_object_mut()
+        .unwrap()
+        .remove("images");
+    let response = submit(&app, json!({ "workflow": bad_link })).await;
+    assert_eq!(response.status(), 422);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&answer), "comfy_rejected", "{answer}");
     let id = answer["error"]["details"]["job_id"].as_str().unwrap();
     let failed = job(&app, id).await;
     assert_eq!(failed["status"], "failed");

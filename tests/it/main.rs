@@ -13,6 +13,7 @@ mod jobs;
 mod mcp;
 mod models;
 mod openapi;
+mod paid_nodes;
 mod panel;
 mod paths;
 mod service;

@@ -54,6 +54,8 @@ pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
         v0_timeout_secs: "300".into(),
         paid_rate_limit_per_min: "30".into(),
         paid_rate_limit_burst: "10".into(),
+        comfy_org_api_key: None,
+        comfy_paid_node_max_usd: "1".into(),
         log_format: Some("json".into()),
     }
 }

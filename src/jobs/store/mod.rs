@@ -15,12 +15,16 @@ use sqlx::sqlite::{
 
 use super::model::{Job, JobStatus, OutputFile, now};
 
+mod approvals;
+pub use approvals::{Approval, ApproveJob};
+
 /// The columns a [`Job`] is read from, as a macro so that every statement stays a static string (sqlx refuses
 /// SQL built at run time).
 macro_rules! job_columns {
     () => {
         "id, backend, status, progress, current_node, template, params, error, outputs, comfy_prompt_id, \
-         backend_url, provider_id, polling_url, cost_micros, created_at, started_at, finished_at"
+         backend_url, provider_id, polling_url, cost_micros, actual_cost_micros, approval, created_at, started_at, \
+         finished_at"
     };
 }
 
@@ -465,8 +469,9 @@ impl Store {
         let created = now();
         let new = paid.job;
         sqlx::query(
-            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, cost_micros) \
-             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, cost_micros, \
+                               approval) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(new.backend)
@@ -476,6 +481,7 @@ impl Store {
         .bind(&created)
         .bind(new.backend_url)
         .bind(paid.cost_micros)
+        .bind(paid.approval.map(Value::to_string))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -657,6 +663,8 @@ pub struct PaidJob<'a> {
     pub idempotency: Option<IdempotencyClaim<'a>>,
     /// The confirmation token's id: recorded, so it pays once.
     pub token_id: &'a str,
+    /// For a ComfyUI workflow: its paid nodes and the estimate the person approved.
+    pub approval: Option<&'a Value>,
 }
 
 pub struct IdempotencyClaim<'a> {
@@ -742,6 +750,10 @@ fn job_from_row(row: &SqliteRow) -> Job {
         cost_usd: row
             .get::<Option<i64>, _>("cost_micros")
             .map(|micros| micros as f64 / 1_000_000.0),
+        actual_cost_usd: row
+            .get::<Option<i64>, _>("actual_cost_micros")
+            .map(|micros| micros as f64 / 1_000_000.0),
+        approval: json("approval"),
         created_at: row.get("created_at"),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),

@@ -1,0 +1,206 @@
+//! Which node classes a ComfyUI has, and which of them cost money, read from its `/object_info`.
+//!
+//! ComfyUI 0.3.64 marks its 100 "API nodes" (FLUX Pro, Ideogram, Kling, Veo, OpenAI, …) with `"api_node": true`
+//! and a category under `api node/`; each run of one charges the Comfy.org account whose credentials the prompt's
+//! `extra_data` carries. Newer ComfyUI also sends a `price_badge` (`{engine: "jsonata", depends_on, expr}`,
+//! Comfy-Org/ComfyUI#11582). A workflow is paid when any of its nodes is; a class the backend does not list is not
+//! assumed free (`shared/CONTRACTS.md`, "ComfyUI's paid API nodes").
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// What Orchestrator needs to know of one node class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeClass {
+    pub category: String,
+    pub display_name: String,
+    pub api_node: bool,
+    pub price_badge: Option<Value>,
+}
+
+/// Every class one backend lists.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeCatalog {
+    classes: HashMap<String, NodeClass>,
+}
+
+/// A paid node of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PaidNode {
+    /// The node's id in the workflow.
+    pub id: String,
+    pub class_type: String,
+    pub category: String,
+    pub display_name: String,
+    #[serde(skip)]
+    pub price_badge: Option<Value>,
+}
+
+/// Why a workflow cannot be classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unclassified {
+    /// Not an object of nodes with a `class_type` each: ComfyUI refuses it before running anything.
+    NotAWorkflow,
+    /// Node ids and classes the backend does not list.
+    UnknownClasses(Vec<(String, String)>),
+}
+
+impl NodeCatalog {
+    pub fn from_object_info(object_info: &Value) -> Self {
+        let classes = object_info
+            .as_object()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|(name, info)| {
+                        let text = |key: &str| {
+                            info.get(key)
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_owned()
+                        };
+                        // Only the flag: 13 free helpers (camera controls, option nodes) share the
+                        // `api node/` categories.
+                        let class = NodeClass {
+                            api_node: info
+                                .get("api_node")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false),
+                            category: text("category"),
+                            display_name: text("display_name"),
+                            price_badge: info.get("price_badge").filter(|b| !b.is_null()).cloned(),
+                        };
+                        (name.clone(), class)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { classes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+
+    pub fn get(&self, class: &str) -> Option<&NodeClass> {
+        self.classes.get(class)
+    }
+
+    /// The names of every class that costs nothing to run, sorted.
+    pub fn free_classes(&self) -> Vec<&str> {
+        let mut free: Vec<&str> = self
+            .classes
+            .iter()
+            .filter(|(_, class)| !class.api_node)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        free.sort_unstable();
+        free
+    }
+
+    /// The paid nodes of an API-format workflow, in node-id order; an empty list for a free one.
+    pub fn paid_nodes(&self, workflow: &Value) -> Result<Vec<PaidNode>, Unclassified> {
+        let nodes = workflow.as_object().ok_or(Unclassified::NotAWorkflow)?;
+        let mut paid = Vec::new();
+        let mut unknown = Vec::new();
+        for (id, node) in nodes {
+            let Some(class_type) = node.get("class_type").and_then(Value::as_str) else {
+                return Err(Unclassified::NotAWorkflow);
+            };
+            match self.classes.get(class_type) {
+                None => unknown.push((id.clone(), class_type.to_owned())),
+                Some(class) if class.api_node => paid.push(PaidNode {
+                    id: id.clone(),
+                    class_type: class_type.to_owned(),
+                    category: class.category.clone(),
+                    display_name: class.display_name.clone(),
+                    price_badge: class.price_badge.clone(),
+                }),
+                Some(_) => {}
+            }
+        }
+        if unknown.is_empty() {
+            Ok(paid)
+        } else {
+            Err(Unclassified::UnknownClasses(unknown))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn recorded() -> NodeCatalog {
+        let raw = include_str!("../../tests/fixtures/comfyui/object_info.json");
+        NodeCatalog::from_object_info(&serde_json::from_str(raw).unwrap())
+    }
+
+    #[test]
+    fn the_recorded_catalog_has_100_paid_and_378_free_classes() {
+        let catalog = recorded();
+        assert_eq!(catalog.free_classes().len(), 378);
+        let ultra = catalog.get("FluxProUltraImageNode").unwrap();
+        assert!(ultra.api_node);
+        assert_eq!(ultra.category, "api node/image/BFL");
+        assert!(!catalog.get("KSampler").unwrap().api_node);
+    }
+
+    #[test]
+    fn no_free_class_is_taken_for_a_paid_one() {
+        let catalog = recorded();
+        for class in catalog.free_classes() {
+            let workflow = serde_json::json!({"1": {"class_type": class, "inputs": {}}});
+            assert_eq!(catalog.paid_nodes(&workflow), Ok(vec![]), "{class}");
+        }
+    }
+
+    #[test]
+    fn a_workflow_is_paid_when_any_node_is() {
+        let catalog = recorded();
+        let workflow = json!({
+            "1": {"class_type": "FluxProUltraImageNode", "inputs": {"prompt": "a cat"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+        });
+        let paid = catalog.paid_nodes(&workflow).unwrap();
+        assert_eq!(paid.len(), 1);
+        assert_eq!(
+            (paid[0].id.as_str(), paid[0].class_type.as_str()),
+            ("1", "FluxProUltraImageNode")
+        );
+        let free = json!({"9": {"class_type": "SaveImage", "inputs": {}}});
+        assert!(catalog.paid_nodes(&free).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unknown_class_is_not_assumed_free() {
+        let catalog = recorded();
+        let workflow = json!({"5": {"class_type": "SomeCustomPaidNode", "inputs": {}}});
+        assert_eq!(
+            catalog.paid_nodes(&workflow),
+            Err(Unclassified::UnknownClasses(vec![(
+                "5".into(),
+                "SomeCustomPaidNode".into()
+            )]))
+        );
+        assert_eq!(
+            catalog.paid_nodes(&json!({"5": {"inputs": {}}})),
+            Err(Unclassified::NotAWorkflow)
+        );
+        assert_eq!(
+            catalog.paid_nodes(&json!([1])),
+            Err(Unclassified::NotAWorkflow)
+        );
+    }
+
+    #[test]
+    fn a_price_badge_is_kept() {
+        let info = json!({"NewPaid": {"category": "api node/x", "api_node": true, "display_name": "New",
+            "price_badge": {"engine": "jsonata", "depends_on": {}, "expr": "{\"type\":\"usd\",\"usd\":0.035}"}}});
+        let catalog = NodeCatalog::from_object_info(&info);
+        assert!(catalog.get("NewPaid").unwrap().price_badge.is_some());
+    }
+}

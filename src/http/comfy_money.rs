@@ -1,0 +1,246 @@
+//! The gateway's part of the money rules: a prompt posted to ComfyUI through `/api/comfy/prompt` (or
+//! `/api/comfy/api/prompt`) is read whole, cleared of the client's Comfy.org credentials and looked at before it is
+//! forwarded; answers that echo prompts (`/queue`, `/history…`, `/api/jobs…`) are cleared of them on the way back.
+//!
+//! This is the one place the gateway holds a body whole: a prompt must be parsed to know what it costs, and what is
+//! forwarded is the parsed prompt written again, so ComfyUI runs exactly what was judged (no duplicate-key or
+//! number-spelling trick can make it read something else). Bounded by `COMFY_MAX_BODY_MB`.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::comfy::credentials;
+use crate::comfy::nodes::Unclassified;
+use crate::error::ApiError;
+use crate::flux::catalog::usd;
+use crate::jobs::gate::Assessment;
+
+/// The largest answer that is checked for credentials; ComfyUI's history is capped at 10,000 prompts.
+const MAX_ECHO_BYTES: usize = 256 * 1024 * 1024;
+
+/// Whether `path` (below `/api/comfy`, still percent-encoded) is ComfyUI's prompt route: aiohttp decodes the path
+/// before it matches routes, so every spelling of `/prompt` counts.
+pub fn is_prompt_route(path: &str) -> bool {
+    let mut route = percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned();
+    while route.contains("//") {
+        route = route.replace("//", "/");
+    }
+    let route = route.strip_prefix("/api").unwrap_or(&route);
+    route.trim_end_matches('/') == "/prompt"
+}
+
+/// `POST /prompt` through the gateway.
+pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let limit = state.config.comfy.max_body_bytes;
+    let bytes = match http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::PayloadTooLarge { limit }.into_response();
+        }
+        Err(_) => return ApiError::RequestBodyUnreadable.into_response(),
+    };
+    let Ok(mut body) = serde_json::from_slice::<Value>(&bytes) else {
+        return comfy_refusal(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "The prompt is not valid JSON.",
+            json!({}),
+            json!({}),
+        );
+    };
+    credentials::strip(&mut body);
+    if let Some(workflow) = body.get("prompt") {
+        let catalog = match state.models.nodes(&state.gateway).await {
+            Ok(catalog) => catalog,
+            Err(error) => return error.into_response(),
+        };
+        match state.jobs.gate().assess(&catalog, workflow) {
+            Ok(assessment) if assessment.is_paid() => {
+                return refuse_paid(state, workflow, &assessment).await;
+            }
+            Ok(_) => {}
+            Err(Unclassified::UnknownClasses(unknown)) => {
+                let (id, class) = &unknown[0];
+                return comfy_refusal(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_prompt",
+                    &format!("Cannot execute because node {class} does not exist."),
+                    json!(format!("Node ID '#{id}'")),
+                    json!({}),
+                );
+            }
+            Err(Unclassified::NotAWorkflow) => {
+                return comfy_refusal(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_prompt",
+                    "Cannot execute because the prompt is not an object of nodes with a class_type each.",
+                    json!(""),
+                    json!({}),
+                );
+            }
+        }
+    }
+    let forwarded = serde_json::to_vec(&body).unwrap_or_default();
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(forwarded.len()));
+    let request = Request::from_parts(parts, Body::from(forwarded));
+    state
+        .gateway
+        .forward(request, path)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A prompt with paid nodes and no approval: 403 while generation is off; else kept as a job that waits for a
+/// person, and 402 with the dry run. Shaped both as Orchestrator's error and as ComfyUI's rejected prompt
+/// (`error.type`, `error.message`, `node_errors` on the paid nodes), so the editor shows why and where to approve.
+async fn refuse_paid(state: &AppState, workflow: &Value, assessment: &Assessment) -> Response {
+    let price = format!("${:.3}", usd(assessment.total_micros));
+    let node_errors = |message: &str| -> Value {
+        assessment
+            .nodes
+            .iter()
+            .map(|n| {
+                let error = json!({"type": "paid_node", "message": message,
+                    "details": format!("{} ({}): ~${:.3}", n.node.display_name, n.node.category, n.price_usd),
+                    "extra_info": {}});
+                (
+                    n.node.id.clone(),
+                    json!({"errors": [error], "dependent_outputs": [], "class_type": n.node.class_type}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    if !state.jobs.gate().allow_generation {
+        let message = format!(
+            "This workflow has paid API nodes (estimated {price}) and paid generation is disabled on this \
+             Orchestrator (ALLOW_GENERATION=false). Nothing was sent."
+        );
+        return comfy_refusal(
+            StatusCode::FORBIDDEN,
+            "generation_disabled",
+            &message,
+            assessment.approval_json(),
+            node_errors("Paid node: generation is disabled on this server"),
+        );
+    }
+    let job = match state.jobs.park(&state.gateway, workflow, assessment).await {
+        Ok(job) => job,
+        Err(error) => return ApiError::internal(error).into_response(),
+    };
+    let mut details = assessment.approval_json();
+    details["jobId"] = json!(job.id);
+    details["status"] = json!(job.status);
+    details["confirmUrl"] = json!(format!("/api/jobs/{}/confirm", job.id));
+    details["panelUrl"] = json!(format!("/jobs/{}", job.id));
+    details["confirmToken"] = json!(state.jobs.gate().issue(workflow, assessment));
+    details["expiresInSecs"] = json!(state.jobs.gate().ttl_secs());
+    let message = format!(
+        "This workflow has paid API nodes (estimated {price}). It was not sent: it waits as job {} for your \
+         confirmation in Orchestrator's panel (/jobs/{}).",
+        job.id, job.id
+    );
+    comfy_refusal(
+        StatusCode::PAYMENT_REQUIRED,
+        "confirmation_required",
+        &message,
+        details,
+        node_errors("Paid node: confirm its price in Orchestrator's panel"),
+    )
+}
+
+/// An error both Orchestrator's clients (`error.code`) and ComfyUI's editor (`error.type`, `node_errors`) read.
+fn comfy_refusal(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    details: Value,
+    node_errors: Value,
+) -> Response {
+    let body = json!({
+        "error": { "code": code, "type": code, "message": message, "details": details, "extra_info": {} },
+        "node_errors": node_errors,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Before an answer that may echo prompts is asked for: ComfyUI must answer it uncompressed, so it can be read.
+pub fn prepare_echo_request(request: &mut Request<Body>) {
+    request.headers_mut().remove(header::ACCEPT_ENCODING);
+}
+
+/// An answer that may echo prompts, with every Comfy.org credential removed.
+pub async fn clear_echo(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    if parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| e.as_bytes() != b"identity")
+    {
+        return ApiError::ComfyBadResponse("a compressed answer that may hold credentials".into())
+            .into_response();
+    }
+    let bytes = match http_body_util::Limited::new(body, MAX_ECHO_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            return ApiError::ComfyBadResponse(format!("cannot read the answer: {error}"))
+                .into_response();
+        }
+    };
+    let body = if credentials::may_hold(&bytes) {
+        let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+            // The mark in a text that is not JSON: not passed on, as it cannot be cleared.
+            return ApiError::ComfyBadResponse("an answer that may hold credentials".into())
+                .into_response();
+        };
+        match credentials::strip(&mut value) {
+            true => serde_json::to_vec(&value).unwrap_or_default().into(),
+            false => bytes,
+        }
+    } else {
+        bytes
+    };
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(parts, Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_the_prompt_route() {
+        for path in [
+            "/prompt",
+            "/api/prompt",
+            "/prompt/",
+            "//prompt",
+            "/%70rompt",
+            "/ap%69/prompt",
+        ] {
+            assert!(is_prompt_route(path), "{path}");
+        }
+        for path in ["/queue", "/prompts", "/api/prompt/x", "/history"] {
+            assert!(!is_prompt_route(path), "{path}");
+        }
+    }
+}

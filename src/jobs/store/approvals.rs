@@ -1,0 +1,166 @@
+//! Workflows with paid ComfyUI nodes: kept until a person approves their price, then reserved against the same
+//! daily budget as FLUX, and settled with what the nodes reported they cost.
+
+use serde_json::Value;
+
+use super::{BudgetUsage, IdempotencyClaim, NewJob, Store, StoreError, day_usage};
+use crate::jobs::model::{Job, JobStatus, now};
+
+/// An approval to record: the price a person confirmed for a job that waits for it.
+pub struct ApproveJob<'a> {
+    pub job_id: &'a str,
+    pub cost_micros: i64,
+    /// The UTC day the price counts against, `YYYY-MM-DD`.
+    pub day: &'a str,
+    pub budget_micros: i64,
+    /// The confirmation token's id: recorded, so it pays once.
+    pub token_id: &'a str,
+    pub idempotency: Option<IdempotencyClaim<'a>>,
+    /// The paid nodes and the estimate the person approved.
+    pub approval: &'a Value,
+}
+
+pub enum Approval {
+    /// Reserved and `queued`: the job may be sent.
+    Approved(Box<Job>),
+    OverBudget(BudgetUsage),
+    TokenUsed,
+    /// The job does not wait for an approval (any more): its status now.
+    NotAwaiting(Option<JobStatus>),
+}
+
+impl Store {
+    /// Records a job that waits for a person's approval of its paid nodes; nothing is reserved yet.
+    pub async fn insert_awaiting_job(
+        &self,
+        new: NewJob<'_>,
+        approval: &Value,
+    ) -> Result<Job, StoreError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        sqlx::query(
+            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, approval) \
+             VALUES (?, ?, 'awaiting_confirmation', ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(new.backend)
+        .bind(new.workflow.to_string())
+        .bind(new.params.to_string())
+        .bind(new.template)
+        .bind(now())
+        .bind(new.backend_url)
+        .bind(approval.to_string())
+        .execute(&self.pool)
+        .await?;
+        self.job(&id)
+            .await?
+            .ok_or(StoreError::Query(sqlx::Error::RowNotFound))
+    }
+
+    /// A job found to need an approval only when it was about to be sent (it waited for a ComfyUI, or was being
+    /// moved): it waits, with its dry run, and nothing is sent.
+    pub async fn await_approval(&self, job_id: &str, approval: &Value) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'awaiting_confirmation', approval = ?2 \
+             WHERE id = ?1 AND status IN ('queued', 'submitted') AND cost_micros IS NULL",
+        )
+        .bind(job_id)
+        .bind(approval.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Approves a waiting job in one transaction: the day's budget must cover the price, the token must not have
+    /// paid before, and the job must still wait; then its price is reserved and it becomes `queued`.
+    pub async fn approve_job(&self, approve: ApproveJob<'_>) -> Result<Approval, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let status: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?")
+            .bind(approve.job_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match status.as_ref().map(|(s,)| JobStatus::parse(s)) {
+            Some(Some(JobStatus::AwaitingConfirmation)) => {}
+            other => {
+                tx.rollback().await?;
+                return Ok(Approval::NotAwaiting(other.flatten()));
+            }
+        }
+        let usage = day_usage(&mut *tx, approve.day).await?;
+        if usage.spent + usage.reserved + approve.cost_micros > approve.budget_micros {
+            tx.rollback().await?;
+            return Ok(Approval::OverBudget(usage));
+        }
+        let at = now();
+        let token_taken = sqlx::query(
+            "INSERT INTO used_confirmations (token_id, job_id, used_at) VALUES (?, ?, ?) \
+             ON CONFLICT (token_id) DO NOTHING",
+        )
+        .bind(approve.token_id)
+        .bind(approve.job_id)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 0;
+        if token_taken {
+            tx.rollback().await?;
+            return Ok(Approval::TokenUsed);
+        }
+        sqlx::query(
+            "INSERT INTO charges (job_id, day, amount_micros, state, updated_at) VALUES (?, ?, ?, 'reserved', ?)",
+        )
+        .bind(approve.job_id)
+        .bind(approve.day)
+        .bind(approve.cost_micros)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(claim) = approve.idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(claim.scope)
+            .bind(claim.key)
+            .bind(claim.fingerprint)
+            .bind(approve.job_id)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE jobs SET status = 'queued', cost_micros = ?2, approval = ?3 WHERE id = ?1",
+        )
+        .bind(approve.job_id)
+        .bind(approve.cost_micros)
+        .bind(approve.approval.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let job = self
+            .job(approve.job_id)
+            .await?
+            .ok_or(StoreError::Query(sqlx::Error::RowNotFound))?;
+        Ok(Approval::Approved(Box::new(job)))
+    }
+
+    /// What a paid job really cost, as its provider reported it: recorded on the job, and its charge settled at
+    /// that amount (spent).
+    pub async fn settle_charge(&self, job_id: &str, actual_micros: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE jobs SET actual_cost_micros = ?2 WHERE id = ?1")
+            .bind(job_id)
+            .bind(actual_micros)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE charges SET amount_micros = ?2, state = 'spent', updated_at = ?3 WHERE job_id = ?1",
+        )
+        .bind(job_id)
+        .bind(actual_micros)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

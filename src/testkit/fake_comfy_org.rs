@@ -1,0 +1,105 @@
+//! A local stand-in for the Comfy.org API that ComfyUI's paid API nodes call (`--comfy-api-base`), counting every
+//! call and the credentials it came with (`X-API-KEY`, `Authorization: Bearer`; `comfy_api_nodes/apis/client.py`
+//! `get_headers`). A BFL node posts `/proxy/bfl/<model>/generate` and gets `{id, polling_url}`; every other node
+//! posts `/proxy/<provider>/<class>` here. Answers carry a `price`, which the fake ComfyUI reports as the node's
+//! progress text (`Price: $…`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::IntoResponse;
+use axum::routing::any;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// One call the fake received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub path: String,
+    pub api_key: Option<String>,
+    pub bearer: Option<String>,
+}
+
+struct Shared {
+    calls: Mutex<Vec<Call>>,
+    price_usd: Mutex<f64>,
+}
+
+pub struct FakeComfyOrg {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeComfyOrg {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound");
+        let shared = Arc::new(Shared {
+            calls: Mutex::default(),
+            price_usd: Mutex::new(0.06),
+        });
+        let app = Router::new()
+            .fallback(any(record))
+            .with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            shared,
+            server,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`: what ComfyUI takes as `--comfy-api-base`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.shared.calls.lock().unwrap().clone()
+    }
+
+    pub fn call_count(&self) -> usize {
+        self.shared.calls.lock().unwrap().len()
+    }
+
+    /// The price each answer reports.
+    pub fn set_price(&self, usd: f64) {
+        *self.shared.price_usd.lock().unwrap() = usd;
+    }
+}
+
+impl Drop for FakeComfyOrg {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn record(State(shared): State<Arc<Shared>>, request: Request) -> impl IntoResponse {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let call = Call {
+        path: request.uri().path().to_owned(),
+        api_key: header("x-api-key"),
+        bearer: header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)),
+    };
+    shared.calls.lock().unwrap().push(call);
+    let id = uuid::Uuid::new_v4().to_string();
+    let price = *shared.price_usd.lock().unwrap();
+    axum::Json(json!({
+        "id": id,
+        "polling_url": format!("/proxy/bfl/get_result?id={id}"),
+        "price": price,
+    }))
+}

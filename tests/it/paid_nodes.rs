@@ -1,0 +1,702 @@
+//! ComfyUI's paid API nodes behind the money rules: every path, counted at a fake Comfy.org API that the fake
+//! ComfyUI calls with the key it finds in the prompt's `extra_data`, as the real one does.
+
+use std::time::Duration;
+
+use orchestrator::config::Settings;
+use orchestrator::testkit::fake_bfl::FakeBfl;
+use orchestrator::testkit::fake_comfy::FakeComfy;
+use orchestrator::testkit::fake_comfy_org::FakeComfyOrg;
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, error_code, wait_until};
+
+/// Orchestrator's own Comfy.org key.
+const SERVER_KEY: &str = "comfyui-server-key-0123456789abcdef";
+/// A key a client (ComfyUI's editor, signed in) puts into `extra_data`.
+const CLIENT_KEY: &str = "comfyui-client-key-should-never-be-used";
+const CLIENT_TOKEN: &str = "client-auth-token-should-never-be-used";
+
+struct Rig {
+    comfy: FakeComfy,
+    org: FakeComfyOrg,
+    app: TestApp,
+}
+
+async fn rig(allow: bool, adjust: impl FnOnce(&mut Settings)) -> Rig {
+    let comfy = FakeComfy::start().await;
+    let org = FakeComfyOrg::start().await;
+    comfy.set_comfy_api_base(&org.url());
+    let app = TestApp::spawn_with(&comfy.url(), |s| {
+        s.allow_generation = allow.to_string();
+        s.comfy_org_api_key = Some(SERVER_KEY.into());
+        s.paid_rate_limit_per_min = "100000".into();
+        s.paid_rate_limit_burst = "1000".into();
+        adjust(s);
+    })
+    .await;
+    Rig { comfy, org, app }
+}
+
+/// FLUX 1.1 [pro] Ultra through ComfyUI's API node, saved by SaveImage (ids as the recorded run's).
+fn paid_workflow(prompt: &str) -> Value {
+    json!({
+        "1": {"class_type": "FluxProUltraImageNode", "inputs": {"prompt": prompt, "aspect_ratio": "16:9",
+              "prompt_upsampling": false, "raw": false, "seed": 7}},
+        "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "paid", "images": ["1", 0]}},
+    })
+}
+
+fn free_workflow() -> Value {
+    orchestrator::testkit::fake_comfy::no_model_workflow()
+}
+
+async fn post(app: &TestApp, path: &str, body: &Value, key: Option<&str>) -> (u16, Value) {
+    let mut request = app.http.post(app.url(path)).json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The prompt ComfyUI's editor posts: the graph, its client id and the signed-in user's credentials.
+fn editor_prompt(workflow: &Value) -> Value {
+    json!({ "prompt": workflow, "client_id": "editor-1",
+            "extra_data": { "api_key_comfy_org": CLIENT_KEY, "auth_token_comfy_org": CLIENT_TOKEN,
+                            "extra_pnginfo": { "workflow": {} } } })
+}
+
+async fn wait_for(app: &TestApp, id: &str, status: &str) -> Value {
+    let path = format!("/api/jobs/{id}");
+    wait_until(
+        Duration::from_secs(20),
+        &format!("job {id} is {status}"),
+        || async { app.get_json(&path).await["status"] == status },
+    )
+    .await;
+    app.get_json(&path).await
+}
+
+/// Every POST /prompt ComfyUI queued.
+fn queued(comfy: &FakeComfy) -> usize {
+    comfy.received_prompts().len()
+}
+
+#[tokio::test]
+async fn with_generation_off_no_path_sends_a_paid_workflow() {
+    let Rig { comfy, org, app } = rig(false, |_| {}).await;
+    let workflow = paid_workflow("a lighthouse");
+
+    let (status, body) = post(&app, "/api/jobs", &json!({ "workflow": workflow }), None).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (403, "generation_disabled"),
+        "{body}"
+    );
+    let named = &body["error"]["details"]["paidNodes"][0];
+    assert_eq!(
+        (
+            named["id"].as_str(),
+            named["class_type"].as_str(),
+            named["category"].as_str()
+        ),
+        (
+            Some("1"),
+            Some("FluxProUltraImageNode"),
+            Some("api node/image/BFL")
+        )
+    );
+
+    // The gateway, under every spelling of ComfyUI's prompt route.
+    for path in [
+        "/api/comfy/prompt",
+        "/api/comfy/api/prompt",
+        "/api/comfy/%70rompt",
+        "/api/comfy//prompt/",
+    ] {
+        let (status, body) = post(&app, path, &editor_prompt(&workflow), None).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body["error"]["type"], "generation_disabled", "{path}");
+        assert_eq!(
+            body["node_errors"]["1"]["class_type"], "FluxProUltraImageNode",
+            "{path}"
+        );
+    }
+    // A token from a dry run changes nothing while generation is off.
+    let (status, dry) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "dryRun": true }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(
+        (dry["paid"].as_bool(), dry["estimatedCost"]["usd"].as_f64()),
+        (Some(true), Some(0.06))
+    );
+    let token = dry["confirmToken"].as_str().unwrap();
+    let (status, _) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "confirmToken": token }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    assert_eq!(queued(&comfy), 0, "ComfyUI never got the workflow");
+    assert_eq!(org.call_count(), 0, "Comfy.org was never called");
+}
+
+#[tokio::test]
+async fn a_paid_job_runs_once_per_confirmation_with_the_servers_key() {
+    let Rig { comfy, org, app } = rig(true, |_| {}).await;
+    org.set_price(0.055);
+    let workflow = paid_workflow("a harbour at dawn");
+
+    let (status, refused) = post(&app, "/api/jobs", &json!({ "workflow": workflow }), None).await;
+    assert_eq!(
+        (status, error_code(&refused).as_str()),
+        (402, "confirmation_required"),
+        "{refused}"
+    );
+    let dry = &refused["error"]["details"];
+    assert_eq!(dry["estimatedCost"]["usd"], 0.06);
+    assert_eq!(dry["paidNodes"][0]["priceSource"], "price_table");
+    let token = dry["confirmToken"]
+        .as_str()
+        .expect("the 402 carries a token")
+        .to_owned();
+    // A token for another workflow does not confirm this one.
+    let other = paid_workflow("something else");
+    let (status, body) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": other, "confirmToken": token }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (402, "confirmation_mismatch")
+    );
+    assert_eq!(queued(&comfy), 0);
+
+    let (status, created) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "confirmToken": token }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let done = wait_for(&app, id, "succeeded").await;
+    assert_eq!(done["cost_usd"], 0.06, "{done}");
+    assert_eq!(
+        done["approval"]["paidNodes"][0]["class_type"],
+        "FluxProUltraImageNode"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the reported price is recorded",
+        || async { app.get_json(&format!("/api/jobs/{id}")).await["actual_cost_usd"] == 0.055 },
+    )
+    .await;
+    assert_eq!(
+        app.get_json("/api/flux/budget").await["spent"],
+        0.055,
+        "settled at the price reported"
+    );
+
+    let calls = org.calls();
+    assert_eq!(calls.len(), 1, "one call for one confirmation");
+    assert_eq!(calls[0].path, "/proxy/bfl/flux-pro-1.1-ultra/generate");
+    assert_eq!(calls[0].api_key.as_deref(), Some(SERVER_KEY));
+
+    // The token paid once.
+    let (status, body) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "confirmToken": token }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (402, "confirmation_used"),
+        "{body}"
+    );
+    assert_eq!(org.call_count(), 1);
+    assert_eq!(queued(&comfy), 1);
+}
+
+#[tokio::test]
+async fn a_paid_prompt_at_the_gateway_waits_for_confirmation_and_never_carries_the_clients_key() {
+    let Rig { comfy, org, app } = rig(true, |_| {}).await;
+    let workflow = paid_workflow("a prompt from the editor");
+
+    let (status, refused) = post(&app, "/api/comfy/prompt", &editor_prompt(&workflow), None).await;
+    assert_eq!(status, 402, "{refused}");
+    // As ComfyUI's editor shows a rejected prompt, and with Orchestrator's code.
+    assert_eq!(refused["error"]["type"], "confirmation_required");
+    assert_eq!(error_code(&refused), "confirmation_required");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$0.060")
+    );
+    assert_eq!(
+        refused["node_errors"]["1"]["class_type"],
+        "FluxProUltraImageNode"
+    );
+    let id = refused["error"]["details"]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiting = app.get_json(&format!("/api/jobs/{id}")).await;
+    assert_eq!(waiting["status"], "awaiting_confirmation");
+    assert_eq!(waiting["approval"]["estimatedCost"]["usd"], 0.06);
+    let listed = app.get_json("/api/jobs?status=awaiting_confirmation").await;
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+    assert_eq!(queued(&comfy), 0);
+
+    // Confirm asks for the token first, then takes it once.
+    let confirm = format!("/api/jobs/{id}/confirm");
+    let (status, asked) = post(&app, &confirm, &json!({}), None).await;
+    assert_eq!(
+        (status, error_code(&asked).as_str()),
+        (402, "confirmation_required")
+    );
+    let token = asked["error"]["details"]["confirmToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, sent) = post(&app, &confirm, &json!({ "confirmToken": token }), None).await;
+    assert_eq!(
+        (status, sent["id"].as_str()),
+        (202, Some(id.as_str())),
+        "{sent}"
+    );
+    wait_for(&app, &id, "succeeded").await;
+    let (status, again) = post(&app, &confirm, &json!({ "confirmToken": token }), None).await;
+    assert_eq!(
+        (status, error_code(&again).as_str()),
+        (409, "not_awaiting_confirmation")
+    );
+
+    let calls = org.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].api_key.as_deref(), Some(SERVER_KEY));
+    assert_eq!(
+        calls[0].bearer, None,
+        "the client's token never reaches Comfy.org"
+    );
+
+    // A free prompt from the editor goes through, without the client's credentials.
+    let (status, accepted) = post(
+        &app,
+        "/api/comfy/prompt",
+        &editor_prompt(&free_workflow()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    let prompts = comfy.received_prompts();
+    assert_eq!(prompts.len(), 2);
+    assert_eq!(prompts[0]["extra_data"]["api_key_comfy_org"], SERVER_KEY);
+    assert!(
+        prompts[1]["extra_data"].get("api_key_comfy_org").is_none(),
+        "{}",
+        prompts[1]
+    );
+    assert!(
+        prompts[1]["extra_data"]
+            .get("auth_token_comfy_org")
+            .is_none()
+    );
+    assert_eq!(prompts[1]["client_id"], "editor-1");
+    assert!(
+        prompts[1]["extra_data"]["extra_pnginfo"].is_object(),
+        "the rest of extra_data is kept"
+    );
+    let text = serde_json::to_string(&prompts).unwrap();
+    assert!(!text.contains(CLIENT_KEY) && !text.contains(CLIENT_TOKEN));
+}
+
+#[tokio::test]
+async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
+    let Rig {
+        comfy,
+        org: _org,
+        app,
+    } = rig(true, |_| {}).await;
+    comfy.set_step_delay(Duration::from_millis(150));
+    // A socket through the gateway, watching everything ComfyUI broadcasts.
+    let ws_url = format!("ws://{}/api/comfy/ws?clientId=watcher", app.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+
+    let workflow = paid_workflow("keys stay home");
+    let (_, dry) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "dryRun": true }),
+        None,
+    )
+    .await;
+    let token = dry["confirmToken"].as_str().unwrap();
+    let (status, created) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "confirmToken": token }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let id = created["id"].as_str().unwrap().to_owned();
+    // ComfyUI 0.3.64 shows the running prompt's extra_data, the server's key included, in /queue.
+    let direct: Value = reqwest::get(format!("{}/queue", comfy.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        direct.to_string().contains(SERVER_KEY),
+        "the fake behaves as ComfyUI: {direct}"
+    );
+    for path in [
+        "/api/comfy/queue",
+        "/api/comfy/api/queue",
+        "/api/comfy//queue",
+    ] {
+        let text = app
+            .http
+            .get(app.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("queue_running"), "{path}: {text}");
+        assert!(
+            !text.contains(SERVER_KEY) && !text.contains("api_key_comfy_org"),
+            "{path}: {text}"
+        );
+    }
+    let done = wait_for(&app, &id, "succeeded").await;
+    let prompt_id = done["comfy_prompt_id"].as_str().unwrap();
+    for path in [
+        "/api/comfy/history".to_owned(),
+        format!("/api/comfy/history/{prompt_id}"),
+    ] {
+        let text = app
+            .http
+            .get(app.url(&path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains(prompt_id), "{path}");
+        assert!(!text.contains(SERVER_KEY), "{path}");
+    }
+    // Every frame the watcher got.
+    use futures_util::StreamExt;
+    let mut frames = 0;
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(300), socket.next()).await
+    {
+        frames += 1;
+        assert!(!message.to_string().contains(SERVER_KEY));
+    }
+    assert!(frames > 0);
+    // Nor the job row, its events or the page.
+    for path in [
+        format!("/api/jobs/{id}"),
+        "/api/jobs".to_owned(),
+        format!("/jobs/{id}"),
+        "/".to_owned(),
+    ] {
+        let text = app
+            .http
+            .get(app.url(&path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!text.contains(SERVER_KEY), "{path}");
+    }
+    let events = app
+        .http
+        .get(app.url(&format!("/api/jobs/{id}/events")))
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    let mut body = events.bytes_stream();
+    let mut seen = String::new();
+    while let Ok(Some(Ok(chunk))) =
+        tokio::time::timeout(Duration::from_millis(500), body.next()).await
+    {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if seen.contains("succeeded") {
+            break;
+        }
+    }
+    assert!(seen.contains("succeeded") && !seen.contains(SERVER_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_confirms_under_one_idempotency_key_make_one_call() {
+    let Rig { comfy, org, app } = rig(true, |_| {}).await;
+    let workflow = paid_workflow("double click");
+    let (_, dry) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "dryRun": true }),
+        None,
+    )
+    .await;
+    let body = json!({ "workflow": workflow, "confirmToken": dry["confirmToken"] });
+    let answers = futures_util::future::join_all(
+        (0..20).map(|_| post(&app, "/api/jobs", &body, Some("click-7"))),
+    )
+    .await;
+    let ids: std::collections::HashSet<_> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 202, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let id = ids.into_iter().next().unwrap();
+    wait_for(&app, &id, "succeeded").await;
+    assert_eq!(org.call_count(), 1);
+    assert_eq!(queued(&comfy), 1);
+
+    // The same for a job confirmed from the panel.
+    let (_, refused) = post(
+        &app,
+        "/api/comfy/prompt",
+        &editor_prompt(&paid_workflow("from the editor")),
+        None,
+    )
+    .await;
+    let waiting = refused["error"]["details"]["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = refused["error"]["details"]["confirmToken"].clone();
+    let confirm = format!("/api/jobs/{waiting}/confirm");
+    let body = json!({ "confirmToken": token });
+    let answers = futures_util::future::join_all(
+        (0..20).map(|_| post(&app, &confirm, &body, Some("click-8"))),
+    )
+    .await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, body)| *status == 202 && body["id"] == waiting.as_str()),
+        "{answers:?}"
+    );
+    wait_for(&app, &waiting, "succeeded").await;
+    assert_eq!(org.call_count(), 2);
+    assert_eq!(queued(&comfy), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_paid_requests_of_flux_and_paid_nodes_never_overshoot_one_budget() {
+    const BFL_KEY: &str = "bfl-test-key-0123456789";
+    let bfl = FakeBfl::start(BFL_KEY).await;
+    bfl.set_pending_polls(1000);
+    let bfl_url = bfl.url();
+    // $0.30 covers five $0.06 calls, whichever kind.
+    let Rig { comfy, org, app } = rig(true, |s| {
+        s.flux_daily_budget_usd = "0.30".into();
+        s.bfl_api_key = Some(BFL_KEY.into());
+        s.bfl_base_url = bfl_url;
+        s.flux_poll_interval_ms = "20".into();
+    })
+    .await;
+    let mut requests = Vec::new();
+    for n in 0..25 {
+        let flux = json!({ "model": "flux-pro-1.1-ultra", "prompt": format!("flux {n}") });
+        let (_, dry) = post(&app, "/api/flux/generate", &flux, None).await;
+        let mut paid = flux;
+        paid["dryRun"] = json!(false);
+        paid["confirmToken"] = dry["confirmToken"].clone();
+        requests.push(("/api/flux/generate", paid));
+        let workflow = paid_workflow(&format!("node {n}"));
+        let (_, dry) = post(
+            &app,
+            "/api/jobs",
+            &json!({ "workflow": workflow, "dryRun": true }),
+            None,
+        )
+        .await;
+        requests.push((
+            "/api/jobs",
+            json!({ "workflow": workflow, "confirmToken": dry["confirmToken"] }),
+        ));
+    }
+    let answers = futures_util::future::join_all(
+        requests
+            .iter()
+            .map(|(path, body)| post(&app, path, body, None)),
+    )
+    .await;
+    let accepted: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status == 202)
+        .collect();
+    let over = answers
+        .iter()
+        .filter(|(status, body)| *status == 402 && error_code(body) == "budget_exceeded")
+        .count();
+    assert_eq!(
+        (accepted.len(), over),
+        (5, 45),
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    // The accepted ComfyUI jobs run to their end; then every call is counted.
+    for (_, body) in &accepted {
+        let id = body["id"].as_str().unwrap();
+        let job = app.get_json(&format!("/api/jobs/{id}")).await;
+        if job["backend"] == "comfy" {
+            wait_for(&app, id, "succeeded").await;
+        }
+    }
+    assert_eq!(
+        bfl.submits() + org.call_count(),
+        5,
+        "bfl {} + comfy.org {}",
+        bfl.submits(),
+        org.call_count()
+    );
+    assert_eq!(org.call_count(), queued(&comfy));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_job_is_never_moved_to_another_comfyui() {
+    let first = FakeComfy::start().await;
+    first.set_step_delay(Duration::from_millis(3000));
+    let second = FakeComfy::start().await;
+    let org = FakeComfyOrg::start().await;
+    first.set_comfy_api_base(&org.url());
+    second.set_comfy_api_base(&org.url());
+    let app = TestApp::spawn_with(&format!("{},{}", first.url(), second.url()), |s| {
+        s.allow_generation = "true".into();
+        s.comfy_org_api_key = Some(SERVER_KEY.into());
+        s.comfy_read_timeout_secs = "2".into();
+    })
+    .await;
+    second.set_hang(true);
+    // A free job keeps the first ComfyUI busy; the paid one waits behind it.
+    let (_, busy) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": free_workflow() }),
+        None,
+    )
+    .await;
+    let workflow = paid_workflow("must not move");
+    let (_, dry) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "dryRun": true }),
+        None,
+    )
+    .await;
+    let (status, paid) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "confirmToken": dry["confirmToken"] }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{paid}");
+    let paid_id = paid["id"].as_str().unwrap();
+    // A free one behind it, which may move.
+    let (_, free) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": free_workflow() }),
+        None,
+    )
+    .await;
+    second.set_hang(false);
+    wait_for(&app, busy["id"].as_str().unwrap(), "running").await;
+    assert_eq!(
+        app.get_json(&format!("/api/jobs/{paid_id}")).await["backend_url"],
+        first.url().as_str()
+    );
+
+    first.set_hang(true);
+    first.close_sockets(1001, "going away");
+    let lost = wait_for(&app, paid_id, "backend_lost").await;
+    assert_eq!(lost["backend_url"], first.url().as_str());
+    wait_for(&app, free["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(
+        second.received_prompts().len(),
+        1,
+        "only the free job moved"
+    );
+    assert_eq!(org.call_count(), 0);
+}
+
+#[tokio::test]
+async fn a_class_comfyui_does_not_list_is_refused_not_assumed_free() {
+    let Rig { comfy, org, app } = rig(true, |_| {}).await;
+    let workflow = json!({"1": {"class_type": "SomeoneElsesPaidNode", "inputs": {}}});
+    let (status, body) = post(&app, "/api/jobs", &json!({ "workflow": workflow }), None).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (422, "validation_failed"),
+        "{body}"
+    );
+    assert!(body["error"]["details"]["fields"]["workflow.1.class_type"].is_string());
+    let (status, body) = post(
+        &app,
+        "/api/comfy/prompt",
+        &json!({ "prompt": workflow }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (400, Some("invalid_prompt")),
+        "{body}"
+    );
+    assert_eq!(queued(&comfy), 0);
+    assert_eq!(org.call_count(), 0);
+}
+
+#[tokio::test]
+async fn a_dry_run_of_a_free_workflow_costs_nothing_and_sends_nothing() {
+    let Rig { comfy, app, .. } = rig(true, |_| {}).await;
+    let (status, dry) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": free_workflow(), "dryRun": true }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(
+        (dry["paid"].as_bool(), dry["estimatedCost"]["usd"].as_f64()),
+        (Some(false), Some(0.0))
+    );
+    assert!(dry["confirmToken"].is_null());
+    assert_eq!(queued(&comfy), 0);
+}
