@@ -286,7 +286,38 @@ pub async fn generate(config: &Config, request: GenerateRequest) -> Result<Strin
         }
         _ => return Err("give --template NAME or --workflow FILE".into()),
     };
-    let (status, answer) = local_api_with(config, Method::POST, "/api/jobs", Some(&body)).await?;
+    let (mut status, mut answer) =
+        local_api_with(config, Method::POST, "/api/jobs", Some(&body)).await?;
+    // A workflow with paid API nodes: its price first, then, confirmed, the same workflow with the token.
+    if status == reqwest::StatusCode::PAYMENT_REQUIRED
+        && answer["error"]["details"]["confirmToken"].is_string()
+    {
+        let dry = &answer["error"]["details"];
+        let cost = dry["estimatedCost"]["usd"].as_f64().unwrap_or_default();
+        println!("Dry run: this workflow has paid API nodes. Nothing has been sent.");
+        for node in dry["paidNodes"].as_array().into_iter().flatten() {
+            println!(
+                "  node {} {} ({}): ~${:.3}",
+                node["id"].as_str().unwrap_or("?"),
+                node["class_type"].as_str().unwrap_or("?"),
+                node["category"].as_str().unwrap_or("?"),
+                node["priceUsd"].as_f64().unwrap_or_default()
+            );
+        }
+        show_budget(&dry["budget"]);
+        ask_to_pay(cost, "this workflow", request.yes)?;
+        let mut paid = body.clone();
+        paid["confirmToken"] = dry["confirmToken"].clone();
+        let key = uuid::Uuid::new_v4().to_string();
+        (status, answer) = local_api_with_headers(
+            config,
+            Method::POST,
+            "/api/jobs",
+            Some(&paid),
+            &[("idempotency-key", &key)],
+        )
+        .await?;
+    }
     if !status.is_success() {
         return Err(describe_error(&answer));
     }
@@ -348,30 +379,8 @@ async fn generate_flux(config: &Config, request: GenerateRequest) -> Result<Stri
         "Payload: {}",
         serde_json::to_string_pretty(&shown).unwrap_or_default()
     );
-    if let Some(left) = dry["budget"]["left"].as_f64() {
-        println!(
-            "Budget today: ${left:.2} left of ${:.2}.",
-            dry["budget"]["limit"].as_f64().unwrap_or_default()
-        );
-    }
-    if !request.yes {
-        use std::io::{BufRead, IsTerminal, Write};
-        if !std::io::stdin().is_terminal() {
-            return Err(
-                "not confirmed, nothing was sent: add --yes to pay without being asked".into(),
-            );
-        }
-        print!("Pay ${cost:.3} for this image? [y/N] ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .map_err(|e| e.to_string())?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            return Err("not confirmed, nothing was sent".into());
-        }
-    }
+    show_budget(&dry["budget"]);
+    ask_to_pay(cost, "this image", request.yes)?;
     body.insert("dryRun".into(), Value::Bool(false));
     body.insert("confirmToken".into(), dry["confirmToken"].clone());
     let key = uuid::Uuid::new_v4().to_string();
@@ -391,6 +400,37 @@ async fn generate_flux(config: &Config, request: GenerateRequest) -> Result<Stri
         .ok_or("no job id in the answer")?
         .to_owned();
     finish(config, &id).await
+}
+
+fn show_budget(budget: &Value) {
+    if let Some(left) = budget["left"].as_f64() {
+        println!(
+            "Budget today: ${left:.2} left of ${:.2}.",
+            budget["limit"].as_f64().unwrap_or_default()
+        );
+    }
+}
+
+/// A person's yes at the terminal (or `--yes`) before anything is paid.
+fn ask_to_pay(cost: f64, what: &str, yes: bool) -> Result<(), String> {
+    if yes {
+        return Ok(());
+    }
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err("not confirmed, nothing was sent: add --yes to pay without being asked".into());
+    }
+    print!("Pay ${cost:.3} for {what}? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| e.to_string())?;
+    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        return Err("not confirmed, nothing was sent".into());
+    }
+    Ok(())
 }
 
 /// Follows a job to its end and answers the paths of its outputs.

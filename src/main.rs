@@ -35,7 +35,7 @@ enum Command {
         /// The FLUX model, e.g. flux-pro-1.1 (the default) or flux-pro-1.1-ultra.
         #[arg(long)]
         model: Option<String>,
-        /// Pay for a FLUX image without being asked.
+        /// Pay without being asked (a FLUX image, or a workflow with paid API nodes).
         #[arg(long)]
         yes: bool,
         /// A template name (see GET /api/templates), e.g. sdxl-t2i.

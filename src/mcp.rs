@@ -170,6 +170,9 @@ pub struct GenerateImage {
     pub backend: Option<String>,
     /// ComfyUI: the template's name, from list_templates (e.g. `sdxl-t2i`).
     pub template: Option<String>,
+    /// ComfyUI: instead of a template, a whole workflow in ComfyUI's API format (node id → `{class_type, inputs}`).
+    /// One with paid API nodes is PAID: answered first with its paid nodes, price and a confirmToken.
+    pub workflow: Option<serde_json::Map<String, Value>>,
     /// ComfyUI: the template's parameters (`prompt`, `steps`, `checkpoint`, …; images as data: URLs).
     /// FLUX: extra fields of the model (`seed`, `safety_tolerance`, `output_format`, `input_image`, …).
     pub params: Option<serde_json::Map<String, Value>>,
@@ -186,10 +189,11 @@ pub struct GenerateImage {
     pub aspect_ratio: Option<String>,
     /// FLUX Ultra: raw mode.
     pub raw: Option<bool>,
-    /// FLUX: the `confirmToken` a first call (the dry run) returned. Without it nothing is paid: the call answers
-    /// the exact payload and its cost. Paying also needs `ALLOW_GENERATION=true` on the server.
+    /// FLUX, or a ComfyUI workflow with paid nodes: the `confirmToken` a first call (the dry run) returned.
+    /// Without it nothing is paid: the call answers the exact payload and its cost. Paying also needs
+    /// `ALLOW_GENERATION=true` on the server.
     pub confirm_token: Option<String>,
-    /// FLUX: a key of your own (a UUID) so that repeating the paid call can never pay twice.
+    /// A key of your own (a UUID) so that repeating the paid call can never pay twice.
     pub idempotency_key: Option<String>,
 }
 
@@ -287,7 +291,7 @@ impl OrchestratorMcp {
     }
 
     #[tool(
-        description = "Make an image. backend `comfy`: a template with its params, queued on ComfyUI; answers the job. backend `flux`: PAID. The first call (no confirm_token) sends nothing and answers the exact payload, the estimated cost and a confirmToken; show them to the user. Only a second call with the same fields and confirm_token pays, and only if the server allows generation."
+        description = "Make an image. backend `comfy`: a template with its params, or a workflow, queued on ComfyUI; answers the job. A workflow with paid API nodes is refused (402) with its paid nodes, estimated cost and a confirmToken in error.details; show them to the user, and only after they agree call again with the same workflow and confirm_token. backend `flux`: PAID. The first call (no confirm_token) sends nothing and answers the exact payload, the estimated cost and a confirmToken; show them to the user. Only a second call with the same fields and confirm_token pays, and only if the server allows generation."
     )]
     async fn generate_image(
         &self,
@@ -296,6 +300,7 @@ impl OrchestratorMcp {
         let GenerateImage {
             backend,
             template,
+            workflow,
             params,
             model,
             prompt,
@@ -312,9 +317,20 @@ impl OrchestratorMcp {
                 if let Some(prompt) = prompt {
                     params.insert("prompt".into(), Value::String(prompt));
                 }
-                let body = json!({ "backend": "comfy", "template": template, "params": params });
+                let mut body = match workflow {
+                    Some(workflow) => json!({ "backend": "comfy", "workflow": workflow }),
+                    None => json!({ "backend": "comfy", "template": template, "params": params }),
+                };
+                if let Some(token) = confirm_token {
+                    body["confirmToken"] = Value::String(token);
+                }
                 self.api
-                    .call(reqwest::Method::POST, "/api/jobs", Some(&body), None)
+                    .call(
+                        reqwest::Method::POST,
+                        "/api/jobs",
+                        Some(&body),
+                        idempotency_key.as_deref(),
+                    )
                     .await
                     .into_result()
             }

@@ -836,3 +836,97 @@ async fn doctor_prints_the_report_with_or_without_a_running_server() {
     let report: Value = serde_json::from_slice(&json.stderr).unwrap();
     assert_eq!(report["comfy"]["status"], "offline");
 }
+
+const COMFY_ORG_KEY: &str = "comfy-org-secret-never-shown-9012";
+const EDITOR_KEY: &str = "editor-signed-in-key-never-used-3456";
+
+/// `generate --workflow` with a paid API node: the price is shown and nothing is sent without a yes; `--yes` pays
+/// once with the server's key. The real binary logs at trace level meanwhile, and neither key shows up in a log
+/// line, an answer or `config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_workflow_from_the_cli_asks_first_and_no_comfy_org_key_is_ever_shown() {
+    use orchestrator::testkit::fake_comfy_org::FakeComfyOrg;
+    let fake = FakeComfy::start().await;
+    let org = FakeComfyOrg::start().await;
+    fake.set_comfy_api_base(&org.url());
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("ALLOW_GENERATION", "true"),
+        ("COMFY_ORG_API_KEY", COMFY_ORG_KEY),
+        ("RUST_LOG", "trace"),
+    ];
+    let served = Served::start_with(dir.path(), &fake.url(), &env);
+    let workflow = serde_json::json!({
+        "1": {"class_type": "FluxProUltraImageNode", "inputs": {"prompt": "from the terminal", "aspect_ratio": "4:3",
+              "prompt_upsampling": false, "raw": false, "seed": 11}},
+        "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "cli", "images": ["1", 0]}},
+    });
+    let file = dir.path().join("paid.json");
+    std::fs::write(&file, workflow.to_string()).unwrap();
+    let client_env = [
+        ("ORCH_BIND", served.addr.to_string()),
+        ("DATA_DIR", dir.path().join("data").display().to_string()),
+    ];
+    let client_env: Vec<(&str, &str)> = client_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = ["generate", "--workflow", file.to_str().unwrap()];
+
+    let refused = command(dir.path(), &client_env)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let shown = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        shown.contains("node 1 FluxProUltraImageNode (api node/image/BFL): ~$0.060"),
+        "{shown}"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    assert_eq!(org.call_count(), 0);
+
+    let paid = command(dir.path(), &client_env)
+        .args(args)
+        .arg("--yes")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        paid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paid.stderr)
+    );
+    assert_eq!(org.call_count(), 1);
+    assert_eq!(org.calls()[0].api_key.as_deref(), Some(COMFY_ORG_KEY));
+
+    // The editor's own key in a prompt through the gateway, and every answer that could echo one.
+    let client = crate::support::client();
+    let prompt = serde_json::json!({ "prompt": orchestrator::testkit::fake_comfy::no_model_workflow(),
+        "extra_data": { "api_key_comfy_org": EDITOR_KEY } });
+    let mut seen = String::new();
+    for request in [
+        client.post(served.url("/api/comfy/prompt")).json(&prompt),
+        client.get(served.url("/api/comfy/queue")),
+        client.get(served.url("/api/comfy/history")),
+        client.get(served.url("/api/jobs")),
+    ] {
+        let response = request.send().await.unwrap();
+        seen.push_str(&response.text().await.unwrap());
+    }
+    let config = command(dir.path(), &env).arg("config").output().unwrap();
+    seen.push_str(&String::from_utf8_lossy(&config.stdout));
+    assert!(seen.contains("COMFY_ORG_API_KEY"), "{seen}");
+    let lines = served.lines().join("\n");
+    assert!(lines.contains("/api/comfy/prompt"), "{lines}");
+    for key in [COMFY_ORG_KEY, EDITOR_KEY] {
+        assert!(
+            !seen.contains(key),
+            "a Comfy.org key leaked into an answer or `config`"
+        );
+        assert!(!lines.contains(key), "a Comfy.org key leaked into the log");
+    }
+    assert!(
+        fake.received_prompts()
+            .iter()
+            .all(|p| !p.to_string().contains(EDITOR_KEY))
+    );
+}

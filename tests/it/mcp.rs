@@ -450,3 +450,65 @@ async fn generate_answers_at_once_and_wait_job_returns_on_time() {
     );
     client.cancel().await.unwrap();
 }
+
+/// A ComfyUI workflow with a paid API node, through the tool: refused while generation is off, priced with a token
+/// while it is on, and paid once with the token; counted at the fake Comfy.org API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_workflow_through_mcp_pays_only_with_its_token() {
+    use orchestrator::testkit::fake_comfy_org::FakeComfyOrg;
+    let comfy = FakeComfy::start().await;
+    let org = FakeComfyOrg::start().await;
+    comfy.set_comfy_api_base(&org.url());
+    let workflow = json!({
+        "1": {"class_type": "FluxProUltraImageNode", "inputs": {"prompt": "an agent's idea", "aspect_ratio": "1:1",
+              "prompt_upsampling": false, "raw": false, "seed": 3}},
+        "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "agent", "images": ["1", 0]}},
+    });
+    let arguments = json!({ "backend": "comfy", "workflow": workflow });
+    for allow in [false, true] {
+        let app = TestApp::spawn_with(&comfy.url(), move |s| {
+            s.allow_generation = allow.to_string();
+            s.comfy_org_api_key = Some("comfy-org-key-of-the-server".into());
+        })
+        .await;
+        let client = http_client(&app).await;
+        let (ok, refused) = call(&client, "generate_image", arguments.clone()).await;
+        assert!(!ok, "{refused}");
+        if !allow {
+            assert_eq!(error_code(&refused), "generation_disabled");
+            assert_eq!(refused["error"]["details"]["paidNodes"][0]["id"], "1");
+            client.cancel().await.unwrap();
+            continue;
+        }
+        assert_eq!(error_code(&refused), "confirmation_required", "{refused}");
+        let token = refused["error"]["details"]["confirmToken"].clone();
+        let mut forged = arguments.clone();
+        forged["confirm_token"] = json!("v1.1.a.b");
+        let (ok, bad) = call(&client, "generate_image", forged).await;
+        assert!(!ok && error_code(&bad) == "confirmation_mismatch", "{bad}");
+        assert_eq!(org.call_count(), 0);
+
+        let mut paid = arguments.clone();
+        paid["confirm_token"] = token;
+        let (ok, job) = call(&client, "generate_image", paid.clone()).await;
+        assert!(ok, "{job}");
+        let (ok, waited) = call(
+            &client,
+            "wait_job",
+            json!({ "id": job["id"], "timeout_secs": 20 }),
+        )
+        .await;
+        assert!(ok && waited["job"]["status"] == "succeeded", "{waited}");
+        let (ok, replay) = call(&client, "generate_image", paid).await;
+        assert!(
+            !ok && error_code(&replay) == "confirmation_used",
+            "{replay}"
+        );
+        client.cancel().await.unwrap();
+    }
+    assert_eq!(org.call_count(), 1, "one call for one confirmation");
+    assert_eq!(
+        org.calls()[0].api_key.as_deref(),
+        Some("comfy-org-key-of-the-server")
+    );
+}
