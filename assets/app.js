@@ -241,9 +241,11 @@ function homePage() {
     return body;
   };
 
-  const modal = $("[data-testid=flux-modal]");
-  const modalMessage = $("[data-testid=flux-message]");
-  let pending = null;
+  const modal = paymentModal((data) => {
+    if (!data) { message.textContent = T.cancelled; return; }
+    message.replaceChildren(T.submitted + " ", el("a", { href: `/jobs/${data.id}`, text: data.id }));
+    refreshJobs();
+  });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     message.textContent = "";
@@ -253,16 +255,7 @@ function homePage() {
       const { status, data } = await api("POST", "/api/flux/generate", body);
       message.textContent = "";
       if (status !== 200) { message.textContent = errorText(data); return; }
-      pending = { body, token: data.confirmToken, key: crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random() };
-      const payload = data.payload;
-      $("[data-field=model]", modal).textContent = data.model;
-      $("[data-field=prompt]", modal).textContent = payload.prompt;
-      $("[data-field=size]", modal).textContent = payload.width ? `${payload.width} × ${payload.height}` : (payload.aspect_ratio || "—");
-      $("[data-field=raw]", modal).textContent = payload.raw ? T.yes : T.no;
-      $("[data-testid=flux-cost]", modal).textContent = `$${data.estimatedCost.usd.toFixed(3)}`;
-      modalMessage.textContent = "";
-      $("[data-testid=flux-confirm]", modal).disabled = false;
-      modal.showModal();
+      modal.flux(body, data);
       return;
     }
     const params = {};
@@ -284,40 +277,33 @@ function homePage() {
       message.textContent = errorText(data);
     }
   });
-  $("[data-testid=flux-cancel]", modal).addEventListener("click", () => {
-    pending = null;
-    modal.close();
-    message.textContent = T.cancelled;
-  });
-  $("[data-testid=flux-confirm]", modal).addEventListener("click", async () => {
-    if (!pending) return;
-    const confirmButton = $("[data-testid=flux-confirm]", modal);
-    confirmButton.disabled = true;
-    modalMessage.textContent = T.paying;
-    const { status, data } = await api("POST", "/api/flux/generate",
-      { ...pending.body, dryRun: false, confirmToken: pending.token }, { "Idempotency-Key": pending.key });
-    if (status === 202) {
-      modal.close();
-      pending = null;
-      message.replaceChildren(T.submitted + " ", el("a", { href: `/jobs/${data.id}`, text: data.id }));
-      refreshJobs();
-    } else {
-      modalMessage.textContent = errorText(data);
-      confirmButton.disabled = status === 403 || status === 402;
-    }
-  });
-
   // The live queue and the latest outputs.
   const queue = $("[data-testid=queue]");
   const recent = $("[data-testid=recent-outputs]");
   const refreshJobs = async () => {
     const { status, data } = await api("GET", "/api/jobs?limit=30");
     if (status !== 200 || !data) return;
+    const waiting = data.jobs.filter((j) => j.status === "awaiting_confirmation");
     const live = data.jobs.filter((j) => ["queued", "submitted", "running"].includes(j.status));
-    queue.replaceChildren(...(live.length ? live.map((job) => el("li", {},
+    const waitingRows = waiting.map((job) => {
+      const cost = job.approval && job.approval.estimatedCost ? job.approval.estimatedCost.usd : null;
+      const button = el("button", { type: "button", class: "danger", "data-testid": "confirm-job", text: T.confirm_job });
+      button.addEventListener("click", async () => {
+        const problem = await modal.job(job.id);
+        if (problem) message.textContent = problem;
+      });
+      return el("li", { "data-testid": "awaiting-job", "data-job": job.id },
+        el("a", { href: `/jobs/${job.id}`, text: job.template || T.workflow }), " ",
+        el("span", { class: "status awaiting_confirmation", text: T.awaiting }), " ",
+        el("b", { class: "cost", "data-testid": "awaiting-cost", text: cost === null ? "—" : `$${cost.toFixed(3)}` }), " ",
+        button);
+    });
+    const liveRows = live.map((job) => el("li", {},
       el("a", { href: `/jobs/${job.id}`, text: job.template || job.backend }), " ",
       el("span", { class: `status ${job.status}`, text: job.status }), " ",
-      el("progress", { max: 100, value: job.progress }))) : [el("li", { class: "muted", text: "—" })]));
+      el("progress", { max: 100, value: job.progress })));
+    const rows = [...waitingRows, ...liveRows];
+    queue.replaceChildren(...(rows.length ? rows : [el("li", { class: "muted", text: "—" })]));
     const outputs = data.jobs.filter((j) => j.status === "succeeded").flatMap((j) => j.outputs.map((o) => ({ job: j, o }))).slice(0, 8);
     if (outputs.length) {
       recent.replaceChildren(...outputs.map(({ job, o }) => el("a", { href: `/jobs/${job.id}` },
@@ -325,6 +311,76 @@ function homePage() {
     }
   };
   every(3000, refreshJobs);
+}
+
+// ---- The payment modal (home and job pages): a FLUX request, or a ComfyUI job with paid nodes ----
+
+function paymentModal(onDone) {
+  const modal = $("[data-testid=flux-modal]");
+  const note = $("[data-testid=flux-message]", modal);
+  const confirmButton = $("[data-testid=flux-confirm]", modal);
+  const newKey = () => (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random());
+  let pay = null;
+  const show = (fields, cost, send) => {
+    for (const [name, value] of Object.entries(fields)) $(`[data-field=${name}]`, modal).textContent = value;
+    for (const node of $$("[data-paid-only]", modal)) node.hidden = !("nodes" in fields);
+    $("[data-testid=flux-cost]", modal).textContent = `$${cost.toFixed(3)}`;
+    note.textContent = "";
+    confirmButton.disabled = false;
+    pay = send;
+    modal.showModal();
+  };
+  $("[data-testid=flux-cancel]", modal).addEventListener("click", () => {
+    pay = null;
+    modal.close();
+    onDone(null);
+  });
+  confirmButton.addEventListener("click", async () => {
+    if (!pay) return;
+    confirmButton.disabled = true;
+    note.textContent = T.paying;
+    const { status, data } = await pay();
+    if (status === 202) {
+      modal.close();
+      pay = null;
+      onDone(data);
+    } else {
+      note.textContent = errorText(data);
+      confirmButton.disabled = status === 403 || status === 402;
+    }
+  });
+  return {
+    /** A FLUX dry run: its payload and price; Confirm pays under one idempotency key. */
+    flux(body, dry) {
+      const payload = dry.payload;
+      const key = newKey();
+      show({
+        model: dry.model,
+        prompt: payload.prompt,
+        size: payload.width ? `${payload.width} × ${payload.height}` : (payload.aspect_ratio || "—"),
+        raw: payload.raw ? T.yes : T.no,
+      }, dry.estimatedCost.usd, () => api("POST", "/api/flux/generate",
+        { ...body, dryRun: false, confirmToken: dry.confirmToken }, { "Idempotency-Key": key }));
+    },
+    /** A job waiting with paid nodes: asks the server for its dry run (402 with a token), shows it, and confirms.
+     *  Answers an error text when the server will not price it (generation disabled, say). */
+    async job(id) {
+      const { status, data } = await api("POST", `/api/jobs/${id}/confirm`, {});
+      const dry = data && data.error && data.error.details;
+      if (status !== 402 || !dry || !dry.confirmToken) return errorText(data);
+      const inputs = dry.paidNodes.length ? dry.paidNodes[0].inputs || {} : {};
+      const key = newKey();
+      show({
+        model: T.workflow,
+        nodes: dry.paidNodes.map((n) => `${n.display_name} (${n.class_type}) ~$${n.priceUsd.toFixed(3)}`).join(", "),
+        prompt: inputs.prompt || "—",
+        size: inputs.width ? `${inputs.width} × ${inputs.height}` : (inputs.aspect_ratio || "—"),
+        raw: inputs.raw === undefined ? "—" : (inputs.raw ? T.yes : T.no),
+      }, dry.estimatedCost.usd, () => api("POST", `/api/jobs/${id}/confirm`,
+        { confirmToken: dry.confirmToken }, { "Idempotency-Key": key }));
+      return null;
+    },
+  };
 }
 
 // ---- Diagnostics ----
@@ -481,6 +537,14 @@ function jobPage() {
   const id = section.dataset.job;
   const badge = $("[data-testid=job-status]");
   const cancel = $("#job-cancel");
+  const confirm = $("[data-testid=job-confirm]");
+  if (confirm) {
+    const modal = paymentModal((data) => { if (data) window.location.reload(); });
+    confirm.addEventListener("click", async () => {
+      const problem = await modal.job(id);
+      $("[data-testid=job-message]").textContent = problem || "";
+    });
+  }
   if (cancel) {
     cancel.addEventListener("click", async () => {
       const { status, data } = await api("POST", `/api/jobs/${id}/cancel`);

@@ -391,3 +391,34 @@ function findOwnFakeComfy(port: number): number[] {
   }
   return pids;
 }
+
+/** A fake ComfyUI a spec starts for itself, with extra arguments (e.g. `--comfy-api-base URL`). */
+export class OwnFakeComfy {
+  private constructor(
+    readonly port: number,
+    private readonly dir: string,
+    private readonly managed: Managed,
+  ) {}
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  static async start(name: string, args: string[]): Promise<OwnFakeComfy> {
+    const { fakeComfy } = binaries();
+    const port = await freePort(new Set());
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `orch-e2e-${name}-`));
+    const managed = spawnManaged(`fake-comfyui-${name}`, fakeComfy, [`127.0.0.1:${port}`, ...args], dir, baseEnv({}));
+    process.once('exit', () => {
+      if (managed.child.exitCode === null && managed.child.signalCode === null) managed.child.kill('SIGKILL');
+    });
+    await waitForHttp(managed, `http://127.0.0.1:${port}/system_stats`, 30_000);
+    return new OwnFakeComfy(port, dir, managed);
+  }
+
+  async stop(): Promise<void> {
+    await stopManaged(this.managed);
+    keepLogsOf(this.dir, path.basename(this.dir));
+    if (!process.env.E2E_KEEP_DATA) fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}

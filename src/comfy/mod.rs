@@ -6,5 +6,6 @@ pub mod credentials;
 pub mod model_paths;
 pub mod models;
 pub mod nodes;
+pub mod prompt;
 pub mod proxy;
 pub mod ws;

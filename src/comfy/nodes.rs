@@ -34,8 +34,31 @@ pub struct PaidNode {
     pub class_type: String,
     pub category: String,
     pub display_name: String,
+    /// The node's literal inputs (texts cut at 500 characters; links and lists left out), so a person sees what
+    /// they approve: the prompt, the size.
+    #[schema(value_type = Object)]
+    pub inputs: serde_json::Map<String, Value>,
     #[serde(skip)]
     pub price_badge: Option<Value>,
+}
+
+/// What of a node's inputs a person reads before approving it.
+fn shown_inputs(node: &Value) -> serde_json::Map<String, Value> {
+    node.get("inputs")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, value)| {
+            let shown = match value {
+                Value::String(text) if text.chars().count() > 500 => {
+                    Value::String(text.chars().take(500).collect::<String>() + "…")
+                }
+                Value::String(_) | Value::Number(_) | Value::Bool(_) => value.clone(),
+                _ => return None,
+            };
+            Some((name.clone(), shown))
+        })
+        .collect()
 }
 
 /// Why a workflow cannot be classified.
@@ -100,6 +123,19 @@ impl NodeCatalog {
         free
     }
 
+    /// Whether any of these `(node id, class)` pairs is paid; the cheap check of the gateway's hot path.
+    pub fn any_paid(&self, nodes: &[(String, String)]) -> Result<bool, Unclassified> {
+        let unknown: Vec<(String, String)> = nodes
+            .iter()
+            .filter(|(_, class)| !self.classes.contains_key(class))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Unclassified::UnknownClasses(unknown));
+        }
+        Ok(nodes.iter().any(|(_, class)| self.classes[class].api_node))
+    }
+
     /// The paid nodes of an API-format workflow, in node-id order; an empty list for a free one.
     pub fn paid_nodes(&self, workflow: &Value) -> Result<Vec<PaidNode>, Unclassified> {
         let nodes = workflow.as_object().ok_or(Unclassified::NotAWorkflow)?;
@@ -116,6 +152,7 @@ impl NodeCatalog {
                     class_type: class_type.to_owned(),
                     category: class.category.clone(),
                     display_name: class.display_name.clone(),
+                    inputs: shown_inputs(node),
                     price_badge: class.price_badge.clone(),
                 }),
                 Some(_) => {}

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::comfy::credentials;
 use crate::comfy::nodes::Unclassified;
+use crate::comfy::prompt::Unreadable;
 use crate::error::ApiError;
 use crate::flux::catalog::usd;
 use crate::jobs::gate::Assessment;
@@ -49,26 +50,36 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
         }
         Err(_) => return ApiError::RequestBodyUnreadable.into_response(),
     };
-    let Ok(mut body) = serde_json::from_slice::<Value>(&bytes) else {
-        return comfy_refusal(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "The prompt is not valid JSON.",
-            json!({}),
-            json!({}),
-        );
+    let prompt = match crate::comfy::prompt::read(&bytes) {
+        Ok(prompt) => prompt,
+        Err(Unreadable::NotJson) => {
+            return comfy_refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "The prompt is not valid JSON.",
+                json!({}),
+                json!({}),
+            );
+        }
+        Err(Unreadable::NotAWorkflow) => return not_a_workflow(),
     };
-    credentials::strip(&mut body);
-    if let Some(workflow) = body.get("prompt") {
+    if let Some(nodes) = &prompt.nodes {
         let catalog = match state.models.nodes(&state.gateway).await {
             Ok(catalog) => catalog,
             Err(error) => return error.into_response(),
         };
-        match state.jobs.gate().assess(&catalog, workflow) {
-            Ok(assessment) if assessment.is_paid() => {
-                return refuse_paid(state, workflow, &assessment).await;
+        match catalog.any_paid(nodes) {
+            Ok(false) => {}
+            Ok(true) => {
+                // The rare path: the whole workflow is read, to name and price its paid nodes.
+                let body: Value = serde_json::from_slice(&prompt.body).unwrap_or_default();
+                match state.jobs.gate().assess(&catalog, &body["prompt"]) {
+                    Ok(assessment) => {
+                        return refuse_paid(state, &body["prompt"], &assessment).await;
+                    }
+                    Err(_) => return not_a_workflow(),
+                }
             }
-            Ok(_) => {}
             Err(Unclassified::UnknownClasses(unknown)) => {
                 let (id, class) = &unknown[0];
                 return comfy_refusal(
@@ -79,18 +90,10 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
                     json!({}),
                 );
             }
-            Err(Unclassified::NotAWorkflow) => {
-                return comfy_refusal(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_prompt",
-                    "Cannot execute because the prompt is not an object of nodes with a class_type each.",
-                    json!(""),
-                    json!({}),
-                );
-            }
+            Err(Unclassified::NotAWorkflow) => return not_a_workflow(),
         }
     }
-    let forwarded = serde_json::to_vec(&body).unwrap_or_default();
+    let forwarded = prompt.body;
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts
         .headers
@@ -101,6 +104,16 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
         .forward(request, path)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn not_a_workflow() -> Response {
+    comfy_refusal(
+        StatusCode::BAD_REQUEST,
+        "invalid_prompt",
+        "Cannot execute because the prompt is not one object of nodes, each with a class_type and each id once.",
+        json!(""),
+        json!({}),
+    )
 }
 
 /// A prompt with paid nodes and no approval: 403 while generation is off; else kept as a job that waits for a

@@ -168,8 +168,8 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ("status.queue", "Queue", "Очередь"),
     (
         "status.budget",
-        "FLUX budget today",
-        "Бюджет FLUX на сегодня",
+        "Paid budget today",
+        "Бюджет на платные запросы сегодня",
     ),
     ("status.overall", "Overall", "Итого"),
     (
@@ -182,6 +182,7 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ("flux.size", "Size", "Размер"),
     ("flux.raw", "Raw mode", "Режим Raw"),
     ("flux.cost", "Estimated cost", "Оценка стоимости"),
+    ("flux.nodes", "Paid nodes", "Платные узлы"),
     ("flux.cancel", "Cancel", "Отмена"),
     ("flux.confirm", "Confirm and pay", "Подтвердить и оплатить"),
     ("diag.title", "Diagnostics", "Диагностика"),
@@ -255,6 +256,13 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ("job.outputs", "Outputs", "Результаты"),
     ("job.cancel", "Cancel job", "Отменить задачу"),
     ("job.back", "All jobs", "Все задачи"),
+    (
+        "job.confirm",
+        "Confirm the price and run…",
+        "Подтвердить цену и запустить…",
+    ),
+    ("job.estimated", "Estimated cost", "Оценка стоимости"),
+    ("job.actual", "Actual cost", "Фактическая стоимость"),
     ("error.title.404", "Page not found", "Страница не найдена"),
     (
         "error.title.500",
@@ -333,6 +341,9 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
         "Sending the paid request…",
         "Отправка платного запроса…",
     ),
+    ("js.awaiting", "awaiting confirmation", "ждёт подтверждения"),
+    ("js.confirm_job", "Confirm…", "Подтвердить…"),
+    ("js.workflow", "ComfyUI workflow", "Граф ComfyUI"),
     ("js.yes", "yes", "да"),
     ("js.no", "no", "нет"),
     ("js.not_set", "not set", "не задан"),

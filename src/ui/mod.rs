@@ -423,7 +423,8 @@ struct JobsPage {
     next_cursor: Option<String>,
 }
 
-const STATUSES: [JobStatus; 8] = [
+const STATUSES: [JobStatus; 9] = [
+    JobStatus::AwaitingConfirmation,
     JobStatus::Queued,
     JobStatus::Submitted,
     JobStatus::Running,
@@ -474,6 +475,10 @@ struct JobPage {
     job: Job,
     params_json: String,
     error_json: String,
+    /// The paid nodes by name, and the job's estimated and actual cost, as shown (empty when none).
+    paid_nodes: String,
+    estimated: String,
+    actual: String,
 }
 
 pub async fn job(
@@ -484,9 +489,27 @@ pub async fn job(
     let t = tr(&headers);
     match state.store.job(&id).await {
         Ok(Some(job)) => {
+            let approval = job.approval.clone().unwrap_or_default();
+            let paid_nodes = approval["paidNodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| {
+                    format!(
+                        "{} ({})",
+                        n["display_name"].as_str().unwrap_or_default(),
+                        n["class_type"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let dollars = |usd: Option<f64>| usd.map(|v| format!("${v:.3}")).unwrap_or_default();
             let page = JobPage {
                 t,
                 page: "job",
+                paid_nodes,
+                estimated: dollars(job.cost_usd.or(approval["estimatedCost"]["usd"].as_f64())),
+                actual: dollars(job.actual_cost_usd),
                 params_json: serde_json::to_string_pretty(&job.params).unwrap_or_default(),
                 error_json: job
                     .error
