@@ -231,7 +231,7 @@ function homePage() {
   const fluxBody = () => {
     const model = form.elements.model.value;
     const body = { model, prompt: form.elements.prompt.value };
-    if (model === "flux-pro-1.1" || model === "flux-dev") {
+    if (model === "flux-pro-1.1" || model === "flux-dev" || model.startsWith("flux-2-")) {
       body.width = Number(form.elements.width.value);
       body.height = Number(form.elements.height.value);
     } else {
@@ -423,6 +423,7 @@ function diagnosticsPage() {
     const flux = data.external.flux, v0 = data.external.v0;
     const fluxText = [`${T.key} ${flux.configured ? T.set : T.not_set}`, `${T.generation} ${flux.allowGeneration ? T.allowed : T.disabled}`];
     if (flux.reachable !== null && flux.reachable !== undefined) fluxText.push(flux.reachable ? T.reachable : T.unreachable);
+    if (typeof flux.credits === "number") fluxText.push(`${flux.credits} ${T.credits}`);
     dl($("#d-external"), [
       ["FLUX", fluxText.join(" · ")],
       [T.budget_today, flux.budget ? `${money(flux.budget.left)} / ${money(flux.budget.limit)}` : "—"],

@@ -177,13 +177,14 @@ pub struct GenerateImage {
     /// FLUX: extra fields of the model (`seed`, `safety_tolerance`, `output_format`, `input_image`, …).
     pub params: Option<serde_json::Map<String, Value>>,
     /// FLUX: the model, `flux-pro-1.1` by default (also `flux-pro-1.1-ultra`, `flux-dev`, `flux-kontext-pro`,
-    /// `flux-kontext-max`).
+    /// `flux-kontext-max`, and FLUX.2, priced by megapixel: `flux-2-pro`, `flux-2-max`, `flux-2-flex`,
+    /// `flux-2-klein-4b`, `flux-2-klein-9b`).
     pub model: Option<String>,
     /// The prompt (ComfyUI templates take it as their `prompt` parameter).
     pub prompt: Option<String>,
-    /// FLUX 1.1 pro and dev: width, 256 to 1440, a multiple of 32.
+    /// FLUX 1.1 pro and dev: width, 256 to 1440, a multiple of 32; FLUX.2: 256 to 2048, a multiple of 16.
     pub width: Option<u32>,
-    /// FLUX 1.1 pro and dev: height, 256 to 1440, a multiple of 32.
+    /// FLUX 1.1 pro and dev: height, 256 to 1440, a multiple of 32; FLUX.2: 256 to 2048, a multiple of 16.
     pub height: Option<u32>,
     /// FLUX Ultra and Kontext: an aspect ratio such as `16:9`.
     pub aspect_ratio: Option<String>,

@@ -17,7 +17,26 @@ pub enum Shape {
     Ultra,
     /// Editing an `input_image` from a prompt (Kontext).
     Kontext,
+    /// FLUX.2: `width` × `height` (multiples of 16, at most 4 megapixels) and up to `references` input images;
+    /// [flex] adds `steps`, `guidance` and `prompt_upsampling`.
+    Flux2 { references: usize, flex: bool },
 }
+
+/// A price by megapixel (FLUX.2): the first megapixel of the output, then each further one of the output or of
+/// the input images. Source: black-forest-labs/skills `skills/bfl-api/SKILL.md` (`firstMP + (outputMP − 1) ×
+/// mpPrice + inputMP × mpPrice`, in credits); ComfyUI's FLUX.2 price badges round the output up to whole
+/// megapixels of 1024², and a real answer (`cost: 4.5` for `output_mp: 1.98`) agrees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerMegapixel {
+    pub first_micros: i64,
+    pub extra_micros: i64,
+}
+
+/// BFL scales an input image above 4 megapixels down (help.bfl.ai, FLUX.2 technical specifications), so 4 is the
+/// most one can be billed for; the estimate takes that bound (BFL's own `cost` then settles the charge).
+const MAX_INPUT_MEGAPIXELS: i64 = 4;
+/// FLUX.2's largest output: 4 megapixels (help.bfl.ai).
+const MAX_FLUX2_PIXELS: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct FluxModel {
@@ -31,6 +50,8 @@ pub struct FluxModel {
     pub default_output_format: &'static str,
     /// Where the price comes from.
     pub price_source: &'static str,
+    /// FLUX.2's price by megapixel; `price_micros` is then the price of a one-megapixel image.
+    pub per_megapixel: Option<PerMegapixel>,
 }
 
 pub const DEFAULT_MODEL: &str = "flux-pro-1.1";
@@ -47,6 +68,7 @@ pub const MODELS: &[FluxModel] = &[
         max_safety_tolerance: 6,
         default_output_format: "jpeg",
         price_source: "bfl.ai pricing: 4 credits",
+        per_megapixel: None,
     },
     FluxModel {
         name: "flux-pro-1.1-ultra",
@@ -56,6 +78,7 @@ pub const MODELS: &[FluxModel] = &[
         max_safety_tolerance: 6,
         default_output_format: "jpeg",
         price_source: "bfl.ai pricing: 6 credits",
+        per_megapixel: None,
     },
     FluxModel {
         name: "flux-dev",
@@ -67,6 +90,7 @@ pub const MODELS: &[FluxModel] = &[
         max_safety_tolerance: 6,
         default_output_format: "jpeg",
         price_source: "2.5 credits, from a page citing bfl.ai pricing (not on BFL's own page)",
+        per_megapixel: None,
     },
     FluxModel {
         name: "flux-kontext-pro",
@@ -76,6 +100,7 @@ pub const MODELS: &[FluxModel] = &[
         max_safety_tolerance: 2,
         default_output_format: "png",
         price_source: "bfl.ai pricing: 4 credits",
+        per_megapixel: None,
     },
     FluxModel {
         name: "flux-kontext-max",
@@ -85,8 +110,54 @@ pub const MODELS: &[FluxModel] = &[
         max_safety_tolerance: 2,
         default_output_format: "png",
         price_source: "bfl.ai pricing: 8 credits",
+        per_megapixel: None,
     },
+    flux2(
+        "flux-2-klein-4b",
+        "FLUX.2 [klein] 4B",
+        14_000,
+        1_000,
+        4,
+        false,
+    ),
+    flux2(
+        "flux-2-klein-9b",
+        "FLUX.2 [klein] 9B",
+        15_000,
+        2_000,
+        4,
+        false,
+    ),
+    flux2("flux-2-pro", "FLUX.2 [pro]", 30_000, 15_000, 8, false),
+    flux2("flux-2-max", "FLUX.2 [max]", 70_000, 30_000, 8, false),
+    flux2("flux-2-flex", "FLUX.2 [flex]", 50_000, 50_000, 8, true),
 ];
+
+/// A FLUX.2 model: fields from BFL's API reference (docs.bfl.ai/api-reference/models, the FLUX.2 pages:
+/// `safety_tolerance` 0–5, `output_format` jpeg|png, `input_image`…`input_image_8`, four for [klein]; [flex]'s
+/// `steps` 1–50 (50) and `guidance` 1.5–10 (4.5)), prices from the skills repository (see [`PerMegapixel`]).
+const fn flux2(
+    name: &'static str,
+    label: &'static str,
+    first_micros: i64,
+    extra_micros: i64,
+    references: usize,
+    flex: bool,
+) -> FluxModel {
+    FluxModel {
+        name,
+        label,
+        price_micros: first_micros,
+        shape: Shape::Flux2 { references, flex },
+        max_safety_tolerance: 5,
+        default_output_format: "jpeg",
+        price_source: "black-forest-labs/skills SKILL.md: by megapixel",
+        per_megapixel: Some(PerMegapixel {
+            first_micros,
+            extra_micros,
+        }),
+    }
+}
 
 pub fn model(name: &str) -> Option<&'static FluxModel> {
     MODELS.iter().find(|m| m.name == name)
@@ -105,7 +176,10 @@ pub fn catalogue() -> Value {
                 "model": m.name,
                 "label": m.label,
                 "priceUsd": usd(m.price_micros),
-                "credits": m.price_micros / 10_000,
+                "credits": m.price_micros as f64 / 10_000.0,
+                "perMegapixel": m.per_megapixel.map(|p| json!({
+                    "firstUsd": usd(p.first_micros), "eachFurtherUsd": usd(p.extra_micros),
+                })),
                 "priceSource": m.price_source,
                 "fields": fields_of(m.shape),
             })
@@ -119,6 +193,10 @@ pub fn catalogue() -> Value {
 pub struct ValidRequest {
     pub model: &'static FluxModel,
     pub payload: Map<String, Value>,
+    /// What this request costs: the model's price, or for FLUX.2 its price for these megapixels.
+    pub price_micros: i64,
+    /// FLUX.2: the megapixels billed, `(output, input images)`.
+    pub megapixels: Option<(i64, i64)>,
 }
 
 impl ValidRequest {
@@ -155,8 +233,59 @@ const ALIASES: [(&str, &str); 7] = [
 
 const PROMPT_MAX_CHARS: usize = 20_000;
 
+const FLUX2_KLEIN_FIELDS: &[&str] = &[
+    "prompt",
+    "width",
+    "height",
+    "seed",
+    "safety_tolerance",
+    "output_format",
+    "input_image",
+    "input_image_2",
+    "input_image_3",
+    "input_image_4",
+];
+const FLUX2_FIELDS: &[&str] = &[
+    "prompt",
+    "width",
+    "height",
+    "seed",
+    "safety_tolerance",
+    "output_format",
+    "input_image",
+    "input_image_2",
+    "input_image_3",
+    "input_image_4",
+    "input_image_5",
+    "input_image_6",
+    "input_image_7",
+    "input_image_8",
+];
+const FLUX2_FLEX_FIELDS: &[&str] = &[
+    "prompt",
+    "width",
+    "height",
+    "seed",
+    "safety_tolerance",
+    "output_format",
+    "input_image",
+    "input_image_2",
+    "input_image_3",
+    "input_image_4",
+    "input_image_5",
+    "input_image_6",
+    "input_image_7",
+    "input_image_8",
+    "steps",
+    "guidance",
+    "prompt_upsampling",
+];
+
 fn fields_of(shape: Shape) -> &'static [&'static str] {
     match shape {
+        Shape::Flux2 { flex: true, .. } => FLUX2_FLEX_FIELDS,
+        Shape::Flux2 { references: 4, .. } => FLUX2_KLEIN_FIELDS,
+        Shape::Flux2 { .. } => FLUX2_FIELDS,
         Shape::Sized {
             steps_and_guidance: false,
         } => &[
@@ -297,6 +426,31 @@ pub fn validate(body: &Map<String, Value>) -> Result<ValidRequest, Map<String, V
             check.base64_image("input_image", true, true);
             check.aspect_ratio(None);
         }
+        Shape::Flux2 { references, flex } => {
+            check.dimension16("width", 1024);
+            check.dimension16("height", 1024);
+            if let (Some(w), Some(h)) = (
+                check.payload.get("width").and_then(Value::as_u64),
+                check.payload.get("height").and_then(Value::as_u64),
+            ) && w * h > MAX_FLUX2_PIXELS
+            {
+                check.problem(
+                    "width",
+                    format!("{w} × {h} is over 4 megapixels, FLUX.2's largest"),
+                );
+            }
+            for n in 1..=references {
+                let field = match n {
+                    1 => "input_image".to_owned(),
+                    n => format!("input_image_{n}"),
+                };
+                check.base64_image(&field, false, true);
+            }
+            if flex {
+                check.integer("steps", 1, 50, Some(50));
+                check.number("guidance", 1.5, 10.0, Some(4.5));
+            }
+        }
     }
     check.integer("seed", 0, (1 << 53) - 1, None);
     check.integer(
@@ -306,13 +460,37 @@ pub fn validate(body: &Map<String, Value>) -> Result<ValidRequest, Map<String, V
         Some(2.min(model.max_safety_tolerance)),
     );
     check.output_format(model.default_output_format);
-    check.boolean("prompt_upsampling", Some(false));
-
-    if problems.is_empty() {
-        Ok(ValidRequest { model, payload })
-    } else {
-        Err(problems)
+    match model.shape {
+        // FLUX.2 [pro], [max] and [klein] document no prompt_upsampling; [flex] has it on by default.
+        Shape::Flux2 { flex: false, .. } => {}
+        Shape::Flux2 { flex: true, .. } => check.boolean("prompt_upsampling", Some(true)),
+        _ => check.boolean("prompt_upsampling", Some(false)),
     }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let (price_micros, megapixels) = match model.per_megapixel {
+        None => (model.price_micros, None),
+        Some(rate) => {
+            let pixels = payload["width"].as_u64().unwrap_or(1024)
+                * payload["height"].as_u64().unwrap_or(1024);
+            let output = (pixels.div_ceil(1024 * 1024) as i64).max(1);
+            let inputs = payload
+                .keys()
+                .filter(|k| k.starts_with("input_image"))
+                .count() as i64
+                * MAX_INPUT_MEGAPIXELS;
+            let price = rate.first_micros + (output - 1 + inputs) * rate.extra_micros;
+            (price, Some((output, inputs)))
+        }
+    };
+    Ok(ValidRequest {
+        model,
+        payload,
+        price_micros,
+        megapixels,
+    })
 }
 
 struct Checker<'a> {
@@ -370,6 +548,24 @@ impl Checker<'_> {
                     return self.problem(
                         field,
                         "must be a whole number from 256 to 1440, a multiple of 32",
+                    );
+                }
+            },
+        };
+        self.payload.insert(field.into(), json!(value));
+    }
+
+    /// FLUX.2's sides: 256 to 2048 (BFL's API takes 64 and up; 256 is the smallest help.bfl.ai documents), a
+    /// multiple of 16.
+    fn dimension16(&mut self, field: &str, default: u64) {
+        let value = match self.given(field) {
+            None => default,
+            Some(value) => match value.as_u64() {
+                Some(n) if (256..=2048).contains(&n) && n.is_multiple_of(16) => n,
+                _ => {
+                    return self.problem(
+                        field,
+                        "must be a whole number from 256 to 2048, a multiple of 16",
                     );
                 }
             },
@@ -503,6 +699,76 @@ mod tests {
     }
 
     #[test]
+    fn flux2_is_priced_by_megapixel_from_the_request() {
+        let price = |value: Value| validate(&body(value)).map(|r| (r.price_micros, r.megapixels));
+        // One megapixel of [pro]: 3 credits.
+        assert_eq!(
+            price(json!({"model": "flux-2-pro", "prompt": "a"})),
+            Ok((30_000, Some((1, 0))))
+        );
+        // 1536 × 1536 is 2.25 megapixels, billed as 3: 3 + 2 × 1.5 credits.
+        assert_eq!(
+            price(json!({"model": "flux-2-pro", "prompt": "a", "width": 1536, "height": 1536})),
+            Ok((60_000, Some((3, 0))))
+        );
+        // An input image is reserved at its most, 4 megapixels: 3 + 4 × 1.5 credits for [pro]; 5 + 4 × 5 for [flex].
+        let image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+        assert_eq!(
+            price(json!({"model": "flux-2-pro", "prompt": "a", "input_image": image})),
+            Ok((90_000, Some((1, 4))))
+        );
+        assert_eq!(
+            price(json!({"model": "flux-2-flex", "prompt": "a", "input_image": image}))
+                .map(|p| p.0),
+            Ok(250_000)
+        );
+        assert_eq!(
+            price(json!({"model": "flux-2-klein-4b", "prompt": "a"})).map(|p| p.0),
+            Ok(14_000)
+        );
+    }
+
+    #[test]
+    fn flux2_fields_follow_bfls_reference() {
+        let flex = validate(&body(json!({"model": "flux-2-flex", "prompt": "a"}))).unwrap();
+        assert_eq!(flex.payload["steps"], 50);
+        assert_eq!(flex.payload["guidance"], 4.5);
+        assert_eq!(flex.payload["prompt_upsampling"], true);
+        let pro = validate(&body(json!({"model": "flux-2-pro", "prompt": "a"}))).unwrap();
+        assert!(pro.payload.get("prompt_upsampling").is_none());
+        assert_eq!(
+            (
+                pro.payload["width"].as_u64(),
+                pro.payload["height"].as_u64()
+            ),
+            (Some(1024), Some(1024))
+        );
+        let refused = |value: Value| validate(&body(value)).unwrap_err();
+        assert!(
+            refused(json!({"model": "flux-2-pro", "prompt": "a", "width": 1000}))
+                .contains_key("width")
+        );
+        assert!(
+            refused(json!({"model": "flux-2-pro", "prompt": "a", "width": 2048, "height": 2064}))
+                .contains_key("height")
+        );
+        assert!(refused(json!({"model": "flux-2-max", "prompt": "a", "width": 2048, "height": 2048, "safety_tolerance": 6}))
+            .contains_key("safety_tolerance"));
+        assert!(
+            refused(json!({"model": "flux-2-pro", "prompt": "a", "steps": 10}))
+                .contains_key("steps")
+        );
+        assert!(
+            refused(json!({"model": "flux-2-klein-4b", "prompt": "a", "input_image_5": "x"}))
+                .contains_key("input_image_5")
+        );
+        assert!(
+            refused(json!({"model": "flux-2-pro", "prompt": "a", "aspect_ratio": "1:1"}))
+                .contains_key("aspect_ratio")
+        );
+    }
+
+    #[test]
     fn the_default_model_gets_its_documented_defaults() {
         let valid = validate(&body(json!({ "prompt": "a fox" }))).unwrap();
         assert_eq!(valid.model.name, "flux-pro-1.1");
@@ -540,7 +806,7 @@ mod tests {
         );
         assert_eq!(
             problems["steps"],
-            "flux-pro-1.1 takes no steps (only flux-dev do)"
+            "flux-pro-1.1 takes no steps (only flux-dev, flux-2-flex do)"
         );
     }
 

@@ -19,7 +19,12 @@ use crate::config::{FluxConfig, Secret};
 #[derive(Debug)]
 pub enum Submitted {
     /// BFL took the task.
-    Accepted { id: String, polling_url: String },
+    /// `cost_credits`: what BFL says the task costs, in credits (FLUX.2 and newer answers carry it).
+    Accepted {
+        id: String,
+        polling_url: String,
+        cost_credits: Option<f64>,
+    },
     /// BFL answered with an error: nothing was started.
     Refused {
         status: u16,
@@ -170,10 +175,12 @@ impl BflClient {
                 (Some(id), Some(polling)) if !id.is_empty() => Submitted::Accepted {
                     id: id.to_owned(),
                     polling_url: polling.to_owned(),
+                    cost_credits: body["cost"].as_f64(),
                 },
                 (Some(id), None) if !id.is_empty() => Submitted::Accepted {
                     id: id.to_owned(),
                     polling_url: format!("{}/v1/get_result?id={id}", self.base_url),
+                    cost_credits: body["cost"].as_f64(),
                 },
                 _ => Submitted::Unknown(format!("BFL answered {status} without a task id")),
             };

@@ -181,12 +181,12 @@ impl Flux {
     }
 
     async fn dry_run(&self, request: &ValidRequest) -> Answer {
-        let price = request.model.price_micros;
+        let price = request.price_micros;
         let token = self.0.confirmer.issue(&request.canonical(), price);
         let minutes = self.0.confirmer.ttl().as_secs().div_ceil(60);
         let budget = self.budget().await.ok();
         let mut message = format!(
-            "Dry run: nothing was sent and nothing was charged. {} costs ${:.3} per image. To generate, send the same \
+            "Dry run: nothing was sent and nothing was charged. {} costs ${:.3} for this image. To generate, send the same \
              body with \"dryRun\": false and this confirmToken within {minutes} min.",
             request.model.name,
             usd(price)
@@ -201,7 +201,8 @@ impl Flux {
                 "valid": true,
                 "model": request.model.name,
                 "payload": request.payload,
-                "estimatedCost": { "usd": usd(price), "credits": price / 10_000, "currency": "USD" },
+                "estimatedCost": { "usd": usd(price), "credits": price as f64 / 10_000.0, "currency": "USD" },
+                "megapixels": request.megapixels.map(|(output, inputs)| json!({ "output": output, "inputImages": inputs })),
                 "confirmToken": token,
                 "expiresInSecs": self.0.confirmer.ttl().as_secs(),
                 "budget": budget,
@@ -278,7 +279,7 @@ impl Flux {
         token: Option<&str>,
         claim: Option<IdempotencyClaim<'_>>,
     ) -> Result<Answer, ApiError> {
-        let price = request.model.price_micros;
+        let price = request.price_micros;
         let refused = |problem: TokenProblem| ApiError::Confirmation {
             code: problem.code(),
             message: problem.message(),
@@ -335,7 +336,11 @@ impl Flux {
         let jobs = &self.0.jobs;
         let store = self.store();
         match self.0.client.submit(model, payload).await {
-            Submitted::Accepted { id, polling_url } => {
+            Submitted::Accepted {
+                id,
+                polling_url,
+                cost_credits,
+            } => {
                 let change = JobChange {
                     status: Some(JobStatus::Submitted),
                     provider_id: Some(id.clone()),
@@ -346,6 +351,13 @@ impl Flux {
                 jobs.change(&job.id, "state", change).await;
                 if let Err(error) = store.mark_charge_spent(&job.id).await {
                     tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
+                }
+                // BFL's own figure for the task, in credits (FLUX.2 answers with it), is what was spent.
+                if let Some(credits) = cost_credits.filter(|c| c.is_finite() && *c >= 0.0) {
+                    let micros = (credits * 10_000.0).round() as i64;
+                    if let Err(error) = store.settle_charge(&job.id, micros).await {
+                        tracing::error!(job = %job.id, %error, "cannot record what a FLUX task cost");
+                    }
                 }
                 tracing::info!(job = %job.id, model, provider_id = %id, "FLUX task submitted");
                 tokio::spawn(self.clone().follow(job.id.clone(), Some(polling_url), id));

@@ -228,14 +228,31 @@ fn authorised(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>>
     }
 }
 
-const MODELS: [&str; 6] = [
+const MODELS: [&str; 11] = [
     "flux-pro-1.1",
     "flux-pro-1.1-ultra",
     "flux-dev",
     "flux-pro",
     "flux-kontext-pro",
     "flux-kontext-max",
+    "flux-2-klein-4b",
+    "flux-2-klein-9b",
+    "flux-2-pro",
+    "flux-2-max",
+    "flux-2-flex",
 ];
+
+/// FLUX.2's credits by megapixel: (first, each further), as BFL bills them (the skills repository's table).
+fn flux2_rate(model: &str) -> Option<(f64, f64)> {
+    Some(match model {
+        "flux-2-klein-4b" => (1.4, 0.1),
+        "flux-2-klein-9b" => (1.5, 0.2),
+        "flux-2-pro" => (3.0, 1.5),
+        "flux-2-max" => (7.0, 3.0),
+        "flux-2-flex" => (5.0, 5.0),
+        _ => return None,
+    })
+}
 
 async fn submit(
     State(shared): State<Arc<Shared>>,
@@ -274,11 +291,16 @@ async fn submit(
         SubmitMode::Accept => {}
     }
     let mut errors = Vec::new();
+    let rate = flux2_rate(&model);
     for field in ["width", "height"] {
+        let fits = |n: u64| match rate {
+            Some(_) => n >= 64 && n.is_multiple_of(16),
+            None => (256..=1440).contains(&n) && n.is_multiple_of(32),
+        };
         if let Some(n) = payload[field].as_u64()
-            && (!(256..=1440).contains(&n) || n % 32 != 0)
+            && !fits(n)
         {
-            errors.push(json!({ "loc": ["body", field], "msg": "must be a multiple of 32 from 256 to 1440", "type": "value_error" }));
+            errors.push(json!({ "loc": ["body", field], "msg": "not a size this model takes", "type": "value_error" }));
         }
     }
     if payload["prompt"].as_str().is_none_or(str::is_empty) {
@@ -294,10 +316,27 @@ async fn submit(
     }
     let id = uuid::Uuid::new_v4().to_string();
     shared.tasks.lock().unwrap().insert(id.clone(), 0);
+    // FLUX.2 answers with its cost; the fake's input images are small, a megapixel each.
+    let (cost, input_mp, output_mp) = match rate {
+        Some((first, each)) => {
+            let pixels = payload["width"].as_f64().unwrap_or(1024.0)
+                * payload["height"].as_f64().unwrap_or(1024.0);
+            let output = pixels / (1024.0 * 1024.0);
+            let inputs = payload
+                .as_object()
+                .map(|p| p.keys().filter(|k| k.starts_with("input_image")).count())
+                .unwrap_or(0) as f64;
+            let cost = first + (output.ceil().max(1.0) - 1.0 + inputs) * each;
+            (json!(cost), json!(inputs), json!(output))
+        }
+        None => (Value::Null, Value::Null, Value::Null),
+    };
     Json(json!({
         "id": id,
         "polling_url": format!("http://{}/v1/get_result?id={id}", shared.addr),
-        "cost": null,
+        "cost": cost,
+        "input_mp": input_mp,
+        "output_mp": output_mp,
     }))
     .into_response()
 }

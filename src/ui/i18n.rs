@@ -344,6 +344,7 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ("js.awaiting", "awaiting confirmation", "ждёт подтверждения"),
     ("js.confirm_job", "Confirm…", "Подтвердить…"),
     ("js.workflow", "ComfyUI workflow", "Граф ComfyUI"),
+    ("js.credits", "credits left", "кредитов осталось"),
     ("js.yes", "yes", "да"),
     ("js.no", "no", "нет"),
     ("js.not_set", "not set", "не задан"),

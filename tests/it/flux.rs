@@ -569,3 +569,53 @@ async fn a_client_that_hangs_up_mid_submit_does_not_orphan_the_job() {
     assert_eq!(bfl.submits(), 1);
     assert_eq!(app.get_json("/api/flux/budget").await["spent"], 0.04);
 }
+
+/// FLUX.2: the dry run prices the megapixels the request asks for, the reservation holds that price, and the cost
+/// BFL answers the submit with is what the job and the day's budget record as spent. The account's credits are on
+/// the status report the diagnostics page reads.
+#[tokio::test]
+async fn flux2_is_priced_by_megapixel_and_settled_at_what_bfl_charged() {
+    let bfl = FakeBfl::start(KEY).await;
+    let app = app(&bfl, true, |_| {}).await;
+    let body =
+        json!({ "model": "flux-2-pro", "prompt": "a wide harbour", "width": 1536, "height": 1536 });
+    let (status, dry, _) = post(&app, &body, None).await;
+    assert_eq!(status, 200, "{dry}");
+    // 2.25 megapixels are billed as 3: 3 + 2 × 1.5 credits.
+    assert_eq!(dry["estimatedCost"]["usd"], 0.06);
+    assert_eq!(dry["megapixels"]["output"], 3);
+    assert_eq!(bfl.submits(), 0);
+
+    let mut paid = body.clone();
+    paid["dryRun"] = json!(false);
+    paid["confirmToken"] = dry["confirmToken"].clone();
+    let (status, accepted, _) = post(&app, &paid, None).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+    let job = app.get_json(&format!("/api/jobs/{id}")).await;
+    assert_eq!(job["cost_usd"], 0.06);
+    assert_eq!(
+        job["actual_cost_usd"], 0.06,
+        "the fake charged 6 credits: {job}"
+    );
+    assert_eq!(app.get_json("/api/flux/budget").await["spent"], 0.06);
+    wait_for_status(&app, id, "succeeded").await;
+
+    // An input image is reserved at its most (4 megapixels) and settled at what BFL says it cost.
+    let image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+    let body = json!({ "model": "flux-2-pro", "prompt": "the same, edited", "input_image": image });
+    let paid = confirmed(&app, body).await;
+    let (status, accepted, _) = post(&app, &paid, None).await;
+    assert_eq!(status, 202, "{accepted}");
+    let job = app
+        .get_json(&format!("/api/jobs/{}", accepted["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (job["cost_usd"].as_f64(), job["actual_cost_usd"].as_f64()),
+        (Some(0.09), Some(0.045))
+    );
+    assert_eq!(app.get_json("/api/flux/budget").await["spent"], 0.105);
+
+    let status = app.get_json("/api/status").await;
+    assert_eq!(status["external"]["flux"]["credits"], 1234.5, "{status}");
+}
