@@ -432,6 +432,10 @@ impl Jobs {
                         json!({ "code": error.code(), "message": error.to_string() }),
                     )
                     .await;
+                    // Nothing was posted: a paid job's reservation goes back.
+                    if paid_key.is_some() {
+                        self.release(&job.id).await;
+                    }
                     return Err(error.into());
                 }
             };
@@ -442,6 +446,9 @@ impl Jobs {
                 json!({ "code": error.code(), "message": error.to_string() }),
             )
             .await;
+            if paid_key.is_some() {
+                self.release(&job.id).await;
+            }
             return Err(error.into());
         }
         let mut extra_data = json!({ "orchestrator_job": job.id });

@@ -700,3 +700,100 @@ async fn a_dry_run_of_a_free_workflow_costs_nothing_and_sends_nothing() {
     assert!(dry["confirmToken"].is_null());
     assert_eq!(queued(&comfy), 0);
 }
+
+/// A job recorded while no ComfyUI had ever answered (so nobody could tell what its nodes cost) waits in
+/// Orchestrator's queue; when a ComfyUI comes online the gate looks at it before sending, and a paid one waits for
+/// a confirmation instead of going out. A free one beside it runs.
+#[tokio::test]
+async fn a_queued_job_found_paid_when_comfy_comes_online_waits_for_confirmation() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let org = FakeComfyOrg::start().await;
+    let app = TestApp::spawn_with(&format!("http://{addr}"), |s| {
+        s.allow_generation = "true".into();
+        s.comfy_org_api_key = Some(SERVER_KEY.into());
+    })
+    .await;
+    let (status, paid) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": paid_workflow("queued blind") }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, paid["status"].as_str()),
+        (202, Some("queued")),
+        "{paid}"
+    );
+    let (_, free) = post(
+        &app,
+        "/api/jobs",
+        &json!({ "workflow": free_workflow() }),
+        None,
+    )
+    .await;
+
+    let comfy = FakeComfy::start_on(listener);
+    comfy.set_comfy_api_base(&org.url());
+    wait_for(&app, free["id"].as_str().unwrap(), "succeeded").await;
+    let waiting = wait_for(&app, paid["id"].as_str().unwrap(), "awaiting_confirmation").await;
+    assert_eq!(
+        waiting["approval"]["paidNodes"][0]["class_type"],
+        "FluxProUltraImageNode"
+    );
+    assert_eq!(queued(&comfy), 1, "only the free job was sent");
+    assert_eq!(org.call_count(), 0);
+}
+
+/// A paid job reserved and cut off before ComfyUI took it (the process stopped mid-send) may have been charged: on
+/// the next start it becomes `needs_reconcile` and is never sent again.
+#[tokio::test]
+async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
+    let comfy = FakeComfy::start().await;
+    let org = FakeComfyOrg::start().await;
+    comfy.set_comfy_api_base(&org.url());
+    let data = tempfile::tempdir().unwrap();
+    // What a stop between the reservation and ComfyUI's answer leaves in the store.
+    let store = orchestrator::jobs::store::Store::open(&format!(
+        "sqlite://{}",
+        data.path().join("orchestrator.db").display()
+    ))
+    .await
+    .unwrap();
+    let workflow = paid_workflow("cut off");
+    let job = match store
+        .reserve_paid_job(orchestrator::jobs::store::PaidJob {
+            job: orchestrator::jobs::store::NewJob {
+                backend: "comfy",
+                template: None,
+                params: &json!({}),
+                workflow: &workflow,
+                backend_url: Some(&comfy.url()),
+            },
+            cost_micros: 60_000,
+            day: "2026-12-02",
+            budget_micros: 5_000_000,
+            idempotency: None,
+            token_id: "token-of-the-last-run",
+            approval: None,
+        })
+        .await
+        .unwrap()
+    {
+        orchestrator::jobs::store::Reservation::Reserved(job) => job,
+        _ => panic!("reserved"),
+    };
+    store.close().await;
+    let dir = data.path().display().to_string();
+    let app = TestApp::spawn_with(&comfy.url(), |s| {
+        s.data_dir = dir;
+        s.allow_generation = "true".into();
+        s.comfy_org_api_key = Some(SERVER_KEY.into());
+    })
+    .await;
+    let settled = wait_for(&app, &job.id, "needs_reconcile").await;
+    assert_eq!(settled["error"]["code"], "submit_interrupted");
+    assert_eq!(queued(&comfy), 0);
+    assert_eq!(org.call_count(), 0);
+}
