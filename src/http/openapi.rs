@@ -196,14 +196,26 @@ pub struct FluxDryRun {
     #[serde(rename = "expiresInSecs")]
     expires_in_secs: u64,
     budget: Option<crate::flux::service::Budget>,
+    /// FLUX.2: the megapixels priced.
+    megapixels: Option<FluxMegapixels>,
     message: String,
+}
+
+/// FLUX.2's billed megapixels: the output's, rounded up, and the input images' (each at its most, 4).
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct FluxMegapixels {
+    output: i64,
+    #[serde(rename = "inputImages")]
+    input_images: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct FluxCost {
     usd: f64,
-    credits: i64,
+    /// BFL's credits (1 credit = $0.01); FLUX.2's can be fractional.
+    credits: f64,
     #[schema(example = "USD")]
     currency: String,
 }
@@ -233,11 +245,23 @@ pub struct FluxModelEntry {
     label: String,
     #[serde(rename = "priceUsd")]
     price_usd: f64,
-    credits: i64,
+    credits: f64,
     #[serde(rename = "priceSource")]
     price_source: String,
+    /// FLUX.2: the price of the first megapixel and of each further one; `priceUsd` is then a one-megapixel image.
+    #[serde(rename = "perMegapixel")]
+    per_megapixel: Option<FluxPerMegapixel>,
     /// The body fields this model takes.
     fields: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct FluxPerMegapixel {
+    #[serde(rename = "firstUsd")]
+    first_usd: f64,
+    #[serde(rename = "eachFurtherUsd")]
+    each_further_usd: f64,
 }
 
 /// `GET /api/v0/validate`.

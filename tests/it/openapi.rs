@@ -285,6 +285,7 @@ async fn fuzz_the_api_against_its_schema() {
         "/api/builder/messages",
         "/api/jobs",
         "/api/jobs/{id}/cancel",
+        "/api/jobs/{id}/confirm",
         "/api/system/comfy/start",
         "/api/system/comfy/stop",
     ]);
