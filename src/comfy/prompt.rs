@@ -121,7 +121,7 @@ pub fn read(bytes: &[u8]) -> Result<Prompt, Unreadable> {
     };
     let nodes = top.nodes;
     let body = match top.extra_data {
-        Some(raw) if credentials::may_hold(raw.get().as_bytes()) => {
+        Some(raw) if credentials::may_hold(raw.get().as_bytes(), None) => {
             let mut extra: BTreeMap<Cow<str>, Box<RawValue>> =
                 serde_json::from_str(raw.get()).map_err(|_| Unreadable::NotJson)?;
             for key in credentials::KEYS {
@@ -176,6 +176,34 @@ mod tests {
         let body = br#"{"prompt": {"1": {"class_type": "SaveImage"}}, "extra_data": {"api_key_comfy_org": "a", "api_key_comfy_org": "b"}}"#;
         let sent: Value = serde_json::from_slice(&read(body).unwrap().body).unwrap();
         assert_eq!(sent["extra_data"], json!({}));
+    }
+
+    /// The gateway's path for each of the 378 free classes of the recorded ComfyUI: judged free and forwarded byte
+    /// for byte; each of the 100 paid ones is found.
+    #[test]
+    fn every_recorded_class_is_judged_as_comfy_marks_it() {
+        let info: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/comfyui/object_info.json"
+        ))
+        .unwrap();
+        let catalog = super::super::nodes::NodeCatalog::from_object_info(&info);
+        let (mut free, mut paid) = (0, 0);
+        for (class, spec) in info.as_object().unwrap() {
+            let body = format!(
+                r#"{{"prompt": {{"7": {{"class_type": {}, "inputs": {{}}}}}}, "client_id": "editor"}}"#,
+                serde_json::to_string(class).unwrap()
+            );
+            let prompt = read(body.as_bytes()).unwrap();
+            let is_paid = catalog.any_paid(prompt.nodes.as_ref().unwrap()).unwrap();
+            assert_eq!(is_paid, spec["api_node"] == true, "{class}");
+            if is_paid {
+                paid += 1;
+            } else {
+                assert_eq!(prompt.body, body.as_bytes(), "{class} forwarded untouched");
+                free += 1;
+            }
+        }
+        assert_eq!((free, paid), (378, 100));
     }
 
     #[test]

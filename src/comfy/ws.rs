@@ -67,7 +67,12 @@ pub async fn wait_for_greeting(socket: &mut UpstreamSocket, within: std::time::D
 }
 
 /// Relays frames until either side closes; the other side then gets the close.
-pub async fn relay(client: WebSocket, upstream: UpstreamSocket) {
+/// Frames from ComfyUI reach the client without a Comfy.org credential, the server's own key (`secret`) masked.
+pub async fn relay(
+    client: WebSocket,
+    upstream: UpstreamSocket,
+    secret: Option<std::sync::Arc<str>>,
+) {
     let (mut to_client, mut from_client) = client.split();
     let (mut to_upstream, mut from_upstream) = upstream.split();
 
@@ -85,7 +90,7 @@ pub async fn relay(client: WebSocket, upstream: UpstreamSocket) {
     };
     let upstream_to_client = async {
         while let Some(Ok(message)) = from_upstream.next().await {
-            let Some(message) = to_axum(message) else {
+            let Some(message) = to_axum(message, secret.as_deref()) else {
                 continue;
             };
             let closing = matches!(message, ws::Message::Close(_));
@@ -113,13 +118,15 @@ fn to_tungstenite(message: ws::Message) -> Option<tungstenite::Message> {
     })
 }
 
-fn to_axum(message: tungstenite::Message) -> Option<ws::Message> {
+fn to_axum(message: tungstenite::Message, secret: Option<&str>) -> Option<ws::Message> {
     Some(match message {
         // A message that would carry a Comfy.org credential never reaches a client (see `credentials`).
-        tungstenite::Message::Text(text) => match super::credentials::strip_text(text.as_bytes()) {
-            None => ws::Message::Text(text.as_str().into()),
-            Some(clean) => ws::Message::Text(String::from_utf8_lossy(&clean).as_ref().into()),
-        },
+        tungstenite::Message::Text(text) => {
+            match super::credentials::strip_text(text.as_bytes(), secret) {
+                None => ws::Message::Text(text.as_str().into()),
+                Some(clean) => ws::Message::Text(String::from_utf8_lossy(&clean).as_ref().into()),
+            }
+        }
         tungstenite::Message::Binary(bytes) => ws::Message::Binary(bytes),
         tungstenite::Message::Close(frame) => ws::Message::Close(frame.map(|f| ws::CloseFrame {
             code: f.code.into(),
@@ -129,4 +136,29 @@ fn to_axum(message: tungstenite::Message) -> Option<ws::Message> {
         | tungstenite::Message::Pong(_)
         | tungstenite::Message::Frame(_) => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_from_comfy_reach_the_client_without_credentials() {
+        let frame = tungstenite::Message::text(
+            r#"{"type": "execution_error", "data": {"current_inputs": {"comfy_api_key": ["server-key"], "prompt": ["a"]},
+               "extra_data": {"api_key_comfy_org": "client-key"}}}"#,
+        );
+        let Some(ws::Message::Text(text)) = to_axum(frame, Some("server-key")) else {
+            panic!("a text frame stays one");
+        };
+        assert!(
+            !text.contains("server-key") && !text.contains("client-key"),
+            "{text}"
+        );
+        assert!(text.contains("execution_error"));
+        let plain = tungstenite::Message::text(r#"{"type": "status"}"#);
+        assert!(
+            matches!(to_axum(plain, Some("server-key")), Some(ws::Message::Text(t)) if t.as_str() == r#"{"type": "status"}"#)
+        );
+    }
 }

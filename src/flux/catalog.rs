@@ -233,34 +233,7 @@ const ALIASES: [(&str, &str); 7] = [
 
 const PROMPT_MAX_CHARS: usize = 20_000;
 
-const FLUX2_KLEIN_FIELDS: &[&str] = &[
-    "prompt",
-    "width",
-    "height",
-    "seed",
-    "safety_tolerance",
-    "output_format",
-    "input_image",
-    "input_image_2",
-    "input_image_3",
-    "input_image_4",
-];
-const FLUX2_FIELDS: &[&str] = &[
-    "prompt",
-    "width",
-    "height",
-    "seed",
-    "safety_tolerance",
-    "output_format",
-    "input_image",
-    "input_image_2",
-    "input_image_3",
-    "input_image_4",
-    "input_image_5",
-    "input_image_6",
-    "input_image_7",
-    "input_image_8",
-];
+/// FLUX.2's fields in one list: [klein] takes the first 10, [pro] and [max] the first 14, [flex] all.
 const FLUX2_FLEX_FIELDS: &[&str] = &[
     "prompt",
     "width",
@@ -284,8 +257,7 @@ const FLUX2_FLEX_FIELDS: &[&str] = &[
 fn fields_of(shape: Shape) -> &'static [&'static str] {
     match shape {
         Shape::Flux2 { flex: true, .. } => FLUX2_FLEX_FIELDS,
-        Shape::Flux2 { references: 4, .. } => FLUX2_KLEIN_FIELDS,
-        Shape::Flux2 { .. } => FLUX2_FIELDS,
+        Shape::Flux2 { references, .. } => &FLUX2_FLEX_FIELDS[..6 + references],
         Shape::Sized {
             steps_and_guidance: false,
         } => &[

@@ -355,7 +355,7 @@ impl Flux {
                 // BFL's own figure for the task, in credits (FLUX.2 answers with it), is what was spent.
                 if let Some(credits) = cost_credits.filter(|c| c.is_finite() && *c >= 0.0) {
                     let micros = (credits * 10_000.0).round() as i64;
-                    if let Err(error) = store.settle_charge(&job.id, micros).await {
+                    if let Err(error) = store.settle_charge(&job.id, micros, micros).await {
                         tracing::error!(job = %job.id, %error, "cannot record what a FLUX task cost");
                     }
                 }

@@ -39,6 +39,26 @@ pub fn is_prompt_route(path: &str) -> bool {
 /// `POST /prompt` through the gateway.
 pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -> Response {
     let (mut parts, body) = request.into_parts();
+    // aiohttp decodes a body with the charset its Content-Type names: a prompt judged as UTF-8 must be read as
+    // UTF-8 (a UTF-7 body hides whole nodes in what UTF-8 reads as one string), so no other charset is taken,
+    // and what is forwarded says plainly what it is.
+    if let Some(charset) = charset(&parts.headers)
+        && !matches!(charset.as_str(), "utf-8" | "utf8")
+    {
+        return comfy_refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            &format!("A prompt must be UTF-8 JSON; charset={charset} is not taken."),
+            json!({}),
+            json!({}),
+        );
+    }
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // What is forwarded is the JSON text that was judged, never a compressed one for aiohttp to unpack.
+    parts.headers.remove(header::CONTENT_ENCODING);
     let limit = state.config.comfy.max_body_bytes;
     let bytes = match http_body_util::Limited::new(body, limit as usize)
         .collect()
@@ -104,6 +124,19 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
         .forward(request, path)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The `charset` parameter of the Content-Type, lower-cased, quotes removed.
+fn charset(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?;
+    let Ok(text) = value.to_str() else {
+        return Some("(not ASCII)".into());
+    };
+    text.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        (name.trim().eq_ignore_ascii_case("charset"))
+            .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+    })
 }
 
 fn not_a_workflow() -> Response {
@@ -195,8 +228,9 @@ pub fn prepare_echo_request(request: &mut Request<Body>) {
     request.headers_mut().remove(header::ACCEPT_ENCODING);
 }
 
-/// An answer that may echo prompts, with every Comfy.org credential removed.
-pub async fn clear_echo(response: Response) -> Response {
+/// An answer that may echo prompts, with every Comfy.org credential removed (and the server's key, `secret`, masked
+/// wherever its value is).
+pub async fn clear_echo(response: Response, secret: Option<&str>) -> Response {
     let (mut parts, body) = response.into_parts();
     if parts
         .headers
@@ -216,13 +250,13 @@ pub async fn clear_echo(response: Response) -> Response {
                 .into_response();
         }
     };
-    let body = if credentials::may_hold(&bytes) {
+    let body = if credentials::may_hold(&bytes, secret) {
         let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
             // The mark in a text that is not JSON: not passed on, as it cannot be cleared.
             return ApiError::ComfyBadResponse("an answer that may hold credentials".into())
                 .into_response();
         };
-        match credentials::strip(&mut value) {
+        match credentials::strip(&mut value, secret) {
             true => serde_json::to_vec(&value).unwrap_or_default().into(),
             false => bytes,
         }

@@ -279,7 +279,8 @@ async fn comfy_gateway(State(state): State<AppState>, request: Request) -> Respo
         .await
         .unwrap_or_else(IntoResponse::into_response);
     if echoes_prompts {
-        return comfy_money::clear_echo(response).await;
+        let secret = state.config.comfy_org.api_key.as_ref().map(|k| k.expose());
+        return comfy_money::clear_echo(response, secret).await;
     }
     response
 }
@@ -305,5 +306,11 @@ async fn websocket(state: AppState, request: Request, path: &str) -> ApiResult<R
     let uri = state.gateway.upstream_uri(path, parts.uri.query())?;
     let timeout = state.config.comfy.read_timeout;
     let upstream = ws::connect_upstream(state.gateway.backend(), &uri, timeout).await?;
-    Ok(upgrade.on_upgrade(move |socket| ws::relay(socket, upstream)))
+    let secret = state
+        .config
+        .comfy_org
+        .api_key
+        .as_ref()
+        .map(|k| std::sync::Arc::<str>::from(k.expose()));
+    Ok(upgrade.on_upgrade(move |socket| ws::relay(socket, upstream, secret)))
 }

@@ -200,36 +200,31 @@ impl Jobs {
 
     /// `POST /api/jobs`.
     pub async fn submit(&self, mut submission: Submission) -> Result<Submitted, JobError> {
-        credentials::strip(&mut submission.workflow);
+        credentials::strip(&mut submission.workflow, None);
         let gateway = self.choose_backend().await.cloned();
-        let Some(catalog) = self.catalog_for(gateway.as_ref()).await else {
-            if submission.dry_run || submission.token.is_some() {
+        // Never seen a ComfyUI: nobody can tell what the nodes cost. The job waits in the queue and is looked at
+        // again before it is sent; a dry run or a confirmation cannot be answered.
+        let assessment = match self.catalog_for(gateway.as_ref()).await {
+            Some(catalog) => Some(
+                self.gate()
+                    .assess(&catalog, &submission.workflow)
+                    .map_err(unclassified)?,
+            ),
+            None if submission.dry_run || submission.token.is_some() => {
                 return Err(refused(ApiError::ComfyOffline {
                     upstream: self.origins(),
                     what: "it cannot be told which of the workflow's nodes cost money",
                 }));
             }
-            // Never seen a ComfyUI: the job waits in the queue, and is looked at again before it is sent.
-            let job = self
-                .submit_comfy(
-                    None,
-                    submission.template.as_deref(),
-                    &submission.params,
-                    submission.workflow,
-                    submission.uploads,
-                )
-                .await?;
-            return Ok(Submitted::Job(Box::new(job)));
+            None => None,
         };
         let bound = bound_workflow(&submission.workflow, &submission.uploads);
-        let assessment = self
-            .gate()
-            .assess(&catalog, &submission.workflow)
-            .map_err(unclassified)?;
-        if submission.dry_run {
-            return Ok(Submitted::DryRun(self.dry_run(&bound, &assessment).await));
+        if let Some(assessment) = &assessment
+            && submission.dry_run
+        {
+            return Ok(Submitted::DryRun(self.dry_run(&bound, assessment).await));
         }
-        if !assessment.is_paid() {
+        let Some(assessment) = assessment.filter(Assessment::is_paid) else {
             let job = self
                 .submit_comfy(
                     gateway,
@@ -240,7 +235,7 @@ impl Jobs {
                 )
                 .await?;
             return Ok(Submitted::Job(Box::new(job)));
-        }
+        };
         self.paid_allowed(&assessment)?;
         let Some(gateway) = gateway else {
             return Err(refused(ApiError::ComfyOffline {

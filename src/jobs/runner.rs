@@ -456,6 +456,14 @@ impl Jobs {
             extra_data[crate::comfy::credentials::KEYS[0]] = json!(key.expose());
         }
         let body = json!({ "prompt": workflow, "client_id": client_id, "extra_data": extra_data });
+        // A paid job cancelled while it was being approved or prepared is not sent (and gives its price back).
+        if paid_key.is_some() {
+            let now = self.store.job(&job.id).await?;
+            if let Some(now) = now.filter(|j| j.status != JobStatus::Queued) {
+                self.release(&job.id).await;
+                return Err(JobError::Finished(now.status.as_str()));
+            }
+        }
         let (status, answer) = match gateway.post_json("/prompt", &body).await {
             Ok(answer) => answer,
             // A paid prompt that may have reached ComfyUI is never sent again: its outcome is for a person to check.
@@ -486,6 +494,25 @@ impl Jobs {
             .and_then(Value::as_str)
             .filter(|_| status.is_success())
         else {
+            // Only ComfyUI's own refusal (400 with its error shape) certainly queued nothing. Anything else for a
+            // paid prompt (a proxy's 502 after ComfyUI queued it, a 200 without an id) may have been taken: it is
+            // for a person to check, and never sent again.
+            let refused_by_comfy = status == http::StatusCode::BAD_REQUEST
+                && (answer.get("error").is_some() || answer.get("node_errors").is_some());
+            if paid_key.is_some() && !refused_by_comfy {
+                let message = format!(
+                    "ComfyUI answered the paid workflow with HTTP {} and no prompt id; it may have been queued, so it \
+                     is not sent again. Check ComfyUI's queue and the Comfy.org account.",
+                    status.as_u16()
+                );
+                let change = JobChange {
+                    status: Some(JobStatus::NeedsReconcile),
+                    error: Some(json!({ "code": "comfy_outcome_unknown", "message": message })),
+                    ..Default::default()
+                };
+                self.change(&job.id, "state", change).await;
+                return Err(ApiError::ComfyBadResponse(message).into());
+            }
             let message = answer["error"]["message"]
                 .as_str()
                 .unwrap_or("ComfyUI did not accept the workflow")
@@ -760,8 +787,6 @@ impl Jobs {
         self.change(id, "state", change).await;
     }
 
-    /// Stores a change, numbers it as an event and tells the listeners. Progress alone is coalesced to at most
-    /// one event per [`PROGRESS_EVERY`] per job (the job row always has the latest); state changes always pass.
     /// Gives a paid job's reservation back: ComfyUI certainly did not take it.
     async fn release(&self, id: &str) {
         if let Err(error) = self.store.release_paid_job(id).await {
@@ -769,7 +794,17 @@ impl Jobs {
         }
     }
 
-    pub(crate) async fn change(&self, id: &str, kind: &'static str, change: JobChange) {
+    /// Stores a change, numbers it as an event and tells the listeners. Progress alone is coalesced to at most
+    /// one event per [`PROGRESS_EVERY`] per job (the job row always has the latest); state changes always pass.
+    /// An error is stored without any Comfy.org credential (ComfyUI's `execution_error` echoes a failed node's
+    /// inputs, hidden ones included).
+    pub(crate) async fn change(&self, id: &str, kind: &'static str, mut change: JobChange) {
+        if let Some(error) = change.error.as_mut() {
+            crate::comfy::credentials::strip(
+                error,
+                self.money.api_key.as_ref().map(|k| k.expose()),
+            );
+        }
         if let Err(error) = self.store.update_job(id, change).await {
             tracing::error!(job = id, %error, "cannot record a job change");
             return;
@@ -966,6 +1001,42 @@ impl Follower {
             End::SocketLost => self.resolve_without_socket().await,
             End::Stopped => {}
         }
+        self.settle().await;
+    }
+
+    /// Once the run is over: the charge is settled at what the nodes reported, a node that reported nothing at its
+    /// estimate (it may still have been charged). Until then the reservation holds the whole estimate, so a price
+    /// reported by one node never frees budget another node of the run may still spend.
+    async fn settle(&self) {
+        if self.prices.is_empty() {
+            return;
+        }
+        let Ok(Some(job)) = self.jobs.store.job(&self.job_id).await else {
+            return;
+        };
+        let reported: i64 = self.prices.values().sum();
+        let unreported: i64 = job
+            .approval
+            .as_ref()
+            .and_then(|a| a["paidNodes"].as_array())
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["id"]
+                    .as_str()
+                    .is_none_or(|id| !self.prices.contains_key(id))
+            })
+            .filter_map(|n| n["priceUsd"].as_f64())
+            .map(|usd| (usd * 1_000_000.0).round() as i64)
+            .sum();
+        if let Err(error) = self
+            .jobs
+            .store
+            .settle_charge(&self.job_id, reported + unreported, reported)
+            .await
+        {
+            tracing::error!(job = %self.job_id, %error, "cannot settle a paid job's charge");
+        }
     }
 
     /// A binary frame: previews are dropped here; a paid node's progress text with its price is the job's actual
@@ -981,7 +1052,12 @@ impl Follower {
             return;
         }
         let total = self.prices.values().sum();
-        if let Err(error) = self.jobs.store.settle_charge(&self.job_id, total).await {
+        if let Err(error) = self
+            .jobs
+            .store
+            .record_actual_cost(&self.job_id, total)
+            .await
+        {
             tracing::error!(job = %self.job_id, %error, "cannot record what a paid job cost");
             return;
         }

@@ -34,11 +34,39 @@ const BFL_PATHS: [(&str, &str); 7] = [
     ("FluxProDepthNode", "/proxy/bfl/flux-pro-1.0-depth/generate"),
 ];
 
-/// A paid node that failed, as its `execution_error` names it.
+/// A paid node that failed, as its `execution_error` names it: ComfyUI puts the node's inputs into
+/// `current_inputs`, its hidden ones (the Comfy.org credentials among them) included.
 pub struct NodeFailure {
     pub node_id: String,
     pub node_type: String,
     pub message: String,
+    pub current_inputs: Value,
+}
+
+/// A node's hidden inputs as ComfyUI fills them (`execution.py` `get_input_data`): V3 nodes declare
+/// `api_key_comfy_org: ["API_KEY_COMFY_ORG"]`, V1 nodes `comfy_api_key: "API_KEY_COMFY_ORG"`.
+fn hidden_inputs(object_info: &Value, class: &str, id: &str, extra_data: &Value) -> Value {
+    let mut inputs = Map::new();
+    for (name, spec) in object_info[class]["input"]["hidden"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        let kind = spec
+            .as_str()
+            .or_else(|| spec[0].as_str())
+            .unwrap_or_default();
+        let value = match kind {
+            "API_KEY_COMFY_ORG" => extra_data["api_key_comfy_org"].clone(),
+            "AUTH_TOKEN_COMFY_ORG" => extra_data["auth_token_comfy_org"].clone(),
+            "UNIQUE_ID" => json!(id),
+            _ => Value::Null,
+        };
+        if !value.is_null() {
+            inputs.insert(name.clone(), json!([value]));
+        }
+    }
+    Value::Object(inputs)
 }
 
 /// The paid nodes of `prompt`, in id order: `(id, class)`.
@@ -54,6 +82,7 @@ pub fn paid_nodes(object_info: &Value, prompt: &Map<String, Value>) -> Vec<(Stri
 
 /// Runs the paid nodes: one call each to the API base; answers each node's progress text, or the first failure.
 pub async fn run(
+    object_info: &Value,
     base: Option<&str>,
     nodes: &[(String, String)],
     extra_data: &Value,
@@ -66,6 +95,7 @@ pub async fn run(
             node_id: id.clone(),
             node_type: class.clone(),
             message,
+            current_inputs: hidden_inputs(object_info, class, id, extra_data),
         };
         if key.is_none() && token.is_none() {
             return Err(fail(
@@ -96,6 +126,7 @@ pub async fn run(
             .request(request)
             .await
             .map_err(|e| fail(format!("The Comfy.org API cannot be reached: {e}")))?;
+        let status = response.status();
         let bytes = response
             .into_body()
             .collect()
@@ -103,6 +134,12 @@ pub async fn run(
             .map_err(|e| fail(e.to_string()))?
             .to_bytes();
         let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(fail(format!(
+                "The Comfy.org API refused the request ({status}): {}",
+                answer["message"].as_str().unwrap_or("refused")
+            )));
+        }
         if let Some(price) = answer["price"].as_f64() {
             texts.push((id.clone(), format!("Price: ${price:.4}")));
         }

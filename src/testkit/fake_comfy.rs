@@ -1249,7 +1249,14 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
     let paid = super::fake_api_nodes::paid_nodes(&shared.object_info, &nodes);
     if !paid.is_empty() {
         let base = shared.comfy_api_base.lock().unwrap().clone();
-        match super::fake_api_nodes::run(base.as_deref(), &paid, &item.extra_data).await {
+        match super::fake_api_nodes::run(
+            &shared.object_info,
+            base.as_deref(),
+            &paid,
+            &item.extra_data,
+        )
+        .await
+        {
             Ok(texts) => {
                 for (node, text) in texts {
                     let frame = crate::jobs::price::text_frame(&node, &text);
@@ -1263,7 +1270,7 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
             Err(failure) => {
                 let data = json!({"prompt_id": item.prompt_id, "node_id": failure.node_id, "node_type": failure.node_type,
                     "executed": [], "exception_message": failure.message, "exception_type": "Exception",
-                    "traceback": [], "current_inputs": {}, "current_outputs": [], "timestamp": now_ms()});
+                    "traceback": [], "current_inputs": failure.current_inputs, "current_outputs": [], "timestamp": now_ms()});
                 messages.push(json!(["execution_error", data]));
                 record_history(shared, item, Map::new(), messages, false);
                 send_event(
@@ -1384,7 +1391,7 @@ fn record_history(
         .collect();
     // ComfyUI keeps the prompt in its history without the Comfy.org credentials (`task_done`); `/queue` has them.
     let mut prompt = item.to_json();
-    crate::comfy::credentials::strip(&mut prompt);
+    crate::comfy::credentials::strip(&mut prompt, None);
     let entry = json!({
         "prompt": prompt,
         "outputs": outputs,

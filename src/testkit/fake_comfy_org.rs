@@ -25,6 +25,8 @@ pub struct Call {
 struct Shared {
     calls: Mutex<Vec<Call>>,
     price_usd: Mutex<f64>,
+    /// Answer every call with this status (a moderation refusal, say).
+    refuse: Mutex<Option<u16>>,
 }
 
 pub struct FakeComfyOrg {
@@ -42,6 +44,7 @@ impl FakeComfyOrg {
         let shared = Arc::new(Shared {
             calls: Mutex::default(),
             price_usd: Mutex::new(0.06),
+            refuse: Mutex::new(None),
         });
         let app = Router::new()
             .fallback(any(record))
@@ -69,6 +72,11 @@ impl FakeComfyOrg {
         self.shared.calls.lock().unwrap().len()
     }
 
+    /// Refuse every call with `status` (`None`: answer again).
+    pub fn set_refuse(&self, status: Option<u16>) {
+        *self.shared.refuse.lock().unwrap() = status;
+    }
+
     /// The price each answer reports.
     pub fn set_price(&self, usd: f64) {
         *self.shared.price_usd.lock().unwrap() = usd;
@@ -81,7 +89,7 @@ impl Drop for FakeComfyOrg {
     }
 }
 
-async fn record(State(shared): State<Arc<Shared>>, request: Request) -> impl IntoResponse {
+async fn record(State(shared): State<Arc<Shared>>, request: Request) -> axum::response::Response {
     let header = |name: &str| {
         request
             .headers()
@@ -95,6 +103,14 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> impl Int
         bearer: header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)),
     };
     shared.calls.lock().unwrap().push(call);
+    if let Some(status) = *shared.refuse.lock().unwrap() {
+        let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        return (
+            status,
+            axum::Json(json!({ "message": "content moderated" })),
+        )
+            .into_response();
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let price = *shared.price_usd.lock().unwrap();
     axum::Json(json!({
@@ -102,4 +118,5 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> impl Int
         "polling_url": format!("/proxy/bfl/get_result?id={id}"),
         "price": price,
     }))
+    .into_response()
 }

@@ -61,6 +61,19 @@ async fn post(app: &TestApp, path: &str, body: &Value, key: Option<&str>) -> (u1
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A dry run of `workflow`, and the body that runs it with the dry run's token.
+async fn confirmed(app: &TestApp, workflow: &Value) -> Value {
+    let (status, dry) = post(
+        app,
+        "/api/jobs",
+        &json!({ "workflow": workflow, "dryRun": true }),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    json!({ "workflow": workflow, "confirmToken": dry["confirmToken"] })
+}
+
 /// The prompt ComfyUI's editor posts: the graph, its client id and the signed-in user's credentials.
 fn editor_prompt(workflow: &Value) -> Value {
     json!({ "prompt": workflow, "client_id": "editor-1",
@@ -206,11 +219,12 @@ async fn a_paid_job_runs_once_per_confirmation_with_the_servers_key() {
         || async { app.get_json(&format!("/api/jobs/{id}")).await["actual_cost_usd"] == 0.055 },
     )
     .await;
-    assert_eq!(
-        app.get_json("/api/flux/budget").await["spent"],
-        0.055,
-        "settled at the price reported"
-    );
+    wait_until(
+        Duration::from_secs(5),
+        "the charge is settled at the price reported",
+        || async { app.get_json("/api/flux/budget").await["spent"] == 0.055 },
+    )
+    .await;
 
     let calls = org.calls();
     assert_eq!(calls.len(), 1, "one call for one confirmation");
@@ -341,21 +355,7 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
     let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
 
     let workflow = paid_workflow("keys stay home");
-    let (_, dry) = post(
-        &app,
-        "/api/jobs",
-        &json!({ "workflow": workflow, "dryRun": true }),
-        None,
-    )
-    .await;
-    let token = dry["confirmToken"].as_str().unwrap();
-    let (status, created) = post(
-        &app,
-        "/api/jobs",
-        &json!({ "workflow": workflow, "confirmToken": token }),
-        None,
-    )
-    .await;
+    let (status, created) = post(&app, "/api/jobs", &confirmed(&app, &workflow).await, None).await;
     assert_eq!(status, 202);
     let id = created["id"].as_str().unwrap().to_owned();
     // ComfyUI 0.3.64 shows the running prompt's extra_data, the server's key included, in /queue.
@@ -459,14 +459,7 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
 async fn twenty_concurrent_confirms_under_one_idempotency_key_make_one_call() {
     let Rig { comfy, org, app } = rig(true, |_| {}).await;
     let workflow = paid_workflow("double click");
-    let (_, dry) = post(
-        &app,
-        "/api/jobs",
-        &json!({ "workflow": workflow, "dryRun": true }),
-        None,
-    )
-    .await;
-    let body = json!({ "workflow": workflow, "confirmToken": dry["confirmToken"] });
+    let body = confirmed(&app, &workflow).await;
     let answers = futures_util::future::join_all(
         (0..20).map(|_| post(&app, "/api/jobs", &body, Some("click-7"))),
     )
@@ -537,17 +530,7 @@ async fn fifty_concurrent_paid_requests_of_flux_and_paid_nodes_never_overshoot_o
         paid["confirmToken"] = dry["confirmToken"].clone();
         requests.push(("/api/flux/generate", paid));
         let workflow = paid_workflow(&format!("node {n}"));
-        let (_, dry) = post(
-            &app,
-            "/api/jobs",
-            &json!({ "workflow": workflow, "dryRun": true }),
-            None,
-        )
-        .await;
-        requests.push((
-            "/api/jobs",
-            json!({ "workflow": workflow, "confirmToken": dry["confirmToken"] }),
-        ));
+        requests.push(("/api/jobs", confirmed(&app, &workflow).await));
     }
     let answers = futures_util::future::join_all(
         requests
@@ -611,20 +594,7 @@ async fn a_paid_job_is_never_moved_to_another_comfyui() {
     )
     .await;
     let workflow = paid_workflow("must not move");
-    let (_, dry) = post(
-        &app,
-        "/api/jobs",
-        &json!({ "workflow": workflow, "dryRun": true }),
-        None,
-    )
-    .await;
-    let (status, paid) = post(
-        &app,
-        "/api/jobs",
-        &json!({ "workflow": workflow, "confirmToken": dry["confirmToken"] }),
-        None,
-    )
-    .await;
+    let (status, paid) = post(&app, "/api/jobs", &confirmed(&app, &workflow).await, None).await;
     assert_eq!(status, 202, "{paid}");
     let paid_id = paid["id"].as_str().unwrap();
     // A free one behind it, which may move.
@@ -796,4 +766,87 @@ async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
     assert_eq!(settled["error"]["code"], "submit_interrupted");
     assert_eq!(queued(&comfy), 0);
     assert_eq!(org.call_count(), 0);
+}
+
+/// A prompt in another charset is not judged as UTF-8 and forwarded for ComfyUI to read otherwise: a UTF-7 body
+/// hides whole nodes (and a key) inside what UTF-8 reads as one string.
+#[tokio::test]
+async fn a_prompt_in_another_charset_is_refused() {
+    let Rig { comfy, org, app } = rig(true, |_| {}).await;
+    let hidden =
+        r#"{"prompt":{"3":{"class_type":"SaveImage","inputs":{"filename_prefix":"+ACIAfQB9-"}}}}"#;
+    for charset in ["utf-7", "UTF-16", "\"latin1\""] {
+        let response = app
+            .http
+            .post(app.url("/api/comfy/prompt"))
+            .header(
+                "content-type",
+                format!("application/json; charset={charset}"),
+            )
+            .body(hidden)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 415, "{charset}");
+    }
+    let response = app
+        .http
+        .post(app.url("/api/comfy/prompt"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(serde_json::to_string(&json!({ "prompt": free_workflow() })).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(queued(&comfy), 1);
+    assert_eq!(org.call_count(), 0);
+}
+
+/// A V1 API node (OpenAI's DALL·E 3 here) that fails: ComfyUI's `execution_error` echoes its inputs, the hidden
+/// `comfy_api_key` filled with the server's key included. The key reaches no history answer, job row or page (the
+/// WebSocket relay masks it too: `comfy::ws` tests).
+#[tokio::test]
+async fn a_failed_paid_node_never_shows_the_servers_key() {
+    let Rig { comfy, org, app } = rig(true, |_| {}).await;
+    org.set_refuse(Some(400));
+    comfy.set_step_delay(Duration::from_millis(100));
+    let workflow = json!({
+        "1": {"class_type": "OpenAIDalle3", "inputs": {"prompt": "a refused idea"}},
+        "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "v1", "images": ["1", 0]}},
+    });
+    let (status, created) = post(&app, "/api/jobs", &confirmed(&app, &workflow).await, None).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let failed = wait_for(&app, &id, "failed").await;
+    let direct: Value = reqwest::get(format!("{}/history", comfy.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        direct.to_string().contains(SERVER_KEY),
+        "the fake echoes the key as ComfyUI does: {direct}"
+    );
+    let mut seen = failed.to_string();
+    for path in [
+        "/api/comfy/history",
+        "/api/comfy/api/history",
+        &format!("/api/jobs/{id}"),
+        &format!("/jobs/{id}"),
+    ] {
+        seen.push_str(
+            &app.http
+                .get(app.url(path))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(seen.contains("refused"), "{seen}");
+    assert!(!seen.contains(SERVER_KEY), "{seen}");
+    assert_eq!(org.calls()[0].api_key.as_deref(), Some(SERVER_KEY));
 }

@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 
-use super::{BudgetUsage, IdempotencyClaim, NewJob, Store, StoreError, day_usage};
+use super::{
+    BudgetUsage, IdempotencyClaim, NewJob, Store, StoreError, claim_key, day_usage, use_token,
+};
 use crate::jobs::model::{Job, JobStatus, now};
 
 /// An approval to record: the price a person confirmed for a job that waits for it.
@@ -91,18 +93,7 @@ impl Store {
             return Ok(Approval::OverBudget(usage));
         }
         let at = now();
-        let token_taken = sqlx::query(
-            "INSERT INTO used_confirmations (token_id, job_id, used_at) VALUES (?, ?, ?) \
-             ON CONFLICT (token_id) DO NOTHING",
-        )
-        .bind(approve.token_id)
-        .bind(approve.job_id)
-        .bind(&at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 0;
-        if token_taken {
+        if !use_token(&mut tx, approve.token_id, approve.job_id, &at).await? {
             tx.rollback().await?;
             return Ok(Approval::TokenUsed);
         }
@@ -115,17 +106,8 @@ impl Store {
         .bind(&at)
         .execute(&mut *tx)
         .await?;
-        if let Some(claim) = approve.idempotency {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(claim.scope)
-            .bind(claim.key)
-            .bind(claim.fingerprint)
-            .bind(approve.job_id)
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?;
+        if let Some(claim) = &approve.idempotency {
+            claim_key(&mut tx, claim, approve.job_id, &at).await?;
         }
         sqlx::query(
             "UPDATE jobs SET status = 'queued', cost_micros = ?2, approval = ?3 WHERE id = ?1",
@@ -143,9 +125,28 @@ impl Store {
         Ok(Approval::Approved(Box::new(job)))
     }
 
-    /// What a paid job really cost, as its provider reported it: recorded on the job, and its charge settled at
-    /// that amount (spent).
-    pub async fn settle_charge(&self, job_id: &str, actual_micros: i64) -> Result<(), StoreError> {
+    /// What a paid job has been reported to cost so far, while it runs; its charge is left as it is.
+    pub async fn record_actual_cost(
+        &self,
+        job_id: &str,
+        actual_micros: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET actual_cost_micros = ?2 WHERE id = ?1")
+            .bind(job_id)
+            .bind(actual_micros)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A paid job's charge settled once its cost is known: `charge_micros` spent against the day, `actual_micros`
+    /// (what the provider reported) recorded on the job.
+    pub async fn settle_charge(
+        &self,
+        job_id: &str,
+        charge_micros: i64,
+        actual_micros: i64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE jobs SET actual_cost_micros = ?2 WHERE id = ?1")
             .bind(job_id)
@@ -156,7 +157,7 @@ impl Store {
             "UPDATE charges SET amount_micros = ?2, state = 'spent', updated_at = ?3 WHERE job_id = ?1",
         )
         .bind(job_id)
-        .bind(actual_micros)
+        .bind(charge_micros)
         .bind(now())
         .execute(&mut *tx)
         .await?;

@@ -493,32 +493,12 @@ impl Store {
         .bind(&created)
         .execute(&mut *tx)
         .await?;
-        let token_taken = sqlx::query(
-            "INSERT INTO used_confirmations (token_id, job_id, used_at) VALUES (?, ?, ?) \
-             ON CONFLICT (token_id) DO NOTHING",
-        )
-        .bind(paid.token_id)
-        .bind(&id)
-        .bind(&created)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 0;
-        if token_taken {
+        if !use_token(&mut tx, paid.token_id, &id, &created).await? {
             tx.rollback().await?;
             return Ok(Reservation::TokenUsed);
         }
         if let Some(claim) = paid.idempotency {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(claim.scope)
-            .bind(claim.key)
-            .bind(claim.fingerprint)
-            .bind(&id)
-            .bind(&created)
-            .execute(&mut *tx)
-            .await?;
+            claim_key(&mut tx, &claim, &id, &created).await?;
         }
         tx.commit().await?;
         let job = self
@@ -638,6 +618,46 @@ impl Store {
 type IdempotencyRow = (String, Option<String>, Option<i64>, Option<String>);
 
 /// The day's spent and reserved sums, on the pool or inside a transaction.
+/// Records a confirmation token as used by `job_id`; `false` when it already paid for a job.
+async fn use_token(
+    tx: &mut sqlx::SqliteConnection,
+    token_id: &str,
+    job_id: &str,
+    at: &str,
+) -> Result<bool, StoreError> {
+    let taken = sqlx::query(
+        "INSERT INTO used_confirmations (token_id, job_id, used_at) VALUES (?, ?, ?) \
+         ON CONFLICT (token_id) DO NOTHING",
+    )
+    .bind(token_id)
+    .bind(job_id)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(taken == 1)
+}
+
+/// Claims an idempotency key for `job_id`.
+async fn claim_key(
+    tx: &mut sqlx::SqliteConnection,
+    claim: &IdempotencyClaim<'_>,
+    job_id: &str,
+    at: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(claim.scope)
+    .bind(claim.key)
+    .bind(claim.fingerprint)
+    .bind(job_id)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 async fn day_usage<'e>(
     executor: impl sqlx::SqliteExecutor<'e>,
     day: &str,
