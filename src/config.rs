@@ -427,6 +427,15 @@ pub struct RateLimitConfig {
     pub burst: u32,
 }
 
+/// Variables that hold secrets: never handed to a process Orchestrator starts. `DATABASE_URL` may hold a password.
+pub const SECRET_VARIABLES: [&str; 5] = [
+    "BFL_API_KEY",
+    "V0_API_KEY",
+    "COMFY_ORG_API_KEY",
+    "ORCHESTRATOR_TOKEN",
+    "DATABASE_URL",
+];
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -1084,12 +1093,23 @@ impl Config {
             }
             (None, None) => return None,
         };
+        let env_remove = SECRET_VARIABLES
+            .iter()
+            .map(|name| (*name).to_owned())
+            .chain(
+                self.sources
+                    .iter()
+                    .filter(|(_, source)| **source == "dotenv")
+                    .map(|(name, _)| name.clone()),
+            )
+            .collect();
         Some(crate::service::LaunchSpec {
             service_name: service.name.clone(),
             program,
             args,
             working_dir: service.comfy_dir.clone(),
             log_file: service.log_file.clone(),
+            env_remove,
         })
     }
 

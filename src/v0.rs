@@ -330,6 +330,7 @@ fn clean_response_headers(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove("x-session-token");
+    crate::comfy::proxy::remove_cors(headers);
 }
 
 #[cfg(test)]

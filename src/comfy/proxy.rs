@@ -133,6 +133,7 @@ impl ComfyGateway {
 
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        remove_cors(&mut parts.headers);
         let body = IdleTimeout::new(body, self.settings.idle_timeout, "ComfyUI response body")
             .on_route(route);
         Ok(Response::from_parts(parts, Body::new(body)))
@@ -457,6 +458,19 @@ pub fn normalise_path(raw: &str) -> Option<String> {
 
 /// Removes the hop-by-hop headers (RFC 9110 §7.6.1): the fixed list and every name the `Connection` header
 /// lists. In place, because rebuilding the map costs an allocation per header on every request.
+/// Drops an upstream's CORS headers (`Access-Control-*`): whether another site may read an answer is
+/// Orchestrator's to say (it says no), not ComfyUI's (`--enable-cors-header`) or v0's.
+pub fn remove_cors(headers: &mut HeaderMap) {
+    let cors: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in cors {
+        headers.remove(name);
+    }
+}
+
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests carry none: one pass over the names is cheaper than nine failed removals.
     if !headers

@@ -53,6 +53,49 @@ impl GuardPolicy {
         self.extra_hosts.contains(&name)
     }
 
+    /// [`GuardPolicy::check`] plus the rules that depend on the route: `TRACE` is answered by no route and forwarded
+    /// nowhere; `/api/v0/*` answers with what the server's v0 key can read, so a cross-site request is refused
+    /// there whatever its method (a GET included).
+    pub fn check_request(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
+        if method == Method::TRACE {
+            return Err(ApiError::MethodNotAllowed {
+                method: method.to_string(),
+            });
+        }
+        self.check(method, headers)?;
+        if path == "/api/v0" || path.starts_with("/api/v0/") {
+            self.refuse_cross_site(headers)?;
+        }
+        Ok(())
+    }
+
+    fn refuse_cross_site(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if fetch_site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+            return Err(ApiError::CrossOrigin {
+                origin: origin_of(headers),
+            });
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let same = origin.to_str().ok().is_some_and(|o| same_origin(o, host));
+            if !same {
+                return Err(ApiError::CrossOrigin {
+                    origin: origin_of(headers),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
         let host = headers
             .get(header::HOST)
@@ -73,20 +116,7 @@ impl GuardPolicy {
         }
 
         if changes_state(method) || is_websocket_upgrade(headers) {
-            let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-            if fetch_site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
-                return Err(ApiError::CrossOrigin {
-                    origin: origin_of(headers),
-                });
-            }
-            if let Some(origin) = headers.get(header::ORIGIN) {
-                let same = origin.to_str().ok().is_some_and(|o| same_origin(o, host));
-                if !same {
-                    return Err(ApiError::CrossOrigin {
-                        origin: origin_of(headers),
-                    });
-                }
-            }
+            self.refuse_cross_site(headers)?;
         }
         Ok(())
     }
@@ -98,7 +128,7 @@ pub async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
-    match policy.check(request.method(), request.headers()) {
+    match policy.check_request(request.method(), request.uri().path(), request.headers()) {
         Ok(()) => next.run(request).await,
         Err(refusal) => refusal.into_response(),
     }

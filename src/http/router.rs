@@ -50,7 +50,11 @@ impl App {
         if (path == "/api/comfy" || path.starts_with("/api/comfy/")) && !is_own_comfy_route(path) {
             let Self { state, policy, .. } = self;
             return log_request_with(request, move |request| async move {
-                match policy.check(request.method(), request.headers()) {
+                match policy.check_request(
+                    request.method(),
+                    request.uri().path(),
+                    request.headers(),
+                ) {
                     Ok(()) => comfy_gateway(State(state), request).await,
                     Err(refusal) => refusal.into_response(),
                 }

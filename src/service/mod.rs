@@ -103,6 +103,9 @@ pub struct LaunchSpec {
     pub working_dir: Option<PathBuf>,
     /// Where ComfyUI's stdout and stderr go (the log viewer tails it).
     pub log_file: PathBuf,
+    /// Variables of Orchestrator's own environment the child must not get: its secrets, and everything its `.env`
+    /// set (those are Orchestrator's configuration, not ComfyUI's).
+    pub env_remove: Vec<String>,
 }
 
 /// The default command line for ComfyUI in `comfy_dir`, listening where `COMFY_URL` says.

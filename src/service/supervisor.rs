@@ -225,6 +225,9 @@ impl Actor {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             command.env("PYTHONUNBUFFERED", "1");
+            for name in &self.spec.env_remove {
+                command.env_remove(name);
+            }
             if let Some(dir) = &self.spec.working_dir {
                 command.current_dir(dir);
             }

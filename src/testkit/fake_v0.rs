@@ -39,9 +39,19 @@ impl FakeV0 {
             requests: Mutex::default(),
             release: Notify::new(),
         });
+        // v0 lets any site read its answers (`Access-Control-Allow-Origin: *`); Orchestrator must not pass that on.
         let app = Router::new()
             .fallback(any(handle))
-            .with_state(shared.clone());
+            .with_state(shared.clone())
+            .layer(axum::middleware::map_response(
+                |mut response: axum::response::Response| async move {
+                    response.headers_mut().insert(
+                        "access-control-allow-origin",
+                        http::HeaderValue::from_static("*"),
+                    );
+                    response
+                },
+            ));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)

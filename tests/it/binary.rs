@@ -930,3 +930,76 @@ async fn a_paid_workflow_from_the_cli_asks_first_and_no_comfy_org_key_is_ever_sh
             .all(|p| !p.to_string().contains(EDITOR_KEY))
     );
 }
+
+/// The supervised ComfyUI (here a `COMFY_COMMAND` that writes its environment out) runs without Orchestrator's
+/// secrets and without anything Orchestrator's `.env` set, yet with the rest of the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervised_comfy_gets_no_secret_and_nothing_from_dotenv() {
+    let dir = tempfile::tempdir().unwrap();
+    let dumped = dir.path().join("child-env.txt");
+    std::fs::write(
+        dir.path().join(".env"),
+        "MODELS_DIR=/from/the/dotenv/file\n",
+    )
+    .unwrap();
+    let command_json = serde_json::json!([
+        "sh",
+        "-c",
+        format!("env > '{}'; exec sleep 60", dumped.display())
+    ])
+    .to_string();
+    let token = "a-token-of-orchestrator-0123456789";
+    let database = format!(
+        "sqlite://{}",
+        dir.path().join("data").join("orchestrator.db").display()
+    );
+    let env = [
+        ("SERVICE_BACKEND", "supervised"),
+        ("COMFY_COMMAND", command_json.as_str()),
+        ("BFL_API_KEY", BFL_KEY),
+        ("V0_API_KEY", V0_KEY),
+        ("COMFY_ORG_API_KEY", COMFY_ORG_KEY),
+        ("ORCHESTRATOR_TOKEN", token),
+        ("DATABASE_URL", database.as_str()),
+        ("KEPT_FOR_COMFY", "yes"),
+    ];
+    let served = Served::start_with(dir.path(), "http://127.0.0.1:9", &env);
+    let started = crate::support::client()
+        .post(served.url("/api/system/comfy/start"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.status().is_success(),
+        "{}",
+        started.text().await.unwrap()
+    );
+    wait_until(Duration::from_secs(15), "the child wrote its environment", || {
+        let dumped = dumped.clone();
+        async move { std::fs::read_to_string(&dumped).is_ok_and(|t| t.contains("KEPT_FOR_COMFY")) }
+    })
+    .await;
+    let child_env = std::fs::read_to_string(&dumped).unwrap();
+    for (name, value) in [
+        ("BFL_API_KEY", BFL_KEY),
+        ("V0_API_KEY", V0_KEY),
+        ("COMFY_ORG_API_KEY", COMFY_ORG_KEY),
+        ("ORCHESTRATOR_TOKEN", token),
+        ("DATABASE_URL", database.as_str()),
+        ("MODELS_DIR", "/from/the/dotenv/file"),
+    ] {
+        assert!(
+            !child_env.contains(value),
+            "{name} reached the child:\n{child_env}"
+        );
+    }
+    assert!(child_env.contains("KEPT_FOR_COMFY=yes") && child_env.contains("PYTHONUNBUFFERED=1"));
+    let stopped = crate::support::client()
+        .post(served.url("/api/system/comfy/stop"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(stopped.status().is_success());
+}

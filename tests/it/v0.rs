@@ -161,3 +161,69 @@ async fn validate_tells_a_good_key_from_a_bad_one_and_an_unreachable_api() {
         "v0_unreachable"
     );
 }
+
+/// A GET of `/api/v0/*` carries the server's v0 key, so another site's page must not read its answer: a foreign
+/// `Origin` or `Sec-Fetch-Site: cross-site` is refused whatever the method, nothing reaches v0, and v0's own
+/// `Access-Control-Allow-Origin: *` never reaches a client. `TRACE` is forwarded nowhere.
+#[tokio::test]
+async fn no_other_site_reads_what_the_v0_key_fetches() {
+    let v0 = FakeV0::start(KEY).await;
+    let comfy = orchestrator::testkit::fake_comfy::FakeComfy::start().await;
+    let app = TestApp::spawn_with(&comfy.url(), {
+        let url = v0.url();
+        move |s| {
+            s.v0_api_key = Some(KEY.into());
+            s.v0_base_url = url;
+            s.paid_rate_limit_per_min = "100000".into();
+            s.paid_rate_limit_burst = "1000".into();
+        }
+    })
+    .await;
+    let cross = [
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    for (name, value) in cross {
+        let response = app
+            .http
+            .get(app.url("/api/v0/user"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{name}: {value}");
+        assert_eq!(
+            error_code(&response.json().await.unwrap()),
+            "cross_origin_refused"
+        );
+    }
+    assert!(v0.requests().is_empty(), "nothing reached v0");
+    let same = app
+        .http
+        .get(app.url("/api/v0/user"))
+        .header("origin", app.origin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), 200);
+    assert!(
+        same.headers()
+            .keys()
+            .all(|name| !name.as_str().starts_with("access-control-")),
+        "{:?}",
+        same.headers()
+    );
+    assert_eq!(v0.requests().len(), 1);
+
+    for path in ["/api/v0/user", "/api/comfy/queue"] {
+        let response = app
+            .http
+            .request(reqwest::Method::TRACE, app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{path}");
+    }
+    assert_eq!(v0.requests().len(), 1);
+    assert!(comfy.requests().iter().all(|r| r.method != "TRACE"));
+}
