@@ -21,7 +21,6 @@ fn main() {
     let gate = Gate::new(
         Arc::new(Confirmer::new(Duration::from_secs(600))),
         true,
-        true,
         1_000_000,
     );
     // A big graph of free nodes, each with a few literal inputs and a link, and one paid node at the end.

@@ -368,6 +368,18 @@ fn summary(fields: &serde_json::Map<String, Value>) -> String {
 }
 
 impl ApiError {
+    /// 402: the day's budget (all in millionths of a dollar) cannot cover `price`.
+    pub fn budget_exceeded(price: i64, limit: i64, spent: i64, reserved: i64) -> Self {
+        let usd = |micros: i64| micros as f64 / 1_000_000.0;
+        Self::BudgetExceeded {
+            price: usd(price),
+            limit: usd(limit),
+            spent: usd(spent),
+            reserved: usd(reserved),
+            left: usd((limit - spent - reserved).max(0)),
+        }
+    }
+
     /// A 422 naming one field.
     pub fn invalid(field: &str, problem: impl Into<String>) -> Self {
         let mut fields = serde_json::Map::new();

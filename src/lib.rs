@@ -104,7 +104,6 @@ impl AppState {
             gate: jobs::gate::Gate::new(
                 confirmer.clone(),
                 config.flux.allow_generation,
-                config.comfy_org.api_key.is_some(),
                 config.comfy_org.paid_node_max_micros,
             ),
             api_key: config.comfy_org.api_key.clone(),

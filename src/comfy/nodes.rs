@@ -103,10 +103,6 @@ impl NodeCatalog {
         Self { classes }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.classes.is_empty()
-    }
-
     pub fn get(&self, class: &str) -> Option<&NodeClass> {
         self.classes.get(class)
     }

@@ -20,7 +20,7 @@ use super::confirm::{Confirmer, TokenProblem};
 use crate::config::FluxConfig;
 use crate::error::ApiError;
 use crate::jobs::key_locks::KeyLocks;
-use crate::jobs::model::{Job, JobStatus, OutputFile};
+use crate::jobs::model::{Job, JobStatus, OutputFile, today};
 use crate::jobs::runner::{Jobs, finished};
 use crate::jobs::store::{
     IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError,
@@ -153,7 +153,7 @@ impl Flux {
             });
         }
         if let Some(key) = idempotency_key
-            && (key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()))
+            && !crate::jobs::key_locks::is_valid_key(key)
         {
             return Err(ApiError::invalid(
                 "Idempotency-Key",
@@ -312,13 +312,12 @@ impl Flux {
         let job = match self.store().reserve_paid_job(paid).await {
             Ok(Reservation::Reserved(job)) => *job,
             Ok(Reservation::OverBudget(usage)) => {
-                return Err(ApiError::BudgetExceeded {
-                    price: usd(price),
-                    limit: usd(limit),
-                    spent: usd(usage.spent),
-                    reserved: usd(usage.reserved),
-                    left: usd((limit - usage.spent - usage.reserved).max(0)),
-                });
+                return Err(ApiError::budget_exceeded(
+                    price,
+                    limit,
+                    usage.spent,
+                    usage.reserved,
+                ));
             }
             Ok(Reservation::TokenUsed) => return Err(refused(TokenProblem::Used)),
             Err(error) => return Err(ApiError::internal(error)),
@@ -645,11 +644,5 @@ fn error_after_job(error: &ApiError) -> bool {
 
 /// What an idempotency key binds to: the validated request, so key order and camelCase spellings do not matter.
 fn fingerprint(request: &ValidRequest) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, request.canonical().as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The UTC day a charge counts against.
-fn today() -> String {
-    chrono::Utc::now().format("%Y-%m-%d").to_string()
+    crate::jobs::key_locks::fingerprint(request.canonical().as_bytes())
 }

@@ -23,19 +23,6 @@ use crate::jobs::gate::Assessment;
 /// The largest answer that is checked for credentials; ComfyUI's history is capped at 10,000 prompts.
 const MAX_ECHO_BYTES: usize = 256 * 1024 * 1024;
 
-/// Whether `path` (below `/api/comfy`, still percent-encoded) is ComfyUI's prompt route: aiohttp decodes the path
-/// before it matches routes, so every spelling of `/prompt` counts.
-pub fn is_prompt_route(path: &str) -> bool {
-    let mut route = percent_encoding::percent_decode_str(path)
-        .decode_utf8_lossy()
-        .into_owned();
-    while route.contains("//") {
-        route = route.replace("//", "/");
-    }
-    let route = route.strip_prefix("/api").unwrap_or(&route);
-    route.trim_end_matches('/') == "/prompt"
-}
-
 /// `POST /prompt` through the gateway.
 pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -> Response {
     let (mut parts, body) = request.into_parts();
@@ -268,26 +255,4 @@ pub async fn clear_echo(response: Response, secret: Option<&str>) -> Response {
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     Response::from_parts(parts, Body::from(body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_spelling_of_the_prompt_route() {
-        for path in [
-            "/prompt",
-            "/api/prompt",
-            "/prompt/",
-            "//prompt",
-            "/%70rompt",
-            "/ap%69/prompt",
-        ] {
-            assert!(is_prompt_route(path), "{path}");
-        }
-        for path in ["/queue", "/prompts", "/api/prompt/x", "/history"] {
-            assert!(!is_prompt_route(path), "{path}");
-        }
-    }
 }

@@ -18,7 +18,7 @@ use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
 use super::{comfy_money, jobs, model_paths, openapi, paid, rate_limit, system};
 use crate::AppState;
-use crate::comfy::ws;
+use crate::comfy::{credentials, ws};
 use crate::error::{ApiError, ApiResult};
 use crate::ui;
 
@@ -267,12 +267,12 @@ async fn comfy_gateway(State(state): State<AppState>, request: Request) -> Respo
     {
         return ApiError::UnsupportedMediaType.into_response();
     }
-    if request.method() == http::Method::POST && comfy_money::is_prompt_route(&path) {
+    // What ComfyUI's router will match, worked out once: the money rules depend on it.
+    let route = credentials::comfy_route(&path);
+    if request.method() == http::Method::POST && credentials::is_prompt_route(&route) {
         return comfy_money::post_prompt(&state, request, &path).await;
     }
-    let echoes_prompts = crate::comfy::credentials::answer_may_echo_prompts(
-        &percent_encoding::percent_decode_str(&path).decode_utf8_lossy(),
-    );
+    let echoes_prompts = credentials::answer_may_echo_prompts(&route);
     let mut request = request;
     if echoes_prompts {
         comfy_money::prepare_echo_request(&mut request);

@@ -73,21 +73,14 @@ impl Assessment {
 pub struct Gate {
     confirmer: Arc<Confirmer>,
     pub allow_generation: bool,
-    pub has_api_key: bool,
     ceiling_micros: i64,
 }
 
 impl Gate {
-    pub fn new(
-        confirmer: Arc<Confirmer>,
-        allow_generation: bool,
-        has_api_key: bool,
-        ceiling_micros: i64,
-    ) -> Self {
+    pub fn new(confirmer: Arc<Confirmer>, allow_generation: bool, ceiling_micros: i64) -> Self {
         Self {
             confirmer,
             allow_generation,
-            has_api_key,
             ceiling_micros,
         }
     }
@@ -213,7 +206,6 @@ mod tests {
     fn gate() -> Gate {
         Gate::new(
             Arc::new(Confirmer::new(Duration::from_secs(60))),
-            true,
             true,
             1_000_000,
         )

@@ -4,6 +4,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// An `Idempotency-Key` as Stripe takes them: 1 to 255 visible ASCII characters.
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// What an `Idempotency-Key` binds to: the SHA-256 of the request's canonical text, in hex.
+pub fn fingerprint(canonical: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, canonical);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Default)]
 pub struct KeyLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 

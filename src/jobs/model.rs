@@ -93,6 +93,11 @@ pub struct Job {
     pub finished_at: Option<String>,
 }
 
+/// The UTC day a charge counts against, `YYYY-MM-DD`.
+pub fn today() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
 /// The current time as stored: RFC 3339, UTC, microseconds, so that text order is time order.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::gate::{Assessment, Gate};
 use super::key_locks::KeyLocks;
-use super::model::{Job, JobStatus};
+use super::model::{Job, JobStatus, today};
 use super::runner::{JobError, Jobs, Upload};
 use super::store::{Approval, ApproveJob, IdempotencyClaim, NewJob, PaidJob, Reservation};
 use crate::comfy::credentials;
@@ -76,16 +76,11 @@ fn unclassified(problem: Unclassified) -> JobError {
     }
 }
 
-fn today() -> String {
-    chrono::Utc::now().format("%Y-%m-%d").to_string()
-}
-
 /// The workflow a token binds: input images by their content, as their names in ComfyUI differ at each upload.
 fn bound_workflow(workflow: &Value, uploads: &[Upload]) -> Value {
     let mut bound = workflow.clone();
     for upload in uploads {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &upload.bytes);
-        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let hex = super::key_locks::fingerprint(&upload.bytes);
         for (node, input) in &upload.targets {
             if let Some(inputs) = bound
                 .get_mut(node)
@@ -100,11 +95,7 @@ fn bound_workflow(workflow: &Value, uploads: &[Upload]) -> Value {
 }
 
 fn fingerprint(bound: &Value) -> String {
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        super::gate::canonical(bound).as_bytes(),
-    );
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    super::key_locks::fingerprint(super::gate::canonical(bound).as_bytes())
 }
 
 impl Jobs {
@@ -171,7 +162,7 @@ impl Jobs {
                 details: assessment.approval_json(),
             }));
         }
-        if !self.gate().has_api_key {
+        if self.money.api_key.is_none() {
             return Err(refused(ApiError::NotConfigured {
                 code: "comfy_org_not_configured",
                 what: "Comfy.org API nodes (COMFY_ORG_API_KEY)",
@@ -333,13 +324,12 @@ impl Jobs {
 
     fn over_budget(&self, assessment: &Assessment, usage: super::store::BudgetUsage) -> JobError {
         let limit = self.money.daily_budget_micros;
-        refused(ApiError::BudgetExceeded {
-            price: usd(assessment.total_micros),
-            limit: usd(limit),
-            spent: usd(usage.spent),
-            reserved: usd(usage.reserved),
-            left: usd((limit - usage.spent - usage.reserved).max(0)),
-        })
+        refused(ApiError::budget_exceeded(
+            assessment.total_micros,
+            limit,
+            usage.spent,
+            usage.reserved,
+        ))
     }
 
     /// The first answer under an idempotency key, when there was one for the same request.
@@ -562,9 +552,9 @@ impl Jobs {
     }
 }
 
-/// An `Idempotency-Key` as Stripe takes them.
+/// An `Idempotency-Key`, or the 422 naming it.
 fn check_key(key: &str) -> Result<(), JobError> {
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if !super::key_locks::is_valid_key(key) {
         return Err(refused(ApiError::invalid(
             "Idempotency-Key",
             "must be 1 to 255 visible ASCII characters (a UUID is a good key)",
