@@ -534,7 +534,7 @@ impl Settings {
             ));
         }
 
-        let data_dir = PathBuf::from(self.data_dir.trim());
+        let data_dir = absolute(self.data_dir.trim());
         if self.data_dir.trim().is_empty() {
             problems.push("DATA_DIR (--data-dir): must not be empty".to_string());
         }
@@ -783,7 +783,7 @@ impl Settings {
             .as_deref()
             .map(str::trim)
             .filter(|d| !d.is_empty())
-            .map(PathBuf::from);
+            .map(absolute);
         let command = match self
             .comfy_command
             .as_deref()
@@ -824,10 +824,8 @@ impl Settings {
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
-            Some(path) => PathBuf::from(path),
-            None => PathBuf::from(self.data_dir.trim())
-                .join("logs")
-                .join("comfyui.log"),
+            Some(path) => absolute(path),
+            None => data_dir.join("logs").join("comfyui.log"),
         };
 
         let log_format = match self
@@ -894,7 +892,7 @@ impl Settings {
                     .as_deref()
                     .map(str::trim)
                     .filter(|d| !d.is_empty())
-                    .map(PathBuf::from),
+                    .map(absolute),
                 flux: FluxConfig {
                     allow_generation,
                     api_key: optional_secret(&self.bfl_api_key),
@@ -1154,6 +1152,13 @@ fn parse_backend(raw: &str) -> Result<ComfyBackend, &'static str> {
         return Err("must be a base URL without a path or query");
     }
     Ok(ComfyBackend { scheme, authority })
+}
+
+/// `path` made absolute against the working directory Orchestrator started in. Every folder it hands to another
+/// program (NSSM, a systemd unit, the supervised child's working directory) must be: NSSM opens `AppStdout` from
+/// its own working directory, so `./data\logs\comfyui.log` there is another file than the one the log viewer reads.
+fn absolute(path: &str) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path))
 }
 
 #[cfg(test)]

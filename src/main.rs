@@ -306,7 +306,11 @@ fn terminal(command: impl std::future::Future<Output = Result<String, String>>) 
     };
     match runtime.block_on(command) {
         Ok(text) => {
-            println!("{text}");
+            // A command with nothing to say prints nothing: `orchestrator mcp` owns stdout for its messages, and
+            // even a blank line there is a malformed MCP message.
+            if !text.is_empty() {
+                println!("{text}");
+            }
             ExitCode::SUCCESS
         }
         Err(message) => {

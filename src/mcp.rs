@@ -514,6 +514,29 @@ fn resource_links(job: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The job id and output name of a resource URI (after its prefix), decoded, or `None` for anything that is not
+/// exactly one job's one output. Both are percent-encoded again, every byte but letters and digits, before they go
+/// into the API path: a name such as `..\..\health` or `..%2Fhealth` must not walk out of the job's outputs (an
+/// HTTP client reads `\` as `/` and folds `..`).
+fn resource_parts(rest: &str) -> Option<(String, String)> {
+    let (id, name) = rest.split_once("/outputs/")?;
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    let (id, name) = (decode(id)?, decode(name)?);
+    let plain = |part: &str| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && !part.contains(['/', '\\'])
+            && !part.chars().any(char::is_control)
+    };
+    (plain(&id) && plain(&name)).then_some((id, name))
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for OrchestratorMcp {
     fn get_info(&self) -> ServerConfig {
@@ -580,11 +603,8 @@ impl ServerHandler for OrchestratorMcp {
             .uri
             .strip_prefix(RESOURCE_PREFIX)
             .ok_or_else(not_found)?;
-        let (id, name) = rest.split_once("/outputs/").ok_or_else(not_found)?;
-        if id.is_empty() || name.is_empty() || id.contains('/') || name.contains('/') {
-            return Err(not_found());
-        }
-        let path = format!("/api/jobs/{}/outputs/{name}", encode(id));
+        let (id, name) = resource_parts(rest).ok_or_else(not_found)?;
+        let path = format!("/api/jobs/{}/outputs/{}", encode(&id), encode(&name));
         let (mime_type, bytes) = self.api.bytes(&path).await.map_err(|_| not_found())?;
         let contents = if bytes.len() <= MAX_INLINE_BYTES {
             json!({ "uri": request.uri, "mimeType": mime_type,

@@ -875,6 +875,19 @@ pub fn merged_file(existing: &str, base_path: &Path) -> String {
     text
 }
 
+/// The 1-based line of Orchestrator's start marker when no end marker follows it.
+fn unclosed_section(text: &str) -> Option<usize> {
+    let mut open = None;
+    for (number, line) in text.lines().enumerate() {
+        match line.trim_end() {
+            SECTION_START if open.is_none() => open = Some(number + 1),
+            SECTION_END => open = None,
+            _ => {}
+        }
+    }
+    open
+}
+
 /// The problems of `text` read as the file in `base_dir` would be.
 fn problems_of(text: &str, base_dir: &Path) -> Vec<Problem> {
     let mut report = Report {
@@ -960,12 +973,18 @@ fn create_default_locked(
     };
     let text = if file.exists() {
         let mut broken = errors(&check(file).problems);
+        let existing = std::fs::read_to_string(file).unwrap_or_default();
+        if let Some(line) = unclosed_section(&existing) {
+            // The merge drops everything between the markers: without an end marker that is every line after
+            // the start, the user's own sections included.
+            broken.push(format!(
+                "Orchestrator's section starts on line {line} but its end marker ({SECTION_END:?}) is missing, \
+                 so replacing the section would drop every line after it; put the end marker back"
+            ));
+        }
         let mut merged = String::new();
         if broken.is_empty() {
-            merged = merged_file(
-                &std::fs::read_to_string(file).unwrap_or_default(),
-                base_path,
-            );
+            merged = merged_file(&existing, base_path);
             // Sections laid out so that a block section cannot follow them (indented, or in flow style) would
             // make the merge a file ComfyUI fails on: that file is refused the same way.
             let dir = file.parent().unwrap_or(Path::new("."));

@@ -1225,6 +1225,8 @@ impl Follower {
             .await
             .map_err(ApiError::internal)?;
         let mut outputs = Vec::new();
+        // Each file ComfyUI lists once, by where it is (a node may list the same file under two keys).
+        let mut fetched: Vec<(&str, &str, &str)> = Vec::new();
         for node_output in entry["outputs"]
             .as_object()
             .into_iter()
@@ -1236,17 +1238,23 @@ impl Follower {
                     let Some(filename) = file["filename"].as_str() else {
                         continue;
                     };
-                    let name = safe_file_name(filename);
-                    if outputs.iter().any(|o: &OutputFile| o.name == name) {
+                    let subfolder = file["subfolder"].as_str().unwrap_or("");
+                    let kind = file["type"].as_str().unwrap_or("output");
+                    if fetched.contains(&(filename, subfolder, kind)) {
                         continue;
                     }
+                    fetched.push((filename, subfolder, kind));
+                    let taken = |name: &str| outputs.iter().any(|o: &OutputFile| o.name == name);
+                    let Some(name) = output_name(filename, subfolder, taken) else {
+                        continue;
+                    };
                     let Some(target) = crate::fs_safe::new_file_in(&dir, &name) else {
                         continue;
                     };
                     let query = serde_urlencoded_query(&[
                         ("filename", filename),
-                        ("subfolder", file["subfolder"].as_str().unwrap_or("")),
-                        ("type", file["type"].as_str().unwrap_or("output")),
+                        ("subfolder", subfolder),
+                        ("type", kind),
                     ]);
                     let (size, content_type) =
                         self.gateway.download("/view", &query, &target).await?;
@@ -1402,6 +1410,39 @@ pub fn safe_file_name(name: &str) -> String {
     }
 }
 
+/// The name an output is kept under: ComfyUI's own file name, or, when another output of the job already has it
+/// (the same name in another subfolder: two SaveImage nodes with prefixes `a/x` and `b/x`), the subfolder joined in
+/// front (`b-x_00001_.png`), then a number. `None` when nothing of the name is left to keep.
+fn output_name(filename: &str, subfolder: &str, taken: impl Fn(&str) -> bool) -> Option<String> {
+    let name = safe_file_name(filename);
+    if name.is_empty() {
+        return None;
+    }
+    if !taken(&name) {
+        return Some(name);
+    }
+    let folders: Vec<String> = subfolder
+        .split(['/', '\\'])
+        .map(safe_file_name)
+        .filter(|part| !part.is_empty())
+        .collect();
+    let mut candidate = if folders.is_empty() {
+        name.clone()
+    } else {
+        format!("{}-{name}", folders.join("-"))
+    };
+    let (stem, extension) = match candidate.rsplit_once('.') {
+        Some((stem, extension)) if !stem.is_empty() => (stem.to_owned(), format!(".{extension}")),
+        _ => (candidate.clone(), String::new()),
+    };
+    let mut number = 2;
+    while taken(&candidate) {
+        candidate = format!("{stem}-{number}{extension}");
+        number += 1;
+    }
+    Some(candidate)
+}
+
 fn serde_urlencoded_query(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
@@ -1419,6 +1460,30 @@ fn serde_urlencoded_query(pairs: &[(&str, &str)]) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn same_named_outputs_in_other_subfolders_are_all_kept() {
+        let kept = ["x_00001_.png".to_owned(), "b-x_00001_.png".to_owned()];
+        let taken = |name: &str| kept.iter().any(|k| k == name);
+        assert_eq!(output_name("y.png", "b", taken).unwrap(), "y.png");
+        assert_eq!(
+            output_name("x_00001_.png", "b", taken).unwrap(),
+            "b-x_00001_-2.png"
+        );
+        assert_eq!(
+            output_name("x_00001_.png", "c/d", taken).unwrap(),
+            "c-d-x_00001_.png"
+        );
+        assert_eq!(
+            output_name("x_00001_.png", "", taken).unwrap(),
+            "x_00001_-2.png"
+        );
+        assert_eq!(
+            output_name("x_00001_.png", "..", taken).unwrap(),
+            "x_00001_-2.png"
+        );
+        assert_eq!(output_name("..", "a", taken), None);
+    }
 
     #[test]
     fn output_names_cannot_climb() {

@@ -142,7 +142,8 @@ struct Shared {
     /// When non-zero, a sampler's recorded progress is replaced by this many steps, one a millisecond.
     progress_steps: AtomicU64,
     number: AtomicU64,
-    file_counter: AtomicU64,
+    /// SaveImage's counters, per subfolder and file name stem.
+    file_counters: Mutex<HashMap<(String, String), u64>>,
     /// Set by `/interrupt`; the worker checks it between events.
     interrupt: AtomicBool,
     requests: Mutex<VecDeque<RecordedRequest>>,
@@ -222,7 +223,7 @@ impl FakeComfy {
             step_delay_ms: AtomicU64::new(2),
             progress_steps: AtomicU64::new(0),
             number: AtomicU64::new(0),
-            file_counter: AtomicU64::new(0),
+            file_counters: Mutex::new(HashMap::new()),
             interrupt: AtomicBool::new(false),
             requests: Mutex::new(VecDeque::new()),
             request_count: AtomicU64::new(0),
@@ -1005,7 +1006,10 @@ async fn view(
             )
                 .into_response()
         }
-        name => match shared.files.lock().unwrap().get(name) {
+        name => match shared.files.lock().unwrap().get(&file_key(
+            query.get("subfolder").map(String::as_str).unwrap_or(""),
+            name,
+        )) {
             Some(bytes) => (
                 [
                     (header::CONTENT_TYPE, "image/png".to_owned()),
@@ -1329,20 +1333,24 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
                         .as_str()
                         .unwrap_or_default()
                         .to_owned();
-                    let prefix = nodes
-                        .get(&node)
-                        .and_then(|n| n["inputs"]["filename_prefix"].as_str())
-                        .unwrap_or("ComfyUI");
-                    let counter = shared.file_counter.fetch_add(1, Ordering::SeqCst) + 1;
-                    // As ComfyUI's get_save_image_path: a prefix "a/b" saves b_00001_.png in the subfolder "a".
-                    let (subfolder, stem) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-                    let filename = format!("{stem}_{counter:05}_.png");
-                    shared
-                        .files
-                        .lock()
-                        .unwrap()
-                        .insert(filename.clone(), Bytes::from_static(OUTPUT_PNG));
-                    let output = json!({"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]});
+                    // The recorded run has one SaveImage; any other SaveImage of this workflow saves too, each
+                    // with its own `executed` message, as ComfyUI runs every output node.
+                    let mut savers: Vec<String> = nodes
+                        .iter()
+                        .filter(|(id, n)| **id != node && n["class_type"] == "SaveImage")
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    savers.sort();
+                    for other in savers {
+                        let mut extra = event.clone();
+                        extra["data"]["node"] = json!(other);
+                        extra["data"]["display_node"] = json!(other);
+                        let output = save_output(shared, &nodes, &other);
+                        extra["data"]["output"] = output.clone();
+                        outputs.insert(other, output);
+                        send_event(shared, item, extra);
+                    }
+                    let output = save_output(shared, &nodes, &node);
                     event["data"]["output"] = output.clone();
                     outputs.insert(node, output);
                 }
@@ -1370,6 +1378,40 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
             _ => continue,
         }
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// What a SaveImage node writes, as ComfyUI's `get_save_image_path`: a prefix "a/b" saves `b_00001_.png` in the
+/// subfolder "a", the counter counting per folder and name, so two prefixes "a/x" and "b/x" both give
+/// `x_00001_.png`, in different subfolders.
+fn save_output(shared: &Shared, nodes: &Map<String, Value>, node: &str) -> Value {
+    let prefix = nodes
+        .get(node)
+        .and_then(|n| n["inputs"]["filename_prefix"].as_str())
+        .unwrap_or("ComfyUI");
+    let (subfolder, stem) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+    let counter = {
+        let mut counters = shared.file_counters.lock().unwrap();
+        let counter = counters
+            .entry((subfolder.to_owned(), stem.to_owned()))
+            .or_insert(0);
+        *counter += 1;
+        *counter
+    };
+    let filename = format!("{stem}_{counter:05}_.png");
+    shared.files.lock().unwrap().insert(
+        file_key(subfolder, &filename),
+        Bytes::from_static(OUTPUT_PNG),
+    );
+    json!({"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
+}
+
+/// Where the fake keeps a file: its name, under its subfolder when it has one.
+fn file_key(subfolder: &str, filename: &str) -> String {
+    if subfolder.is_empty() {
+        filename.to_owned()
+    } else {
+        format!("{subfolder}/{filename}")
     }
 }
 

@@ -350,6 +350,68 @@ fn service_dry_runs_print_the_exact_plan() {
     assert!(run("supervised", &["install", "--dry-run"]).contains("needs no installation"));
 }
 
+/// A relative `DATA_DIR` and `COMFY_DIR` are resolved against the folder Orchestrator starts in before they reach
+/// another program: NSSM opens `AppStdout` from its own working directory, so a relative log path there is a
+/// different file than the one the log viewer reads.
+#[test]
+fn relative_folders_reach_service_plans_and_config_as_absolute_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    std::fs::create_dir(dir.join("ComfyUI")).unwrap();
+    std::fs::write(dir.join("ComfyUI/main.py"), "").unwrap();
+    let run = |backend: &str, args: &[&str]| {
+        let output = command(
+            &dir,
+            &[
+                ("SERVICE_BACKEND", backend),
+                ("COMFY_DIR", "ComfyUI"),
+                ("DATA_DIR", "./data"),
+            ],
+        )
+        .args(args)
+        .output()
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let log = dir.join("data").join("logs").join("comfyui.log");
+    let nssm = run("windows", &["service", "install", "--dry-run"]);
+    assert!(
+        nssm.contains(&format!("AppStdout {}\n", log.display())),
+        "{nssm}"
+    );
+    assert!(
+        nssm.contains(&format!("AppStderr {}\n", log.display())),
+        "{nssm}"
+    );
+    assert!(
+        nssm.contains(&format!("AppDirectory {}", dir.join("ComfyUI").display())),
+        "{nssm}"
+    );
+    let unit = run("systemd", &["service", "install", "--dry-run"]);
+    assert!(
+        unit.contains(&format!("StandardOutput=append:{}", log.display())),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(&format!(
+            "WorkingDirectory={}",
+            dir.join("ComfyUI").display()
+        )),
+        "{unit}"
+    );
+    let config = run("supervised", &["config"]);
+    assert!(
+        config.contains(&format!("data_dir: {:?}", dir.join("data"))),
+        "{config}"
+    );
+    assert!(!config.contains("\"./data"), "{config}");
+}
+
 #[test]
 fn service_logs_prints_the_tail() {
     let dir = tempfile::tempdir().unwrap();

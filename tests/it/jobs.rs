@@ -121,6 +121,54 @@ async fn a_workflow_runs_to_success_with_its_output_on_disk() {
     assert_eq!(missing.status(), 404);
 }
 
+/// Two SaveImage nodes with prefixes `a/x` and `b/x` each write `x_00001_.png`, in different subfolders (ComfyUI
+/// counts per folder): the job keeps both files, each with its own bytes' name.
+#[tokio::test]
+async fn outputs_with_one_name_in_two_subfolders_are_both_kept() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let mut graph = workflow(7);
+    graph["3"]["inputs"]["filename_prefix"] = json!("a/x");
+    graph["4"] = json!({ "class_type": "SaveImage",
+                         "inputs": { "filename_prefix": "b/x", "images": ["2", 0] } });
+    let response = submit(&app, json!({ "workflow": graph })).await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = wait_for_job(&app, &id, Duration::from_secs(10), "succeeded").await;
+    let mut names: Vec<&str> = done["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b-x_00001_.png", "x_00001_.png"], "{done}");
+    let dir = app.data_dir.join("outputs").join(&id);
+    for output in done["outputs"].as_array().unwrap() {
+        let served = app
+            .http
+            .get(app.url(output["url"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served.status(), 200);
+        assert_eq!(served.bytes().await.unwrap().as_ref(), OUTPUT_PNG);
+        assert!(dir.join(output["name"].as_str().unwrap()).is_file());
+    }
+    // Both were fetched from their own subfolder.
+    let views: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/view")
+        .filter_map(|r| r.query)
+        .collect();
+    assert!(views.iter().any(|q| q.contains("subfolder=a")), "{views:?}");
+    assert!(views.iter().any(|q| q.contains("subfolder=b")), "{views:?}");
+}
+
 #[tokio::test]
 async fn bad_requests_are_422_naming_each_field() {
     let fake = FakeComfy::start_with_models(&[("checkpoints", "mine.safetensors")]).await;

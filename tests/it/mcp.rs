@@ -195,6 +195,23 @@ async fn a_template_job_runs_to_its_outputs_which_are_resources() {
         .decode(blob)
         .unwrap();
     assert_eq!(bytes, orchestrator::testkit::fake_comfy::OUTPUT_PNG);
+    // A name that walks out of the job's outputs reads nothing: not the health answer, not another job's file.
+    for name in [
+        "..\\..\\..\\health",
+        "..%5C..%5C..%5Chealth",
+        "..%2F..%2F..%2Fhealth",
+        "%2E%2E%2F%2E%2E%2F%2E%2E%2Fhealth",
+        "..",
+        "%2E%2E",
+    ] {
+        let uri = format!("orchestrator://jobs/{id}/outputs/{name}");
+        let read = client
+            .read_resource(
+                serde_json::from_value::<ReadResourceRequestParams>(json!({ "uri": uri })).unwrap(),
+            )
+            .await;
+        assert!(read.is_err(), "{uri} read {read:?}");
+    }
     let (ok, _) = call(&client, "cancel_job", json!({ "id": id })).await;
     assert!(!ok, "a finished job cannot be cancelled");
     client.cancel().await.unwrap();
@@ -406,6 +423,75 @@ async fn the_stdio_server_calls_the_running_orchestrator() {
         bfl.requests()
     );
     client.cancel().await.unwrap();
+}
+
+/// `orchestrator mcp` writes nothing to stdout but MCP messages, one JSON object a line, not even a blank line
+/// when its input ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stdio_server_writes_only_mcp_messages() {
+    use tokio::io::AsyncWriteExt;
+    let comfy = FakeComfy::start().await;
+    let app = TestApp::spawn(&comfy.url()).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .arg("mcp")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ORCH_BIND", app.addr.to_string())
+        .env("DATA_DIR", &app.data_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let messages = [
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": { "name": "test", "version": "1" } } }),
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+        json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" }),
+    ];
+    for message in messages {
+        stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    let out = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
+    let mut seen = Vec::new();
+    // Read until the tools answer arrives, then close stdin so the server ends, and read the rest.
+    let deadline = std::time::Duration::from_secs(20);
+    while let Some(line) = tokio::time::timeout(deadline, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        let answered = line.contains("\"tools\"");
+        seen.push(line);
+        if answered {
+            break;
+        }
+    }
+    drop(stdin);
+    while let Some(line) = tokio::time::timeout(deadline, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        seen.push(line);
+    }
+    let status = tokio::time::timeout(deadline, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(seen.len() >= 2, "{seen:?}");
+    for line in &seen {
+        let message: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not an MCP message on stdout: {line:?} ({e})"));
+        assert_eq!(message["jsonrpc"], "2.0", "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

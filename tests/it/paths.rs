@@ -171,6 +171,68 @@ async fn a_refused_file_is_reported_and_left_as_it_is() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), hostile);
 }
 
+/// A file where Orchestrator's start marker lost its end marker (a hand edit, a paste): merging would drop every
+/// line after the marker, the user's own sections with it, so the write is refused and nothing changes.
+#[tokio::test]
+async fn a_start_marker_without_its_end_is_refused_and_nothing_written() {
+    let comfy = FakeComfy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(model_paths::FILE_NAME);
+    let created = model_paths::create_default(&file, Path::new("/models"), false, false).unwrap();
+    assert!(created.created);
+    let whole = std::fs::read_to_string(&file).unwrap();
+    let end = whole.lines().last().unwrap().to_owned();
+    assert!(end.starts_with("# <<<"), "{whole}");
+    let half = format!(
+        "{}\nmine:\n    base_path: /srv/mine\n    loras: loras/\n",
+        whole.replace(&format!("{end}\n"), "")
+    );
+    std::fs::write(&file, &half).unwrap();
+    let app = app_for(&comfy, dir.path(), Some(dir.path())).await;
+    let (status, answer) = post(
+        &app,
+        "/api/comfy/create-default-paths",
+        &json!({ "base_path": "/models/new" }),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&answer).as_str()),
+        (409, "model_paths_unparsable"),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["details"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("end marker"),
+        "{answer}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), half);
+    assert_eq!(
+        names_in(dir.path()),
+        vec![model_paths::FILE_NAME.to_owned()],
+        "no backup either"
+    );
+    // With the end marker back the same write keeps the user's section.
+    std::fs::write(
+        &file,
+        format!("{whole}mine:\n    base_path: /srv/mine\n    loras: loras/\n"),
+    )
+    .unwrap();
+    let (status, _) = post(
+        &app,
+        "/api/comfy/create-default-paths",
+        &json!({ "base_path": "/models/new" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let now = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        now.contains("/srv/mine") && now.contains("/models/new"),
+        "{now}"
+    );
+}
+
 #[tokio::test]
 async fn without_comfy_dir_the_file_has_no_place() {
     let comfy = FakeComfy::start().await;

@@ -60,7 +60,10 @@ impl Store {
             .map_err(StoreError::BadUrl)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is on disk before it returns, so a reservation, a used token or an idempotency claim
+            // survives a power loss (NORMAL in WAL mode may lose the last commits). Orchestrator writes a few rows a
+            // second at most; the extra fsync per commit costs nothing it would notice.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -793,6 +796,18 @@ mod tests {
         let store = Store::open(&url).await.expect("created");
         assert!(file.exists());
         assert_eq!(store.journal_mode().await.unwrap(), "wal");
+        // Every connection of the pool commits with synchronous=FULL (2), not the WAL default NORMAL (1).
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut connection = store.pool.acquire().await.unwrap();
+            let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(&mut *connection)
+                .await
+                .unwrap();
+            assert_eq!(level, 2, "synchronous=FULL on every connection");
+            held.push(connection);
+        }
+        drop(held);
         let objects = store.schema_objects().await.unwrap();
         for name in [
             "jobs",
