@@ -50,6 +50,16 @@ pub struct Settings {
     )]
     pub bind: String,
 
+    /// Address of ComfyUI's editor, on an origin of its own so its scripts (and every custom node's) cannot act
+    /// as the panel; `off` serves no editor.
+    #[arg(
+        long,
+        env = "ORCH_COMFY_BIND",
+        default_value = "127.0.0.1:3001",
+        global = true
+    )]
+    pub comfy_bind: String,
+
     /// Serving threads (one event loop each); `auto` is one per core.
     #[arg(long, env = "ORCH_WORKERS", default_value = "auto", global = true)]
     pub workers: String,
@@ -72,6 +82,11 @@ pub struct Settings {
         global = true
     )]
     pub max_connections: String,
+
+    /// Longest time one event stream (`/api/events`, `/api/jobs/{id}/events`) stays open, in seconds; the client
+    /// then reconnects with `Last-Event-ID` and misses nothing (EventSource does so by itself). 0: no limit.
+    #[arg(long, env = "ORCH_EVENTS_MAX_SECS", default_value = "0", global = true)]
+    pub events_max_secs: String,
 
     /// Extra `Host` names accepted besides the loopback names (comma list).
     #[arg(long, env = "ORCH_ALLOWED_HOSTS", global = true)]
@@ -440,12 +455,16 @@ pub const SECRET_VARIABLES: [&str; 5] = [
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind: SocketAddr,
+    /// Where ComfyUI's editor is served, on its own origin; `None` when it is `off`.
+    pub editor_bind: Option<SocketAddr>,
     /// Serving threads, each with its own event loop and upstream pool.
     pub workers: usize,
     /// A client's time to send a request head; also a new connection's time to send its first one.
     pub header_read_timeout: Duration,
     /// Client connections open at once, across every serving thread.
     pub max_connections: usize,
+    /// How long one event stream stays open before the client is asked to reconnect; `None`: as long as it likes.
+    pub events_max: Option<Duration>,
     /// Lower-cased extra `Host` names; loopback names are always allowed.
     pub allowed_hosts: Vec<String>,
     pub token: Option<Secret>,
@@ -498,6 +517,33 @@ impl Settings {
             }
         };
 
+        let editor_bind = match self.comfy_bind.trim() {
+            "off" | "" => None,
+            raw => match raw.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(format!(
+                        "ORCH_COMFY_BIND (--comfy-bind) = {:?}: expected an IP address and port such as \
+                         127.0.0.1:3001, or off",
+                        self.comfy_bind
+                    ));
+                    None
+                }
+            },
+        };
+        if let (Some(editor), Some(panel)) = (editor_bind, bind)
+            && editor.port() != 0
+            && editor.port() == panel.port()
+            && (editor.ip() == panel.ip()
+                || editor.ip().is_unspecified()
+                || panel.ip().is_unspecified())
+        {
+            problems.push(format!(
+                "ORCH_COMFY_BIND (--comfy-bind) = {editor}: the editor needs an address of its own, not the panel's \
+                 ({panel})"
+            ));
+        }
+
         let allowed_hosts = split_list(self.allowed_hosts.as_deref().unwrap_or(""))
             .filter_map(|host| match valid_host_name(host) {
                 true => Some(host.to_ascii_lowercase()),
@@ -531,6 +577,20 @@ impl Settings {
         {
             problems.push(format!(
                 "ORCHESTRATOR_TOKEN (--token): required because ORCH_BIND = {addr} is not a loopback address"
+            ));
+        }
+        if let Some(addr) = editor_bind
+            && !addr.ip().is_loopback()
+            && bind.is_some_and(|panel| panel.ip().is_loopback())
+            && self
+                .token
+                .as_deref()
+                .map(str::trim)
+                .unwrap_or("")
+                .is_empty()
+        {
+            problems.push(format!(
+                "ORCHESTRATOR_TOKEN (--token): required because ORCH_COMFY_BIND = {addr} is not a loopback address"
             ));
         }
 
@@ -579,6 +639,18 @@ impl Settings {
                 .push("COMFY_URL (--comfy-url): at least one ComfyUI URL is required".to_string());
         }
 
+        let events_max = match self.events_max_secs.trim().parse::<u64>() {
+            Ok(0) => None,
+            Ok(secs) if secs <= 86_400 => Some(Duration::from_secs(secs)),
+            _ => {
+                problems.push(format!(
+                    "ORCH_EVENTS_MAX_SECS (--events-max-secs) = {:?}: expected a whole number from 0 (no limit) to \
+                     86400",
+                    self.events_max_secs
+                ));
+                None
+            }
+        };
         let mut positive = |name: &str, flag: &str, raw: &str, max: u64| -> u64 {
             match raw.trim().parse::<u64>() {
                 Ok(n) if n >= 1 && n <= max => n,
@@ -854,9 +926,11 @@ impl Settings {
         match (problems.is_empty(), bind) {
             (true, Some(bind)) => Ok(Config {
                 bind,
+                editor_bind,
                 workers,
                 header_read_timeout: Duration::from_secs(header_read_secs),
                 max_connections: max_connections as usize,
+                events_max,
                 allowed_hosts,
                 token,
                 data_dir,
@@ -959,12 +1033,21 @@ impl Config {
         let flux = &self.flux;
         vec![
             ("ORCH_BIND", self.bind.to_string()),
+            (
+                "ORCH_COMFY_BIND",
+                self.editor_bind
+                    .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            ),
             ("ORCH_WORKERS", self.workers.to_string()),
             (
                 "ORCH_HEADER_READ_TIMEOUT_SECS",
                 secs(self.header_read_timeout),
             ),
             ("ORCH_MAX_CONNECTIONS", self.max_connections.to_string()),
+            (
+                "ORCH_EVENTS_MAX_SECS",
+                self.events_max.map_or(0, |d| d.as_secs()).to_string(),
+            ),
             ("ORCH_ALLOWED_HOSTS", self.allowed_hosts.join(",")),
             ("ORCHESTRATOR_TOKEN", secret(&self.token)),
             ("DATA_DIR", self.data_dir.display().to_string()),

@@ -20,6 +20,14 @@ pub enum ApiError {
     #[error("a valid token is required (Authorization: Bearer …)")]
     Unauthorized,
 
+    /// A ComfyUI page, script, style sheet, SVG or XML asked for on the panel's origin, where it could act as the
+    /// panel: it is served on the editor's origin only.
+    #[error("ComfyUI's pages and scripts are not served on the panel's origin; {}", match editor {
+        Some(url) => format!("open ComfyUI's editor at {url}"),
+        None => "the editor's own origin is off (ORCH_COMFY_BIND=off)".to_owned(),
+    })]
+    EditorOriginOnly { editor: Option<String> },
+
     #[error("this route expects a JSON body (Content-Type: application/json)")]
     UnsupportedMediaType,
 
@@ -156,7 +164,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::HostNotAllowed { .. } | Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
+            Self::HostNotAllowed { .. }
+            | Self::CrossOrigin { .. }
+            | Self::EditorOriginOnly { .. } => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -202,6 +212,7 @@ impl ApiError {
         match self {
             Self::HostNotAllowed { .. } => "host_not_allowed",
             Self::CrossOrigin { .. } => "cross_origin_refused",
+            Self::EditorOriginOnly { .. } => "editor_origin_only",
             Self::Unauthorized => "unauthorized",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
@@ -247,6 +258,7 @@ impl ApiError {
         match self {
             Self::HostNotAllowed { host } => json!({ "host": host }),
             Self::CrossOrigin { origin } => json!({ "origin": origin }),
+            Self::EditorOriginOnly { editor } => json!({ "editor": editor }),
             Self::PayloadTooLarge { limit } => json!({ "limit_bytes": limit }),
             Self::ComfyUnreachable { upstream } | Self::ComfyOffline { upstream, .. } => {
                 json!({ "upstream": upstream })
@@ -311,7 +323,7 @@ pub struct ErrorBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable and snake_case; clients branch on it. Among them: `host_not_allowed`, `cross_origin_refused`,
-    /// `unauthorized`, `unsupported_media_type`, `payload_too_large`, `invalid_body`, `invalid_path`, `not_found`,
+    /// `unauthorized`, `editor_origin_only`, `unsupported_media_type`, `payload_too_large`, `invalid_body`, `invalid_path`, `not_found`,
     /// `method_not_allowed`, `validation_failed`, `comfy_unreachable`, `comfy_timeout`, `comfy_offline`, `comfy_bad_response`,
     /// `comfy_rejected`, `job_not_found`, `job_finished`, `job_not_cancellable`, `output_not_found`,
     /// `log_not_found`, `generation_disabled`, `flux_not_configured`, `v0_not_configured`,

@@ -15,6 +15,7 @@
 //! [`run`] serves on a listener the caller bound, so tests pass `127.0.0.1:0`; [`run_per_core`] is what the
 //! binary runs: one single-threaded runtime per core.
 
+pub mod background;
 pub mod cli;
 pub mod comfy;
 pub mod config;
@@ -70,6 +71,8 @@ pub struct AppInner {
     pub status_cache: Arc<status::StatusCache>,
     /// The address the server really listens on (known once bound), for the MCP tools' calls back to the API.
     pub local_addr: Arc<std::sync::OnceLock<SocketAddr>>,
+    /// The address ComfyUI's editor really listens on, once bound.
+    pub editor_local_addr: Arc<std::sync::OnceLock<SocketAddr>>,
 }
 
 impl Deref for AppState {
@@ -133,6 +136,7 @@ impl AppState {
             paid_limiter,
             status_cache: Arc::default(),
             local_addr: Arc::default(),
+            editor_local_addr: Arc::default(),
         }))
     }
 
@@ -151,7 +155,17 @@ impl AppState {
             paid_limiter: self.paid_limiter.clone(),
             status_cache: self.status_cache.clone(),
             local_addr: self.local_addr.clone(),
+            editor_local_addr: self.editor_local_addr.clone(),
         }))
+    }
+
+    /// Where ComfyUI's editor is served: the bound address once known, else the configured one; `None` when off.
+    pub fn editor_addr(&self) -> Option<SocketAddr> {
+        self.config.editor_bind?;
+        self.editor_local_addr
+            .get()
+            .copied()
+            .or(self.config.editor_bind)
     }
 
     fn new_gateway(config: &Config) -> ComfyGateway {
@@ -199,18 +213,69 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     })?;
     let store = Store::open(config.database_url.expose()).await?;
     let state = AppState::new(config, paths, store);
-    tokio::spawn(state.jobs.clone().reconcile());
-    tokio::spawn(state.flux.clone().reconcile());
+    let background = state.jobs.background();
+    background.spawn(state.jobs.clone().reconcile());
+    background.spawn(state.flux.clone().reconcile());
     if state.service.supervisor().is_some() {
-        tokio::spawn(watch_for_hangs(state.clone()));
+        let watching = state.clone();
+        let stop = background.clone();
+        background.spawn(async move {
+            tokio::select! {
+                () = watch_for_hangs(watching) => {}
+                () = stop.stopping() => {}
+            }
+        });
     }
     Ok(state)
 }
 
-/// Opens the store and serves the panel and API on `listener`, in the caller's runtime, until `shutdown` resolves.
+/// Opens the store and serves the panel and API on `listener`, and ComfyUI's editor on `ORCH_COMFY_BIND`, in the
+/// caller's runtime, until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let editor = bind_editor(&config).await?;
+    run_with_editor(config, listener, editor, shutdown).await
+}
+
+/// Binds the editor's listener, when it is not `off`.
+async fn bind_editor(config: &Config) -> Result<Option<TcpListener>, RunError> {
+    let Some(addr) = config.editor_bind else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| RunError::Bind { addr, source })
+}
+
+/// A shutdown signal every listener can wait on.
+type Shutdown = futures_util::future::Shared<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>;
+
+fn shared(shutdown: impl Future<Output = ()> + Send + 'static) -> Shutdown {
+    futures_util::FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<_>>)
+}
+
+/// Serves ComfyUI's editor on its own listener until `shutdown` resolves (nothing when there is no listener).
+async fn serve_editor(state: AppState, editor: Option<TcpListener>, shutdown: Shutdown) {
+    let Some(listener) = editor else {
+        return;
+    };
+    if let Ok(addr) = listener.local_addr() {
+        let _ = state.editor_local_addr.set(addr);
+        tracing::info!(%addr, "ComfyUI's editor listening on its own origin");
+    }
+    let limits = http::server::Limits::from_config(&state.config);
+    http::server::serve(listener, http::router::App::editor(state), limits, shutdown).await;
+}
+
+/// [`run`] with the editor's listener bound by the caller (tests bind `127.0.0.1:0`), or none.
+pub async fn run_with_editor(
+    config: Config,
+    listener: TcpListener,
+    editor: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let state = prepare(config).await?;
@@ -219,14 +284,17 @@ pub async fn run(
         tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads = 1, "Orchestrator listening");
     }
     let limits = http::server::Limits::from_config(&state.config);
-    http::server::serve(
-        listener,
-        http::router::App::new(state.clone()),
-        limits,
-        shutdown,
-    )
-    .await;
-    state.flux.shutdown();
+    let shutdown = shared(shutdown);
+    tokio::join!(
+        http::server::serve(
+            listener,
+            http::router::App::new(state.clone()),
+            limits,
+            shutdown.clone(),
+        ),
+        serve_editor(state.clone(), editor, shutdown),
+    );
+    finish_background(&state).await;
     stop_supervised(&state).await;
     state.store.close().await;
     Ok(())
@@ -247,6 +315,7 @@ pub fn run_per_core(
     let listener = control
         .block_on(TcpListener::bind(bind))
         .map_err(|source| RunError::Bind { addr: bind, source })?;
+    let editor = control.block_on(bind_editor(&config))?;
     let state = control.block_on(prepare(config))?;
     let addr = listener.local_addr().unwrap_or(bind);
     let _ = state.local_addr.set(addr);
@@ -254,6 +323,9 @@ pub fn run_per_core(
 
     let limits = http::server::Limits::from_config(&state.config);
     let (dispatcher, workers) = http::server::dispatcher(threads, limits);
+    // A serving thread keeps its runtime (and the upstream connections it opened) alive until the background work
+    // has ended: a paid submit in flight may be using one of them.
+    let (release, released) = tokio::sync::watch::channel(false);
     let mut handles = Vec::new();
     for (index, worker) in workers.into_iter().enumerate() {
         let state = if index == 0 {
@@ -265,25 +337,49 @@ pub fn run_per_core(
             .enable_all()
             .build()
             .map_err(RunError::Thread)?;
+        let mut released = released.clone();
         let handle = std::thread::Builder::new()
             .name(format!("orchestrator-http-{index}"))
-            .spawn(move || runtime.block_on(worker.run(http::router::App::new(state))))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    worker.run(http::router::App::new(state)).await;
+                    let _ = released.wait_for(|done| *done).await;
+                })
+            })
             .map_err(RunError::Thread)?;
         handles.push(handle);
     }
 
-    control.block_on(dispatcher.run(listener, shutdown));
+    // The editor is one person's browser: the control loop serves it, with a gateway of its own.
+    let shutdown = shared(shutdown);
+    control.block_on(async {
+        tokio::join!(
+            dispatcher.run(listener, shutdown.clone()),
+            serve_editor(state.for_another_thread(), editor, shutdown),
+        )
+    });
+    // Accepting has stopped (the serving threads drain their requests meanwhile): the background work ends next.
+    control.block_on(finish_background(&state));
+    let _ = release.send(true);
     for handle in handles {
         if handle.join().is_err() {
             tracing::error!("a serving thread panicked");
         }
     }
     control.block_on(async {
-        state.flux.shutdown();
         stop_supervised(&state).await;
         state.store.close().await;
     });
     Ok(())
+}
+
+/// How long a clean stop waits for background work in flight: a paid submit has its own deadline (the FLUX submit
+/// timeout, ComfyUI's write and read timeouts), an output download its own; this bounds the sum.
+const FINISH_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Ends the background work: waiting work stops, a submit or download in flight is awaited and recorded.
+async fn finish_background(state: &AppState) {
+    state.jobs.background().finish(FINISH_WITHIN).await;
 }
 
 /// Probes a supervised ComfyUI while it runs; one that stays alive without answering for `COMFY_HUNG_SECS` is

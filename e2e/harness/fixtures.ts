@@ -6,8 +6,10 @@
 //   (once per worker).
 // - `problems`: records, for every page of the test's browser context, console messages of type 'error',
 //   uncaught exceptions ('pageerror'), failed requests ('requestfailed') and responses with status >= 400, and
-//   fails the test at its end if any occurred that the test did not declare with `problems.allow(...)`. A visible
-//   script-error banner fails the test too.
+//   fails the test at its end if any occurred that the test did not declare with `problems.allow(...)` (a
+//   response), `problems.allowFailure(...)` (a request that failed without an answer) or
+//   `problems.allowPageError(...)` (an exception or console error). A visible script-error banner fails the test
+//   too.
 
 import { test as base, expect, type ConsoleMessage, type Page, type Request, type Response } from '@playwright/test';
 import { runJob } from './api';
@@ -23,12 +25,22 @@ export interface AllowedResponse {
   method?: string;
 }
 
+/** A request expected to fail without an answer: a matching URL and method, and the error if given. */
+export interface AllowedFailure {
+  /** A path (compared with the URL's pathname) or a pattern (tested against the whole URL). */
+  url: string | RegExp;
+  method?: string;
+  /** Chromium's error text, e.g. `net::ERR_ABORTED`. */
+  error?: string;
+}
+
 interface Recorded {
   kind: 'console' | 'pageerror' | 'requestfailed' | 'response' | 'websocket' | 'banner';
   text: string;
   url?: string;
   status?: number;
   method?: string;
+  error?: string;
 }
 
 const FAILED_TO_LOAD = /^Failed to load resource: the server responded with a status of (\d+)/;
@@ -44,10 +56,23 @@ function pathMatches(rule: AllowedResponse, url: string | undefined, status: num
   }
 }
 
+function failureMatches(rule: AllowedFailure, record: Recorded): boolean {
+  if (record.url === undefined) return false;
+  if (rule.method && record.method && rule.method.toUpperCase() !== record.method.toUpperCase()) return false;
+  if (rule.error && rule.error !== record.error) return false;
+  if (rule.url instanceof RegExp) return rule.url.test(record.url);
+  try {
+    return new URL(record.url).pathname === rule.url;
+  } catch {
+    return false;
+  }
+}
+
 export class BrowserProblems {
   private readonly recorded: Recorded[] = [];
   private readonly allowed: AllowedResponse[] = [];
   private readonly allowedErrors: RegExp[] = [];
+  private readonly allowedFailures: AllowedFailure[] = [];
   private readonly inflight = new Set<Request>();
   private readonly started = new WeakMap<Request, number>();
   /** Per page: the sequence number of its latest main-frame navigation request. */
@@ -58,6 +83,11 @@ export class BrowserProblems {
   /** Declares a response with status >= 400 as expected (its console "Failed to load resource" line too). */
   allow(rule: AllowedResponse): void {
     this.allowed.push(rule);
+  }
+
+  /** Declares a request that fails without an answer (e.g. `net::ERR_ABORTED`) as expected. */
+  allowFailure(rule: AllowedFailure): void {
+    this.allowedFailures.push(rule);
   }
 
   /** Declares an uncaught exception (and its console line) the test provokes on purpose. */
@@ -102,6 +132,7 @@ export class BrowserProblems {
         text: `request failed: ${request.method()} ${request.url()}: ${error}`,
         url: request.url(),
         method: request.method(),
+        error,
       });
     });
     page.on('response', (response: Response) => {
@@ -147,6 +178,9 @@ export class BrowserProblems {
         }
         if (record.kind === 'pageerror' || record.kind === 'console' || record.kind === 'banner') {
           return !this.allowedErrors.some((pattern) => pattern.test(record.text));
+        }
+        if (record.kind === 'requestfailed') {
+          return !this.allowedFailures.some((rule) => failureMatches(rule, record));
         }
         return true;
       })

@@ -6,7 +6,7 @@ export interface PageInfo {
   /** `{id}` stands for a real job's id (the `onlineJob` fixture's). */
   path: string;
   /** The `data-page` of its `<main>`. */
-  id: 'home' | 'jobs' | 'job' | 'builder' | 'diagnostics' | 'settings';
+  id: 'home' | 'jobs' | 'job' | 'builder' | 'diagnostics' | 'settings' | 'api-docs';
   /** Test ids that must be on the page. */
   testIds: string[];
 }

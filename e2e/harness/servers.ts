@@ -18,9 +18,19 @@ export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const E2E_ROOT = path.resolve(__dirname, '..');
 
 /** What the tests need to know about the running servers; passed to the workers as JSON in an env variable. */
+export interface Instance {
+  url: string;
+  port: number;
+  /** ComfyUI's editor on its own origin (ORCH_COMFY_BIND). */
+  editorUrl: string;
+  comfyUrl: string;
+  comfyPort: number;
+  dataDir: string;
+}
+
 export interface Instances {
-  online: { url: string; port: number; comfyUrl: string; comfyPort: number; dataDir: string };
-  ignite: { url: string; port: number; comfyUrl: string; comfyPort: number; dataDir: string };
+  online: Instance;
+  ignite: Instance;
 }
 
 export const STATE_ENV = 'ORCH_E2E_INSTANCES';
@@ -187,6 +197,8 @@ export class Servers {
     fs.mkdirSync(LOGS_DIR, { recursive: true });
     const ports = new Set<number>();
     const [p1, o1, p2, o2] = [await freePort(ports), await freePort(ports), await freePort(ports), await freePort(ports)];
+    // Every Orchestrator's editor listener on a port of its own (its default, 3001, would be shared).
+    const [e1, e2] = [await freePort(ports), await freePort(ports)];
     const tmp1 = fs.mkdtempSync(path.join(os.tmpdir(), 'orch-e2e-online-'));
     const tmp2 = fs.mkdtempSync(path.join(os.tmpdir(), 'orch-e2e-ignite-'));
     this.dirs.push(tmp1, tmp2);
@@ -199,6 +211,7 @@ export class Servers {
       tmp1,
       baseEnv({
         ORCH_BIND: `127.0.0.1:${o1}`,
+        ORCH_COMFY_BIND: `127.0.0.1:${e1}`,
         COMFY_URL: `http://127.0.0.1:${p1}`,
         SERVICE_BACKEND: 'external',
         DATA_DIR: tmp1,
@@ -213,6 +226,7 @@ export class Servers {
       tmp2,
       baseEnv({
         ORCH_BIND: `127.0.0.1:${o2}`,
+        ORCH_COMFY_BIND: `127.0.0.1:${e2}`,
         COMFY_URL: `http://127.0.0.1:${p2}`,
         SERVICE_BACKEND: 'supervised',
         COMFY_COMMAND: JSON.stringify([fakeComfy, `127.0.0.1:${p2}`, '--startup-delay-ms', '1500']),
@@ -230,8 +244,22 @@ export class Servers {
     await this.assertNothingListens(p2);
 
     this.instances = {
-      online: { url: `http://127.0.0.1:${o1}`, port: o1, comfyUrl: `http://127.0.0.1:${p1}`, comfyPort: p1, dataDir: tmp1 },
-      ignite: { url: `http://127.0.0.1:${o2}`, port: o2, comfyUrl: `http://127.0.0.1:${p2}`, comfyPort: p2, dataDir: tmp2 },
+      online: {
+        url: `http://127.0.0.1:${o1}`,
+        port: o1,
+        editorUrl: `http://127.0.0.1:${e1}`,
+        comfyUrl: `http://127.0.0.1:${p1}`,
+        comfyPort: p1,
+        dataDir: tmp1,
+      },
+      ignite: {
+        url: `http://127.0.0.1:${o2}`,
+        port: o2,
+        editorUrl: `http://127.0.0.1:${e2}`,
+        comfyUrl: `http://127.0.0.1:${p2}`,
+        comfyPort: p2,
+        dataDir: tmp2,
+      },
     };
     return this.instances;
   }
@@ -322,11 +350,21 @@ export class OwnOrchestrator {
     return `http://127.0.0.1:${this.port}`;
   }
 
-  /** Starts `orchestrator serve` with `env` (plus its bind address and data folder) and waits until it answers. */
+  /** ComfyUI's editor, on its own origin (ORCH_COMFY_BIND). */
+  get editorUrl(): string {
+    return `http://${this.env.ORCH_COMFY_BIND}`;
+  }
+
+  /**
+   * Starts `orchestrator serve` with `env` (plus its bind address and data folder; the editor's listener on a free
+   * port unless `env` sets ORCH_COMFY_BIND) and waits until it answers.
+   */
   static async start(name: string, env: Record<string, string>): Promise<OwnOrchestrator> {
-    const port = await freePort(new Set());
+    const taken = new Set<number>();
+    const port = await freePort(taken);
+    const editor = env.ORCH_COMFY_BIND ?? `127.0.0.1:${await freePort(taken)}`;
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), `orch-e2e-${name}-`));
-    const instance = new OwnOrchestrator(name, port, dataDir, env);
+    const instance = new OwnOrchestrator(name, port, dataDir, { ...env, ORCH_COMFY_BIND: editor });
     await instance.run();
     return instance;
   }

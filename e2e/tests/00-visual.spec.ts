@@ -23,6 +23,7 @@ function dynamicParts(page: Page, instances: Instances): Locator[] {
     page.locator('[data-dynamic]'),
     page.getByText(`:${online.port}`),
     page.getByText(`:${online.comfyPort}`),
+    page.getByText(`:${new URL(online.editorUrl).port}`),
     page.getByText(online.dataDir),
     page.getByText('orch-e2e-online-'),
   ];

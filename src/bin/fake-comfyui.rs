@@ -2,7 +2,9 @@
 //! supervise (the integration tests also run it in-process).
 //!
 //! `fake-comfyui [ADDR] [--startup-delay-ms N] [--exit-immediately CODE] [--ignore-sigterm] [--spawn-child]
-//! [--comfy-api-base URL]` (`--comfy-api-base`: where paid API nodes call, as ComfyUI's own flag)
+//! [--comfy-api-base URL] [--front-end-root DIR]` (`--comfy-api-base`: where paid API nodes call, as ComfyUI's
+//! own flag) (`--front-end-root`: the folder of ComfyUI's frontend, e.g. `comfyui_frontend_package/static`, served
+//! at `/` as ComfyUI does with its own flag of that name)
 //! (`--spawn-child`: starts a long `sleep` of its own and prints its pid, as ComfyUI's custom nodes start helper
 //! processes, so tests can see that ending ComfyUI ends its whole tree)
 //! (default address `127.0.0.1:8188`). Switches at `POST /__fake/control {"hang": bool, "step_delay_ms": n,
@@ -18,6 +20,7 @@ async fn main() {
     let (mut delay_ms, mut exit_code, mut ignore_sigterm) = (0u64, None::<i32>, false);
     let mut spawn_child = false;
     let mut comfy_api_base = None::<String>;
+    let mut front_end_root = None::<std::path::PathBuf>;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -28,6 +31,7 @@ async fn main() {
             "--ignore-sigterm" => ignore_sigterm = true,
             "--spawn-child" => spawn_child = true,
             "--comfy-api-base" => comfy_api_base = args.next(),
+            "--front-end-root" => front_end_root = args.next().map(Into::into),
             other => addr = other.to_owned(),
         }
     }
@@ -58,6 +62,18 @@ async fn main() {
     fake.allow_exit_on_request();
     if let Some(base) = &comfy_api_base {
         fake.set_comfy_api_base(base);
+    }
+    if let Some(root) = front_end_root {
+        // As ComfyUI's argument parser, which takes only an existing folder (exit code 2).
+        if !root.is_dir() {
+            eprintln!(
+                "fake-comfyui: argument --front-end-root: invalid directory: {}",
+                root.display()
+            );
+            std::process::exit(2);
+        }
+        println!("[Prompt Server] web root: {}", root.display());
+        fake.set_front_end_root(root);
     }
     println!("To see the GUI go to: {}", fake.url());
     wait_for_stop(ignore_sigterm).await;

@@ -67,8 +67,6 @@ struct Inner {
     jobs: Jobs,
     key_locks: KeyLocks,
     started_at: String,
-    /// Set when the server stops: pollers end, and the next start picks their tasks up again.
-    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Flux {
@@ -80,13 +78,7 @@ impl Flux {
             jobs,
             key_locks: KeyLocks::default(),
             started_at: crate::jobs::model::now(),
-            stopping: tokio::sync::watch::Sender::new(false),
         }))
-    }
-
-    /// Ends every poller; called when the server stops.
-    pub fn shutdown(&self) {
-        self.0.stopping.send_replace(true);
     }
 
     fn store(&self) -> &Store {
@@ -165,19 +157,22 @@ impl Flux {
         let this = self.clone();
         let token = token.map(str::to_owned);
         let key = idempotency_key.map(str::to_owned);
-        tokio::spawn(async move {
-            match key {
-                None => this.paid(&request, token.as_deref(), None).await,
-                Some(key) => {
-                    this.0
-                        .key_locks
-                        .with(&key, this.paid_once(&request, token.as_deref(), &key))
-                        .await
+        self.0
+            .jobs
+            .background()
+            .spawn(async move {
+                match key {
+                    None => this.paid(&request, token.as_deref(), None).await,
+                    Some(key) => {
+                        this.0
+                            .key_locks
+                            .with(&key, this.paid_once(&request, token.as_deref(), &key))
+                            .await
+                    }
                 }
-            }
-        })
-        .await
-        .map_err(ApiError::internal)?
+            })
+            .await
+            .map_err(ApiError::internal)?
     }
 
     async fn dry_run(&self, request: &ValidRequest) -> Answer {
@@ -359,7 +354,8 @@ impl Flux {
                     }
                 }
                 tracing::info!(job = %job.id, model, provider_id = %id, "FLUX task submitted");
-                tokio::spawn(self.clone().follow(job.id.clone(), Some(polling_url), id));
+                jobs.background()
+                    .spawn(self.clone().follow(job.id.clone(), Some(polling_url), id));
                 Ok(Answer {
                     status: StatusCode::ACCEPTED,
                     body: json!({ "id": job.id, "status": JobStatus::Submitted }),
@@ -448,11 +444,12 @@ impl Flux {
         let mut not_found = 0;
         let mut refused_polls = 0;
         let mut running = false;
-        let mut stopping = self.0.stopping.subscribe();
+        let background = self.0.jobs.background().clone();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                _ = stopping.wait_for(|stop| *stop) => return,
+                // The task is BFL's; the next start polls it again.
+                () = background.stopping() => return,
             }
             // The deadline is checked after a poll that did not settle the task, so a task that finished while
             // Orchestrator was stopped is still collected.
@@ -614,7 +611,7 @@ impl Flux {
                         tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
                     }
                     tracing::info!(job = %job.id, "polling a FLUX task again after a restart");
-                    tokio::spawn(self.clone().follow(
+                    self.0.jobs.background().spawn(self.clone().follow(
                         job.id.clone(),
                         job.polling_url.clone(),
                         provider_id,

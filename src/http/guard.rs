@@ -28,10 +28,11 @@ pub struct GuardPolicy {
 impl GuardPolicy {
     pub fn from_config(config: &Config) -> Self {
         let mut extra_hosts = config.allowed_hosts.clone();
-        let ip = config.bind.ip();
-        if !ip.is_unspecified() && !ip.is_loopback() {
-            // Bound to one LAN address: people will type that address into the browser.
-            extra_hosts.push(ip.to_string());
+        for ip in std::iter::once(config.bind.ip()).chain(config.editor_bind.map(|a| a.ip())) {
+            if !ip.is_unspecified() && !ip.is_loopback() {
+                // Bound to one LAN address: people will type that address into the browser.
+                extra_hosts.push(ip.to_string());
+            }
         }
         Self {
             extra_hosts,

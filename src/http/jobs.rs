@@ -465,17 +465,19 @@ fn resume_from(headers: &http::HeaderMap, query: &EventsQuery) -> ApiResult<Opti
             .filter(|id| *id >= 0)
             .ok_or_else(|| ApiError::invalid(field, "must be a whole number, 0 or more"))
     };
+    // Both are checked, so a bad one is refused even beside a good one; the header wins (EventSource sends it).
+    let from_query = query
+        .last_event_id
+        .as_deref()
+        .map(|text| number("last_event_id", text))
+        .transpose()?;
     if let Some(value) = headers.get("last-event-id") {
         let text = value
             .to_str()
             .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a whole number, 0 or more"))?;
         return number("Last-Event-ID", text).map(Some);
     }
-    query
-        .last_event_id
-        .as_deref()
-        .map(|text| number("last_event_id", text))
-        .transpose()
+    Ok(from_query)
 }
 
 fn numbered(id: i64, kind: &str, job: &impl serde::Serialize) -> Event {
@@ -530,8 +532,9 @@ const REPLAY_LIMIT: u32 = 10_000;
 #[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "jobs",
     params(("id" = String, Path, description = "The job's id"), EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "The last event received; the stream resumes after it")),
-    responses((status = 200, description = "Server-sent events: `id:` the event's number, `event:` state, progress, node, output or resubmitted, `data:` the job (Job) as JSON", content_type = "text/event-stream", body = String),
-        (status = 404, description = "No such job", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "Server-sent events: `id:` the event's number, `event:` state, progress, node, output or resubmitted, `data:` the job (Job) as JSON", content_type = "text/event-stream", body = crate::http::openapi::JobEventMessage),
+        (status = 404, description = "No such job", body = crate::error::ErrorBody),
+        (status = 422, description = "`last_event_id` or `Last-Event-ID` not a whole number from 0, or `last_event_id` given more than once", body = crate::error::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -543,7 +546,7 @@ pub async fn events(
     let job = find(&state, &id).await?;
     let store = state.jobs.store().clone();
     let resume = resume_from(&headers, &query)?;
-    let stream = async_stream(move |tx| async move {
+    let stream = async_stream(state.config.events_max, move |tx| async move {
         let replay = |after: i64| {
             let store = store.clone();
             let id = id.clone();
@@ -606,7 +609,8 @@ pub async fn events(
 /// `GET /api/events`: every job's changes, numbered across all jobs; `Last-Event-ID` replays what was missed.
 #[utoipa::path(get, path = "/api/events", tag = "jobs",
     params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "The last event received; the stream resumes after it")),
-    responses((status = 200, description = "Server-sent events of every job, numbered across all jobs; `data:` the job (Job) as JSON", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "Server-sent events of every job, numbered across all jobs; `data:` the job (Job) as JSON", content_type = "text/event-stream", body = crate::http::openapi::JobEventMessage),
+        (status = 422, description = "`last_event_id` or `Last-Event-ID` not a whole number from 0, or `last_event_id` given more than once", body = crate::error::ErrorBody)))]
 pub async fn all_events(
     State(state): State<AppState>,
     headers: http::HeaderMap,
@@ -615,7 +619,7 @@ pub async fn all_events(
     let mut changes = state.jobs.subscribe();
     let store = state.jobs.store().clone();
     let resume = resume_from(&headers, &query)?;
-    let stream = async_stream(move |tx| async move {
+    let stream = async_stream(state.config.events_max, move |tx| async move {
         // A new client starts from now; a returning one from where it left off.
         let replay = |after: i64| {
             let store = store.clone();
@@ -660,14 +664,26 @@ pub async fn all_events(
         .into_response())
 }
 
-/// A stream fed by a task: `produce` sends items until it returns.
-fn async_stream<F, Fut>(produce: F) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
+/// A stream fed by a task: `produce` sends items until it returns, or until `max` (`ORCH_EVENTS_MAX_SECS`) has
+/// passed; the client then reconnects with `Last-Event-ID`.
+fn async_stream<F, Fut>(
+    max: Option<std::time::Duration>,
+    produce: F,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
 where
     F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(produce(tx));
+    let producing = produce(tx);
+    tokio::spawn(async move {
+        match max {
+            Some(max) => {
+                let _ = tokio::time::timeout(max, producing).await;
+            }
+            None => producing.await,
+        }
+    });
     futures_util::stream::unfold(
         rx,
         |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
@@ -711,7 +727,7 @@ pub async fn output(
         .map(|m| m.len())
         .unwrap_or(file.size);
     let body = Body::from_stream(file_chunks(opened));
-    Ok((
+    let mut response = (
         [
             (header::CONTENT_TYPE, file.content_type.clone()),
             (header::CONTENT_LENGTH, length.to_string()),
@@ -722,7 +738,11 @@ pub async fn output(
         ],
         body,
     )
-        .into_response())
+        .into_response();
+    // A workflow can write an SVG or an HTML file: on the panel's origin it must not render, let alone script.
+    let kind = super::gateway::essence(response.headers());
+    super::gateway::protect_file(response.headers_mut(), &kind);
+    Ok(response)
 }
 
 /// A file as a stream of 64 KiB chunks.

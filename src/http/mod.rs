@@ -3,6 +3,7 @@
 
 pub mod comfy_money;
 pub mod extract;
+pub mod gateway;
 pub mod guard;
 pub mod jobs;
 pub mod model_paths;

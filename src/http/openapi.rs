@@ -57,7 +57,10 @@ pub fn to_json(document: &Document) -> String {
 
 /// Every route of ComfyUI's API (`/prompt`, `/queue`, `/history`, `/view`, `/object_info`, `/upload/image`, …),
 /// under both of its prefixes (`/api/comfy/prompt` and `/api/comfy/api/prompt`), forwarded to the configured
-/// ComfyUI with bodies streamed both ways. Answers are ComfyUI's own, except the gateway's errors.
+/// ComfyUI with bodies streamed both ways. Answers are ComfyUI's own, except the gateway's errors, and never a
+/// document or a script: ComfyUI's editor is served on an origin of its own. Every answer carries
+/// `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`; a `/view` file that is not a raster
+/// image, video or audio comes with `Content-Disposition: attachment`.
 #[utoipa::path(
     method(get, post, put, delete, patch),
     path = "/api/comfy/{path}",
@@ -66,6 +69,7 @@ pub fn to_json(document: &Document) -> String {
     responses(
         (status = 200, description = "ComfyUI's answer, streamed as it comes (any status ComfyUI gives passes through)"),
         (status = 400, description = "A path that could climb out of ComfyUI's API (`invalid_path`)", body = ErrorBody),
+        (status = 403, description = "An HTML page, script, style sheet, SVG or XML answer, which the panel's origin never serves (`editor_origin_only`, with `details.editor`: ComfyUI's editor on its own origin, `ORCH_COMFY_BIND`)", body = ErrorBody),
         (status = 413, description = "A body over the limit (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "A non-JSON body on one of ComfyUI's JSON routes", body = ErrorBody),
         (status = 502, description = "ComfyUI cannot be reached (`comfy_unreachable`)", body = ErrorBody),
@@ -83,6 +87,7 @@ fn comfy_passthrough() {}
     params(("clientId" = Option<String>, Query, description = "ComfyUI's client id: messages about prompts sent with it come to this socket")),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol, relayed to ComfyUI's /ws"),
+        (status = 400, description = "Not a WebSocket upgrade: ComfyUI's own refusal of a plain GET"),
         (status = 502, description = "ComfyUI cannot be reached", body = ErrorBody),
         (status = 504, description = "ComfyUI did not answer the upgrade in time", body = ErrorBody),
     )
@@ -117,6 +122,19 @@ fn v0_passthrough() {}
 )]
 #[allow(dead_code)]
 fn openapi_json() {}
+
+/// One server-sent event of `/api/events` and `/api/jobs/{id}/events`, as a client reads it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobEventMessage {
+    /// The event's number: sent back as `Last-Event-ID`, the stream resumes after it.
+    #[schema(example = "42")]
+    pub id: String,
+    /// `state`, `progress`, `node`, `output` or `resubmitted`.
+    #[schema(example = "progress")]
+    pub event: String,
+    /// The job (`Job`) as JSON, as it is after the change.
+    pub data: String,
+}
 
 /// `GET /api/health`.
 #[derive(Debug, Serialize, ToSchema)]

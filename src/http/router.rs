@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::extract::{Request, State};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -16,18 +16,19 @@ use utoipa_axum::routes;
 use super::extract::Query;
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
-use super::{comfy_money, jobs, model_paths, openapi, paid, rate_limit, system};
+use super::{gateway, jobs, model_paths, openapi, paid, rate_limit, system};
 use crate::AppState;
-use crate::comfy::{credentials, ws};
 use crate::error::{ApiError, ApiResult};
 use crate::ui;
 
-/// The whole HTTP application: the gateway's hot path, then axum's router for everything else.
+/// The whole HTTP application of one origin. The panel's: the gateway's hot path, then axum's router for
+/// everything else. The editor's ([`App::editor`]): ComfyUI and nothing else, behind the same guard.
 #[derive(Clone)]
 pub struct App {
     state: AppState,
     policy: Arc<GuardPolicy>,
-    router: Router,
+    /// `None` on the editor's origin, which has no routes of Orchestrator's own.
+    router: Option<Router>,
 }
 
 impl App {
@@ -37,7 +38,17 @@ impl App {
         Self {
             state,
             policy,
-            router,
+            router: Some(router),
+        }
+    }
+
+    /// ComfyUI's editor on its own origin: every path relayed (see [`gateway`]).
+    pub fn editor(state: AppState) -> Self {
+        let policy = Arc::new(GuardPolicy::from_config(&state.config));
+        Self {
+            state,
+            policy,
+            router: None,
         }
     }
 
@@ -46,22 +57,39 @@ impl App {
     /// boxed futures: that saves about a tenth of the CPU a proxied request costs. Everything else goes through
     /// the router.
     pub async fn handle(self, request: Request) -> Response {
-        let path = request.uri().path();
-        if (path == "/api/comfy" || path.starts_with("/api/comfy/")) && !is_own_comfy_route(path) {
-            let Self { state, policy, .. } = self;
+        let Self {
+            state,
+            policy,
+            router,
+        } = self;
+        let Some(router) = router else {
             return log_request_with(request, move |request| async move {
                 match policy.check_request(
                     request.method(),
                     request.uri().path(),
                     request.headers(),
                 ) {
-                    Ok(()) => comfy_gateway(State(state), request).await,
+                    Ok(()) => ui::caught(request, |r| gateway::editor(state, r)).await,
+                    Err(refusal) => refusal.into_response(),
+                }
+            })
+            .await;
+        };
+        let path = request.uri().path();
+        if (path == "/api/comfy" || path.starts_with("/api/comfy/")) && !is_own_comfy_route(path) {
+            return log_request_with(request, move |request| async move {
+                match policy.check_request(
+                    request.method(),
+                    request.uri().path(),
+                    request.headers(),
+                ) {
+                    Ok(()) => ui::caught(request, |r| gateway::panel(state, r)).await,
                     Err(refusal) => refusal.into_response(),
                 }
             })
             .await;
         }
-        match self.router.oneshot(request).await {
+        match router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
@@ -91,6 +119,7 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .route("/api-docs", get(ui::api_docs))
         .route("/jobs", get(ui::jobs))
         .route("/jobs/{id}", get(ui::job))
+        .route("/editor", get(ui::editor))
         .route("/assets/{*path}", get(ui::asset));
     #[cfg(feature = "testkit")]
     let pages = pages.route("/__testkit/panic", get(ui::testkit_panic));
@@ -244,77 +273,4 @@ async fn models(
         .is_some_and(|v| matches!(v, "1" | "true" | "yes"));
     let lists = state.models.get(&state.gateway, refresh).await?;
     Ok(Json(lists.as_ref()).into_response())
-}
-
-/// `/api/comfy/{*path}`: every method, and WebSocket upgrades, to the first ComfyUI backend (dispatched by
-/// [`App::handle`]).
-async fn comfy_gateway(State(state): State<AppState>, request: Request) -> Response {
-    let path = request
-        .uri()
-        .path()
-        .strip_prefix("/api/comfy")
-        .unwrap_or_default()
-        .to_owned();
-    if guard::is_websocket_upgrade(request.headers()) {
-        return websocket(state, request, &path)
-            .await
-            .unwrap_or_else(IntoResponse::into_response);
-    }
-    if guard::changes_state(request.method())
-        && takes_json(&path)
-        && request.headers().contains_key(http::header::CONTENT_TYPE)
-        && !guard::is_json(request.headers())
-    {
-        return ApiError::UnsupportedMediaType.into_response();
-    }
-    // What ComfyUI's router will match, worked out once: the money rules depend on it.
-    let route = credentials::comfy_route(&path);
-    if request.method() == http::Method::POST && credentials::is_prompt_route(&route) {
-        return comfy_money::post_prompt(&state, request, &path).await;
-    }
-    let echoes_prompts = credentials::answer_may_echo_prompts(&route);
-    let mut request = request;
-    if echoes_prompts {
-        comfy_money::prepare_echo_request(&mut request);
-    }
-    let response = state
-        .gateway
-        .forward(request, &path)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    if echoes_prompts {
-        let secret = state.config.comfy_org.api_key.as_ref().map(|k| k.expose());
-        return comfy_money::clear_echo(response, secret).await;
-    }
-    response
-}
-
-/// ComfyUI routes whose bodies are JSON; a browser can only send a cross-site body of another type.
-fn takes_json(path: &str) -> bool {
-    let route = path
-        .strip_prefix("/api")
-        .unwrap_or(path)
-        .trim_end_matches('/');
-    matches!(
-        route,
-        "/prompt" | "/queue" | "/history" | "/interrupt" | "/free"
-    )
-}
-
-async fn websocket(state: AppState, request: Request, path: &str) -> ApiResult<Response> {
-    let (mut parts, _body) = request.into_parts();
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return Ok(rejection.into_response()),
-    };
-    let uri = state.gateway.upstream_uri(path, parts.uri.query())?;
-    let timeout = state.config.comfy.read_timeout;
-    let upstream = ws::connect_upstream(state.gateway.backend(), &uri, timeout).await?;
-    let secret = state
-        .config
-        .comfy_org
-        .api_key
-        .as_ref()
-        .map(|k| std::sync::Arc::<str>::from(k.expose()));
-    Ok(upgrade.on_upgrade(move |socket| ws::relay(socket, upstream, secret)))
 }

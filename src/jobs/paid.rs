@@ -240,20 +240,21 @@ impl Jobs {
         // From here on money may move: a task of its own, so a client that hangs up cannot cut it short between
         // the reservation and the submit.
         let this = self.clone();
-        tokio::spawn(async move {
-            match submission.idempotency_key.clone() {
-                None => {
-                    this.submit_paid(gateway, submission, bound, assessment)
-                        .await
+        self.background()
+            .spawn(async move {
+                match submission.idempotency_key.clone() {
+                    None => {
+                        this.submit_paid(gateway, submission, bound, assessment)
+                            .await
+                    }
+                    Some(key) => {
+                        let work = this.submit_paid(gateway, submission, bound, assessment);
+                        this.money.key_locks.with(&key, work).await
+                    }
                 }
-                Some(key) => {
-                    let work = this.submit_paid(gateway, submission, bound, assessment);
-                    this.money.key_locks.with(&key, work).await
-                }
-            }
-        })
-        .await
-        .map_err(|e| refused(ApiError::internal(e)))?
+            })
+            .await
+            .map_err(|e| refused(ApiError::internal(e)))?
     }
 
     async fn submit_paid(
@@ -414,17 +415,18 @@ impl Jobs {
         }
         let this = self.clone();
         let id = id.to_owned();
-        tokio::spawn(async move {
-            match idempotency_key {
-                None => this.confirm_once(&id, token.as_deref(), None).await,
-                Some(key) => {
-                    let work = this.confirm_once(&id, token.as_deref(), Some(&key));
-                    this.money.key_locks.with(&key, work).await
+        self.background()
+            .spawn(async move {
+                match idempotency_key {
+                    None => this.confirm_once(&id, token.as_deref(), None).await,
+                    Some(key) => {
+                        let work = this.confirm_once(&id, token.as_deref(), Some(&key));
+                        this.money.key_locks.with(&key, work).await
+                    }
                 }
-            }
-        })
-        .await
-        .map_err(|e| refused(ApiError::internal(e)))?
+            })
+            .await
+            .map_err(|e| refused(ApiError::internal(e)))?
     }
 
     async fn confirm_once(

@@ -100,6 +100,8 @@ pub struct Jobs {
     /// Held from numbering an event to broadcasting it, so listeners get events in number order: `/api/events`
     /// skips anything numbered below what it has sent, and would lose an event that overtook another.
     event_order: Arc<tokio::sync::Mutex<()>>,
+    /// Where followers, the dispatcher and paid submits run: the control runtime, under one tracker.
+    background: crate::background::Background,
 }
 
 /// The supervised ComfyUI's address and its live status.
@@ -137,7 +139,13 @@ impl Jobs {
             started_at: super::model::now(),
             supervised: None,
             event_order: Arc::default(),
+            background: crate::background::Background::new(),
         }
+    }
+
+    /// The background work of jobs (and of FLUX, which runs its jobs here too).
+    pub fn background(&self) -> &crate::background::Background {
+        &self.background
     }
 
     /// Tells the job service which backend Orchestrator supervises (`origin`), and where its status is published.
@@ -321,9 +329,13 @@ impl Jobs {
             return;
         }
         let jobs = self.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             loop {
-                tokio::time::sleep(DISPATCH_EVERY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(DISPATCH_EVERY) => {}
+                    // Waiting jobs stay queued in the store; the next start sends them.
+                    () = jobs.background.stopping() => return,
+                }
                 if jobs.dispatch_waiting().await {
                     jobs.dispatcher_running.store(false, Ordering::SeqCst);
                     // A job queued between the last look and the flag: look once more.
@@ -539,16 +551,34 @@ impl Jobs {
         {
             tracing::error!(job = %job.id, %error, "cannot record a paid job's charge as spent");
         }
-        self.change(
-            &job.id,
-            "state",
-            JobChange {
-                status: Some(JobStatus::Submitted),
-                comfy_prompt_id: Some(prompt_id.to_owned()),
-                ..Default::default()
-            },
-        )
-        .await;
+        let accepted = self
+            .change(
+                &job.id,
+                "state",
+                JobChange {
+                    status: Some(JobStatus::Submitted),
+                    comfy_prompt_id: Some(prompt_id.to_owned()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if !accepted {
+            // Cancelled (or otherwise finished) while the prompt was on its way: the job stays as it ended, and
+            // ComfyUI's copy goes, from its queue or, if it has started already, by an interrupt of that prompt.
+            let queued = gateway
+                .post_json("/queue", &json!({ "delete": [prompt_id] }))
+                .await;
+            let interrupted = gateway
+                .post_json("/interrupt", &json!({ "prompt_id": prompt_id }))
+                .await;
+            if queued.is_err() || interrupted.is_err() {
+                tracing::warn!(job = %job.id, %prompt_id, "a job finished while it was sent, and ComfyUI could not be told to drop it");
+            }
+            let now = self.store.job(&job.id).await?;
+            return Err(JobError::Finished(
+                now.map_or("gone", |j| j.status.as_str()),
+            ));
+        }
 
         self.follow(gateway.clone(), &job.id, prompt_id, workflow, socket);
         Ok(self.store.job(&job.id).await?.unwrap_or(job))
@@ -574,7 +604,7 @@ impl Jobs {
             prompt_id.to_owned(),
             workflow,
         );
-        tokio::spawn(follower.run(socket, stopped));
+        self.background.spawn(follower.run(socket, stopped));
     }
 
     /// After a restart: every job left queued, submitted or running is settled against ComfyUI. Finished runs are
@@ -588,7 +618,10 @@ impl Jobs {
                 Ok(left) => tracing::info!(left, "jobs wait for ComfyUI to be reconciled"),
                 Err(error) => tracing::warn!(%error, "cannot reconcile jobs yet"),
             }
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                () = self.background.stopping() => return,
+            }
         }
     }
 
@@ -798,19 +831,24 @@ impl Jobs {
     /// one event per [`PROGRESS_EVERY`] per job (the job row always has the latest); state changes always pass.
     /// An error is stored without any Comfy.org credential (ComfyUI's `execution_error` echoes a failed node's
     /// inputs, hidden ones included).
-    pub(crate) async fn change(&self, id: &str, kind: &'static str, mut change: JobChange) {
+    /// A finished job is not changed and gets no event; answers whether the change was recorded.
+    pub(crate) async fn change(&self, id: &str, kind: &'static str, mut change: JobChange) -> bool {
         if let Some(error) = change.error.as_mut() {
             crate::comfy::credentials::strip(
                 error,
                 self.money.api_key.as_ref().map(|k| k.expose()),
             );
         }
-        if let Err(error) = self.store.update_job(id, change).await {
-            tracing::error!(job = id, %error, "cannot record a job change");
-            return;
+        match self.store.update_job(id, change).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(error) => {
+                tracing::error!(job = id, %error, "cannot record a job change");
+                return false;
+            }
         }
         let Ok(Some(job)) = self.store.job(id).await else {
-            return;
+            return true;
         };
         {
             let mut last = self.last_progress.lock().unwrap_or_else(|p| p.into_inner());
@@ -820,7 +858,7 @@ impl Jobs {
                     .get(id)
                     .is_some_and(|at| now.duration_since(*at) < PROGRESS_EVERY)
             {
-                return;
+                return true;
             }
             if job.status.is_final() {
                 last.remove(id);
@@ -840,6 +878,7 @@ impl Jobs {
             }
             Err(error) => tracing::error!(job = id, %error, "cannot record a job event"),
         }
+        true
     }
 }
 
@@ -953,9 +992,12 @@ impl Follower {
         // old socket with the same client id closing late unregisters the new one). After a silence the history is
         // asked, so a finished run is never waited for forever.
         let mut heard_at = tokio::time::Instant::now();
+        let background = self.jobs.background.clone();
         let end = loop {
             let message = tokio::select! {
                 _ = &mut stopped => break End::Stopped,
+                // A clean stop: the job is left as it is, for the next start's reconciliation.
+                () = background.stopping() => break End::Stopped,
                 message = socket.next() => message,
                 () = tokio::time::sleep_until(heard_at + SILENCE_CHECK) => {
                     if self.history_entry().await.is_some() {
@@ -996,7 +1038,7 @@ impl Follower {
             End::Interrupted => {
                 self.jobs
                     .change(&self.job_id, "state", finished(JobStatus::Cancelled))
-                    .await
+                    .await;
             }
             End::SocketLost => self.resolve_without_socket().await,
             End::Stopped => {}
@@ -1290,7 +1332,11 @@ impl Follower {
             return false;
         };
         for pause in REJOIN_BACKOFF {
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                // Left for the next start's reconciliation, which settles it against ComfyUI.
+                () = self.jobs.background.stopping() => return true,
+            }
             let Ok(mut socket) =
                 ws::connect_upstream(self.gateway.backend(), &uri, Duration::from_secs(10)).await
             else {

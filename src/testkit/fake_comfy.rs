@@ -7,13 +7,24 @@
 //! for which socket gets which event; history written after `execution_success` and before the final
 //! `executing {node: null}`; `/view` and `/upload/image` with their status codes.
 //!
+//! With a front-end root ([`FakeComfy::set_front_end_root`], ComfyUI's `--front-end-root`) it also serves the
+//! real frontend as ComfyUI does: `GET /` is the folder's `index.html` and every other unprefixed path a file of
+//! that folder (aiohttp's `web.static('/', root)`: 403 for a folder, 404 for a missing file or one outside), and
+//! `/extensions` lists the folder's `extensions/**/*.js`. The routes the frontend calls at start-up answer as a
+//! single-user ComfyUI 0.3.64 without custom nodes whose user folder exists and holds nothing yet
+//! (`app/user_manager.py`, `app/app_settings.py`, `app/model_manager.py`, `app/custom_node_manager.py`):
+//! `/users`, `/settings[/{id}]`, `/userdata` (in memory: only what was written to it), `/i18n`,
+//! `/workflow_templates`, `/experiment/models[/{folder}]`. No workflow templates package is installed, so
+//! `/templates/…` is 404.
+//!
 //! Switches for failure tests: [`FakeComfy::set_hang`] (accept connections, never answer), [`FakeComfy::stop`]
 //! (connections refused), `/view?filename=large.bin&size=N` (a generated body of N bytes, streamed) and
 //! `/view?filename=stall.bin` (64 KiB, then silence). The same switches are reachable over HTTP at `/__fake/*` for
 //! the `fake-comfyui` binary. [`FakeComfy::open_connections`] counts the TCP connections open to it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -160,6 +171,20 @@ struct Shared {
     comfy_api_base: Mutex<Option<String>>,
     /// The body of every `POST /prompt` that was queued, as received.
     prompts: Mutex<Vec<Value>>,
+    /// The frontend's folder (ComfyUI's `--front-end-root`); without one, `/` and static paths are 404.
+    front_end_root: Mutex<Option<PathBuf>>,
+    /// The default user's folder (`user/default`), by path relative to it; `comfy.settings.json` holds the
+    /// settings as ComfyUI keeps them.
+    user_files: Mutex<BTreeMap<String, UserFile>>,
+}
+
+/// A file in the fake's user folder.
+#[derive(Clone)]
+struct UserFile {
+    body: Bytes,
+    /// Milliseconds since the epoch, as ComfyUI's `get_file_info` reports them.
+    modified: u64,
+    created: u64,
 }
 
 /// A running fake ComfyUI on a loopback port.
@@ -236,6 +261,8 @@ impl FakeComfy {
             work,
             comfy_api_base: Mutex::new(None),
             prompts: Mutex::new(Vec::new()),
+            front_end_root: Mutex::new(None),
+            user_files: Mutex::new(BTreeMap::new()),
         });
         tokio::spawn(worker(shared.clone(), work_rx));
         let app = router(shared.clone());
@@ -298,6 +325,12 @@ impl FakeComfy {
     /// The Comfy.org API base paid API nodes call (ComfyUI's `--comfy-api-base`).
     pub fn set_comfy_api_base(&self, base: &str) {
         *self.shared.comfy_api_base.lock().unwrap() = Some(base.trim_end_matches('/').to_owned());
+    }
+
+    /// Serves the frontend in `root` (ComfyUI's `--front-end-root`): `GET /` is its `index.html`, every other
+    /// unprefixed path one of its files, and `/extensions` lists its `extensions/**/*.js`.
+    pub fn set_front_end_root(&self, root: PathBuf) {
+        *self.shared.front_end_root.lock().unwrap() = Some(root);
     }
 
     pub fn set_step_delay(&self, delay: Duration) {
@@ -461,7 +494,24 @@ fn router(shared: Arc<Shared>) -> Router {
             "/embeddings",
             get(|| async { raw_json(fixture!("embeddings.json")) }),
         )
-        .route("/extensions", get(|| async { axum::Json(json!([])) }))
+        .route("/extensions", get(extensions))
+        .route("/users", get(users))
+        .route("/settings", get(get_settings).post(post_settings))
+        .route("/settings/{id}", get(get_setting).post(post_setting))
+        .route("/userdata", get(list_userdata))
+        .route(
+            "/userdata/{file}",
+            get(get_userdata)
+                .post(post_userdata)
+                .delete(delete_userdata),
+        )
+        .route("/i18n", get(|| async { axum::Json(json!({})) }))
+        .route(
+            "/workflow_templates",
+            get(|| async { axum::Json(json!({})) }),
+        )
+        .route("/experiment/models", get(experiment_models))
+        .route("/experiment/models/{folder}", get(experiment_models_in))
         .route(
             "/models",
             get(|| async { raw_json(fixture!("models.json")) }),
@@ -478,8 +528,11 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(routes.clone())
         .nest("/api", routes)
+        // `GET /` is one of ComfyUI's routes, so it is also served at `/api/` (and `/api` falls to the files).
+        .route("/", get(index_html))
+        .route("/api/", get(index_html))
         .route("/__fake/control", post(control))
-        .fallback(|| async { StatusCode::NOT_FOUND })
+        .fallback(static_file)
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(shared.clone(), origin_check))
         .layer(middleware::from_fn_with_state(
@@ -1451,4 +1504,627 @@ fn hex(text: &str) -> Vec<u8> {
     (0..text.len() / 2)
         .filter_map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
         .collect()
+}
+
+// --- The frontend's files and the routes it calls at start-up -------------------------------------------------
+
+/// The Content-Type aiohttp's `FileResponse` sends for a file (Python's `mimetypes`), by extension.
+fn content_type_of(path: &FsPath) -> &'static str {
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    match extension.as_str() {
+        "html" | "htm" => "text/html",
+        "js" | "mjs" => "text/javascript",
+        "css" => "text/css",
+        "json" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "ico" => "image/vnd.microsoft.icon",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "ttf" => "font/ttf",
+        "otf" => "font/otf",
+        "eot" => "application/vnd.ms-fontobject",
+        "txt" => "text/plain",
+        "wasm" => "application/wasm",
+        "mp3" => "audio/mpeg",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "glb" => "model/gltf-binary",
+        _ => "application/octet-stream",
+    }
+}
+
+/// aiohttp's `web.Response(status=200)`: no body, and the Content-Type aiohttp gives a body it was not told the
+/// type of.
+fn empty_ok() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::empty(),
+    )
+        .into_response()
+}
+
+fn text_status(status: StatusCode, text: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+fn front_end_root(shared: &Shared) -> Option<PathBuf> {
+    shared.front_end_root.lock().unwrap().clone()
+}
+
+/// A file of the frontend's folder as aiohttp's `FileResponse` answers it.
+async fn send_file(path: &FsPath, extra: &[(header::HeaderName, &'static str)]) -> Response {
+    match tokio::fs::read(path).await {
+        Ok(body) => {
+            let mut response = (
+                [(header::CONTENT_TYPE, content_type_of(path))],
+                Bytes::from(body),
+            )
+                .into_response();
+            for (name, value) in extra {
+                response
+                    .headers_mut()
+                    .insert(name.clone(), header::HeaderValue::from_static(value));
+            }
+            response
+        }
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `GET /`: the frontend's `index.html`, never cached (ComfyUI's `get_root`).
+async fn index_html(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(root) = front_end_root(&shared) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    send_file(
+        &root.join("index.html"),
+        &[
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::PRAGMA, "no-cache"),
+            (header::EXPIRES, "0"),
+        ],
+    )
+    .await
+}
+
+/// Every path no route took: a file of the frontend's folder (aiohttp's `web.static('/', web_root)`), never under
+/// `/api`; 403 for a folder, 404 for a missing file, a name that leaves the folder (`..`, a link pointing out) or
+/// when no frontend is set.
+async fn static_file(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: http::Uri,
+) -> Response {
+    let path = uri.path();
+    let Some(root) = front_end_root(&shared) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !matches!(method, Method::GET | Method::HEAD) || path == "/api" || path.starts_with("/api/")
+    {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let Ok(name) = percent_encoding::percent_decode_str(path).decode_utf8() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let name = name.trim_start_matches('/').trim_end_matches('/');
+    let Some(file) = crate::fs_safe::resolve_within(&root, name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if file.is_dir() {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    send_file(&file, &[]).await
+}
+
+/// `/extensions`: the URL paths of the frontend's `extensions/**/*.js` (none without a frontend; no custom nodes).
+async fn extensions(State(shared): State<Arc<Shared>>) -> Response {
+    let mut found = Vec::new();
+    if let Some(root) = front_end_root(&shared) {
+        let mut folders = vec![root.join("extensions")];
+        while let Some(folder) = folders.pop() {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                // Python's glob skips hidden names.
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if path.is_dir() {
+                    folders.push(path);
+                } else if path.extension().is_some_and(|e| e == "js")
+                    && let Ok(relative) = path.strip_prefix(&root)
+                {
+                    let parts: Vec<String> = relative
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    found.push(format!("/{}", parts.join("/")));
+                }
+            }
+        }
+    }
+    found.sort();
+    axum::Json(found).into_response()
+}
+
+/// `GET /users` in single-user mode: settings live on the server, and the default user's folder exists (this
+/// fake is a ComfyUI that was opened before).
+async fn users() -> Response {
+    axum::Json(json!({"storage": "server", "migrated": true})).into_response()
+}
+
+const SETTINGS_FILE: &str = "comfy.settings.json";
+
+/// The default user's settings (`comfy.settings.json`), `{}` when there are none or the file is not JSON.
+fn read_settings(shared: &Shared) -> Map<String, Value> {
+    shared
+        .user_files
+        .lock()
+        .unwrap()
+        .get(SETTINGS_FILE)
+        .and_then(|file| serde_json::from_slice::<Value>(&file.body).ok())
+        .and_then(|value| match value {
+            Value::Object(map) => Some(map),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Writes the settings as ComfyUI does (`json.dumps(settings, indent=4)`).
+fn write_settings(shared: &Shared, settings: &Map<String, Value>) {
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde::Serialize::serialize(settings, &mut serializer).expect("a JSON map serialises");
+    write_user_file(shared, SETTINGS_FILE, Bytes::from(out));
+}
+
+fn write_user_file(shared: &Shared, path: &str, body: Bytes) -> UserFile {
+    let now = now_ms();
+    let mut files = shared.user_files.lock().unwrap();
+    let created = files.get(path).map_or(now, |old| old.created);
+    let file = UserFile {
+        body,
+        modified: now,
+        created,
+    };
+    files.insert(path.to_owned(), file.clone());
+    file
+}
+
+async fn get_settings(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(Value::Object(read_settings(&shared))).into_response()
+}
+
+async fn get_setting(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    axum::Json(read_settings(&shared).remove(&id).unwrap_or(Value::Null)).into_response()
+}
+
+/// `POST /settings`: the body's keys merged over the stored ones; a body that is not a JSON object is a 500.
+async fn post_settings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let Ok(Value::Object(new)) = serde_json::from_slice::<Value>(&body) else {
+        return server_error();
+    };
+    let mut settings = read_settings(&shared);
+    settings.extend(new);
+    write_settings(&shared, &settings);
+    empty_ok()
+}
+
+async fn post_setting(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return server_error();
+    };
+    let mut settings = read_settings(&shared);
+    settings.insert(id, value);
+    write_settings(&shared, &settings);
+    empty_ok()
+}
+
+/// A path inside the user's folder as ComfyUI's `get_request_user_filepath` reads it (`%`-decoded once more,
+/// then joined and normalised): relative, `""` for the folder itself; `None` when it leaves the folder.
+fn user_path(raw: &str) -> Option<String> {
+    let decoded = match raw.contains('%') {
+        true => percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned(),
+        false => raw.to_owned(),
+    };
+    if decoded.starts_with('/') || decoded.contains('\0') {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in decoded.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            part => parts.push(part),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Whether `dir` is a folder of the user's folder: the folder itself, or a parent of a file in it.
+fn user_dir_exists(files: &BTreeMap<String, UserFile>, dir: &str) -> bool {
+    dir.is_empty()
+        || files
+            .keys()
+            .any(|path| path.starts_with(&format!("{dir}/")))
+}
+
+fn file_info(path: &str, file: &UserFile) -> Value {
+    json!({"path": path, "size": file.body.len(), "modified": file.modified, "created": file.created})
+}
+
+/// `GET /userdata?dir=D[&recurse=true][&full_info=true][&split=true]`: the files in the user's folder `D`;
+/// 400 without `dir`, 403 outside the user's folder, 404 for a folder that does not exist.
+async fn list_userdata(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let directory = query.get("dir").map(String::as_str).unwrap_or_default();
+    if directory.is_empty() {
+        return text_status(StatusCode::BAD_REQUEST, "Directory not provided");
+    }
+    let Some(dir) = user_path(directory) else {
+        return text_status(StatusCode::FORBIDDEN, "Invalid directory");
+    };
+    let flag = |key: &str| {
+        query
+            .get(key)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    };
+    let (recurse, full_info, split) = (flag("recurse"), flag("full_info"), flag("split"));
+    let files = shared.user_files.lock().unwrap();
+    if !user_dir_exists(&files, &dir) {
+        return text_status(StatusCode::NOT_FOUND, "Directory not found");
+    }
+    let prefix = match dir.is_empty() {
+        true => String::new(),
+        false => format!("{dir}/"),
+    };
+    let listed: Vec<Value> = files
+        .iter()
+        .filter_map(|(path, file)| {
+            let relative = path.strip_prefix(&prefix)?;
+            (recurse || !relative.contains('/')).then_some((relative, file))
+        })
+        .map(|(relative, file)| match (full_info, split) {
+            (true, _) => file_info(relative, file),
+            (false, true) => {
+                let mut parts = vec![json!(relative)];
+                parts.extend(relative.split('/').map(|p| json!(p)));
+                Value::Array(parts)
+            }
+            (false, false) => json!(relative),
+        })
+        .collect();
+    axum::Json(listed).into_response()
+}
+
+/// `GET /userdata/{file}` (`file` with its `/` as `%2F`): the file, 404 when it does not exist.
+async fn get_userdata(State(shared): State<Arc<Shared>>, Path(file): Path<String>) -> Response {
+    let Some(path) = user_path(&file).filter(|p| !p.is_empty()) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    match shared.user_files.lock().unwrap().get(&path) {
+        Some(found) => (
+            [(header::CONTENT_TYPE, content_type_of(FsPath::new(&path)))],
+            found.body.clone(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `POST /userdata/{file}[?overwrite=false][&full_info=true]`: writes the body; 409 when the file exists and
+/// `overwrite=false`; answers the file's path, or its information with `full_info=true`.
+async fn post_userdata(
+    State(shared): State<Arc<Shared>>,
+    Path(file): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let Some(path) = user_path(&file).filter(|p| !p.is_empty()) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let overwrite = query.get("overwrite").map(String::as_str) != Some("false");
+    let full_info = query
+        .get("full_info")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if !overwrite && shared.user_files.lock().unwrap().contains_key(&path) {
+        return text_status(StatusCode::CONFLICT, "File already exists");
+    }
+    let written = write_user_file(&shared, &path, body);
+    match full_info {
+        true => axum::Json(file_info(&path, &written)).into_response(),
+        false => axum::Json(json!(path)).into_response(),
+    }
+}
+
+async fn delete_userdata(State(shared): State<Arc<Shared>>, Path(file): Path<String>) -> Response {
+    let Some(path) = user_path(&file).filter(|p| !p.is_empty()) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    match shared.user_files.lock().unwrap().remove(&path) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Where this fake's ComfyUI lives, for the folder lists of `/experiment/models`.
+const MODELS_DIR: &str = "/opt/ComfyUI/models";
+
+/// A model folder's search paths as `folder_paths` sets them up (legacy folders second).
+fn model_folder_paths(folder: &str) -> Vec<String> {
+    let names: &[&str] = match folder {
+        "text_encoders" => &["text_encoders", "clip"],
+        "diffusion_models" => &["unet", "diffusion_models"],
+        "controlnet" => &["controlnet", "t2i_adapter"],
+        "custom_nodes" => return vec!["/opt/ComfyUI/custom_nodes".to_owned()],
+        other => return vec![format!("{MODELS_DIR}/{other}")],
+    };
+    names.iter().map(|n| format!("{MODELS_DIR}/{n}")).collect()
+}
+
+fn model_folders() -> Vec<String> {
+    serde_json::from_str(fixture!("models.json")).expect("recorded")
+}
+
+/// `GET /experiment/models`: every model folder but `configs` and `custom_nodes`, with its search paths.
+async fn experiment_models() -> Response {
+    let folders: Vec<Value> = model_folders()
+        .into_iter()
+        .filter(|f| f != "configs" && f != "custom_nodes")
+        .map(|name| json!({"name": name, "folders": model_folder_paths(&name)}))
+        .collect();
+    axum::Json(folders).into_response()
+}
+
+/// `GET /experiment/models/{folder}`: the installed files as `{name, pathIndex}`; 404 for an unknown folder.
+async fn experiment_models_in(
+    State(shared): State<Arc<Shared>>,
+    Path(folder): Path<String>,
+) -> Response {
+    if !model_folders().contains(&folder) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let files: Vec<Value> = shared
+        .models
+        .get(&folder)
+        .into_iter()
+        .flatten()
+        .map(|name| json!({"name": name, "pathIndex": 0}))
+        .collect();
+    axum::Json(files).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> reqwest::Client {
+        crate::flux::client::install_crypto_provider();
+        reqwest::Client::new()
+    }
+
+    async fn get(url: &str) -> (u16, String, Bytes) {
+        let response = client().get(url).send().await.expect("the fake answers");
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, kind, response.bytes().await.expect("a body"))
+    }
+
+    /// A frontend folder: index.html, a script, a style sheet, a font, an extension and a secret beside it.
+    fn frontend() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let root = dir.path().join("static");
+        std::fs::create_dir_all(root.join("assets")).unwrap();
+        std::fs::create_dir_all(root.join("extensions/core/.hidden")).unwrap();
+        std::fs::write(
+            root.join("index.html"),
+            "<!doctype html><title>ComfyUI</title>",
+        )
+        .unwrap();
+        std::fs::write(root.join("assets/index-x.js"), "export {}").unwrap();
+        std::fs::write(root.join("assets/a b.css"), "body{}").unwrap();
+        std::fs::write(root.join("assets/f.woff2"), [0u8, 1]).unwrap();
+        std::fs::write(root.join("assets/logo.svg"), "<svg/>").unwrap();
+        std::fs::write(root.join("extensions/core/widgets.js"), "").unwrap();
+        std::fs::write(root.join("extensions/core/.hidden/x.js"), "").unwrap();
+        std::fs::write(dir.path().join("secret.txt"), "outside").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("assets/link.txt"))
+            .unwrap();
+        (dir, root)
+    }
+
+    #[tokio::test]
+    async fn without_a_front_end_root_there_is_no_page() {
+        let fake = FakeComfy::start().await;
+        assert_eq!(get(&format!("{}/", fake.url())).await.0, 404);
+        assert_eq!(get(&format!("{}/index.html", fake.url())).await.0, 404);
+        assert_eq!(get(&format!("{}/extensions", fake.url())).await.2, "[]");
+    }
+
+    #[tokio::test]
+    async fn serves_the_frontend_unprefixed_with_its_types_and_never_outside_its_folder() {
+        let (_dir, root) = frontend();
+        let fake = FakeComfy::start().await;
+        fake.set_front_end_root(root);
+        let url = fake.url();
+        let (status, kind, body) = get(&format!("{url}/")).await;
+        assert_eq!((status, kind.as_str()), (200, "text/html"));
+        assert!(body.starts_with(b"<!doctype html>"));
+        // `/` is a route, so ComfyUI serves it under /api too; the files are not.
+        assert_eq!(get(&format!("{url}/api/")).await.0, 200);
+        for (path, expected) in [
+            ("/assets/index-x.js", "text/javascript"),
+            ("/assets/a%20b.css", "text/css"),
+            ("/assets/f.woff2", "font/woff2"),
+            ("/assets/logo.svg", "image/svg+xml"),
+            ("/extensions/core/widgets.js", "text/javascript"),
+        ] {
+            let (status, kind, _) = get(&format!("{url}{path}")).await;
+            assert_eq!((status, kind.as_str()), (200, expected), "{path}");
+        }
+        for (path, expected) in [
+            ("/api/assets/index-x.js", 404),
+            ("/api", 404),
+            ("/assets", 403),
+            ("/assets/", 403),
+            ("/assets/missing.js", 404),
+            ("/assets/%2e%2e/%2e%2e/secret.txt", 404),
+            ("/assets/..%2f..%2fsecret.txt", 404),
+            ("/%2fetc%2fpasswd", 404),
+            ("/assets/link.txt", 404),
+        ] {
+            assert_eq!(get(&format!("{url}{path}")).await.0, expected, "{path}");
+        }
+        let listed: Value = serde_json::from_slice(&get(&format!("{url}/api/extensions")).await.2)
+            .expect("a JSON list");
+        assert_eq!(listed, json!(["/extensions/core/widgets.js"]));
+    }
+
+    #[tokio::test]
+    async fn keeps_settings_and_user_files_as_a_single_user_comfyui() {
+        let fake = FakeComfy::start().await;
+        let url = fake.url();
+        let client = client();
+        let users: Value =
+            serde_json::from_slice(&get(&format!("{url}/api/users")).await.2).unwrap();
+        assert_eq!(users, json!({"storage": "server", "migrated": true}));
+        assert_eq!(get(&format!("{url}/api/settings")).await.2, "{}");
+        let posted = client
+            .post(format!("{url}/api/settings/Comfy.TutorialCompleted"))
+            .body("true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 200);
+        client
+            .post(format!("{url}/settings"))
+            .body(r#"{"Comfy.Locale": "en"}"#)
+            .send()
+            .await
+            .unwrap();
+        let settings: Value =
+            serde_json::from_slice(&get(&format!("{url}/api/settings")).await.2).unwrap();
+        assert_eq!(
+            settings,
+            json!({"Comfy.TutorialCompleted": true, "Comfy.Locale": "en"})
+        );
+        assert_eq!(
+            get(&format!("{url}/api/settings/Comfy.Locale")).await.2,
+            "\"en\""
+        );
+        assert_eq!(get(&format!("{url}/api/settings/Unknown")).await.2, "null");
+        let stored = get(&format!("{url}/api/userdata/comfy.settings.json"))
+            .await
+            .2;
+        assert!(String::from_utf8_lossy(&stored).contains("\n    \"Comfy.Locale\": \"en\""));
+
+        let list =
+            format!("{url}/api/userdata?dir=workflows&recurse=true&split=false&full_info=true");
+        assert_eq!(get(&list).await.0, 404);
+        assert_eq!(get(&format!("{url}/api/userdata")).await.0, 400);
+        assert_eq!(get(&format!("{url}/api/userdata?dir=..%2F..")).await.0, 403);
+        let saved = client
+            .post(format!(
+                "{url}/api/userdata/workflows%2Fa.json?overwrite=false"
+            ))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            saved.json::<Value>().await.unwrap(),
+            json!("workflows/a.json")
+        );
+        let again = client
+            .post(format!(
+                "{url}/api/userdata/workflows%2Fa.json?overwrite=false"
+            ))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 409);
+        let listed: Value = serde_json::from_slice(&get(&list).await.2).unwrap();
+        assert_eq!(listed[0]["path"], "a.json");
+        assert_eq!(listed[0]["size"], 2);
+        let (status, kind, body) = get(&format!("{url}/api/userdata/workflows%2Fa.json")).await;
+        assert_eq!(
+            (status, kind.as_str(), &body[..]),
+            (200, "application/json", &b"{}"[..])
+        );
+        assert_eq!(get(&format!("{url}/api/userdata/user.css")).await.0, 404);
+        let deleted = client
+            .delete(format!("{url}/api/userdata/workflows%2Fa.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 204);
+    }
+
+    #[tokio::test]
+    async fn answers_the_frontends_other_start_up_routes() {
+        let fake = FakeComfy::start_with_models(&[("checkpoints", "x.safetensors")]).await;
+        let url = fake.url();
+        assert_eq!(get(&format!("{url}/api/i18n")).await.2, "{}");
+        assert_eq!(get(&format!("{url}/api/workflow_templates")).await.2, "{}");
+        let folders: Value =
+            serde_json::from_slice(&get(&format!("{url}/api/experiment/models")).await.2).unwrap();
+        let names: Vec<&str> = folders
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&"checkpoints")
+                && !names.contains(&"configs")
+                && !names.contains(&"custom_nodes")
+        );
+        let checkpoints: Value = serde_json::from_slice(
+            &get(&format!("{url}/api/experiment/models/checkpoints"))
+                .await
+                .2,
+        )
+        .unwrap();
+        assert_eq!(
+            checkpoints,
+            json!([{"name": "x.safetensors", "pathIndex": 0}])
+        );
+        assert_eq!(
+            get(&format!("{url}/api/experiment/models/unet")).await.0,
+            404
+        );
+    }
 }

@@ -109,6 +109,7 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ("nav.diagnostics", "Diagnostics", "Диагностика"),
     ("nav.settings", "Settings", "Настройки"),
     ("nav.api", "API", "API"),
+    ("nav.editor", "ComfyUI editor", "Редактор ComfyUI"),
     ("apidocs.title", "API", "API"),
     (
         "apidocs.intro",

@@ -108,9 +108,19 @@ pub fn error_page(t: Tr, status: StatusCode) -> Response {
 /// Turns a panic in any handler into the error page (or, under `/api/`, the JSON error), instead of a dropped
 /// connection; the panic is logged.
 pub async fn catch_panics(request: Request, next: Next) -> Response {
+    caught(request, |request| next.run(request)).await
+}
+
+/// Runs `handle` on the request, a panic turned into the error page or, under `/api/`, the JSON error (the
+/// gateway's fast path, which skips the router's layers, goes through this too).
+pub async fn caught<F, Fut>(request: Request, handle: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let api = request.uri().path().starts_with("/api/");
     let lang = tr(request.headers());
-    match std::panic::AssertUnwindSafe(next.run(request))
+    match std::panic::AssertUnwindSafe(handle(request))
         .catch_unwind()
         .await
     {
@@ -565,8 +575,9 @@ pub async fn builder_send(
 ) -> ApiResult<Json<Value>> {
     let request: BuilderRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    // The limit is on what was sent, as the schema says; spaces around it do not make a long message fit.
     let message = request.message.trim();
-    if message.is_empty() || message.chars().count() > 20_000 {
+    if message.is_empty() || request.message.chars().count() > 20_000 {
         return Err(ApiError::invalid(
             "message",
             "must be 1 to 20000 characters",
@@ -606,6 +617,27 @@ pub async fn builder_send(
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({ "messages": [asked, answered] })))
+}
+
+/// `/editor`: to ComfyUI's editor on its own origin (the panel's nav links here), under the name the panel was
+/// opened with; a 404 page when the editor is off.
+pub async fn editor(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(addr) = state.editor_addr() else {
+        return error_page(tr(&headers), StatusCode::NOT_FOUND);
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let url = crate::http::gateway::editor_url(addr, host);
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, url),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+    )
+        .into_response()
 }
 
 /// A handler that panics, to show (and test) the 500 page; only in builds with the test doubles.

@@ -44,6 +44,8 @@ impl Served {
         let data = dir.join("data");
         let mut env = vec![
             ("ORCH_BIND", "127.0.0.1:0"),
+            // Tests run side by side: the editor's listener gets a port of its own too.
+            ("ORCH_COMFY_BIND", "127.0.0.1:0"),
             ("COMFY_URL", comfy_url),
             ("DATA_DIR", data.to_str().unwrap()),
             ("LOG_FORMAT", "json"),
@@ -648,6 +650,109 @@ fn flux_env(bfl: &FakeBfl) -> Vec<(&'static str, String)> {
 
 const BFL_KEY: &str = "bfl-secret-key-never-shown-1234";
 const V0_KEY: &str = "v0-secret-key-never-shown-5678";
+
+/// SIGTERM while a paid FLUX submit waits for BFL's answer: the server stops accepting, lets the submit finish and
+/// records what BFL answered, then exits; the next start polls the task to its image. Nothing is left
+/// `needs_reconcile`, nothing is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_slow_paid_submit_records_its_outcome() {
+    let bfl = FakeBfl::start(BFL_KEY).await;
+    bfl.set_submit_mode(SubmitMode::Slow(Duration::from_secs(2)));
+    let dir = tempfile::tempdir().unwrap();
+    let env = flux_env(&bfl);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut served = Served::start_with(dir.path(), "http://127.0.0.1:9", &env);
+    let client = crate::support::client();
+    let dry: Value = client
+        .post(served.url("/api/flux/generate"))
+        .json(&serde_json::json!({ "prompt": "a slow fox" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paid = serde_json::json!({ "prompt": "a slow fox", "dryRun": false, "confirmToken": dry["confirmToken"] });
+    let url = served.url("/api/flux/generate");
+    // The client gives up at once, as a closed browser tab does: the submit must not depend on its connection,
+    // nor on the serving thread that took it (which has nothing left to drain when the stop comes).
+    let pay = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .post(url)
+                .timeout(Duration::from_millis(300))
+                .json(&paid)
+                .send()
+                .await
+        }
+    });
+    wait_until(Duration::from_secs(10), "BFL has the submit", || async {
+        bfl.submits() == 1
+    })
+    .await;
+    wait_until(Duration::from_secs(5), "the client has hung up", || async {
+        pay.is_finished()
+    })
+    .await;
+    let stopped_at = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &served.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "a clean stop: {status:?}");
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(1500),
+        "it waited for BFL's answer"
+    );
+    assert!(
+        pay.await.unwrap().is_err(),
+        "the client hung up before BFL answered"
+    );
+    drop(served);
+
+    let served = Served::start_with(dir.path(), "http://127.0.0.1:9", &env);
+    let listed: Value = client
+        .get(served.url("/api/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = listed["jobs"][0]["id"]
+        .as_str()
+        .expect("the job")
+        .to_owned();
+    assert_ne!(listed["jobs"][0]["status"], "needs_reconcile", "{listed}");
+    let job_url = served.url(&format!("/api/jobs/{id}"));
+    wait_until(
+        Duration::from_secs(15),
+        "the FLUX job succeeds after the restart",
+        || {
+            let client = client.clone();
+            let url = job_url.clone();
+            async move {
+                let job: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+                assert_ne!(job["status"], "needs_reconcile", "{job}");
+                job["status"] == "succeeded"
+            }
+        },
+    )
+    .await;
+    assert_eq!(bfl.submits(), 1, "sent once");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_flux_shows_the_price_and_asks_before_paying() {

@@ -175,3 +175,33 @@ async fn a_quiet_stream_gets_a_heartbeat_every_15_s() {
     );
     eprintln!("heartbeat: first comment {heartbeat:?} after opening a quiet /api/events");
 }
+
+/// With `ORCH_EVENTS_MAX_SECS`, a stream ends after that long (a proxy in front would cut it anyway); the client
+/// comes back with `Last-Event-ID` and gets what happened meanwhile, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_after_its_longest_time_and_resumes_where_it_left_off() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn_with(&fake.url(), |s| s.events_max_secs = "1".into()).await;
+    let started = Instant::now();
+    let first = read_events(&app, "/api/events", Some(0), |_| false).await;
+    let lasted = started.elapsed();
+    assert!(first.is_empty(), "nothing happened yet: {first:?}");
+    assert!(
+        lasted >= Duration::from_millis(900) && lasted < Duration::from_secs(10),
+        "ended after {lasted:?}"
+    );
+    let path = app
+        .run_workflow(orchestrator::testkit::fake_comfy::no_model_workflow())
+        .await;
+    let job = path.trim_start_matches("/api/jobs/");
+    let missed = read_events(&app, "/api/events", Some(0), |_| false).await;
+    assert!(
+        missed
+            .iter()
+            .any(|e| e.data["id"] == job && e.data["status"] == "succeeded"),
+        "{missed:?}"
+    );
+    let last = missed.last().unwrap().id;
+    let again = read_events(&app, "/api/events", Some(last), |_| false).await;
+    assert!(again.is_empty(), "nothing twice: {again:?}");
+}

@@ -4,6 +4,7 @@ mod support;
 
 mod bad_input;
 mod binary;
+mod editor;
 mod events;
 mod flux;
 mod gateway;

@@ -137,6 +137,23 @@ async fn with_generation_off_no_path_sends_a_paid_workflow() {
             "{path}"
         );
     }
+    // ComfyUI's editor on its own origin posts to ComfyUI's own paths: the same money gate.
+    for path in ["/prompt", "/api/prompt", "/%70rompt"] {
+        let response = app
+            .http
+            .post(app.editor_url(path))
+            .header("Origin", format!("http://{}", app.editor_addr))
+            .json(&editor_prompt(&workflow))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "editor {path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["error"]["type"], "generation_disabled",
+            "editor {path}"
+        );
+    }
     // A token from a dry run changes nothing while generation is off.
     let (status, dry) = post(
         &app,

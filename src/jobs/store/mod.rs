@@ -212,8 +212,9 @@ impl Store {
         Ok(JobPage { jobs, next_cursor })
     }
 
-    /// Applies `change` to the job's row.
-    pub async fn update_job(&self, id: &str, change: JobChange) -> Result<(), StoreError> {
+    /// Applies `change` to the job's row, unless the job has finished: a finished job never changes again (a
+    /// cancel that raced a submit must not be overwritten by `submitted`). Answers whether the row changed.
+    pub async fn update_job(&self, id: &str, change: JobChange) -> Result<bool, StoreError> {
         let JobChange {
             status,
             progress,
@@ -226,7 +227,7 @@ impl Store {
             started,
             finished,
         } = change;
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE jobs SET \
                status = COALESCE(?2, status), \
                progress = COALESCE(?3, progress), \
@@ -238,7 +239,7 @@ impl Store {
                finished_at = CASE WHEN ?10 THEN ?11 ELSE finished_at END, \
                provider_id = COALESCE(?12, provider_id), \
                polling_url = COALESCE(?13, polling_url) \
-             WHERE id = ?1",
+             WHERE id = ?1 AND status NOT IN ('succeeded', 'failed', 'cancelled', 'backend_lost')",
         )
         .bind(id)
         .bind(status.map(JobStatus::as_str))
@@ -255,16 +256,19 @@ impl Store {
         .bind(polling_url)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
-    /// Where a job that waited for a backend was sent.
+    /// Where a job that waited for a backend was sent; a finished job is not moved.
     pub async fn set_backend_url(&self, id: &str, backend_url: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET backend_url = ? WHERE id = ?")
-            .bind(backend_url)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE jobs SET backend_url = ? WHERE id = ? \
+             AND status NOT IN ('succeeded', 'failed', 'cancelled', 'backend_lost')",
+        )
+        .bind(backend_url)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -16,9 +16,11 @@ use tokio::sync::oneshot;
 pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
     Settings {
         bind: "127.0.0.1:0".into(),
+        comfy_bind: "127.0.0.1:0".into(),
         workers: "auto".into(),
         header_read_timeout_secs: "10".into(),
         max_connections: "1024".into(),
+        events_max_secs: "0".into(),
         allowed_hosts: None,
         token: None,
         data_dir: data_dir.display().to_string(),
@@ -63,6 +65,8 @@ pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
 /// Orchestrator serving on a random loopback port, stopped when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// ComfyUI's editor, on its own origin.
+    pub editor_addr: SocketAddr,
     pub data_dir: PathBuf,
     _data: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -82,18 +86,21 @@ impl TestApp {
         let config = settings.validate(false).expect("test settings are valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
+        let editor = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let editor_addr = editor.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            orchestrator::run(config, listener, shutdown)
+            orchestrator::run_with_editor(config, listener, Some(editor), shutdown)
                 .await
                 .expect("server runs");
         });
         let http = client();
         let app = Self {
             addr,
+            editor_addr,
             data_dir: data.path().to_owned(),
             _data: Some(data),
             stop: Some(stop),
@@ -117,6 +124,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `path` on ComfyUI's editor origin.
+    pub fn editor_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.editor_addr, path)
     }
 
     /// GETs `path` and reads the answer as JSON.
@@ -307,4 +319,49 @@ pub fn error_code(body: &serde_json::Value) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no code in {body}"))
         .to_owned()
+}
+
+/// A TCP relay in front of `upstream` that holds back every chunk a client sends containing `needle` (such as
+/// `POST /prompt`) for `delay` before passing it on: a slow network or a busy ComfyUI at exactly one request, to
+/// open the window a race needs. Answers the relay's address.
+pub async fn delaying_relay(
+    upstream: SocketAddr,
+    needle: &'static [u8],
+    delay: Duration,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if buffer[..n].windows(needle.len()).any(|w| w == needle) {
+                            tokio::time::sleep(delay).await;
+                        }
+                        if server_write.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_write.shutdown().await;
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    let _ = client_write.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    addr
 }

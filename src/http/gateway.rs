@@ -1,0 +1,334 @@
+//! ComfyUI through Orchestrator, on two origins.
+//!
+//! - **The editor's origin** (`ORCH_COMFY_BIND`, default `127.0.0.1:3001`) relays every path to ComfyUI: its
+//!   frontend, the scripts of every custom node, the API and the WebSocket. Nothing of Orchestrator's own API is
+//!   there, so the third-party JavaScript ComfyUI loads runs where it can reach ComfyUI and nothing else: the
+//!   panel's CSRF guard sees it as the foreign origin it is.
+//! - **The panel's origin** keeps `/api/comfy/*` for the API (JSON, images, the WebSocket) but never serves what a
+//!   browser would run there: HTML, JavaScript, CSS, SVG and XML answers are replaced with an
+//!   `editor_origin_only` error naming the editor's address, and every answer carries `nosniff` and
+//!   `Content-Security-Policy: sandbox`. Files (`/view`) that are not raster images, video or audio are downloads.
+//!
+//! Both go through the same money gate, header rules and guard.
+
+use axum::extract::{FromRequestParts, Request, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderValue};
+use std::net::SocketAddr;
+
+use super::{comfy_money, guard};
+use crate::AppState;
+use crate::comfy::{credentials, ws};
+use crate::error::{ApiError, ApiResult};
+
+/// `/api/comfy/{*path}` on the panel's origin: ComfyUI's API, never a document or a script.
+pub async fn panel(state: AppState, request: Request) -> Response {
+    let host = request.headers().get(header::HOST).cloned();
+    let path = request
+        .uri()
+        .path()
+        .strip_prefix("/api/comfy")
+        .unwrap_or_default()
+        .to_owned();
+    let file_route = credentials::comfy_route(&path).trim_end_matches('/') == "/view";
+    let response = relay(&state, request, &path).await;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return response;
+    }
+    let editor = state.editor_addr().map(|addr| {
+        editor_url(
+            addr,
+            host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+        )
+    });
+    confine(response, file_route, editor)
+}
+
+/// Every path on the editor's origin: relayed to ComfyUI as it is.
+pub async fn editor(state: AppState, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    relay(&state, request, &path).await
+}
+
+/// One request to the first ComfyUI backend: WebSocket upgrades relayed, `POST /prompt` judged by the money
+/// rules, answers that echo prompts cleared of Comfy.org credentials, everything else streamed through.
+async fn relay(state: &AppState, request: Request, path: &str) -> Response {
+    // A deliberate panic, to test that the fast path's panic catcher answers; only with the test doubles.
+    #[cfg(feature = "testkit")]
+    if path == "/__testkit/panic" {
+        panic!("the testkit's deliberate panic in the gateway");
+    }
+    if guard::is_websocket_upgrade(request.headers()) {
+        return websocket(state, request, path)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+    }
+    if guard::changes_state(request.method())
+        && takes_json(path)
+        && request.headers().contains_key(header::CONTENT_TYPE)
+        && !guard::is_json(request.headers())
+    {
+        return ApiError::UnsupportedMediaType.into_response();
+    }
+    // What ComfyUI's router will match, worked out once: the money rules depend on it.
+    let route = credentials::comfy_route(path);
+    if request.method() == http::Method::POST && credentials::is_prompt_route(&route) {
+        return comfy_money::post_prompt(state, request, path).await;
+    }
+    let echoes_prompts = credentials::answer_may_echo_prompts(&route);
+    let mut request = request;
+    if echoes_prompts {
+        comfy_money::prepare_echo_request(&mut request);
+    }
+    let response = state
+        .gateway
+        .forward(request, path)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    if echoes_prompts {
+        let secret = state.config.comfy_org.api_key.as_ref().map(|k| k.expose());
+        return comfy_money::clear_echo(response, secret).await;
+    }
+    response
+}
+
+/// ComfyUI routes whose bodies are JSON; a browser can only send a cross-site body of another type.
+fn takes_json(path: &str) -> bool {
+    let route = path
+        .strip_prefix("/api")
+        .unwrap_or(path)
+        .trim_end_matches('/');
+    matches!(
+        route,
+        "/prompt" | "/queue" | "/history" | "/interrupt" | "/free"
+    )
+}
+
+async fn websocket(state: &AppState, request: Request, path: &str) -> ApiResult<Response> {
+    let (mut parts, _body) = request.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let uri = state.gateway.upstream_uri(path, parts.uri.query())?;
+    let timeout = state.config.comfy.read_timeout;
+    let upstream = ws::connect_upstream(state.gateway.backend(), &uri, timeout).await?;
+    let secret = state
+        .config
+        .comfy_org
+        .api_key
+        .as_ref()
+        .map(|k| std::sync::Arc::<str>::from(k.expose()));
+    Ok(upgrade.on_upgrade(move |socket| ws::relay(socket, upstream, secret)))
+}
+
+/// A panel-origin answer made harmless: refused when a browser would run it, marked so that none sniffs it into
+/// something it would run, a file that is not a picture, a video or a sound made a download.
+fn confine(mut response: Response, file_route: bool, editor: Option<String>) -> Response {
+    let kind = essence(response.headers());
+    if can_run_script(&kind) {
+        return ApiError::EditorOriginOnly { editor }.into_response();
+    }
+    if file_route {
+        protect_file(response.headers_mut(), &kind);
+    } else {
+        no_script(response.headers_mut());
+    }
+    response
+}
+
+/// The media type of an answer, lower-cased, without parameters; empty when there is none.
+pub fn essence(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Types a browser renders as a document or runs as a script or style: HTML, JavaScript, CSS, SVG and XML.
+fn can_run_script(kind: &str) -> bool {
+    matches!(
+        kind,
+        "text/html"
+            | "application/xhtml+xml"
+            | "text/javascript"
+            | "application/javascript"
+            | "application/x-javascript"
+            | "text/ecmascript"
+            | "application/ecmascript"
+            | "text/css"
+            | "text/xml"
+            | "application/xml"
+            | "text/xsl"
+            | "multipart/x-mixed-replace"
+    ) || kind.ends_with("+xml")
+}
+
+/// Types shown inline as what they are, with no script of their own: raster images, video and audio.
+fn plays_inline(kind: &str) -> bool {
+    matches!(
+        kind,
+        "image/png"
+            | "image/apng"
+            | "image/jpeg"
+            | "image/gif"
+            | "image/webp"
+            | "image/avif"
+            | "image/bmp"
+    ) || (kind.starts_with("video/") || kind.starts_with("audio/"))
+}
+
+/// `nosniff` and a sandboxing policy: even opened as a page, an answer runs no script on the panel's origin.
+fn no_script(headers: &mut HeaderMap) {
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+}
+
+/// [`no_script`], and `Content-Disposition: attachment` (the file name kept) for every type that is not a raster
+/// image, video or audio: a workflow's SVG or HTML output, or an uploaded one, is downloaded, never rendered.
+pub fn protect_file(headers: &mut HeaderMap, kind: &str) {
+    no_script(headers);
+    if plays_inline(kind) {
+        return;
+    }
+    let name = headers
+        .get(header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            // ComfyUI's `/view` sends `filename="…"` alone, without a disposition type before it.
+            v.split(';')
+                .map(str::trim)
+                .find(|p| p.starts_with("filename"))
+                .map(str::to_owned)
+        });
+    let value = match name {
+        Some(param) => format!("attachment; {param}"),
+        None => "attachment".to_owned(),
+    };
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("attachment")),
+    );
+}
+
+/// The editor's address as a browser on the panel reaches it: the name the panel was opened under when the
+/// editor listens there too (loopback, or every address), else the editor's own address.
+pub fn editor_url(addr: SocketAddr, request_host: &str) -> String {
+    let ip = addr.ip();
+    let requested = guard::split_host_port(request_host)
+        .map(|(name, _)| name)
+        .filter(|name| !name.is_empty());
+    let loopback_name = |name: &str| {
+        name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|i| i.is_loopback())
+    };
+    let name = match requested {
+        Some(name) if ip.is_unspecified() || (ip.is_loopback() && loopback_name(name)) => {
+            name.to_owned()
+        }
+        _ => ip.to_string(),
+    };
+    let name = if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name
+    };
+    format!("http://{name}:{}/", addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_browser_could_run_is_refused_and_files_are_downloads() {
+        for kind in [
+            "text/html",
+            "image/svg+xml",
+            "text/javascript",
+            "application/javascript",
+            "text/css",
+            "application/xml",
+            "text/xml",
+            "application/xhtml+xml",
+            "application/rss+xml",
+        ] {
+            assert!(can_run_script(kind), "{kind}");
+        }
+        for kind in [
+            "application/json",
+            "image/png",
+            "text/plain",
+            "video/mp4",
+            "",
+        ] {
+            assert!(!can_run_script(kind), "{kind}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("inline; filename=\"a.pdf\""),
+        );
+        protect_file(&mut headers, "application/pdf");
+        assert_eq!(
+            headers[header::CONTENT_DISPOSITION],
+            "attachment; filename=\"a.pdf\""
+        );
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(headers[header::CONTENT_SECURITY_POLICY], "sandbox");
+        let mut headers = HeaderMap::new();
+        protect_file(&mut headers, "image/webp");
+        assert!(!headers.contains_key(header::CONTENT_DISPOSITION));
+        protect_file(&mut headers, "");
+        assert_eq!(headers[header::CONTENT_DISPOSITION], "attachment");
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("filename=\"x.html\""),
+        );
+        protect_file(&mut headers, "application/octet-stream");
+        assert_eq!(
+            headers[header::CONTENT_DISPOSITION],
+            "attachment; filename=\"x.html\""
+        );
+    }
+
+    #[test]
+    fn the_editor_is_named_as_the_panel_was_reached() {
+        let loopback: SocketAddr = "127.0.0.1:3001".parse().unwrap();
+        assert_eq!(
+            editor_url(loopback, "localhost:3000"),
+            "http://localhost:3001/"
+        );
+        assert_eq!(
+            editor_url(loopback, "127.0.0.1:3000"),
+            "http://127.0.0.1:3001/"
+        );
+        assert_eq!(
+            editor_url(loopback, "studio.lan:3000"),
+            "http://127.0.0.1:3001/"
+        );
+        let every: SocketAddr = "0.0.0.0:3001".parse().unwrap();
+        assert_eq!(
+            editor_url(every, "studio.lan:3000"),
+            "http://studio.lan:3001/"
+        );
+        let lan: SocketAddr = "192.168.1.5:3001".parse().unwrap();
+        assert_eq!(
+            editor_url(lan, "localhost:3000"),
+            "http://192.168.1.5:3001/"
+        );
+        let v6: SocketAddr = "[::1]:3001".parse().unwrap();
+        assert_eq!(editor_url(v6, "[::1]:3000"), "http://[::1]:3001/");
+    }
+}
