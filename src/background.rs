@@ -57,10 +57,6 @@ impl Background {
         self.stopping.cancelled().await;
     }
 
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.is_cancelled()
-    }
-
     /// The clean stop: waiting work is told to stop and what is in flight is awaited, for at most `grace`.
     /// Answers whether everything ended in time.
     pub async fn finish(&self, grace: Duration) -> bool {

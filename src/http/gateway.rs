@@ -22,8 +22,25 @@ use crate::AppState;
 use crate::comfy::{credentials, ws};
 use crate::error::{ApiError, ApiResult};
 
+/// Which origin a relayed request came to.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// The panel's: `/api/comfy/{*path}`, ComfyUI's API only.
+    Panel,
+    /// The editor's own (`ORCH_COMFY_BIND`): every path.
+    Editor,
+}
+
+/// A request relayed to ComfyUI, as its origin allows.
+pub async fn handle(origin: Origin, state: AppState, request: Request) -> Response {
+    match origin {
+        Origin::Panel => panel(state, request).await,
+        Origin::Editor => editor(state, request).await,
+    }
+}
+
 /// `/api/comfy/{*path}` on the panel's origin: ComfyUI's API, never a document or a script.
-pub async fn panel(state: AppState, request: Request) -> Response {
+async fn panel(state: AppState, request: Request) -> Response {
     let host = request.headers().get(header::HOST).cloned();
     let path = request
         .uri()
@@ -46,7 +63,7 @@ pub async fn panel(state: AppState, request: Request) -> Response {
 }
 
 /// Every path on the editor's origin: relayed to ComfyUI as it is.
-pub async fn editor(state: AppState, request: Request) -> Response {
+async fn editor(state: AppState, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     relay(&state, request, &path).await
 }

@@ -62,33 +62,33 @@ impl App {
             policy,
             router,
         } = self;
-        let Some(router) = router else {
-            return log_request_with(request, move |request| async move {
-                match policy.check_request(
-                    request.method(),
-                    request.uri().path(),
-                    request.headers(),
-                ) {
-                    Ok(()) => ui::caught(request, |r| gateway::editor(state, r)).await,
-                    Err(refusal) => refusal.into_response(),
-                }
-            })
-            .await;
-        };
         let path = request.uri().path();
-        if (path == "/api/comfy" || path.starts_with("/api/comfy/")) && !is_own_comfy_route(path) {
+        let origin = match &router {
+            None => Some(gateway::Origin::Editor),
+            Some(_)
+                if (path == "/api/comfy" || path.starts_with("/api/comfy/"))
+                    && !is_own_comfy_route(path) =>
+            {
+                Some(gateway::Origin::Panel)
+            }
+            Some(_) => None,
+        };
+        if let Some(origin) = origin {
             return log_request_with(request, move |request| async move {
                 match policy.check_request(
                     request.method(),
                     request.uri().path(),
                     request.headers(),
                 ) {
-                    Ok(()) => ui::caught(request, |r| gateway::panel(state, r)).await,
+                    Ok(()) => ui::caught(request, |r| gateway::handle(origin, state, r)).await,
                     Err(refusal) => refusal.into_response(),
                 }
             })
             .await;
         }
+        let Some(router) = router else {
+            unreachable!("the editor's origin has no router and is relayed above")
+        };
         match router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},

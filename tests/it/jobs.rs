@@ -363,11 +363,11 @@ async fn a_cancel_during_the_submit_stays_cancelled_and_comfy_drops_its_copy() {
         .unwrap();
     assert_ne!(answer.status(), 202, "the job was not submitted after all");
     assert_eq!(fake.received_prompts().len(), 1, "the POST was on its way");
-    let prompt_id = fake
+    let deleted = fake
         .requests()
         .iter()
         .any(|r| r.path == "/queue" && r.method == "POST");
-    assert!(prompt_id, "ComfyUI was told to delete its copy");
+    assert!(deleted, "ComfyUI was told to delete its copy");
     assert!(
         fake.requests()
             .iter()
