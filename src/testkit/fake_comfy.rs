@@ -1065,7 +1065,11 @@ async fn view(
         )) {
             Some(bytes) => (
                 [
-                    (header::CONTENT_TYPE, "image/png".to_owned()),
+                    // aiohttp's FileResponse: the type guessed from the name.
+                    (
+                        header::CONTENT_TYPE,
+                        content_type_of(FsPath::new(name)).to_owned(),
+                    ),
                     (header::CONTENT_DISPOSITION, format!("filename=\"{name}\"")),
                     (header::ACCEPT_RANGES, "bytes".to_owned()),
                 ],
@@ -1390,7 +1394,7 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
                     // with its own `executed` message, as ComfyUI runs every output node.
                     let mut savers: Vec<String> = nodes
                         .iter()
-                        .filter(|(id, n)| **id != node && n["class_type"] == "SaveImage")
+                        .filter(|(id, n)| **id != node && is_saver(n))
                         .map(|(id, _)| id.clone())
                         .collect();
                     savers.sort();
@@ -1434,6 +1438,18 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
     }
 }
 
+/// The output nodes that write a file: SaveImage, and SaveSVGNode (`nodes_images.py`), which writes `.svg`.
+fn is_saver(node: &Value) -> bool {
+    matches!(
+        node["class_type"].as_str(),
+        Some("SaveImage" | "SaveSVGNode")
+    )
+}
+
+/// An SVG as a workflow can write one: with a script, which must never run on the panel's origin.
+pub const OUTPUT_SVG: &[u8] =
+    b"<svg xmlns='http://www.w3.org/2000/svg' width='1' height='1'><script>alert(1)</script></svg>";
+
 /// What a SaveImage node writes, as ComfyUI's `get_save_image_path`: a prefix "a/b" saves `b_00001_.png` in the
 /// subfolder "a", the counter counting per folder and name, so two prefixes "a/x" and "b/x" both give
 /// `x_00001_.png`, in different subfolders.
@@ -1451,11 +1467,21 @@ fn save_output(shared: &Shared, nodes: &Map<String, Value>, node: &str) -> Value
         *counter += 1;
         *counter
     };
-    let filename = format!("{stem}_{counter:05}_.png");
-    shared.files.lock().unwrap().insert(
-        file_key(subfolder, &filename),
-        Bytes::from_static(OUTPUT_PNG),
-    );
+    // SaveSVGNode saves `<prefix>_00001_.svg` and reports it under `images`, as SaveImage does.
+    let svg = nodes
+        .get(node)
+        .is_some_and(|n| n["class_type"] == "SaveSVGNode");
+    let (extension, bytes) = if svg {
+        ("svg", OUTPUT_SVG)
+    } else {
+        ("png", OUTPUT_PNG)
+    };
+    let filename = format!("{stem}_{counter:05}_.{extension}");
+    shared
+        .files
+        .lock()
+        .unwrap()
+        .insert(file_key(subfolder, &filename), Bytes::from_static(bytes));
     json!({"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
 }
 

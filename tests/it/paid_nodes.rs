@@ -867,3 +867,53 @@ async fn a_failed_paid_node_never_shows_the_servers_key() {
     assert!(!seen.contains(SERVER_KEY), "{seen}");
     assert_eq!(org.calls()[0].api_key.as_deref(), Some(SERVER_KEY));
 }
+
+#[tokio::test]
+async fn an_svg_a_job_writes_is_a_download_that_cannot_script_the_panel() {
+    // The fake Comfy.org API must outlive the run: it answers the paid node.
+    let Rig {
+        comfy,
+        app,
+        org: _org,
+    } = rig(true, |_| {}).await;
+    // Recraft's vector node is the one source of SVG in ComfyUI 0.3.64; SaveSVGNode writes it as `.svg`.
+    let workflow = json!({
+        "1": {"class_type": "RecraftTextToVectorNode", "inputs": {"prompt": "a logo", "substyle": "None",
+              "size": "1024x1024", "n": 1, "seed": 0}},
+        "3": {"class_type": "SaveSVGNode", "inputs": {"filename_prefix": "svg/logo", "svg": ["1", 0]}},
+    });
+    let body = confirmed(&app, &workflow).await;
+    let (status, created) = post(&app, "/api/jobs", &body, None).await;
+    assert_eq!(status, 202, "{created}");
+    let path = format!("/api/jobs/{}", created["id"].as_str().unwrap());
+    wait_until(Duration::from_secs(20), "the job ends", || async {
+        matches!(
+            app.get_json(&path).await["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        )
+    })
+    .await;
+    let done = app.get_json(&path).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let output = &done["outputs"][0];
+    assert!(output["name"].as_str().unwrap().ends_with(".svg"), "{done}");
+    let served = app
+        .http
+        .get(app.url(output["url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    let headers = served.headers().clone();
+    assert_eq!(headers["content-type"], "image/svg+xml");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["content-security-policy"], "sandbox");
+    let disposition = headers["content-disposition"].to_str().unwrap();
+    assert!(disposition.starts_with("attachment"), "{disposition}");
+    assert!(disposition.contains(output["name"].as_str().unwrap()));
+    assert_eq!(
+        served.bytes().await.unwrap().as_ref(),
+        orchestrator::testkit::fake_comfy::OUTPUT_SVG
+    );
+    assert_eq!(queued(&comfy), 1);
+}
