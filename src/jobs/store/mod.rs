@@ -731,7 +731,7 @@ pub struct NewJob<'a> {
 }
 
 /// A change to a job; `None` leaves a field as it is.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct JobChange {
     pub status: Option<JobStatus>,
     pub progress: Option<f64>,

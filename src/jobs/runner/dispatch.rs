@@ -1,0 +1,370 @@
+//! Sending jobs to ComfyUI: choosing the backend, the money gate before anything paid goes out, the one
+//! `POST /prompt`, and the queue of jobs that wait for a ComfyUI to come online.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::follow::{client_id, open_socket};
+use super::{JobError, Jobs, Upload};
+use crate::comfy::proxy::ComfyGateway;
+use crate::error::ApiError;
+use crate::jobs::model::{Job, JobStatus};
+use crate::jobs::store::{JobChange, NewJob};
+
+/// How often waiting jobs look for a ComfyUI that answers.
+const DISPATCH_EVERY: Duration = Duration::from_secs(2);
+
+impl Jobs {
+    /// The backend a recorded job went to (the first one for a job that names none).
+    pub(in crate::jobs) fn backend_of(&self, job: &Job) -> &ComfyGateway {
+        job.backend_url
+            .as_deref()
+            .and_then(|url| self.backends.iter().find(|b| b.backend().origin() == url))
+            .unwrap_or(&self.backends[0])
+    }
+
+    /// The online backend with the shortest queue; `None` when none answers.
+    pub(in crate::jobs) async fn choose_backend(&self) -> Option<&ComfyGateway> {
+        let probes = self.backends.iter().map(|backend| async move {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(2),
+                backend.get_json("/prompt", 64 * 1024),
+            )
+            .await;
+            let queued = answer.ok()?.ok()?["exec_info"]["queue_remaining"].as_u64()?;
+            Some((queued, backend))
+        });
+        let answers = futures_util::future::join_all(probes).await;
+        // min_by_key keeps the first of equals: ties go to the backend listed first.
+        answers
+            .into_iter()
+            .flatten()
+            .min_by_key(|(queued, _)| *queued)
+            .map(|(_, backend)| backend)
+    }
+
+    /// Records a free job, submits it to `gateway`'s ComfyUI and follows it in the background; answers once ComfyUI
+    /// accepted it. With no gateway (none answers) the job waits in Orchestrator's queue.
+    pub(in crate::jobs) async fn submit_comfy(
+        &self,
+        gateway: Option<ComfyGateway>,
+        template: Option<&str>,
+        params: &Value,
+        mut workflow: Value,
+        uploads: Vec<Upload>,
+    ) -> Result<Job, JobError> {
+        let Some(gateway) = gateway else {
+            // No ComfyUI answers: a job without input images waits in Orchestrator's own queue and goes out when
+            // one comes online (after Ignite, say). Images must go to the ComfyUI that runs the job, so such a
+            // job is refused instead of being held with its data.
+            if uploads.is_empty() {
+                let new = NewJob {
+                    backend: "comfy",
+                    template,
+                    params,
+                    workflow: &workflow,
+                    backend_url: None,
+                };
+                let job = self.store.insert_job(new).await?;
+                self.waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(job.id.clone());
+                self.start_dispatcher();
+                tracing::info!(job = %job.id, "no ComfyUI answers: the job waits in the queue");
+                return Ok(job);
+            }
+            return Err(ApiError::ComfyOffline {
+                upstream: self.origins(),
+                what: "no job can be started",
+            }
+            .into());
+        };
+        self.upload_inputs(&gateway, &mut workflow, uploads).await?;
+        let backend_url = gateway.backend().origin();
+        let new = NewJob {
+            backend: "comfy",
+            template,
+            params,
+            workflow: &workflow,
+            backend_url: Some(&backend_url),
+        };
+        let job = self.store.insert_job(new).await?;
+        self.send_to_comfy(job, &workflow).await
+    }
+
+    /// Input images go to the ComfyUI that will run the job, under the names it answers with.
+    pub(in crate::jobs) async fn upload_inputs(
+        &self,
+        gateway: &ComfyGateway,
+        workflow: &mut Value,
+        uploads: Vec<Upload>,
+    ) -> Result<(), JobError> {
+        for upload in uploads {
+            let name = gateway
+                .upload_image(upload.bytes, &upload.file_name, &upload.content_type)
+                .await?;
+            for (node, input) in &upload.targets {
+                if let Some(inputs) = workflow
+                    .get_mut(node)
+                    .and_then(|n| n.get_mut("inputs"))
+                    .and_then(Value::as_object_mut)
+                {
+                    inputs.insert(input.clone(), Value::String(name.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the task that sends waiting jobs, unless it runs already.
+    fn start_dispatcher(&self) {
+        use std::sync::atomic::Ordering;
+        if self.dispatcher_running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let jobs = self.clone();
+        self.background.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(DISPATCH_EVERY) => {}
+                    // Waiting jobs stay queued in the store; the next start sends them.
+                    () = jobs.background.stopping() => return,
+                }
+                if jobs.dispatch_waiting().await {
+                    jobs.dispatcher_running.store(false, Ordering::SeqCst);
+                    // A job queued between the last look and the flag: look once more.
+                    if jobs
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_empty()
+                        || jobs.dispatcher_running.swap(true, Ordering::SeqCst)
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Sends waiting jobs, in order, while a ComfyUI answers; answers whether none is left waiting.
+    async fn dispatch_waiting(&self) -> bool {
+        loop {
+            let Some(id) = self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .first()
+                .cloned()
+            else {
+                return true;
+            };
+            let job = match self.store.job(&id).await {
+                Ok(Some(job)) if job.status == JobStatus::Queued => job,
+                // Cancelled meanwhile, or gone.
+                _ => {
+                    self.waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|w| *w != id);
+                    continue;
+                }
+            };
+            let Some(gateway) = self.choose_backend().await else {
+                return false;
+            };
+            let origin = gateway.backend().origin();
+            if let Err(error) = self.store.set_backend_url(&id, &origin).await {
+                tracing::error!(job = %id, %error, "cannot record where a waiting job goes");
+                return false;
+            }
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|w| *w != id);
+            let workflow = self
+                .store
+                .workflow(&id)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(Value::Null);
+            let job = Job {
+                backend_url: Some(origin),
+                ..job
+            };
+            tracing::info!(job = %id, backend = ?job.backend_url, "a ComfyUI answers: sending a waiting job");
+            if let Err(error) = self.send_to_comfy(job, &workflow).await {
+                tracing::warn!(job = %id, %error, "sending a waiting job failed");
+            }
+        }
+    }
+
+    /// Posts a recorded job's workflow to ComfyUI and starts following it. The money gate runs first: a paid
+    /// workflow goes out only for a job holding a reservation, with Orchestrator's Comfy.org key.
+    pub(in crate::jobs) async fn send_to_comfy(
+        &self,
+        job: Job,
+        workflow: &Value,
+    ) -> Result<Job, JobError> {
+        let client_id = client_id(&job.id);
+        let gateway = self.backend_of(&job).clone();
+        let paid_key = match self.gate_before_sending(&gateway, &job, workflow).await {
+            Ok(key) => key,
+            Err(JobError::AwaitingConfirmation(job)) => {
+                return Err(JobError::AwaitingConfirmation(job));
+            }
+            Err(error) => {
+                let (code, message) = match &error {
+                    JobError::UnknownClasses(_) => ("comfy_rejected", error.to_string()),
+                    JobError::Refused(api) => (api.code(), api.to_string()),
+                    JobError::Comfy(api) => (api.code(), api.to_string()),
+                    other => ("internal", other.to_string()),
+                };
+                self.fail(&job.id, json!({ "code": code, "message": message }))
+                    .await;
+                if job.cost_usd.is_some() {
+                    self.release(&job.id).await;
+                }
+                return Err(error);
+            }
+        };
+
+        let socket = match open_socket(&gateway, &job.id).await {
+            Ok(socket) => socket,
+            Err(error) => {
+                self.fail(
+                    &job.id,
+                    json!({ "code": error.code(), "message": error.to_string() }),
+                )
+                .await;
+                // Nothing was posted: a paid job's reservation goes back.
+                if paid_key.is_some() {
+                    self.release(&job.id).await;
+                }
+                return Err(error.into());
+            }
+        };
+        let mut extra_data = json!({ "orchestrator_job": job.id });
+        if let Some(key) = &paid_key {
+            extra_data[crate::comfy::credentials::KEYS[0]] = json!(key.expose());
+        }
+        let body = json!({ "prompt": workflow, "client_id": client_id, "extra_data": extra_data });
+        // A paid job cancelled while it was being approved or prepared is not sent (and gives its price back).
+        if paid_key.is_some() {
+            let now = self.store.job(&job.id).await?;
+            if let Some(now) = now.filter(|j| j.status != JobStatus::Queued) {
+                self.release(&job.id).await;
+                return Err(JobError::Finished(now.status.as_str()));
+            }
+        }
+        let (status, answer) = match gateway.post_json("/prompt", &body).await {
+            Ok(answer) => answer,
+            // A paid prompt that may have reached ComfyUI is never sent again: its outcome is for a person to check.
+            Err(error) if paid_key.is_some() => {
+                let message = format!(
+                    "{error}. ComfyUI may have queued the paid workflow; it is not sent again. Check ComfyUI's \
+                     queue and the Comfy.org account."
+                );
+                let change = JobChange {
+                    status: Some(JobStatus::NeedsReconcile),
+                    error: Some(json!({ "code": "comfy_outcome_unknown", "message": message })),
+                    ..Default::default()
+                };
+                self.change(&job.id, "state", change).await;
+                return Err(error.into());
+            }
+            Err(error) => {
+                self.fail(
+                    &job.id,
+                    json!({ "code": error.code(), "message": error.to_string() }),
+                )
+                .await;
+                return Err(error.into());
+            }
+        };
+        let Some(prompt_id) = answer
+            .get("prompt_id")
+            .and_then(Value::as_str)
+            .filter(|_| status.is_success())
+        else {
+            // Only ComfyUI's own refusal (400 with its error shape) certainly queued nothing. Anything else for a
+            // paid prompt (a proxy's 502 after ComfyUI queued it, a 200 without an id) may have been taken: it is
+            // for a person to check, and never sent again.
+            let refused_by_comfy = status == http::StatusCode::BAD_REQUEST
+                && (answer.get("error").is_some() || answer.get("node_errors").is_some());
+            if paid_key.is_some() && !refused_by_comfy {
+                let message = format!(
+                    "ComfyUI answered the paid workflow with HTTP {} and no prompt id; it may have been queued, so it \
+                     is not sent again. Check ComfyUI's queue and the Comfy.org account.",
+                    status.as_u16()
+                );
+                let change = JobChange {
+                    status: Some(JobStatus::NeedsReconcile),
+                    error: Some(json!({ "code": "comfy_outcome_unknown", "message": message })),
+                    ..Default::default()
+                };
+                self.change(&job.id, "state", change).await;
+                return Err(ApiError::ComfyBadResponse(message).into());
+            }
+            let message = answer["error"]["message"]
+                .as_str()
+                .unwrap_or("ComfyUI did not accept the workflow")
+                .to_owned();
+            let details = json!({ "comfy_status": status.as_u16(), "error": answer.get("error"), "node_errors": answer.get("node_errors") });
+            let error = json!({ "code": "comfy_rejected", "message": message, "details": details });
+            self.fail(&job.id, error).await;
+            if paid_key.is_some() {
+                self.release(&job.id).await;
+            }
+            let job = self
+                .store
+                .job(&job.id)
+                .await?
+                .ok_or_else(|| JobError::NotFound(job.id.clone()))?;
+            return Err(JobError::Rejected {
+                job: Box::new(job),
+                message,
+                details,
+            });
+        };
+        if paid_key.is_some()
+            && let Err(error) = self.store.mark_charge_spent(&job.id).await
+        {
+            tracing::error!(job = %job.id, %error, "cannot record a paid job's charge as spent");
+        }
+        let accepted = self
+            .change(
+                &job.id,
+                "state",
+                JobChange {
+                    status: Some(JobStatus::Submitted),
+                    comfy_prompt_id: Some(prompt_id.to_owned()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if !accepted {
+            // Cancelled (or otherwise finished) while the prompt was on its way: the job stays as it ended, and
+            // ComfyUI's copy goes, from its queue or, if it has started already, by an interrupt of that prompt.
+            let queued = gateway
+                .post_json("/queue", &json!({ "delete": [prompt_id] }))
+                .await;
+            let interrupted = gateway
+                .post_json("/interrupt", &json!({ "prompt_id": prompt_id }))
+                .await;
+            if queued.is_err() || interrupted.is_err() {
+                tracing::warn!(job = %job.id, %prompt_id, "a job finished while it was sent, and ComfyUI could not be told to drop it");
+            }
+            let now = self.store.job(&job.id).await?;
+            return Err(JobError::Finished(
+                now.map_or("gone", |j| j.status.as_str()),
+            ));
+        }
+
+        self.follow(gateway.clone(), &job.id, prompt_id, workflow, socket);
+        Ok(self.store.job(&job.id).await?.unwrap_or(job))
+    }
+}

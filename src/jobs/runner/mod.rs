@@ -1,0 +1,339 @@
+//! A job's life on ComfyUI: recorded, submitted, followed over ComfyUI's WebSocket, its outputs fetched.
+//!
+//! The WebSocket is opened before the prompt is posted, with a client id of the job's own, so no event of the run
+//! is missed. The end of a run is ComfyUI's `executing {node: null}` for the prompt, sent after the history is
+//! written: the outputs are then read from `/history/{id}` (the one authoritative list: a cached run names files
+//! of an earlier one) and downloaded through `/view` before the job is `succeeded`, so a succeeded job always has
+//! its files. A socket that ends before that is resolved through `/history` and `/queue`: finished work is
+//! recorded, work ComfyUI no longer knows becomes `backend_lost`, never `succeeded`.
+
+//!
+//! - [`dispatch`]: choosing a backend, submitting (with the money gate), the queue of jobs waiting for one;
+//! - [`follow`]: the WebSocket follower, which applies what [`track`] (plain code, no sockets) decides;
+//! - [`outputs`]: reading a run's outputs from `/history` and downloading them;
+//! - [`reconcile`]: settling, after a restart, the jobs an earlier process left unfinished;
+//! - [`exits`]: why a job's supervised ComfyUI went away (crash forensics for its error).
+
+mod dispatch;
+mod exits;
+mod follow;
+mod outputs;
+mod reconcile;
+#[cfg(test)]
+mod tests;
+mod track;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::model::{Job, JobStatus};
+use super::store::{JobChange, Store, StoreError};
+use crate::comfy::proxy::ComfyGateway;
+use crate::error::ApiError;
+use crate::service::ServiceStatus;
+
+use exits::{SupervisedBackend, describe_exit};
+pub use outputs::safe_file_name;
+
+/// An input image to upload before the job is submitted.
+pub struct Upload {
+    pub bytes: bytes::Bytes,
+    pub file_name: String,
+    pub content_type: String,
+    /// The `[node, input]` pairs that take the uploaded file's name.
+    pub targets: Vec<(String, String)>,
+}
+
+/// One change to a job, as `/api/jobs/{id}/events` sends it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobEvent {
+    /// `state`, `progress` or `output`.
+    pub kind: &'static str,
+    pub job: Job,
+    /// The event's number among all events, and among its job's.
+    pub seq: i64,
+    pub job_seq: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("ComfyUI refused the workflow: {message}")]
+    Rejected {
+        job: Box<Job>,
+        message: String,
+        details: Value,
+    },
+    #[error(transparent)]
+    Comfy(#[from] ApiError),
+    #[error("the store failed")]
+    Store(#[from] StoreError),
+    #[error("no job {0}")]
+    NotFound(String),
+    #[error("the job is already {0}")]
+    Finished(&'static str),
+    #[error("a {0} job cannot be cancelled")]
+    NotCancellable(String),
+    /// A money rule refused the request (generation disabled, no confirmation, over budget, …).
+    #[error(transparent)]
+    Refused(Box<ApiError>),
+    /// Node ids and classes the ComfyUI does not list: refused as ComfyUI would refuse them.
+    #[error("ComfyUI has no node class {}", .0.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>().join(", "))]
+    UnknownClasses(Vec<(String, String)>),
+    /// The workflow has paid nodes and the job no approval: it waits for one, nothing was sent.
+    #[error("the job waits for a confirmation of its paid nodes")]
+    AwaitingConfirmation(Box<Job>),
+}
+
+/// The job service: shared by every serving thread.
+#[derive(Clone)]
+pub struct Jobs {
+    pub(in crate::jobs) store: Store,
+    /// Every configured ComfyUI; a job goes to the online one with the shortest queue.
+    pub(in crate::jobs) backends: Arc<Vec<ComfyGateway>>,
+    /// The money gate's state: node catalogs, settings, the Comfy.org key, idempotency locks.
+    pub(in crate::jobs) money: Arc<super::paid::Money>,
+    outputs: PathBuf,
+    events: broadcast::Sender<JobEvent>,
+    /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
+    followers: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    /// Jobs recorded while no ComfyUI answered, oldest first, to send when one does.
+    waiting: Arc<Mutex<Vec<String>>>,
+    dispatcher_running: Arc<std::sync::atomic::AtomicBool>,
+    /// When each running job last sent a progress event, for coalescing.
+    last_progress: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    /// When this process began: only jobs recorded before it are reconciled. A job this process records is its own
+    /// to submit and follow, even in the moment between being recorded and being followed.
+    started_at: String,
+    /// The ComfyUI Orchestrator supervises, when it does: a job that dies with it carries its exit record (code or
+    /// signal, uptime, last log lines) in its error, so the user sees why without opening the log.
+    supervised: Option<SupervisedBackend>,
+    /// Held from numbering an event to broadcasting it, so listeners get events in number order: `/api/events`
+    /// skips anything numbered below what it has sent, and would lose an event that overtook another.
+    event_order: Arc<tokio::sync::Mutex<()>>,
+    /// Where followers, the dispatcher and paid submits run: the control runtime, under one tracker.
+    background: crate::background::Background,
+}
+
+impl Jobs {
+    pub fn new(
+        store: Store,
+        backends: Vec<ComfyGateway>,
+        outputs: PathBuf,
+        money: super::paid::Money,
+    ) -> Self {
+        assert!(
+            !backends.is_empty(),
+            "the configuration has at least one ComfyUI"
+        );
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            store,
+            backends: Arc::new(backends),
+            money: Arc::new(money),
+            outputs,
+            events,
+            followers: Arc::default(),
+            last_progress: Arc::default(),
+            waiting: Arc::default(),
+            dispatcher_running: Arc::default(),
+            started_at: super::model::now(),
+            supervised: None,
+            event_order: Arc::default(),
+            background: crate::background::Background::new(),
+        }
+    }
+
+    /// The background work of jobs (and of FLUX, which runs its jobs here too).
+    pub fn background(&self) -> &crate::background::Background {
+        &self.background
+    }
+
+    /// Tells the job service which backend Orchestrator supervises (`origin`), and where its status is published.
+    pub fn with_supervised(
+        mut self,
+        origin: String,
+        status: watch::Receiver<ServiceStatus>,
+    ) -> Self {
+        self.supervised = Some(SupervisedBackend { origin, status });
+        self
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The folder of a job's files.
+    pub fn output_dir(&self, job_id: &str) -> PathBuf {
+        self.outputs.join(job_id)
+    }
+
+    /// One of a job's files, links resolved, when it exists inside the outputs folder (a link that points out of
+    /// it is not served).
+    pub fn output_file(&self, job_id: &str, name: &str) -> Option<PathBuf> {
+        crate::fs_safe::resolve_within(&self.outputs, &format!("{job_id}/{name}"))
+    }
+
+    /// Cancels a job: removed from ComfyUI's queue while it waits there, interrupted while it runs.
+    pub async fn cancel(&self, id: &str) -> Result<Job, JobError> {
+        let job = self
+            .store
+            .job(id)
+            .await?
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
+        if job.status.is_final() {
+            return Err(JobError::Finished(job.status.as_str()));
+        }
+        if job.backend != "comfy" {
+            return Err(JobError::NotCancellable(job.backend));
+        }
+        let Some(prompt_id) = job.comfy_prompt_id.clone() else {
+            self.change(id, "state", finished(JobStatus::Cancelled))
+                .await;
+            return self
+                .store
+                .job(id)
+                .await?
+                .ok_or_else(|| JobError::NotFound(id.to_owned()));
+        };
+        let queue = self
+            .backend_of(&job)
+            .get_json("/queue", 64 * 1024 * 1024)
+            .await?;
+        let pending = queue["queue_pending"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i[1] == prompt_id.as_str()));
+        if pending {
+            self.backend_of(&job)
+                .post_json("/queue", &json!({ "delete": [prompt_id] }))
+                .await?;
+            if let Some(stop) = self
+                .followers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id)
+            {
+                let _ = stop.send(());
+            }
+            self.change(id, "state", finished(JobStatus::Cancelled))
+                .await;
+        } else {
+            // Running: the follower records `cancelled` when ComfyUI reports the interrupt.
+            self.backend_of(&job)
+                .post_json("/interrupt", &json!({ "prompt_id": prompt_id }))
+                .await?;
+        }
+        self.store
+            .job(id)
+            .await?
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))
+    }
+
+    /// The backend no longer has the job: `backend_lost`, with why.
+    pub(crate) async fn lose(&self, id: &str, code: &str, message: &str) {
+        let mut error = json!({ "code": code, "message": message });
+        if let Some(exit) = self.exit_that_ended(id).await {
+            error["message"] = json!(format!("{message}: ComfyUI {}", describe_exit(&exit)));
+            error["exit"] = json!(exit);
+        }
+        self.change(
+            id,
+            "state",
+            JobChange {
+                error: Some(error),
+                ..finished(JobStatus::BackendLost)
+            },
+        )
+        .await;
+    }
+
+    pub(crate) async fn fail(&self, id: &str, error: Value) {
+        let change = JobChange {
+            error: Some(error),
+            ..finished(JobStatus::Failed)
+        };
+        self.change(id, "state", change).await;
+    }
+
+    /// Gives a paid job's reservation back: ComfyUI certainly did not take it.
+    async fn release(&self, id: &str) {
+        if let Err(error) = self.store.release_paid_job(id).await {
+            tracing::error!(job = %id, %error, "cannot release a paid job ComfyUI did not take");
+        }
+    }
+
+    /// Stores a change, numbers it as an event and tells the listeners. Progress alone is coalesced to at most
+    /// one event per [`PROGRESS_EVERY`] per job (the job row always has the latest); state changes always pass.
+    /// An error is stored without any Comfy.org credential (ComfyUI's `execution_error` echoes a failed node's
+    /// inputs, hidden ones included).
+    /// A finished job is not changed and gets no event; answers whether the change was recorded.
+    pub(crate) async fn change(&self, id: &str, kind: &'static str, mut change: JobChange) -> bool {
+        if let Some(error) = change.error.as_mut() {
+            crate::comfy::credentials::strip(
+                error,
+                self.money.api_key.as_ref().map(|k| k.expose()),
+            );
+        }
+        match self.store.update_job(id, change).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(error) => {
+                tracing::error!(job = id, %error, "cannot record a job change");
+                return false;
+            }
+        }
+        let Ok(Some(job)) = self.store.job(id).await else {
+            return true;
+        };
+        {
+            let mut last = self.last_progress.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if kind == "progress"
+                && last
+                    .get(id)
+                    .is_some_and(|at| now.duration_since(*at) < PROGRESS_EVERY)
+            {
+                return true;
+            }
+            if job.status.is_final() {
+                last.remove(id);
+            } else {
+                last.insert(id.to_owned(), now);
+            }
+        }
+        let _in_order = self.event_order.lock().await;
+        match self.store.insert_event(kind, &job).await {
+            Ok(stored) => {
+                let _ = self.events.send(JobEvent {
+                    kind,
+                    job,
+                    seq: stored.seq,
+                    job_seq: stored.job_seq,
+                });
+            }
+            Err(error) => tracing::error!(job = id, %error, "cannot record a job event"),
+        }
+        true
+    }
+}
+
+/// At most this often a progress event per job: a 1,000-step sampler sends about 4 a second, not 1,000.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+pub(crate) fn finished(status: JobStatus) -> JobChange {
+    JobChange {
+        status: Some(status),
+        current_node: Some(None),
+        finished: true,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,132 @@
+//! After a restart: the jobs an earlier process left unfinished, settled against ComfyUI.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::follow::{Follower, open_socket};
+use super::{JobError, Jobs};
+use crate::jobs::model::{Job, JobStatus};
+use crate::jobs::store::JobChange;
+
+impl Jobs {
+    /// After a restart: every job left queued, submitted or running is settled against ComfyUI. Finished runs are
+    /// collected from `/history`, runs still in `/queue` are followed again (the job's client id is derived from
+    /// its id, so ComfyUI's events reach the new socket), queued jobs ComfyUI never received are sent, and
+    /// anything else is `backend_lost`. While ComfyUI does not answer, it tries again every 10 s.
+    pub async fn reconcile(self) {
+        loop {
+            match self.reconcile_once().await {
+                Ok(0) => return,
+                Ok(left) => tracing::info!(left, "jobs wait for ComfyUI to be reconciled"),
+                Err(error) => tracing::warn!(%error, "cannot reconcile jobs yet"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                () = self.background.stopping() => return,
+            }
+        }
+    }
+
+    /// One pass; answers how many jobs are still unsettled.
+    async fn reconcile_once(&self) -> Result<usize, JobError> {
+        // Jobs this process is following already (submitted since start-up) are not touched.
+        let unfinished: Vec<Job> = {
+            let jobs = self.store.unfinished_jobs().await?;
+            let followed = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.into_iter()
+                .filter(|j| {
+                    j.backend == "comfy"
+                        && j.created_at < self.started_at
+                        && !followed.contains_key(&j.id)
+                })
+                .collect()
+        };
+        let mut queues: HashMap<String, Option<Vec<Value>>> = HashMap::new();
+        let mut left = 0;
+        for job in unfinished {
+            let gateway = self.backend_of(&job).clone();
+            let origin = gateway.backend().origin();
+            if !queues.contains_key(&origin) {
+                let queue = gateway
+                    .get_json("/queue", 64 * 1024 * 1024)
+                    .await
+                    .ok()
+                    .map(|queue| {
+                        ["queue_running", "queue_pending"]
+                            .iter()
+                            .flat_map(|k| queue[*k].as_array().cloned().unwrap_or_default())
+                            .collect::<Vec<_>>()
+                    });
+                queues.insert(origin.clone(), queue);
+            }
+            let Some(queued) = queues[&origin].as_ref() else {
+                left += 1;
+                continue;
+            };
+            let workflow = self.store.workflow(&job.id).await?.unwrap_or(Value::Null);
+            // The prompt id, or, for a job whose submit was cut short, whatever ComfyUI queued under its id.
+            let found = queued.iter().find(|item| {
+                job.comfy_prompt_id.as_deref().is_some_and(|p| item[1] == p)
+                    || item[3]["orchestrator_job"] == job.id.as_str()
+            });
+            if let Some(item) = found {
+                let prompt_id = item[1].as_str().unwrap_or_default().to_owned();
+                match open_socket(&gateway, &job.id).await.ok() {
+                    Some(socket) => {
+                        let change = JobChange {
+                            comfy_prompt_id: Some(prompt_id.clone()),
+                            ..Default::default()
+                        };
+                        self.change(&job.id, "state", change).await;
+                        self.follow(gateway.clone(), &job.id, &prompt_id, &workflow, socket);
+                    }
+                    None => left += 1,
+                }
+                continue;
+            }
+            if let Some(prompt_id) = &job.comfy_prompt_id {
+                let follower = Follower::new(
+                    self.clone(),
+                    gateway.clone(),
+                    job.id.clone(),
+                    prompt_id.clone(),
+                    &workflow,
+                );
+                match follower.history_entry().await {
+                    Some(_) => follower.collect_outputs().await,
+                    None => {
+                        self.lose(
+                            &job.id,
+                            "backend_lost",
+                            "ComfyUI no longer knows the job (it was restarted?)",
+                        )
+                        .await;
+                    }
+                }
+                continue;
+            }
+            // Recorded, reserved, and cut off while being sent: it may have been charged, so it is never resent.
+            if job.cost_usd.is_some() {
+                let change = JobChange {
+                    status: Some(JobStatus::NeedsReconcile),
+                    error: Some(json!({
+                        "code": "submit_interrupted",
+                        "message": "Orchestrator stopped while this paid workflow was being sent to ComfyUI. It may \
+                                    have been charged; it is not sent again. Check ComfyUI's queue and the Comfy.org \
+                                    account."
+                    })),
+                    ..Default::default()
+                };
+                self.change(&job.id, "state", change).await;
+                continue;
+            }
+            // Recorded but never accepted by ComfyUI: a local run costs nothing, so it is sent now.
+            if let Err(error) = self.send_to_comfy(job.clone(), &workflow).await {
+                tracing::warn!(job = %job.id, %error, "resubmitting a job after a restart failed");
+            }
+        }
+        Ok(left)
+    }
+}
