@@ -5,7 +5,9 @@
 //! outside. [`resolve_within`] resolves every link and `..` (the operating system's own reading of the path) and
 //! answers the file only when the result is still under the folder, itself resolved the same way.
 
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `root/name` with every link resolved, when it exists and is inside `root` (also resolved); `None` otherwise.
 ///
@@ -48,6 +50,111 @@ fn is_plain_relative(name: &str) -> bool {
                 (Some(Component::Normal(only)), None) if only == part
             )
         })
+}
+
+/// A temporary name beside `target` that no other write uses: this process's id and a counter.
+fn temporary_for(target: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    target.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Makes a rename in `target`'s folder durable: on Unix the folder itself is synced (Windows cannot open a folder
+/// so, and its renames are journaled).
+fn sync_folder_of(target: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = target
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = target;
+    Ok(())
+}
+
+/// Writes `bytes` as `target` atomically: a temporary file beside it (a name of its own, created with
+/// `create_new`, so never a leftover or a planted link), fsync, rename, fsync of the folder. A crash at any point
+/// leaves the old file or the new one, and concurrent writes each put a whole file in place (the last rename wins).
+pub fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = temporary_for(target);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)?;
+    let written = (|| {
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temporary, target)
+    })();
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
+    sync_folder_of(target)
+}
+
+/// [`write_atomic`] for a body that arrives in pieces (a download): written to the temporary file as it comes,
+/// put in place by [`AtomicFile::commit`]. Dropped uncommitted (an error, a broken download), the temporary
+/// file is removed and the target is untouched.
+pub struct AtomicFile {
+    file: Option<tokio::fs::File>,
+    temporary: PathBuf,
+    target: PathBuf,
+}
+
+impl AtomicFile {
+    pub async fn create(target: &Path) -> std::io::Result<Self> {
+        let temporary = temporary_for(target);
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+            .await?;
+        Ok(Self {
+            file: Some(file),
+            temporary,
+            target: target.to_owned(),
+        })
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match self.file.as_mut() {
+            Some(file) => file.write_all(bytes).await,
+            None => Err(std::io::Error::other("the file was committed")),
+        }
+    }
+
+    /// fsync, rename over the target, fsync of the folder.
+    pub async fn commit(mut self) -> std::io::Result<()> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("the file was committed"))?;
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&self.temporary, &self.target).await?;
+        let target = self.target.clone();
+        tokio::task::spawn_blocking(move || sync_folder_of(&target))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -217,5 +324,82 @@ mod tests {
         assert_eq!(new_file_in(Path::new("C:\\data"), "D:x.png"), None);
         assert_eq!(new_file_in(Path::new("C:\\data"), "a\\b"), None);
         assert_eq!(resolve_within(Path::new("C:\\data"), "\\x.png"), None);
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_download_is_in_place_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.png");
+        std::fs::write(&target, "old").unwrap();
+
+        // Broken off: the old file stays and nothing is left behind.
+        let mut broken = AtomicFile::create(&target).await.unwrap();
+        broken.write_all(b"half").await.unwrap();
+        drop(broken);
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert_eq!(names_in(dir.path()), ["out.png"]);
+
+        let mut whole = AtomicFile::create(&target).await.unwrap();
+        whole.write_all(b"new ").await.unwrap();
+        whole.write_all(b"bytes").await.unwrap();
+        // Until the commit, readers see the old file.
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        whole.commit().await.unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new bytes");
+        assert_eq!(names_in(dir.path()), ["out.png"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_atomic_write_replaces_a_planted_link_instead_of_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.txt");
+        std::fs::write(&outside, "keep").unwrap();
+        let target = dir.path().join("file.yaml");
+        std::os::unix::fs::symlink(&outside, &target).unwrap();
+        write_atomic(&target, b"mine").unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&target).unwrap(), b"mine");
+        assert!(!target.symlink_metadata().unwrap().is_symlink());
+    }
+
+    #[test]
+    fn every_write_has_a_temporary_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("extra_model_paths.yaml");
+        assert_ne!(temporary_for(&file), temporary_for(&file));
+        // Threads writing the same file at once each put a whole file in place; none of them fails.
+        let payloads: Vec<Vec<u8>> = (0..16u8)
+            .map(|i| vec![b'a' + i; 64 * 1024 + usize::from(i)])
+            .collect();
+        std::thread::scope(|scope| {
+            for payload in &payloads {
+                let file = &file;
+                scope.spawn(move || write_atomic(file, payload).unwrap());
+            }
+        });
+        let now = std::fs::read(&file).unwrap();
+        assert!(
+            payloads.contains(&now),
+            "a mixed file of {} bytes",
+            now.len()
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "extra_model_paths.yaml")
+            .collect();
+        assert!(names.is_empty(), "left behind: {names:?}");
     }
 }

@@ -248,7 +248,6 @@ impl ComfyGateway {
         query: &str,
         dest: &std::path::Path,
     ) -> Result<(u64, String), ApiError> {
-        use tokio::io::AsyncWriteExt;
         let uri = self.upstream_uri(path, Some(query))?;
         let request = Request::get(uri)
             .body(Body::empty())
@@ -268,19 +267,8 @@ impl ComfyGateway {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_owned();
-        let partial = dest.with_extension(format!(
-            "{}part",
-            dest.extension()
-                .map(|e| format!("{}.", e.to_string_lossy()))
-                .unwrap_or_default()
-        ));
-        // A new file of its own: whatever is at the temporary name (a leftover, or a link planted to make this
-        // write land elsewhere) is removed, never opened; `create_new` does not follow a link made in between.
-        let _ = tokio::fs::remove_file(&partial).await;
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial)
+        // A file of its own beside the target, put in place whole (never a half-written output under the name).
+        let mut file = crate::fs_safe::AtomicFile::create(dest)
             .await
             .map_err(ApiError::internal)?;
         let mut body = IdleTimeout::new(
@@ -297,11 +285,7 @@ impl ComfyGateway {
                 file.write_all(&data).await.map_err(ApiError::internal)?;
             }
         }
-        file.sync_all().await.map_err(ApiError::internal)?;
-        drop(file);
-        tokio::fs::rename(&partial, dest)
-            .await
-            .map_err(ApiError::internal)?;
+        file.commit().await.map_err(ApiError::internal)?;
         Ok((size, content_type))
     }
 

@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::HeaderValue;
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncWriteExt;
 
 use crate::config::{FluxConfig, Secret};
 
@@ -354,40 +353,22 @@ impl BflClient {
             .await
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let name = format!("{stem}.{extension}");
-        let partial = dir.join(format!(".{name}.part"));
-        let result = async {
-            let mut file = tokio::fs::File::create(&partial)
-                .await
-                .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-            let mut size = 0u64;
-            let mut body = response.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk =
-                    chunk.map_err(|e| format!("the image download broke: {}", kind_of(&e)))?;
-                size += chunk.len() as u64;
-                if size > MAX_IMAGE_BYTES {
-                    return Err("the image is larger than 64 MiB".to_owned());
-                }
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| format!("cannot write the image: {e}"))?;
+        let cannot = |e: std::io::Error| format!("cannot write the image: {e}");
+        let mut file = crate::fs_safe::AtomicFile::create(&dir.join(&name))
+            .await
+            .map_err(cannot)?;
+        let mut size = 0u64;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("the image download broke: {}", kind_of(&e)))?;
+            size += chunk.len() as u64;
+            if size > MAX_IMAGE_BYTES {
+                return Err("the image is larger than 64 MiB".to_owned());
             }
-            file.sync_all()
-                .await
-                .map_err(|e| format!("cannot write the image: {e}"))?;
-            tokio::fs::rename(&partial, dir.join(&name))
-                .await
-                .map_err(|e| format!("cannot write the image: {e}"))?;
-            Ok(size)
+            file.write_all(&chunk).await.map_err(cannot)?;
         }
-        .await;
-        match result {
-            Ok(size) => Ok((name, content_type, size)),
-            Err(why) => {
-                let _ = tokio::fs::remove_file(&partial).await;
-                Err(why)
-            }
-        }
+        file.commit().await.map_err(cannot)?;
+        Ok((name, content_type, size))
     }
 
     /// `GET /v1/credits`: whether the key works, and the balance.

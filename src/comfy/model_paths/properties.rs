@@ -1,6 +1,9 @@
 //! Property tests of the `extra_model_paths.yaml` reader and writer: the reader never panics, whatever the bytes;
 //! the writer only ever writes Orchestrator's section with known model-folder keys, whatever the base path.
 
+use super::rules::is_folder_key;
+use super::writer::{SECTION_END, SECTION_START, problems_of};
+use super::yaml::{Node, parse};
 use super::*;
 use proptest::prelude::*;
 
