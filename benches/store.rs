@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use orchestrator::jobs::model::JobStatus;
-use orchestrator::jobs::store::{JobChange, NewJob, Store};
+use orchestrator::store::{JobChange, NewJob, Store};
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()

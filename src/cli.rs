@@ -559,7 +559,7 @@ pub async fn doctor(config: &Config, json: bool) -> Result<String, String> {
         Ok((status, report)) if status.is_success() => (report, None),
         _ => {
             let paths = crate::paths::DataPaths::new(&config.data_dir);
-            let store = crate::jobs::store::Store::open(config.database_url.expose())
+            let store = crate::store::Store::open(config.database_url.expose())
                 .await
                 .map_err(|e| format!("cannot open the store: {e}"))?;
             let state = crate::AppState::new(config.clone(), paths, store);

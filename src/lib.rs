@@ -9,7 +9,7 @@
 //! - [`http`]: the router, the guard (Host allowlist, token, CSRF) and the request log. Only `http` knows axum's
 //!   routing.
 //! - [`comfy`]: the ComfyUI gateway (HTTP and WebSocket) and the model lists.
-//! - [`jobs`]: the durable store; all SQL lives in `jobs::store`.
+//! - [`store`]: the durable store; all SQL lives there.
 //! - [`telemetry`]: log set-up.
 //!
 //! [`run`] serves on a listener the caller bound, so tests pass `127.0.0.1:0`; [`run_per_core`] is what the
@@ -28,6 +28,7 @@ pub mod mcp;
 pub mod paths;
 pub mod service;
 pub mod status;
+pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -44,8 +45,8 @@ use tokio::net::TcpListener;
 use comfy::models::ModelCache;
 use comfy::proxy::{ComfyGateway, http_client};
 use config::Config;
-use jobs::store::{Store, StoreError};
 use paths::DataPaths;
+use store::{Store, StoreError};
 
 /// Shared state of the running server; cheap to clone.
 #[derive(Clone)]

@@ -19,7 +19,7 @@ use crate::comfy::proxy::{normalise_path, remove_hop_by_hop};
 use crate::config::V0Config;
 use crate::error::ApiError;
 use crate::flux::client::api_client;
-use crate::jobs::store::Link;
+use crate::store::Link;
 
 /// Characters a chat id keeps in a path segment (RFC 3986 unreserved); everything else is percent-encoded.
 const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC

@@ -22,9 +22,7 @@ use crate::error::ApiError;
 use crate::jobs::key_locks::KeyLocks;
 use crate::jobs::model::{Job, JobStatus, OutputFile, today};
 use crate::jobs::runner::{Jobs, finished};
-use crate::jobs::store::{
-    IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError,
-};
+use crate::store::{IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError};
 
 /// Keys are remembered this long (Stripe keeps them 24 hours).
 const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);

@@ -18,8 +18,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::jobs::model::{Job, JobStatus};
 use crate::jobs::paid::{Submission, Submitted};
 use crate::jobs::runner::{JobError, Upload, safe_file_name};
-use crate::jobs::store::StoredEvent;
 use crate::jobs::templates::ParamKind;
+use crate::store::StoredEvent;
 
 /// A template with parameters, or an API-format workflow: one of the two.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -299,7 +299,7 @@ pub struct V0Validation {
 #[derive(Debug, Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct BuilderConversation {
-    messages: Vec<crate::jobs::store::Message>,
+    messages: Vec<crate::store::Message>,
     /// Whether V0_API_KEY is set (on `GET` only).
     configured: Option<bool>,
 }

@@ -1,4 +1,4 @@
-//! Generation jobs. Only [`store`] runs SQL.
+//! Generation jobs: the model, the money gate, templates and the runner. Their SQL is in [`crate::store`].
 
 pub mod gate;
 pub mod key_locks;
@@ -6,5 +6,4 @@ pub mod model;
 pub mod paid;
 pub mod price;
 pub mod runner;
-pub mod store;
 pub mod templates;

@@ -17,7 +17,6 @@ use super::gate::{Assessment, Gate};
 use super::key_locks::KeyLocks;
 use super::model::{Job, JobStatus, today};
 use super::runner::{JobError, Jobs, Upload};
-use super::store::{Approval, ApproveJob, IdempotencyClaim, NewJob, PaidJob, Reservation};
 use crate::comfy::credentials;
 use crate::comfy::models::ModelCache;
 use crate::comfy::nodes::{NodeCatalog, Unclassified};
@@ -26,6 +25,7 @@ use crate::config::Secret;
 use crate::error::ApiError;
 use crate::flux::catalog::usd;
 use crate::flux::confirm::TokenProblem;
+use crate::store::{Approval, ApproveJob, IdempotencyClaim, NewJob, PaidJob, Reservation};
 
 /// Keys are remembered this long, as for FLUX.
 const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
@@ -323,7 +323,7 @@ impl Jobs {
         answer
     }
 
-    fn over_budget(&self, assessment: &Assessment, usage: super::store::BudgetUsage) -> JobError {
+    fn over_budget(&self, assessment: &Assessment, usage: crate::store::BudgetUsage) -> JobError {
         let limit = self.money.daily_budget_micros;
         refused(ApiError::budget_exceeded(
             assessment.total_micros,

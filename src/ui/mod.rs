@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::model::{Job, JobStatus};
-use crate::jobs::store::{Message, NewMessage};
+use crate::store::{Message, NewMessage};
 use i18n::{Lang, Tr};
 
 /// JSON to embed in `<script type="application/json">`: `<`, `>` and `&` escaped so no text can close the element.

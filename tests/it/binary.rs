@@ -555,7 +555,7 @@ async fn sigkill_during_50_jobs_loses_none() {
             "the output file of {id} exists"
         );
     }
-    let store = orchestrator::jobs::store::Store::open(&format!(
+    let store = orchestrator::store::Store::open(&format!(
         "sqlite://{}",
         dir.path().join("data/orchestrator.db").display()
     ))

@@ -643,14 +643,14 @@ async fn after_a_restart_a_job_comfy_no_longer_knows_is_backend_lost() {
     let fake = FakeComfy::start().await;
     let data = tempfile::tempdir().unwrap();
     // A job an earlier run submitted; this ComfyUI (restarted since) has never heard of its prompt.
-    let store = orchestrator::jobs::store::Store::open(&format!(
+    let store = orchestrator::store::Store::open(&format!(
         "sqlite://{}",
         data.path().join("orchestrator.db").display()
     ))
     .await
     .unwrap();
     let workflow = workflow(20);
-    let new = orchestrator::jobs::store::NewJob {
+    let new = orchestrator::store::NewJob {
         backend: "comfy",
         template: None,
         params: &json!({}),
@@ -658,7 +658,7 @@ async fn after_a_restart_a_job_comfy_no_longer_knows_is_backend_lost() {
         backend_url: Some(&fake.url()),
     };
     let id = store.insert_job(new).await.unwrap().id;
-    let change = orchestrator::jobs::store::JobChange {
+    let change = orchestrator::store::JobChange {
         status: Some(orchestrator::jobs::model::JobStatus::Running),
         comfy_prompt_id: Some("prompt-from-before-the-restart".into()),
         ..Default::default()

@@ -742,7 +742,7 @@ async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
     comfy.set_comfy_api_base(&org.url());
     let data = tempfile::tempdir().unwrap();
     // What a stop between the reservation and ComfyUI's answer leaves in the store.
-    let store = orchestrator::jobs::store::Store::open(&format!(
+    let store = orchestrator::store::Store::open(&format!(
         "sqlite://{}",
         data.path().join("orchestrator.db").display()
     ))
@@ -750,8 +750,8 @@ async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
     .unwrap();
     let workflow = paid_workflow("cut off");
     let job = match store
-        .reserve_paid_job(orchestrator::jobs::store::PaidJob {
-            job: orchestrator::jobs::store::NewJob {
+        .reserve_paid_job(orchestrator::store::PaidJob {
+            job: orchestrator::store::NewJob {
                 backend: "comfy",
                 template: None,
                 params: &json!({}),
@@ -768,7 +768,7 @@ async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
         .await
         .unwrap()
     {
-        orchestrator::jobs::store::Reservation::Reserved(job) => job,
+        orchestrator::store::Reservation::Reserved(job) => job,
         _ => panic!("reserved"),
     };
     store.close().await;

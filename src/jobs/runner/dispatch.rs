@@ -10,7 +10,7 @@ use super::{JobError, Jobs, Upload};
 use crate::comfy::proxy::ComfyGateway;
 use crate::error::ApiError;
 use crate::jobs::model::{Job, JobStatus};
-use crate::jobs::store::{JobChange, NewJob};
+use crate::store::{JobChange, NewJob};
 
 /// How often waiting jobs look for a ComfyUI that answers.
 const DISPATCH_EVERY: Duration = Duration::from_secs(2);

@@ -13,7 +13,7 @@ use crate::comfy::proxy::ComfyGateway;
 use crate::comfy::ws;
 use crate::error::ApiError;
 use crate::jobs::model::JobStatus;
-use crate::jobs::store::JobChange;
+use crate::store::JobChange;
 
 /// How long a followed run may stay silent before its history is checked.
 const SILENCE_CHECK: Duration = Duration::from_secs(15);

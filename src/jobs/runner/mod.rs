@@ -33,10 +33,10 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use super::model::{Job, JobStatus};
-use super::store::{JobChange, Store, StoreError};
 use crate::comfy::proxy::ComfyGateway;
 use crate::error::ApiError;
 use crate::service::ServiceStatus;
+use crate::store::{JobChange, Store, StoreError};
 
 use exits::{SupervisedBackend, describe_exit};
 pub use outputs::safe_file_name;

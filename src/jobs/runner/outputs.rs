@@ -9,7 +9,7 @@ use super::finished;
 use super::follow::Follower;
 use crate::error::ApiError;
 use crate::jobs::model::{JobStatus, OutputFile};
-use crate::jobs::store::JobChange;
+use crate::store::JobChange;
 
 impl Follower {
     /// Reads the run's outputs from the history and downloads every file; only then is the job `succeeded`.

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::follow::{Follower, open_socket};
 use super::{JobError, Jobs};
 use crate::jobs::model::{Job, JobStatus};
-use crate::jobs::store::JobChange;
+use crate::store::JobChange;
 
 impl Jobs {
     /// After a restart: every job left queued, submitted or running is settled against ComfyUI. Finished runs are

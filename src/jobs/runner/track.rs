@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Value, json};
 
 use crate::jobs::model::JobStatus;
-use crate::jobs::store::JobChange;
+use crate::store::JobChange;
 
 /// How a followed run ended.
 #[derive(Debug, PartialEq)]

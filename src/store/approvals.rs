@@ -3,9 +3,8 @@
 
 use serde_json::Value;
 
-use super::{
-    BudgetUsage, IdempotencyClaim, NewJob, Store, StoreError, claim_key, day_usage, use_token,
-};
+use super::money::{BudgetUsage, IdempotencyClaim, claim_key, day_usage, use_token};
+use super::{NewJob, Store, StoreError};
 use crate::jobs::model::{Job, JobStatus, now};
 
 /// An approval to record: the price a person confirmed for a job that waits for it.

@@ -1,0 +1,105 @@
+//! The numbered job events behind rejoinable streams.
+
+use serde_json::Value;
+
+use super::{Store, StoreError};
+use crate::jobs::model::{Job, now};
+
+/// The numbered job events behind rejoinable streams.
+impl Store {
+    /// Records an event with the next number of its job; answers it as stored.
+    pub async fn insert_event(&self, kind: &str, job: &Job) -> Result<StoredEvent, StoreError> {
+        let snapshot = serde_json::to_string(job).unwrap_or_else(|_| "{}".into());
+        let (seq, job_seq): (i64, i64) = sqlx::query_as(
+            "INSERT INTO job_events (job_id, job_seq, kind, job, at) \
+             SELECT ?1, COALESCE(MAX(job_seq), 0) + 1, ?2, ?3, ?4 FROM job_events WHERE job_id = ?1 \
+             RETURNING seq, job_seq",
+        )
+        .bind(&job.id)
+        .bind(kind)
+        .bind(&snapshot)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StoredEvent {
+            seq,
+            job_seq,
+            kind: kind.to_owned(),
+            job: serde_json::from_str(&snapshot).unwrap_or(Value::Null),
+        })
+    }
+
+    /// A job's events after its number `after`, oldest first.
+    pub async fn job_events_after(
+        &self,
+        job_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT seq, job_seq, kind, job FROM job_events WHERE job_id = ? AND job_seq > ? ORDER BY job_seq LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// Every job's events after the global number `after`, oldest first.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT seq, job_seq, kind, job FROM job_events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(StoredEvent::from).collect())
+    }
+
+    /// The number of the latest event of any job (0 when there is none).
+    pub async fn last_event(&self) -> Result<i64, StoreError> {
+        let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM job_events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last)
+    }
+
+    /// The number of a job's latest event (0 when it has none).
+    pub async fn last_job_event(&self, job_id: &str) -> Result<i64, StoreError> {
+        let (last,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(job_seq), 0) FROM job_events WHERE job_id = ?")
+                .bind(job_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(last)
+    }
+}
+
+type EventRow = (i64, i64, String, String);
+
+/// One numbered change to a job, with the job as it was then.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub job_seq: i64,
+    pub kind: String,
+    pub job: Value,
+}
+
+impl From<EventRow> for StoredEvent {
+    fn from((seq, job_seq, kind, job): EventRow) -> Self {
+        Self {
+            seq,
+            job_seq,
+            kind,
+            job: serde_json::from_str(&job).unwrap_or(Value::Null),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Jobs: recorded, changed (never once finished), listed a page at a time.
+
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::{Store, StoreError};
+use crate::jobs::model::{Job, JobStatus, OutputFile, now};
+
+impl Store {
+    /// Records a new job, `queued`.
+    pub async fn insert_job(&self, new: NewJob<'_>) -> Result<Job, StoreError> {
+        // v7: time-ordered (and monotonic within this process), so id order breaks created_at ties in insertion order.
+        let id = uuid::Uuid::now_v7().to_string();
+        sqlx::query(
+            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(new.backend)
+        .bind(new.workflow.to_string())
+        .bind(new.params.to_string())
+        .bind(new.template)
+        .bind(now())
+        .bind(new.backend_url)
+        .execute(&self.pool)
+        .await?;
+        self.job(&id)
+            .await?
+            .ok_or_else(|| StoreError::Query(sqlx::Error::RowNotFound))
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(job_from_row))
+    }
+
+    /// The workflow a job submits (the `prompt` column).
+    pub async fn workflow(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT prompt FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .and_then(|(text,)| text)
+            .and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Newest first; `cursor` is the `next_cursor` of the previous page.
+    pub async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, StoreError> {
+        let (after_time, after_id) = match cursor.and_then(|c| c.split_once('~')) {
+            Some((time, id)) => (Some(time.to_owned()), Some(id.to_owned())),
+            None => (None, None),
+        };
+        // Separate statements with and without a cursor: an `OR` around the row-value comparison would keep
+        // SQLite from seeking in the (created_at, id) index.
+        let rows = match (&after_time, &after_id) {
+            (Some(time), Some(id)) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE (created_at, id) < (?2, ?3) AND (?1 IS NULL OR status = ?1) \
+                     ORDER BY created_at DESC, id DESC LIMIT ?4"
+                ))
+                .bind(status.map(JobStatus::as_str))
+                .bind(time)
+                .bind(id)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            _ => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2"
+                ))
+                .bind(status.map(JobStatus::as_str))
+                .bind(i64::from(limit) + 1)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut jobs: Vec<Job> = rows.iter().map(job_from_row).collect();
+        let next_cursor = if jobs.len() > limit as usize {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|j| format!("{}~{}", j.created_at, j.id))
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// Applies `change` to the job's row, unless the job has finished: a finished job never changes again (a
+    /// cancel that raced a submit must not be overwritten by `submitted`). Answers whether the row changed.
+    pub async fn update_job(&self, id: &str, change: JobChange) -> Result<bool, StoreError> {
+        let JobChange {
+            status,
+            progress,
+            current_node,
+            error,
+            outputs,
+            comfy_prompt_id,
+            provider_id,
+            polling_url,
+            started,
+            finished,
+        } = change;
+        let done = sqlx::query(
+            "UPDATE jobs SET \
+               status = COALESCE(?2, status), \
+               progress = COALESCE(?3, progress), \
+               current_node = CASE WHEN ?4 THEN ?5 ELSE current_node END, \
+               error = COALESCE(?6, error), \
+               outputs = COALESCE(?7, outputs), \
+               comfy_prompt_id = COALESCE(?8, comfy_prompt_id), \
+               started_at = CASE WHEN ?9 AND started_at IS NULL THEN ?11 ELSE started_at END, \
+               finished_at = CASE WHEN ?10 THEN ?11 ELSE finished_at END, \
+               provider_id = COALESCE(?12, provider_id), \
+               polling_url = COALESCE(?13, polling_url) \
+             WHERE id = ?1 AND status NOT IN ('succeeded', 'failed', 'cancelled', 'backend_lost')",
+        )
+        .bind(id)
+        .bind(status.map(JobStatus::as_str))
+        .bind(progress)
+        .bind(current_node.is_some())
+        .bind(current_node.flatten())
+        .bind(error.map(|e| e.to_string()))
+        .bind(outputs.map(|o| serde_json::to_string(&o).unwrap_or_else(|_| "[]".into())))
+        .bind(comfy_prompt_id)
+        .bind(started)
+        .bind(finished)
+        .bind(now())
+        .bind(provider_id)
+        .bind(polling_url)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Where a job that waited for a backend was sent; a finished job is not moved.
+    pub async fn set_backend_url(&self, id: &str, backend_url: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET backend_url = ? WHERE id = ? \
+             AND status NOT IN ('succeeded', 'failed', 'cancelled', 'backend_lost')",
+        )
+        .bind(backend_url)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Jobs not finished: what a restart must reconcile.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE status IN ('queued', 'submitted', 'running') ORDER BY created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(job_from_row).collect())
+    }
+}
+
+/// What a new job is made of.
+pub struct NewJob<'a> {
+    pub backend: &'a str,
+    pub template: Option<&'a str>,
+    pub params: &'a Value,
+    pub workflow: &'a Value,
+    pub backend_url: Option<&'a str>,
+}
+
+/// A change to a job; `None` leaves a field as it is.
+#[derive(Debug, Default, PartialEq)]
+pub struct JobChange {
+    pub status: Option<JobStatus>,
+    pub progress: Option<f64>,
+    /// `Some(None)` clears the current node.
+    pub current_node: Option<Option<String>>,
+    pub error: Option<Value>,
+    pub outputs: Option<Vec<OutputFile>>,
+    pub comfy_prompt_id: Option<String>,
+    pub provider_id: Option<String>,
+    pub polling_url: Option<String>,
+    /// Sets `started_at` (once).
+    pub started: bool,
+    pub finished: bool,
+}
+
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+}
+
+fn job_from_row(row: &SqliteRow) -> Job {
+    let json = |column: &str| {
+        row.get::<Option<String>, _>(column)
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    };
+    Job {
+        id: row.get("id"),
+        backend: row.get("backend"),
+        status: JobStatus::parse(row.get::<String, _>("status").as_str())
+            .unwrap_or(JobStatus::NeedsReconcile),
+        progress: row.get("progress"),
+        current_node: row.get("current_node"),
+        template: row.get("template"),
+        params: json("params").unwrap_or(Value::Null),
+        error: json("error"),
+        outputs: json("outputs")
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        comfy_prompt_id: row.get("comfy_prompt_id"),
+        backend_url: row.get("backend_url"),
+        provider_id: row.get("provider_id"),
+        polling_url: row.get("polling_url"),
+        cost_usd: row
+            .get::<Option<i64>, _>("cost_micros")
+            .map(|micros| micros as f64 / 1_000_000.0),
+        actual_cost_usd: row
+            .get::<Option<i64>, _>("actual_cost_micros")
+            .map(|micros| micros as f64 / 1_000_000.0),
+        approval: json("approval"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+    }
+}

@@ -1,0 +1,268 @@
+//! Money: paid jobs reserved against the day's budget, charges settled, confirmation tokens used once,
+//! idempotency keys claimed, all inside SQLite write transactions.
+
+use serde_json::Value;
+
+use super::{NewJob, Store, StoreError};
+use crate::jobs::model::{Job, now};
+
+/// Paid generation: budget reservations and idempotency keys.
+impl Store {
+    /// Records a paid job and reserves its price in one transaction, unless the day's budget cannot cover it.
+    /// `BEGIN IMMEDIATE` takes SQLite's write lock before the day's usage is read, so two requests can never both
+    /// see the same room left; with an idempotency key the key is claimed in the same transaction.
+    pub async fn reserve_paid_job(&self, paid: PaidJob<'_>) -> Result<Reservation, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let usage = day_usage(&mut *tx, paid.day).await?;
+        if usage.spent + usage.reserved + paid.cost_micros > paid.budget_micros {
+            tx.rollback().await?;
+            return Ok(Reservation::OverBudget(usage));
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let created = now();
+        let new = paid.job;
+        sqlx::query(
+            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, cost_micros, \
+                               approval) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(new.backend)
+        .bind(new.workflow.to_string())
+        .bind(new.params.to_string())
+        .bind(new.template)
+        .bind(&created)
+        .bind(new.backend_url)
+        .bind(paid.cost_micros)
+        .bind(paid.approval.map(Value::to_string))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO charges (job_id, day, amount_micros, state, updated_at) VALUES (?, ?, ?, 'reserved', ?)",
+        )
+        .bind(&id)
+        .bind(paid.day)
+        .bind(paid.cost_micros)
+        .bind(&created)
+        .execute(&mut *tx)
+        .await?;
+        if !use_token(&mut tx, paid.token_id, &id, &created).await? {
+            tx.rollback().await?;
+            return Ok(Reservation::TokenUsed);
+        }
+        if let Some(claim) = paid.idempotency {
+            claim_key(&mut tx, &claim, &id, &created).await?;
+        }
+        tx.commit().await?;
+        let job = self
+            .job(&id)
+            .await?
+            .ok_or(StoreError::Query(sqlx::Error::RowNotFound))?;
+        Ok(Reservation::Reserved(Box::new(job)))
+    }
+
+    /// A reserved charge becomes `spent` once the provider took the task (a task it certainly did not take is
+    /// released by [`Store::release_paid_job`]). A charge already settled stays as it is.
+    pub async fn mark_charge_spent(&self, job_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE charges SET state = 'spent', updated_at = ?2 WHERE job_id = ?1 AND state = 'reserved'",
+        )
+        .bind(job_id)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A paid job the provider certainly did not start: its price, its idempotency key and its confirmation token
+    /// are given back, so the very same request can be tried again.
+    pub async fn release_paid_job(&self, job_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE charges SET state = 'released', updated_at = ?2 WHERE job_id = ?1 AND state = 'reserved'",
+        )
+        .bind(job_id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE job_id = ?")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM used_confirmations WHERE job_id = ?")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What the day's paid jobs spent and hold reserved, in millionths of a dollar.
+    pub async fn budget_usage(&self, day: &str) -> Result<BudgetUsage, StoreError> {
+        day_usage(&self.pool, day).await
+    }
+
+    /// The record of an idempotency key younger than `since`, if one was claimed.
+    pub async fn idempotency_record(
+        &self,
+        scope: &str,
+        key: &str,
+        since: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row: Option<IdempotencyRow> = sqlx::query_as(
+            "SELECT fingerprint, job_id, response_status, response_body FROM idempotency_keys \
+             WHERE scope = ? AND key = ? AND created_at >= ?",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(
+            row.map(|(fingerprint, job_id, status, body)| IdempotencyRecord {
+                fingerprint,
+                job_id,
+                response: status.zip(body).and_then(|(status, body)| {
+                    Some((
+                        u16::try_from(status).ok()?,
+                        serde_json::from_str(&body).ok()?,
+                    ))
+                }),
+            }),
+        )
+    }
+
+    /// Forgets keys older than `before`, so a key can be used again after its window.
+    pub async fn prune_idempotency_keys(&self, before: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        // A token lives at most a day (FLUX_CONFIRM_TTL_SECS), so older records guard nothing.
+        sqlx::query("DELETE FROM used_confirmations WHERE used_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps the answer a key's first request got, for its repeats.
+    pub async fn record_idempotent_response(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = ?3, response_body = ?4 WHERE scope = ?1 AND key = ?2",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(i64::from(status))
+        .bind(body.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// fingerprint, job id, response status, response body.
+type IdempotencyRow = (String, Option<String>, Option<i64>, Option<String>);
+
+/// The day's spent and reserved sums, on the pool or inside a transaction.
+/// Records a confirmation token as used by `job_id`; `false` when it already paid for a job.
+pub(super) async fn use_token(
+    tx: &mut sqlx::SqliteConnection,
+    token_id: &str,
+    job_id: &str,
+    at: &str,
+) -> Result<bool, StoreError> {
+    let taken = sqlx::query(
+        "INSERT INTO used_confirmations (token_id, job_id, used_at) VALUES (?, ?, ?) \
+         ON CONFLICT (token_id) DO NOTHING",
+    )
+    .bind(token_id)
+    .bind(job_id)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(taken == 1)
+}
+
+/// Claims an idempotency key for `job_id`.
+pub(super) async fn claim_key(
+    tx: &mut sqlx::SqliteConnection,
+    claim: &IdempotencyClaim<'_>,
+    job_id: &str,
+    at: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(claim.scope)
+    .bind(claim.key)
+    .bind(claim.fingerprint)
+    .bind(job_id)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn day_usage<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    day: &str,
+) -> Result<BudgetUsage, StoreError> {
+    let (spent, reserved): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(CASE WHEN state = 'spent' THEN amount_micros END), 0), \
+                COALESCE(SUM(CASE WHEN state = 'reserved' THEN amount_micros END), 0) \
+         FROM charges WHERE day = ?",
+    )
+    .bind(day)
+    .fetch_one(executor)
+    .await?;
+    Ok(BudgetUsage { spent, reserved })
+}
+
+/// A paid job to record, with its price and the budget it must fit in.
+pub struct PaidJob<'a> {
+    pub job: NewJob<'a>,
+    pub cost_micros: i64,
+    /// The UTC day the price counts against, `YYYY-MM-DD`.
+    pub day: &'a str,
+    pub budget_micros: i64,
+    pub idempotency: Option<IdempotencyClaim<'a>>,
+    /// The confirmation token's id: recorded, so it pays once.
+    pub token_id: &'a str,
+    /// For a ComfyUI workflow: its paid nodes and the estimate the person approved.
+    pub approval: Option<&'a Value>,
+}
+
+pub struct IdempotencyClaim<'a> {
+    pub scope: &'a str,
+    pub key: &'a str,
+    pub fingerprint: &'a str,
+}
+
+pub enum Reservation {
+    Reserved(Box<Job>),
+    OverBudget(BudgetUsage),
+    /// The confirmation token already paid for a job.
+    TokenUsed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetUsage {
+    pub spent: i64,
+    pub reserved: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub job_id: Option<String>,
+    /// The status and body the first request was answered with, once known.
+    pub response: Option<(u16, Value)>,
+}
