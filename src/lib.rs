@@ -10,6 +10,7 @@
 //!   routing.
 //! - [`comfy`]: the ComfyUI gateway (HTTP and WebSocket) and the model lists.
 //! - [`store`]: the durable store; all SQL lives there.
+//! - [`client`]: the API as its clients (CLI, MCP, tests) call it.
 //! - [`telemetry`]: log set-up.
 //!
 //! [`run`] serves on a listener the caller bound, so tests pass `127.0.0.1:0`; [`run_per_core`] is what the
@@ -17,6 +18,7 @@
 
 pub mod background;
 pub mod cli;
+pub mod client;
 pub mod comfy;
 pub mod config;
 pub mod error;

@@ -20,136 +20,25 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, t
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::client::{ApiClient, Reply, encode};
 use crate::config::Config;
 
-/// Orchestrator's HTTP API on loopback, as the tools call it.
-#[derive(Clone)]
-pub struct LocalApi {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+/// The `Idempotency-Key` header, when the caller gave one.
+fn idempotency(key: Option<&str>) -> Vec<(&'static str, &str)> {
+    key.map(|key| vec![("Idempotency-Key", key)])
+        .unwrap_or_default()
 }
 
-impl LocalApi {
-    /// The API of the server at `addr` (its loopback address when it listens on every interface).
-    pub fn new(config: &Config, addr: std::net::SocketAddr) -> Self {
-        crate::flux::client::install_crypto_provider();
-        let host = if addr.ip().is_unspecified() {
-            if addr.is_ipv4() {
-                "127.0.0.1".to_owned()
-            } else {
-                "[::1]".to_owned()
-            }
-        } else if addr.is_ipv6() {
-            format!("[{}]", addr.ip())
-        } else {
-            addr.ip().to_string()
-        };
-        Self {
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("the HTTP client initialises"),
-            base: format!("http://{host}:{}", addr.port()),
-            token: config.token.as_ref().map(|t| t.expose().to_owned()),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        key: Option<&str>,
-    ) -> Reply {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body = response.json::<Value>().await.unwrap_or(Value::Null);
-                Reply { status, body }
-            }
-            Err(_) => self.unreachable(),
-        }
-    }
-
-    /// Opens a server-sent event stream at `path`, for at most `within` (plus a little, to end it cleanly); an answer
-    /// other than 200 comes back as the API's error.
-    async fn open(&self, path: &str, within: Duration) -> Result<reqwest::Response, Reply> {
-        let mut request = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .timeout(within + Duration::from_secs(5));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        match request.send().await {
-            Ok(response) if response.status() == reqwest::StatusCode::OK => Ok(response),
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body = response.json::<Value>().await.unwrap_or(Value::Null);
-                Err(Reply { status, body })
-            }
-            Err(_) => Err(self.unreachable()),
-        }
-    }
-
-    fn unreachable(&self) -> Reply {
-        Reply {
-            status: 0,
-            body: json!({ "error": { "code": "orchestrator_unreachable",
-                "message": format!("Orchestrator is not answering at {}; is `orchestrator serve` running?", self.base),
-                "details": {} } }),
-        }
-    }
-
-    async fn bytes(&self, path: &str) -> Result<(String, Vec<u8>), String> {
-        let mut request = self.http.get(format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|_| "Orchestrator is not answering".to_owned())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status().as_u16()));
-        }
-        let kind = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|_| "the download broke off".to_owned())?;
-        Ok((kind, bytes.to_vec()))
-    }
+/// An API answer as a tool's result.
+trait IntoToolResult {
+    fn into_result(self) -> CallToolResult;
 }
 
-struct Reply {
-    status: u16,
-    body: Value,
-}
-
-impl Reply {
+impl IntoToolResult for Reply {
     /// A success as pretty JSON text; a failure as a tool error carrying the API's error body.
     fn into_result(self) -> CallToolResult {
         let text = serde_json::to_string_pretty(&self.body).unwrap_or_default();
-        if (200..300).contains(&self.status) {
+        if self.is_success() {
             CallToolResult::success(vec![ContentBlock::text(text)])
         } else {
             CallToolResult::error(vec![ContentBlock::text(text)])
@@ -229,17 +118,13 @@ pub struct TailLogs {
 
 #[derive(Clone)]
 pub struct OrchestratorMcp {
-    api: LocalApi,
+    api: ApiClient,
     tool_router: ToolRouter<Self>,
-}
-
-fn encode(segment: &str) -> String {
-    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).collect()
 }
 
 #[tool_router]
 impl OrchestratorMcp {
-    pub fn new(api: LocalApi) -> Self {
+    pub fn new(api: ApiClient) -> Self {
         Self {
             api,
             tool_router: Self::tool_router(),
@@ -251,7 +136,7 @@ impl OrchestratorMcp {
     )]
     async fn system_status(&self) -> CallToolResult {
         self.api
-            .call(reqwest::Method::GET, "/api/status", None, None)
+            .call(reqwest::Method::GET, "/api/status", None, &[])
             .await
             .into_result()
     }
@@ -261,7 +146,7 @@ impl OrchestratorMcp {
     )]
     async fn ignite_comfy(&self) -> CallToolResult {
         self.api
-            .call(reqwest::Method::POST, "/api/system/ignite", None, None)
+            .call(reqwest::Method::POST, "/api/system/ignite", None, &[])
             .await
             .into_result()
     }
@@ -276,7 +161,7 @@ impl OrchestratorMcp {
             "/api/models"
         };
         self.api
-            .call(reqwest::Method::GET, path, None, None)
+            .call(reqwest::Method::GET, path, None, &[])
             .await
             .into_result()
     }
@@ -286,7 +171,7 @@ impl OrchestratorMcp {
     )]
     async fn list_templates(&self) -> CallToolResult {
         self.api
-            .call(reqwest::Method::GET, "/api/templates", None, None)
+            .call(reqwest::Method::GET, "/api/templates", None, &[])
             .await
             .into_result()
     }
@@ -330,7 +215,7 @@ impl OrchestratorMcp {
                         reqwest::Method::POST,
                         "/api/jobs",
                         Some(&body),
-                        idempotency_key.as_deref(),
+                        &idempotency(idempotency_key.as_deref()),
                     )
                     .await
                     .into_result()
@@ -362,7 +247,7 @@ impl OrchestratorMcp {
                         reqwest::Method::POST,
                         "/api/flux/generate",
                         Some(&body),
-                        idempotency_key.as_deref(),
+                        &idempotency(idempotency_key.as_deref()),
                     )
                     .await
                     .into_result()
@@ -380,7 +265,7 @@ impl OrchestratorMcp {
     async fn get_job(&self, Parameters(JobId { id }): Parameters<JobId>) -> CallToolResult {
         let path = format!("/api/jobs/{}", encode(&id));
         self.api
-            .call(reqwest::Method::GET, &path, None, None)
+            .call(reqwest::Method::GET, &path, None, &[])
             .await
             .into_result()
     }
@@ -391,58 +276,11 @@ impl OrchestratorMcp {
     async fn wait_job(&self, Parameters(request): Parameters<WaitJob>) -> CallToolResult {
         let limit = Duration::from_secs(request.timeout_secs.unwrap_or(30).clamp(1, 300));
         let started = std::time::Instant::now();
-        let deadline = tokio::time::Instant::now() + limit;
         // The job's own event stream: its state now, then every change (progress included) until it ends.
-        let path = format!("/api/jobs/{}/events", encode(&request.id));
-        let mut response = match self.api.open(&path, limit).await {
-            Ok(response) => response,
+        let (job, finished) = match self.api.follow_job(&request.id, limit, |_| {}).await {
+            Ok(outcome) => outcome,
             Err(reply) => return reply.into_result(),
         };
-        let mut job = Value::Null;
-        let mut pending: Vec<u8> = Vec::new();
-        let mut finished = false;
-        while !finished {
-            let chunk = match tokio::time::timeout_at(deadline, response.chunk()).await {
-                Ok(Ok(Some(chunk))) => chunk,
-                // The deadline passed, or the stream ended or broke.
-                _ => break,
-            };
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = pending.drain(..end + 2).collect();
-                let data = String::from_utf8_lossy(&block)
-                    .lines()
-                    .filter_map(|line| line.strip_prefix("data:"))
-                    .map(|data| data.strip_prefix(' ').unwrap_or(data).to_owned())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                if let Ok(state) = serde_json::from_str::<Value>(&data) {
-                    finished = is_final(&state);
-                    job = state;
-                    if finished {
-                        break;
-                    }
-                }
-            }
-        }
-        drop(response);
-        if job.is_null() {
-            // No event came through (the stream broke at once): the job as it is now.
-            let reply = self
-                .api
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/api/jobs/{}", encode(&request.id)),
-                    None,
-                    None,
-                )
-                .await;
-            if reply.status != 200 {
-                return reply.into_result();
-            }
-            finished = is_final(&reply.body);
-            job = reply.body;
-        }
         let mut body = json!({ "job": job, "finished": finished,
             "waited_secs": (started.elapsed().as_millis() as f64 / 1000.0) });
         if finished {
@@ -461,7 +299,7 @@ impl OrchestratorMcp {
             path.push_str(&format!("&status={}", encode(&status)));
         }
         self.api
-            .call(reqwest::Method::GET, &path, None, None)
+            .call(reqwest::Method::GET, &path, None, &[])
             .await
             .into_result()
     }
@@ -472,7 +310,7 @@ impl OrchestratorMcp {
     async fn cancel_job(&self, Parameters(JobId { id }): Parameters<JobId>) -> CallToolResult {
         let path = format!("/api/jobs/{}/cancel", encode(&id));
         self.api
-            .call(reqwest::Method::POST, &path, None, None)
+            .call(reqwest::Method::POST, &path, None, &[])
             .await
             .into_result()
     }
@@ -484,7 +322,7 @@ impl OrchestratorMcp {
             request.lines.unwrap_or(100).clamp(1, 5000)
         );
         self.api
-            .call(reqwest::Method::GET, &path, None, None)
+            .call(reqwest::Method::GET, &path, None, &[])
             .await
             .into_result()
     }
@@ -493,14 +331,6 @@ impl OrchestratorMcp {
 const RESOURCE_PREFIX: &str = "orchestrator://jobs/";
 /// Larger outputs (videos) are not sent inline: the resource answers where to download them instead.
 const MAX_INLINE_BYTES: usize = 1024 * 1024;
-
-/// Whether a job (as the API shows it) will not change any more.
-fn is_final(job: &Value) -> bool {
-    job["status"]
-        .as_str()
-        .and_then(crate::jobs::model::JobStatus::parse)
-        .is_some_and(crate::jobs::model::JobStatus::is_final)
-}
 
 /// The resource URIs of a job's outputs.
 fn resource_links(job: &Value) -> Vec<String> {
@@ -553,15 +383,7 @@ impl ServerHandler for OrchestratorMcp {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let reply = self
-            .api
-            .call(
-                reqwest::Method::GET,
-                "/api/jobs?status=succeeded&limit=50",
-                None,
-                None,
-            )
-            .await;
+        let reply = self.api.get("/api/jobs?status=succeeded&limit=50").await;
         if reply.status != 200 {
             return Err(ErrorData::internal_error(reply.body.to_string(), None));
         }
@@ -612,7 +434,7 @@ impl ServerHandler for OrchestratorMcp {
         } else {
             json!({ "uri": request.uri, "mimeType": "text/plain",
                     "text": format!("{} bytes of {mime_type}, too large to send inline: download {}{path}",
-                                    bytes.len(), self.api.base) })
+                                    bytes.len(), self.api.base()) })
         };
         let result: ReadResourceResult = serde_json::from_value(json!({ "contents": [contents] }))
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
@@ -623,7 +445,8 @@ impl ServerHandler for OrchestratorMcp {
 /// `orchestrator mcp`: the tools on stdin/stdout, calling the running server.
 pub async fn serve_stdio(config: &Config) -> Result<(), String> {
     use rmcp::ServiceExt;
-    let api = LocalApi::new(config, config.bind);
+    let token = config.token.as_ref().map(|t| t.expose().to_owned());
+    let api = ApiClient::for_server(config.bind, token);
     let server = OrchestratorMcp::new(api)
         .serve(rmcp::transport::stdio())
         .await

@@ -218,9 +218,10 @@ fn mcp_service(
     StreamableHttpService::new(
         move || {
             let addr = local_addr.get().copied().unwrap_or(config.bind);
-            Ok(crate::mcp::OrchestratorMcp::new(crate::mcp::LocalApi::new(
-                &config, addr,
-            )))
+            let token = config.token.as_ref().map(|t| t.expose().to_owned());
+            Ok(crate::mcp::OrchestratorMcp::new(
+                crate::client::ApiClient::for_server(addr, token),
+            ))
         },
         Default::default(),
         settings,

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::jobs::model::JobStatus;
 

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+
 use orchestrator::testkit::fake_comfy::FakeComfy;
 use serde_json::{Value, json};
 
@@ -24,41 +25,26 @@ async fn read_events(
     last_event_id: Option<i64>,
     mut stop: impl FnMut(&[Sse]) -> bool,
 ) -> Vec<Sse> {
-    let mut request = app.http.get(app.url(path));
-    if let Some(id) = last_event_id {
-        request = request.header("Last-Event-ID", id.to_string());
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
+    let last_event_id = last_event_id.map(|id| id.to_string());
+    let within = Some(Duration::from_secs(30));
+    let mut stream = app
+        .api()
+        .events(path, last_event_id.as_deref(), within)
+        .await
+        .expect("the stream opens");
     let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline.into(), body.next()).await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let (mut id, mut kind, mut data) = (None, String::new(), String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().ok();
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    kind = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                }
-            }
-            if let Some(id) = id {
-                events.push(Sse {
-                    id,
-                    kind,
-                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
-                    at: Instant::now(),
-                });
-                if stop(&events) {
-                    return events;
-                }
-            }
+    while let Some(event) = stream.next().await {
+        let Some(id) = event.id.as_deref().and_then(|id| id.trim().parse().ok()) else {
+            continue;
+        };
+        events.push(Sse {
+            id,
+            kind: event.kind.clone().unwrap_or_default(),
+            data: event.json().unwrap_or(Value::Null),
+            at: Instant::now(),
+        });
+        if stop(&events) {
+            return events;
         }
     }
     events

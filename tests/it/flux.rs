@@ -50,17 +50,6 @@ async fn confirmed(app: &TestApp, body: Value) -> Value {
     paid
 }
 
-async fn wait_for_status(app: &TestApp, id: &str, wanted: &str) -> Value {
-    let path = format!("/api/jobs/{id}");
-    wait_until(
-        Duration::from_secs(15),
-        &format!("job {id} is {wanted}"),
-        || async { app.get_json(&path).await["status"] == wanted },
-    )
-    .await;
-    app.get_json(&path).await
-}
-
 #[tokio::test]
 async fn a_request_is_a_priced_dry_run_by_default_and_sends_nothing() {
     let bfl = FakeBfl::start(KEY).await;
@@ -210,7 +199,7 @@ async fn a_confirmed_request_is_charged_once_and_its_image_saved() {
     assert_eq!(answer["status"], "submitted");
     let id = answer["id"].as_str().unwrap();
 
-    let job = wait_for_status(&app, id, "succeeded").await;
+    let job = app.wait_for_job(id, "succeeded").await;
     assert_eq!(job["backend"], "flux");
     assert_eq!(job["cost_usd"], 0.04);
     assert!(job["provider_id"].as_str().is_some_and(|p| !p.is_empty()));
@@ -374,7 +363,9 @@ async fn bfl_refusals_and_moderation_become_clear_job_errors() {
         let paid = confirmed(&app, json!({ "prompt": "moderate me" })).await;
         let (status, answer, _) = post(&app, &paid, None).await;
         assert_eq!(status, 202, "{answer}");
-        let job = wait_for_status(&app, answer["id"].as_str().unwrap(), "failed").await;
+        let job = app
+            .wait_for_job(answer["id"].as_str().unwrap(), "failed")
+            .await;
         assert_eq!(job["error"]["code"], code, "{job}");
         assert!(job["outputs"].as_array().unwrap().is_empty());
     }
@@ -446,12 +437,12 @@ async fn after_a_restart_submitted_tasks_are_polled_again_and_not_resent() {
     let (status, answer, _) = post(&first, &paid, None).await;
     assert_eq!(status, 202);
     let id = answer["id"].as_str().unwrap().to_owned();
-    wait_for_status(&first, &id, "running").await;
+    first.wait_for_job(&id, "running").await;
     first.stop().await;
 
     bfl.set_pending_polls(0);
     let second = app(&bfl, true, |s| s.data_dir = dir.clone()).await;
-    let job = wait_for_status(&second, &id, "succeeded").await;
+    let job = second.wait_for_job(&id, "succeeded").await;
     assert_eq!(job["outputs"].as_array().unwrap().len(), 1);
     assert_eq!(bfl.submits(), 1);
     assert_eq!(second.get_json("/api/flux/budget").await["spent"], 0.04);
@@ -599,7 +590,7 @@ async fn flux2_is_priced_by_megapixel_and_settled_at_what_bfl_charged() {
         "the fake charged 6 credits: {job}"
     );
     assert_eq!(app.get_json("/api/flux/budget").await["spent"], 0.06);
-    wait_for_status(&app, id, "succeeded").await;
+    app.wait_for_job(id, "succeeded").await;
 
     // An input image is reserved at its most (4 megapixels) and settled at what BFL says it cost.
     let image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use orchestrator::client::Events;
 use orchestrator::testkit::fake_comfy::{FakeComfy, OUTPUT_PNG, no_model_workflow};
 use serde_json::{Value, json};
 
@@ -18,16 +19,6 @@ async fn submit(app: &TestApp, body: Value) -> reqwest::Response {
 
 async fn job(app: &TestApp, id: &str) -> Value {
     app.get_json(&format!("/api/jobs/{id}")).await
-}
-
-async fn wait_for_job(app: &TestApp, id: &str, deadline: Duration, status: &str) -> Value {
-    let id = id.to_owned();
-    wait_until(deadline, &format!("job {id} is {status}"), || {
-        let id = id.clone();
-        async move { job(app, &id).await["status"] == status }
-    })
-    .await;
-    job(app, &id).await
 }
 
 /// A variant of the recorded no-model workflow (a new colour defeats ComfyUI's cache).
@@ -60,19 +51,12 @@ async fn a_workflow_runs_to_success_with_its_output_on_disk() {
         .await
         .unwrap();
     assert_eq!(events.headers()["content-type"], "text/event-stream");
-    let text = tokio::time::timeout(Duration::from_secs(10), events.text())
+    let events = tokio::time::timeout(Duration::from_secs(10), Events::of(events).collect())
         .await
-        .expect("the stream ends")
-        .unwrap();
-    let states: Vec<String> = text
-        .split("\n\n")
-        .filter_map(|block| block.lines().find_map(|l| l.strip_prefix("data: ")))
-        .map(|data| {
-            serde_json::from_str::<Value>(data).unwrap()["status"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .expect("the stream ends");
+    let states: Vec<String> = events
+        .iter()
+        .map(|event| event.json().unwrap()["status"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(
         states.last().map(String::as_str),
@@ -137,7 +121,7 @@ async fn outputs_with_one_name_in_two_subfolders_are_both_kept() {
         .as_str()
         .unwrap()
         .to_owned();
-    let done = wait_for_job(&app, &id, Duration::from_secs(10), "succeeded").await;
+    let done = app.wait_for_job(&id, "succeeded").await;
     let mut names: Vec<&str> = done["outputs"]
         .as_array()
         .unwrap()
@@ -290,13 +274,9 @@ async fn a_template_job_runs_the_sampler_graph() {
     let response = submit(&app, json!({ "template": "sdxl-t2i", "params": { "prompt": "a lighthouse at dusk", "seed": 42 } })).await;
     assert_eq!(response.status(), 202);
     let created: Value = response.json().await.unwrap();
-    let done = wait_for_job(
-        &app,
-        created["id"].as_str().unwrap(),
-        Duration::from_secs(10),
-        "succeeded",
-    )
-    .await;
+    let done = app
+        .wait_for_job(created["id"].as_str().unwrap(), "succeeded")
+        .await;
     assert_eq!(done["template"], "sdxl-t2i");
     assert_eq!(done["params"]["prompt"], "a lighthouse at dusk");
     assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
@@ -392,20 +372,11 @@ async fn a_cancel_during_the_submit_stays_cancelled_and_comfy_drops_its_copy() {
     );
     let job = job(&app, &id).await;
     assert_eq!(job["status"], "cancelled", "{job}");
-    let events = app
-        .http
-        .get(app.url(&format!("/api/jobs/{id}/events")))
-        .header("Last-Event-ID", "0")
-        .send()
+    let states: Vec<String> = app
+        .events(&format!("/api/jobs/{id}/events"), Some("0"))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let states: Vec<String> = events
-        .split("\n\n")
-        .filter_map(|block| block.lines().find_map(|l| l.strip_prefix("data: ")))
-        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .iter()
+        .filter_map(|event| event.json())
         .map(|job| job["status"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(
@@ -435,7 +406,7 @@ async fn cancel_removes_a_queued_job_and_interrupts_a_running_one() {
         running["id"].as_str().unwrap().to_owned(),
         queued["id"].as_str().unwrap().to_owned(),
     );
-    wait_for_job(&app, &running, Duration::from_secs(10), "running").await;
+    app.wait_for_job(&running, "running").await;
 
     let cancelled: Value = app
         .http
@@ -468,7 +439,7 @@ async fn cancel_removes_a_queued_job_and_interrupts_a_running_one() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    wait_for_job(&app, &running, Duration::from_secs(10), "cancelled").await;
+    app.wait_for_job(&running, "cancelled").await;
     assert!(fake.requests().iter().any(|r| r.path == "/interrupt"));
 
     let again = app
@@ -512,7 +483,7 @@ async fn comfy_dying_mid_job_is_backend_lost_within_10_s() {
     // can appear there.)
     fake.set_hang(true);
     fake.close_sockets(1001, "going away");
-    let lost = wait_for_job(&app, &id, Duration::from_secs(10), "backend_lost").await;
+    let lost = app.wait_for_job(&id, "backend_lost").await;
     assert!(
         died.elapsed() < Duration::from_secs(10),
         "noticed after {:?}",
@@ -544,13 +515,9 @@ async fn a_job_goes_to_the_online_backend_with_the_shortest_queue() {
         .json()
         .await
         .unwrap();
-    let done = wait_for_job(
-        &app,
-        created["id"].as_str().unwrap(),
-        Duration::from_secs(10),
-        "succeeded",
-    )
-    .await;
+    let done = app
+        .wait_for_job(created["id"].as_str().unwrap(), "succeeded")
+        .await;
     assert_eq!(done["backend_url"], idle.url().as_str());
 
     let down = crate::support::closed_port().await;
@@ -560,13 +527,9 @@ async fn a_job_goes_to_the_online_backend_with_the_shortest_queue() {
         .json()
         .await
         .unwrap();
-    let done = wait_for_job(
-        &app,
-        created["id"].as_str().unwrap(),
-        Duration::from_secs(10),
-        "succeeded",
-    )
-    .await;
+    let done = app
+        .wait_for_job(created["id"].as_str().unwrap(), "succeeded")
+        .await;
     assert_eq!(
         done["backend_url"],
         idle.url().as_str(),
@@ -604,13 +567,9 @@ async fn an_input_image_is_uploaded_to_comfy_for_img2img() {
     let response = submit(&app, json!({ "template": "sdxl-i2i", "params": params })).await;
     assert_eq!(response.status(), 202);
     let created: Value = response.json().await.unwrap();
-    let done = wait_for_job(
-        &app,
-        created["id"].as_str().unwrap(),
-        Duration::from_secs(10),
-        "succeeded",
-    )
-    .await;
+    let done = app
+        .wait_for_job(created["id"].as_str().unwrap(), "succeeded")
+        .await;
 
     let uploads = fake.uploads();
     assert_eq!(uploads.len(), 1, "{uploads:?}");
@@ -670,7 +629,7 @@ async fn after_a_restart_a_job_comfy_no_longer_knows_is_backend_lost() {
         s.data_dir = data.path().display().to_string()
     })
     .await;
-    let lost = wait_for_job(&app, &id, Duration::from_secs(10), "backend_lost").await;
+    let lost = app.wait_for_job(&id, "backend_lost").await;
     assert!(
         lost["error"]["message"]
             .as_str()
@@ -692,11 +651,11 @@ async fn a_websocket_dropped_mid_run_is_reopened_and_the_job_still_succeeds() {
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
-    wait_for_job(&app, &id, Duration::from_secs(10), "running").await;
+    app.wait_for_job(&id, "running").await;
     let dropped = Instant::now();
     // ComfyUI stays up; only its sockets go (a proxy restart, a network blip).
     fake.close_sockets(1001, "going away");
-    let done = wait_for_job(&app, &id, Duration::from_secs(20), "succeeded").await;
+    let done = app.wait_for_job(&id, "succeeded").await;
     assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
     eprintln!(
         "socket dropped mid-run: job succeeded {:?} later",
@@ -717,7 +676,7 @@ async fn a_run_whose_messages_never_come_is_found_through_the_history() {
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
-    let done = wait_for_job(&app, &id, Duration::from_secs(30), "succeeded").await;
+    let done = app.wait_for_job(&id, "succeeded").await;
     assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
     eprintln!(
         "silent run: recorded as succeeded {:?} after submit (silence check at 15 s)",
@@ -742,7 +701,7 @@ async fn jobs_wait_in_orchestrators_queue_until_a_comfy_comes_online() {
     let online = Instant::now();
     let fake = FakeComfy::start_on(listener);
     for id in &ids {
-        let done = wait_for_job(&app, id, Duration::from_secs(30), "succeeded").await;
+        let done = app.wait_for_job(id, "succeeded").await;
         assert_eq!(done["backend_url"], fake.url().as_str());
     }
     let prompts = fake
@@ -778,7 +737,7 @@ async fn jobs_a_dead_backend_never_started_go_to_another_once_and_the_running_on
         ids.push(created["id"].as_str().unwrap().to_owned());
     }
     second.set_hang(false);
-    wait_for_job(&app, &ids[0], Duration::from_secs(10), "running").await;
+    app.wait_for_job(&ids[0], "running").await;
     for id in &ids[1..] {
         assert_eq!(
             job(&app, id).await["status"],
@@ -791,7 +750,7 @@ async fn jobs_a_dead_backend_never_started_go_to_another_once_and_the_running_on
     first.set_hang(true);
     first.close_sockets(1001, "going away");
 
-    let lost = wait_for_job(&app, &ids[0], Duration::from_secs(30), "backend_lost").await;
+    let lost = app.wait_for_job(&ids[0], "backend_lost").await;
     // It had started: it may have done work, so it is not sent again; the reason is kept.
     assert!(
         lost["error"]["message"]
@@ -802,7 +761,7 @@ async fn jobs_a_dead_backend_never_started_go_to_another_once_and_the_running_on
     assert_eq!(lost["backend_url"], first.url().as_str());
     assert!(lost["outputs"].as_array().unwrap().is_empty());
     for id in &ids[1..] {
-        let done = wait_for_job(&app, id, Duration::from_secs(30), "succeeded").await;
+        let done = app.wait_for_job(id, "succeeded").await;
         assert_eq!(done["backend_url"], second.url().as_str());
     }
     eprintln!(
@@ -847,7 +806,7 @@ async fn an_output_replaced_by_a_link_out_of_the_folder_is_not_served() {
         .as_str()
         .unwrap()
         .to_owned();
-    let done = wait_for_job(&app, &id, Duration::from_secs(10), "succeeded").await;
+    let done = app.wait_for_job(&id, "succeeded").await;
     let output = &done["outputs"][0];
     let url = output["url"].as_str().unwrap().to_owned();
     let file = app

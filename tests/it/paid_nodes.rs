@@ -81,17 +81,6 @@ fn editor_prompt(workflow: &Value) -> Value {
                             "extra_pnginfo": { "workflow": {} } } })
 }
 
-async fn wait_for(app: &TestApp, id: &str, status: &str) -> Value {
-    let path = format!("/api/jobs/{id}");
-    wait_until(
-        Duration::from_secs(20),
-        &format!("job {id} is {status}"),
-        || async { app.get_json(&path).await["status"] == status },
-    )
-    .await;
-    app.get_json(&path).await
-}
-
 /// Every POST /prompt ComfyUI queued.
 fn queued(comfy: &FakeComfy) -> usize {
     comfy.received_prompts().len()
@@ -224,7 +213,7 @@ async fn a_paid_job_runs_once_per_confirmation_with_the_servers_key() {
     .await;
     assert_eq!(status, 202, "{created}");
     let id = created["id"].as_str().unwrap();
-    let done = wait_for(&app, id, "succeeded").await;
+    let done = app.wait_for_job(id, "succeeded").await;
     assert_eq!(done["cost_usd"], 0.06, "{done}");
     assert_eq!(
         done["approval"]["paidNodes"][0]["class_type"],
@@ -313,7 +302,7 @@ async fn a_paid_prompt_at_the_gateway_waits_for_confirmation_and_never_carries_t
         (202, Some(id.as_str())),
         "{sent}"
     );
-    wait_for(&app, &id, "succeeded").await;
+    app.wait_for_job(&id, "succeeded").await;
     let (status, again) = post(&app, &confirm, &json!({ "confirmToken": token }), None).await;
     assert_eq!(
         (status, error_code(&again).as_str()),
@@ -406,7 +395,7 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
             "{path}: {text}"
         );
     }
-    let done = wait_for(&app, &id, "succeeded").await;
+    let done = app.wait_for_job(&id, "succeeded").await;
     let prompt_id = done["comfy_prompt_id"].as_str().unwrap();
     for path in [
         "/api/comfy/history".to_owned(),
@@ -490,7 +479,7 @@ async fn twenty_concurrent_confirms_under_one_idempotency_key_make_one_call() {
         .collect();
     assert_eq!(ids.len(), 1);
     let id = ids.into_iter().next().unwrap();
-    wait_for(&app, &id, "succeeded").await;
+    app.wait_for_job(&id, "succeeded").await;
     assert_eq!(org.call_count(), 1);
     assert_eq!(queued(&comfy), 1);
 
@@ -519,7 +508,7 @@ async fn twenty_concurrent_confirms_under_one_idempotency_key_make_one_call() {
             .all(|(status, body)| *status == 202 && body["id"] == waiting.as_str()),
         "{answers:?}"
     );
-    wait_for(&app, &waiting, "succeeded").await;
+    app.wait_for_job(&waiting, "succeeded").await;
     assert_eq!(org.call_count(), 2);
     assert_eq!(queued(&comfy), 2);
 }
@@ -574,7 +563,7 @@ async fn fifty_concurrent_paid_requests_of_flux_and_paid_nodes_never_overshoot_o
         let id = body["id"].as_str().unwrap();
         let job = app.get_json(&format!("/api/jobs/{id}")).await;
         if job["backend"] == "comfy" {
-            wait_for(&app, id, "succeeded").await;
+            app.wait_for_job(id, "succeeded").await;
         }
     }
     assert_eq!(
@@ -623,7 +612,8 @@ async fn a_paid_job_is_never_moved_to_another_comfyui() {
     )
     .await;
     second.set_hang(false);
-    wait_for(&app, busy["id"].as_str().unwrap(), "running").await;
+    app.wait_for_job(busy["id"].as_str().unwrap(), "running")
+        .await;
     assert_eq!(
         app.get_json(&format!("/api/jobs/{paid_id}")).await["backend_url"],
         first.url().as_str()
@@ -631,9 +621,10 @@ async fn a_paid_job_is_never_moved_to_another_comfyui() {
 
     first.set_hang(true);
     first.close_sockets(1001, "going away");
-    let lost = wait_for(&app, paid_id, "backend_lost").await;
+    let lost = app.wait_for_job(paid_id, "backend_lost").await;
     assert_eq!(lost["backend_url"], first.url().as_str());
-    wait_for(&app, free["id"].as_str().unwrap(), "succeeded").await;
+    app.wait_for_job(free["id"].as_str().unwrap(), "succeeded")
+        .await;
     assert_eq!(
         second.received_prompts().len(),
         1,
@@ -723,8 +714,11 @@ async fn a_queued_job_found_paid_when_comfy_comes_online_waits_for_confirmation(
 
     let comfy = FakeComfy::start_on(listener);
     comfy.set_comfy_api_base(&org.url());
-    wait_for(&app, free["id"].as_str().unwrap(), "succeeded").await;
-    let waiting = wait_for(&app, paid["id"].as_str().unwrap(), "awaiting_confirmation").await;
+    app.wait_for_job(free["id"].as_str().unwrap(), "succeeded")
+        .await;
+    let waiting = app
+        .wait_for_job(paid["id"].as_str().unwrap(), "awaiting_confirmation")
+        .await;
     assert_eq!(
         waiting["approval"]["paidNodes"][0]["class_type"],
         "FluxProUltraImageNode"
@@ -779,7 +773,7 @@ async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
         s.comfy_org_api_key = Some(SERVER_KEY.into());
     })
     .await;
-    let settled = wait_for(&app, &job.id, "needs_reconcile").await;
+    let settled = app.wait_for_job(&job.id, "needs_reconcile").await;
     assert_eq!(settled["error"]["code"], "submit_interrupted");
     assert_eq!(queued(&comfy), 0);
     assert_eq!(org.call_count(), 0);
@@ -834,7 +828,7 @@ async fn a_failed_paid_node_never_shows_the_servers_key() {
     let (status, created) = post(&app, "/api/jobs", &confirmed(&app, &workflow).await, None).await;
     assert_eq!(status, 202, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    let failed = wait_for(&app, &id, "failed").await;
+    let failed = app.wait_for_job(&id, "failed").await;
     let direct: Value = reqwest::get(format!("{}/history", comfy.url()))
         .await
         .unwrap()

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use orchestrator::client::Events;
 use serde_json::{Value, json};
 
 use crate::support::{TestApp, error_code, free_port, wait_until};
@@ -95,19 +96,11 @@ async fn ignite_streams_its_phases() {
         .await
         .unwrap();
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let body = response.text().await.unwrap();
     let mut phases = Vec::new();
     let mut done = None;
-    for block in body.split("\n\n") {
-        let event = block
-            .lines()
-            .find_map(|l| l.strip_prefix("event: "))
-            .unwrap_or("");
-        let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
-            continue;
-        };
-        let data: Value = serde_json::from_str(data).unwrap();
-        match event {
+    for event in Events::of(response).collect().await {
+        let data = event.json().unwrap();
+        match event.kind.as_deref().unwrap_or("") {
             "progress" => phases.push((
                 data["phase"].as_str().unwrap().to_owned(),
                 data["percent"].as_u64().unwrap(),

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use orchestrator::client::{ApiClient, Event};
 use orchestrator::config::Settings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -174,6 +175,43 @@ impl TestApp {
         })
         .await;
         job
+    }
+
+    /// The API as the CLI and the MCP server call it.
+    pub fn api(&self) -> ApiClient {
+        ApiClient::for_server(self.addr, None)
+    }
+
+    /// POSTs `body` as JSON; answers the status and the JSON body (`Null` when it is not JSON).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let reply = self.api().post(path, body).await;
+        (reply.status, reply.body)
+    }
+
+    /// Waits (30 s at most) until job `id` is `status`; answers the job.
+    pub async fn wait_for_job(&self, id: &str, status: &str) -> serde_json::Value {
+        let path = format!("/api/jobs/{id}");
+        wait_until(
+            Duration::from_secs(30),
+            &format!("job {id} is {status}"),
+            || async { self.get_json(&path).await["status"] == status },
+        )
+        .await;
+        self.get_json(&path).await
+    }
+
+    /// Every event of the stream at `path` until it ends (30 s at most), resumed after `last_event_id`.
+    pub async fn events(&self, path: &str, last_event_id: Option<&str>) -> Vec<Event> {
+        let events = self
+            .api()
+            .events(path, last_event_id, Some(Duration::from_secs(30)))
+            .await
+            .unwrap_or_else(|reply| panic!("{path} answered {}: {}", reply.status, reply.body));
+        events.collect().await
     }
 
     /// The origin the panel's own page has.
