@@ -24,7 +24,7 @@ NGINX_PORT=${NGINX_PORT:-13080}
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 
-cargo build --release --quiet --features testkit --bin orchestrator --bin fake-comfyui
+cargo build --release --quiet -p orchestrator -p testkit --bins
 work=$(mktemp -d)
 pids=()
 cleanup() {

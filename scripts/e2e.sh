@@ -58,8 +58,8 @@ export COMFY_FRONTEND_ROOT
 echo "== npm ci (e2e)"
 (cd e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 
-echo "== cargo build --features testkit --bins"
-cargo build --features testkit --bins
+echo "== cargo build --workspace --bins"
+cargo build --workspace --bins
 
 echo "== playwright test"
 cd e2e

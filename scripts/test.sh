@@ -19,9 +19,9 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --locked
+cargo test --workspace --locked
 echo "== schema fuzz (schemathesis against the real server and the fakes)"
 if [ ! -x .venv-fuzz/bin/st ]; then
   python3 -m venv .venv-fuzz 2>/dev/null || {

@@ -32,8 +32,6 @@ pub mod service;
 pub mod status;
 pub mod store;
 pub mod telemetry;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 pub mod ui;
 pub mod v0;
 

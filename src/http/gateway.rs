@@ -71,11 +71,6 @@ async fn editor(state: AppState, request: Request) -> Response {
 /// One request to the first ComfyUI backend: WebSocket upgrades relayed, `POST /prompt` judged by the money
 /// rules, answers that echo prompts cleared of Comfy.org credentials, everything else streamed through.
 async fn relay(state: &AppState, request: Request, path: &str) -> Response {
-    // A deliberate panic, to test that the fast path's panic catcher answers; only with the test doubles.
-    #[cfg(feature = "testkit")]
-    if path == "/__testkit/panic" {
-        panic!("the testkit's deliberate panic in the gateway");
-    }
     if guard::is_websocket_upgrade(request.headers()) {
         return websocket(state, request, path)
             .await

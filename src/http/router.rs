@@ -121,8 +121,6 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .route("/jobs/{id}", get(ui::job))
         .route("/editor", get(ui::editor))
         .route("/assets/{*path}", get(ui::asset));
-    #[cfg(feature = "testkit")]
-    let pages = pages.route("/__testkit/panic", get(ui::testkit_panic));
 
     Router::new()
         .merge(own_api.layer(from_fn(guard::require_json_body)))

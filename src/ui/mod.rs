@@ -640,15 +640,44 @@ pub async fn editor(State(state): State<AppState>, headers: HeaderMap) -> Respon
         .into_response()
 }
 
-/// A handler that panics, to show (and test) the 500 page; only in builds with the test doubles.
-#[cfg(feature = "testkit")]
-pub async fn testkit_panic() -> Response {
-    panic!("the testkit's deliberate panic");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn panicking(_: Request) -> Response {
+        panic!("a deliberate panic");
+    }
+
+    /// A panic in a handler, the gateway's fast path included, is an answer: the JSON error under `/api/`, the
+    /// error page elsewhere, never a dropped connection.
+    #[tokio::test]
+    async fn a_panic_is_the_error_page_or_the_json_error() {
+        let request = |path: &str| {
+            Request::builder()
+                .uri(path)
+                .header("accept-language", "ru")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let api = caught(request("/api/comfy/x"), panicking).await;
+        assert_eq!(api.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(api.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+
+        let page = caught(request("/jobs"), panicking).await;
+        assert_eq!(page.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let html = axum::body::to_bytes(page.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let html = String::from_utf8(html.to_vec()).unwrap();
+        assert!(
+            html.contains("<html") && html.contains("lang=\"ru\""),
+            "{html}"
+        );
+    }
 
     #[test]
     fn embedded_json_cannot_close_its_script_element() {

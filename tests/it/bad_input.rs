@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use orchestrator::testkit::fake_comfy::{FakeComfy, no_model_workflow};
 use serde_json::{Value, json};
+use testkit::fake_comfy::{FakeComfy, no_model_workflow};
 
 use crate::support::TestApp;
 

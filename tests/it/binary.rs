@@ -6,10 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orchestrator::testkit::fake_bfl::{FakeBfl, SubmitMode};
-use orchestrator::testkit::fake_comfy::FakeComfy;
-use orchestrator::testkit::fake_v0::FakeV0;
 use serde_json::Value;
+use testkit::fake_bfl::{FakeBfl, SubmitMode};
+use testkit::fake_comfy::FakeComfy;
+use testkit::fake_v0::FakeV0;
 
 use crate::support::wait_until;
 
@@ -482,7 +482,7 @@ async fn sigkill_during_50_jobs_loses_none() {
         let client = client.clone();
         let url = served.url("/api/jobs");
         async move {
-            let mut workflow = orchestrator::testkit::fake_comfy::no_model_workflow();
+            let mut workflow = testkit::fake_comfy::no_model_workflow();
             workflow["1"]["inputs"]["color"] = serde_json::json!(i);
             let response = client
                 .post(url)
@@ -573,7 +573,7 @@ async fn generate_follows_the_job_and_prints_the_output_paths() {
     let workflow = dir.path().join("workflow.json");
     std::fs::write(
         &workflow,
-        orchestrator::testkit::fake_comfy::no_model_workflow().to_string(),
+        testkit::fake_comfy::no_model_workflow().to_string(),
     )
     .unwrap();
     let data = dir.path().join("data");
@@ -599,7 +599,7 @@ async fn generate_follows_the_job_and_prints_the_output_paths() {
     );
     assert_eq!(
         std::fs::read(&path).unwrap(),
-        orchestrator::testkit::fake_comfy::OUTPUT_PNG
+        testkit::fake_comfy::OUTPUT_PNG
     );
 
     let refused = command(dir.path(), &env)
@@ -1012,7 +1012,7 @@ const EDITOR_KEY: &str = "editor-signed-in-key-never-used-3456";
 /// line, an answer or `config`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_workflow_from_the_cli_asks_first_and_no_comfy_org_key_is_ever_shown() {
-    use orchestrator::testkit::fake_comfy_org::FakeComfyOrg;
+    use testkit::fake_comfy_org::FakeComfyOrg;
     let fake = FakeComfy::start().await;
     let org = FakeComfyOrg::start().await;
     fake.set_comfy_api_base(&org.url());
@@ -1067,7 +1067,7 @@ async fn a_paid_workflow_from_the_cli_asks_first_and_no_comfy_org_key_is_ever_sh
 
     // The editor's own key in a prompt through the gateway, and every answer that could echo one.
     let client = crate::support::client();
-    let prompt = serde_json::json!({ "prompt": orchestrator::testkit::fake_comfy::no_model_workflow(),
+    let prompt = serde_json::json!({ "prompt": testkit::fake_comfy::no_model_workflow(),
         "extra_data": { "api_key_comfy_org": EDITOR_KEY } });
     let mut seen = String::new();
     for request in [

@@ -8,8 +8,8 @@ use axum::extract::Query;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures_util::StreamExt;
-use orchestrator::testkit::fake_comfy::{FakeComfy, no_model_workflow};
 use serde_json::{Value, json};
+use testkit::fake_comfy::{FakeComfy, no_model_workflow};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{TestApp, error_code};
@@ -190,7 +190,7 @@ async fn the_panel_refuses_what_the_editors_scripts_send() {
 /// A ComfyUI stand-in serving what a real one serves besides its API: the frontend's page and scripts, and files
 /// of every kind through `/view` (a workflow's SVG, an uploaded HTML file).
 async fn static_comfy() -> String {
-    const PNG: &[u8] = orchestrator::testkit::fake_comfy::OUTPUT_PNG;
+    const PNG: &[u8] = testkit::fake_comfy::OUTPUT_PNG;
     let view = |Query(query): Query<std::collections::HashMap<String, String>>| async move {
         let name = query.get("filename").cloned().unwrap_or_default();
         let (kind, body): (&str, Vec<u8>) = match name.rsplit('.').next() {

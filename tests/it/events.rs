@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use orchestrator::testkit::fake_comfy::FakeComfy;
 use serde_json::{Value, json};
+use testkit::fake_comfy::FakeComfy;
 
 use crate::support::TestApp;
 
@@ -177,7 +177,7 @@ async fn a_stream_ends_after_its_longest_time_and_resumes_where_it_left_off() {
         "ended after {lasted:?}"
     );
     let path = app
-        .run_workflow(orchestrator::testkit::fake_comfy::no_model_workflow())
+        .run_workflow(testkit::fake_comfy::no_model_workflow())
         .await;
     let job = path.trim_start_matches("/api/jobs/");
     let missed = read_events(&app, "/api/events", Some(0), |_| false).await;

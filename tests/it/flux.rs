@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use orchestrator::config::Settings;
-use orchestrator::testkit::fake_bfl::{FakeBfl, SubmitMode, TaskEnd};
 use serde_json::{Value, json};
+use testkit::fake_bfl::{FakeBfl, SubmitMode, TaskEnd};
 
 use crate::support::{TestApp, error_code, wait_until};
 

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use orchestrator::testkit::fake_comfy::{FakeComfy, no_model_workflow};
 use serde_json::{Value, json};
+use testkit::fake_comfy::{FakeComfy, no_model_workflow};
 
 use crate::support::{Bait, TestApp, closed_port, error_code, raw_request, read_until_cut};
 

@@ -1,7 +1,7 @@
 //! The guard in front of every route: DNS rebinding, CSRF, the token.
 
-use orchestrator::testkit::fake_comfy::{FakeComfy, no_model_workflow};
 use serde_json::json;
+use testkit::fake_comfy::{FakeComfy, no_model_workflow};
 
 use crate::support::{TestApp, error_code, raw_request};
 

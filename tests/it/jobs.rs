@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use orchestrator::client::Events;
-use orchestrator::testkit::fake_comfy::{FakeComfy, OUTPUT_PNG, no_model_workflow};
 use serde_json::{Value, json};
+use testkit::fake_comfy::{FakeComfy, OUTPUT_PNG, no_model_workflow};
 
 use crate::support::{TestApp, error_code, wait_until};
 
@@ -232,7 +232,7 @@ async fn comfy_validation_errors_reach_the_job_and_the_answer() {
     );
 
     // ComfyUI's own refusal of a workflow reaches the job and the answer.
-    let mut bad_link = orchestrator::testkit::fake_comfy::no_model_workflow();
+    let mut bad_link = testkit::fake_comfy::no_model_workflow();
     bad_link["3"]["inputs"]
         .as_object_mut()
         .unwrap()
@@ -246,7 +246,7 @@ async fn comfy_validation_errors_reach_the_job_and_the_answer() {
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["error"]["code"], "comfy_rejected");
 
-    let mut missing_model = orchestrator::testkit::fake_comfy::ksampler_workflow();
+    let mut missing_model = testkit::fake_comfy::ksampler_workflow();
     missing_model["4"]["inputs"]["ckpt_name"] = json!("absent.safetensors");
     let answer: Value = submit(&app, json!({ "workflow": missing_model }))
         .await

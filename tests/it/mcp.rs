@@ -1,13 +1,13 @@
 //! The MCP server, driven by rmcp's own client over streamable HTTP (`/mcp`) and over stdio (`orchestrator mcp`).
 
-use orchestrator::testkit::fake_bfl::FakeBfl;
-use orchestrator::testkit::fake_comfy::FakeComfy;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ReadResourceRequestParams, Tool};
 use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
+use testkit::fake_bfl::FakeBfl;
+use testkit::fake_comfy::FakeComfy;
 
 use crate::support::{TestApp, error_code, raw_request};
 
@@ -194,7 +194,7 @@ async fn a_template_job_runs_to_its_outputs_which_are_resources() {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(blob)
         .unwrap();
-    assert_eq!(bytes, orchestrator::testkit::fake_comfy::OUTPUT_PNG);
+    assert_eq!(bytes, testkit::fake_comfy::OUTPUT_PNG);
     // A name that walks out of the job's outputs reads nothing: not the health answer, not another job's file.
     for name in [
         "..\\..\\..\\health",
@@ -541,7 +541,7 @@ async fn generate_answers_at_once_and_wait_job_returns_on_time() {
 /// while it is on, and paid once with the token; counted at the fake Comfy.org API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_workflow_through_mcp_pays_only_with_its_token() {
-    use orchestrator::testkit::fake_comfy_org::FakeComfyOrg;
+    use testkit::fake_comfy_org::FakeComfyOrg;
     let comfy = FakeComfy::start().await;
     let org = FakeComfyOrg::start().await;
     comfy.set_comfy_api_base(&org.url());

@@ -1,7 +1,7 @@
 //! `/api/models`: model lists read from ComfyUI's node definitions, cached.
 
-use orchestrator::testkit::fake_comfy::FakeComfy;
 use serde_json::Value;
+use testkit::fake_comfy::FakeComfy;
 
 use crate::support::{TestApp, closed_port, error_code};
 

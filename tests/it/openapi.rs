@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use orchestrator::testkit::fake_bfl::FakeBfl;
-use orchestrator::testkit::fake_comfy::{FakeComfy, no_model_workflow};
-use orchestrator::testkit::fake_v0::FakeV0;
 use serde_json::{Value, json};
+use testkit::fake_bfl::FakeBfl;
+use testkit::fake_comfy::{FakeComfy, no_model_workflow};
+use testkit::fake_v0::FakeV0;
 
 use crate::support::TestApp;
 

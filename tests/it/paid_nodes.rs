@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use orchestrator::config::Settings;
-use orchestrator::testkit::fake_bfl::FakeBfl;
-use orchestrator::testkit::fake_comfy::FakeComfy;
-use orchestrator::testkit::fake_comfy_org::FakeComfyOrg;
 use serde_json::{Value, json};
+use testkit::fake_bfl::FakeBfl;
+use testkit::fake_comfy::FakeComfy;
+use testkit::fake_comfy_org::FakeComfyOrg;
 
 use crate::support::{TestApp, error_code, wait_until};
 
@@ -48,7 +48,7 @@ fn paid_workflow(prompt: &str) -> Value {
 }
 
 fn free_workflow() -> Value {
-    orchestrator::testkit::fake_comfy::no_model_workflow()
+    testkit::fake_comfy::no_model_workflow()
 }
 
 async fn post(app: &TestApp, path: &str, body: &Value, key: Option<&str>) -> (u16, Value) {
@@ -907,7 +907,7 @@ async fn an_svg_a_job_writes_is_a_download_that_cannot_script_the_panel() {
     assert!(disposition.contains(output["name"].as_str().unwrap()));
     assert_eq!(
         served.bytes().await.unwrap().as_ref(),
-        orchestrator::testkit::fake_comfy::OUTPUT_SVG
+        testkit::fake_comfy::OUTPUT_SVG
     );
     assert_eq!(queued(&comfy), 1);
 }

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use orchestrator::comfy::model_paths;
-use orchestrator::testkit::fake_comfy::FakeComfy;
 use serde_json::{Value, json};
+use testkit::fake_comfy::FakeComfy;
 
 use crate::support::{TestApp, error_code};
 

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 use orchestrator::client::Events;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, error_code, free_port, wait_until};
-
-const FAKE: &str = env!("CARGO_BIN_EXE_fake-comfyui");
+use crate::support::{TestApp, error_code, fake_comfyui, free_port, wait_until};
 
 /// Orchestrator supervising a fake ComfyUI that will listen on a free port; `extra` are its arguments.
 async fn supervised(
@@ -23,7 +21,7 @@ async fn supervised_on(
     extra: &[&str],
     adjust: impl FnOnce(&mut orchestrator::config::Settings),
 ) -> TestApp {
-    let mut command = vec![FAKE.to_owned(), port.to_string()];
+    let mut command = vec![fake_comfyui().to_owned(), port.to_string()];
     command.extend(extra.iter().map(|s| (*s).to_owned()));
     TestApp::spawn_with(&format!("http://{port}"), |s| {
         s.comfy_command = Some(serde_json::to_string(&command).unwrap());
@@ -324,7 +322,7 @@ async fn logs_are_tailed_and_a_missing_log_is_a_json_404() {
 
 #[tokio::test]
 async fn without_a_command_or_with_an_external_comfy_start_is_refused() {
-    let fake = orchestrator::testkit::fake_comfy::FakeComfy::start().await;
+    let fake = testkit::fake_comfy::FakeComfy::start().await;
     // Nothing answers where ComfyUI should be (an answering one would be adopted instead).
     let nowhere = crate::support::closed_port().await;
     let app = TestApp::spawn(&format!("http://{nowhere}")).await;
@@ -362,9 +360,9 @@ async fn without_a_command_or_with_an_external_comfy_start_is_refused() {
 #[tokio::test]
 async fn a_comfy_already_answering_is_adopted_and_nothing_else_is_started() {
     // Someone started ComfyUI by hand on the address the supervised backend would use.
-    let running = orchestrator::testkit::fake_comfy::FakeComfy::start().await;
+    let running = testkit::fake_comfy::FakeComfy::start().await;
     let url = running.url();
-    let command = vec![FAKE.to_owned(), running.addr().to_string()];
+    let command = vec![fake_comfyui().to_owned(), running.addr().to_string()];
     let app = TestApp::spawn_with(&url, |s| {
         s.comfy_command = Some(serde_json::to_string(&command).unwrap());
     })
@@ -499,7 +497,7 @@ async fn a_job_comfy_dies_under_carries_the_exit_in_its_error() {
         .await
         .unwrap();
     assert!(control.status().is_success());
-    let mut workflow = orchestrator::testkit::fake_comfy::no_model_workflow();
+    let mut workflow = testkit::fake_comfy::no_model_workflow();
     workflow["1"]["inputs"]["color"] = json!(7);
     let created: Value = app
         .http

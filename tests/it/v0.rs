@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use orchestrator::testkit::fake_v0::FakeV0;
 use serde_json::json;
+use testkit::fake_v0::FakeV0;
 
 use crate::support::{TestApp, closed_port, error_code};
 
@@ -168,7 +168,7 @@ async fn validate_tells_a_good_key_from_a_bad_one_and_an_unreachable_api() {
 #[tokio::test]
 async fn no_other_site_reads_what_the_v0_key_fetches() {
     let v0 = FakeV0::start(KEY).await;
-    let comfy = orchestrator::testkit::fake_comfy::FakeComfy::start().await;
+    let comfy = testkit::fake_comfy::FakeComfy::start().await;
     let app = TestApp::spawn_with(&comfy.url(), {
         let url = v0.url();
         move |s| {

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use orchestrator::testkit::fake_comfy::{
+use serde_json::{Value, json};
+use testkit::fake_comfy::{
     FakeComfy, ksampler_workflow, no_model_workflow, recorded_no_model_transcript,
 };
-use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 

@@ -403,3 +403,35 @@ pub async fn delaying_relay(
     });
     addr
 }
+
+/// The fake ComfyUI as a program, for the tests that supervise a real child process. It lives in the `testkit`
+/// crate, whose binaries `cargo test` of this package does not build: it is built here once per test run (as the
+/// `escargot` crate does), into the same target folder, and found beside the test binary.
+pub fn fake_comfyui() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        // target/<profile>/deps/it-<hash> → target/<profile>
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("target/");
+        let release = profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release");
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "-p", "testkit", "--bin", "fake-comfyui"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building fake-comfyui failed");
+        let name = format!("fake-comfyui{}", std::env::consts::EXE_SUFFIX);
+        profile_dir.join(name).display().to_string()
+    })
+}

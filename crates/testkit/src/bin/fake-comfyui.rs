@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use orchestrator::testkit::fake_comfy::FakeComfy;
+use testkit::fake_comfy::FakeComfy;
 
 #[tokio::main]
 async fn main() {

@@ -121,7 +121,7 @@ pub async fn run(
         let request = request
             .body(Body::from(json!({ "node": class }).to_string()))
             .map_err(|e| fail(e.to_string()))?;
-        let client = crate::comfy::proxy::http_client(Duration::from_secs(5));
+        let client = orchestrator::comfy::proxy::http_client(Duration::from_secs(5));
         let response = client
             .request(request)
             .await

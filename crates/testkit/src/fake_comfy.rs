@@ -46,7 +46,7 @@ macro_rules! fixture {
     ($name:literal) => {
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/comfyui/",
+            "/../../tests/fixtures/comfyui/",
             $name
         ))
     };
@@ -225,7 +225,7 @@ impl FakeComfy {
                 .push((*name).to_owned());
         }
         let mut object_info = recorded_object_info().clone();
-        for (folder, node, input) in crate::comfy::models::SOURCES {
+        for (folder, node, input) in orchestrator::comfy::models::SOURCES {
             if let Some(files) = models.get(folder) {
                 let spec = &mut object_info[node]["input"]["required"][input];
                 match spec[0].is_array() {
@@ -1320,7 +1320,7 @@ async fn run_prompt(shared: &Shared, item: &QueueItem) {
         {
             Ok(texts) => {
                 for (node, text) in texts {
-                    let frame = crate::jobs::price::text_frame(&node, &text);
+                    let frame = orchestrator::jobs::price::text_frame(&node, &text);
                     send(
                         shared,
                         item.client_id().as_deref(),
@@ -1512,7 +1512,7 @@ fn record_history(
         .collect();
     // ComfyUI keeps the prompt in its history without the Comfy.org credentials (`task_done`); `/queue` has them.
     let mut prompt = item.to_json();
-    crate::comfy::credentials::strip(&mut prompt, None);
+    orchestrator::comfy::credentials::strip(&mut prompt, None);
     let entry = json!({
         "prompt": prompt,
         "outputs": outputs,
@@ -1646,7 +1646,7 @@ async fn static_file(
         return StatusCode::NOT_FOUND.into_response();
     };
     let name = name.trim_start_matches('/').trim_end_matches('/');
-    let Some(file) = crate::fs_safe::resolve_within(&root, name) else {
+    let Some(file) = orchestrator::fs_safe::resolve_within(&root, name) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     if file.is_dir() {
@@ -1951,7 +1951,7 @@ mod tests {
     use super::*;
 
     fn client() -> reqwest::Client {
-        crate::flux::client::install_crypto_provider();
+        orchestrator::flux::client::install_crypto_provider();
         reqwest::Client::new()
     }
 
