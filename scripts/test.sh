@@ -20,6 +20,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build -p testkit (the fake ComfyUI program the service tests supervise)"
+cargo build --locked -p testkit --bin fake-comfyui
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== schema fuzz (schemathesis against the real server and the fakes)"

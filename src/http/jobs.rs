@@ -1,16 +1,12 @@
 //! `/api/jobs…`: submit, list, read, follow, cancel, download.
 
-use std::convert::Infallible;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::Query;
 use crate::AppState;
@@ -19,7 +15,6 @@ use crate::jobs::model::{Job, JobStatus};
 use crate::jobs::paid::{Submission, Submitted};
 use crate::jobs::runner::{JobError, Upload, safe_file_name};
 use crate::jobs::templates::ParamKind;
-use crate::store::StoredEvent;
 
 /// A template with parameters, or an API-format workflow: one of the two.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -418,7 +413,7 @@ pub async fn list(
     }))
 }
 
-async fn find(state: &AppState, id: &str) -> ApiResult<Job> {
+pub(super) async fn find(state: &AppState, id: &str) -> ApiResult<Job> {
     state
         .jobs
         .store()
@@ -445,249 +440,6 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
         (status = 502, description = "ComfyUI did not take the cancel", body = crate::error::ErrorBody), (status = 504, description = "ComfyUI did not answer in time", body = crate::error::ErrorBody)))]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
     Ok(Json(state.jobs.cancel(&id).await.map_err(job_error)?))
-}
-
-/// `GET /api/jobs/{id}/events`: the job as it is now (`event: state`), then every change until it ends.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct EventsQuery {
-    /// The same as the `Last-Event-ID` header, for clients that cannot set it.
-    #[param(value_type = Option<i64>, minimum = 0)]
-    last_event_id: Option<String>,
-}
-
-/// Where a reconnecting client left off: `Last-Event-ID`, else `?last_event_id=`; either must be a whole number.
-fn resume_from(headers: &http::HeaderMap, query: &EventsQuery) -> ApiResult<Option<i64>> {
-    let number = |field: &str, text: &str| {
-        text.trim()
-            .parse::<i64>()
-            .ok()
-            .filter(|id| *id >= 0)
-            .ok_or_else(|| ApiError::invalid(field, "must be a whole number, 0 or more"))
-    };
-    // Both are checked, so a bad one is refused even beside a good one; the header wins (EventSource sends it).
-    let from_query = query
-        .last_event_id
-        .as_deref()
-        .map(|text| number("last_event_id", text))
-        .transpose()?;
-    if let Some(value) = headers.get("last-event-id") {
-        let text = value
-            .to_str()
-            .map_err(|_| ApiError::invalid("Last-Event-ID", "must be a whole number, 0 or more"))?;
-        return number("Last-Event-ID", text).map(Some);
-    }
-    Ok(from_query)
-}
-
-fn numbered(id: i64, kind: &str, job: &impl serde::Serialize) -> Event {
-    Event::default()
-        .id(id.to_string())
-        .event(kind)
-        .json_data(job)
-        .unwrap_or_default()
-}
-
-fn is_final(job: &Value) -> bool {
-    job["status"]
-        .as_str()
-        .and_then(JobStatus::parse)
-        .is_some_and(JobStatus::is_final)
-}
-
-fn by_job(event: &StoredEvent) -> i64 {
-    event.job_seq
-}
-
-fn by_seq(event: &StoredEvent) -> i64 {
-    event.seq
-}
-
-/// Sends stored events in order, numbered by `number`; answers the last number sent, or `None` when the stream
-/// must end: the client left, or (with `end_on_final`) the job's final state was sent.
-fn send_stored(
-    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
-    events: Vec<StoredEvent>,
-    mut last: i64,
-    number: fn(&StoredEvent) -> i64,
-    end_on_final: bool,
-) -> Option<i64> {
-    for stored in events {
-        last = number(&stored);
-        if tx.send(numbered(last, &stored.kind, &stored.job)).is_err()
-            || (end_on_final && is_final(&stored.job))
-        {
-            return None;
-        }
-    }
-    Some(last)
-}
-
-/// How many stored events one reconnect replays at most.
-const REPLAY_LIMIT: u32 = 10_000;
-
-/// `GET /api/jobs/{id}/events`: the job's changes as server-sent events, each with its number as `id:`. A client
-/// that reconnects with `Last-Event-ID` gets exactly the events after it, then live ones; a new client gets the
-/// current state first. The stream ends after the job's final state; a comment every 15 s keeps it open.
-#[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "jobs",
-    params(("id" = String, Path, description = "The job's id"), EventsQuery,
-        ("Last-Event-ID" = Option<i64>, Header, description = "The last event received; the stream resumes after it")),
-    responses((status = 200, description = "Server-sent events: `id:` the event's number, `event:` state, progress, node, output or resubmitted, `data:` the job (Job) as JSON", content_type = "text/event-stream", body = crate::http::openapi::JobEventMessage),
-        (status = 404, description = "No such job", body = crate::error::ErrorBody),
-        (status = 422, description = "`last_event_id` or `Last-Event-ID` not a whole number from 0, or `last_event_id` given more than once", body = crate::error::ErrorBody)))]
-pub async fn events(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: http::HeaderMap,
-    Query(query): Query<EventsQuery>,
-) -> ApiResult<Response> {
-    // Subscribe before reading, so no change falls between what is read and what is streamed.
-    let mut changes = state.jobs.subscribe();
-    let job = find(&state, &id).await?;
-    let store = state.jobs.store().clone();
-    let resume = resume_from(&headers, &query)?;
-    let stream = async_stream(state.config.events_max, move |tx| async move {
-        let replay = |after: i64| {
-            let store = store.clone();
-            let id = id.clone();
-            async move {
-                store
-                    .job_events_after(&id, after, REPLAY_LIMIT)
-                    .await
-                    .unwrap_or_default()
-            }
-        };
-        let mut last = match resume {
-            Some(after) => {
-                let Some(last) = send_stored(&tx, replay(after).await, after, by_job, true) else {
-                    return;
-                };
-                if job.status.is_final() {
-                    // Nothing more will come; the final state was delivered before the reconnect.
-                    return;
-                }
-                last
-            }
-            None => {
-                let last = store.last_job_event(&id).await.unwrap_or(0);
-                if tx.send(numbered(last, "state", &job)).is_err() || job.status.is_final() {
-                    return;
-                }
-                last
-            }
-        };
-        loop {
-            match changes.recv().await {
-                Ok(change) if change.job.id == id && change.job_seq > last => {
-                    last = change.job_seq;
-                    let done = change.job.status.is_final();
-                    if tx
-                        .send(numbered(change.job_seq, change.kind, &change.job))
-                        .is_err()
-                        || done
-                    {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => {
-                    // Too slow a reader: what it missed is read back from the store, in order.
-                    match send_stored(&tx, replay(last).await, last, by_job, true) {
-                        Some(sent) => last = sent,
-                        None => return,
-                    }
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
-        .into_response())
-}
-
-/// `GET /api/events`: every job's changes, numbered across all jobs; `Last-Event-ID` replays what was missed.
-#[utoipa::path(get, path = "/api/events", tag = "jobs",
-    params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "The last event received; the stream resumes after it")),
-    responses((status = 200, description = "Server-sent events of every job, numbered across all jobs; `data:` the job (Job) as JSON", content_type = "text/event-stream", body = crate::http::openapi::JobEventMessage),
-        (status = 422, description = "`last_event_id` or `Last-Event-ID` not a whole number from 0, or `last_event_id` given more than once", body = crate::error::ErrorBody)))]
-pub async fn all_events(
-    State(state): State<AppState>,
-    headers: http::HeaderMap,
-    Query(query): Query<EventsQuery>,
-) -> ApiResult<Response> {
-    let mut changes = state.jobs.subscribe();
-    let store = state.jobs.store().clone();
-    let resume = resume_from(&headers, &query)?;
-    let stream = async_stream(state.config.events_max, move |tx| async move {
-        // A new client starts from now; a returning one from where it left off.
-        let replay = |after: i64| {
-            let store = store.clone();
-            async move {
-                store
-                    .events_after(after, REPLAY_LIMIT)
-                    .await
-                    .unwrap_or_default()
-            }
-        };
-        let mut last = match resume {
-            Some(after) => match send_stored(&tx, replay(after).await, after, by_seq, false) {
-                Some(last) => last,
-                None => return,
-            },
-            None => store.last_event().await.unwrap_or(0),
-        };
-        loop {
-            match changes.recv().await {
-                Ok(change) if change.seq > last => {
-                    last = change.seq;
-                    if tx
-                        .send(numbered(change.seq, change.kind, &change.job))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => {
-                    match send_stored(&tx, replay(last).await, last, by_seq, false) {
-                        Some(sent) => last = sent,
-                        None => return,
-                    }
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
-        .into_response())
-}
-
-/// A stream fed by a task: `produce` sends items until it returns, or until `max` (`ORCH_EVENTS_MAX_SECS`) has
-/// passed; the client then reconnects with `Last-Event-ID`.
-fn async_stream<F, Fut>(
-    max: Option<std::time::Duration>,
-    produce: F,
-) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
-where
-    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let producing = produce(tx);
-    tokio::spawn(async move {
-        match max {
-            Some(max) => {
-                let _ = tokio::time::timeout(max, producing).await;
-            }
-            None => producing.await,
-        }
-    });
-    futures_util::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-    )
 }
 
 /// `GET /api/jobs/{id}/outputs/{name}`: a job's file, streamed; only names the job recorded are served.

@@ -2,6 +2,7 @@
 //! domain modules.
 
 pub mod comfy_money;
+pub mod events;
 pub mod extract;
 pub mod gateway;
 pub mod guard;

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use super::extract::Query;
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
-use super::{gateway, jobs, model_paths, openapi, paid, rate_limit, system};
+use super::{events, gateway, jobs, model_paths, openapi, paid, rate_limit, system};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::ui;
@@ -167,8 +167,8 @@ fn api_routes(limiter: Arc<rate_limit::PaidLimiter>) -> OpenApiRouter<AppState> 
         .routes(routes!(model_paths::create_default))
         .routes(routes!(model_paths::restore))
         .routes(routes!(jobs::get))
-        .routes(routes!(jobs::events))
-        .routes(routes!(jobs::all_events))
+        .routes(routes!(events::events))
+        .routes(routes!(events::all_events))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::output))
         .routes(routes!(ui::builder_messages, ui::builder_send))

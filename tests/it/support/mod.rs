@@ -426,6 +426,14 @@ pub fn fake_comfyui() -> &'static str {
             .arg("--target-dir")
             .arg(target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Without the variables cargo sets for a test process, so this build is the one `cargo build -p testkit`
+        // makes (they would otherwise make build scripts run again, and the next plain build undo it).
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "OUT_DIR" {
+                build.env_remove(name.as_ref());
+            }
+        }
         if release {
             build.arg("--release");
         }
