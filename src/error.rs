@@ -1,9 +1,8 @@
 //! One error type for every API answer: a stable snake_case `code`, a human message, optional details.
 //!
-//! Internal causes are logged once, where the error is turned into a response, and never echoed to the client.
+//! Internal causes are logged once, where the error is turned into a response (`http::response`), and never echoed
+//! to the client.
 
-use axum::Json;
-use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -340,33 +339,6 @@ pub struct ErrorDetail {
     /// for `rate_limited`, `upstream` for ComfyUI errors, and so on.
     #[schema(value_type = Object)]
     pub details: Value,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        match &self {
-            Self::Internal(cause) => {
-                tracing::error!(error = %cause, code = self.code(), "internal error")
-            }
-            Self::ComfyBadResponse(why) => {
-                tracing::warn!(why, code = self.code(), "bad answer from ComfyUI")
-            }
-            _ => tracing::debug!(code = self.code(), %status, "request refused"),
-        }
-        let retry_after = match &self {
-            Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Provider { retry_after, .. } => *retry_after,
-            _ => None,
-        };
-        let mut response = (status, Json(self.body())).into_response();
-        if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
-        }
-        response
-    }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,6 +1,7 @@
 //! Orchestrator: the local control plane for AI image generation.
 //!
 //! Layout of the crate:
+//! - [`address`]: a `Host` header split into name and port; the editor's URL as a browser on the panel reaches it.
 //! - [`config`]: settings from flags, environment and `.env`, validated at once; secrets redacted.
 //! - [`paths`]: every filesystem location, derived from the configuration.
 //! - [`fs_safe`]: names from elsewhere (a client, ComfyUI) turned into paths that stay inside their folder, links
@@ -16,6 +17,7 @@
 //! [`run`] serves on a listener the caller bound, so tests pass `127.0.0.1:0`; [`run_per_core`] is what the
 //! binary runs: one single-threaded runtime per core.
 
+pub mod address;
 pub mod background;
 pub mod cli;
 pub mod client;

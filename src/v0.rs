@@ -7,9 +7,6 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::response::Response;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
@@ -100,7 +97,15 @@ impl V0Gateway {
     }
 
     /// Forwards one request and streams the answer back.
-    pub async fn forward(&self, request: Request, path: &str) -> Result<Response, ApiError> {
+    pub async fn forward<B>(
+        &self,
+        request: http::Request<B>,
+        path: &str,
+    ) -> Result<http::Response<reqwest::Body>, ApiError>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let bearer = self.bearer()?;
         let url = self.upstream_url(path, request.uri().query())?;
         let (parts, body) = request.into_parts();
@@ -162,7 +167,7 @@ impl V0Gateway {
         let idle = self.config.timeout;
         // reqwest's per-request timeout would cut a long stream; each chunk gets the idle limit instead.
         let stream = upstream.bytes_stream();
-        let body = Body::from_stream(futures_util::stream::unfold(
+        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(
             stream,
             move |mut stream| async move {
                 match tokio::time::timeout(idle, stream.next()).await {
@@ -175,7 +180,7 @@ impl V0Gateway {
                 }
             },
         ));
-        let mut response = Response::new(body);
+        let mut response = http::Response::new(body);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         Ok(response)

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -12,9 +11,30 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::percent_decode_str;
 
-use super::body::{IdleTimeout, SizeLimit};
+use super::body::{BoxError, IdleTimeout, SizeLimit};
 use crate::config::{ComfyBackend, ComfyConfig};
 use crate::error::ApiError;
+
+/// The body of every request to ComfyUI and every answer from it: any body, boxed once. (The HTTP layer turns its
+/// own into this and back; this module knows no web framework.)
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
+/// `body` as a [`Body`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+fn empty() -> Body {
+    boxed(http_body_util::Empty::new())
+}
+
+fn full(bytes: impl Into<bytes::Bytes>) -> Body {
+    boxed(http_body_util::Full::new(bytes.into()))
+}
 
 pub type HttpClient = Client<HttpConnector, Body>;
 
@@ -61,11 +81,15 @@ impl ComfyGateway {
     }
 
     /// Sends `request` to ComfyUI at `upstream_path` (still percent-encoded, below `/api/comfy`).
-    pub async fn forward(
+    pub async fn forward<B>(
         &self,
-        request: Request<Body>,
+        request: Request<B>,
         upstream_path: &str,
-    ) -> Result<Response<Body>, ApiError> {
+    ) -> Result<Response<Body>, ApiError>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let (parts, body) = request.into_parts();
         let uri = self.upstream_uri(upstream_path, parts.uri.query())?;
         let route = parts.uri.path_and_query().cloned();
@@ -87,12 +111,12 @@ impl ComfyGateway {
         }
         // An empty body (most GETs) needs no limit and no idle watch: skip the wrappers and their timer.
         let (body, too_large, client_failed) = if http_body::Body::is_end_stream(&body) {
-            (Body::empty(), None, None)
+            (empty(), None, None)
         } else {
             let (limited, too_large) = SizeLimit::new(body, limit);
             let client_failed = limited.failed_flag();
             (
-                Body::new(
+                boxed(
                     IdleTimeout::new(limited, self.settings.idle_timeout, "request body")
                         .on_route(route.clone()),
                 ),
@@ -136,7 +160,7 @@ impl ComfyGateway {
         remove_cors(&mut parts.headers);
         let body = IdleTimeout::new(body, self.settings.idle_timeout, "ComfyUI response body")
             .on_route(route);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        Ok(Response::from_parts(parts, boxed(body)))
     }
 
     /// Whether ComfyUI answers `/system_stats` within `within` (the health probe).
@@ -144,7 +168,7 @@ impl ComfyGateway {
         let Ok(uri) = self.upstream_uri("/system_stats", None) else {
             return false;
         };
-        let Ok(request) = Request::get(uri).body(Body::empty()) else {
+        let Ok(request) = Request::get(uri).body(empty()) else {
             return false;
         };
         let answer = tokio::time::timeout(within, async {
@@ -184,7 +208,7 @@ impl ComfyGateway {
                 header::CONTENT_TYPE,
                 format!("multipart/form-data; boundary={boundary}"),
             )
-            .body(Body::from(body))
+            .body(full(body))
             .map_err(ApiError::internal)?;
         let deadline = self.settings.write_timeout;
         let response = self.send_within(request, deadline).await?;
@@ -217,7 +241,7 @@ impl ComfyGateway {
         let uri = self.upstream_uri(path, None)?;
         let request = Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
+            .body(full(body.to_string()))
             .map_err(ApiError::internal)?;
         let deadline = self.settings.write_timeout;
         let timeout = || ApiError::ComfyTimeout {
@@ -250,7 +274,7 @@ impl ComfyGateway {
     ) -> Result<(u64, String), ApiError> {
         let uri = self.upstream_uri(path, Some(query))?;
         let request = Request::get(uri)
-            .body(Body::empty())
+            .body(empty())
             .map_err(ApiError::internal)?;
         let response = self
             .send_within(request, self.settings.read_timeout)
@@ -297,7 +321,7 @@ impl ComfyGateway {
     ) -> Result<serde_json::Value, ApiError> {
         let uri = self.upstream_uri(path, None)?;
         let request = Request::get(uri)
-            .body(Body::empty())
+            .body(empty())
             .map_err(ApiError::internal)?;
         let response = self
             .send_within(request, self.settings.read_timeout)

@@ -110,6 +110,7 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
         .gateway
         .forward(request, path)
         .await
+        .map(|answer| answer.map(axum::body::Body::new))
         .unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -15,7 +15,6 @@ use axum::extract::{FromRequestParts, Request, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
-use std::net::SocketAddr;
 
 use super::{comfy_money, guard};
 use crate::AppState;
@@ -54,7 +53,7 @@ async fn panel(state: AppState, request: Request) -> Response {
         return response;
     }
     let editor = state.editor_addr().map(|addr| {
-        editor_url(
+        crate::address::editor_url(
             addr,
             host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
         )
@@ -97,6 +96,7 @@ async fn relay(state: &AppState, request: Request, path: &str) -> Response {
         .gateway
         .forward(request, path)
         .await
+        .map(|answer| answer.map(axum::body::Body::new))
         .unwrap_or_else(IntoResponse::into_response);
     if echoes_prompts {
         let secret = state.config.comfy_org.api_key.as_ref().map(|k| k.expose());
@@ -132,7 +132,7 @@ async fn websocket(state: &AppState, request: Request, path: &str) -> ApiResult<
         .api_key
         .as_ref()
         .map(|k| std::sync::Arc::<str>::from(k.expose()));
-    Ok(upgrade.on_upgrade(move |socket| ws::relay(socket, upstream, secret)))
+    Ok(upgrade.on_upgrade(move |socket| super::ws_relay::relay(socket, upstream, secret)))
 }
 
 /// A panel-origin answer made harmless: refused when a browser would run it, marked so that none sniffs it into
@@ -232,33 +232,6 @@ pub fn protect_file(headers: &mut HeaderMap, kind: &str) {
     );
 }
 
-/// The editor's address as a browser on the panel reaches it: the name the panel was opened under when the
-/// editor listens there too (loopback, or every address), else the editor's own address.
-pub fn editor_url(addr: SocketAddr, request_host: &str) -> String {
-    let ip = addr.ip();
-    let requested = guard::split_host_port(request_host)
-        .map(|(name, _)| name)
-        .filter(|name| !name.is_empty());
-    let loopback_name = |name: &str| {
-        name.eq_ignore_ascii_case("localhost")
-            || name
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|i| i.is_loopback())
-    };
-    let name = match requested {
-        Some(name) if ip.is_unspecified() || (ip.is_loopback() && loopback_name(name)) => {
-            name.to_owned()
-        }
-        _ => ip.to_string(),
-    };
-    let name = if name.contains(':') {
-        format!("[{name}]")
-    } else {
-        name
-    };
-    format!("http://{name}:{}/", addr.port())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,34 +286,5 @@ mod tests {
             headers[header::CONTENT_DISPOSITION],
             "attachment; filename=\"x.html\""
         );
-    }
-
-    #[test]
-    fn the_editor_is_named_as_the_panel_was_reached() {
-        let loopback: SocketAddr = "127.0.0.1:3001".parse().unwrap();
-        assert_eq!(
-            editor_url(loopback, "localhost:3000"),
-            "http://localhost:3001/"
-        );
-        assert_eq!(
-            editor_url(loopback, "127.0.0.1:3000"),
-            "http://127.0.0.1:3001/"
-        );
-        assert_eq!(
-            editor_url(loopback, "studio.lan:3000"),
-            "http://127.0.0.1:3001/"
-        );
-        let every: SocketAddr = "0.0.0.0:3001".parse().unwrap();
-        assert_eq!(
-            editor_url(every, "studio.lan:3000"),
-            "http://studio.lan:3001/"
-        );
-        let lan: SocketAddr = "192.168.1.5:3001".parse().unwrap();
-        assert_eq!(
-            editor_url(lan, "localhost:3000"),
-            "http://192.168.1.5:3001/"
-        );
-        let v6: SocketAddr = "[::1]:3001".parse().unwrap();
-        assert_eq!(editor_url(v6, "[::1]:3000"), "http://[::1]:3001/");
     }
 }

@@ -102,7 +102,9 @@ impl GuardPolicy {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let hostname = split_host_port(host).map(|(name, _)| name).unwrap_or("");
+        let hostname = crate::address::split_host_port(host)
+            .map(|(name, _)| name)
+            .unwrap_or("");
         if hostname.is_empty() || !self.host_allowed(hostname) {
             return Err(ApiError::HostNotAllowed {
                 host: host.chars().take(256).collect(),
@@ -206,25 +208,6 @@ fn origin_of(headers: &HeaderMap) -> Option<String> {
         .map(|o| o.chars().take(256).collect())
 }
 
-/// `host[:port]` → (host, port), accepting bracketed IPv6 literals. `None` when the value is malformed.
-pub fn split_host_port(value: &str) -> Option<(&str, Option<u16>)> {
-    let value = value.trim();
-    if let Some(rest) = value.strip_prefix('[') {
-        let (ip, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p.parse().ok()?),
-            None if after.is_empty() => None,
-            None => return None,
-        };
-        return Some((ip, port));
-    }
-    match value.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') => Some((name, Some(port.parse().ok()?))),
-        Some(_) => None,
-        None => Some((value, None)),
-    }
-}
-
 /// Whether the browser's `Origin` names the same scheme-less authority the request was sent to.
 fn same_origin(origin: &str, host: &str) -> bool {
     let Ok(uri) = origin.parse::<http::Uri>() else {
@@ -238,7 +221,7 @@ fn same_origin(origin: &str, host: &str) -> bool {
         "https" => 443,
         _ => return false,
     };
-    let Some((host_name, host_port)) = split_host_port(host) else {
+    let Some((host_name, host_port)) = crate::address::split_host_port(host) else {
         return false;
     };
     let origin_port = authority.port_u16().unwrap_or(default_port);

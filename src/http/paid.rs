@@ -81,5 +81,9 @@ pub async fn v0_gateway(State(state): State<AppState>, request: Request) -> ApiR
         .strip_prefix("/api/v0")
         .unwrap_or_default()
         .to_owned();
-    state.v0.forward(request, &path).await
+    state
+        .v0
+        .forward(request, &path)
+        .await
+        .map(|response| response.map(axum::body::Body::new))
 }

@@ -16,7 +16,9 @@ use utoipa_axum::routes;
 use super::extract::Query;
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
-use super::{events, gateway, jobs, model_paths, openapi, paid, rate_limit, system};
+use super::{
+    builder, events, gateway, jobs, model_paths, openapi, paid, panic, rate_limit, system,
+};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::ui;
@@ -80,7 +82,7 @@ impl App {
                     request.uri().path(),
                     request.headers(),
                 ) {
-                    Ok(()) => ui::caught(request, |r| gateway::handle(origin, state, r)).await,
+                    Ok(()) => panic::caught(request, |r| gateway::handle(origin, state, r)).await,
                     Err(refusal) => refusal.into_response(),
                 }
             })
@@ -111,17 +113,6 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
     let own_api: Router<AppState> = api_routes(state.paid_limiter.clone()).into();
     let document: Arc<str> = openapi::to_json(openapi_document()).into();
 
-    let pages = Router::new()
-        .route("/", get(ui::home))
-        .route("/diagnostics", get(ui::diagnostics))
-        .route("/builder", get(ui::builder))
-        .route("/settings", get(ui::settings))
-        .route("/api-docs", get(ui::api_docs))
-        .route("/jobs", get(ui::jobs))
-        .route("/jobs/{id}", get(ui::job))
-        .route("/editor", get(ui::editor))
-        .route("/assets/{*path}", get(ui::asset));
-
     Router::new()
         .merge(own_api.layer(from_fn(guard::require_json_body)))
         .route(
@@ -136,12 +127,12 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
                 }
             }),
         )
-        .merge(pages)
+        .merge(ui::router(openapi_document()))
         .route_service("/mcp", mcp_service(&state))
         .fallback(ui::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(from_fn(ui::catch_panics))
+        .layer(from_fn(panic::catch_panics))
         .layer(from_fn_with_state(policy, guard::guard))
         .layer(from_fn(log_request))
 }
@@ -171,7 +162,7 @@ fn api_routes(limiter: Arc<rate_limit::PaidLimiter>) -> OpenApiRouter<AppState> 
         .routes(routes!(events::all_events))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::output))
-        .routes(routes!(ui::builder_messages, ui::builder_send))
+        .routes(routes!(builder::builder_messages, builder::builder_send))
         .merge(paid_routes(limiter))
 }
 

@@ -8,20 +8,33 @@
 pub mod i18n;
 
 use askama::Template;
-use axum::Json;
 use axum::extract::{Path, Query, Request, State};
-use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiError;
 use crate::jobs::model::{Job, JobStatus};
-use crate::store::{Message, NewMessage};
+use crate::store::Message;
 use i18n::{Lang, Tr};
+
+/// The panel's pages, the error pages and the assets, as one router; `api` is the OpenAPI document `/api-docs`
+/// lists.
+pub fn router(api: &'static utoipa::openapi::OpenApi) -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/", get(home))
+        .route("/diagnostics", get(diagnostics))
+        .route("/builder", get(builder))
+        .route("/settings", get(settings))
+        .route("/api-docs", get(move |headers| api_docs(headers, api)))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{id}", get(job))
+        .route("/editor", get(editor))
+        .route("/assets/{*path}", get(asset))
+}
 
 /// JSON to embed in `<script type="application/json">`: `<`, `>` and `&` escaped so no text can close the element.
 pub fn script_json(value: &Value) -> String {
@@ -32,7 +45,8 @@ pub fn script_json(value: &Value) -> String {
         .replace('&', "\\u0026")
 }
 
-fn tr(headers: &HeaderMap) -> Tr {
+/// The visitor's language, from the `lang` cookie or `Accept-Language`.
+pub fn tr(headers: &HeaderMap) -> Tr {
     Tr {
         lang: Lang::from_headers(headers),
     }
@@ -103,42 +117,6 @@ pub fn error_page(t: Tr, status: StatusCode) -> Response {
         )
     });
     page_response(status, html)
-}
-
-/// Turns a panic in any handler into the error page (or, under `/api/`, the JSON error), instead of a dropped
-/// connection; the panic is logged.
-pub async fn catch_panics(request: Request, next: Next) -> Response {
-    caught(request, |request| next.run(request)).await
-}
-
-/// Runs `handle` on the request, a panic turned into the error page or, under `/api/`, the JSON error (the
-/// gateway's fast path, which skips the router's layers, goes through this too).
-pub async fn caught<F, Fut>(request: Request, handle: F) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: std::future::Future<Output = Response>,
-{
-    let api = request.uri().path().starts_with("/api/");
-    let lang = tr(request.headers());
-    match std::panic::AssertUnwindSafe(handle(request))
-        .catch_unwind()
-        .await
-    {
-        Ok(response) => response,
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %why, "a request handler panicked");
-            if api {
-                ApiError::internal(format!("handler panicked: {why}")).into_response()
-            } else {
-                error_page(lang, StatusCode::INTERNAL_SERVER_ERROR)
-            }
-        }
-    }
 }
 
 /// A page for any path the router does not know; JSON under `/api/`.
@@ -303,9 +281,8 @@ struct ApiDocsPage {
 }
 
 /// `/api-docs`: the routes of the OpenAPI document, rendered here (no script, no CDN).
-pub async fn api_docs(headers: HeaderMap) -> Response {
+async fn api_docs(headers: HeaderMap, document: &utoipa::openapi::OpenApi) -> Response {
     let t = tr(&headers);
-    let document = crate::http::router::openapi_document();
     let mut groups: Vec<(String, Vec<ApiRoute>)> = document
         .tags
         .iter()
@@ -538,87 +515,6 @@ pub async fn job(
     }
 }
 
-/// `GET /api/builder/messages`: the conversation, oldest first.
-#[utoipa::path(get, path = "/api/builder/messages", tag = "builder",
-    responses((status = 200, description = "The stored conversation", body = crate::http::openapi::BuilderConversation)))]
-pub async fn builder_messages(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let messages = state
-        .store
-        .messages(200)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(
-        json!({ "messages": messages, "configured": state.v0.is_configured() }),
-    ))
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BuilderRequest {
-    /// 1 to 20000 characters.
-    #[schema(min_length = 1, max_length = 20000)]
-    message: String,
-}
-
-/// `POST /api/builder/messages {message}`: stored, sent to v0 (a new chat, or the next message of the current
-/// one), and v0's answer stored with its links. The message is kept even when v0 fails.
-#[utoipa::path(post, path = "/api/builder/messages", tag = "builder", request_body = BuilderRequest,
-    responses((status = 200, description = "The message and v0's answer, both stored", body = crate::http::openapi::BuilderConversation),
-        (status = 415, description = "The body is not JSON", body = crate::error::ErrorBody),
-        (status = 422, description = "The message is empty or too long", body = crate::error::ErrorBody),
-        (status = 502, description = "v0 refused or could not be reached", body = crate::error::ErrorBody),
-        (status = 503, description = "V0_API_KEY is not configured", body = crate::error::ErrorBody),
-        (status = 504, description = "v0 did not answer in time", body = crate::error::ErrorBody)))]
-pub async fn builder_send(
-    State(state): State<AppState>,
-    crate::http::extract::Body(body): crate::http::extract::Body,
-) -> ApiResult<Json<Value>> {
-    let request: BuilderRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
-    // The limit is on what was sent, as the schema says; spaces around it do not make a long message fit.
-    let message = request.message.trim();
-    if message.is_empty() || request.message.chars().count() > 20_000 {
-        return Err(ApiError::invalid(
-            "message",
-            "must be 1 to 20000 characters",
-        ));
-    }
-    if !state.v0.is_configured() {
-        return Err(ApiError::NotConfigured {
-            code: "v0_not_configured",
-            what: "the v0 Platform API (V0_API_KEY)",
-        });
-    }
-    let store = &state.store;
-    let chat_id = store
-        .messages(200)
-        .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .rev()
-        .find_map(|m| m.chat_id);
-    let asked = store
-        .insert_message(NewMessage {
-            role: "user",
-            content: message,
-            chat_id: chat_id.as_deref(),
-            links: &[],
-        })
-        .await
-        .map_err(ApiError::internal)?;
-    let reply = state.v0.chat(chat_id.as_deref(), message).await?;
-    let answered = store
-        .insert_message(NewMessage {
-            role: "assistant",
-            content: &reply.text,
-            chat_id: Some(&reply.chat_id),
-            links: &reply.links,
-        })
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "messages": [asked, answered] })))
-}
-
 /// `/editor`: to ComfyUI's editor on its own origin (the panel's nav links here), under the name the panel was
 /// opened with; a 404 page when the editor is off.
 pub async fn editor(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -629,7 +525,7 @@ pub async fn editor(State(state): State<AppState>, headers: HeaderMap) -> Respon
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let url = crate::http::gateway::editor_url(addr, host);
+    let url = crate::address::editor_url(addr, host);
     (
         StatusCode::SEE_OTHER,
         [
@@ -643,41 +539,6 @@ pub async fn editor(State(state): State<AppState>, headers: HeaderMap) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn panicking(_: Request) -> Response {
-        panic!("a deliberate panic");
-    }
-
-    /// A panic in a handler, the gateway's fast path included, is an answer: the JSON error under `/api/`, the
-    /// error page elsewhere, never a dropped connection.
-    #[tokio::test]
-    async fn a_panic_is_the_error_page_or_the_json_error() {
-        let request = |path: &str| {
-            Request::builder()
-                .uri(path)
-                .header("accept-language", "ru")
-                .body(axum::body::Body::empty())
-                .unwrap()
-        };
-        let api = caught(request("/api/comfy/x"), panicking).await;
-        assert_eq!(api.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(api.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let body: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body["error"]["code"], "internal");
-
-        let page = caught(request("/jobs"), panicking).await;
-        assert_eq!(page.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let html = axum::body::to_bytes(page.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let html = String::from_utf8(html.to_vec()).unwrap();
-        assert!(
-            html.contains("<html") && html.contains("lang=\"ru\""),
-            "{html}"
-        );
-    }
 
     #[test]
     fn embedded_json_cannot_close_its_script_element() {

@@ -119,7 +119,9 @@ pub async fn run(
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request
-            .body(Body::from(json!({ "node": class }).to_string()))
+            .body(orchestrator::comfy::proxy::boxed(Body::from(
+                json!({ "node": class }).to_string(),
+            )))
             .map_err(|e| fail(e.to_string()))?;
         let client = orchestrator::comfy::proxy::http_client(Duration::from_secs(5));
         let response = client
