@@ -1,17 +1,26 @@
 //! Orchestrator: the local control plane for AI image generation.
 //!
-//! Layout of the crate:
-//! - [`address`]: a `Host` header split into name and port; the editor's URL as a browser on the panel reaches it.
+//! Layout of the crate (each module's own `//!` says more; ARCHITECTURE.md has the map):
 //! - [`config`]: settings from flags, environment and `.env`, validated at once; secrets redacted.
 //! - [`paths`]: every filesystem location, derived from the configuration.
 //! - [`fs_safe`]: names from elsewhere (a client, ComfyUI) turned into paths that stay inside their folder, links
-//!   included.
+//!   included; atomic writes.
+//! - [`address`]: a `Host` header split into name and port; the editor's URL as a browser on the panel reaches it.
 //! - [`error`]: the one API error type and its JSON body.
-//! - [`http`]: the router, the guard (Host allowlist, token, CSRF) and the request log. Only `http` knows axum's
-//!   routing.
-//! - [`comfy`]: the ComfyUI gateway (HTTP and WebSocket) and the model lists.
+//! - [`http`]: the router, the guard (Host allowlist, token, CSRF), the gateway, the handlers and the request log.
+//!   Only `http` and [`ui`] know axum.
+//! - [`ui`]: the panel's pages (askama), in English and Russian, as one router.
+//! - [`comfy`]: ComfyUI as Orchestrator talks to it (HTTP and WebSocket), its model lists and node catalog,
+//!   `extra_model_paths.yaml`.
+//! - [`jobs`]: generation jobs: the model, the money gate, templates and the runner.
+//! - [`flux`]: the FLUX API (BFL): prices, confirmations, the client and its jobs.
+//! - [`v0`]: the v0 Platform API gateway.
 //! - [`store`]: the durable store; all SQL lives there.
+//! - [`service`]: ComfyUI as a service (supervised, systemd, Windows); the only code that starts processes.
+//! - [`status`]: the health report.
+//! - [`background`]: the work that outlives a request, under one tracker, stopped cleanly.
 //! - [`client`]: the API as its clients (CLI, MCP, tests) call it.
+//! - [`cli`]: the terminal commands; [`mcp`]: the MCP server.
 //! - [`telemetry`]: log set-up.
 //!
 //! [`run`] serves on a listener the caller bound, so tests pass `127.0.0.1:0`; [`run_per_core`] is what the

@@ -28,6 +28,17 @@ fn command(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
 }
 
 /// The server as a child process; its stdout lines are collected as they come.
+/// Waits for `child` to exit, at most `within`.
+async fn exit_of(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_until(within, "the process exits", || {
+        status = child.try_wait().unwrap();
+        std::future::ready(status.is_some())
+    })
+    .await;
+    status.expect("it exited")
+}
+
 struct Served {
     child: Child,
     addr: SocketAddr,
@@ -233,14 +244,7 @@ async fn first_run_creates_the_store_logs_requests_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_of(&mut served.child, Duration::from_secs(10)).await;
     assert!(status.success(), "a clean stop: {status:?}");
 }
 
@@ -703,14 +707,7 @@ async fn sigterm_during_a_slow_paid_submit_records_its_outcome() {
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_of(&mut served.child, Duration::from_secs(30)).await;
     assert!(status.success(), "a clean stop: {status:?}");
     assert!(
         stopped_at.elapsed() >= Duration::from_millis(1500),

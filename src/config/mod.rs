@@ -1,0 +1,389 @@
+//! Configuration from flags, environment and `.env`, validated once at start-up.
+//!
+//! clap reads every value as a string on purpose: if it parsed types itself it would stop at the first bad value,
+//! and a user who fixes one problem would meet the next one on the following start. [`Settings::validate`] checks
+//! everything and returns every problem at once.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+
+mod settings;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use settings::Settings;
+
+/// A value that must never be printed: `Debug` and `Display` show a mask, and only [`Secret::expose`] reveals it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// One ComfyUI backend: only a scheme and an authority, so that a client's path can never change where a request
+/// goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComfyBackend {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl ComfyBackend {
+    /// `http://host:port`, the origin ComfyUI's own host/origin check expects to see.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Gateway settings for ComfyUI.
+#[derive(Debug, Clone)]
+pub struct ComfyConfig {
+    /// Every configured backend, in the order given; the gateway uses the first.
+    pub backends: Vec<ComfyBackend>,
+    pub connect_timeout: Duration,
+    /// Response-header deadline for safe methods (GET, HEAD, OPTIONS).
+    pub read_timeout: Duration,
+    /// Response-header deadline for methods that change state: ComfyUI validates a whole graph on POST /prompt.
+    pub write_timeout: Duration,
+    /// The longest pause between two chunks of a streamed body before the stream is cut.
+    pub idle_timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+/// How ComfyUI is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceBackend {
+    Windows,
+    Systemd,
+    Supervised,
+    External,
+}
+
+/// Settings of the service layer.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub backend: ServiceBackend,
+    pub name: String,
+    pub comfy_dir: Option<PathBuf>,
+    /// `COMFY_COMMAND`, when given: program and arguments.
+    pub command: Option<(String, Vec<String>)>,
+    pub log_file: PathBuf,
+    pub nssm: String,
+    pub ignite_timeout: Duration,
+    pub restart_delay: Duration,
+    pub stop_grace: Duration,
+    /// A supervised ComfyUI failing its health probe this long is hung.
+    pub hung_after: Duration,
+}
+
+/// Settings of the Black Forest Labs (FLUX) client and its money guards.
+#[derive(Debug, Clone)]
+pub struct FluxConfig {
+    pub allow_generation: bool,
+    pub api_key: Option<Secret>,
+    /// Without a trailing slash.
+    pub base_url: String,
+    /// The day's spending cap in millionths of a dollar, so sums stay exact.
+    pub daily_budget_micros: i64,
+    pub confirm_ttl: Duration,
+    pub submit_timeout: Duration,
+    pub poll_interval: Duration,
+    pub poll_timeout: Duration,
+}
+
+/// ComfyUI's paid API nodes, billed to a Comfy.org account.
+#[derive(Debug, Clone)]
+pub struct ComfyOrgConfig {
+    pub api_key: Option<Secret>,
+    /// The price of a paid node whose price is not known otherwise, in millionths of a dollar.
+    pub paid_node_max_micros: i64,
+}
+
+/// Settings of the v0 Platform API gateway.
+#[derive(Debug, Clone)]
+pub struct V0Config {
+    pub api_key: Option<Secret>,
+    /// Scheme, host and optional path prefix, without a trailing slash or API version.
+    pub base_url: String,
+    pub timeout: Duration,
+}
+
+/// The per-client limit on the paid routes.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// Variables that hold secrets: never handed to a process Orchestrator starts. `DATABASE_URL` may hold a password.
+pub const SECRET_VARIABLES: [&str; 5] = [
+    "BFL_API_KEY",
+    "V0_API_KEY",
+    "COMFY_ORG_API_KEY",
+    "ORCHESTRATOR_TOKEN",
+    "DATABASE_URL",
+];
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    /// Where ComfyUI's editor is served, on its own origin; `None` when it is `off`.
+    pub editor_bind: Option<SocketAddr>,
+    /// Serving threads, each with its own event loop and upstream pool.
+    pub workers: usize,
+    /// A client's time to send a request head; also a new connection's time to send its first one.
+    pub header_read_timeout: Duration,
+    /// Client connections open at once, across every serving thread.
+    pub max_connections: usize,
+    /// How long one event stream stays open before the client is asked to reconnect; `None`: as long as it likes.
+    pub events_max: Option<Duration>,
+    /// Lower-cased extra `Host` names; loopback names are always allowed.
+    pub allowed_hosts: Vec<String>,
+    pub token: Option<Secret>,
+    pub data_dir: PathBuf,
+    pub database_url: Secret,
+    pub comfy: ComfyConfig,
+    pub service: ServiceConfig,
+    /// A folder of user templates, when configured.
+    pub templates_dir: Option<PathBuf>,
+    /// The default `base_path` of a new `extra_model_paths.yaml`.
+    pub models_dir: Option<PathBuf>,
+    pub flux: FluxConfig,
+    pub comfy_org: ComfyOrgConfig,
+    pub v0: V0Config,
+    pub paid_rate_limit: RateLimitConfig,
+    pub log_format: LogFormat,
+    /// Where each variable's value came from (`flag`, `env`, `dotenv`); a variable not listed has its default.
+    pub sources: std::collections::BTreeMap<String, &'static str>,
+}
+
+/// Every problem found in the settings, each naming the variable and the flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Every setting as the settings page shows it: variable name and effective value, secrets masked.
+    pub fn effective(&self) -> Vec<(&'static str, String)> {
+        let secret = |value: &Option<Secret>| match value {
+            Some(_) => "***".to_owned(),
+            None => String::new(),
+        };
+        let path = |value: &Option<PathBuf>| {
+            value
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let secs = |d: Duration| d.as_secs().to_string();
+        let service = &self.service;
+        let comfy = &self.comfy;
+        let flux = &self.flux;
+        vec![
+            ("ORCH_BIND", self.bind.to_string()),
+            (
+                "ORCH_COMFY_BIND",
+                self.editor_bind
+                    .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            ),
+            ("ORCH_WORKERS", self.workers.to_string()),
+            (
+                "ORCH_HEADER_READ_TIMEOUT_SECS",
+                secs(self.header_read_timeout),
+            ),
+            ("ORCH_MAX_CONNECTIONS", self.max_connections.to_string()),
+            (
+                "ORCH_EVENTS_MAX_SECS",
+                self.events_max.map_or(0, |d| d.as_secs()).to_string(),
+            ),
+            ("ORCH_ALLOWED_HOSTS", self.allowed_hosts.join(",")),
+            ("ORCHESTRATOR_TOKEN", secret(&self.token)),
+            ("DATA_DIR", self.data_dir.display().to_string()),
+            ("DATABASE_URL", "***".to_owned()),
+            (
+                "COMFY_URL",
+                comfy
+                    .backends
+                    .iter()
+                    .map(ComfyBackend::origin)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "COMFY_CONNECT_TIMEOUT_MS",
+                comfy.connect_timeout.as_millis().to_string(),
+            ),
+            ("COMFY_READ_TIMEOUT_SECS", secs(comfy.read_timeout)),
+            ("COMFY_WRITE_TIMEOUT_SECS", secs(comfy.write_timeout)),
+            ("COMFY_IDLE_TIMEOUT_SECS", secs(comfy.idle_timeout)),
+            (
+                "MAX_BODY_MB",
+                (comfy.max_body_bytes / (1024 * 1024)).to_string(),
+            ),
+            ("COMFY_DIR", path(&service.comfy_dir)),
+            (
+                "COMFY_COMMAND",
+                service
+                    .command
+                    .as_ref()
+                    .map(|(program, args)| {
+                        serde_json::to_string(
+                            &std::iter::once(program).chain(args).collect::<Vec<_>>(),
+                        )
+                        .unwrap_or_default()
+                    })
+                    .unwrap_or_default(),
+            ),
+            ("COMFY_LOG_FILE", service.log_file.display().to_string()),
+            (
+                "SERVICE_BACKEND",
+                match service.backend {
+                    ServiceBackend::Windows => "windows",
+                    ServiceBackend::Systemd => "systemd",
+                    ServiceBackend::Supervised => "supervised",
+                    ServiceBackend::External => "external",
+                }
+                .to_owned(),
+            ),
+            ("SERVICE_NAME", service.name.clone()),
+            ("NSSM_PATH", service.nssm.clone()),
+            (
+                "COMFY_RESTART_DELAY_MS",
+                service.restart_delay.as_millis().to_string(),
+            ),
+            ("COMFY_STOP_GRACE_SECS", secs(service.stop_grace)),
+            ("IGNITE_TIMEOUT_SECS", secs(service.ignite_timeout)),
+            ("COMFY_HUNG_SECS", secs(service.hung_after)),
+            ("TEMPLATES_DIR", path(&self.templates_dir)),
+            ("MODELS_DIR", path(&self.models_dir)),
+            ("ALLOW_GENERATION", flux.allow_generation.to_string()),
+            ("BFL_API_KEY", secret(&flux.api_key)),
+            ("BFL_BASE_URL", flux.base_url.clone()),
+            (
+                "FLUX_DAILY_BUDGET_USD",
+                format!("{:.2}", flux.daily_budget_micros as f64 / 1_000_000.0),
+            ),
+            ("FLUX_CONFIRM_TTL_SECS", secs(flux.confirm_ttl)),
+            ("FLUX_SUBMIT_TIMEOUT_SECS", secs(flux.submit_timeout)),
+            (
+                "FLUX_POLL_INTERVAL_MS",
+                flux.poll_interval.as_millis().to_string(),
+            ),
+            ("FLUX_POLL_TIMEOUT_SECS", secs(flux.poll_timeout)),
+            ("COMFY_ORG_API_KEY", secret(&self.comfy_org.api_key)),
+            (
+                "COMFY_PAID_NODE_MAX_USD",
+                format!(
+                    "{:.2}",
+                    self.comfy_org.paid_node_max_micros as f64 / 1_000_000.0
+                ),
+            ),
+            ("V0_API_KEY", secret(&self.v0.api_key)),
+            ("V0_BASE_URL", self.v0.base_url.clone()),
+            ("V0_TIMEOUT_SECS", secs(self.v0.timeout)),
+            (
+                "PAID_RATE_LIMIT_PER_MIN",
+                self.paid_rate_limit.per_minute.to_string(),
+            ),
+            (
+                "PAID_RATE_LIMIT_BURST",
+                self.paid_rate_limit.burst.to_string(),
+            ),
+            (
+                "LOG_FORMAT",
+                match self.log_format {
+                    LogFormat::Json => "json",
+                    LogFormat::Text => "text",
+                }
+                .to_owned(),
+            ),
+        ]
+    }
+
+    /// The first ComfyUI backend, the one the gateway talks to.
+    pub fn primary_comfy(&self) -> &ComfyBackend {
+        &self.comfy.backends[0]
+    }
+
+    /// How to start ComfyUI: `COMFY_COMMAND` when given, else the default for `COMFY_DIR`; `None` when neither
+    /// is set.
+    pub fn launch_spec(&self) -> Option<crate::service::LaunchSpec> {
+        let service = &self.service;
+        let (program, args) = match (&service.command, &service.comfy_dir) {
+            (Some((program, args)), _) => (program.clone(), args.clone()),
+            (None, Some(dir)) => {
+                let comfy = self.primary_comfy();
+                let host = comfy
+                    .authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                crate::service::default_command(dir, host, comfy.authority.port_u16().unwrap_or(80))
+            }
+            (None, None) => return None,
+        };
+        let env_remove = SECRET_VARIABLES
+            .iter()
+            .map(|name| (*name).to_owned())
+            .chain(
+                self.sources
+                    .iter()
+                    .filter(|(_, source)| **source == "dotenv")
+                    .map(|(name, _)| name.clone()),
+            )
+            .collect();
+        Some(crate::service::LaunchSpec {
+            service_name: service.name.clone(),
+            program,
+            args,
+            working_dir: service.comfy_dir.clone(),
+            log_file: service.log_file.clone(),
+            env_remove,
+        })
+    }
+
+    /// Whether the server listens on a loopback address only.
+    pub fn is_loopback(&self) -> bool {
+        self.bind.ip().is_loopback()
+    }
+}

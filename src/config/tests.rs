@@ -1,0 +1,84 @@
+use super::*;
+use clap::Parser;
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn settings(args: &[&str]) -> Settings {
+    let mut argv = vec!["orchestrator"];
+    argv.extend_from_slice(args);
+    TestCli::try_parse_from(argv).expect("flags parse").settings
+}
+
+#[test]
+fn defaults_are_valid_and_loopback() {
+    let config = settings(&[]).validate(false).expect("defaults are valid");
+    assert!(config.is_loopback());
+    assert_eq!(config.bind.port(), 3000);
+    assert_eq!(config.primary_comfy().origin(), "http://127.0.0.1:8188");
+    assert_eq!(config.comfy.max_body_bytes, 100 * 1024 * 1024);
+    assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.max_connections, 1024);
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let errors = settings(&[
+        "--bind",
+        "nonsense",
+        "--comfy-url",
+        "ftp://x:1,http://h:1/path",
+        "--comfy-read-timeout-secs",
+        "0",
+        "--max-body-mb",
+        "lots",
+        "--log-format",
+        "xml",
+        "--allowed-hosts",
+        "http://evil/",
+        "--database-url",
+        "mysql://u:p@h/db",
+    ])
+    .validate(false)
+    .expect_err("invalid");
+    let text = errors.to_string();
+    for needle in [
+        "ORCH_BIND",
+        "ftp://x:1",
+        "http://h:1/path",
+        "COMFY_READ_TIMEOUT_SECS",
+        "MAX_BODY_MB",
+        "LOG_FORMAT",
+        "ORCH_ALLOWED_HOSTS",
+        "DATABASE_URL",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    assert_eq!(errors.0.len(), 8, "{text}");
+    assert!(!text.contains("u:p"), "a store password leaked: {text}");
+}
+
+#[test]
+fn non_loopback_bind_requires_a_token() {
+    let errors = settings(&["--bind", "0.0.0.0:3000"])
+        .validate(false)
+        .expect_err("token needed");
+    assert!(errors.to_string().contains("ORCHESTRATOR_TOKEN"));
+    let config = settings(&["--bind", "0.0.0.0:3000", "--token", "0123456789abcdef0123"])
+        .validate(false)
+        .expect("valid with a token");
+    assert!(!config.is_loopback());
+}
+
+#[test]
+fn secrets_never_print() {
+    let config = settings(&["--token", "super-secret-token-value"])
+        .validate(false)
+        .unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("super-secret-token-value"), "{debug}");
+    assert!(debug.contains("***"));
+}
