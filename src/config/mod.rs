@@ -216,32 +216,34 @@ impl Config {
                 .unwrap_or_default()
         };
         let secs = |d: Duration| d.as_secs().to_string();
+        // Each variable named by its clap definition, never typed again.
+        let v = Settings::variable_of;
         let service = &self.service;
         let comfy = &self.comfy;
         let flux = &self.flux;
         vec![
-            ("ORCH_BIND", self.bind.to_string()),
+            (v("bind"), self.bind.to_string()),
             (
-                "ORCH_COMFY_BIND",
+                v("comfy_bind"),
                 self.editor_bind
                     .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             ),
-            ("ORCH_WORKERS", self.workers.to_string()),
+            (v("workers"), self.workers.to_string()),
             (
-                "ORCH_HEADER_READ_TIMEOUT_SECS",
+                v("header_read_timeout_secs"),
                 secs(self.header_read_timeout),
             ),
-            ("ORCH_MAX_CONNECTIONS", self.max_connections.to_string()),
+            (v("max_connections"), self.max_connections.to_string()),
             (
-                "ORCH_EVENTS_MAX_SECS",
+                v("events_max_secs"),
                 self.events_max.map_or(0, |d| d.as_secs()).to_string(),
             ),
-            ("ORCH_ALLOWED_HOSTS", self.allowed_hosts.join(",")),
-            ("ORCHESTRATOR_TOKEN", secret(&self.token)),
-            ("DATA_DIR", self.data_dir.display().to_string()),
-            ("DATABASE_URL", "***".to_owned()),
+            (v("allowed_hosts"), self.allowed_hosts.join(",")),
+            (v("token"), secret(&self.token)),
+            (v("data_dir"), self.data_dir.display().to_string()),
+            (v("database_url"), "***".to_owned()),
             (
-                "COMFY_URL",
+                v("comfy_url"),
                 comfy
                     .backends
                     .iter()
@@ -250,19 +252,19 @@ impl Config {
                     .join(","),
             ),
             (
-                "COMFY_CONNECT_TIMEOUT_MS",
+                v("comfy_connect_timeout_ms"),
                 comfy.connect_timeout.as_millis().to_string(),
             ),
-            ("COMFY_READ_TIMEOUT_SECS", secs(comfy.read_timeout)),
-            ("COMFY_WRITE_TIMEOUT_SECS", secs(comfy.write_timeout)),
-            ("COMFY_IDLE_TIMEOUT_SECS", secs(comfy.idle_timeout)),
+            (v("comfy_read_timeout_secs"), secs(comfy.read_timeout)),
+            (v("comfy_write_timeout_secs"), secs(comfy.write_timeout)),
+            (v("comfy_idle_timeout_secs"), secs(comfy.idle_timeout)),
             (
-                "MAX_BODY_MB",
+                v("max_body_mb"),
                 (comfy.max_body_bytes / (1024 * 1024)).to_string(),
             ),
-            ("COMFY_DIR", path(&service.comfy_dir)),
+            (v("comfy_dir"), path(&service.comfy_dir)),
             (
-                "COMFY_COMMAND",
+                v("comfy_command"),
                 service
                     .command
                     .as_ref()
@@ -274,9 +276,9 @@ impl Config {
                     })
                     .unwrap_or_default(),
             ),
-            ("COMFY_LOG_FILE", service.log_file.display().to_string()),
+            (v("comfy_log_file"), service.log_file.display().to_string()),
             (
-                "SERVICE_BACKEND",
+                v("service_backend"),
                 match service.backend {
                     ServiceBackend::Windows => "windows",
                     ServiceBackend::Systemd => "systemd",
@@ -285,52 +287,52 @@ impl Config {
                 }
                 .to_owned(),
             ),
-            ("SERVICE_NAME", service.name.clone()),
-            ("NSSM_PATH", service.nssm.clone()),
+            (v("service_name"), service.name.clone()),
+            (v("nssm_path"), service.nssm.clone()),
             (
-                "COMFY_RESTART_DELAY_MS",
+                v("comfy_restart_delay_ms"),
                 service.restart_delay.as_millis().to_string(),
             ),
-            ("COMFY_STOP_GRACE_SECS", secs(service.stop_grace)),
-            ("IGNITE_TIMEOUT_SECS", secs(service.ignite_timeout)),
-            ("COMFY_HUNG_SECS", secs(service.hung_after)),
-            ("TEMPLATES_DIR", path(&self.templates_dir)),
-            ("MODELS_DIR", path(&self.models_dir)),
-            ("ALLOW_GENERATION", flux.allow_generation.to_string()),
-            ("BFL_API_KEY", secret(&flux.api_key)),
-            ("BFL_BASE_URL", flux.base_url.clone()),
+            (v("comfy_stop_grace_secs"), secs(service.stop_grace)),
+            (v("ignite_timeout_secs"), secs(service.ignite_timeout)),
+            (v("comfy_hung_secs"), secs(service.hung_after)),
+            (v("templates_dir"), path(&self.templates_dir)),
+            (v("models_dir"), path(&self.models_dir)),
+            (v("allow_generation"), flux.allow_generation.to_string()),
+            (v("bfl_api_key"), secret(&flux.api_key)),
+            (v("bfl_base_url"), flux.base_url.clone()),
             (
-                "FLUX_DAILY_BUDGET_USD",
+                v("flux_daily_budget_usd"),
                 format!("{:.2}", flux.daily_budget_micros as f64 / 1_000_000.0),
             ),
-            ("FLUX_CONFIRM_TTL_SECS", secs(flux.confirm_ttl)),
-            ("FLUX_SUBMIT_TIMEOUT_SECS", secs(flux.submit_timeout)),
+            (v("flux_confirm_ttl_secs"), secs(flux.confirm_ttl)),
+            (v("flux_submit_timeout_secs"), secs(flux.submit_timeout)),
             (
-                "FLUX_POLL_INTERVAL_MS",
+                v("flux_poll_interval_ms"),
                 flux.poll_interval.as_millis().to_string(),
             ),
-            ("FLUX_POLL_TIMEOUT_SECS", secs(flux.poll_timeout)),
-            ("COMFY_ORG_API_KEY", secret(&self.comfy_org.api_key)),
+            (v("flux_poll_timeout_secs"), secs(flux.poll_timeout)),
+            (v("comfy_org_api_key"), secret(&self.comfy_org.api_key)),
             (
-                "COMFY_PAID_NODE_MAX_USD",
+                v("comfy_paid_node_max_usd"),
                 format!(
                     "{:.2}",
                     self.comfy_org.paid_node_max_micros as f64 / 1_000_000.0
                 ),
             ),
-            ("V0_API_KEY", secret(&self.v0.api_key)),
-            ("V0_BASE_URL", self.v0.base_url.clone()),
-            ("V0_TIMEOUT_SECS", secs(self.v0.timeout)),
+            (v("v0_api_key"), secret(&self.v0.api_key)),
+            (v("v0_base_url"), self.v0.base_url.clone()),
+            (v("v0_timeout_secs"), secs(self.v0.timeout)),
             (
-                "PAID_RATE_LIMIT_PER_MIN",
+                v("paid_rate_limit_per_min"),
                 self.paid_rate_limit.per_minute.to_string(),
             ),
             (
-                "PAID_RATE_LIMIT_BURST",
+                v("paid_rate_limit_burst"),
                 self.paid_rate_limit.burst.to_string(),
             ),
             (
-                "LOG_FORMAT",
+                v("log_format"),
                 match self.log_format {
                     LogFormat::Json => "json",
                     LogFormat::Text => "text",

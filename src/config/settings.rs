@@ -304,3 +304,50 @@ pub struct Settings {
     #[arg(long, env = "LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
 }
+
+impl Settings {
+    /// Every setting at its default, the environment not read: where tests and tools start from.
+    pub fn defaults() -> Self {
+        use clap::FromArgMatches;
+        let command =
+            Self::augment_args(clap::Command::new("orchestrator")).mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["orchestrator"])
+            .expect("every setting has a default or is optional");
+        Self::from_arg_matches(&matches).expect("the defaults are read back")
+    }
+
+    /// How a message names a setting: its variable and flag, `ORCH_BIND (--bind)`, as the clap definition of the
+    /// field (`bind`) has them, so no message names a variable or flag that does not exist.
+    pub fn name_of(field: &str) -> String {
+        let (variable, flag) = Self::names(field);
+        format!("{variable} (--{flag})")
+    }
+
+    /// The environment variable of a field, from its clap definition.
+    pub fn variable_of(field: &str) -> &'static str {
+        Self::names(field).0
+    }
+
+    fn names(field: &str) -> (&'static str, &'static str) {
+        use std::collections::HashMap;
+        use std::sync::LazyLock;
+        static NAMES: LazyLock<HashMap<String, (&'static str, &'static str)>> =
+            LazyLock::new(|| {
+                let command = Settings::augment_args(clap::Command::new("orchestrator"));
+                command
+                    .get_arguments()
+                    .filter_map(|arg| {
+                        let variable = arg.get_env()?.to_str()?.to_owned();
+                        let flag = arg.get_long()?.to_owned();
+                        // Leaked once, for the life of the process: a few dozen short names.
+                        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+                        Some((arg.get_id().to_string(), (leak(variable), leak(flag))))
+                    })
+                    .collect()
+            });
+        *NAMES
+            .get(field)
+            .unwrap_or_else(|| panic!("no setting {field:?}"))
+    }
+}

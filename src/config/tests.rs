@@ -1,5 +1,5 @@
 use super::*;
-use clap::Parser;
+use clap::{Args, Parser};
 
 #[derive(Parser)]
 struct TestCli {
@@ -81,4 +81,33 @@ fn secrets_never_print() {
     let debug = format!("{config:?}");
     assert!(!debug.contains("super-secret-token-value"), "{debug}");
     assert!(debug.contains("***"));
+}
+
+#[test]
+fn the_settings_page_lists_every_setting_once_by_its_real_name() {
+    let config = Settings::defaults().validate(false).unwrap();
+    let listed: Vec<&str> = config.effective().iter().map(|(name, _)| *name).collect();
+    let command = Settings::augment_args(clap::Command::new("orchestrator"));
+    let mut variables: Vec<&str> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env()?.to_str())
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    variables.sort();
+    assert_eq!(sorted, variables);
+    assert_eq!(
+        Settings::name_of("comfy_bind"),
+        "ORCH_COMFY_BIND (--comfy-bind)"
+    );
+}
+
+#[test]
+fn the_defaults_are_the_documented_ones() {
+    let defaults = Settings::defaults();
+    assert_eq!(defaults.bind, "127.0.0.1:3000");
+    assert_eq!(defaults.comfy_bind, "127.0.0.1:3001");
+    assert_eq!(defaults.max_connections, "1024");
+    assert_eq!(defaults.allow_generation, "false");
+    assert!(defaults.bfl_api_key.is_none() && defaults.token.is_none());
 }

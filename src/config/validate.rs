@@ -19,7 +19,8 @@ impl Settings {
             Ok(addr) => Some(addr),
             Err(_) => {
                 problems.push(format!(
-                    "ORCH_BIND (--bind) = {:?}: expected an IP address and port such as 127.0.0.1:3000",
+                    "{} = {:?}: expected an IP address and port such as 127.0.0.1:3000",
+                    Settings::name_of("bind"),
                     self.bind
                 ));
                 None
@@ -32,8 +33,9 @@ impl Settings {
                 Ok(addr) => Some(addr),
                 Err(_) => {
                     problems.push(format!(
-                        "ORCH_COMFY_BIND (--comfy-bind) = {:?}: expected an IP address and port such as \
+                        "{} = {:?}: expected an IP address and port such as \
                          127.0.0.1:3001, or off",
+                        Settings::name_of("comfy_bind"),
                         self.comfy_bind
                     ));
                     None
@@ -48,8 +50,9 @@ impl Settings {
                 || panel.ip().is_unspecified())
         {
             problems.push(format!(
-                "ORCH_COMFY_BIND (--comfy-bind) = {editor}: the editor needs an address of its own, not the panel's \
-                 ({panel})"
+                "{} = {editor}: the editor needs an address of its own, not the panel's \
+                 ({panel})",
+                Settings::name_of("comfy_bind")
             ));
         }
 
@@ -58,7 +61,8 @@ impl Settings {
                 true => Some(host.to_ascii_lowercase()),
                 false => {
                     problems.push(format!(
-                        "ORCH_ALLOWED_HOSTS (--allowed-hosts): {host:?} is not a host name (no scheme, port or path)"
+                        "{}: {host:?} is not a host name (no scheme, port or path)",
+                        Settings::name_of("allowed_hosts")
                     ));
                     None
                 }
@@ -68,9 +72,10 @@ impl Settings {
         let token = match self.token.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(t) if t.len() < 16 => {
-                problems.push(
-                    "ORCHESTRATOR_TOKEN (--token): must be at least 16 characters long".to_string(),
-                );
+                problems.push(format!(
+                    "{}: must be at least 16 characters long",
+                    Settings::name_of("token")
+                ));
                 None
             }
             Some(t) => Some(Secret::new(t)),
@@ -85,7 +90,8 @@ impl Settings {
                 .is_empty()
         {
             problems.push(format!(
-                "ORCHESTRATOR_TOKEN (--token): required because ORCH_BIND = {addr} is not a loopback address"
+                "{}: required because ORCH_BIND = {addr} is not a loopback address",
+                Settings::name_of("token")
             ));
         }
         if let Some(addr) = editor_bind
@@ -99,13 +105,17 @@ impl Settings {
                 .is_empty()
         {
             problems.push(format!(
-                "ORCHESTRATOR_TOKEN (--token): required because ORCH_COMFY_BIND = {addr} is not a loopback address"
+                "{}: required because ORCH_COMFY_BIND = {addr} is not a loopback address",
+                Settings::name_of("token")
             ));
         }
 
         let data_dir = absolute(self.data_dir.trim());
         if self.data_dir.trim().is_empty() {
-            problems.push("DATA_DIR (--data-dir): must not be empty".to_string());
+            problems.push(format!(
+                "{}: must not be empty",
+                Settings::name_of("data_dir")
+            ));
         }
         let database_url = match self.database_url.as_deref().map(str::trim) {
             None | Some("") => format!("sqlite://{}", data_dir.join("orchestrator.db").display()),
@@ -113,7 +123,8 @@ impl Settings {
             Some(url) => {
                 let scheme = url.split(':').next().unwrap_or_default();
                 problems.push(format!(
-                    "DATABASE_URL (--database-url): the {scheme:?} store is not supported yet; use sqlite://PATH"
+                    "{}: the {scheme:?} store is not supported yet; use sqlite://PATH",
+                    Settings::name_of("database_url")
                 ));
                 String::new()
             }
@@ -127,7 +138,8 @@ impl Settings {
                 Ok(n) if (1..=256).contains(&n) => n,
                 _ => {
                     problems.push(format!(
-                        "ORCH_WORKERS (--workers) = {raw:?}: expected \"auto\" or a whole number from 1 to 256"
+                        "{} = {raw:?}: expected \"auto\" or a whole number from 1 to 256",
+                        Settings::name_of("workers")
                     ));
                     1
                 }
@@ -138,14 +150,16 @@ impl Settings {
             .filter_map(|url| match parse_backend(url) {
                 Ok(backend) => Some(backend),
                 Err(why) => {
-                    problems.push(format!("COMFY_URL (--comfy-url): {url:?} {why}"));
+                    problems.push(format!("{}: {url:?} {why}", Settings::name_of("comfy_url")));
                     None
                 }
             })
             .collect();
         if backends.is_empty() && !problems.iter().any(|p| p.starts_with("COMFY_URL")) {
-            problems
-                .push("COMFY_URL (--comfy-url): at least one ComfyUI URL is required".to_string());
+            problems.push(format!(
+                "{}: at least one ComfyUI URL is required",
+                Settings::name_of("comfy_url")
+            ));
         }
 
         let events_max = match self.events_max_secs.trim().parse::<u64>() {
@@ -153,135 +167,59 @@ impl Settings {
             Ok(secs) if secs <= 86_400 => Some(Duration::from_secs(secs)),
             _ => {
                 problems.push(format!(
-                    "ORCH_EVENTS_MAX_SECS (--events-max-secs) = {:?}: expected a whole number from 0 (no limit) to \
+                    "{} = {:?}: expected a whole number from 0 (no limit) to \
                      86400",
+                    Settings::name_of("events_max_secs"),
                     self.events_max_secs
                 ));
                 None
             }
         };
-        let mut positive = |name: &str, flag: &str, raw: &str, max: u64| -> u64 {
+        let mut positive_number = |field: &str, raw: &str, max: u64| -> u64 {
             match raw.trim().parse::<u64>() {
                 Ok(n) if n >= 1 && n <= max => n,
                 _ => {
                     problems.push(format!(
-                        "{name} ({flag}) = {raw:?}: expected a whole number from 1 to {max}"
+                        "{} = {raw:?}: expected a whole number from 1 to {max}",
+                        Settings::name_of(field)
                     ));
                     1
                 }
             }
         };
-        let connect_ms = positive(
-            "COMFY_CONNECT_TIMEOUT_MS",
-            "--comfy-connect-timeout-ms",
-            &self.comfy_connect_timeout_ms,
-            600_000,
-        );
-        let read_secs = positive(
-            "COMFY_READ_TIMEOUT_SECS",
-            "--comfy-read-timeout-secs",
-            &self.comfy_read_timeout_secs,
-            86_400,
-        );
-        let write_secs = positive(
-            "COMFY_WRITE_TIMEOUT_SECS",
-            "--comfy-write-timeout-secs",
-            &self.comfy_write_timeout_secs,
-            86_400,
-        );
-        let idle_secs = positive(
-            "COMFY_IDLE_TIMEOUT_SECS",
-            "--comfy-idle-timeout-secs",
-            &self.comfy_idle_timeout_secs,
-            86_400,
-        );
-        let max_body_mb = positive("MAX_BODY_MB", "--max-body-mb", &self.max_body_mb, 1 << 20);
-        let header_read_secs = positive(
-            "ORCH_HEADER_READ_TIMEOUT_SECS",
-            "--header-read-timeout-secs",
-            &self.header_read_timeout_secs,
-            3600,
-        );
-        let max_connections = positive(
-            "ORCH_MAX_CONNECTIONS",
-            "--max-connections",
-            &self.max_connections,
-            1_000_000,
-        );
-        let restart_ms = positive(
-            "COMFY_RESTART_DELAY_MS",
-            "--comfy-restart-delay-ms",
-            &self.comfy_restart_delay_ms,
-            60_000,
-        );
-        let grace_secs = positive(
-            "COMFY_STOP_GRACE_SECS",
-            "--comfy-stop-grace-secs",
-            &self.comfy_stop_grace_secs,
-            600,
-        );
-        let hung_secs = positive(
-            "COMFY_HUNG_SECS",
-            "--comfy-hung-secs",
-            &self.comfy_hung_secs,
-            86_400,
-        );
-        let ignite_secs = positive(
-            "IGNITE_TIMEOUT_SECS",
-            "--ignite-timeout-secs",
-            &self.ignite_timeout_secs,
-            3600,
-        );
+        // The field's name once: its variable and flag in the message come from its clap definition.
+        macro_rules! positive {
+            ($field:ident, $max:expr) => {
+                positive_number(stringify!($field), &self.$field, $max)
+            };
+        }
+        let connect_ms = positive!(comfy_connect_timeout_ms, 600_000);
+        let read_secs = positive!(comfy_read_timeout_secs, 86_400);
+        let write_secs = positive!(comfy_write_timeout_secs, 86_400);
+        let idle_secs = positive!(comfy_idle_timeout_secs, 86_400);
+        let max_body_mb = positive!(max_body_mb, 1 << 20);
+        let header_read_secs = positive!(header_read_timeout_secs, 3600);
+        let max_connections = positive!(max_connections, 1_000_000);
+        let restart_ms = positive!(comfy_restart_delay_ms, 60_000);
+        let grace_secs = positive!(comfy_stop_grace_secs, 600);
+        let hung_secs = positive!(comfy_hung_secs, 86_400);
+        let ignite_secs = positive!(ignite_timeout_secs, 3600);
 
-        let confirm_ttl_secs = positive(
-            "FLUX_CONFIRM_TTL_SECS",
-            "--flux-confirm-ttl-secs",
-            &self.flux_confirm_ttl_secs,
-            86_400,
-        );
-        let submit_timeout_secs = positive(
-            "FLUX_SUBMIT_TIMEOUT_SECS",
-            "--flux-submit-timeout-secs",
-            &self.flux_submit_timeout_secs,
-            600,
-        );
-        let poll_interval_ms = positive(
-            "FLUX_POLL_INTERVAL_MS",
-            "--flux-poll-interval-ms",
-            &self.flux_poll_interval_ms,
-            60_000,
-        );
-        let poll_timeout_secs = positive(
-            "FLUX_POLL_TIMEOUT_SECS",
-            "--flux-poll-timeout-secs",
-            &self.flux_poll_timeout_secs,
-            86_400,
-        );
-        let v0_timeout_secs = positive(
-            "V0_TIMEOUT_SECS",
-            "--v0-timeout-secs",
-            &self.v0_timeout_secs,
-            86_400,
-        );
-        let rate_per_min = positive(
-            "PAID_RATE_LIMIT_PER_MIN",
-            "--paid-rate-limit-per-min",
-            &self.paid_rate_limit_per_min,
-            1_000_000,
-        );
-        let rate_burst = positive(
-            "PAID_RATE_LIMIT_BURST",
-            "--paid-rate-limit-burst",
-            &self.paid_rate_limit_burst,
-            1_000_000,
-        );
+        let confirm_ttl_secs = positive!(flux_confirm_ttl_secs, 86_400);
+        let submit_timeout_secs = positive!(flux_submit_timeout_secs, 600);
+        let poll_interval_ms = positive!(flux_poll_interval_ms, 60_000);
+        let poll_timeout_secs = positive!(flux_poll_timeout_secs, 86_400);
+        let v0_timeout_secs = positive!(v0_timeout_secs, 86_400);
+        let rate_per_min = positive!(paid_rate_limit_per_min, 1_000_000);
+        let rate_burst = positive!(paid_rate_limit_burst, 1_000_000);
 
         let allow_generation = match self.allow_generation.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" | "" => false,
             other => {
                 problems.push(format!(
-                    "ALLOW_GENERATION (--allow-generation) = {other:?}: expected true or false"
+                    "{} = {other:?}: expected true or false",
+                    Settings::name_of("allow_generation")
                 ));
                 false
             }
@@ -292,7 +230,8 @@ impl Settings {
             }
             _ => {
                 problems.push(format!(
-                    "FLUX_DAILY_BUDGET_USD (--flux-daily-budget-usd) = {:?}: expected dollars from 0 to 100000, such as 5 or 2.50",
+                    "{} = {:?}: expected dollars from 0 to 100000, such as 5 or 2.50",
+                    Settings::name_of("flux_daily_budget_usd"),
                     self.flux_daily_budget_usd
                 ));
                 0
@@ -304,7 +243,8 @@ impl Settings {
             }
             _ => {
                 problems.push(format!(
-                    "COMFY_PAID_NODE_MAX_USD (--comfy-paid-node-max-usd) = {:?}: expected dollars from 0 to 100000, such as 1 or 0.50",
+                    "{} = {:?}: expected dollars from 0 to 100000, such as 1 or 0.50",
+                    Settings::name_of("comfy_paid_node_max_usd"),
                     self.comfy_paid_node_max_usd
                 ));
                 0
@@ -314,7 +254,8 @@ impl Settings {
             Ok(url) => url,
             Err(why) => {
                 problems.push(format!(
-                    "BFL_BASE_URL (--bfl-base-url) = {:?}: {why}",
+                    "{} = {:?}: {why}",
+                    Settings::name_of("bfl_base_url"),
                     self.bfl_base_url
                 ));
                 String::new()
@@ -326,7 +267,8 @@ impl Settings {
             Ok(url) => url.strip_suffix("/v1").map(str::to_owned).unwrap_or(url),
             Err(why) => {
                 problems.push(format!(
-                    "V0_BASE_URL (--v0-base-url) = {:?}: {why}",
+                    "{} = {:?}: {why}",
+                    Settings::name_of("v0_base_url"),
                     self.v0_base_url
                 ));
                 String::new()
@@ -354,7 +296,8 @@ impl Settings {
             Some("external") => ServiceBackend::External,
             Some(other) => {
                 problems.push(format!(
-                    "SERVICE_BACKEND (--service-backend) = {other:?}: expected windows, systemd, supervised or external"
+                    "{} = {other:?}: expected windows, systemd, supervised or external",
+                    Settings::name_of("service_backend")
                 ));
                 ServiceBackend::External
             }
@@ -379,11 +322,11 @@ impl Settings {
                     Some((program, words.collect()))
                 }
                 _ => {
-                    problems.push(
-                        "COMFY_COMMAND (--comfy-command): expected a JSON array of strings, program first, such as \
-                         [\"python\", \"main.py\", \"--port\", \"8188\"]"
-                            .to_string(),
-                    );
+                    problems.push(format!(
+                        "{}: expected a JSON array of strings, program first, such as \
+                         [\"python\", \"main.py\", \"--port\", \"8188\"]",
+                        Settings::name_of("comfy_command")
+                    ));
                     None
                 }
             },
@@ -395,7 +338,8 @@ impl Settings {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             problems.push(format!(
-                "SERVICE_NAME (--service-name) = {:?}: use letters, digits, '-', '_' and '.' only",
+                "{} = {:?}: use letters, digits, '-', '_' and '.' only",
+                Settings::name_of("service_name"),
                 self.service_name
             ));
         }
@@ -426,7 +370,8 @@ impl Settings {
             Some(ref f) if f == "text" || f == "pretty" => LogFormat::Text,
             Some(other) => {
                 problems.push(format!(
-                    "LOG_FORMAT (--log-format) = {other:?}: expected \"json\" or \"text\""
+                    "{} = {other:?}: expected \"json\" or \"text\"",
+                    Settings::name_of("log_format")
                 ));
                 LogFormat::Json
             }
