@@ -33,7 +33,7 @@ async fn run() {
     let mut ids = Vec::with_capacity(count);
     for i in 0..count {
         let new = NewJob {
-            backend: "comfy",
+            backend: orchestrator::jobs::model::Backend::Comfy,
             template: Some("sdxl-t2i"),
             params: &params,
             workflow: &workflow,

@@ -20,6 +20,7 @@ use super::confirm::{Confirmer, TokenProblem};
 use crate::config::FluxConfig;
 use crate::error::ApiError;
 use crate::jobs::key_locks::KeyLocks;
+use crate::jobs::model::{Backend, EventKind};
 use crate::jobs::model::{Job, JobStatus, OutputFile, today};
 use crate::jobs::runner::{Jobs, finished};
 use crate::store::{IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError};
@@ -289,7 +290,7 @@ impl Flux {
         let limit = self.0.config.daily_budget_micros;
         let paid = PaidJob {
             job: NewJob {
-                backend: "flux",
+                backend: Backend::Flux,
                 template: Some(request.model.name),
                 params: &params,
                 workflow: &payload,
@@ -340,7 +341,7 @@ impl Flux {
                     started: true,
                     ..Default::default()
                 };
-                jobs.change(&job.id, "state", change).await;
+                jobs.change(&job.id, EventKind::State, change).await;
                 if let Err(error) = store.mark_charge_spent(&job.id).await {
                     tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
                 }
@@ -412,7 +413,7 @@ impl Flux {
                     error: Some(json!({ "code": "bfl_outcome_unknown", "message": message })),
                     ..Default::default()
                 };
-                jobs.change(&job.id, "state", change).await;
+                jobs.change(&job.id, EventKind::State, change).await;
                 tracing::warn!(job = %job.id, model, "a FLUX submit's outcome is unknown");
                 Err(ApiError::Provider {
                     status: StatusCode::BAD_GATEWAY,
@@ -479,7 +480,7 @@ impl Flux {
                             progress,
                             ..Default::default()
                         };
-                        jobs.change(&job_id, "progress", change).await;
+                        jobs.change(&job_id, EventKind::Progress, change).await;
                     }
                     pause = (pause.mul_f64(1.5)).min(MAX_POLL_PAUSE);
                 }
@@ -575,7 +576,7 @@ impl Flux {
                         outputs: Some(vec![output]),
                         ..finished(JobStatus::Succeeded)
                     };
-                    jobs.change(job_id, "state", change).await;
+                    jobs.change(job_id, EventKind::State, change).await;
                     return;
                 }
                 Err(why) => last_error = why,
@@ -600,7 +601,7 @@ impl Flux {
         };
         for job in unfinished
             .into_iter()
-            .filter(|j| j.backend == "flux" && j.created_at < self.0.started_at)
+            .filter(|j| j.backend == Backend::Flux && j.created_at < self.0.started_at)
         {
             match job.provider_id.clone() {
                 Some(provider_id) => {
@@ -625,7 +626,7 @@ impl Flux {
                         })),
                         ..Default::default()
                     };
-                    self.0.jobs.change(&job.id, "state", change).await;
+                    self.0.jobs.change(&job.id, EventKind::State, change).await;
                 }
             }
         }

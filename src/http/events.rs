@@ -14,6 +14,7 @@ use super::extract::Query;
 use super::jobs::find;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::jobs::model::EventKind;
 use crate::jobs::model::JobStatus;
 use crate::store::StoredEvent;
 
@@ -62,10 +63,10 @@ fn resume_from(headers: &http::HeaderMap, query: &EventsQuery) -> ApiResult<Opti
     Ok(from_query)
 }
 
-fn numbered(id: i64, kind: &str, job: &impl serde::Serialize) -> Event {
+fn numbered(id: i64, kind: EventKind, job: &impl serde::Serialize) -> Event {
     Event::default()
         .id(id.to_string())
-        .event(kind)
+        .event(kind.as_str())
         .json_data(job)
         .unwrap_or_default()
 }
@@ -96,7 +97,7 @@ fn send_stored(
 ) -> Option<i64> {
     for stored in events {
         last = number(&stored);
-        if tx.send(numbered(last, &stored.kind, &stored.job)).is_err()
+        if tx.send(numbered(last, stored.kind, &stored.job)).is_err()
             || (end_on_final && is_final(&stored.job))
         {
             return None;
@@ -152,7 +153,8 @@ pub async fn events(
             }
             None => {
                 let last = store.last_job_event(&id).await.unwrap_or(0);
-                if tx.send(numbered(last, "state", &job)).is_err() || job.status.is_final() {
+                if tx.send(numbered(last, EventKind::State, &job)).is_err() || job.status.is_final()
+                {
                     return;
                 }
                 last

@@ -47,6 +47,60 @@ impl JobStatus {
     }
 }
 
+/// What a job event says: the job's state changed (`state`), it progressed (`progress`), or it was sent to another
+/// backend (`resubmitted`). The `event:` of the job event streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    State,
+    Progress,
+    Resubmitted,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::State => "state",
+            Self::Progress => "progress",
+            Self::Resubmitted => "resubmitted",
+        }
+    }
+
+    /// A stored kind; one this version does not know reads as `state` (the event still carries the whole job).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "progress" => Self::Progress,
+            "resubmitted" => Self::Resubmitted,
+            _ => Self::State,
+        }
+    }
+}
+
+/// Where a job runs: a ComfyUI, or BFL's FLUX API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Comfy,
+    Flux,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Comfy => "comfy",
+            Self::Flux => "flux",
+        }
+    }
+
+    /// A stored backend; anything but `flux` is a ComfyUI job (the only other kind there has been).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "flux" => Self::Flux,
+            _ => Self::Comfy,
+        }
+    }
+}
+
 /// A file a job produced, kept in `DATA_DIR/outputs/<job id>/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputFile {
@@ -59,7 +113,8 @@ pub struct OutputFile {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: String,
-    pub backend: String,
+    #[schema(value_type = String)]
+    pub backend: Backend,
     pub status: JobStatus,
     /// 0 to 100.
     pub progress: f64,

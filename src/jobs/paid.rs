@@ -25,6 +25,7 @@ use crate::config::Secret;
 use crate::error::ApiError;
 use crate::flux::catalog::usd;
 use crate::flux::confirm::TokenProblem;
+use crate::jobs::model::{Backend, EventKind};
 use crate::store::{Approval, ApproveJob, IdempotencyClaim, NewJob, PaidJob, Reservation};
 
 /// Keys are remembered this long, as for FLUX.
@@ -284,7 +285,7 @@ impl Jobs {
         let approval = assessment.approval_json();
         let paid = PaidJob {
             job: NewJob {
-                backend: "comfy",
+                backend: Backend::Comfy,
                 template: submission.template.as_deref(),
                 params: &submission.params,
                 workflow: &submission.workflow,
@@ -388,7 +389,7 @@ impl Jobs {
         assessment: &Assessment,
     ) -> Result<Job, JobError> {
         let new = NewJob {
-            backend: "comfy",
+            backend: Backend::Comfy,
             template: None,
             params: &json!({ "source": "gateway" }),
             workflow,
@@ -398,7 +399,8 @@ impl Jobs {
             .store
             .insert_awaiting_job(new, &assessment.approval_json())
             .await?;
-        self.change(&job.id, "state", Default::default()).await;
+        self.change(&job.id, EventKind::State, Default::default())
+            .await;
         tracing::info!(job = %job.id, paid_nodes = assessment.nodes.len(), "a paid prompt waits for its confirmation");
         Ok(self.store.job(&job.id).await?.unwrap_or(job))
     }
@@ -494,7 +496,8 @@ impl Jobs {
                 }));
             }
         };
-        self.change(&job.id, "state", Default::default()).await;
+        self.change(&job.id, EventKind::State, Default::default())
+            .await;
         let answer = self
             .send_to_comfy(job, &workflow)
             .await
@@ -527,7 +530,8 @@ impl Jobs {
             self.store
                 .await_approval(&job.id, &assessment.approval_json())
                 .await?;
-            self.change(&job.id, "state", Default::default()).await;
+            self.change(&job.id, EventKind::State, Default::default())
+                .await;
             tracing::info!(job = %job.id, "a job with paid nodes waits for its confirmation instead of being sent");
             let job = self
                 .store

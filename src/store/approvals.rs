@@ -43,7 +43,7 @@ impl Store {
              VALUES (?, ?, 'awaiting_confirmation', ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
-        .bind(new.backend)
+        .bind(new.backend.as_str())
         .bind(new.workflow.to_string())
         .bind(new.params.to_string())
         .bind(new.template)

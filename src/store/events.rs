@@ -3,12 +3,16 @@
 use serde_json::Value;
 
 use super::{Store, StoreError};
-use crate::jobs::model::{Job, now};
+use crate::jobs::model::{EventKind, Job, now};
 
 /// The numbered job events behind rejoinable streams.
 impl Store {
     /// Records an event with the next number of its job; answers it as stored.
-    pub async fn insert_event(&self, kind: &str, job: &Job) -> Result<StoredEvent, StoreError> {
+    pub async fn insert_event(
+        &self,
+        kind: EventKind,
+        job: &Job,
+    ) -> Result<StoredEvent, StoreError> {
         let snapshot = serde_json::to_string(job).unwrap_or_else(|_| "{}".into());
         let (seq, job_seq): (i64, i64) = sqlx::query_as(
             "INSERT INTO job_events (job_id, job_seq, kind, job, at) \
@@ -16,7 +20,7 @@ impl Store {
              RETURNING seq, job_seq",
         )
         .bind(&job.id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(&snapshot)
         .bind(now())
         .fetch_one(&self.pool)
@@ -24,7 +28,7 @@ impl Store {
         Ok(StoredEvent {
             seq,
             job_seq,
-            kind: kind.to_owned(),
+            kind,
             job: serde_json::from_str(&snapshot).unwrap_or(Value::Null),
         })
     }
@@ -89,7 +93,7 @@ type EventRow = (i64, i64, String, String);
 pub struct StoredEvent {
     pub seq: i64,
     pub job_seq: i64,
-    pub kind: String,
+    pub kind: EventKind,
     pub job: Value,
 }
 
@@ -98,7 +102,7 @@ impl From<EventRow> for StoredEvent {
         Self {
             seq,
             job_seq,
-            kind,
+            kind: EventKind::parse(&kind),
             job: serde_json::from_str(&job).unwrap_or(Value::Null),
         }
     }

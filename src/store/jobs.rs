@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::{Store, StoreError};
-use crate::jobs::model::{Job, JobStatus, OutputFile, now};
+use crate::jobs::model::{Backend, Job, JobStatus, OutputFile, now};
 
 impl Store {
     /// Records a new job, `queued`.
@@ -17,7 +17,7 @@ impl Store {
              VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
         )
         .bind(&id)
-        .bind(new.backend)
+        .bind(new.backend.as_str())
         .bind(new.workflow.to_string())
         .bind(new.params.to_string())
         .bind(new.template)
@@ -178,7 +178,7 @@ impl Store {
 
 /// What a new job is made of.
 pub struct NewJob<'a> {
-    pub backend: &'a str,
+    pub backend: Backend,
     pub template: Option<&'a str>,
     pub params: &'a Value,
     pub workflow: &'a Value,
@@ -214,7 +214,7 @@ fn job_from_row(row: &SqliteRow) -> Job {
     };
     Job {
         id: row.get("id"),
-        backend: row.get("backend"),
+        backend: Backend::parse(row.get("backend")),
         status: JobStatus::parse(row.get::<String, _>("status").as_str())
             .unwrap_or(JobStatus::NeedsReconcile),
         progress: row.get("progress"),

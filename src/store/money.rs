@@ -27,7 +27,7 @@ impl Store {
              VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
-        .bind(new.backend)
+        .bind(new.backend.as_str())
         .bind(new.workflow.to_string())
         .bind(new.params.to_string())
         .bind(new.template)

@@ -1,5 +1,5 @@
 use super::*;
-use crate::jobs::model::JobStatus;
+use crate::jobs::model::{Backend, JobStatus};
 
 #[tokio::test]
 async fn first_run_creates_a_wal_file_with_the_schema_and_reopens() {
@@ -54,7 +54,7 @@ async fn jobs_page_newest_first_with_a_cursor_and_a_status_filter() {
     let mut ids = Vec::new();
     for _ in 0..5 {
         let new = NewJob {
-            backend: "comfy",
+            backend: Backend::Comfy,
             template: None,
             params: &params,
             workflow: &params,

@@ -610,7 +610,7 @@ async fn after_a_restart_a_job_comfy_no_longer_knows_is_backend_lost() {
     .unwrap();
     let workflow = workflow(20);
     let new = orchestrator::store::NewJob {
-        backend: "comfy",
+        backend: orchestrator::jobs::model::Backend::Comfy,
         template: None,
         params: &json!({}),
         workflow: &workflow,

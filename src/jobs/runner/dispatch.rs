@@ -9,6 +9,7 @@ use super::follow::{client_id, open_socket};
 use super::{JobError, Jobs, Upload};
 use crate::comfy::proxy::ComfyGateway;
 use crate::error::ApiError;
+use crate::jobs::model::{Backend, EventKind};
 use crate::jobs::model::{Job, JobStatus};
 use crate::store::{JobChange, NewJob};
 
@@ -60,7 +61,7 @@ impl Jobs {
             // job is refused instead of being held with its data.
             if uploads.is_empty() {
                 let new = NewJob {
-                    backend: "comfy",
+                    backend: Backend::Comfy,
                     template,
                     params,
                     workflow: &workflow,
@@ -84,7 +85,7 @@ impl Jobs {
         self.upload_inputs(&gateway, &mut workflow, uploads).await?;
         let backend_url = gateway.backend().origin();
         let new = NewJob {
-            backend: "comfy",
+            backend: Backend::Comfy,
             template,
             params,
             workflow: &workflow,
@@ -273,7 +274,7 @@ impl Jobs {
                     error: Some(json!({ "code": "comfy_outcome_unknown", "message": message })),
                     ..Default::default()
                 };
-                self.change(&job.id, "state", change).await;
+                self.change(&job.id, EventKind::State, change).await;
                 return Err(error.into());
             }
             Err(error) => {
@@ -306,7 +307,7 @@ impl Jobs {
                     error: Some(json!({ "code": "comfy_outcome_unknown", "message": message })),
                     ..Default::default()
                 };
-                self.change(&job.id, "state", change).await;
+                self.change(&job.id, EventKind::State, change).await;
                 return Err(ApiError::ComfyBadResponse(message).into());
             }
             let message = answer["error"]["message"]
@@ -338,7 +339,7 @@ impl Jobs {
         let accepted = self
             .change(
                 &job.id,
-                "state",
+                EventKind::State,
                 JobChange {
                     status: Some(JobStatus::Submitted),
                     comfy_prompt_id: Some(prompt_id.to_owned()),

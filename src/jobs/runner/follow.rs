@@ -12,6 +12,7 @@ use super::{Jobs, finished};
 use crate::comfy::proxy::ComfyGateway;
 use crate::comfy::ws;
 use crate::error::ApiError;
+use crate::jobs::model::EventKind;
 use crate::jobs::model::JobStatus;
 use crate::store::JobChange;
 
@@ -160,7 +161,11 @@ impl Follower {
             End::Failed(error) => self.jobs.fail(&self.job_id, error).await,
             End::Interrupted => {
                 self.jobs
-                    .change(&self.job_id, "state", finished(JobStatus::Cancelled))
+                    .change(
+                        &self.job_id,
+                        EventKind::State,
+                        finished(JobStatus::Cancelled),
+                    )
                     .await;
             }
             End::SocketLost => self.resolve_without_socket().await,
@@ -217,7 +222,7 @@ impl Follower {
         }
         tracing::info!(job = %self.job_id, actual_usd = total as f64 / 1e6, "a paid node reported its price");
         self.jobs
-            .change(&self.job_id, "state", JobChange::default())
+            .change(&self.job_id, EventKind::State, JobChange::default())
             .await;
     }
 
@@ -276,7 +281,7 @@ impl Follower {
             .job_events_after(&self.job_id, 0, 10_000)
             .await
             .unwrap_or_default();
-        if history.iter().any(|e| e.kind == "resubmitted") {
+        if history.iter().any(|e| e.kind == EventKind::Resubmitted) {
             return false;
         }
         let dead = self.gateway.backend().origin();
@@ -288,7 +293,7 @@ impl Follower {
             return false;
         }
         self.jobs
-            .change(&self.job_id, "resubmitted", JobChange::default())
+            .change(&self.job_id, EventKind::Resubmitted, JobChange::default())
             .await;
         tracing::warn!(job = %self.job_id, from = %dead, to = %origin, "ComfyUI died before the job started: sent to another");
         let workflow = store

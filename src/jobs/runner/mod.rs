@@ -35,6 +35,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::model::{Job, JobStatus};
 use crate::comfy::proxy::ComfyGateway;
 use crate::error::ApiError;
+use crate::jobs::model::{Backend, EventKind};
 use crate::service::ServiceStatus;
 use crate::store::{JobChange, Store, StoreError};
 
@@ -54,7 +55,7 @@ pub struct Upload {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobEvent {
     /// `state`, `progress` or `output`.
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub job: Job,
     /// The event's number among all events, and among its job's.
     pub seq: i64,
@@ -193,11 +194,11 @@ impl Jobs {
         if job.status.is_final() {
             return Err(JobError::Finished(job.status.as_str()));
         }
-        if job.backend != "comfy" {
-            return Err(JobError::NotCancellable(job.backend));
+        if job.backend != Backend::Comfy {
+            return Err(JobError::NotCancellable(job.backend.as_str().to_owned()));
         }
         let Some(prompt_id) = job.comfy_prompt_id.clone() else {
-            self.change(id, "state", finished(JobStatus::Cancelled))
+            self.change(id, EventKind::State, finished(JobStatus::Cancelled))
                 .await;
             return self
                 .store
@@ -224,7 +225,7 @@ impl Jobs {
             {
                 let _ = stop.send(());
             }
-            self.change(id, "state", finished(JobStatus::Cancelled))
+            self.change(id, EventKind::State, finished(JobStatus::Cancelled))
                 .await;
         } else {
             // Running: the follower records `cancelled` when ComfyUI reports the interrupt.
@@ -247,7 +248,7 @@ impl Jobs {
         }
         self.change(
             id,
-            "state",
+            EventKind::State,
             JobChange {
                 error: Some(error),
                 ..finished(JobStatus::BackendLost)
@@ -261,7 +262,7 @@ impl Jobs {
             error: Some(error),
             ..finished(JobStatus::Failed)
         };
-        self.change(id, "state", change).await;
+        self.change(id, EventKind::State, change).await;
     }
 
     /// Gives a paid job's reservation back: ComfyUI certainly did not take it.
@@ -276,7 +277,7 @@ impl Jobs {
     /// An error is stored without any Comfy.org credential (ComfyUI's `execution_error` echoes a failed node's
     /// inputs, hidden ones included).
     /// A finished job is not changed and gets no event; answers whether the change was recorded.
-    pub(crate) async fn change(&self, id: &str, kind: &'static str, mut change: JobChange) -> bool {
+    pub(crate) async fn change(&self, id: &str, kind: EventKind, mut change: JobChange) -> bool {
         if let Some(error) = change.error.as_mut() {
             crate::comfy::credentials::strip(
                 error,
@@ -297,7 +298,7 @@ impl Jobs {
         {
             let mut last = self.last_progress.lock().unwrap_or_else(|p| p.into_inner());
             let now = std::time::Instant::now();
-            if kind == "progress"
+            if kind == EventKind::Progress
                 && last
                     .get(id)
                     .is_some_and(|at| now.duration_since(*at) < PROGRESS_EVERY)

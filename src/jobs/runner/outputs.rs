@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::finished;
 use super::follow::Follower;
 use crate::error::ApiError;
+use crate::jobs::model::EventKind;
 use crate::jobs::model::{JobStatus, OutputFile};
 use crate::store::JobChange;
 
@@ -33,7 +34,11 @@ impl Follower {
                 .is_some_and(|m| m.iter().any(|m| m[0] == "execution_interrupted"));
             if interrupted {
                 self.jobs
-                    .change(&self.job_id, "state", finished(JobStatus::Cancelled))
+                    .change(
+                        &self.job_id,
+                        EventKind::State,
+                        finished(JobStatus::Cancelled),
+                    )
                     .await;
             } else {
                 let error = json!({ "code": "comfy_execution_error", "message": "ComfyUI reports the run failed", "details": entry["status"] });
@@ -48,7 +53,9 @@ impl Follower {
                     progress: Some(100.0),
                     ..finished(JobStatus::Succeeded)
                 };
-                self.jobs.change(&self.job_id, "state", change).await;
+                self.jobs
+                    .change(&self.job_id, EventKind::State, change)
+                    .await;
             }
             Err(error) => {
                 let error = json!({ "code": "output_fetch_failed", "message": error.to_string() });

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::follow::{Follower, open_socket};
 use super::{JobError, Jobs};
+use crate::jobs::model::{Backend, EventKind};
 use crate::jobs::model::{Job, JobStatus};
 use crate::store::JobChange;
 
@@ -37,7 +38,7 @@ impl Jobs {
             let followed = self.followers.lock().unwrap_or_else(|p| p.into_inner());
             jobs.into_iter()
                 .filter(|j| {
-                    j.backend == "comfy"
+                    j.backend == Backend::Comfy
                         && j.created_at < self.started_at
                         && !followed.contains_key(&j.id)
                 })
@@ -79,7 +80,7 @@ impl Jobs {
                             comfy_prompt_id: Some(prompt_id.clone()),
                             ..Default::default()
                         };
-                        self.change(&job.id, "state", change).await;
+                        self.change(&job.id, EventKind::State, change).await;
                         self.follow(gateway.clone(), &job.id, &prompt_id, &workflow, socket);
                     }
                     None => left += 1,
@@ -119,7 +120,7 @@ impl Jobs {
                     })),
                     ..Default::default()
                 };
-                self.change(&job.id, "state", change).await;
+                self.change(&job.id, EventKind::State, change).await;
                 continue;
             }
             // Recorded but never accepted by ComfyUI: a local run costs nothing, so it is sent now.

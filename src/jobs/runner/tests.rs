@@ -70,7 +70,7 @@ proptest! {
 mod track {
     use serde_json::Value;
 
-    use crate::jobs::model::JobStatus;
+    use crate::jobs::model::{EventKind, JobStatus};
     use crate::jobs::runner::track::{End, Step, Track};
 
     macro_rules! recorded {
@@ -114,7 +114,7 @@ mod track {
         let (prompt, messages) = read(&recorded!("ws_transcript_ksampler.json"));
         let mut track = Track::new(&prompt, &recorded!("workflow_ksampler.json"));
         let steps = replay(&mut track, &messages);
-        let Step::Change("state", first) = &steps[0] else {
+        let Step::Change(EventKind::State, first) = &steps[0] else {
             panic!("{steps:?}")
         };
         assert_eq!(first.status, Some(JobStatus::Running));
@@ -134,7 +134,7 @@ mod track {
         assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
         assert!(progress.iter().all(|p| (0.0..100.0).contains(p)));
         assert!(steps.iter().any(|s| matches!(s,
-            Step::Change("progress", c) if c.current_node == Some(Some("3 KSampler".into())))));
+            Step::Change(EventKind::Progress, c) if c.current_node == Some(Some("3 KSampler".into())))));
     }
 
     #[test]

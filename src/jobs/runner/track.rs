@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
+use crate::jobs::model::EventKind;
 use crate::jobs::model::JobStatus;
 use crate::store::JobChange;
 
@@ -26,7 +27,7 @@ pub(super) enum End {
 pub(super) enum Step {
     Nothing,
     /// Record a change of the job, as an event of this kind (`state` or `progress`).
-    Change(&'static str, JobChange),
+    Change(EventKind, JobChange),
     End(End),
 }
 
@@ -99,7 +100,7 @@ impl Track {
         }
         match event["type"].as_str().unwrap_or_default() {
             "execution_start" => Step::Change(
-                "state",
+                EventKind::State,
                 JobChange {
                     status: Some(JobStatus::Running),
                     started: true,
@@ -127,7 +128,7 @@ impl Track {
                         _ => node.to_owned(),
                     };
                     Step::Change(
-                        "progress",
+                        EventKind::Progress,
                         JobChange {
                             status: Some(JobStatus::Running),
                             started: true,
@@ -150,7 +151,7 @@ impl Track {
                 }
                 self.last_progress = progress;
                 Step::Change(
-                    "progress",
+                    EventKind::Progress,
                     JobChange {
                         progress: Some(progress),
                         ..Default::default()
