@@ -1,0 +1,362 @@
+//! The WebSocket and the worker: a queued prompt replayed from the recorded run that fits it, with this prompt's id.
+
+use super::*;
+
+pub(super) async fn serve_socket(shared: Arc<Shared>, socket: WebSocket, sid: String) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    // As ComfyUI: the socket is registered under its id first, then greeted; a client that waits for the
+    // greeting knows that events for its id will reach it.
+    shared
+        .sockets
+        .lock()
+        .unwrap()
+        .insert(sid.clone(), tx.clone());
+    let hello = json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": queue_remaining(&shared)}}, "sid": sid}});
+    let _ = tx.send(Message::text(hello.to_string()));
+    let writer = tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            let closing = matches!(message, Message::Close(_));
+            if sink.send(message).await.is_err() || closing {
+                break;
+            }
+        }
+    });
+    let mut first = true;
+    while let Some(Ok(message)) = stream.next().await {
+        if let Message::Text(text) = &message
+            && first
+            && serde_json::from_str::<Value>(text.as_str())
+                .is_ok_and(|m| m["type"] == "feature_flags")
+        {
+            let reply = json!({"type": "feature_flags", "data": {"supports_preview_metadata": true, "max_upload_size": MAX_UPLOAD_BYTES}});
+            let _ = tx.send(Message::text(reply.to_string()));
+        }
+        first = false;
+        if matches!(message, Message::Close(_)) {
+            break;
+        }
+    }
+    // Faithful to ComfyUI: the id is popped when a socket closes, even if a newer socket registered it since.
+    shared.sockets.lock().unwrap().remove(&sid);
+    writer.abort();
+}
+
+pub(super) fn broadcast_status(shared: &Shared) {
+    let status = json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": queue_remaining(shared)}}}});
+    send(shared, None, Message::text(status.to_string()));
+}
+
+/// Sends to one client's socket, or to every socket when `client` is `None`.
+pub(super) fn send(shared: &Shared, client: Option<&str>, message: Message) {
+    if shared.silent.load(Ordering::SeqCst) {
+        return;
+    }
+    let sockets = shared.sockets.lock().unwrap();
+    match client {
+        Some(client) => {
+            if let Some(tx) = sockets.get(client) {
+                let _ = tx.send(message);
+            }
+        }
+        None => {
+            for tx in sockets.values() {
+                let _ = tx.send(message.clone());
+            }
+        }
+    }
+}
+
+/// Works the queue one prompt at a time, replaying a recorded run for each.
+pub(super) async fn worker(shared: Arc<Shared>, mut wake: mpsc::UnboundedReceiver<()>) {
+    loop {
+        let item = {
+            let mut queue = shared.queue.lock().unwrap();
+            let next = queue.pending.pop_front();
+            queue.running = next.clone();
+            next
+        };
+        let Some(item) = item else {
+            if wake.recv().await.is_none() {
+                return;
+            }
+            continue;
+        };
+        shared.interrupt.store(false, Ordering::SeqCst);
+        // ComfyUI announces the queue change when the worker takes a prompt, as it did when the prompt was put.
+        broadcast_status(&shared);
+        run_prompt(&shared, &item).await;
+        shared.queue.lock().unwrap().running = None;
+        broadcast_status(&shared);
+        send_event(
+            &shared,
+            &item,
+            json!({"type": "executing", "data": {"node": null, "prompt_id": item.prompt_id}}),
+        );
+    }
+}
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(super) fn send_event(shared: &Shared, item: &QueueItem, event: Value) {
+    let kind = event["type"].as_str().unwrap_or_default().to_owned();
+    let client = item.client_id();
+    let broadcast_without_client = matches!(
+        kind.as_str(),
+        "progress" | "progress_state" | "execution_interrupted"
+    );
+    // ComfyUI: `status` goes to everyone; the rest to the prompt's client, or, for a prompt without one, only the
+    // progress events to everyone and the others to no one.
+    let message = Message::text(event.to_string());
+    match (&client, kind.as_str()) {
+        (_, "status") => send(shared, None, message),
+        (Some(client), _) => send(shared, Some(client), message),
+        (None, _) if broadcast_without_client => send(shared, None, message),
+        (None, _) => {}
+    }
+}
+
+/// Replays the recorded run that fits the prompt, with this prompt's id, and records its history.
+pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
+    let nodes = item.prompt.as_object().cloned().unwrap_or_default();
+    let samples = nodes.values().any(|n| n["class_type"] == "KSampler");
+    let recorded = transcript(samples);
+    let recorded_id = recorded
+        .iter()
+        .find_map(|m| m["data"]["data"]["prompt_id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let delay = Duration::from_millis(shared.step_delay_ms.load(Ordering::SeqCst));
+    let mut messages = Vec::new();
+    let mut outputs = Map::new();
+    let mut synthetic_done = false;
+
+    let paid = crate::fake_api_nodes::paid_nodes(&shared.object_info, &nodes);
+    if !paid.is_empty() {
+        let base = shared.comfy_api_base.lock().unwrap().clone();
+        match crate::fake_api_nodes::run(
+            &shared.object_info,
+            base.as_deref(),
+            &paid,
+            &item.extra_data,
+        )
+        .await
+        {
+            Ok(texts) => {
+                for (node, text) in texts {
+                    let frame = orchestrator::jobs::price::text_frame(&node, &text);
+                    send(
+                        shared,
+                        item.client_id().as_deref(),
+                        Message::Binary(Bytes::from(frame)),
+                    );
+                }
+            }
+            Err(failure) => {
+                let data = json!({"prompt_id": item.prompt_id, "node_id": failure.node_id, "node_type": failure.node_type,
+                    "executed": [], "exception_message": failure.message, "exception_type": "Exception",
+                    "traceback": [], "current_inputs": failure.current_inputs, "current_outputs": [], "timestamp": now_ms()});
+                messages.push(json!(["execution_error", data]));
+                record_history(shared, item, Map::new(), messages, false);
+                send_event(
+                    shared,
+                    item,
+                    json!({"type": "execution_error", "data": data}),
+                );
+                return;
+            }
+        }
+    }
+
+    // Entry 0 is the greeting a socket gets on connect; the queue-change statuses were sent by post_prompt.
+    for entry in recorded.iter().skip(1) {
+        if shared.interrupt.swap(false, Ordering::SeqCst) {
+            let event = json!({"type": "execution_interrupted", "data": {
+                "prompt_id": item.prompt_id, "node_id": "", "node_type": "", "executed": [], "timestamp": now_ms()}});
+            messages.push(json!(["execution_interrupted", event["data"]]));
+            record_history(shared, item, Map::new(), messages, false);
+            send_event(shared, item, event);
+            return;
+        }
+        match entry["kind"].as_str() {
+            Some("text")
+                if entry["data"]["type"] == "progress"
+                    && shared.progress_steps.load(Ordering::SeqCst) > 0 =>
+            {
+                // The first recorded progress event stands for the whole sampler; the rest are skipped.
+                if !std::mem::replace(&mut synthetic_done, true) {
+                    let steps = shared.progress_steps.load(Ordering::SeqCst);
+                    let node = entry["data"]["data"]["node"].clone();
+                    for value in 1..=steps {
+                        let event = json!({"type": "progress", "data": {
+                            "value": value, "max": steps, "prompt_id": item.prompt_id, "node": node}});
+                        send_event(shared, item, event);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                continue;
+            }
+            Some("text") => {
+                let raw = entry["data"]
+                    .to_string()
+                    .replace(&recorded_id, &item.prompt_id);
+                let mut event: Value =
+                    serde_json::from_str(&raw).expect("re-serialised JSON parses");
+                let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                if kind == "status" {
+                    continue;
+                }
+                if let Some(ts) = event["data"].get_mut("timestamp") {
+                    *ts = json!(now_ms());
+                }
+                if kind == "executed" {
+                    let node = event["data"]["node"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    // The recorded run has one SaveImage; any other SaveImage of this workflow saves too, each
+                    // with its own `executed` message, as ComfyUI runs every output node.
+                    let mut savers: Vec<String> = nodes
+                        .iter()
+                        .filter(|(id, n)| **id != node && is_saver(n))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    savers.sort();
+                    for other in savers {
+                        let mut extra = event.clone();
+                        extra["data"]["node"] = json!(other);
+                        extra["data"]["display_node"] = json!(other);
+                        let output = save_output(shared, &nodes, &other);
+                        extra["data"]["output"] = output.clone();
+                        outputs.insert(other, output);
+                        send_event(shared, item, extra);
+                    }
+                    let output = save_output(shared, &nodes, &node);
+                    event["data"]["output"] = output.clone();
+                    outputs.insert(node, output);
+                }
+                if matches!(
+                    kind.as_str(),
+                    "execution_start" | "execution_cached" | "execution_success"
+                ) {
+                    messages.push(json!([kind, event["data"]]));
+                }
+                if kind == "execution_success" {
+                    send_event(shared, item, event);
+                    // The real server writes history after execution_success and before `executing` null.
+                    record_history(shared, item, outputs.clone(), messages.clone(), true);
+                    return;
+                }
+                send_event(shared, item, event);
+            }
+            Some("binary") => {
+                let mut frame = hex(entry["head_hex"].as_str().unwrap_or_default());
+                frame.extend(hex(entry["image_magic_hex"].as_str().unwrap_or_default()));
+                frame.resize(entry["len"].as_u64().unwrap_or(8) as usize, 0);
+                let message = Message::Binary(Bytes::from(frame));
+                send(shared, item.client_id().as_deref(), message);
+            }
+            _ => continue,
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The output nodes that write a file: SaveImage, and SaveSVGNode (`nodes_images.py`), which writes `.svg`.
+pub(super) fn is_saver(node: &Value) -> bool {
+    matches!(
+        node["class_type"].as_str(),
+        Some("SaveImage" | "SaveSVGNode")
+    )
+}
+
+/// An SVG as a workflow can write one: with a script, which must never run on the panel's origin.
+pub const OUTPUT_SVG: &[u8] =
+    b"<svg xmlns='http://www.w3.org/2000/svg' width='1' height='1'><script>alert(1)</script></svg>";
+
+/// What a SaveImage node writes, as ComfyUI's `get_save_image_path`: a prefix "a/b" saves `b_00001_.png` in the
+/// subfolder "a", the counter counting per folder and name, so two prefixes "a/x" and "b/x" both give
+/// `x_00001_.png`, in different subfolders.
+pub(super) fn save_output(shared: &Shared, nodes: &Map<String, Value>, node: &str) -> Value {
+    let prefix = nodes
+        .get(node)
+        .and_then(|n| n["inputs"]["filename_prefix"].as_str())
+        .unwrap_or("ComfyUI");
+    let (subfolder, stem) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+    let counter = {
+        let mut counters = shared.file_counters.lock().unwrap();
+        let counter = counters
+            .entry((subfolder.to_owned(), stem.to_owned()))
+            .or_insert(0);
+        *counter += 1;
+        *counter
+    };
+    // SaveSVGNode saves `<prefix>_00001_.svg` and reports it under `images`, as SaveImage does.
+    let svg = nodes
+        .get(node)
+        .is_some_and(|n| n["class_type"] == "SaveSVGNode");
+    let (extension, bytes) = if svg {
+        ("svg", OUTPUT_SVG)
+    } else {
+        ("png", OUTPUT_PNG)
+    };
+    let filename = format!("{stem}_{counter:05}_.{extension}");
+    shared
+        .files
+        .lock()
+        .unwrap()
+        .insert(file_key(subfolder, &filename), Bytes::from_static(bytes));
+    json!({"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
+}
+
+/// Where the fake keeps a file: its name, under its subfolder when it has one.
+pub(super) fn file_key(subfolder: &str, filename: &str) -> String {
+    if subfolder.is_empty() {
+        filename.to_owned()
+    } else {
+        format!("{subfolder}/{filename}")
+    }
+}
+
+pub(super) fn record_history(
+    shared: &Shared,
+    item: &QueueItem,
+    outputs: Map<String, Value>,
+    messages: Vec<Value>,
+    ok: bool,
+) {
+    let meta: Map<String, Value> = outputs
+        .keys()
+        .map(|id| {
+            (
+                id.clone(),
+                json!({"node_id": id, "display_node": id, "parent_node": null, "real_node_id": id}),
+            )
+        })
+        .collect();
+    // ComfyUI keeps the prompt in its history without the Comfy.org credentials (`task_done`); `/queue` has them.
+    let mut prompt = item.to_json();
+    orchestrator::comfy::credentials::strip(&mut prompt, None);
+    let entry = json!({
+        "prompt": prompt,
+        "outputs": outputs,
+        "status": {"status_str": if ok { "success" } else { "error" }, "completed": ok, "messages": messages},
+        "meta": meta,
+    });
+    shared
+        .history
+        .lock()
+        .unwrap()
+        .insert(item.prompt_id.clone(), entry);
+}
+
+pub(super) fn hex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
