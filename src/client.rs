@@ -248,15 +248,16 @@ impl ApiClient {
         let path = format!("/api/jobs/{}/events", encode(id));
         let mut job = Value::Null;
         let mut last_event: Option<String> = None;
-        let mut broken = 0;
-        while !is_final(&job) && tokio::time::Instant::now() < deadline && broken < 10 {
+        // Streams opened (or tried): a job's stream ends by itself once it is final, so ten are plenty.
+        let mut attempts = 0;
+        while !is_final(&job) && tokio::time::Instant::now() < deadline && attempts < 10 {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let mut events = match self.events(&path, last_event.as_deref(), Some(left)).await {
                 Ok(events) => events,
                 // The job does not exist, or the token is refused: no retry helps.
                 Err(reply) if reply.status != 0 => return Err(reply),
                 Err(_) => {
-                    broken += 1;
+                    attempts += 1;
                     tokio::time::sleep(Duration::from_millis(500).min(left)).await;
                     continue;
                 }
@@ -273,7 +274,7 @@ impl ApiClient {
                     }
                 }
             }
-            broken += 1;
+            attempts += 1;
         }
         if job.is_null() {
             let reply = self.get(&format!("/api/jobs/{}", encode(id))).await;
@@ -298,10 +299,7 @@ impl ApiClient {
 
 /// Whether a job state is one that never changes again.
 pub fn is_final(job: &Value) -> bool {
-    job["status"]
-        .as_str()
-        .and_then(JobStatus::parse)
-        .is_some_and(JobStatus::is_final)
+    JobStatus::is_final_json(job)
 }
 
 /// A path segment, percent-encoded.

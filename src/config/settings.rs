@@ -332,22 +332,20 @@ impl Settings {
     fn names(field: &str) -> (&'static str, &'static str) {
         use std::collections::HashMap;
         use std::sync::LazyLock;
-        static NAMES: LazyLock<HashMap<String, (&'static str, &'static str)>> =
-            LazyLock::new(|| {
-                let command = Settings::augment_args(clap::Command::new("orchestrator"));
-                command
-                    .get_arguments()
-                    .filter_map(|arg| {
-                        let variable = arg.get_env()?.to_str()?.to_owned();
-                        let flag = arg.get_long()?.to_owned();
-                        // Leaked once, for the life of the process: a few dozen short names.
-                        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-                        Some((arg.get_id().to_string(), (leak(variable), leak(flag))))
-                    })
-                    .collect()
-            });
-        *NAMES
+        static NAMES: LazyLock<HashMap<String, (String, String)>> = LazyLock::new(|| {
+            let command = Settings::augment_args(clap::Command::new("orchestrator"));
+            command
+                .get_arguments()
+                .filter_map(|arg| {
+                    let variable = arg.get_env()?.to_str()?.to_owned();
+                    let flag = arg.get_long()?.to_owned();
+                    Some((arg.get_id().to_string(), (variable, flag)))
+                })
+                .collect()
+        });
+        let (variable, flag) = NAMES
             .get(field)
-            .unwrap_or_else(|| panic!("no setting {field:?}"))
+            .unwrap_or_else(|| panic!("no setting {field:?}"));
+        (variable, flag)
     }
 }

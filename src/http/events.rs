@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::Query;
@@ -71,13 +70,6 @@ fn numbered(id: i64, kind: EventKind, job: &impl serde::Serialize) -> Event {
         .unwrap_or_default()
 }
 
-fn is_final(job: &Value) -> bool {
-    job["status"]
-        .as_str()
-        .and_then(JobStatus::parse)
-        .is_some_and(JobStatus::is_final)
-}
-
 fn by_job(event: &StoredEvent) -> i64 {
     event.job_seq
 }
@@ -98,7 +90,7 @@ fn send_stored(
     for stored in events {
         last = number(&stored);
         if tx.send(numbered(last, stored.kind, &stored.job)).is_err()
-            || (end_on_final && is_final(&stored.job))
+            || (end_on_final && JobStatus::is_final_json(&stored.job))
         {
             return None;
         }

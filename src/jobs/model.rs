@@ -45,6 +45,14 @@ impl JobStatus {
             Self::Succeeded | Self::Failed | Self::Cancelled | Self::BackendLost
         )
     }
+
+    /// Whether a job as JSON (an API answer, a stored event) is in a state that never changes again.
+    pub fn is_final_json(job: &Value) -> bool {
+        job["status"]
+            .as_str()
+            .and_then(Self::parse)
+            .is_some_and(Self::is_final)
+    }
 }
 
 /// What a job event says: the job's state changed (`state`), it progressed (`progress`), or it was sent to another

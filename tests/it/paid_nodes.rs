@@ -879,16 +879,9 @@ async fn an_svg_a_job_writes_is_a_download_that_cannot_script_the_panel() {
     let body = confirmed(&app, &workflow).await;
     let (status, created) = post(&app, "/api/jobs", &body, None).await;
     assert_eq!(status, 202, "{created}");
-    let path = format!("/api/jobs/{}", created["id"].as_str().unwrap());
-    wait_until(Duration::from_secs(20), "the job ends", || async {
-        matches!(
-            app.get_json(&path).await["status"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        )
-    })
-    .await;
-    let done = app.get_json(&path).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
+    let done = app
+        .wait_for_job(created["id"].as_str().unwrap(), "succeeded")
+        .await;
     let output = &done["outputs"][0];
     assert!(output["name"].as_str().unwrap().ends_with(".svg"), "{done}");
     let served = app
