@@ -290,9 +290,14 @@ impl ApiClient {
     fn unreachable(&self) -> Reply {
         Reply {
             status: 0,
-            body: json!({ "error": { "code": "orchestrator_unreachable",
-                "message": format!("Orchestrator is not answering at {}; is `orchestrator serve` running?", self.base),
-                "details": {} } }),
+            body: crate::problems::error_body(
+                crate::codes::Code::OrchestratorUnreachable,
+                &format!(
+                    "Orchestrator is not answering at {}; is `orchestrator serve` running?",
+                    self.base
+                ),
+                json!({}),
+            ),
         }
     }
 }

@@ -6,7 +6,10 @@
 //! - [`fs_safe`]: names from elsewhere (a client, ComfyUI) turned into paths that stay inside their folder, links
 //!   included; atomic writes.
 //! - [`address`]: a `Host` header split into name and port; the editor's URL as a browser on the panel reaches it.
-//! - [`error`]: the one API error type and its JSON body.
+//! - [`codes`]: every code a client can see, in one enum; how a job's `error` is shaped.
+//! - [`problems`]: failure shapes several domains share (a bad request, wrong fields, a missing key, an upstream
+//!   API's failure) and the JSON error body.
+//! - [`error`]: the one API error type: the domains' errors mapped to statuses; only `http` and `ui` name it.
 //! - [`http`]: the router, the guard (Host allowlist, token, CSRF), the gateway, the handlers and the request log.
 //!   Only `http` and [`ui`] know axum.
 //! - [`ui`]: the panel's pages (askama), in English and Russian, as one router.
@@ -30,6 +33,7 @@ pub mod address;
 pub mod background;
 pub mod cli;
 pub mod client;
+pub mod codes;
 pub mod comfy;
 pub mod config;
 pub mod error;
@@ -39,6 +43,7 @@ pub mod http;
 pub mod jobs;
 pub mod mcp;
 pub mod paths;
+pub mod problems;
 pub mod service;
 pub mod status;
 pub mod store;

@@ -252,12 +252,16 @@ impl OrchestratorMcp {
                     .await
                     .into_result()
             }
-            other => CallToolResult::error(vec![ContentBlock::text(
-                json!({ "error": { "code": "validation_failed",
-                    "message": format!("unknown backend {other:?}; expected comfy or flux"),
-                    "details": { "fields": { "backend": "expected comfy or flux" } } } })
-                .to_string(),
-            )]),
+            other => {
+                let problem = crate::problems::Invalid::field("backend", "expected comfy or flux");
+                let message = format!("unknown backend {other:?}; expected comfy or flux");
+                let body = crate::problems::error_body(
+                    crate::codes::Code::ValidationFailed,
+                    &message,
+                    problem.details(),
+                );
+                CallToolResult::error(vec![ContentBlock::text(body.to_string())])
+            }
         }
     }
 

@@ -206,7 +206,7 @@ pub async fn comfy(state: &AppState) -> Comfy {
     let (stats, queue, models) = tokio::join!(stats, queue, models);
     let (status, stats) = match stats {
         Ok(Ok(stats)) => ("online", Some(stats)),
-        Ok(Err(crate::error::ApiError::ComfyTimeout { .. })) | Err(_) => ("unresponsive", None),
+        Ok(Err(crate::comfy::error::ComfyError::Timeout { .. })) | Err(_) => ("unresponsive", None),
         Ok(Err(_)) => ("offline", None),
     };
     let stats = stats.unwrap_or(Value::Null);

@@ -12,9 +12,29 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
+use crate::codes::Code;
 use crate::comfy::proxy::{normalise_path, remove_hop_by_hop};
 use crate::config::V0Config;
-use crate::error::ApiError;
+use crate::problems::{NotConfigured, ProviderError, RequestError};
+
+/// v0 without `V0_API_KEY`.
+pub const NOT_CONFIGURED: NotConfigured = NotConfigured {
+    code: Code::V0NotConfigured,
+    what: "the v0 Platform API (V0_API_KEY)",
+};
+
+/// Why a v0 call did not get v0's answer; `http` turns it into an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum V0Error {
+    #[error(transparent)]
+    NotConfigured(#[from] NotConfigured),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
 use crate::flux::client::api_client;
 use crate::store::Link;
 
@@ -59,24 +79,19 @@ impl V0Gateway {
         self.config.api_key.is_some()
     }
 
-    fn bearer(&self) -> Result<HeaderValue, ApiError> {
-        let key = self
-            .config
-            .api_key
-            .as_ref()
-            .ok_or(ApiError::NotConfigured {
-                code: "v0_not_configured",
-                what: "the v0 Platform API (V0_API_KEY)",
+    fn bearer(&self) -> Result<HeaderValue, V0Error> {
+        let key = self.config.api_key.as_ref().ok_or(NOT_CONFIGURED)?;
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                V0Error::Internal("V0_API_KEY holds characters a header cannot carry".into())
             })?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-            .map_err(|_| ApiError::internal("V0_API_KEY holds characters a header cannot carry"))?;
         value.set_sensitive(true);
         Ok(value)
     }
 
     /// The upstream URL for a path below `/api/v0`.
-    fn upstream_url(&self, path: &str, query: Option<&str>) -> Result<String, ApiError> {
-        let clean = normalise_path(path).ok_or_else(|| ApiError::InvalidPath {
+    fn upstream_url(&self, path: &str, query: Option<&str>) -> Result<String, V0Error> {
+        let clean = normalise_path(path).ok_or_else(|| RequestError::InvalidPath {
             path: path.chars().take(256).collect(),
         })?;
         let versioned = clean.split('/').nth(1).is_some_and(|first| {
@@ -101,7 +116,7 @@ impl V0Gateway {
         &self,
         request: http::Request<B>,
         path: &str,
-    ) -> Result<http::Response<reqwest::Body>, ApiError>
+    ) -> Result<http::Response<reqwest::Body>, V0Error>
     where
         B: http_body::Body<Data = bytes::Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -112,7 +127,7 @@ impl V0Gateway {
         let body = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
             .collect()
             .await
-            .map_err(|_| ApiError::PayloadTooLarge {
+            .map_err(|_| RequestError::PayloadTooLarge {
                 limit: MAX_REQUEST_BYTES as u64,
             })?
             .to_bytes();
@@ -136,28 +151,30 @@ impl V0Gateway {
         let upstream = match sent {
             Ok(Ok(response)) => response,
             Err(_) => {
-                return Err(ApiError::Provider {
+                return Err(ProviderError {
                     status: StatusCode::GATEWAY_TIMEOUT,
-                    code: "v0_timeout",
+                    code: Code::V0Timeout,
                     message: format!(
                         "v0 did not answer within {} s",
                         self.config.timeout.as_secs()
                     ),
                     details: json!({}),
                     retry_after: None,
-                });
+                }
+                .into());
             }
             Ok(Err(_)) => {
-                return Err(ApiError::Provider {
+                return Err(ProviderError {
                     status: StatusCode::BAD_GATEWAY,
-                    code: "v0_unreachable",
+                    code: Code::V0Unreachable,
                     message: format!(
                         "cannot reach the v0 Platform API at {}",
                         self.config.base_url
                     ),
                     details: json!({}),
                     retry_after: None,
-                });
+                }
+                .into());
             }
         };
         let status = upstream.status();
@@ -230,7 +247,7 @@ pub struct ChatReply {
 impl V0Gateway {
     /// Sends a builder message: a new chat, or the next message of `chat_id`. Waits for the whole answer
     /// (`responseMode: sync`), up to `V0_TIMEOUT_SECS`.
-    pub async fn chat(&self, chat_id: Option<&str>, message: &str) -> Result<ChatReply, ApiError> {
+    pub async fn chat(&self, chat_id: Option<&str>, message: &str) -> Result<ChatReply, V0Error> {
         let bearer = self.bearer()?;
         let (url, body) = match chat_id {
             None => (
@@ -253,16 +270,16 @@ impl V0Gateway {
             .timeout(self.config.timeout)
             .send()
             .await;
-        let response = sent.map_err(|error| ApiError::Provider {
+        let response = sent.map_err(|error| ProviderError {
             status: if error.is_timeout() {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
                 StatusCode::BAD_GATEWAY
             },
             code: if error.is_timeout() {
-                "v0_timeout"
+                Code::V0Timeout
             } else {
-                "v0_unreachable"
+                Code::V0Unreachable
             },
             message: format!(
                 "v0 did not answer ({})",
@@ -278,9 +295,9 @@ impl V0Gateway {
         let status = response.status();
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            return Err(ApiError::Provider {
+            return Err(ProviderError {
                 status: StatusCode::BAD_GATEWAY,
-                code: "v0_error",
+                code: Code::V0Error,
                 message: format!(
                     "v0 answered HTTP {}: {}",
                     status.as_u16(),
@@ -288,7 +305,8 @@ impl V0Gateway {
                 ),
                 details: json!({ "v0_status": status.as_u16(), "type": answer["error"]["type"] }),
                 retry_after: None,
-            });
+            }
+            .into());
         }
         let text = answer["messages"]
             .as_array()

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod credentials;
+pub mod error;
 pub mod model_paths;
 pub mod models;
 pub mod nodes;

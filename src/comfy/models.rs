@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use super::error::ComfyError;
 use super::nodes::NodeCatalog;
 use super::proxy::ComfyGateway;
-use crate::error::ApiError;
 
 /// Where each folder's list comes from: (folder, loader node, input name).
 pub const SOURCES: [(&str, &str, &str); 8] = [
@@ -153,22 +153,22 @@ impl ModelCache {
         &self,
         gateway: &ComfyGateway,
         refresh: bool,
-    ) -> Result<Arc<ModelLists>, ApiError> {
+    ) -> Result<Arc<ModelLists>, ComfyError> {
         match self.scan(gateway, refresh).await {
             Ok(scan) => Ok(scan.lists.clone()),
-            Err(
-                ApiError::ComfyTimeout { upstream, .. } | ApiError::ComfyUnreachable { upstream },
-            ) => Err(ApiError::ComfyOffline {
-                upstream,
-                what: "the model lists cannot be read",
-            }),
+            Err(ComfyError::Timeout { upstream, .. } | ComfyError::Unreachable { upstream }) => {
+                Err(ComfyError::Offline {
+                    upstream,
+                    what: "the model lists cannot be read",
+                })
+            }
             Err(other) => Err(other),
         }
     }
 
     /// The backend's node classes, fresh as [`ModelCache::get`]; when the backend does not answer, its last
     /// known classes (ComfyUI loads its nodes at start-up, so they change only with a restart).
-    pub async fn nodes(&self, gateway: &ComfyGateway) -> Result<Arc<NodeCatalog>, ApiError> {
+    pub async fn nodes(&self, gateway: &ComfyGateway) -> Result<Arc<NodeCatalog>, ComfyError> {
         match self.scan(gateway, false).await {
             Ok(scan) => Ok(scan.nodes.clone()),
             Err(error) => match self.slot(gateway).lock().await.as_ref() {
@@ -195,7 +195,7 @@ impl ModelCache {
         None
     }
 
-    async fn scan(&self, gateway: &ComfyGateway, refresh: bool) -> Result<Arc<Scan>, ApiError> {
+    async fn scan(&self, gateway: &ComfyGateway, refresh: bool) -> Result<Arc<Scan>, ComfyError> {
         let slot = self.slot(gateway);
         let mut last = slot.lock().await;
         if let Some((at, scan)) = last.as_ref()

@@ -7,8 +7,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::error::ComfyError;
 use crate::config::ComfyBackend;
-use crate::error::ApiError;
 
 pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -18,23 +18,23 @@ pub async fn connect_upstream(
     backend: &ComfyBackend,
     http_uri: &Uri,
     timeout: std::time::Duration,
-) -> Result<UpstreamSocket, ApiError> {
+) -> Result<UpstreamSocket, ComfyError> {
     let path_and_query = http_uri
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/ws");
     let url = format!("ws://{}{}", backend.authority, path_and_query);
-    let request = url.into_client_request().map_err(ApiError::internal)?;
+    let request = url.into_client_request().map_err(ComfyError::internal)?;
     // No Origin header: ComfyUI only checks requests that carry one, and a server-side client has none.
     let connecting = tokio_tungstenite::connect_async(request);
     match tokio::time::timeout(timeout, connecting).await {
-        Err(_) => Err(ApiError::ComfyTimeout {
+        Err(_) => Err(ComfyError::Timeout {
             upstream: backend.origin(),
             seconds: timeout.as_secs_f64(),
         }),
         Ok(Err(error)) => {
             tracing::warn!(upstream = %backend.origin(), %error, "ComfyUI WebSocket refused");
-            Err(ApiError::ComfyUnreachable {
+            Err(ComfyError::Unreachable {
                 upstream: backend.origin(),
             })
         }

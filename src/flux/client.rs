@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use http::HeaderValue;
 use serde_json::{Map, Value, json};
 
+use crate::codes::Code;
 use crate::config::{FluxConfig, Secret};
 
 /// What came of sending a task.
@@ -27,7 +28,7 @@ pub enum Submitted {
     /// BFL answered with an error: nothing was started.
     Refused {
         status: u16,
-        code: &'static str,
+        code: Code,
         message: String,
         retry_after: Option<u64>,
     },
@@ -197,19 +198,19 @@ impl BflClient {
         }
         let (code, message) = match status.as_u16() {
             402 => (
-                "bfl_insufficient_credits",
+                Code::BflInsufficientCredits,
                 format!("BFL refused the task: no credits left on the account ({detail})"),
             ),
             429 => (
-                "bfl_rate_limited",
+                Code::BflRateLimited,
                 format!("BFL refused the task: too many active tasks ({detail})"),
             ),
             401 | 403 => (
-                "bfl_unauthorized",
+                Code::BflUnauthorized,
                 format!("BFL refused the key ({detail})"),
             ),
             _ => (
-                "bfl_rejected",
+                Code::BflRejected,
                 format!(
                     "BFL rejected the request (HTTP {}): {detail}",
                     status.as_u16()

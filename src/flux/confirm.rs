@@ -24,12 +24,13 @@ pub enum TokenProblem {
 }
 
 impl TokenProblem {
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> crate::codes::Code {
+        use crate::codes::Code;
         match self {
-            Self::Missing => "confirmation_required",
-            Self::Expired => "confirmation_expired",
-            Self::Mismatch => "confirmation_mismatch",
-            Self::Used => "confirmation_used",
+            Self::Missing => Code::ConfirmationRequired,
+            Self::Expired => Code::ConfirmationExpired,
+            Self::Mismatch => Code::ConfirmationMismatch,
+            Self::Used => Code::ConfirmationUsed,
         }
     }
 

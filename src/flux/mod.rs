@@ -4,4 +4,5 @@
 pub mod catalog;
 pub mod client;
 pub mod confirm;
+pub mod error;
 pub mod service;

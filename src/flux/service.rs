@@ -17,12 +17,15 @@ use serde_json::{Map, Value, json};
 use super::catalog::{self, ValidRequest, usd};
 use super::client::{BflClient, Polled, Submitted};
 use super::confirm::{Confirmer, TokenProblem};
+use super::error::FluxError;
+use crate::codes::{Code, Failure};
 use crate::config::FluxConfig;
-use crate::error::ApiError;
 use crate::jobs::key_locks::KeyLocks;
 use crate::jobs::model::{Backend, EventKind};
 use crate::jobs::model::{Job, JobStatus, OutputFile, today};
+use crate::jobs::refusal::Refusal;
 use crate::jobs::runner::{Jobs, finished};
+use crate::problems::{Invalid, NotConfigured, ProviderError};
 use crate::store::{IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError};
 
 /// Keys are remembered this long (Stripe keeps them 24 hours).
@@ -113,14 +116,14 @@ impl Flux {
         &self,
         body: &Value,
         idempotency_key: Option<&str>,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<Answer, FluxError> {
         let Some(body) = body.as_object() else {
-            return Err(ApiError::invalid("body", "must be a JSON object"));
+            return Err(Refusal::invalid("body", "must be a JSON object").into());
         };
         let dry_run = match body.get("dryRun").or_else(|| body.get("dry_run")) {
             None | Some(Value::Null) => true,
             Some(Value::Bool(flag)) => *flag,
-            Some(_) => return Err(ApiError::invalid("dryRun", "must be true or false")),
+            Some(_) => return Err(Refusal::invalid("dryRun", "must be true or false").into()),
         };
         let token = match body
             .get("confirmToken")
@@ -128,28 +131,31 @@ impl Flux {
         {
             None | Some(Value::Null) => None,
             Some(Value::String(token)) => Some(token.as_str()),
-            Some(_) => return Err(ApiError::invalid("confirmToken", "must be a string")),
+            Some(_) => return Err(Refusal::invalid("confirmToken", "must be a string").into()),
         };
-        let request = catalog::validate(body).map_err(|fields| ApiError::Validation { fields })?;
+        let request =
+            catalog::validate(body).map_err(|fields| Refusal::Invalid(Invalid(fields)))?;
         if dry_run {
             return Ok(self.dry_run(&request).await);
         }
         if !self.0.config.allow_generation {
-            return Err(ApiError::GenerationDisabled { details: json!({}) });
+            return Err(Refusal::GenerationDisabled { details: json!({}) }.into());
         }
         if !self.is_configured() {
-            return Err(ApiError::NotConfigured {
-                code: "flux_not_configured",
+            return Err(Refusal::from(NotConfigured {
+                code: Code::FluxNotConfigured,
                 what: "FLUX (BFL_API_KEY)",
-            });
+            })
+            .into());
         }
         if let Some(key) = idempotency_key
             && !crate::jobs::key_locks::is_valid_key(key)
         {
-            return Err(ApiError::invalid(
+            return Err(Refusal::invalid(
                 "Idempotency-Key",
                 "must be 1 to 255 visible ASCII characters (a UUID is a good key)",
-            ));
+            )
+            .into());
         }
         // From here on money may move: the work runs as a task of its own, so a client that hangs up cannot cut
         // it short between the reservation, the submit and recording what BFL answered.
@@ -171,7 +177,7 @@ impl Flux {
                 }
             })
             .await
-            .map_err(ApiError::internal)?
+            .map_err(FluxError::internal)?
     }
 
     async fn dry_run(&self, request: &ValidRequest) -> Answer {
@@ -212,7 +218,7 @@ impl Flux {
         request: &ValidRequest,
         token: Option<&str>,
         key: &str,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<Answer, FluxError> {
         let fingerprint = fingerprint(request);
         let since = (chrono::Utc::now() - IDEMPOTENCY_WINDOW)
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -220,10 +226,10 @@ impl Flux {
         if let Some(record) = store
             .idempotency_record(IDEMPOTENCY_SCOPE, key, &since)
             .await
-            .map_err(ApiError::internal)?
+            .map_err(FluxError::internal)?
         {
             if record.fingerprint != fingerprint {
-                return Err(ApiError::IdempotencyKeyReused);
+                return Err(Refusal::IdempotencyKeyReused.into());
             }
             if let Some((status, body)) = record.response {
                 return Ok(Answer {
@@ -234,7 +240,7 @@ impl Flux {
             }
             // The first request was cut off (a crash) after its job was written: that job is the answer.
             if let Some(job) = match &record.job_id {
-                Some(id) => store.job(id).await.map_err(ApiError::internal)?,
+                Some(id) => store.job(id).await.map_err(FluxError::internal)?,
                 None => None,
             } {
                 return Ok(Answer {
@@ -255,14 +261,13 @@ impl Flux {
         // wrote nothing, and a task BFL certainly did not start gave its key back, so a repeat may succeed later.
         let record = match &answer {
             Ok(answer) => Some((answer.status, answer.body.clone())),
-            Err(error) if error_after_job(error) => Some((error.status(), error.body())),
-            Err(_) => None,
+            Err(error) => error.after_job(),
         };
         if let Some((status, body)) = record {
             store
                 .record_idempotent_response(IDEMPOTENCY_SCOPE, key, status.as_u16(), &body)
                 .await
-                .map_err(ApiError::internal)?;
+                .map_err(FluxError::internal)?;
         }
         answer
     }
@@ -272,12 +277,9 @@ impl Flux {
         request: &ValidRequest,
         token: Option<&str>,
         claim: Option<IdempotencyClaim<'_>>,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<Answer, FluxError> {
         let price = request.price_micros;
-        let refused = |problem: TokenProblem| ApiError::Confirmation {
-            code: problem.code(),
-            message: problem.message(),
-        };
+        let refused = Refusal::Confirmation;
         let token_id = self
             .0
             .confirmer
@@ -306,15 +308,12 @@ impl Flux {
         let job = match self.store().reserve_paid_job(paid).await {
             Ok(Reservation::Reserved(job)) => *job,
             Ok(Reservation::OverBudget(usage)) => {
-                return Err(ApiError::budget_exceeded(
-                    price,
-                    limit,
-                    usage.spent,
-                    usage.reserved,
-                ));
+                return Err(
+                    Refusal::budget_exceeded(price, limit, usage.spent, usage.reserved).into(),
+                );
             }
-            Ok(Reservation::TokenUsed) => return Err(refused(TokenProblem::Used)),
-            Err(error) => return Err(ApiError::internal(error)),
+            Ok(Reservation::TokenUsed) => return Err(refused(TokenProblem::Used).into()),
+            Err(error) => return Err(FluxError::internal(error)),
         };
         self.submit(job, request.model.name, &request.payload).await
     }
@@ -325,7 +324,7 @@ impl Flux {
         job: Job,
         model: &str,
         payload: &Map<String, Value>,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<Answer, FluxError> {
         let jobs = &self.0.jobs;
         let store = self.store();
         match self.0.client.submit(model, payload).await {
@@ -367,42 +366,40 @@ impl Flux {
                 message,
                 retry_after,
             } => {
-                jobs.fail(&job.id, json!({ "code": code, "message": message, "details": { "bfl_status": status } }))
-                    .await;
+                let failure =
+                    Failure::new(code, &message).with_details(json!({ "bfl_status": status }));
+                jobs.fail(&job.id, failure).await;
                 if let Err(error) = store.release_paid_job(&job.id).await {
                     tracing::error!(job = %job.id, %error, "cannot release a FLUX job BFL did not start");
                 }
-                tracing::warn!(job = %job.id, model, bfl_status = status, code, "BFL refused a FLUX task");
+                tracing::warn!(job = %job.id, model, bfl_status = status, %code, "BFL refused a FLUX task");
                 let status = match status {
                     429 => StatusCode::TOO_MANY_REQUESTS,
                     _ => StatusCode::BAD_GATEWAY,
                 };
-                Err(ApiError::Provider {
+                Err(FluxError::Provider(ProviderError {
                     status,
                     code,
                     message,
                     details: json!({ "job_id": job.id }),
                     retry_after: retry_after
                         .or((status == StatusCode::TOO_MANY_REQUESTS).then_some(10)),
-                })
+                }))
             }
             Submitted::NotSent(why) => {
                 let message = format!("{why}; nothing was sent or charged");
-                jobs.fail(
-                    &job.id,
-                    json!({ "code": "bfl_unreachable", "message": message }),
-                )
-                .await;
+                jobs.fail(&job.id, Failure::new(Code::BflUnreachable, &message))
+                    .await;
                 if let Err(error) = store.release_paid_job(&job.id).await {
                     tracing::error!(job = %job.id, %error, "cannot release a FLUX job BFL did not start");
                 }
-                Err(ApiError::Provider {
+                Err(FluxError::Provider(ProviderError {
                     status: StatusCode::BAD_GATEWAY,
-                    code: "bfl_unreachable",
+                    code: Code::BflUnreachable,
                     message,
                     details: json!({ "job_id": job.id }),
                     retry_after: None,
-                })
+                }))
             }
             Submitted::Unknown(why) => {
                 let message = format!(
@@ -410,18 +407,18 @@ impl Flux {
                 );
                 let change = JobChange {
                     status: Some(JobStatus::NeedsReconcile),
-                    error: Some(json!({ "code": "bfl_outcome_unknown", "message": message })),
+                    error: Some(Failure::new(Code::BflOutcomeUnknown, &message).into_json()),
                     ..Default::default()
                 };
                 jobs.change(&job.id, EventKind::State, change).await;
                 tracing::warn!(job = %job.id, model, "a FLUX submit's outcome is unknown");
-                Err(ApiError::Provider {
+                Err(FluxError::Provider(ProviderError {
                     status: StatusCode::BAD_GATEWAY,
-                    code: "bfl_outcome_unknown",
+                    code: Code::BflOutcomeUnknown,
                     message,
                     details: json!({ "job_id": job.id, "status": JobStatus::NeedsReconcile }),
                     retry_after: None,
-                })
+                }))
             }
         }
     }
@@ -462,11 +459,8 @@ impl Flux {
                     "BFL did not finish the task within {} s; it may still finish on BFL's side",
                     self.0.config.poll_timeout.as_secs()
                 );
-                jobs.fail(
-                    &job_id,
-                    json!({ "code": "bfl_timeout", "message": message }),
-                )
-                .await;
+                jobs.fail(&job_id, Failure::new(Code::BflTimeout, message))
+                    .await;
                 return;
             }
             match polled {
@@ -496,11 +490,9 @@ impl Flux {
                     };
                     let message =
                         format!("BFL's moderation flagged {what} ({status}); no image was made");
-                    jobs.fail(
-                        &job_id,
-                        json!({ "code": "bfl_moderated", "message": message, "details": { "bfl_status": status, "details": details } }),
-                    )
-                    .await;
+                    let failure = Failure::new(Code::BflModerated, message)
+                        .with_details(json!({ "bfl_status": status, "details": details }));
+                    jobs.fail(&job_id, failure).await;
                     return;
                 }
                 Polled::NotFound => {
@@ -508,7 +500,7 @@ impl Flux {
                     if not_found >= 5 {
                         jobs.lose(
                             &job_id,
-                            "bfl_task_not_found",
+                            Code::BflTaskNotFound,
                             "BFL no longer knows the task (unknown or expired id)",
                         )
                         .await;
@@ -517,11 +509,10 @@ impl Flux {
                     pause = Duration::from_secs(2).max(self.0.config.poll_interval);
                 }
                 Polled::Failed { details } => {
-                    jobs.fail(
-                        &job_id,
-                        json!({ "code": "bfl_failed", "message": "BFL reported an error for the task", "details": details }),
-                    )
-                    .await;
+                    let failure =
+                        Failure::new(Code::BflFailed, "BFL reported an error for the task")
+                            .with_details(details);
+                    jobs.fail(&job_id, failure).await;
                     return;
                 }
                 Polled::Unauthorized(status) => {
@@ -530,11 +521,8 @@ impl Flux {
                         let message = format!(
                             "BFL refuses to show the task to this key (HTTP {status}); was BFL_API_KEY changed?"
                         );
-                        jobs.fail(
-                            &job_id,
-                            json!({ "code": "bfl_unauthorized", "message": message }),
-                        )
-                        .await;
+                        jobs.fail(&job_id, Failure::new(Code::BflUnauthorized, message))
+                            .await;
                         return;
                     }
                     pause = (pause.mul_f64(1.5)).min(MAX_POLL_PAUSE);
@@ -582,11 +570,9 @@ impl Flux {
                 Err(why) => last_error = why,
             }
         }
-        jobs.fail(
-            job_id,
-            json!({ "code": "bfl_download_failed", "message": format!("the image was made but could not be saved: {last_error}") }),
-        )
-        .await;
+        let message = format!("the image was made but could not be saved: {last_error}");
+        jobs.fail(job_id, Failure::new(Code::BflDownloadFailed, message))
+            .await;
     }
 
     /// After a restart: submitted tasks are polled again; a job whose submit was cut off by the stop becomes
@@ -619,11 +605,14 @@ impl Flux {
                 None => {
                     let change = JobChange {
                         status: Some(JobStatus::NeedsReconcile),
-                        error: Some(json!({
-                            "code": "submit_interrupted",
-                            "message": "Orchestrator stopped while this job was being sent to BFL. It may have been \
-                                        charged; it is not sent again. Check the BFL dashboard."
-                        })),
+                        error: Some(
+                            Failure::new(
+                                Code::SubmitInterrupted,
+                                "Orchestrator stopped while this job was being sent to BFL. It may have been \
+                                 charged; it is not sent again. Check the BFL dashboard.",
+                            )
+                            .into_json(),
+                        ),
                         ..Default::default()
                     };
                     self.0.jobs.change(&job.id, EventKind::State, change).await;
@@ -631,11 +620,6 @@ impl Flux {
             }
         }
     }
-}
-
-/// A submit whose outcome is unknown: its answer is kept for an idempotent repeat, which must never send again.
-fn error_after_job(error: &ApiError) -> bool {
-    matches!(error, ApiError::Provider { code, .. } if *code == "bfl_outcome_unknown")
 }
 
 /// What an idempotency key binds to: the validated request, so key order and camelCase spellings do not matter.

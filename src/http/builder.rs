@@ -55,10 +55,7 @@ pub async fn builder_send(
         ));
     }
     if !state.v0.is_configured() {
-        return Err(ApiError::NotConfigured {
-            code: "v0_not_configured",
-            what: "the v0 Platform API (V0_API_KEY)",
-        });
+        return Err(ApiError::NotConfigured(crate::v0::NOT_CONFIGURED));
     }
     let store = &state.store;
     let chat_id = store

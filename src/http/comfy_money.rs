@@ -13,12 +13,15 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::codes::Code;
 use crate::comfy::credentials;
+use crate::comfy::error::ComfyError;
 use crate::comfy::nodes::Unclassified;
 use crate::comfy::prompt::Unreadable;
 use crate::error::ApiError;
 use crate::flux::catalog::usd;
 use crate::jobs::gate::Assessment;
+use crate::problems::RequestError;
 
 /// The largest answer that is checked for credentials; ComfyUI's history is capped at 10,000 prompts.
 const MAX_ECHO_BYTES: usize = 256 * 1024 * 1024;
@@ -34,7 +37,7 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
     {
         return comfy_refusal(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            Code::UnsupportedMediaType,
             &format!("A prompt must be UTF-8 JSON; charset={charset} is not taken."),
             json!({}),
             json!({}),
@@ -53,16 +56,16 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
     {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return ApiError::PayloadTooLarge { limit }.into_response();
+            return ApiError::from(RequestError::PayloadTooLarge { limit }).into_response();
         }
-        Err(_) => return ApiError::RequestBodyUnreadable.into_response(),
+        Err(_) => return ApiError::from(RequestError::BodyUnreadable).into_response(),
     };
     let prompt = match crate::comfy::prompt::read(&bytes) {
         Ok(prompt) => prompt,
         Err(Unreadable::NotJson) => {
             return comfy_refusal(
                 StatusCode::BAD_REQUEST,
-                "invalid_body",
+                Code::InvalidBody,
                 "The prompt is not valid JSON.",
                 json!({}),
                 json!({}),
@@ -73,7 +76,7 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
     if let Some(nodes) = &prompt.nodes {
         let catalog = match state.models.nodes(&state.gateway).await {
             Ok(catalog) => catalog,
-            Err(error) => return error.into_response(),
+            Err(error) => return ApiError::from(error).into_response(),
         };
         match catalog.any_paid(nodes) {
             Ok(false) => {}
@@ -91,7 +94,7 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
                 let (id, class) = &unknown[0];
                 return comfy_refusal(
                     StatusCode::BAD_REQUEST,
-                    "invalid_prompt",
+                    Code::InvalidPrompt,
                     &format!("Cannot execute because node {class} does not exist."),
                     json!(format!("Node ID '#{id}'")),
                     json!({}),
@@ -111,7 +114,7 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
         .forward(request, path)
         .await
         .map(|answer| answer.map(axum::body::Body::new))
-        .unwrap_or_else(IntoResponse::into_response)
+        .unwrap_or_else(|error| ApiError::from(error).into_response())
 }
 
 /// The `charset` parameter of the Content-Type, lower-cased, quotes removed.
@@ -130,7 +133,7 @@ fn charset(headers: &http::HeaderMap) -> Option<String> {
 fn not_a_workflow() -> Response {
     comfy_refusal(
         StatusCode::BAD_REQUEST,
-        "invalid_prompt",
+        Code::InvalidPrompt,
         "Cannot execute because the prompt is not one object of nodes, each with a class_type and each id once.",
         json!(""),
         json!({}),
@@ -165,7 +168,7 @@ async fn refuse_paid(state: &AppState, workflow: &Value, assessment: &Assessment
         );
         return comfy_refusal(
             StatusCode::FORBIDDEN,
-            "generation_disabled",
+            Code::GenerationDisabled,
             &message,
             assessment.approval_json(),
             node_errors("Paid node: generation is disabled on this server"),
@@ -189,7 +192,7 @@ async fn refuse_paid(state: &AppState, workflow: &Value, assessment: &Assessment
     );
     comfy_refusal(
         StatusCode::PAYMENT_REQUIRED,
-        "confirmation_required",
+        Code::ConfirmationRequired,
         &message,
         details,
         node_errors("Paid node: confirm its price in Orchestrator's panel"),
@@ -199,7 +202,7 @@ async fn refuse_paid(state: &AppState, workflow: &Value, assessment: &Assessment
 /// An error both Orchestrator's clients (`error.code`) and ComfyUI's editor (`error.type`, `node_errors`) read.
 fn comfy_refusal(
     status: StatusCode,
-    code: &str,
+    code: Code,
     message: &str,
     details: Value,
     node_errors: Value,
@@ -225,8 +228,10 @@ pub async fn clear_echo(response: Response, secret: Option<&str>) -> Response {
         .get(header::CONTENT_ENCODING)
         .is_some_and(|e| e.as_bytes() != b"identity")
     {
-        return ApiError::ComfyBadResponse("a compressed answer that may hold credentials".into())
-            .into_response();
+        return ApiError::from(ComfyError::BadResponse(
+            "a compressed answer that may hold credentials".into(),
+        ))
+        .into_response();
     }
     let bytes = match http_body_util::Limited::new(body, MAX_ECHO_BYTES)
         .collect()
@@ -234,15 +239,19 @@ pub async fn clear_echo(response: Response, secret: Option<&str>) -> Response {
     {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
-            return ApiError::ComfyBadResponse(format!("cannot read the answer: {error}"))
-                .into_response();
+            return ApiError::from(ComfyError::BadResponse(format!(
+                "cannot read the answer: {error}"
+            )))
+            .into_response();
         }
     };
     let body = if credentials::may_hold(&bytes, secret) {
         let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
             // The mark in a text that is not JSON: not passed on, as it cannot be cleared.
-            return ApiError::ComfyBadResponse("an answer that may hold credentials".into())
-                .into_response();
+            return ApiError::from(ComfyError::BadResponse(
+                "an answer that may hold credentials".into(),
+            ))
+            .into_response();
         };
         match credentials::strip(&mut value, secret) {
             true => serde_json::to_vec(&value).unwrap_or_default().into(),

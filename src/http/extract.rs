@@ -39,9 +39,9 @@ where
 
     async fn from_request(request: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
         use http_body_util::BodyExt;
-        let too_large = ApiError::PayloadTooLarge {
+        let too_large = ApiError::from(crate::problems::RequestError::PayloadTooLarge {
             limit: LIMIT as u64,
-        };
+        });
         let declared = request
             .headers()
             .get(http::header::CONTENT_LENGTH)

@@ -97,7 +97,7 @@ async fn relay(state: &AppState, request: Request, path: &str) -> Response {
         .forward(request, path)
         .await
         .map(|answer| answer.map(axum::body::Body::new))
-        .unwrap_or_else(IntoResponse::into_response);
+        .unwrap_or_else(|error| ApiError::from(error).into_response());
     if echoes_prompts {
         let secret = state.config.comfy_org.api_key.as_ref().map(|k| k.expose());
         return comfy_money::clear_echo(response, secret).await;

@@ -11,10 +11,13 @@ use serde_json::{Map, Value, json};
 use super::extract::Query;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::flux::confirm::TokenProblem;
 use crate::jobs::model::{Job, JobStatus};
 use crate::jobs::paid::{Submission, Submitted};
+use crate::jobs::refusal::Refusal;
 use crate::jobs::runner::{JobError, Upload, safe_file_name};
 use crate::jobs::templates::ParamKind;
+use crate::problems::Invalid;
 
 /// A template with parameters, or an API-format workflow: one of the two.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -130,7 +133,7 @@ pub async fn submit(
             let workflow = state
                 .templates
                 .instantiate(&name, &params, lists.as_deref())
-                .map_err(|fields| ApiError::Validation { fields })?;
+                .map_err(|fields| ApiError::Validation(Invalid(fields)))?;
             (Some(name), workflow)
         }
     };
@@ -258,7 +261,7 @@ fn take_uploads(state: &AppState, template: &str, params: &mut Value) -> ApiResu
     if fields.is_empty() {
         Ok(uploads)
     } else {
-        Err(ApiError::Validation { fields })
+        Err(ApiError::Validation(Invalid(fields)))
     }
 }
 
@@ -311,7 +314,7 @@ fn check_workflow(workflow: &Value) -> ApiResult<()> {
     if fields.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::Validation { fields })
+        Err(ApiError::Validation(Invalid(fields)))
     }
 }
 
@@ -326,7 +329,8 @@ fn job_error(error: JobError) -> ApiError {
             job_id: job.id,
             details,
         },
-        JobError::Comfy(error) => error,
+        JobError::Comfy(error) => error.into(),
+        JobError::Task(error) => ApiError::internal(error),
         JobError::Store(error) => ApiError::internal(error),
         JobError::NotFound(id) => ApiError::JobNotFound { id },
         JobError::Finished(status) => ApiError::JobFinished { status },
@@ -334,7 +338,7 @@ fn job_error(error: JobError) -> ApiError {
             backend,
             why: "BFL cannot stop a task once it is sent, and it is charged",
         },
-        JobError::Refused(error) => *error,
+        JobError::Refused(refusal) => ApiError::Refused(*refusal),
         JobError::UnknownClasses(unknown) => {
             let fields = unknown
                 .into_iter()
@@ -345,15 +349,15 @@ fn job_error(error: JobError) -> ApiError {
                     )
                 })
                 .collect();
-            ApiError::Validation { fields }
+            ApiError::Validation(Invalid(fields))
         }
-        JobError::AwaitingConfirmation(job) => ApiError::NeedsConfirmation {
-            code: "confirmation_required",
+        JobError::AwaitingConfirmation(job) => ApiError::Refused(Refusal::NeedsConfirmation {
+            problem: TokenProblem::Missing,
             message: "The workflow has paid nodes on the ComfyUI it was going to; it waits for a person's \
                       confirmation (POST /api/jobs/{id}/confirm)"
                 .into(),
             details: json!({ "job_id": job.id, "status": job.status, "approval": job.approval }),
-        },
+        }),
     }
 }
 

@@ -8,8 +8,10 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::codes::Code;
 use crate::comfy::model_paths::{self, Created, Report, WriteError};
 use crate::error::{ApiError, ApiResult};
+use crate::problems::NotConfigured;
 
 fn file(state: &AppState) -> ApiResult<PathBuf> {
     state
@@ -18,10 +20,10 @@ fn file(state: &AppState) -> ApiResult<PathBuf> {
         .comfy_dir
         .as_deref()
         .map(model_paths::file_in)
-        .ok_or(ApiError::NotConfigured {
-            code: "comfy_dir_not_configured",
+        .ok_or(ApiError::NotConfigured(NotConfigured {
+            code: Code::ComfyDirNotConfigured,
             what: "ComfyUI's folder (COMFY_DIR)",
-        })
+        }))
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {

@@ -86,4 +86,5 @@ pub async fn v0_gateway(State(state): State<AppState>, request: Request) -> ApiR
         .forward(request, &path)
         .await
         .map(|response| response.map(axum::body::Body::new))
+        .map_err(ApiError::from)
 }

@@ -3,25 +3,23 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 
+use crate::comfy::error::ComfyError;
 use crate::error::ApiError;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let code = self.code().as_str();
         match &self {
-            Self::Internal(cause) => {
-                tracing::error!(error = %cause, code = self.code(), "internal error")
+            Self::Internal(cause) | Self::Comfy(ComfyError::Internal(cause)) => {
+                tracing::error!(error = %cause, code, "internal error")
             }
-            Self::ComfyBadResponse(why) => {
-                tracing::warn!(why, code = self.code(), "bad answer from ComfyUI")
+            Self::Comfy(ComfyError::BadResponse(why)) => {
+                tracing::warn!(why, code, "bad answer from ComfyUI")
             }
-            _ => tracing::debug!(code = self.code(), %status, "request refused"),
+            _ => tracing::debug!(code, %status, "request refused"),
         }
-        let retry_after = match &self {
-            Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Provider { retry_after, .. } => *retry_after,
-            _ => None,
-        };
+        let retry_after = self.retry_after();
         let mut response = (status, Json(self.body())).into_response();
         if let Some(seconds) = retry_after {
             response

@@ -5,5 +5,6 @@ pub mod key_locks;
 pub mod model;
 pub mod paid;
 pub mod price;
+pub mod refusal;
 pub mod runner;
 pub mod templates;

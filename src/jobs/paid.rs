@@ -16,16 +16,19 @@ use serde_json::{Value, json};
 use super::gate::{Assessment, Gate};
 use super::key_locks::KeyLocks;
 use super::model::{Job, JobStatus, today};
+use super::refusal::Refusal;
 use super::runner::{JobError, Jobs, Upload};
+use crate::codes::Code;
 use crate::comfy::credentials;
+use crate::comfy::error::ComfyError;
 use crate::comfy::models::ModelCache;
 use crate::comfy::nodes::{NodeCatalog, Unclassified};
 use crate::comfy::proxy::ComfyGateway;
 use crate::config::Secret;
-use crate::error::ApiError;
 use crate::flux::catalog::usd;
 use crate::flux::confirm::TokenProblem;
 use crate::jobs::model::{Backend, EventKind};
+use crate::problems::NotConfigured;
 use crate::store::{Approval, ApproveJob, IdempotencyClaim, NewJob, PaidJob, Reservation};
 
 /// Keys are remembered this long, as for FLUX.
@@ -63,13 +66,13 @@ pub enum Submitted {
     Replayed(StatusCode, Value),
 }
 
-fn refused(error: ApiError) -> JobError {
+fn refused(error: Refusal) -> JobError {
     JobError::Refused(Box::new(error))
 }
 
 fn unclassified(problem: Unclassified) -> JobError {
     match problem {
-        Unclassified::NotAWorkflow => refused(ApiError::invalid(
+        Unclassified::NotAWorkflow => refused(Refusal::invalid(
             "workflow",
             "must be an object of nodes, each with a class_type (ComfyUI's API format)",
         )),
@@ -159,15 +162,12 @@ impl Jobs {
     /// The refusals a paid workflow gets before any token is looked at, in the order of the money rules.
     fn paid_allowed(&self, assessment: &Assessment) -> Result<(), JobError> {
         if !self.gate().allow_generation {
-            return Err(refused(ApiError::GenerationDisabled {
+            return Err(refused(Refusal::GenerationDisabled {
                 details: assessment.approval_json(),
             }));
         }
         if self.money.api_key.is_none() {
-            return Err(refused(ApiError::NotConfigured {
-                code: "comfy_org_not_configured",
-                what: "Comfy.org API nodes (COMFY_ORG_API_KEY)",
-            }));
+            return Err(refused(COMFY_ORG_NOT_CONFIGURED.into()));
         }
         Ok(())
     }
@@ -179,8 +179,8 @@ impl Jobs {
         bound: &Value,
         assessment: &Assessment,
     ) -> JobError {
-        refused(ApiError::NeedsConfirmation {
-            code: problem.code(),
+        refused(Refusal::NeedsConfirmation {
+            problem,
             message: format!(
                 "This workflow has paid nodes (estimated ${:.3}); it runs only with a person's confirmation. {}",
                 usd(assessment.total_micros),
@@ -203,10 +203,10 @@ impl Jobs {
                     .map_err(unclassified)?,
             ),
             None if submission.dry_run || submission.token.is_some() => {
-                return Err(refused(ApiError::ComfyOffline {
+                return Err(refused(Refusal::Comfy(ComfyError::Offline {
                     upstream: self.origins(),
                     what: "it cannot be told which of the workflow's nodes cost money",
-                }));
+                })));
             }
             None => None,
         };
@@ -230,10 +230,10 @@ impl Jobs {
         };
         self.paid_allowed(&assessment)?;
         let Some(gateway) = gateway else {
-            return Err(refused(ApiError::ComfyOffline {
+            return Err(refused(Refusal::Comfy(ComfyError::Offline {
                 upstream: self.origins(),
                 what: "a paid workflow is sent only to a ComfyUI that answers",
-            }));
+            })));
         };
         if let Some(key) = &submission.idempotency_key {
             check_key(key)?;
@@ -255,7 +255,7 @@ impl Jobs {
                 }
             })
             .await
-            .map_err(|e| refused(ApiError::internal(e)))?
+            .map_err(JobError::Task)?
     }
 
     async fn submit_paid(
@@ -326,7 +326,7 @@ impl Jobs {
 
     fn over_budget(&self, assessment: &Assessment, usage: crate::store::BudgetUsage) -> JobError {
         let limit = self.money.daily_budget_micros;
-        refused(ApiError::budget_exceeded(
+        refused(Refusal::budget_exceeded(
             assessment.total_micros,
             limit,
             usage.spent,
@@ -348,7 +348,7 @@ impl Jobs {
             return Ok(None);
         };
         if record.fingerprint != fingerprint {
-            return Err(refused(ApiError::IdempotencyKeyReused));
+            return Err(refused(Refusal::IdempotencyKeyReused));
         }
         if let Some((status, body)) = record.response {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
@@ -428,7 +428,7 @@ impl Jobs {
                 }
             })
             .await
-            .map_err(|e| refused(ApiError::internal(e)))?
+            .map_err(JobError::Task)?
     }
 
     async fn confirm_once(
@@ -449,7 +449,7 @@ impl Jobs {
             .await?
             .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
         if job.status != JobStatus::AwaitingConfirmation {
-            return Err(refused(ApiError::NotAwaitingConfirmation {
+            return Err(refused(Refusal::NotAwaitingConfirmation {
                 status: job.status.as_str(),
             }));
         }
@@ -491,7 +491,7 @@ impl Jobs {
                     .await);
             }
             Approval::NotAwaiting(status) => {
-                return Err(refused(ApiError::NotAwaitingConfirmation {
+                return Err(refused(Refusal::NotAwaitingConfirmation {
                     status: status.map_or("gone", JobStatus::as_str),
                 }));
             }
@@ -542,10 +542,7 @@ impl Jobs {
         }
         match &self.money.api_key {
             Some(key) => Ok(Some(key.clone())),
-            None => Err(refused(ApiError::NotConfigured {
-                code: "comfy_org_not_configured",
-                what: "Comfy.org API nodes (COMFY_ORG_API_KEY)",
-            })),
+            None => Err(refused(COMFY_ORG_NOT_CONFIGURED.into())),
         }
     }
 
@@ -558,10 +555,15 @@ impl Jobs {
     }
 }
 
+const COMFY_ORG_NOT_CONFIGURED: NotConfigured = NotConfigured {
+    code: Code::ComfyOrgNotConfigured,
+    what: "Comfy.org API nodes (COMFY_ORG_API_KEY)",
+};
+
 /// An `Idempotency-Key`, or the 422 naming it.
 fn check_key(key: &str) -> Result<(), JobError> {
     if !super::key_locks::is_valid_key(key) {
-        return Err(refused(ApiError::invalid(
+        return Err(refused(Refusal::invalid(
             "Idempotency-Key",
             "must be 1 to 255 visible ASCII characters (a UUID is a good key)",
         )));

@@ -72,6 +72,24 @@ fn only_http_and_ui_know_axum() {
 }
 
 #[test]
+fn only_http_and_ui_answer_with_api_errors() {
+    // The domains return their own error enums; which HTTP status each gets is decided in `error.rs`.
+    assert_eq!(
+        offenders(&["ApiError", "ApiResult"], &["http/", "ui/", "error.rs"]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn every_error_code_is_a_code() {
+    // A code typed as a string literal next to `"code"` would bypass the table in `codes.rs` (and its docs).
+    assert_eq!(
+        offenders(&[r#""code": ""#, r#"code: ""#], &["codes.rs"]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
 fn only_service_starts_processes() {
     // Started through std's or tokio's `process::Command` or process-wrap, however imported.
     let starts = [

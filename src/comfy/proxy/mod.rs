@@ -12,8 +12,9 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::percent_decode_str;
 
 use super::body::{BoxError, IdleTimeout, SizeLimit};
+use crate::comfy::error::ComfyError;
 use crate::config::{ComfyBackend, ComfyConfig};
-use crate::error::ApiError;
+use crate::problems::RequestError;
 
 /// The body of every request to ComfyUI and every answer from it: any body, boxed once. (The HTTP layer turns its
 /// own into this and back; this module knows no web framework.)
@@ -85,7 +86,7 @@ impl ComfyGateway {
         &self,
         request: Request<B>,
         upstream_path: &str,
-    ) -> Result<Response<Body>, ApiError>
+    ) -> Result<Response<Body>, ComfyError>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -96,7 +97,7 @@ impl ComfyGateway {
 
         let limit = self.settings.max_body_bytes;
         if declared_length(&parts.headers).is_some_and(|len| len > limit) {
-            return Err(ApiError::PayloadTooLarge { limit });
+            return Err(ComfyError::Request(RequestError::PayloadTooLarge { limit }));
         }
 
         let mut headers = parts.headers;
@@ -133,7 +134,7 @@ impl ComfyGateway {
         let answer = tokio::time::timeout(deadline, self.client.request(upstream)).await;
         let response = match answer {
             Err(_elapsed) => {
-                return Err(ApiError::ComfyTimeout {
+                return Err(ComfyError::Timeout {
                     upstream: self.backend.origin(),
                     seconds: deadline.as_secs_f64(),
                 });
@@ -141,7 +142,7 @@ impl ComfyGateway {
             Ok(Err(_))
                 if too_large.is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst)) =>
             {
-                return Err(ApiError::PayloadTooLarge { limit });
+                return Err(ComfyError::Request(RequestError::PayloadTooLarge { limit }));
             }
             // The client's own body broke (bad chunked framing, or it hung up mid-upload): not ComfyUI's doing.
             Ok(Err(error))
@@ -149,7 +150,7 @@ impl ComfyGateway {
                     .is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst)) =>
             {
                 tracing::debug!(%error, "the client's request body failed");
-                return Err(ApiError::RequestBodyUnreadable);
+                return Err(ComfyError::Request(RequestError::BodyUnreadable));
             }
             Ok(Err(error)) => return Err(self.classify(error)),
             Ok(Ok(response)) => response,
@@ -188,7 +189,7 @@ impl ComfyGateway {
         bytes: bytes::Bytes,
         file_name: &str,
         content_type: &str,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, ComfyError> {
         let boundary = format!("orchestrator-{}", uuid::Uuid::new_v4().simple());
         let file_name = file_name.replace(['"', '\r', '\n'], "_");
         let head = format!(
@@ -209,7 +210,7 @@ impl ComfyGateway {
                 format!("multipart/form-data; boundary={boundary}"),
             )
             .body(full(body))
-            .map_err(ApiError::internal)?;
+            .map_err(ComfyError::internal)?;
         let deadline = self.settings.write_timeout;
         let response = self.send_within(request, deadline).await?;
         let status = response.status();
@@ -226,7 +227,7 @@ impl ComfyGateway {
                     None => name.to_owned(),
                 },
             ),
-            _ => Err(ApiError::ComfyBadResponse(format!(
+            _ => Err(ComfyError::BadResponse(format!(
                 "POST /upload/image answered {status}"
             ))),
         }
@@ -237,14 +238,14 @@ impl ComfyGateway {
         &self,
         path: &str,
         body: &serde_json::Value,
-    ) -> Result<(http::StatusCode, serde_json::Value), ApiError> {
+    ) -> Result<(http::StatusCode, serde_json::Value), ComfyError> {
         let uri = self.upstream_uri(path, None)?;
         let request = Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json")
             .body(full(body.to_string()))
-            .map_err(ApiError::internal)?;
+            .map_err(ComfyError::internal)?;
         let deadline = self.settings.write_timeout;
-        let timeout = || ApiError::ComfyTimeout {
+        let timeout = || ComfyError::Timeout {
             upstream: self.backend.origin(),
             seconds: deadline.as_secs_f64(),
         };
@@ -256,7 +257,7 @@ impl ComfyGateway {
         )
         .await
         .map_err(|_| timeout())?
-        .map_err(|e| ApiError::ComfyBadResponse(format!("POST {path}: {e}")))?
+        .map_err(|e| ComfyError::BadResponse(format!("POST {path}: {e}")))?
         .to_bytes();
         let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
@@ -271,16 +272,16 @@ impl ComfyGateway {
         path: &str,
         query: &str,
         dest: &std::path::Path,
-    ) -> Result<(u64, String), ApiError> {
+    ) -> Result<(u64, String), ComfyError> {
         let uri = self.upstream_uri(path, Some(query))?;
         let request = Request::get(uri)
             .body(empty())
-            .map_err(ApiError::internal)?;
+            .map_err(ComfyError::internal)?;
         let response = self
             .send_within(request, self.settings.read_timeout)
             .await?;
         if !response.status().is_success() {
-            return Err(ApiError::ComfyBadResponse(format!(
+            return Err(ComfyError::BadResponse(format!(
                 "GET {path}?{query} answered {}",
                 response.status()
             )));
@@ -294,7 +295,7 @@ impl ComfyGateway {
         // A file of its own beside the target, put in place whole (never a half-written output under the name).
         let mut file = crate::fs_safe::AtomicFile::create(dest)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ComfyError::internal)?;
         let mut body = IdleTimeout::new(
             response.into_body(),
             self.settings.idle_timeout,
@@ -302,14 +303,13 @@ impl ComfyGateway {
         );
         let mut size = 0u64;
         while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| ApiError::ComfyBadResponse(format!("GET {path}: {e}")))?;
+            let frame = frame.map_err(|e| ComfyError::BadResponse(format!("GET {path}: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 size += data.len() as u64;
-                file.write_all(&data).await.map_err(ApiError::internal)?;
+                file.write_all(&data).await.map_err(ComfyError::internal)?;
             }
         }
-        file.commit().await.map_err(ApiError::internal)?;
+        file.commit().await.map_err(ComfyError::internal)?;
         Ok((size, content_type))
     }
 
@@ -318,16 +318,16 @@ impl ComfyGateway {
         &self,
         path: &str,
         max_bytes: usize,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<serde_json::Value, ComfyError> {
         let uri = self.upstream_uri(path, None)?;
         let request = Request::get(uri)
             .body(empty())
-            .map_err(ApiError::internal)?;
+            .map_err(ComfyError::internal)?;
         let response = self
             .send_within(request, self.settings.read_timeout)
             .await?;
         if !response.status().is_success() {
-            return Err(ApiError::ComfyBadResponse(format!(
+            return Err(ComfyError::BadResponse(format!(
                 "GET {path} answered {}",
                 response.status()
             )));
@@ -337,21 +337,23 @@ impl ComfyGateway {
             Limited::new(response.into_body(), max_bytes).collect(),
         )
         .await
-        .map_err(|_| ApiError::ComfyTimeout {
+        .map_err(|_| ComfyError::Timeout {
             upstream: self.backend.origin(),
             seconds: self.settings.read_timeout.as_secs_f64(),
         })?
-        .map_err(|e| ApiError::ComfyBadResponse(format!("GET {path}: {e}")))?
+        .map_err(|e| ComfyError::BadResponse(format!("GET {path}: {e}")))?
         .to_bytes();
         serde_json::from_slice(&body)
-            .map_err(|e| ApiError::ComfyBadResponse(format!("GET {path}: {e}")))
+            .map_err(|e| ComfyError::BadResponse(format!("GET {path}: {e}")))
     }
 
     /// The upstream URI: the configured scheme and authority, never anything taken from the client, plus the
     /// normalised path and the client's query.
-    pub fn upstream_uri(&self, raw_path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
-        let path = normalise_path(raw_path).ok_or_else(|| ApiError::InvalidPath {
-            path: raw_path.chars().take(256).collect(),
+    pub fn upstream_uri(&self, raw_path: &str, query: Option<&str>) -> Result<Uri, ComfyError> {
+        let path = normalise_path(raw_path).ok_or_else(|| {
+            ComfyError::Request(RequestError::InvalidPath {
+                path: raw_path.chars().take(256).collect(),
+            })
         })?;
         let path_and_query = match query {
             Some(q) => format!("{path}?{q}"),
@@ -362,8 +364,10 @@ impl ComfyGateway {
             .authority(self.backend.authority.clone())
             .path_and_query(path_and_query)
             .build()
-            .map_err(|_| ApiError::InvalidPath {
-                path: raw_path.chars().take(256).collect(),
+            .map_err(|_| {
+                ComfyError::Request(RequestError::InvalidPath {
+                    path: raw_path.chars().take(256).collect(),
+                })
             })
     }
 
@@ -373,14 +377,14 @@ impl ComfyGateway {
         &self,
         request: Request<Body>,
         deadline: Duration,
-    ) -> Result<Response<hyper::body::Incoming>, ApiError> {
+    ) -> Result<Response<hyper::body::Incoming>, ComfyError> {
         tokio::time::timeout(deadline, self.client.request(request))
             .await
-            .map_err(|_| ApiError::ComfyTimeout {
+            .map_err(|_| ComfyError::Timeout {
                 upstream: self.backend.origin(),
                 seconds: deadline.as_secs_f64(),
             })?
-            .map_err(|_| ApiError::ComfyUnreachable {
+            .map_err(|_| ComfyError::Unreachable {
                 upstream: self.backend.origin(),
             })
     }
@@ -392,11 +396,11 @@ impl ComfyGateway {
         }
     }
 
-    fn classify(&self, error: hyper_util::client::legacy::Error) -> ApiError {
+    fn classify(&self, error: hyper_util::client::legacy::Error) -> ComfyError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(cause) = source {
             if cause.is::<super::body::IdleTimeoutError>() {
-                return ApiError::ComfyTimeout {
+                return ComfyError::Timeout {
                     upstream: self.backend.origin(),
                     seconds: self.settings.idle_timeout.as_secs_f64(),
                 };
@@ -404,7 +408,7 @@ impl ComfyGateway {
             source = cause.source();
         }
         tracing::warn!(upstream = %self.backend.origin(), error = %error, connect = error.is_connect(), "ComfyUI request failed");
-        ApiError::ComfyUnreachable {
+        ComfyError::Unreachable {
             upstream: self.backend.origin(),
         }
     }

@@ -110,7 +110,7 @@ proptest! {
                 // The path sent is the normalised one: nothing in it was read as a query or fragment.
                 prop_assert_eq!(Some(uri.path().to_owned()), normalise_path(&raw), "{:?}", raw);
             }
-            Err(ApiError::InvalidPath { .. }) => {}
+            Err(ComfyError::Request(crate::problems::RequestError::InvalidPath { .. })) => {}
             Err(other) => prop_assert!(false, "{raw:?}: unexpected {other:?}"),
         }
     }

@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 
 use super::follow::{client_id, open_socket};
 use super::{JobError, Jobs, Upload};
+use crate::codes::{Code, Failure};
+use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
-use crate::error::ApiError;
 use crate::jobs::model::{Backend, EventKind};
 use crate::jobs::model::{Job, JobStatus};
 use crate::store::{JobChange, NewJob};
@@ -76,7 +77,7 @@ impl Jobs {
                 tracing::info!(job = %job.id, "no ComfyUI answers: the job waits in the queue");
                 return Ok(job);
             }
-            return Err(ApiError::ComfyOffline {
+            return Err(ComfyError::Offline {
                 upstream: self.origins(),
                 what: "no job can be started",
             }
@@ -218,13 +219,13 @@ impl Jobs {
                 return Err(JobError::AwaitingConfirmation(job));
             }
             Err(error) => {
-                let (code, message) = match &error {
-                    JobError::UnknownClasses(_) => ("comfy_rejected", error.to_string()),
-                    JobError::Refused(api) => (api.code(), api.to_string()),
-                    JobError::Comfy(api) => (api.code(), api.to_string()),
-                    other => ("internal", other.to_string()),
+                let code = match &error {
+                    JobError::UnknownClasses(_) => Code::ComfyRejected,
+                    JobError::Refused(refusal) => refusal.code(),
+                    JobError::Comfy(comfy) => comfy.code(),
+                    _ => Code::Internal,
                 };
-                self.fail(&job.id, json!({ "code": code, "message": message }))
+                self.fail(&job.id, Failure::new(code, error.to_string()))
                     .await;
                 if job.cost_usd.is_some() {
                     self.release(&job.id).await;
@@ -236,11 +237,7 @@ impl Jobs {
         let socket = match open_socket(&gateway, &job.id).await {
             Ok(socket) => socket,
             Err(error) => {
-                self.fail(
-                    &job.id,
-                    json!({ "code": error.code(), "message": error.to_string() }),
-                )
-                .await;
+                self.fail(&job.id, error.failure()).await;
                 // Nothing was posted: a paid job's reservation goes back.
                 if paid_key.is_some() {
                     self.release(&job.id).await;
@@ -271,18 +268,14 @@ impl Jobs {
                 );
                 let change = JobChange {
                     status: Some(JobStatus::NeedsReconcile),
-                    error: Some(json!({ "code": "comfy_outcome_unknown", "message": message })),
+                    error: Some(Failure::new(Code::ComfyOutcomeUnknown, message).into_json()),
                     ..Default::default()
                 };
                 self.change(&job.id, EventKind::State, change).await;
                 return Err(error.into());
             }
             Err(error) => {
-                self.fail(
-                    &job.id,
-                    json!({ "code": error.code(), "message": error.to_string() }),
-                )
-                .await;
+                self.fail(&job.id, error.failure()).await;
                 return Err(error.into());
             }
         };
@@ -304,19 +297,20 @@ impl Jobs {
                 );
                 let change = JobChange {
                     status: Some(JobStatus::NeedsReconcile),
-                    error: Some(json!({ "code": "comfy_outcome_unknown", "message": message })),
+                    error: Some(Failure::new(Code::ComfyOutcomeUnknown, &message).into_json()),
                     ..Default::default()
                 };
                 self.change(&job.id, EventKind::State, change).await;
-                return Err(ApiError::ComfyBadResponse(message).into());
+                return Err(ComfyError::BadResponse(message).into());
             }
             let message = answer["error"]["message"]
                 .as_str()
                 .unwrap_or("ComfyUI did not accept the workflow")
                 .to_owned();
             let details = json!({ "comfy_status": status.as_u16(), "error": answer.get("error"), "node_errors": answer.get("node_errors") });
-            let error = json!({ "code": "comfy_rejected", "message": message, "details": details });
-            self.fail(&job.id, error).await;
+            let failure =
+                Failure::new(Code::ComfyRejected, message.clone()).with_details(details.clone());
+            self.fail(&job.id, failure).await;
             if paid_key.is_some() {
                 self.release(&job.id).await;
             }

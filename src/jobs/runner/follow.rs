@@ -9,9 +9,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::track::{End, Step, Track};
 use super::{Jobs, finished};
+use crate::codes::Code;
+use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
 use crate::comfy::ws;
-use crate::error::ApiError;
 use crate::jobs::model::EventKind;
 use crate::jobs::model::JobStatus;
 use crate::store::JobChange;
@@ -29,13 +30,13 @@ pub(super) fn client_id(job_id: &str) -> String {
 pub(super) async fn open_socket(
     gateway: &ComfyGateway,
     job_id: &str,
-) -> Result<ws::UpstreamSocket, ApiError> {
+) -> Result<ws::UpstreamSocket, ComfyError> {
     const WITHIN: Duration = Duration::from_secs(10);
     let query = format!("clientId={}", client_id(job_id));
     let uri = gateway.upstream_uri("/ws", Some(&query))?;
     let mut socket = ws::connect_upstream(gateway.backend(), &uri, WITHIN).await?;
     if !ws::wait_for_greeting(&mut socket, WITHIN).await {
-        return Err(ApiError::ComfyBadResponse(
+        return Err(ComfyError::BadResponse(
             "ComfyUI's WebSocket sent no greeting".into(),
         ));
     }
@@ -338,6 +339,8 @@ impl Follower {
                 "ComfyUI stopped answering while the job ran"
             }
         };
-        self.jobs.lose(&self.job_id, "backend_lost", reason).await;
+        self.jobs
+            .lose(&self.job_id, Code::BackendLost, reason)
+            .await;
     }
 }

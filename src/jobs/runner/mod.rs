@@ -33,9 +33,11 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use super::model::{Job, JobStatus};
+use crate::codes::{Code, Failure};
+use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
-use crate::error::ApiError;
 use crate::jobs::model::{Backend, EventKind};
+use crate::jobs::refusal::Refusal;
 use crate::service::ServiceStatus;
 use crate::store::{JobChange, Store, StoreError};
 
@@ -71,7 +73,7 @@ pub enum JobError {
         details: Value,
     },
     #[error(transparent)]
-    Comfy(#[from] ApiError),
+    Comfy(#[from] ComfyError),
     #[error("the store failed")]
     Store(#[from] StoreError),
     #[error("no job {0}")]
@@ -82,7 +84,10 @@ pub enum JobError {
     NotCancellable(String),
     /// A money rule refused the request (generation disabled, no confirmation, over budget, …).
     #[error(transparent)]
-    Refused(Box<ApiError>),
+    Refused(Box<Refusal>),
+    /// The task doing the work ended without an answer (it panicked).
+    #[error("internal error")]
+    Task(#[from] tokio::task::JoinError),
     /// Node ids and classes the ComfyUI does not list: refused as ComfyUI would refuse them.
     #[error("ComfyUI has no node class {}", .0.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>().join(", "))]
     UnknownClasses(Vec<(String, String)>),
@@ -240,8 +245,8 @@ impl Jobs {
     }
 
     /// The backend no longer has the job: `backend_lost`, with why.
-    pub(crate) async fn lose(&self, id: &str, code: &str, message: &str) {
-        let mut error = json!({ "code": code, "message": message });
+    pub(crate) async fn lose(&self, id: &str, code: Code, message: &str) {
+        let mut error = Failure::new(code, message).into_json();
         if let Some(exit) = self.exit_that_ended(id).await {
             error["message"] = json!(format!("{message}: ComfyUI {}", describe_exit(&exit)));
             error["exit"] = json!(exit);
@@ -257,9 +262,9 @@ impl Jobs {
         .await;
     }
 
-    pub(crate) async fn fail(&self, id: &str, error: Value) {
+    pub(crate) async fn fail(&self, id: &str, failure: Failure) {
         let change = JobChange {
-            error: Some(error),
+            error: Some(failure.into_json()),
             ..finished(JobStatus::Failed)
         };
         self.change(id, EventKind::State, change).await;

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::finished;
 use super::follow::Follower;
-use crate::error::ApiError;
+use crate::codes::{Code, Failure};
+use crate::comfy::error::ComfyError;
 use crate::jobs::model::EventKind;
 use crate::jobs::model::{JobStatus, OutputFile};
 use crate::store::JobChange;
@@ -21,7 +22,7 @@ impl Follower {
                 self.jobs
                     .lose(
                         &self.job_id,
-                        "comfy_history_missing",
+                        Code::ComfyHistoryMissing,
                         "ComfyUI finished the run but has no history for it",
                     )
                     .await;
@@ -41,8 +42,10 @@ impl Follower {
                     )
                     .await;
             } else {
-                let error = json!({ "code": "comfy_execution_error", "message": "ComfyUI reports the run failed", "details": entry["status"] });
-                self.jobs.fail(&self.job_id, error).await;
+                let failure =
+                    Failure::new(Code::ComfyExecutionError, "ComfyUI reports the run failed")
+                        .with_details(entry["status"].clone());
+                self.jobs.fail(&self.job_id, failure).await;
             }
             return;
         }
@@ -58,8 +61,8 @@ impl Follower {
                     .await;
             }
             Err(error) => {
-                let error = json!({ "code": "output_fetch_failed", "message": error.to_string() });
-                self.jobs.fail(&self.job_id, error).await;
+                let failure = Failure::new(Code::OutputFetchFailed, error.to_string());
+                self.jobs.fail(&self.job_id, failure).await;
             }
         }
     }
@@ -81,11 +84,11 @@ impl Follower {
         None
     }
 
-    async fn download_outputs(&self, entry: &Value) -> Result<Vec<OutputFile>, ApiError> {
+    async fn download_outputs(&self, entry: &Value) -> Result<Vec<OutputFile>, ComfyError> {
         let dir = self.jobs.output_dir(&self.job_id);
         tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ComfyError::internal)?;
         let mut outputs = Vec::new();
         // Each file ComfyUI lists once, by where it is (a node may list the same file under two keys).
         let mut fetched: Vec<(&str, &str, &str)> = Vec::new();

@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::follow::{Follower, open_socket};
 use super::{JobError, Jobs};
+use crate::codes::{Code, Failure};
 use crate::jobs::model::{Backend, EventKind};
 use crate::jobs::model::{Job, JobStatus};
 use crate::store::JobChange;
@@ -100,7 +101,7 @@ impl Jobs {
                     None => {
                         self.lose(
                             &job.id,
-                            "backend_lost",
+                            Code::BackendLost,
                             "ComfyUI no longer knows the job (it was restarted?)",
                         )
                         .await;
@@ -112,12 +113,14 @@ impl Jobs {
             if job.cost_usd.is_some() {
                 let change = JobChange {
                     status: Some(JobStatus::NeedsReconcile),
-                    error: Some(json!({
-                        "code": "submit_interrupted",
-                        "message": "Orchestrator stopped while this paid workflow was being sent to ComfyUI. It may \
-                                    have been charged; it is not sent again. Check ComfyUI's queue and the Comfy.org \
-                                    account."
-                    })),
+                    error: Some(
+                        Failure::new(
+                            Code::SubmitInterrupted,
+                            "Orchestrator stopped while this paid workflow was being sent to ComfyUI. It may have \
+                             been charged; it is not sent again. Check ComfyUI's queue and the Comfy.org account.",
+                        )
+                        .into_json(),
+                    ),
                     ..Default::default()
                 };
                 self.change(&job.id, EventKind::State, change).await;

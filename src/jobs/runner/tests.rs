@@ -146,6 +146,7 @@ mod track {
         else {
             panic!("{steps:?}")
         };
+        let error = error.clone().into_json();
         assert_eq!(error["code"], "comfy_execution_error");
         assert!(error["details"]["node_type"].is_string(), "{error}");
         assert!(!error["message"].as_str().unwrap().is_empty());

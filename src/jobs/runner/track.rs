@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
+use crate::codes::{Code, Failure};
 use crate::jobs::model::EventKind;
 use crate::jobs::model::JobStatus;
 use crate::store::JobChange;
@@ -15,7 +16,7 @@ use crate::store::JobChange;
 pub(super) enum End {
     /// `executing {node: null}` arrived: the run is over and its history written.
     Finished,
-    Failed(Value),
+    Failed(Failure),
     Interrupted,
     /// The socket ended first.
     SocketLost,
@@ -169,14 +170,12 @@ impl Track {
                     .as_str()
                     .unwrap_or("ComfyUI failed while running the workflow")
                     .trim();
-                Step::End(End::Failed(json!({
-                    "code": "comfy_execution_error",
-                    "message": message,
-                    "details": {
+                Step::End(End::Failed(
+                    Failure::new(Code::ComfyExecutionError, message).with_details(json!({
                         "node_id": data["node_id"], "node_type": data["node_type"],
                         "exception_type": data["exception_type"], "traceback": data["traceback"],
-                    },
-                })))
+                    })),
+                ))
             }
             "execution_interrupted" => Step::End(End::Interrupted),
             _ => Step::Nothing,
