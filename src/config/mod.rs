@@ -145,15 +145,6 @@ pub struct RateLimitConfig {
     pub burst: u32,
 }
 
-/// Variables that hold secrets: never handed to a process Orchestrator starts. `DATABASE_URL` may hold a password.
-pub const SECRET_VARIABLES: [&str; 5] = [
-    "BFL_API_KEY",
-    "V0_API_KEY",
-    "COMFY_ORG_API_KEY",
-    "ORCHESTRATOR_TOKEN",
-    "DATABASE_URL",
-];
-
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -364,7 +355,7 @@ impl Config {
             }
             (None, None) => return None,
         };
-        let env_remove = SECRET_VARIABLES
+        let env_remove = Settings::secret_variables()
             .iter()
             .map(|name| (*name).to_owned())
             .chain(

@@ -324,6 +324,20 @@ impl Settings {
         format!("{variable} (--{flag})")
     }
 
+    /// The variables that hold secrets: those whose definition hides their value (`hide_env_values`). They are
+    /// never shown, and never handed to a process Orchestrator starts (`DATABASE_URL` may hold a password).
+    pub fn secret_variables() -> &'static [&'static str] {
+        use std::sync::LazyLock;
+        static SECRETS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+            Settings::augment_args(clap::Command::new("orchestrator"))
+                .get_arguments()
+                .filter(|arg| arg.is_hide_env_values_set())
+                .map(|arg| Settings::variable_of(arg.get_id().as_str()))
+                .collect()
+        });
+        &SECRETS
+    }
+
     /// The environment variable of a field, from its clap definition.
     pub fn variable_of(field: &str) -> &'static str {
         Self::names(field).0

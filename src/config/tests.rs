@@ -103,6 +103,42 @@ fn the_settings_page_lists_every_setting_once_by_its_real_name() {
 }
 
 #[test]
+fn every_secret_is_masked_on_the_settings_page() {
+    let secrets = Settings::secret_variables();
+    assert_eq!(
+        secrets,
+        [
+            "ORCHESTRATOR_TOKEN",
+            "DATABASE_URL",
+            "BFL_API_KEY",
+            "V0_API_KEY",
+            "COMFY_ORG_API_KEY"
+        ]
+    );
+    let config = settings(&[
+        "--token",
+        "token-0123456789abcdef",
+        "--bfl-api-key",
+        "bfl-secret-value",
+        "--v0-api-key",
+        "v0-secret-value",
+        "--comfy-org-api-key",
+        "comfy-secret-value",
+        "--database-url",
+        "sqlite:///tmp/db-secret-value",
+    ])
+    .validate(false)
+    .unwrap();
+    for (name, value) in config.effective() {
+        if secrets.contains(&name) {
+            assert_eq!(value, "***", "{name}");
+        }
+        assert!(!value.contains("secret-value"), "{name} = {value}");
+        assert!(!value.contains("0123456789abcdef"), "{name} = {value}");
+    }
+}
+
+#[test]
 fn the_defaults_are_the_documented_ones() {
     let defaults = Settings::defaults();
     assert_eq!(defaults.bind, "127.0.0.1:3000");

@@ -143,7 +143,7 @@ async fn a_stream_ends_after_its_longest_time_and_resumes_where_it_left_off() {
     let lasted = started.elapsed();
     assert!(first.is_empty(), "nothing happened yet: {first:?}");
     assert!(
-        lasted >= Duration::from_millis(900) && lasted < Duration::from_secs(10),
+        lasted >= Duration::from_millis(900),
         "ended after {lasted:?}"
     );
     let path = app

