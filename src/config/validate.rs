@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use http::uri::Scheme;
 
-use super::*;
+use super::{
+    ComfyBackend, ComfyConfig, ComfyOrgConfig, Config, ConfigErrors, FluxConfig, LogFormat, RateLimitConfig, Secret,
+    ServiceBackend, ServiceConfig, Settings, V0Config,
+};
 
 impl std::error::Error for ConfigErrors {}
 
