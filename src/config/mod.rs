@@ -78,6 +78,8 @@ pub struct ComfyConfig {
     /// The longest pause between two chunks of a streamed body before the stream is cut.
     pub idle_timeout: Duration,
     pub max_body_bytes: u64,
+    /// How long the shared WebSocket may stay silent, with jobs on it, before ComfyUI's queue is asked.
+    pub silence_check: Duration,
 }
 
 /// How ComfyUI is run.
@@ -249,6 +251,7 @@ impl Config {
             (v("comfy_read_timeout_secs"), secs(comfy.read_timeout)),
             (v("comfy_write_timeout_secs"), secs(comfy.write_timeout)),
             (v("comfy_idle_timeout_secs"), secs(comfy.idle_timeout)),
+            (v("comfy_silence_secs"), secs(comfy.silence_check)),
             (
                 v("max_body_mb"),
                 (comfy.max_body_bytes / (1024 * 1024)).to_string(),

@@ -119,6 +119,11 @@ pub struct Settings {
     )]
     pub comfy_idle_timeout_secs: String,
 
+    /// How long ComfyUI's WebSocket may say nothing while jobs run there before its queue is asked which of them
+    /// ended (ComfyUI can silently stop sending a socket its events), in seconds.
+    #[arg(long, env = "COMFY_SILENCE_SECS", default_value = "15", global = true)]
+    pub comfy_silence_secs: String,
+
     /// Largest request body the gateway forwards, in MiB (ComfyUI's own default is 100).
     #[arg(long, env = "MAX_BODY_MB", default_value = "100", global = true)]
     pub max_body_mb: String,

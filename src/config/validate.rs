@@ -7,8 +7,8 @@ use std::time::Duration;
 use http::uri::Scheme;
 
 use super::{
-    ComfyBackend, ComfyConfig, ComfyOrgConfig, Config, ConfigErrors, FluxConfig, LogFormat, RateLimitConfig, Secret,
-    ServiceBackend, ServiceConfig, Settings, V0Config,
+    ComfyBackend, ComfyConfig, ComfyOrgConfig, Config, ConfigErrors, FluxConfig, LogFormat,
+    RateLimitConfig, Secret, ServiceBackend, ServiceConfig, Settings, V0Config,
 };
 
 impl std::error::Error for ConfigErrors {}
@@ -200,6 +200,7 @@ impl Settings {
         let read_secs = positive!(comfy_read_timeout_secs, 86_400);
         let write_secs = positive!(comfy_write_timeout_secs, 86_400);
         let idle_secs = positive!(comfy_idle_timeout_secs, 86_400);
+        let silence_secs = positive!(comfy_silence_secs, 3600);
         let max_body_mb = positive!(max_body_mb, 1 << 20);
         let header_read_secs = positive!(header_read_timeout_secs, 3600);
         let max_connections = positive!(max_connections, 1_000_000);
@@ -399,6 +400,7 @@ impl Settings {
                     write_timeout: Duration::from_secs(write_secs),
                     idle_timeout: Duration::from_secs(idle_secs),
                     max_body_bytes: max_body_mb * 1024 * 1024,
+                    silence_check: Duration::from_secs(silence_secs),
                 },
                 templates_dir: self
                     .templates_dir

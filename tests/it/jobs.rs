@@ -667,22 +667,69 @@ async fn a_websocket_dropped_mid_run_is_reopened_and_the_job_still_succeeds() {
 #[tokio::test]
 async fn a_run_whose_messages_never_come_is_found_through_the_history() {
     let fake = FakeComfy::start().await;
-    let app = TestApp::spawn(&fake.url()).await;
-    // The socket is open and greeted; after that ComfyUI says nothing about the run, which still finishes.
-    let started = Instant::now();
+    let app = TestApp::spawn_with(&fake.url(), |s| s.comfy_silence_secs = "1".into()).await;
+    // The socket is open and greeted; after that ComfyUI says nothing about the runs, which still finish.
     fake.set_silent(true);
-    let created: Value = submit(&app, json!({ "workflow": workflow(22) }))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
-    let done = app.wait_for_job(&id, "succeeded").await;
-    assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
-    eprintln!(
-        "silent run: recorded as succeeded {:?} after submit (silence check at 15 s)",
-        started.elapsed()
+    let mut ids = Vec::new();
+    for colour in [22, 23, 24] {
+        let created: Value = submit(&app, json!({ "workflow": workflow(colour) }))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let done = app.wait_for_job(id, "succeeded").await;
+        assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
+    }
+    // A silence costs one look at the queue for the whole link, not one per job; and every history asked for is
+    // of a prompt the queue no longer held.
+    let requests = fake.requests();
+    let queue_looks = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/queue")
+        .count();
+    let history_looks = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/history/"))
+        .count();
+    assert!(queue_looks >= 1, "the silence was noticed");
+    assert!(
+        history_looks <= queue_looks * ids.len() + ids.len(),
+        "{history_looks} history reads for {queue_looks} silences"
     );
+}
+
+/// Jobs share their backend's one WebSocket: many jobs, one socket at ComfyUI, every job followed to its end.
+#[tokio::test]
+async fn every_job_on_a_backend_shares_one_websocket() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let mut ids = Vec::new();
+    for colour in 40..52 {
+        let created: Value = submit(&app, json!({ "workflow": workflow(colour) }))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let done = app.wait_for_job(id, "succeeded").await;
+        assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
+        assert_eq!(done["progress"], 100.0, "{done}");
+    }
+    let sockets = fake.requests().iter().filter(|r| r.path == "/ws").count();
+    assert_eq!(sockets, 1, "one socket for {} jobs", ids.len());
+    // Every prompt was posted under Orchestrator's one client id, with an id Orchestrator chose.
+    let prompts = fake.received_prompts();
+    let clients: std::collections::HashSet<_> = prompts
+        .iter()
+        .map(|p| p["client_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(clients.len(), 1, "{clients:?}");
+    assert!(prompts.iter().all(|p| p["prompt_id"].is_string()));
 }
 
 #[tokio::test]

@@ -63,6 +63,11 @@ pub struct ComfyGateway {
 }
 
 impl ComfyGateway {
+    /// How long the jobs' shared WebSocket to this ComfyUI may stay silent before its queue is asked.
+    pub fn silence_check(&self) -> Duration {
+        self.settings.silence_check
+    }
+
     pub fn new(client: HttpClient, backend: ComfyBackend, settings: ComfyConfig) -> Self {
         let upstream_origin =
             HeaderValue::from_str(&backend.origin()).expect("an origin built from a valid URI");

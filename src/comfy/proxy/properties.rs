@@ -59,6 +59,7 @@ fn gateway(backend: ComfyBackend) -> ComfyGateway {
         write_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
         max_body_bytes: 1024,
+        silence_check: Duration::from_secs(15),
     };
     ComfyGateway::new(http_client(Duration::from_secs(1)), backend, settings)
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::follow::{client_id, open_socket};
+use super::follow::Listening;
+use super::socket::Link;
 use super::{JobError, Jobs, Upload};
 use crate::codes::{Code, Failure};
 use crate::comfy::error::ComfyError;
@@ -29,6 +30,10 @@ impl Jobs {
     /// The online backend with the shortest queue; `None` when none answers.
     pub(in crate::jobs) async fn choose_backend(&self) -> Option<&ComfyGateway> {
         let probes = self.backends.iter().map(|backend| async move {
+            // A backend whose link is up is online, and its `status` messages tell its queue: no request needed.
+            if let Some(queued) = self.link(backend).queue_remaining() {
+                return Some((queued, backend));
+            }
             let answer = tokio::time::timeout(
                 Duration::from_secs(2),
                 backend.get_json("/prompt", 64 * 1024),
@@ -211,7 +216,6 @@ impl Jobs {
         job: Job,
         workflow: &Value,
     ) -> Result<Job, JobError> {
-        let client_id = client_id(&job.id);
         let gateway = self.backend_of(&job).clone();
         let paid_key = match self.gate_before_sending(&gateway, &job, workflow).await {
             Ok(key) => key,
@@ -234,8 +238,11 @@ impl Jobs {
             }
         };
 
-        let socket = match open_socket(&gateway, &job.id).await {
-            Ok(socket) => socket,
+        // The backend's shared link is up before anything is posted, and the prompt, under an id Orchestrator
+        // picks, is listened for before it exists: no event of the run can come unrouted.
+        let link = self.link(&gateway);
+        let registration = match link.ready(LINK_WITHIN).await {
+            Ok(_) => Registration::new(&link, uuid::Uuid::new_v4().to_string()),
             Err(error) => {
                 self.fail(&job.id, error.failure()).await;
                 // Nothing was posted: a paid job's reservation goes back.
@@ -249,7 +256,12 @@ impl Jobs {
         if let Some(key) = &paid_key {
             extra_data[crate::comfy::credentials::KEYS[0]] = json!(key.expose());
         }
-        let body = json!({ "prompt": workflow, "client_id": client_id, "extra_data": extra_data });
+        let body = json!({
+            "prompt": workflow,
+            "prompt_id": registration.prompt_id,
+            "client_id": link.client_id,
+            "extra_data": extra_data,
+        });
         // A paid job cancelled while it was being approved or prepared is not sent (and gives its price back).
         if paid_key.is_some() {
             let now = self.store.job(&job.id).await?;
@@ -359,7 +371,54 @@ impl Jobs {
             ));
         }
 
-        self.follow(gateway.clone(), &job.id, prompt_id, workflow, socket);
+        let listening = registration.into_listening(prompt_id);
+        self.follow(gateway.clone(), &job.id, prompt_id, workflow, listening);
         Ok(self.store.job(&job.id).await?.unwrap_or(job))
+    }
+}
+
+/// How long a job waits for its backend's link before it is refused.
+const LINK_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A prompt id listened for on a link; dropped without being followed (the post failed, ComfyUI refused it, the
+/// job was cancelled meanwhile), it is listened for no more.
+struct Registration {
+    link: std::sync::Arc<Link>,
+    prompt_id: String,
+    heard: Option<tokio::sync::mpsc::UnboundedReceiver<super::socket::Heard>>,
+}
+
+impl Registration {
+    fn new(link: &std::sync::Arc<Link>, prompt_id: String) -> Self {
+        let heard = Some(link.register(&prompt_id));
+        Self {
+            link: link.clone(),
+            prompt_id,
+            heard,
+        }
+    }
+
+    /// The prompt is ComfyUI's now, under `answered` (its own id, should it have ignored the one sent).
+    fn into_listening(mut self, answered: &str) -> Listening {
+        let heard = match self.heard.take() {
+            Some(heard) if answered == self.prompt_id => heard,
+            _ => {
+                self.link.unregister(&self.prompt_id);
+                self.link.register(answered)
+            }
+        };
+        self.prompt_id = answered.to_owned();
+        Listening {
+            link: self.link.clone(),
+            heard,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.heard.is_some() {
+            self.link.unregister(&self.prompt_id);
+        }
     }
 }

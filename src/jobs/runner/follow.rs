@@ -2,56 +2,22 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use serde_json::Value;
-use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Message;
+use std::sync::Arc;
 
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::socket::{Heard, Link};
 use super::track::{End, Step, Track};
 use super::{Jobs, finished};
 use crate::codes::Code;
-use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
-use crate::comfy::ws;
 use crate::jobs::model::EventKind;
 use crate::jobs::model::JobStatus;
 use crate::store::JobChange;
 
-/// How long a followed run may stay silent before its history is checked.
-const SILENCE_CHECK: Duration = Duration::from_secs(15);
-
-/// The WebSocket client id of a job: derived from its id, so a restarted Orchestrator can rejoin its events.
-pub(super) fn client_id(job_id: &str) -> String {
-    format!("orchestrator-{job_id}")
-}
-
-/// Opens the WebSocket a job is followed on, under the job's client id, and waits for ComfyUI's greeting (its
-/// first `status` message): from then on every event of a prompt posted with that client id reaches it.
-pub(super) async fn open_socket(
-    gateway: &ComfyGateway,
-    job_id: &str,
-) -> Result<ws::UpstreamSocket, ComfyError> {
-    const WITHIN: Duration = Duration::from_secs(10);
-    let query = format!("clientId={}", client_id(job_id));
-    let uri = gateway.upstream_uri("/ws", Some(&query))?;
-    let mut socket = ws::connect_upstream(gateway.backend(), &uri, WITHIN).await?;
-    if !ws::wait_for_greeting(&mut socket, WITHIN).await {
-        return Err(ComfyError::BadResponse(
-            "ComfyUI's WebSocket sent no greeting".into(),
-        ));
-    }
-    Ok(socket)
-}
-
-/// Pauses between attempts to reopen a lost WebSocket: about half a minute in all.
-const REJOIN_BACKOFF: [Duration; 6] = [
-    Duration::from_millis(250),
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(4),
-    Duration::from_secs(8),
-];
+/// How long a follower waits for its backend's link to come back after it dropped: about the link's back-off.
+const REJOIN_WITHIN: Duration = Duration::from_secs(30);
 
 /// Follows one prompt to its end.
 pub(super) struct Follower {
@@ -63,6 +29,12 @@ pub(super) struct Follower {
     track: Track,
 }
 
+/// A prompt registered on its backend's link, ready to be followed.
+pub(super) struct Listening {
+    pub(super) link: Arc<Link>,
+    pub(super) heard: mpsc::UnboundedReceiver<Heard>,
+}
+
 impl Jobs {
     pub(super) fn follow(
         &self,
@@ -70,7 +42,7 @@ impl Jobs {
         job_id: &str,
         prompt_id: &str,
         workflow: &Value,
-        socket: ws::UpstreamSocket,
+        listening: Listening,
     ) {
         let (stop, stopped) = oneshot::channel();
         self.followers
@@ -84,7 +56,7 @@ impl Jobs {
             prompt_id.to_owned(),
             workflow,
         );
-        self.background.spawn(follower.run(socket, stopped));
+        self.background.spawn(follower.run(listening, stopped));
     }
 }
 
@@ -106,43 +78,34 @@ impl Follower {
         }
     }
 
-    async fn run(mut self, mut socket: ws::UpstreamSocket, mut stopped: oneshot::Receiver<()>) {
-        // Events about this prompt can stop arriving while the socket stays open (ComfyUI's reconnect hazard: an
-        // old socket with the same client id closing late unregisters the new one). After a silence the history is
-        // asked, so a finished run is never waited for forever.
-        let mut heard_at = tokio::time::Instant::now();
+    async fn run(mut self, listening: Listening, mut stopped: oneshot::Receiver<()>) {
+        let Listening { link, mut heard } = listening;
+        let generation = link.generation();
         let background = self.jobs.background.clone();
         let end = loop {
-            let message = tokio::select! {
+            let heard = tokio::select! {
                 _ = &mut stopped => break End::Stopped,
                 // A clean stop: the job is left as it is, for the next start's reconciliation.
                 () = background.stopping() => break End::Stopped,
-                message = socket.next() => message,
-                () = tokio::time::sleep_until(heard_at + SILENCE_CHECK) => {
-                    if self.history_entry().await.is_some() {
-                        break End::Finished;
-                    }
-                    heard_at = tokio::time::Instant::now();
-                    continue;
-                }
+                heard = heard.recv() => heard,
             };
-            let text = match message {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(Message::Binary(frame))) => {
+            let event = match heard {
+                Some(Heard::Event(event)) => event,
+                Some(Heard::Binary(frame)) => {
                     if let Some(total) = self.track.on_binary(&frame) {
                         self.record_reported_cost(total).await;
                     }
                     continue;
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::SocketLost,
-                Some(Ok(_)) => continue,
+                // The link was silent and ComfyUI's queue no longer holds the prompt: its history may say it ended.
+                Some(Heard::Check) => {
+                    if self.history_entry().await.is_some() {
+                        break End::Finished;
+                    }
+                    continue;
+                }
+                Some(Heard::Lost) | None => break End::SocketLost,
             };
-            let Ok(event) = serde_json::from_str::<Value>(text.as_str()) else {
-                continue;
-            };
-            if self.track.concerns(&event) {
-                heard_at = tokio::time::Instant::now();
-            }
             match self.track.on_event(&event) {
                 Step::Nothing => {}
                 Step::Change(kind, change) => {
@@ -151,7 +114,11 @@ impl Follower {
                 Step::End(end) => break end,
             }
         };
-        drop(socket);
+        // A lost link keeps the prompt registered: events that come once it is back wait in the channel.
+        let listening = Listening { link, heard };
+        if end != End::SocketLost {
+            listening.link.unregister(&self.prompt_id);
+        }
         self.jobs
             .followers
             .lock()
@@ -169,7 +136,7 @@ impl Follower {
                     )
                     .await;
             }
-            End::SocketLost => self.resolve_without_socket().await,
+            End::SocketLost => self.resolve_without_socket(listening, generation).await,
             End::Stopped => {}
         }
         self.settle().await;
@@ -232,17 +199,19 @@ impl Follower {
     /// Reopens the WebSocket of a job ComfyUI still has, with back-off, and follows it again: the client id comes
     /// from the job's id, so ComfyUI sends the job's events to the new socket. A run that ended while the socket
     /// was down is collected from `/history`. Answers whether the job is taken care of.
-    async fn rejoin(&self) -> bool {
-        for pause in REJOIN_BACKOFF {
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                // Left for the next start's reconciliation, which settles it against ComfyUI.
-                () = self.jobs.background.stopping() => return true,
-            }
-            let Ok(socket) = open_socket(&self.gateway, &self.job_id).await else {
-                continue;
-            };
+    async fn rejoin(&self, listening: Listening, generation: u64) -> bool {
+        let link = listening.link.clone();
+        let reopened = tokio::select! {
+            reopened = link.reopened(generation, REJOIN_WITHIN) => reopened,
+            // Left for the next start's reconciliation, which settles it against ComfyUI.
+            () = self.jobs.background.stopping() => return true,
+        };
+        if !reopened {
+            return false;
+        }
+        {
             if self.history_entry().await.is_some() {
+                link.unregister(&self.prompt_id);
                 self.collect_outputs().await;
                 return true;
             }
@@ -260,11 +229,10 @@ impl Follower {
                 &self.job_id,
                 &self.prompt_id,
                 &workflow,
-                socket,
+                listening,
             );
-            return true;
+            true
         }
-        false
     }
 
     /// The backend died with this job still waiting in its queue (never started): it is sent once to another
@@ -312,8 +280,11 @@ impl Follower {
         true
     }
 
-    async fn resolve_without_socket(&self) {
+    async fn resolve_without_socket(&self, listening: Listening, generation: u64) {
+        let link = listening.link.clone();
+        let unregister = || link.unregister(&self.prompt_id);
         if self.history_entry().await.is_some() {
+            unregister();
             return self.collect_outputs().await;
         }
         let reason = match self.gateway.get_json("/queue", 64 * 1024 * 1024).await {
@@ -324,7 +295,7 @@ impl Follower {
                         .is_some_and(|items| items.iter().any(|i| i[1] == self.prompt_id.as_str()))
                 });
                 if known {
-                    if self.rejoin().await {
+                    if self.rejoin(listening, generation).await {
                         return;
                     }
                     "ComfyUI's WebSocket closed while the job was still queued or running, and could not be reopened"
@@ -333,12 +304,14 @@ impl Follower {
                 }
             }
             Err(_) => {
+                unregister();
                 if self.fail_over().await {
                     return;
                 }
                 "ComfyUI stopped answering while the job ran"
             }
         };
+        unregister();
         self.jobs
             .lose(&self.job_id, Code::BackendLost, reason)
             .await;

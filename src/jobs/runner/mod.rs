@@ -1,7 +1,7 @@
 //! A job's life on ComfyUI: recorded, submitted, followed over ComfyUI's WebSocket, its outputs fetched.
 //!
-//! The WebSocket is opened before the prompt is posted, with a client id of the job's own, so no event of the run
-//! is missed. The end of a run is ComfyUI's `executing {node: null}` for the prompt, sent after the history is
+//! Each backend has one WebSocket, shared by every job there ([`socket`]): it is up before a prompt is posted, and
+//! the prompt's id, chosen by Orchestrator, is routed before the prompt exists, so no event of the run is missed. The end of a run is ComfyUI's `executing {node: null}` for the prompt, sent after the history is
 //! written: the outputs are then read from `/history/{id}` (the one authoritative list: a cached run names files
 //! of an earlier one) and downloaded through `/view` before the job is `succeeded`, so a succeeded job always has
 //! its files. A socket that ends before that is resolved through `/history` and `/queue`: finished work is
@@ -9,7 +9,8 @@
 
 //!
 //! - [`dispatch`]: choosing a backend, submitting (with the money gate), the queue of jobs waiting for one;
-//! - [`follow`]: the WebSocket follower, which applies what [`track`] (plain code, no sockets) decides;
+//! - [`socket`]: each backend's one WebSocket, messages routed to jobs by prompt id, the silence check;
+//! - [`follow`]: a job's follower, which applies what [`track`] (plain code, no sockets) decides about what it hears;
 //! - [`outputs`]: reading a run's outputs from `/history` and downloading them;
 //! - [`reconcile`]: settling, after a restart, the jobs an earlier process left unfinished;
 //! - [`exits`]: why a job's supervised ComfyUI went away (crash forensics for its error).
@@ -19,6 +20,7 @@ mod exits;
 mod follow;
 mod outputs;
 mod reconcile;
+mod socket;
 #[cfg(test)]
 mod tests;
 mod track;
@@ -106,6 +108,9 @@ pub struct Jobs {
     pub(in crate::jobs) money: Arc<super::paid::Money>,
     outputs: PathBuf,
     events: broadcast::Sender<JobEvent>,
+    /// Each backend's shared WebSocket, and the client id every prompt is posted with.
+    links: socket::Links,
+    client_id: Arc<str>,
     /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
     followers: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
     /// Jobs recorded while no ComfyUI answered, oldest first, to send when one does.
@@ -138,7 +143,10 @@ impl Jobs {
             "the configuration has at least one ComfyUI"
         );
         let (events, _) = broadcast::channel(1024);
+        let client_id = stable_client_id(&outputs).into();
         Self {
+            links: socket::Links::default(),
+            client_id,
             store,
             backends: Arc::new(backends),
             money: Arc::new(money),
@@ -153,6 +161,11 @@ impl Jobs {
             event_order: Arc::default(),
             background: crate::background::Background::new(),
         }
+    }
+
+    /// The shared link to `gateway`'s ComfyUI, opened the first time it is asked for.
+    fn link(&self, gateway: &ComfyGateway) -> Arc<socket::Link> {
+        self.links.of(gateway, &self.client_id, &self.background)
     }
 
     /// The background work of jobs (and of FLUX, which runs its jobs here too).
@@ -342,4 +355,15 @@ pub(crate) fn finished(status: JobStatus) -> JobChange {
         finished: true,
         ..Default::default()
     }
+}
+
+/// The WebSocket client id of this Orchestrator: derived from where it keeps its outputs, so a restarted process
+/// gets the events of the prompts the last one posted, and two Orchestrators on one ComfyUI get their own.
+fn stable_client_id(outputs: &std::path::Path) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, outputs.to_string_lossy().as_bytes());
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("orchestrator-{hex}")
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::follow::{Follower, open_socket};
+use super::follow::{Follower, Listening};
 use super::{JobError, Jobs};
 use crate::codes::{Code, Failure};
 use crate::jobs::model::{Backend, EventKind};
@@ -75,14 +75,17 @@ impl Jobs {
             });
             if let Some(item) = found {
                 let prompt_id = item[1].as_str().unwrap_or_default().to_owned();
-                match open_socket(&gateway, &job.id).await.ok() {
-                    Some(socket) => {
+                let link = self.link(&gateway);
+                match link.ready(Duration::from_secs(10)).await.ok() {
+                    Some(_) => {
+                        let heard = link.register(&prompt_id);
                         let change = JobChange {
                             comfy_prompt_id: Some(prompt_id.clone()),
                             ..Default::default()
                         };
                         self.change(&job.id, EventKind::State, change).await;
-                        self.follow(gateway.clone(), &job.id, &prompt_id, &workflow, socket);
+                        let listening = Listening { link, heard };
+                        self.follow(gateway.clone(), &job.id, &prompt_id, &workflow, listening);
                     }
                     None => left += 1,
                 }

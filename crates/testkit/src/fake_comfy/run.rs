@@ -137,6 +137,14 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
     let mut synthetic_done = false;
 
     let paid = crate::fake_api_nodes::paid_nodes(&shared.object_info, &nodes);
+    // As ComfyUI: the run starts (`execution_start`) before any node runs, so the API nodes' progress text comes
+    // while the prompt is the one running.
+    let started_early = !paid.is_empty();
+    if started_early {
+        let start = json!({"type": "execution_start", "data": {"prompt_id": item.prompt_id, "timestamp": now_ms()}});
+        messages.push(json!(["execution_start", start["data"]]));
+        send_event(shared, item, start);
+    }
     if !paid.is_empty() {
         let base = shared.comfy_api_base.lock().unwrap().clone();
         match crate::fake_api_nodes::run(
@@ -208,7 +216,7 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
                 let mut event: Value =
                     serde_json::from_str(&raw).expect("re-serialised JSON parses");
                 let kind = event["type"].as_str().unwrap_or_default().to_owned();
-                if kind == "status" {
+                if kind == "status" || (kind == "execution_start" && started_early) {
                     continue;
                 }
                 if let Some(ts) = event["data"].get_mut("timestamp") {
