@@ -78,10 +78,30 @@ fn by_seq(event: &StoredEvent) -> i64 {
     event.seq
 }
 
-/// Sends stored events in order, numbered by `number`; answers the last number sent, or `None` when the stream
-/// must end: the client left, or (with `end_on_final`) the job's final state was sent.
-fn send_stored(
-    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+/// Events a stream holds for its client at most. A client that falls this far behind the live events (it stopped
+/// reading) is dropped rather than held in memory; it comes back with `Last-Event-ID` and misses nothing.
+const CLIENT_BUFFER: usize = 1024;
+
+type Sender = tokio::sync::mpsc::Sender<Event>;
+
+/// Sends a live event: answers `false` when the stream must end, because the client left or cannot keep up.
+fn send_live(tx: &Sender, event: Event) -> bool {
+    match tx.try_send(event) {
+        Ok(()) => true,
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            tracing::debug!(
+                "an event stream's client stopped reading: dropped, it may resume with Last-Event-ID"
+            );
+            false
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// Sends stored events in order, numbered by `number`, at the client's pace; answers the last number sent, or
+/// `None` when the stream must end: the client left, or (with `end_on_final`) the job's final state was sent.
+async fn send_stored(
+    tx: &Sender,
     events: Vec<StoredEvent>,
     mut last: i64,
     number: fn(&StoredEvent) -> i64,
@@ -89,7 +109,10 @@ fn send_stored(
 ) -> Option<i64> {
     for stored in events {
         last = number(&stored);
-        if tx.send(numbered(last, stored.kind, &stored.job)).is_err()
+        if tx
+            .send(numbered(last, stored.kind, &stored.job))
+            .await
+            .is_err()
             || (end_on_final && JobStatus::is_final_json(&stored.job))
         {
             return None;
@@ -134,7 +157,8 @@ pub async fn events(
         };
         let mut last = match resume {
             Some(after) => {
-                let Some(last) = send_stored(&tx, replay(after).await, after, by_job, true) else {
+                let Some(last) = send_stored(&tx, replay(after).await, after, by_job, true).await
+                else {
                     return;
                 };
                 if job.status.is_final() {
@@ -145,7 +169,11 @@ pub async fn events(
             }
             None => {
                 let last = store.last_job_event(&id).await.unwrap_or(0);
-                if tx.send(numbered(last, EventKind::State, &job)).is_err() || job.status.is_final()
+                if tx
+                    .send(numbered(last, EventKind::State, &job))
+                    .await
+                    .is_err()
+                    || job.status.is_final()
                 {
                     return;
                 }
@@ -157,18 +185,14 @@ pub async fn events(
                 Ok(change) if change.job.id == id && change.job_seq > last => {
                     last = change.job_seq;
                     let done = change.job.status.is_final();
-                    if tx
-                        .send(numbered(change.job_seq, change.kind, &change.job))
-                        .is_err()
-                        || done
-                    {
+                    if !send_live(&tx, numbered(change.job_seq, change.kind, &change.job)) || done {
                         return;
                     }
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
                     // Too slow a reader: what it missed is read back from the store, in order.
-                    match send_stored(&tx, replay(last).await, last, by_job, true) {
+                    match send_stored(&tx, replay(last).await, last, by_job, true).await {
                         Some(sent) => last = sent,
                         None => return,
                     }
@@ -205,26 +229,25 @@ pub async fn all_events(
             }
         };
         let mut last = match resume {
-            Some(after) => match send_stored(&tx, replay(after).await, after, by_seq, false) {
-                Some(last) => last,
-                None => return,
-            },
+            Some(after) => {
+                match send_stored(&tx, replay(after).await, after, by_seq, false).await {
+                    Some(last) => last,
+                    None => return,
+                }
+            }
             None => store.last_event().await.unwrap_or(0),
         };
         loop {
             match changes.recv().await {
                 Ok(change) if change.seq > last => {
                     last = change.seq;
-                    if tx
-                        .send(numbered(change.seq, change.kind, &change.job))
-                        .is_err()
-                    {
+                    if !send_live(&tx, numbered(change.seq, change.kind, &change.job)) {
                         return;
                     }
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
-                    match send_stored(&tx, replay(last).await, last, by_seq, false) {
+                    match send_stored(&tx, replay(last).await, last, by_seq, false).await {
                         Some(sent) => last = sent,
                         None => return,
                     }
@@ -243,10 +266,10 @@ fn async_stream<F, Fut>(
     produce: F,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
 where
-    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
+    F: FnOnce(Sender) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::channel(CLIENT_BUFFER);
     let producing = produce(tx);
     tokio::spawn(async move {
         match max {
@@ -266,6 +289,25 @@ where
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    /// A client that stops reading holds at most [`CLIENT_BUFFER`] events: the next live one ends its stream
+    /// (it resumes with `Last-Event-ID`), so memory does not grow with what it did not read.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_at_the_buffer() {
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let stream = async_stream(None, move |tx| async move {
+            let mut sent = 0;
+            while sent < 10 * CLIENT_BUFFER && send_live(&tx, Event::default().data("x")) {
+                sent += 1;
+            }
+            let _ = sent_tx.send(sent);
+        });
+        let sent = sent_rx.await.unwrap();
+        assert_eq!(sent, CLIENT_BUFFER);
+        // What it holds is still delivered, in full, should it read again; then the stream ends.
+        use futures_util::StreamExt;
+        assert_eq!(stream.count().await, CLIENT_BUFFER);
+    }
 
     /// A quiet stream's first bytes are the heartbeat comment, after exactly [`HEARTBEAT_EVERY`] (the clock is
     /// tokio's paused one, so the test takes no real time).

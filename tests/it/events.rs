@@ -161,3 +161,70 @@ async fn a_stream_ends_after_its_longest_time_and_resumes_where_it_left_off() {
     let again = read_events(&app, "/api/events", Some(last), |_| false).await;
     assert!(again.is_empty(), "nothing twice: {again:?}");
 }
+
+/// 200 clients follow `/api/events` while jobs run, beside one that never reads: each of the 200 gets every
+/// event, in order and without a gap, and the one that stalls does not hold them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_watchers_each_get_every_event_in_order() {
+    use tokio::io::AsyncWriteExt;
+    const WATCHERS: usize = 200;
+    const JOBS: usize = 10;
+    let fake = FakeComfy::start().await;
+    fake.set_progress_steps(20);
+    let app = TestApp::spawn(&fake.url()).await;
+    let api = app.api();
+    let mut streams = Vec::new();
+    for _ in 0..WATCHERS {
+        // Subscribed once the answer's head is here.
+        streams.push(
+            api.events("/api/events", None, Some(Duration::from_secs(60)))
+                .await
+                .expect("the stream opens"),
+        );
+    }
+    // A client that asks and then never reads a byte.
+    let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(format!("GET /api/events HTTP/1.1\r\nHost: {}\r\n\r\n", app.addr).as_bytes())
+        .await
+        .unwrap();
+
+    for colour in 0..JOBS {
+        app.post_json(
+            "/api/jobs",
+            &json!({ "workflow": crate::jobs::workflow(60 + colour as u32) }),
+        )
+        .await;
+    }
+    let watch = |mut stream: orchestrator::client::Events| async move {
+        let mut ids = Vec::new();
+        let mut ended = std::collections::HashSet::new();
+        while ended.len() < JOBS {
+            let Some(event) = stream.next().await else {
+                break;
+            };
+            let Some(id) = event.id.as_deref().and_then(|id| id.parse::<i64>().ok()) else {
+                continue;
+            };
+            ids.push(id);
+            let job = event.json().unwrap_or(Value::Null);
+            if ["succeeded", "failed", "cancelled", "backend_lost"]
+                .contains(&job["status"].as_str().unwrap_or(""))
+            {
+                ended.insert(job["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        ids
+    };
+    let seen: Vec<Vec<i64>> = futures_util::future::join_all(streams.into_iter().map(watch)).await;
+    let first = &seen[0];
+    assert!(first.len() >= JOBS * 3, "{first:?}");
+    assert!(
+        first.windows(2).all(|w| w[1] == w[0] + 1),
+        "numbered without a gap: {first:?}"
+    );
+    for (watcher, ids) in seen.iter().enumerate() {
+        assert_eq!(ids, first, "watcher {watcher}");
+    }
+    drop(stalled);
+}

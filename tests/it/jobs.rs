@@ -22,7 +22,7 @@ async fn job(app: &TestApp, id: &str) -> Value {
 }
 
 /// A variant of the recorded no-model workflow (a new colour defeats ComfyUI's cache).
-fn workflow(colour: u32) -> Value {
+pub(crate) fn workflow(colour: u32) -> Value {
     let mut workflow = no_model_workflow();
     workflow["1"]["inputs"]["color"] = json!(colour);
     workflow

@@ -77,7 +77,7 @@ impl Jobs {
                 self.waiting
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(job.id.clone());
+                    .push_back(job.id.clone());
                 self.start_dispatcher();
                 tracing::info!(job = %job.id, "no ComfyUI answers: the job waits in the queue");
                 return Ok(job);
@@ -163,7 +163,7 @@ impl Jobs {
                 .waiting
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .first()
+                .front()
                 .cloned()
             else {
                 return true;
@@ -175,7 +175,7 @@ impl Jobs {
                     self.waiting
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .retain(|w| *w != id);
+                        .pop_front();
                     continue;
                 }
             };
@@ -190,7 +190,7 @@ impl Jobs {
             self.waiting
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .retain(|w| *w != id);
+                .pop_front();
             let workflow = self
                 .store
                 .workflow(&id)

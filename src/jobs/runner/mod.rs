@@ -114,10 +114,13 @@ pub struct Jobs {
     /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
     followers: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
     /// Jobs recorded while no ComfyUI answered, oldest first, to send when one does.
-    waiting: Arc<Mutex<Vec<String>>>,
+    waiting: Arc<Mutex<std::collections::VecDeque<String>>>,
     dispatcher_running: Arc<std::sync::atomic::AtomicBool>,
     /// When each running job last sent a progress event, for coalescing.
     last_progress: Arc<Mutex<HashMap<String, std::time::Instant>>>,
+    /// The latest progress of a job heard within [`PROGRESS_EVERY`] of its last write: written when that time is
+    /// up, or with the job's next state change, whichever comes first.
+    pending_progress: Arc<Mutex<HashMap<String, JobChange>>>,
     /// When this process began: only jobs recorded before it are reconciled. A job this process records is its own
     /// to submit and follow, even in the moment between being recorded and being followed.
     started_at: String,
@@ -154,6 +157,7 @@ impl Jobs {
             events,
             followers: Arc::default(),
             last_progress: Arc::default(),
+            pending_progress: Arc::default(),
             waiting: Arc::default(),
             dispatcher_running: Arc::default(),
             started_at: super::model::now(),
@@ -302,6 +306,9 @@ impl Jobs {
                 self.money.api_key.as_ref().map(|k| k.expose()),
             );
         }
+        let Some(change) = self.coalesce(id, kind, change) else {
+            return true;
+        };
         match self.store.update_job(id, change).await {
             Ok(true) => {}
             Ok(false) => return false,
@@ -347,6 +354,50 @@ impl Jobs {
 
 /// At most this often a progress event per job: a 1,000-step sampler sends about 4 a second, not 1,000.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+impl Jobs {
+    /// Progress is written at most once per [`PROGRESS_EVERY`] per job: a progress change that comes sooner is held
+    /// (the newest replacing the one held) and written when the time is up; a state change takes the held
+    /// progress along. Answers the change to write now, if any.
+    fn coalesce(&self, id: &str, kind: EventKind, mut change: JobChange) -> Option<JobChange> {
+        let mut pending = self
+            .pending_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if kind != EventKind::Progress {
+            if let Some(held) = pending.remove(id) {
+                change.progress = change.progress.or(held.progress);
+                change.current_node = change.current_node.or(held.current_node);
+            }
+            return Some(change);
+        }
+        let last = self.last_progress.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = last
+            .get(id)
+            .and_then(|at| PROGRESS_EVERY.checked_sub(at.elapsed()))
+            .filter(|wait| !wait.is_zero());
+        let Some(wait) = wait else {
+            pending.remove(id);
+            return Some(change);
+        };
+        if pending.insert(id.to_owned(), change).is_none() {
+            let (jobs, id) = (self.clone(), id.to_owned());
+            self.background.spawn(async move {
+                tokio::time::sleep(wait).await;
+                let held = jobs
+                    .pending_progress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                if let Some(held) = held {
+                    // Boxed: `change` awaits `coalesce`'s flush, which calls `change`.
+                    Box::pin(jobs.change(&id, EventKind::Progress, held)).await;
+                }
+            });
+        }
+        None
+    }
+}
 
 pub(crate) fn finished(status: JobStatus) -> JobChange {
     JobChange {
