@@ -720,8 +720,12 @@ async fn every_job_on_a_backend_shares_one_websocket() {
         assert_eq!(done["outputs"].as_array().unwrap().len(), 1, "{done}");
         assert_eq!(done["progress"], 100.0, "{done}");
     }
-    let sockets = fake.requests().iter().filter(|r| r.path == "/ws").count();
-    assert_eq!(sockets, 1, "one socket for {} jobs", ids.len());
+    assert_eq!(
+        fake.sockets_opened(),
+        1,
+        "one socket for {} jobs",
+        ids.len()
+    );
     // Every prompt was posted under Orchestrator's one client id, with an id Orchestrator chose.
     let prompts = fake.received_prompts();
     let clients: std::collections::HashSet<_> = prompts

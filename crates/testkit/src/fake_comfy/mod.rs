@@ -175,6 +175,9 @@ struct Shared {
     /// TCP connections open right now (counted by the listener, so idle pooled ones too).
     open_connections: Arc<AtomicUsize>,
     sockets: Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>,
+    /// WebSockets opened since start, and the most open at once.
+    sockets_opened: AtomicUsize,
+    sockets_peak: AtomicUsize,
     queue: Mutex<Queue>,
     history: Mutex<Map<String, Value>>,
     files: Mutex<HashMap<String, Bytes>>,
@@ -267,6 +270,8 @@ impl FakeComfy {
             request_count: AtomicU64::new(0),
             open_connections: Arc::new(AtomicUsize::new(0)),
             sockets: Mutex::new(HashMap::new()),
+            sockets_opened: AtomicUsize::new(0),
+            sockets_peak: AtomicUsize::new(0),
             queue: Mutex::new(Queue::default()),
             history: Mutex::new(Map::new()),
             files: Mutex::new(HashMap::new()),
@@ -382,6 +387,16 @@ impl FakeComfy {
     /// How many requests arrived since start.
     pub fn request_count(&self) -> u64 {
         self.shared.request_count.load(Ordering::SeqCst)
+    }
+
+    /// WebSockets opened since start.
+    pub fn sockets_opened(&self) -> usize {
+        self.shared.sockets_opened.load(Ordering::SeqCst)
+    }
+
+    /// The most WebSockets open at once since start.
+    pub fn sockets_peak(&self) -> usize {
+        self.shared.sockets_peak.load(Ordering::SeqCst)
     }
 
     /// The client ids with an open WebSocket.

@@ -7,11 +7,14 @@ pub(super) async fn serve_socket(shared: Arc<Shared>, socket: WebSocket, sid: St
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     // As ComfyUI: the socket is registered under its id first, then greeted; a client that waits for the
     // greeting knows that events for its id will reach it.
-    shared
-        .sockets
-        .lock()
-        .unwrap()
-        .insert(sid.clone(), tx.clone());
+    {
+        let mut sockets = shared.sockets.lock().unwrap();
+        sockets.insert(sid.clone(), tx.clone());
+        shared.sockets_opened.fetch_add(1, Ordering::SeqCst);
+        shared
+            .sockets_peak
+            .fetch_max(sockets.len(), Ordering::SeqCst);
+    }
     let hello = json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": queue_remaining(&shared)}}, "sid": sid}});
     let _ = tx.send(Message::text(hello.to_string()));
     let writer = tokio::spawn(async move {
