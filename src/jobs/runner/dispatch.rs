@@ -30,10 +30,8 @@ impl Jobs {
     /// The online backend with the shortest queue; `None` when none answers.
     pub(in crate::jobs) async fn choose_backend(&self) -> Option<&ComfyGateway> {
         let probes = self.backends.iter().map(|backend| async move {
-            // A backend whose link is up is online, and its `status` messages tell its queue: no request needed.
-            if let Some(queued) = self.link(backend).queue_remaining() {
-                return Some((queued, backend));
-            }
+            // Asked over HTTP even when the backend's WebSocket is up: a ComfyUI whose socket greets but whose HTTP
+            // hangs is not one to send a job to.
             let answer = tokio::time::timeout(
                 Duration::from_secs(2),
                 backend.get_json("/prompt", 64 * 1024),

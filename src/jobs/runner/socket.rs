@@ -15,7 +15,7 @@
 //! longer holds to look at its history ([`Heard::Check`]): one request per silence, not one per job.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,8 +101,6 @@ pub(super) struct Link {
     state: watch::Sender<State>,
     /// Cuts the back-off short: a job wants the link now (its backend answered a probe).
     retry: tokio::sync::Notify,
-    /// ComfyUI's queue length as its last `status` message said; -1 when unknown.
-    queue_remaining: AtomicI64,
     started: AtomicBool,
 }
 
@@ -115,7 +113,6 @@ impl Link {
             running: Mutex::default(),
             state: watch::channel(State::Down { failed: 0 }).0,
             retry: tokio::sync::Notify::new(),
-            queue_remaining: AtomicI64::new(-1),
             started: AtomicBool::new(false),
         }
     }
@@ -168,13 +165,6 @@ impl Link {
             State::Up { generation } => generation,
             State::Down { .. } => 0,
         }
-    }
-
-    /// ComfyUI's queue length from its last `status` message, while the link is up.
-    pub(super) fn queue_remaining(&self) -> Option<u64> {
-        let up = matches!(*self.state.borrow(), State::Up { .. });
-        let known = u64::try_from(self.queue_remaining.load(Ordering::SeqCst)).ok();
-        known.filter(|_| up)
     }
 
     /// Starts routing `prompt_id`'s messages to the answer; a second registration replaces the first.
@@ -231,7 +221,6 @@ impl Link {
                     let stopped = self.route(socket, &background).await;
                     self.state.send_replace(State::Down { failed: 0 });
                     *self.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    self.queue_remaining.store(-1, Ordering::SeqCst);
                     if stopped {
                         return;
                     }
@@ -308,9 +297,6 @@ impl Link {
     fn on_event(&self, event: Value) -> bool {
         let data = &event["data"];
         if event["type"] == "status" {
-            if let Some(remaining) = data["status"]["exec_info"]["queue_remaining"].as_i64() {
-                self.queue_remaining.store(remaining, Ordering::SeqCst);
-            }
             return false;
         }
         let named = data["prompt_id"].as_str().map(str::to_owned);
