@@ -161,6 +161,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long one event stream stays open before the client is asked to reconnect; `None`: as long as it likes.
     pub events_max: Option<Duration>,
+    /// Events held for a slow client before it is dropped (`ORCH_EVENTS_CLIENT_BUFFER`).
+    pub events_client_buffer: usize,
     /// Lower-cased extra `Host` names; loopback names are always allowed.
     pub allowed_hosts: Vec<String>,
     pub token: Option<Secret>,
@@ -230,6 +232,10 @@ impl Config {
             (
                 v("events_max_secs"),
                 self.events_max.map_or(0, |d| d.as_secs()).to_string(),
+            ),
+            (
+                v("events_client_buffer"),
+                self.events_client_buffer.to_string(),
             ),
             (v("allowed_hosts"), self.allowed_hosts.join(",")),
             (v("token"), secret(&self.token)),

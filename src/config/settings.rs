@@ -53,6 +53,16 @@ pub struct Settings {
     #[arg(long, env = "ORCH_EVENTS_MAX_SECS", default_value = "0", global = true)]
     pub events_max_secs: String,
 
+    /// Events an event stream holds for a client that reads slower than they come; past that, the client is
+    /// dropped (it reconnects with `Last-Event-ID` and misses nothing) rather than held in memory.
+    #[arg(
+        long,
+        env = "ORCH_EVENTS_CLIENT_BUFFER",
+        default_value = "1024",
+        global = true
+    )]
+    pub events_client_buffer: String,
+
     /// Extra `Host` names accepted besides the loopback names (comma list).
     #[arg(long, env = "ORCH_ALLOWED_HOSTS", global = true)]
     pub allowed_hosts: Option<String>,

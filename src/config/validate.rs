@@ -122,11 +122,11 @@ impl Settings {
         }
         let database_url = match self.database_url.as_deref().map(str::trim) {
             None | Some("") => format!("sqlite://{}", data_dir.join("orchestrator.db").display()),
-            Some(url) if url.starts_with("sqlite:") => url.to_string(),
+            Some(url) if crate::store::Engine::of_url(url).is_some() => url.to_string(),
             Some(url) => {
                 let scheme = url.split(':').next().unwrap_or_default();
                 problems.push(format!(
-                    "{}: the {scheme:?} store is not supported yet; use sqlite://PATH",
+                    "{}: the {scheme:?} store is not supported; use sqlite://PATH or postgres://USER@HOST/DATABASE",
                     Settings::name_of("database_url")
                 ));
                 String::new()
@@ -204,6 +204,7 @@ impl Settings {
         let max_body_mb = positive!(max_body_mb, 1 << 20);
         let header_read_secs = positive!(header_read_timeout_secs, 3600);
         let max_connections = positive!(max_connections, 1_000_000);
+        let events_client_buffer = positive!(events_client_buffer, 1_000_000);
         let restart_ms = positive!(comfy_restart_delay_ms, 60_000);
         let grace_secs = positive!(comfy_stop_grace_secs, 600);
         let hung_secs = positive!(comfy_hung_secs, 86_400);
@@ -389,6 +390,7 @@ impl Settings {
                 header_read_timeout: Duration::from_secs(header_read_secs),
                 max_connections: max_connections as usize,
                 events_max,
+                events_client_buffer: events_client_buffer as usize,
                 allowed_hosts,
                 token,
                 data_dir,

@@ -78,10 +78,6 @@ fn by_seq(event: &StoredEvent) -> i64 {
     event.seq
 }
 
-/// Events a stream holds for its client at most. A client that falls this far behind the live events (it stopped
-/// reading) is dropped rather than held in memory; it comes back with `Last-Event-ID` and misses nothing.
-const CLIENT_BUFFER: usize = 1024;
-
 type Sender = tokio::sync::mpsc::Sender<Event>;
 
 /// Sends a live event: answers `false` when the stream must end, because the client left or cannot keep up.
@@ -144,7 +140,7 @@ pub async fn events(
     let job = find(&state, &id).await?;
     let store = state.jobs.store().clone();
     let resume = resume_from(&headers, &query)?;
-    let stream = async_stream(state.config.events_max, move |tx| async move {
+    let stream = async_stream(&state.config, move |tx| async move {
         let replay = |after: i64| {
             let store = store.clone();
             let id = id.clone();
@@ -217,7 +213,7 @@ pub async fn all_events(
     let mut changes = state.jobs.subscribe();
     let store = state.jobs.store().clone();
     let resume = resume_from(&headers, &query)?;
-    let stream = async_stream(state.config.events_max, move |tx| async move {
+    let stream = async_stream(&state.config, move |tx| async move {
         // A new client starts from now; a returning one from where it left off.
         let replay = |after: i64| {
             let store = store.clone();
@@ -259,17 +255,20 @@ pub async fn all_events(
     Ok(event_stream(stream))
 }
 
-/// A stream fed by a task: `produce` sends items until it returns, or until `max` (`ORCH_EVENTS_MAX_SECS`) has
-/// passed; the client then reconnects with `Last-Event-ID`.
+/// A stream fed by a task: `produce` sends items until it returns, or until `ORCH_EVENTS_MAX_SECS` has passed; the
+/// client then reconnects with `Last-Event-ID`. The stream holds at most `ORCH_EVENTS_CLIENT_BUFFER` events for its
+/// client: one that falls this far behind the live events (it stopped reading) is dropped rather than held in
+/// memory, and comes back with `Last-Event-ID` missing nothing.
 fn async_stream<F, Fut>(
-    max: Option<std::time::Duration>,
+    config: &crate::config::Config,
     produce: F,
-) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + use<F, Fut>
 where
     F: FnOnce(Sender) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(CLIENT_BUFFER);
+    let (tx, rx) = tokio::sync::mpsc::channel(config.events_client_buffer.max(1));
+    let max = config.events_max;
     let producing = produce(tx);
     tokio::spawn(async move {
         match max {
@@ -290,23 +289,28 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    /// A client that stops reading holds at most [`CLIENT_BUFFER`] events: the next live one ends its stream
-    /// (it resumes with `Last-Event-ID`), so memory does not grow with what it did not read.
+    /// A client that stops reading holds at most `ORCH_EVENTS_CLIENT_BUFFER` events (1024 by default): the next
+    /// live one ends its stream (it resumes with `Last-Event-ID`), so memory does not grow with what it did not read.
     #[tokio::test]
     async fn a_client_that_stops_reading_is_dropped_at_the_buffer() {
+        let mut settings = crate::config::Settings::defaults();
+        settings.comfy_url = "http://127.0.0.1:8188".into();
+        let config = settings.validate(false).expect("the defaults are valid");
+        let held = config.events_client_buffer;
+        assert_eq!(held, 1024);
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-        let stream = async_stream(None, move |tx| async move {
+        let stream = async_stream(&config, move |tx| async move {
             let mut sent = 0;
-            while sent < 10 * CLIENT_BUFFER && send_live(&tx, Event::default().data("x")) {
+            while sent < 10 * held && send_live(&tx, Event::default().data("x")) {
                 sent += 1;
             }
             let _ = sent_tx.send(sent);
         });
         let sent = sent_rx.await.unwrap();
-        assert_eq!(sent, CLIENT_BUFFER);
+        assert_eq!(sent, held);
         // What it holds is still delivered, in full, should it read again; then the stream ends.
         use futures_util::StreamExt;
-        assert_eq!(stream.count().await, CLIENT_BUFFER);
+        assert_eq!(stream.count().await, held);
     }
 
     /// A quiet stream's first bytes are the heartbeat comment, after exactly [`HEARTBEAT_EVERY`] (the clock is

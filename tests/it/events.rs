@@ -228,3 +228,98 @@ async fn two_hundred_watchers_each_get_every_event_in_order() {
     }
     drop(stalled);
 }
+
+/// A client that stops reading while events pour in is dropped once `ORCH_EVENTS_CLIENT_BUFFER` events are held
+/// for it: its stream ends (it does not hang, and the server holds no more for it), and it comes back with
+/// `Last-Event-ID` to get every later event, with no gap and none twice; a client that reads meanwhile gets them
+/// all. (Held here: 8 events.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_dropped_and_resumes_with_last_event_id_without_a_gap() {
+    use http_body_util::BodyExt;
+    const JOBS: usize = 120;
+    let down = crate::support::closed_port().await;
+    let app = TestApp::spawn_with(&format!("http://{down}"), |s| {
+        s.events_client_buffer = "8".into();
+    })
+    .await;
+
+    // The stalled client: a small receive buffer, a request, then no reading until the end.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("/api/events")
+        .header("host", app.addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let stalled = sender.send_request(request).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    // A reader that keeps up, beside it.
+    let reader = {
+        let mut events = app.api().events("/api/events", None, None).await.unwrap();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while ids.len() < JOBS {
+                match events.next().await {
+                    Some(event) => ids.extend(event.id.and_then(|id| id.parse::<i64>().ok())),
+                    None => break,
+                }
+            }
+            ids
+        })
+    };
+
+    // With ComfyUI down, each job waits in Orchestrator's queue; cancelling it is one event, the job with its
+    // 64 KiB prompt: 7.5 MiB in all, more than the kernel (4 MiB at most here) and hyper buffer besides.
+    let prompt = "a lighthouse at dusk, ".repeat(3000);
+    for _ in 0..JOBS {
+        let (status, job) = app
+            .post_json(
+                "/api/jobs",
+                &json!({ "template": "sdxl-t2i", "params": { "prompt": prompt } }),
+            )
+            .await;
+        assert_eq!(status, 202, "{job}");
+        let cancel = format!("/api/jobs/{}/cancel", job["id"].as_str().unwrap());
+        let (status, cancelled) = app.post_json(&cancel, &json!({})).await;
+        assert_eq!(status, 200, "{cancelled}");
+    }
+    let read = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the reading client is not held back")
+        .unwrap();
+    assert_eq!(read.len(), JOBS);
+    assert!(read.windows(2).all(|w| w[1] == w[0] + 1), "{read:?}");
+
+    // The stalled one was let go: what was held for it arrives, then its stream ends, short of the last event.
+    let body = tokio::time::timeout(Duration::from_secs(30), stalled.into_body().collect())
+        .await
+        .expect("the stalled client's stream ends rather than waiting for it")
+        .unwrap()
+        .to_bytes();
+    let got: Vec<i64> = String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|line| line.strip_prefix("id:"))
+        .filter_map(|id| id.trim().parse().ok())
+        .collect();
+    assert!(!got.is_empty() && got.len() < JOBS, "{} events", got.len());
+    assert_eq!(got, read[..got.len()], "in order, from the first");
+
+    // Back with Last-Event-ID: exactly the rest.
+    let left_off = *got.last().unwrap();
+    let rest = read_events(&app, "/api/events", Some(left_off), |events| {
+        events.last().map(|e| e.id) == read.last().copied()
+    })
+    .await;
+    let rest: Vec<i64> = rest.iter().map(|e| e.id).collect();
+    assert_eq!(rest, read[got.len()..], "no gap, nothing twice");
+    eprintln!(
+        "stalled client: dropped after {} of {JOBS} events, resumed with the other {}",
+        got.len(),
+        rest.len()
+    );
+}
