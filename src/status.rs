@@ -247,8 +247,20 @@ pub async fn comfy(state: &AppState) -> Comfy {
     }
 }
 
+/// Where the store is: the SQLite file, or the PostgreSQL server and database (never its password).
 fn database_path(state: &AppState) -> String {
     let url = state.config.database_url.expose();
+    if state.store.engine() == crate::store::Engine::Postgres {
+        return match reqwest::Url::parse(url) {
+            Ok(mut url) => {
+                let _ = url.set_password(None);
+                // The query may carry a password too (`?password=`).
+                url.set_query(None);
+                url.to_string()
+            }
+            Err(_) => "postgres://".to_owned(),
+        };
+    }
     url.strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url)

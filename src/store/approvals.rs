@@ -40,7 +40,7 @@ impl Store {
         let id = uuid::Uuid::now_v7().to_string();
         sqlx::query(
             "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, approval) \
-             VALUES (?, ?, 'awaiting_confirmation', ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, 'awaiting_confirmation', $3, $4, $5, $6, $7, $8)",
         )
         .bind(&id)
         .bind(new.backend.as_str())
@@ -61,8 +61,8 @@ impl Store {
     /// moved): it waits, with its dry run, and nothing is sent.
     pub async fn await_approval(&self, job_id: &str, approval: &Value) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET status = 'awaiting_confirmation', approval = ?2 \
-             WHERE id = ?1 AND status IN ('queued', 'submitted') AND cost_micros IS NULL",
+            "UPDATE jobs SET status = 'awaiting_confirmation', approval = $2 \
+             WHERE id = $1 AND status IN ('queued', 'submitted') AND cost_micros IS NULL",
         )
         .bind(job_id)
         .bind(approval.to_string())
@@ -74,8 +74,8 @@ impl Store {
     /// Approves a waiting job in one transaction: the day's budget must cover the price, the token must not have
     /// paid before, and the job must still wait; then its price is reserved and it becomes `queued`.
     pub async fn approve_job(&self, approve: ApproveJob<'_>) -> Result<Approval, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let status: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?")
+        let mut tx = self.money_transaction().await?;
+        let status: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
             .bind(approve.job_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -97,7 +97,7 @@ impl Store {
             return Ok(Approval::TokenUsed);
         }
         sqlx::query(
-            "INSERT INTO charges (job_id, day, amount_micros, state, updated_at) VALUES (?, ?, ?, 'reserved', ?)",
+            "INSERT INTO charges (job_id, day, amount_micros, state, updated_at) VALUES ($1, $2, $3, 'reserved', $4)",
         )
         .bind(approve.job_id)
         .bind(approve.day)
@@ -109,7 +109,7 @@ impl Store {
             claim_key(&mut tx, claim, approve.job_id, &at).await?;
         }
         sqlx::query(
-            "UPDATE jobs SET status = 'queued', cost_micros = ?2, approval = ?3 WHERE id = ?1",
+            "UPDATE jobs SET status = 'queued', cost_micros = $2, approval = $3 WHERE id = $1",
         )
         .bind(approve.job_id)
         .bind(approve.cost_micros)
@@ -130,7 +130,7 @@ impl Store {
         job_id: &str,
         actual_micros: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET actual_cost_micros = ?2 WHERE id = ?1")
+        sqlx::query("UPDATE jobs SET actual_cost_micros = $2 WHERE id = $1")
             .bind(job_id)
             .bind(actual_micros)
             .execute(&self.pool)
@@ -147,13 +147,13 @@ impl Store {
         actual_micros: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE jobs SET actual_cost_micros = ?2 WHERE id = ?1")
+        sqlx::query("UPDATE jobs SET actual_cost_micros = $2 WHERE id = $1")
             .bind(job_id)
             .bind(actual_micros)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE charges SET amount_micros = ?2, state = 'spent', updated_at = ?3 WHERE job_id = ?1",
+            "UPDATE charges SET amount_micros = $2, state = 'spent', updated_at = $3 WHERE job_id = $1",
         )
         .bind(job_id)
         .bind(charge_micros)

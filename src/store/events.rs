@@ -2,7 +2,9 @@
 
 use serde_json::Value;
 
-use super::{Store, StoreError};
+use sqlx::Executor;
+
+use super::{Engine, Store, StoreError};
 use crate::jobs::model::{EventKind, Job, now};
 
 /// The numbered job events behind rejoinable streams.
@@ -14,17 +16,26 @@ impl Store {
         job: &Job,
     ) -> Result<StoredEvent, StoreError> {
         let snapshot = serde_json::to_string(job).unwrap_or_else(|_| "{}".into());
+        // On PostgreSQL, instances of a fleet write events at once: the table lock, held to the commit, makes
+        // the numbers commit in order, so a reader that resumes after n never misses a smaller one committed
+        // later. (SQLite has one writer at a time anyway.)
+        let mut tx = self.pool.begin().await?;
+        if self.engine == Engine::Postgres {
+            tx.execute("LOCK TABLE job_events IN EXCLUSIVE MODE")
+                .await?;
+        }
         let (seq, job_seq): (i64, i64) = sqlx::query_as(
             "INSERT INTO job_events (job_id, job_seq, kind, job, at) \
-             SELECT ?1, COALESCE(MAX(job_seq), 0) + 1, ?2, ?3, ?4 FROM job_events WHERE job_id = ?1 \
+             SELECT $1, COALESCE(MAX(job_seq), 0) + 1, $2, $3, $4 FROM job_events WHERE job_id = $1 \
              RETURNING seq, job_seq",
         )
         .bind(&job.id)
         .bind(kind.as_str())
         .bind(&snapshot)
         .bind(now())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(StoredEvent {
             seq,
             job_seq,
@@ -41,7 +52,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT seq, job_seq, kind, job FROM job_events WHERE job_id = ? AND job_seq > ? ORDER BY job_seq LIMIT ?",
+            "SELECT seq, job_seq, kind, job FROM job_events WHERE job_id = $1 AND job_seq > $2 ORDER BY job_seq LIMIT $3",
         )
         .bind(job_id)
         .bind(after)
@@ -58,7 +69,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT seq, job_seq, kind, job FROM job_events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, job_seq, kind, job FROM job_events WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after)
         .bind(i64::from(limit))
@@ -78,7 +89,7 @@ impl Store {
     /// The number of a job's latest event (0 when it has none).
     pub async fn last_job_event(&self, job_id: &str) -> Result<i64, StoreError> {
         let (last,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(job_seq), 0) FROM job_events WHERE job_id = ?")
+            sqlx::query_as("SELECT COALESCE(MAX(job_seq), 0) FROM job_events WHERE job_id = $1")
                 .bind(job_id)
                 .fetch_one(&self.pool)
                 .await?;

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::{Store, StoreError};
 use crate::jobs::model::{Backend, Job, JobStatus, OutputFile, now};
@@ -14,7 +14,7 @@ impl Store {
         let id = uuid::Uuid::now_v7().to_string();
         sqlx::query(
             "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url) \
-             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
         )
         .bind(&id)
         .bind(new.backend.as_str())
@@ -34,7 +34,7 @@ impl Store {
         let row = sqlx::query(concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE id = ?"
+            " FROM jobs WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -44,10 +44,11 @@ impl Store {
 
     /// The workflow a job submits (the `prompt` column).
     pub async fn workflow(&self, id: &str) -> Result<Option<Value>, StoreError> {
-        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT prompt FROM jobs WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT prompt FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row
             .and_then(|(text,)| text)
             .and_then(|t| serde_json::from_str(&t).ok()))
@@ -71,8 +72,8 @@ impl Store {
                 sqlx::query(concat!(
                     "SELECT ",
                     job_columns!(),
-                    " FROM jobs WHERE (created_at, id) < (?2, ?3) AND (?1 IS NULL OR status = ?1) \
-                     ORDER BY created_at DESC, id DESC LIMIT ?4"
+                    " FROM jobs WHERE (created_at, id) < ($2, $3) AND ($1 IS NULL OR status = $1) \
+                     ORDER BY created_at DESC, id DESC LIMIT $4"
                 ))
                 .bind(status.map(JobStatus::as_str))
                 .bind(time)
@@ -85,7 +86,7 @@ impl Store {
                 sqlx::query(concat!(
                     "SELECT ",
                     job_columns!(),
-                    " FROM jobs WHERE (?1 IS NULL OR status = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2"
+                    " FROM jobs WHERE ($1 IS NULL OR status = $1) ORDER BY created_at DESC, id DESC LIMIT $2"
                 ))
                 .bind(status.map(JobStatus::as_str))
                 .bind(i64::from(limit) + 1)
@@ -120,17 +121,17 @@ impl Store {
         } = change;
         let done = sqlx::query(
             "UPDATE jobs SET \
-               status = COALESCE(?2, status), \
-               progress = COALESCE(?3, progress), \
-               current_node = CASE WHEN ?4 THEN ?5 ELSE current_node END, \
-               error = COALESCE(?6, error), \
-               outputs = COALESCE(?7, outputs), \
-               comfy_prompt_id = COALESCE(?8, comfy_prompt_id), \
-               started_at = CASE WHEN ?9 AND started_at IS NULL THEN ?11 ELSE started_at END, \
-               finished_at = CASE WHEN ?10 THEN ?11 ELSE finished_at END, \
-               provider_id = COALESCE(?12, provider_id), \
-               polling_url = COALESCE(?13, polling_url) \
-             WHERE id = ?1 AND status NOT IN ('succeeded', 'failed', 'cancelled', 'backend_lost')",
+               status = COALESCE($2, status), \
+               progress = COALESCE($3, progress), \
+               current_node = CASE WHEN $4 THEN $5 ELSE current_node END, \
+               error = COALESCE($6, error), \
+               outputs = COALESCE($7, outputs), \
+               comfy_prompt_id = COALESCE($8, comfy_prompt_id), \
+               started_at = CASE WHEN $9 AND started_at IS NULL THEN $11 ELSE started_at END, \
+               finished_at = CASE WHEN $10 THEN $11 ELSE finished_at END, \
+               provider_id = COALESCE($12, provider_id), \
+               polling_url = COALESCE($13, polling_url) \
+             WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'cancelled', 'backend_lost')",
         )
         .bind(id)
         .bind(status.map(JobStatus::as_str))
@@ -153,7 +154,7 @@ impl Store {
     /// Where a job that waited for a backend was sent; a finished job is not moved.
     pub async fn set_backend_url(&self, id: &str, backend_url: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET backend_url = ? WHERE id = ? \
+            "UPDATE jobs SET backend_url = $1 WHERE id = $2 \
              AND status NOT IN ('succeeded', 'failed', 'cancelled', 'backend_lost')",
         )
         .bind(backend_url)
@@ -207,7 +208,7 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
-fn job_from_row(row: &SqliteRow) -> Job {
+fn job_from_row(row: &AnyRow) -> Job {
     let json = |column: &str| {
         row.get::<Option<String>, _>(column)
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())

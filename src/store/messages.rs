@@ -36,7 +36,7 @@ impl Store {
         let timestamp = now();
         let links = serde_json::to_string(message.links).unwrap_or_else(|_| "[]".into());
         sqlx::query(
-            "INSERT INTO messages (id, role, content, job_id, timestamp, chat_id, links) VALUES (?, ?, ?, NULL, ?, ?, ?)",
+            "INSERT INTO messages (id, role, content, job_id, timestamp, chat_id, links) VALUES ($1, $2, $3, NULL, $4, $5, $6)",
         )
         .bind(&id)
         .bind(message.role)
@@ -60,7 +60,7 @@ impl Store {
     pub async fn messages(&self, limit: u32) -> Result<Vec<Message>, StoreError> {
         let rows: Vec<(String, String, String, Option<String>, String, String)> = sqlx::query_as(
             "SELECT id, role, content, chat_id, links, timestamp FROM \
-               (SELECT * FROM messages ORDER BY timestamp DESC, id DESC LIMIT ?) ORDER BY timestamp, id",
+               (SELECT * FROM messages ORDER BY timestamp DESC, id DESC LIMIT $1) AS recent ORDER BY timestamp, id",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)

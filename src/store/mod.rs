@@ -2,15 +2,19 @@
 //! [`jobs`], their numbered [`events`], the builder's [`messages`], and [`money`] (reservations, charges,
 //! confirmation tokens, idempotency keys; [`approvals`] of paid workflows). A PostgreSQL engine plugs in here.
 //!
+//! Two engines behind one set of statements (sqlx's `Any` driver; placeholders are `$1`, which both read):
+//! SQLite, embedded, for one machine, and PostgreSQL, for a fleet of Orchestrators sharing one store
+//! (`DATABASE_URL=postgres://…`). Each has its own migrations (`migrations/sqlite`, `migrations/postgres`), and a
+//! test holds their schemas equal.
+//!
 //! SQLite in WAL mode: readers never block the writer, and a crash leaves either the old or the new state. A busy
 //! timeout makes concurrent writers wait instead of failing with `SQLITE_BUSY`.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, Executor, Transaction};
 
 /// The columns a [`Job`] is read from, as a macro so that every statement stays a static string (sqlx refuses
 /// SQL built at run time).
@@ -39,7 +43,7 @@ pub use money::{BudgetUsage, IdempotencyClaim, IdempotencyRecord, PaidJob, Reser
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the store URL is not a valid SQLite URL")]
+    #[error("the store URL is not a valid SQLite or PostgreSQL URL")]
     BadUrl(#[source] sqlx::Error),
     #[error("cannot open the store")]
     Open(#[source] sqlx::Error),
@@ -56,34 +60,98 @@ pub struct StoreStats {
     pub messages: i64,
 }
 
-#[derive(Debug, Clone)]
-pub struct Store {
-    pool: SqlitePool,
+/// Which database holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Sqlite,
+    Postgres,
 }
 
+impl Engine {
+    /// The engine a `DATABASE_URL` names, by its scheme.
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.trim().split(':').next().unwrap_or_default();
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+/// SQLite's settings, for every connection of the pool. FULL: a commit is on disk before it returns, so a
+/// reservation, a used token or an idempotency claim survives a power loss (NORMAL in WAL mode may lose the last
+/// commits). Orchestrator writes a few rows a second at most; the extra fsync per commit costs nothing it would
+/// notice.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                              PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
 impl Store {
-    /// Opens (creating it on first run) the SQLite file and applies the embedded migrations.
+    /// Opens the store at `url` and applies the embedded migrations; a SQLite file is created on first run.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(StoreError::BadUrl)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit is on disk before it returns, so a reservation, a used token or an idempotency claim
-            // survives a power loss (NORMAL in WAL mode may lose the last commits). Orchestrator writes a few rows a
-            // second at most; the extra fsync per commit costs nothing it would notice.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let engine = Engine::of_url(url).ok_or_else(|| {
+            StoreError::BadUrl(sqlx::Error::Configuration(
+                "the scheme must be sqlite: or postgres:".into(),
+            ))
+        })?;
+        let url = match engine {
+            // Created when missing (`mode=rwc`), unless the URL says otherwise.
+            Engine::Sqlite if !url.contains("mode=") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let options = url
+            .parse::<sqlx::any::AnyConnectOptions>()
+            .map_err(StoreError::BadUrl)?;
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        connection.execute(sqlx::raw_sql(SQLITE_PRAGMAS)).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(StoreError::Open)?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(StoreError::Migrate)?;
-        Ok(Self { pool })
+        let migrator = match engine {
+            Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(Self { pool, engine })
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// A transaction that holds the money lock from its first statement to its end, so two reservations (from
+    /// this process or, on PostgreSQL, from any instance of the fleet) never both read the day's usage before
+    /// either writes: SQLite's write lock (`BEGIN IMMEDIATE`), PostgreSQL's lock on `charges`.
+    async fn money_transaction(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.engine {
+            Engine::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Engine::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                // EXCLUSIVE: others may read charges meanwhile, not write them or take this lock.
+                tx.execute("LOCK TABLE charges IN EXCLUSIVE MODE").await?;
+                Ok(tx)
+            }
+        }
     }
 
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -94,30 +162,71 @@ impl Store {
         Ok(StoreStats { jobs, messages })
     }
 
-    /// The journal mode SQLite actually uses, lower-cased (`wal` when all went well).
-    pub async fn journal_mode(&self) -> Result<String, StoreError> {
+    /// The journal mode SQLite actually uses, lower-cased (`wal` when all went well); PostgreSQL has none.
+    pub async fn journal_mode(&self) -> Result<Option<String>, StoreError> {
+        if self.engine == Engine::Postgres {
+            return Ok(None);
+        }
         let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
             .fetch_one(&self.pool)
             .await?;
-        Ok(mode.to_ascii_lowercase())
+        Ok(Some(mode.to_ascii_lowercase()))
     }
 
-    /// Names of the tables and indexes the migrations created, for checks and diagnostics.
+    /// Names of the tables and indexes the migrations created (not those a primary key or a unique constraint
+    /// made), for checks and diagnostics.
     pub async fn schema_objects(&self) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' \
-             AND name NOT LIKE '_sqlx%' ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = match self.engine {
+            Engine::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' \
+                 AND name NOT LIKE '_sqlx%' ORDER BY name"
+            }
+            Engine::Postgres => {
+                "SELECT CAST(c.relname AS TEXT) AS name FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i') \
+                 AND c.relname NOT LIKE '\\_sqlx%' AND c.relname NOT LIKE '%\\_pkey' AND c.relname NOT LIKE '%\\_key' \
+                 ORDER BY name"
+            }
+        };
+        let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|(name,)| name).collect())
     }
 
-    /// `PRAGMA integrity_check`'s verdict: `ok` when the file is sound.
+    /// Each table's columns as `table.column type-class null|not null`, sorted: what the two engines' migrations
+    /// must agree on (`integer`, `real` or `text`, whatever each engine calls it).
+    pub async fn schema_columns(&self) -> Result<Vec<String>, StoreError> {
+        let sql = match self.engine {
+            Engine::Sqlite => {
+                "SELECT m.name || '.' || p.name || ' ' || \
+                   CASE WHEN p.type LIKE '%INT%' THEN 'integer' WHEN p.type = 'REAL' THEN 'real' ELSE 'text' END \
+                   || CASE WHEN p.\"notnull\" = 1 OR p.pk = 1 THEN ' not null' ELSE ' null' END \
+                 FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx%'"
+            }
+            Engine::Postgres => {
+                "SELECT CAST(table_name || '.' || column_name || ' ' || \
+                   CASE WHEN data_type IN ('bigint', 'integer') THEN 'integer' \
+                        WHEN data_type = 'double precision' THEN 'real' ELSE 'text' END \
+                   || CASE WHEN is_nullable = 'NO' THEN ' not null' ELSE ' null' END AS TEXT) \
+                 FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_sqlx%'"
+            }
+        };
+        let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
+        let mut columns: Vec<String> = rows.into_iter().map(|(c,)| c).collect();
+        columns.sort();
+        Ok(columns)
+    }
+
+    /// Whether the store is sound: SQLite's `PRAGMA integrity_check` (`ok` when the file is sound); on PostgreSQL,
+    /// which checks its own pages, `ok` once it answers.
     pub async fn integrity_check(&self) -> Result<String, StoreError> {
-        let (verdict,): (String,) = sqlx::query_as("PRAGMA integrity_check")
-            .fetch_one(&self.pool)
-            .await?;
+        let sql = match self.engine {
+            Engine::Sqlite => "PRAGMA integrity_check",
+            Engine::Postgres => "SELECT CAST('ok' AS TEXT)",
+        };
+        let (verdict,): (String,) = sqlx::query_as(sql).fetch_one(&self.pool).await?;
         Ok(verdict)
     }
 

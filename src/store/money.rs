@@ -1,5 +1,5 @@
 //! Money: paid jobs reserved against the day's budget, charges settled, confirmation tokens used once,
-//! idempotency keys claimed, all inside SQLite write transactions.
+//! idempotency keys claimed, each inside a transaction that holds the money lock (`Store::money_transaction`).
 
 use serde_json::Value;
 
@@ -9,10 +9,10 @@ use crate::jobs::model::{Job, now};
 /// Paid generation: budget reservations and idempotency keys.
 impl Store {
     /// Records a paid job and reserves its price in one transaction, unless the day's budget cannot cover it.
-    /// `BEGIN IMMEDIATE` takes SQLite's write lock before the day's usage is read, so two requests can never both
-    /// see the same room left; with an idempotency key the key is claimed in the same transaction.
+    /// The money lock is taken before the day's usage is read, so two requests (on PostgreSQL: from any instances)
+    /// can never both see the same room left; with an idempotency key the key is claimed in the same transaction.
     pub async fn reserve_paid_job(&self, paid: PaidJob<'_>) -> Result<Reservation, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.money_transaction().await?;
         let usage = day_usage(&mut *tx, paid.day).await?;
         if usage.spent + usage.reserved + paid.cost_micros > paid.budget_micros {
             tx.rollback().await?;
@@ -24,7 +24,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, cost_micros, \
                                approval) \
-             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(new.backend.as_str())
@@ -38,7 +38,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO charges (job_id, day, amount_micros, state, updated_at) VALUES (?, ?, ?, 'reserved', ?)",
+            "INSERT INTO charges (job_id, day, amount_micros, state, updated_at) VALUES ($1, $2, $3, 'reserved', $4)",
         )
         .bind(&id)
         .bind(paid.day)
@@ -65,7 +65,7 @@ impl Store {
     /// released by [`Store::release_paid_job`]). A charge already settled stays as it is.
     pub async fn mark_charge_spent(&self, job_id: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE charges SET state = 'spent', updated_at = ?2 WHERE job_id = ?1 AND state = 'reserved'",
+            "UPDATE charges SET state = 'spent', updated_at = $2 WHERE job_id = $1 AND state = 'reserved'",
         )
         .bind(job_id)
         .bind(now())
@@ -79,17 +79,17 @@ impl Store {
     pub async fn release_paid_job(&self, job_id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE charges SET state = 'released', updated_at = ?2 WHERE job_id = ?1 AND state = 'reserved'",
+            "UPDATE charges SET state = 'released', updated_at = $2 WHERE job_id = $1 AND state = 'reserved'",
         )
         .bind(job_id)
         .bind(now())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM idempotency_keys WHERE job_id = ?")
+        sqlx::query("DELETE FROM idempotency_keys WHERE job_id = $1")
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM used_confirmations WHERE job_id = ?")
+        sqlx::query("DELETE FROM used_confirmations WHERE job_id = $1")
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
@@ -111,7 +111,7 @@ impl Store {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let row: Option<IdempotencyRow> = sqlx::query_as(
             "SELECT fingerprint, job_id, response_status, response_body FROM idempotency_keys \
-             WHERE scope = ? AND key = ? AND created_at >= ?",
+             WHERE scope = $1 AND key = $2 AND created_at >= $3",
         )
         .bind(scope)
         .bind(key)
@@ -134,12 +134,12 @@ impl Store {
 
     /// Forgets keys older than `before`, so a key can be used again after its window.
     pub async fn prune_idempotency_keys(&self, before: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(before)
             .execute(&self.pool)
             .await?;
         // A token lives at most a day (FLUX_CONFIRM_TTL_SECS), so older records guard nothing.
-        sqlx::query("DELETE FROM used_confirmations WHERE used_at < ?")
+        sqlx::query("DELETE FROM used_confirmations WHERE used_at < $1")
             .bind(before)
             .execute(&self.pool)
             .await?;
@@ -155,7 +155,7 @@ impl Store {
         body: &Value,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE idempotency_keys SET response_status = ?3, response_body = ?4 WHERE scope = ?1 AND key = ?2",
+            "UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE scope = $1 AND key = $2",
         )
         .bind(scope)
         .bind(key)
@@ -173,13 +173,13 @@ type IdempotencyRow = (String, Option<String>, Option<i64>, Option<String>);
 /// The day's spent and reserved sums, on the pool or inside a transaction.
 /// Records a confirmation token as used by `job_id`; `false` when it already paid for a job.
 pub(super) async fn use_token(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     token_id: &str,
     job_id: &str,
     at: &str,
 ) -> Result<bool, StoreError> {
     let taken = sqlx::query(
-        "INSERT INTO used_confirmations (token_id, job_id, used_at) VALUES (?, ?, ?) \
+        "INSERT INTO used_confirmations (token_id, job_id, used_at) VALUES ($1, $2, $3) \
          ON CONFLICT (token_id) DO NOTHING",
     )
     .bind(token_id)
@@ -193,13 +193,13 @@ pub(super) async fn use_token(
 
 /// Claims an idempotency key for `job_id`.
 pub(super) async fn claim_key(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     claim: &IdempotencyClaim<'_>,
     job_id: &str,
     at: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(claim.scope)
     .bind(claim.key)
@@ -212,13 +212,14 @@ pub(super) async fn claim_key(
 }
 
 pub(super) async fn day_usage<'e>(
-    executor: impl sqlx::SqliteExecutor<'e>,
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     day: &str,
 ) -> Result<BudgetUsage, StoreError> {
     let (spent, reserved): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(SUM(CASE WHEN state = 'spent' THEN amount_micros END), 0), \
-                COALESCE(SUM(CASE WHEN state = 'reserved' THEN amount_micros END), 0) \
-         FROM charges WHERE day = ?",
+        // CAST: PostgreSQL sums BIGINTs as NUMERIC.
+        "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'spent' THEN amount_micros END), 0) AS BIGINT), \
+                CAST(COALESCE(SUM(CASE WHEN state = 'reserved' THEN amount_micros END), 0) AS BIGINT) \
+         FROM charges WHERE day = $1",
     )
     .bind(day)
     .fetch_one(executor)

@@ -9,7 +9,7 @@ async fn first_run_creates_a_wal_file_with_the_schema_and_reopens() {
 
     let store = Store::open(&url).await.expect("created");
     assert!(file.exists());
-    assert_eq!(store.journal_mode().await.unwrap(), "wal");
+    assert_eq!(store.journal_mode().await.unwrap().as_deref(), Some("wal"));
     // Every connection of the pool commits with synchronous=FULL (2), not the WAL default NORMAL (1).
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -44,12 +44,65 @@ async fn first_run_creates_a_wal_file_with_the_schema_and_reopens() {
     assert_eq!(again.integrity_check().await.unwrap(), "ok");
 }
 
+/// A store on each engine: a SQLite file and, when the test command started a PostgreSQL cluster, a fresh
+/// database there. The folder holds the SQLite file.
+async fn each_engine() -> (tempfile::TempDir, Vec<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("s.db").display());
+    let mut stores = vec![Store::open(&sqlite).await.unwrap()];
+    match testkit::postgres::fresh_database().await {
+        Some(url) => stores.push(
+            Store::open(&url)
+                .await
+                .expect("the store opens on PostgreSQL"),
+        ),
+        None => eprintln!(
+            "{} is not set: PostgreSQL not tested",
+            testkit::postgres::VARIABLE
+        ),
+    }
+    (dir, stores)
+}
+
+#[tokio::test]
+async fn both_engines_migrate_to_the_same_schema_and_reopen() {
+    let (_dir, stores) = each_engine().await;
+    let sqlite = &stores[0];
+    for store in &stores {
+        assert_eq!(
+            store.schema_columns().await.unwrap(),
+            sqlite.schema_columns().await.unwrap(),
+            "{:?} has the columns SQLite has",
+            store.engine()
+        );
+        assert_eq!(
+            store.schema_objects().await.unwrap(),
+            sqlite.schema_objects().await.unwrap(),
+            "{:?} has the tables and indexes SQLite has",
+            store.engine()
+        );
+        assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    }
+    let columns = sqlite.schema_columns().await.unwrap();
+    assert!(
+        columns.contains(&"jobs.progress real not null".to_owned()),
+        "{columns:?}"
+    );
+    assert!(
+        columns.contains(&"job_events.seq integer not null".to_owned()),
+        "{columns:?}"
+    );
+}
+
 #[tokio::test]
 async fn jobs_page_newest_first_with_a_cursor_and_a_status_filter() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
-        .await
-        .unwrap();
+    let (_dir, stores) = each_engine().await;
+    for store in stores {
+        jobs_page(store).await;
+    }
+}
+
+async fn jobs_page(store: Store) {
     let params = serde_json::json!({});
     let mut ids = Vec::new();
     for _ in 0..5 {

@@ -141,7 +141,7 @@ fn every_configuration_problem_is_listed_and_exit_code_is_2() {
             ("MAX_BODY_MB", "many"),
             ("LOG_FORMAT", "xml"),
             ("COMFY_READ_TIMEOUT_SECS", "-1"),
-            ("DATABASE_URL", "postgres://user:hunter2@db/orch"),
+            ("DATABASE_URL", "mysql://user:hunter2@db/orch"),
         ],
     )
     .output()

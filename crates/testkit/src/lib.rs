@@ -3,3 +3,4 @@ pub mod fake_bfl;
 pub mod fake_comfy;
 pub mod fake_comfy_org;
 pub mod fake_v0;
+pub mod postgres;
