@@ -22,6 +22,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build -p testkit (the fake ComfyUI program the service tests supervise)"
 cargo build --locked -p testkit --bin fake-comfyui
+echo "== PostgreSQL for the tests (a throwaway cluster: the store's tests run on it as well as on SQLite)"
+source scripts/postgres.sh
+start_test_postgres
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== schema fuzz (schemathesis against the real server and the fakes)"
