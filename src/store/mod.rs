@@ -1,6 +1,6 @@
 //! The durable store. Every SQL statement of the project lives in this module, one file per kind of record:
 //! [`jobs`], their numbered [`events`], the builder's [`messages`], and [`money`] (reservations, charges,
-//! confirmation tokens, idempotency keys; [`approvals`] of paid workflows). A PostgreSQL engine plugs in here.
+//! confirmation tokens, idempotency keys; [`approvals`] of paid workflows).
 //!
 //! Two engines behind one set of statements (sqlx's `Any` driver; placeholders are `$1`, which both read):
 //! SQLite, embedded, for one machine, and PostgreSQL, for a fleet of Orchestrators sharing one store
@@ -12,9 +12,8 @@
 
 use std::time::Duration;
 
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{Any, Executor, Transaction};
+use sqlx::{Any, AnyPool, Executor, Transaction};
 
 /// The columns a [`Job`] is read from, as a macro so that every statement stays a static string (sqlx refuses
 /// SQL built at run time).
@@ -61,8 +60,7 @@ pub struct StoreStats {
 }
 
 /// Which database holds the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Sqlite,
     Postgres,
