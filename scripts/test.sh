@@ -27,6 +27,8 @@ source scripts/postgres.sh
 start_test_postgres
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== cargo test --test it, every app's store on PostgreSQL"
+TEST_STORE=postgres cargo test --locked --test it
 echo "== schema fuzz (schemathesis against the real server and the fakes)"
 if [ ! -x .venv-fuzz/bin/st ]; then
   python3 -m venv .venv-fuzz 2>/dev/null || {

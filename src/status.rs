@@ -272,24 +272,26 @@ fn database_path(state: &AppState) -> String {
 
 pub async fn database(state: &AppState) -> Database {
     let path = database_path(state);
-    let size_bytes = ["", "-wal"]
-        .iter()
-        .filter_map(|suffix| std::fs::metadata(format!("{path}{suffix}")).ok())
-        .map(|m| m.len())
-        .sum();
+    let file_size = || {
+        ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| std::fs::metadata(format!("{path}{suffix}")).ok())
+            .map(|m| m.len())
+            .sum()
+    };
     match state.store.stats().await {
         Ok(stats) => Database {
             ok: true,
+            size_bytes: stats.size_bytes.unwrap_or_else(file_size),
             path,
-            size_bytes,
             jobs: Some(stats.jobs),
             messages: Some(stats.messages),
             error: None,
         },
         Err(error) => Database {
             ok: false,
+            size_bytes: file_size(),
             path,
-            size_bytes,
             jobs: None,
             messages: None,
             error: Some(error.to_string()),

@@ -122,7 +122,7 @@ impl Store {
         let done = sqlx::query(
             "UPDATE jobs SET \
                status = COALESCE($2, status), \
-               progress = COALESCE($3, progress), \
+               progress = CASE WHEN $14 THEN $3 ELSE progress END, \
                current_node = CASE WHEN $4 THEN $5 ELSE current_node END, \
                error = COALESCE($6, error), \
                outputs = COALESCE($7, outputs), \
@@ -135,7 +135,9 @@ impl Store {
         )
         .bind(id)
         .bind(status.map(JobStatus::as_str))
-        .bind(progress)
+        // Never a NULL float: sqlx 0.9.0's Any driver declares a NULL double as PostgreSQL's float4, and the
+        // statement, prepared with that type, then refuses the next real value (8 bytes for 4).
+        .bind(progress.unwrap_or_default())
         .bind(current_node.is_some())
         .bind(current_node.flatten())
         .bind(error.map(|e| e.to_string()))
@@ -146,6 +148,7 @@ impl Store {
         .bind(now())
         .bind(provider_id)
         .bind(polling_url)
+        .bind(progress.is_some())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

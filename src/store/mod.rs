@@ -57,6 +57,8 @@ pub enum StoreError {
 pub struct StoreStats {
     pub jobs: i64,
     pub messages: i64,
+    /// The database's size as its server reports it (PostgreSQL); `None` for a SQLite file.
+    pub size_bytes: Option<u64>,
 }
 
 /// Which database holds the store.
@@ -157,7 +159,21 @@ impl Store {
             sqlx::query_as("SELECT (SELECT COUNT(*) FROM jobs), (SELECT COUNT(*) FROM messages)")
                 .fetch_one(&self.pool)
                 .await?;
-        Ok(StoreStats { jobs, messages })
+        // SQLite's size is its files', which the caller measures on disk; PostgreSQL's is the server's to say.
+        let size_bytes = match self.engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => {
+                let (size,): (i64,) = sqlx::query_as("SELECT pg_database_size(current_database())")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Some(u64::try_from(size).unwrap_or_default())
+            }
+        };
+        Ok(StoreStats {
+            jobs,
+            messages,
+            size_bytes,
+        })
     }
 
     /// The journal mode SQLite actually uses, lower-cased (`wal` when all went well); PostgreSQL has none.

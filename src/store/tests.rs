@@ -145,3 +145,34 @@ async fn jobs_page(store: Store) {
     // The four still queued are what a restart would reconcile.
     assert_eq!(store.unfinished_jobs().await.unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn progress_is_recorded_after_changes_that_carry_none() {
+    let (_dir, stores) = each_engine().await;
+    for store in stores {
+        let params = serde_json::json!({});
+        let new = NewJob {
+            backend: Backend::Comfy,
+            template: None,
+            params: &params,
+            workflow: &params,
+            backend_url: None,
+        };
+        let id = store.insert_job(new).await.unwrap().id;
+        // A change without progress first (the statement is prepared then), progress after it, on each connection.
+        for step in 1..=20 {
+            let running = JobChange {
+                status: Some(JobStatus::Running),
+                ..Default::default()
+            };
+            assert!(store.update_job(&id, running).await.unwrap());
+            let progress = JobChange {
+                progress: Some(f64::from(step) / 20.0),
+                ..Default::default()
+            };
+            assert!(store.update_job(&id, progress).await.unwrap());
+        }
+        let job = store.job(&id).await.unwrap().unwrap();
+        assert_eq!((job.status, job.progress), (JobStatus::Running, 1.0));
+    }
+}

@@ -24,6 +24,16 @@ fn command(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
     for (key, value) in env {
         command.env(key, value);
     }
+    // On a PostgreSQL run, a process given a data folder keeps its rows in that folder's database.
+    if crate::support::on_postgres()
+        && !env.iter().any(|(key, _)| *key == "DATABASE_URL")
+        && let Some((_, data)) = env.iter().find(|(key, _)| *key == "DATA_DIR")
+    {
+        command.env(
+            "DATABASE_URL",
+            crate::support::database_for(std::path::Path::new(data)),
+        );
+    }
     command
 }
 
@@ -202,7 +212,8 @@ fn every_configuration_problem_is_listed_and_exit_code_is_2() {
 async fn first_run_creates_the_store_logs_requests_and_stops_on_sigterm() {
     let fake = FakeComfy::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut served = Served::start(dir.path(), &fake.url());
+    // The embedded store, on every run: this is what a first run without DATABASE_URL makes.
+    let mut served = Served::start_with(dir.path(), &fake.url(), &[("DATABASE_URL", "")]);
     assert!(
         dir.path().join("data/orchestrator.db").exists(),
         "SQLite file created on first run"
@@ -559,12 +570,10 @@ async fn sigkill_during_50_jobs_loses_none() {
             "the output file of {id} exists"
         );
     }
-    let store = orchestrator::store::Store::open(&format!(
-        "sqlite://{}",
-        dir.path().join("data/orchestrator.db").display()
-    ))
-    .await
-    .unwrap();
+    let store =
+        orchestrator::store::Store::open(&crate::support::database_for(&dir.path().join("data")))
+            .await
+            .unwrap();
     assert_eq!(store.integrity_check().await.unwrap(), "ok");
 }
 
@@ -1113,10 +1122,7 @@ async fn the_supervised_comfy_gets_no_secret_and_nothing_from_dotenv() {
     ])
     .to_string();
     let token = "a-token-of-orchestrator-0123456789";
-    let database = format!(
-        "sqlite://{}",
-        dir.path().join("data").join("orchestrator.db").display()
-    );
+    let database = crate::support::database_for(&dir.path().join("data"));
     let env = [
         ("SERVICE_BACKEND", "supervised"),
         ("COMFY_COMMAND", command_json.as_str()),

@@ -603,12 +603,9 @@ async fn after_a_restart_a_job_comfy_no_longer_knows_is_backend_lost() {
     let fake = FakeComfy::start().await;
     let data = tempfile::tempdir().unwrap();
     // A job an earlier run submitted; this ComfyUI (restarted since) has never heard of its prompt.
-    let store = orchestrator::store::Store::open(&format!(
-        "sqlite://{}",
-        data.path().join("orchestrator.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = orchestrator::store::Store::open(&crate::support::database_for(data.path()))
+        .await
+        .unwrap();
     let workflow = workflow(20);
     let new = orchestrator::store::NewJob {
         backend: orchestrator::jobs::model::Backend::Comfy,

@@ -736,12 +736,9 @@ async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
     comfy.set_comfy_api_base(&org.url());
     let data = tempfile::tempdir().unwrap();
     // What a stop between the reservation and ComfyUI's answer leaves in the store.
-    let store = orchestrator::store::Store::open(&format!(
-        "sqlite://{}",
-        data.path().join("orchestrator.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = orchestrator::store::Store::open(&crate::support::database_for(data.path()))
+        .await
+        .unwrap();
     let workflow = paid_workflow("cut off");
     let job = match store
         .reserve_paid_job(orchestrator::store::PaidJob {

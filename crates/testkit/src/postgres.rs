@@ -37,3 +37,18 @@ pub async fn fresh_database() -> Option<String> {
         .expect("the cluster URL names a database");
     Some(format!("{server}/{name}"))
 }
+
+/// [`fresh_database`] for code that is not async (test set-up that starts a child process, or settings made
+/// before a runtime exists): it runs on a thread of its own with a runtime of its own, so it may be called from
+/// inside a test's runtime as well.
+pub fn fresh_database_blocking() -> Option<String> {
+    std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for making the database")
+            .block_on(fresh_database())
+    })
+    .join()
+    .expect("making the test database does not panic")
+}

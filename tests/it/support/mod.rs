@@ -27,6 +27,41 @@ pub fn settings(comfy_url: &str, data_dir: &std::path::Path) -> Settings {
     }
 }
 
+/// The variable that runs the suite with every app's store on PostgreSQL (`TEST_STORE=postgres`, on the cluster
+/// `TEST_DATABASE_URL` names) instead of the embedded SQLite file.
+pub const STORE_VARIABLE: &str = "TEST_STORE";
+
+/// Whether this run puts the apps' stores on PostgreSQL.
+pub fn on_postgres() -> bool {
+    match std::env::var(STORE_VARIABLE).as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("{STORE_VARIABLE}={other}: expected sqlite or postgres"),
+    }
+}
+
+/// The store URL of the app whose data folder is `data_dir`: the SQLite file in it, or on a PostgreSQL run a
+/// database of its own, made the first time the folder is named, so an app restarted on the same folder (and a
+/// test that opens the store beside it) finds the same rows.
+pub fn database_for(data_dir: &std::path::Path) -> String {
+    if !on_postgres() {
+        return format!("sqlite://{}", data_dir.join("orchestrator.db").display());
+    }
+    static DATABASES: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut databases = DATABASES.lock().unwrap();
+    if let Some((_, url)) = databases.iter().find(|(dir, _)| dir == data_dir) {
+        return url.clone();
+    }
+    let url = testkit::postgres::fresh_database_blocking().unwrap_or_else(|| {
+        panic!(
+            "{STORE_VARIABLE}=postgres needs the test cluster in {}",
+            testkit::postgres::VARIABLE
+        )
+    });
+    databases.push((data_dir.to_owned(), url.clone()));
+    url
+}
+
 /// Orchestrator serving on a random loopback port, stopped when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -48,6 +83,9 @@ impl TestApp {
         let data = tempfile::tempdir().expect("temp dir");
         let mut settings = settings(comfy_url, data.path());
         adjust(&mut settings);
+        if settings.database_url.is_none() && on_postgres() {
+            settings.database_url = Some(database_for(std::path::Path::new(&settings.data_dir)));
+        }
         let config = settings.validate(false).expect("test settings are valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
