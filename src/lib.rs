@@ -101,6 +101,17 @@ impl Deref for AppState {
 
 impl AppState {
     pub fn new(config: Config, paths: DataPaths, store: Store) -> Self {
+        Self::with_token_key(config, paths, store, None)
+    }
+
+    /// [`AppState::new`] signing confirmation tokens with `token_key` (a fleet's shared one) rather than a key
+    /// drawn now.
+    pub fn with_token_key(
+        config: Config,
+        paths: DataPaths,
+        store: Store,
+        token_key: Option<&[u8]>,
+    ) -> Self {
         let config = Arc::new(config);
         let gateway = Self::new_gateway(&config);
         let service = Arc::new(service::control::for_config(&config));
@@ -117,7 +128,11 @@ impl AppState {
             })
             .collect();
         // One confirmation key for FLUX and paid ComfyUI nodes: one set of token rules.
-        let confirmer = Arc::new(flux::confirm::Confirmer::new(config.flux.confirm_ttl));
+        let ttl = config.flux.confirm_ttl;
+        let confirmer = Arc::new(match token_key {
+            Some(key) => flux::confirm::Confirmer::with_key(ttl, key),
+            None => flux::confirm::Confirmer::new(ttl),
+        });
         let models: Arc<ModelCache> = Arc::default();
         let money = jobs::paid::Money {
             models: models.clone(),
@@ -228,10 +243,27 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
         path: paths.root().display().to_string(),
         source,
     })?;
-    let store = Store::open(config.database_url.expose()).await?;
-    let state = AppState::new(config, paths, store);
+    let store = Store::open(config.database_url.expose())
+        .await?
+        .for_instance(&config.fleet.instance_id, config.fleet.lease);
+    // A fleet's instances share the key of confirmation tokens, so a token one of them made pays once through
+    // any; alone on SQLite, the key is drawn at start-up (a restart voids the tokens handed out before it).
+    let token_key = match store.engine() {
+        store::Engine::Postgres => Some(store.fleet_secret("confirmation-tokens").await?),
+        store::Engine::Sqlite => None,
+    };
+    let state = AppState::with_token_key(config, paths, store, token_key.as_deref());
     let background = state.jobs.background();
     background.spawn(state.jobs.clone().reconcile());
+    background.spawn(state.jobs.clone().dispatch());
+    if state.store.engine() == store::Engine::Postgres {
+        background.spawn(
+            state
+                .jobs
+                .clone()
+                .pump_events(state.config.database_url.expose().to_owned()),
+        );
+    }
     background.spawn(state.flux.clone().reconcile());
     if state.service.supervisor().is_some() {
         let watching = state.clone();
@@ -244,6 +276,20 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
         });
     }
     Ok(state)
+}
+
+/// Registers this instance in the fleet, once its address is known, and keeps its heartbeat: the other instances
+/// reach it at `ORCH_PUBLIC_URL`, else at the address it listens on.
+fn join_fleet(state: &AppState) {
+    let url = state
+        .config
+        .fleet
+        .public_url
+        .clone()
+        .or_else(|| state.local_addr.get().map(|addr| format!("http://{addr}")))
+        .unwrap_or_default();
+    let background = state.jobs.background();
+    background.spawn(state.jobs.clone().keep_fleet(url));
 }
 
 /// Opens the store and serves the panel and API on `listener`, and ComfyUI's editor on `ORCH_COMFY_BIND`, in the
@@ -300,6 +346,7 @@ pub async fn run_with_editor(
         let _ = state.local_addr.set(addr);
         tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads = 1, "Orchestrator listening");
     }
+    join_fleet(&state);
     let limits = http::server::Limits::from_config(&state.config);
     let shutdown = shared(shutdown);
     tokio::join!(
@@ -336,6 +383,7 @@ pub fn run_per_core(
     let state = control.block_on(prepare(config))?;
     let addr = listener.local_addr().unwrap_or(bind);
     let _ = state.local_addr.set(addr);
+    control.block_on(async { join_fleet(&state) });
     tracing::info!(%addr, comfy = %state.gateway.backend().origin(), threads, "Orchestrator listening");
 
     let limits = http::server::Limits::from_config(&state.config);

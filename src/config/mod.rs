@@ -147,6 +147,17 @@ pub struct RateLimitConfig {
     pub burst: u32,
 }
 
+/// This instance in a fleet of Orchestrators on one store.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Its name in claims and in the instances list (`ORCH_INSTANCE_ID`).
+    pub instance_id: String,
+    /// Where other instances reach it, when configured (`ORCH_PUBLIC_URL`); else its bound address.
+    pub public_url: Option<String>,
+    /// How long a claim on a job lasts unrenewed (`FLEET_LEASE_SECS`).
+    pub lease: Duration,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -168,6 +179,7 @@ pub struct Config {
     pub token: Option<Secret>,
     pub data_dir: PathBuf,
     pub database_url: Secret,
+    pub fleet: FleetConfig,
     pub comfy: ComfyConfig,
     pub service: ServiceConfig,
     /// A folder of user templates, when configured.
@@ -240,6 +252,12 @@ impl Config {
             (v("allowed_hosts"), self.allowed_hosts.join(",")),
             (v("token"), secret(&self.token)),
             (v("data_dir"), self.data_dir.display().to_string()),
+            (v("instance_id"), self.fleet.instance_id.clone()),
+            (
+                v("public_url"),
+                self.fleet.public_url.clone().unwrap_or_default(),
+            ),
+            (v("fleet_lease_secs"), secs(self.fleet.lease)),
             (v("database_url"), "***".to_owned()),
             (
                 v("comfy_url"),

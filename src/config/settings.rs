@@ -84,6 +84,21 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
 
+    /// This Orchestrator's name among the instances of a fleet on one PostgreSQL (its claims on jobs, the
+    /// instances list); defaults to the host name and a hash of the data folder, so a restart keeps it.
+    #[arg(long, env = "ORCH_INSTANCE_ID", global = true)]
+    pub instance_id: Option<String>,
+
+    /// Where the fleet's other instances reach this one (they stream the outputs it holds from there); defaults to
+    /// `http://` and the address it listens on.
+    #[arg(long, env = "ORCH_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// How long an instance's claim on a job lasts unless it renews it, in seconds; it renews a third of the way in,
+    /// and another instance takes over a job whose claim ran out (its instance died).
+    #[arg(long, env = "FLEET_LEASE_SECS", default_value = "30", global = true)]
+    pub fleet_lease_secs: String,
+
     /// One or more ComfyUI base URLs (comma list); the gateway uses the first.
     #[arg(
         long,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use http::uri::Scheme;
 
 use super::{
-    ComfyBackend, ComfyConfig, ComfyOrgConfig, Config, ConfigErrors, FluxConfig, LogFormat,
-    RateLimitConfig, Secret, ServiceBackend, ServiceConfig, Settings, V0Config,
+    ComfyBackend, ComfyConfig, ComfyOrgConfig, Config, ConfigErrors, FleetConfig, FluxConfig,
+    LogFormat, RateLimitConfig, Secret, ServiceBackend, ServiceConfig, Settings, V0Config,
 };
 
 impl std::error::Error for ConfigErrors {}
@@ -205,6 +205,7 @@ impl Settings {
         let header_read_secs = positive!(header_read_timeout_secs, 3600);
         let max_connections = positive!(max_connections, 1_000_000);
         let events_client_buffer = positive!(events_client_buffer, 1_000_000);
+        let lease_secs = positive!(fleet_lease_secs, 3600);
         let restart_ms = positive!(comfy_restart_delay_ms, 60_000);
         let grace_secs = positive!(comfy_stop_grace_secs, 600);
         let hung_secs = positive!(comfy_hung_secs, 86_400);
@@ -217,6 +218,13 @@ impl Settings {
         let v0_timeout_secs = positive!(v0_timeout_secs, 86_400);
         let rate_per_min = positive!(paid_rate_limit_per_min, 1_000_000);
         let rate_burst = positive!(paid_rate_limit_burst, 1_000_000);
+
+        let fleet = fleet_settings(
+            self.instance_id.as_deref(),
+            self.public_url.as_deref(),
+            &data_dir,
+            &mut problems,
+        );
 
         let allow_generation = match self.allow_generation.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
@@ -395,6 +403,10 @@ impl Settings {
                 token,
                 data_dir,
                 database_url: Secret::new(database_url),
+                fleet: FleetConfig {
+                    lease: Duration::from_secs(lease_secs),
+                    ..fleet
+                },
                 comfy: ComfyConfig {
                     backends,
                     connect_timeout: Duration::from_millis(connect_ms),
@@ -517,4 +529,73 @@ fn parse_backend(raw: &str) -> Result<ComfyBackend, &'static str> {
 /// its own working directory, so `./data\logs\comfyui.log` there is another file than the one the log viewer reads.
 fn absolute(path: &str) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path))
+}
+
+/// This instance's name and address in a fleet. A name is what a claim on a job records: 1 to 64 letters, digits,
+/// `.`, `_` or `-`; by default the host's name and a hash of the data folder, the same after a restart and different
+/// for two instances on one machine.
+fn fleet_settings(
+    instance_id: Option<&str>,
+    public_url: Option<&str>,
+    data_dir: &std::path::Path,
+    problems: &mut Vec<String>,
+) -> FleetConfig {
+    let valid = |id: &str| {
+        (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    let instance_id = match instance_id.map(str::trim).filter(|id| !id.is_empty()) {
+        Some(id) if valid(id) => id.to_owned(),
+        Some(id) => {
+            problems.push(format!(
+                "{} = {id:?}: 1 to 64 letters, digits, '.', '_' or '-'",
+                Settings::name_of("instance_id")
+            ));
+            String::new()
+        }
+        None => {
+            let host: String = whoami::hostname()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .take(40)
+                .collect();
+            let digest =
+                ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
+            let hash: String = digest.as_ref()[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if host.is_empty() {
+                format!("orchestrator-{hash}")
+            } else {
+                format!("{host}-{hash}")
+            }
+        }
+    };
+    let public_url = match public_url.map(str::trim).filter(|u| !u.is_empty()) {
+        None => None,
+        Some(url) => match url.parse::<http::Uri>() {
+            Ok(parsed)
+                if matches!(parsed.scheme_str(), Some("http" | "https"))
+                    && parsed.authority().is_some() =>
+            {
+                Some(url.trim_end_matches('/').to_owned())
+            }
+            _ => {
+                problems.push(format!(
+                    "{} = {url:?}: expected an http:// or https:// URL",
+                    Settings::name_of("public_url")
+                ));
+                None
+            }
+        },
+    };
+    FleetConfig {
+        instance_id,
+        public_url,
+        lease: Duration::from_secs(30),
+    }
 }

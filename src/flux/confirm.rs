@@ -1,8 +1,9 @@
 //! Confirmation tokens: a dry run hands one out, and a paid call needs it back for the very same payload and price.
 //!
 //! A token is `v1.<expiry unix seconds>.<random id>.<HMAC-SHA256>` over the expiry, the id, the price and the
-//! canonical payload, keyed with a secret drawn at start-up. Any change to the payload or the price, an expired
-//! token or a token from before a restart is refused; the comparison is constant-time (ring's `hmac::verify`). The
+//! canonical payload, keyed with a secret drawn at start-up (on PostgreSQL, the fleet's, kept in the store, so a
+//! token made by one instance is honoured by any). Any change to the payload or the price, an expired token or (on
+//! SQLite) a token from before a restart is refused; the comparison is constant-time (ring's `hmac::verify`). The
 //! store records the id of a token that paid, in the transaction that records the job, so a token pays once.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,6 +68,14 @@ impl Confirmer {
             .expect("the operating system's random source works");
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            ttl,
+        }
+    }
+
+    /// With a given key: the fleet's, which every instance on one store shares.
+    pub fn with_key(ttl: Duration, secret: &[u8]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
             ttl,
         }
     }

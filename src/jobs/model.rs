@@ -118,7 +118,7 @@ pub struct OutputFile {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: String,
     #[schema(value_type = String)]

@@ -35,6 +35,11 @@ impl Store {
         .bind(now())
         .fetch_one(&mut *tx)
         .await?;
+        if self.engine == Engine::Postgres {
+            // Delivered at the commit, to every instance's event pump: the wake-up; the table stays the truth.
+            tx.execute(concat!("SELECT pg_notify('", events_channel!(), "', '')"))
+                .await?;
+        }
         tx.commit().await?;
         Ok(StoredEvent {
             seq,
@@ -98,6 +103,35 @@ impl Store {
 }
 
 type EventRow = (i64, i64, String, String);
+
+/// The channel PostgreSQL notifies at the commit of each event.
+macro_rules! events_channel {
+    () => {
+        "orchestrator_events"
+    };
+}
+use events_channel;
+
+/// Wake-ups from PostgreSQL when any instance of the fleet stores an event (`LISTEN`, on a connection of its own).
+pub struct EventWakeups(sqlx::postgres::PgListener);
+
+impl EventWakeups {
+    pub async fn listen(database_url: &str) -> Result<Self, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect(database_url)
+            .await
+            .map_err(StoreError::Open)?;
+        listener.listen(events_channel!()).await?;
+        Ok(Self(listener))
+    }
+
+    /// Resolves at the next notification; after a lost connection (the listener reconnects on the next call),
+    /// after a second.
+    pub async fn next(&mut self) {
+        if self.0.recv().await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
 
 /// One numbered change to a job, with the job as it was then.
 #[derive(Debug, Clone, serde::Serialize)]

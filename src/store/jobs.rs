@@ -4,7 +4,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError};
+use super::{Engine, Store, StoreError};
 use crate::jobs::model::{Backend, Job, JobStatus, OutputFile, now};
 
 impl Store {
@@ -12,9 +12,11 @@ impl Store {
     pub async fn insert_job(&self, new: NewJob<'_>) -> Result<Job, StoreError> {
         // v7: time-ordered (and monotonic within this process), so id order breaks created_at ties in insertion order.
         let id = uuid::Uuid::now_v7().to_string();
+        let (claimed_by, lease_until) = self.claim_for(new.backend, new.backend_url);
         sqlx::query(
-            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7)",
+            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, claimed_by, \
+                               lease_until) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(new.backend.as_str())
@@ -23,6 +25,8 @@ impl Store {
         .bind(new.template)
         .bind(now())
         .bind(new.backend_url)
+        .bind(claimed_by)
+        .bind(lease_until)
         .execute(&self.pool)
         .await?;
         self.job(&id)
@@ -168,12 +172,21 @@ impl Store {
     }
 
     /// Jobs not finished: what a restart must reconcile.
+    /// On PostgreSQL only those this instance claimed (or nobody did): another instance's are its own, or,
+    /// once their lease runs out, any instance's to take over. Not the fleet's queue, which the dispatcher sends.
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let mine = match self.engine {
+            Engine::Postgres => self.claimant().map(|(instance, _)| instance.to_owned()),
+            Engine::Sqlite => None,
+        };
         let rows = sqlx::query(concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE status IN ('queued', 'submitted', 'running') ORDER BY created_at"
+            " FROM jobs WHERE status IN ('queued', 'submitted', 'running') \
+             AND NOT (status = 'queued' AND claimed_by IS NULL AND backend_url IS NULL AND backend = 'comfy') \
+             AND (CAST($1 AS TEXT) IS NULL OR claimed_by IS NULL OR claimed_by = $1) ORDER BY created_at"
         ))
+        .bind(mine)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(job_from_row).collect())
@@ -211,7 +224,7 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
-fn job_from_row(row: &AnyRow) -> Job {
+pub(super) fn job_from_row(row: &AnyRow) -> Job {
     let json = |column: &str| {
         row.get::<Option<String>, _>(column)
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use crate::jobs::model::Backend;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Executor, Transaction};
 
@@ -27,6 +28,7 @@ macro_rules! job_columns {
 
 mod approvals;
 mod events;
+mod fleet;
 mod jobs;
 mod messages;
 mod money;
@@ -34,7 +36,8 @@ mod money;
 mod tests;
 
 pub use approvals::{Approval, ApproveJob};
-pub use events::StoredEvent;
+pub use events::{EventWakeups, StoredEvent};
+pub use fleet::Instance;
 pub use jobs::{JobChange, JobPage, NewJob};
 pub use messages::{Link, Message, NewMessage};
 pub use money::{BudgetUsage, IdempotencyClaim, IdempotencyRecord, PaidJob, Reservation};
@@ -84,6 +87,9 @@ impl Engine {
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// The instance this store records claims for, and how long a claim lasts ([`Store::for_instance`]); a store
+    /// opened without one (a tool, a test setting rows up) claims nothing.
+    claimant: Option<(std::sync::Arc<str>, Duration)>,
 }
 
 /// SQLite's settings, for every connection of the pool. FULL: a commit is on disk before it returns, so a
@@ -132,7 +138,39 @@ impl Store {
             Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
         migrator.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Self { pool, engine })
+        Ok(Self {
+            pool,
+            engine,
+            claimant: None,
+        })
+    }
+
+    /// The instance this store claims jobs for, and the length of a lease, when it has one.
+    pub fn claimant(&self) -> Option<(&str, Duration)> {
+        self.claimant
+            .as_ref()
+            .map(|(instance, lease)| (&**instance, *lease))
+    }
+
+    /// The same store, recording the jobs this instance sends as its claims, each under a lease of `lease`.
+    pub fn for_instance(mut self, instance: &str, lease: Duration) -> Self {
+        self.claimant = Some((instance.into(), lease));
+        self
+    }
+
+    /// The claim a job recorded now gets: this instance's, with its lease, unless the job is for the fleet's
+    /// queue (a ComfyUI job with no backend chosen yet), which any instance may claim.
+    fn claim_for(
+        &self,
+        backend: Backend,
+        backend_url: Option<&str>,
+    ) -> (Option<String>, Option<String>) {
+        match &self.claimant {
+            Some((instance, lease)) if backend != Backend::Comfy || backend_url.is_some() => {
+                (Some(instance.to_string()), Some(lease_until(*lease)))
+            }
+            _ => (None, None),
+        }
     }
 
     pub fn engine(&self) -> Engine {
@@ -247,4 +285,10 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The end of a lease of `lease` taken now, as stored.
+pub fn lease_until(lease: Duration) -> String {
+    let until = chrono::Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+    until.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }

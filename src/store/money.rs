@@ -21,10 +21,11 @@ impl Store {
         let id = uuid::Uuid::now_v7().to_string();
         let created = now();
         let new = paid.job;
+        let (claimed_by, lease_until) = self.claim_for(new.backend, new.backend_url);
         sqlx::query(
             "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, cost_micros, \
-                               approval) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)",
+                               approval, claimed_by, lease_until) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&id)
         .bind(new.backend.as_str())
@@ -35,6 +36,8 @@ impl Store {
         .bind(new.backend_url)
         .bind(paid.cost_micros)
         .bind(paid.approval.map(Value::to_string))
+        .bind(claimed_by)
+        .bind(lease_until)
         .execute(&mut *tx)
         .await?;
         sqlx::query(

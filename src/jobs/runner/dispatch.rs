@@ -71,12 +71,9 @@ impl Jobs {
                     workflow: &workflow,
                     backend_url: None,
                 };
+                // Unclaimed: the fleet's queue, for whichever instance first has a ComfyUI that answers.
                 let job = self.store.insert_job(new).await?;
-                self.waiting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back(job.id.clone());
-                self.start_dispatcher();
+                self.dispatch_wake.notify_one();
                 tracing::info!(job = %job.id, "no ComfyUI answers: the job waits in the queue");
                 return Ok(job);
             }
@@ -123,72 +120,51 @@ impl Jobs {
         Ok(())
     }
 
-    /// Starts the task that sends waiting jobs, unless it runs already.
-    fn start_dispatcher(&self) {
-        use std::sync::atomic::Ordering;
-        if self.dispatcher_running.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let jobs = self.clone();
-        self.background.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(DISPATCH_EVERY) => {}
-                    // Waiting jobs stay queued in the store; the next start sends them.
-                    () = jobs.background.stopping() => return,
-                }
-                if jobs.dispatch_waiting().await {
-                    jobs.dispatcher_running.store(false, Ordering::SeqCst);
-                    // A job queued between the last look and the flag: look once more.
-                    if jobs
-                        .waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_empty()
-                        || jobs.dispatcher_running.swap(true, Ordering::SeqCst)
-                    {
-                        return;
-                    }
-                }
+    /// The dispatcher: sends the jobs of the fleet's queue (recorded, here or by another instance, while no ComfyUI
+    /// answered) to this instance's backends, oldest first, while one answers. It looks when a job is queued here
+    /// and every [`DISPATCH_EVERY`] for the others' (one indexed query; a backend is asked only when a job waits).
+    pub async fn dispatch(self) {
+        loop {
+            self.dispatch_waiting().await;
+            tokio::select! {
+                () = tokio::time::sleep(DISPATCH_EVERY) => {}
+                () = self.dispatch_wake.notified() => {}
+                // Waiting jobs stay queued in the store; the next start (or another instance) sends them.
+                () = self.background.stopping() => return,
             }
-        });
+        }
     }
 
-    /// Sends waiting jobs, in order, while a ComfyUI answers; answers whether none is left waiting.
-    async fn dispatch_waiting(&self) -> bool {
+    /// Claims and sends waiting jobs, in order, while a ComfyUI answers.
+    async fn dispatch_waiting(&self) {
         loop {
-            let Some(id) = self
-                .waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .front()
-                .cloned()
-            else {
-                return true;
-            };
-            let job = match self.store.job(&id).await {
-                Ok(Some(job)) if job.status == JobStatus::Queued => job,
-                // Cancelled meanwhile, or gone.
-                _ => {
-                    self.waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .pop_front();
-                    continue;
+            match self.store.has_claimable().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look at the queue");
+                    return;
                 }
-            };
+            }
             let Some(gateway) = self.choose_backend().await else {
-                return false;
+                return;
             };
             let origin = gateway.backend().origin();
-            if let Err(error) = self.store.set_backend_url(&id, &origin).await {
-                tracing::error!(job = %id, %error, "cannot record where a waiting job goes");
-                return false;
-            }
-            self.waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
+            let lease_until = crate::store::lease_until(self.lease);
+            let job = match self
+                .store
+                .claim_next(&self.instance, &origin, &lease_until)
+                .await
+            {
+                Ok(Some(job)) => job,
+                // Another instance took the last one meanwhile.
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::error!(%error, "cannot claim a waiting job");
+                    return;
+                }
+            };
+            let id = job.id.clone();
             let workflow = self
                 .store
                 .workflow(&id)
@@ -196,10 +172,6 @@ impl Jobs {
                 .ok()
                 .flatten()
                 .unwrap_or(Value::Null);
-            let job = Job {
-                backend_url: Some(origin),
-                ..job
-            };
             tracing::info!(job = %id, backend = ?job.backend_url, "a ComfyUI answers: sending a waiting job");
             if let Err(error) = self.send_to_comfy(job, &workflow).await {
                 tracing::warn!(job = %id, %error, "sending a waiting job failed");
@@ -214,6 +186,16 @@ impl Jobs {
         job: Job,
         workflow: &Value,
     ) -> Result<Job, JobError> {
+        // Only the instance that claims a job sends it (a job waiting for a confirmation is claimed by whichever
+        // instance confirms it).
+        let lease_until = crate::store::lease_until(self.lease);
+        if !self
+            .store
+            .claim_job(&job.id, &self.instance, &lease_until)
+            .await?
+        {
+            return Err(JobError::Finished("claimed by another instance"));
+        }
         let gateway = self.backend_of(&job).clone();
         let paid_key = match self.gate_before_sending(&gateway, &job, workflow).await {
             Ok(key) => key,

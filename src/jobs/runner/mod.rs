@@ -13,10 +13,13 @@
 //! - [`follow`]: a job's follower, which applies what [`track`] (plain code, no sockets) decides about what it hears;
 //! - [`outputs`]: reading a run's outputs from `/history` and downloading them;
 //! - [`reconcile`]: settling, after a restart, the jobs an earlier process left unfinished;
+//! - [`fleet`]: this instance among others on one store: its heartbeat and leases, taking over the jobs of an
+//!   instance that died, and (PostgreSQL) every instance's events delivered to this one's listeners;
 //! - [`exits`]: why a job's supervised ComfyUI went away (crash forensics for its error).
 
 mod dispatch;
 mod exits;
+mod fleet;
 mod follow;
 mod outputs;
 mod reconcile;
@@ -113,9 +116,14 @@ pub struct Jobs {
     client_id: Arc<str>,
     /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
     followers: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
-    /// Jobs recorded while no ComfyUI answered, oldest first, to send when one does.
-    waiting: Arc<Mutex<std::collections::VecDeque<String>>>,
-    dispatcher_running: Arc<std::sync::atomic::AtomicBool>,
+    /// This instance's name in job claims, and how long a claim lasts unrenewed.
+    instance: Arc<str>,
+    lease: Duration,
+    /// Wakes the dispatcher: a job was queued for the fleet here (it also looks every couple of seconds, for
+    /// jobs other instances queued).
+    dispatch_wake: Arc<tokio::sync::Notify>,
+    /// Wakes the event pump (PostgreSQL): an event was stored here.
+    event_wake: Arc<tokio::sync::Notify>,
     /// When each running job last sent a progress event, for coalescing.
     last_progress: Arc<Mutex<HashMap<String, std::time::Instant>>>,
     /// The latest progress of a job heard within [`PROGRESS_EVERY`] of its last write: written when that time is
@@ -146,7 +154,11 @@ impl Jobs {
             "the configuration has at least one ComfyUI"
         );
         let (events, _) = broadcast::channel(1024);
-        let client_id = stable_client_id(&outputs).into();
+        let (instance, lease) = store
+            .claimant()
+            .unwrap_or(("local", Duration::from_secs(30)));
+        let instance: Arc<str> = instance.into();
+        let client_id = stable_client_id(&instance, &outputs).into();
         Self {
             links: socket::Links::default(),
             client_id,
@@ -158,8 +170,10 @@ impl Jobs {
             followers: Arc::default(),
             last_progress: Arc::default(),
             pending_progress: Arc::default(),
-            waiting: Arc::default(),
-            dispatcher_running: Arc::default(),
+            instance,
+            lease,
+            dispatch_wake: Arc::default(),
+            event_wake: Arc::default(),
             started_at: super::model::now(),
             supervised: None,
             event_order: Arc::default(),
@@ -338,6 +352,11 @@ impl Jobs {
         }
         let _in_order = self.event_order.lock().await;
         match self.store.insert_event(kind, &job).await {
+            // A fleet's events reach every instance through the store, in the order of their numbers: the pump
+            // sends this one with the others' (see [`fleet`]).
+            Ok(_) if self.store.engine() == crate::store::Engine::Postgres => {
+                self.event_wake.notify_one();
+            }
             Ok(stored) => {
                 let _ = self.events.send(JobEvent {
                     kind,
@@ -408,10 +427,12 @@ pub(crate) fn finished(status: JobStatus) -> JobChange {
     }
 }
 
-/// The WebSocket client id of this Orchestrator: derived from where it keeps its outputs, so a restarted process
-/// gets the events of the prompts the last one posted, and two Orchestrators on one ComfyUI get their own.
-fn stable_client_id(outputs: &std::path::Path) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, outputs.to_string_lossy().as_bytes());
+/// The WebSocket client id of this Orchestrator: derived from its instance name and where it keeps its outputs,
+/// so a restarted process gets the events of the prompts the last one posted, and two Orchestrators on one ComfyUI
+/// (a fleet's instances on one shared data folder too) get their own.
+fn stable_client_id(instance: &str, outputs: &std::path::Path) -> String {
+    let named = format!("{instance}\n{}", outputs.to_string_lossy());
+    let digest = ring::digest::digest(&ring::digest::SHA256, named.as_bytes());
     let hex: String = digest.as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -48,6 +48,16 @@ impl Jobs {
         let mut queues: HashMap<String, Option<Vec<Value>>> = HashMap::new();
         let mut left = 0;
         for job in unfinished {
+            // This instance's now (its own from before the restart, or nobody's); on PostgreSQL a job another
+            // instance claimed meanwhile is left to it.
+            let until = crate::store::lease_until(self.lease);
+            if !self
+                .store
+                .claim_job(&job.id, &self.instance, &until)
+                .await?
+            {
+                continue;
+            }
             let gateway = self.backend_of(&job).clone();
             let origin = gateway.backend().origin();
             if !queues.contains_key(&origin) {

@@ -88,6 +88,13 @@ impl Links {
         }
         link
     }
+
+    /// Whether the link to the ComfyUI at `origin` is up; `None` when no job has needed it yet.
+    pub(super) fn is_up(&self, origin: &str) -> Option<bool> {
+        let links = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let link = links.get(origin)?;
+        Some(matches!(*link.state.borrow(), State::Up { .. }))
+    }
 }
 
 /// One backend's shared WebSocket and the prompts listening on it.

@@ -1,0 +1,274 @@
+//! This instance among the others on one store: its heartbeat, which renews the leases of the jobs it follows;
+//! taking over the jobs of an instance whose leases ran out (it died); and, on PostgreSQL, the event pump that
+//! hands this instance's listeners every instance's events in the order of their numbers.
+//!
+//! A job taken over is settled by the rules of a restart's reconciliation: one that never reached ComfyUI goes back
+//! to the fleet's queue (a paid one becomes `needs_reconcile`: it may have been charged); one ComfyUI finished is
+//! recorded with its outputs; one still in ComfyUI's queue is watched there until it ends; one ComfyUI no longer
+//! knows is `backend_lost`. ComfyUI sends a prompt's events only to the socket that posted it, which died with its
+//! instance: a job taken over is watched through `/history` and `/queue`, without its progress.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::follow::Follower;
+use super::{JobEvent, Jobs};
+use crate::codes::{Code, Failure};
+use crate::comfy::proxy::ComfyGateway;
+use crate::jobs::model::{EventKind, Job, JobStatus, now};
+use crate::store::{Instance, JobChange};
+
+/// How often a job taken over is looked for in its ComfyUI's history and queue.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// At most this many jobs are taken over in one pass.
+const TAKEOVER_BATCH: u32 = 100;
+
+impl Jobs {
+    /// This instance's name in the fleet.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Registers this instance, reachable at `url`, then beats every third of a lease: the backends as it sees
+    /// them, every lease it holds renewed (one statement), and the jobs of instances whose leases ran out taken
+    /// over. Ends when the server stops.
+    pub async fn keep_fleet(self, url: String) {
+        let started_at = now();
+        let every = self.lease / 3;
+        let mut registered = false;
+        loop {
+            let backends = self.backend_states();
+            let beat = if registered {
+                let until = crate::store::lease_until(self.lease);
+                self.store
+                    .heartbeat(&self.instance, &backends, &until)
+                    .await
+                    .map(drop)
+            } else {
+                let instance = Instance {
+                    id: self.instance.to_string(),
+                    url: url.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    started_at: started_at.clone(),
+                    heartbeat_at: now(),
+                    backends,
+                };
+                self.store.register_instance(&instance).await
+            };
+            match beat {
+                Ok(()) => registered = true,
+                Err(error) => tracing::warn!(%error, "cannot record this instance's heartbeat"),
+            }
+            self.take_over_expired().await;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.background.stopping() => return,
+            }
+        }
+    }
+
+    /// Each backend as this instance sees it now, from its WebSocket (no request of its own): `[{url, online}]`,
+    /// `online` null for a backend no job has needed yet.
+    fn backend_states(&self) -> Value {
+        let states = self.backends.iter().map(|backend| {
+            let url = backend.backend().origin();
+            json!({ "online": self.links.is_up(&url), "url": url })
+        });
+        Value::Array(states.collect())
+    }
+
+    /// Takes over the jobs whose claim ran out and that this instance can settle: those on one of its backends,
+    /// and those that never reached one. Each is settled in the background, so the heartbeat keeps its pace.
+    async fn take_over_expired(&self) {
+        let expired = match self
+            .store
+            .expired_claims(&self.instance, TAKEOVER_BATCH)
+            .await
+        {
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::warn!(%error, "cannot look for jobs whose claim ran out");
+                return;
+            }
+        };
+        for (job, from) in expired {
+            let reachable = match (&job.backend_url, &job.comfy_prompt_id) {
+                (_, None) => true,
+                (Some(url), Some(_)) => self.backends.iter().any(|b| &b.backend().origin() == url),
+                (None, Some(_)) => false,
+            };
+            if !reachable {
+                continue;
+            }
+            let until = crate::store::lease_until(self.lease);
+            match self
+                .store
+                .take_over(&job.id, &from, &self.instance, &until)
+                .await
+            {
+                Ok(true) => {
+                    tracing::warn!(job = %job.id, from = %from, "the job's instance stopped renewing its claim: taken over");
+                    let jobs = self.clone();
+                    self.background
+                        .spawn(async move { jobs.settle_taken_over(job).await });
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(job = %job.id, %error, "cannot take a job over"),
+            }
+        }
+    }
+
+    async fn settle_taken_over(self, job: Job) {
+        let Some(prompt_id) = job.comfy_prompt_id.clone() else {
+            if job.cost_usd.is_some() {
+                // Reserved and cut off while being sent: it may have been charged, so it is never resent.
+                let change = JobChange {
+                    status: Some(JobStatus::NeedsReconcile),
+                    error: Some(
+                        Failure::new(
+                            Code::SubmitInterrupted,
+                            "The Orchestrator instance sending this paid workflow to ComfyUI stopped. It may have \
+                             been charged; it is not sent again. Check ComfyUI's queue and the Comfy.org account.",
+                        )
+                        .into_json(),
+                    ),
+                    ..Default::default()
+                };
+                self.change(&job.id, EventKind::State, change).await;
+                return;
+            }
+            // Never reached ComfyUI: back to the fleet's queue, for whichever instance has a backend.
+            match self.store.requeue(&job.id).await {
+                Ok(_) => self.dispatch_wake.notify_one(),
+                Err(error) => {
+                    tracing::error!(job = %job.id, %error, "cannot requeue a job taken over")
+                }
+            }
+            return;
+        };
+        let gateway = self.backend_of(&job).clone();
+        let workflow = self
+            .store
+            .workflow(&job.id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Value::Null);
+        let follower = Follower::new(
+            self.clone(),
+            gateway.clone(),
+            job.id.clone(),
+            prompt_id.clone(),
+            &workflow,
+        );
+        self.watch(&follower, &gateway, &job, &prompt_id).await;
+    }
+
+    /// Watches a prompt another instance posted until it ends: its history, else its place in the queue.
+    async fn watch(&self, follower: &Follower, gateway: &ComfyGateway, job: &Job, prompt_id: &str) {
+        let mut running = job.status == JobStatus::Running;
+        loop {
+            if follower.history_entry().await.is_some() {
+                follower.collect_outputs().await;
+                return;
+            }
+            if let Ok(queue) = gateway.get_json("/queue", 64 * 1024 * 1024).await {
+                let holds = |key: &str| {
+                    queue[key]
+                        .as_array()
+                        .is_some_and(|items| items.iter().any(|item| item[1] == prompt_id))
+                };
+                if holds("queue_running") {
+                    if !running {
+                        running = true;
+                        let change = JobChange {
+                            status: Some(JobStatus::Running),
+                            started: true,
+                            ..Default::default()
+                        };
+                        self.change(&job.id, EventKind::State, change).await;
+                    }
+                } else if !holds("queue_pending") {
+                    // Out of the queue: finished between the two looks, or gone.
+                    if follower.history_entry().await.is_some() {
+                        follower.collect_outputs().await;
+                    } else {
+                        self.lose(
+                            &job.id,
+                            Code::BackendLost,
+                            "ComfyUI no longer knows the job (it was restarted?)",
+                        )
+                        .await;
+                    }
+                    return;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_EVERY) => {}
+                () = self.background.stopping() => return,
+            }
+        }
+    }
+
+    /// The event pump (PostgreSQL): every event stored, by any instance, handed to this instance's listeners in
+    /// the order of its number. Woken by the store's notification (and by this instance's own events), it reads
+    /// what is new from the events table, which is the truth; it also looks every few seconds, so a notification
+    /// lost with a dropped connection delays an event, never loses it.
+    pub async fn pump_events(self, database_url: String) {
+        let mut listener = match crate::store::EventWakeups::listen(&database_url).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for the fleet's events: looking every few seconds");
+                None
+            }
+        };
+        let mut last = self.store.last_event().await.unwrap_or(0);
+        loop {
+            last = self.pump_once(last).await;
+            let notified = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = notified => {}
+                () = self.event_wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                () = self.background.stopping() => return,
+            }
+        }
+    }
+
+    /// Sends the listeners every stored event after `last`; answers the last number sent.
+    async fn pump_once(&self, mut last: i64) -> i64 {
+        const BATCH: u32 = 1000;
+        loop {
+            let events = match self.store.events_after(last, BATCH).await {
+                Ok(events) => events,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the fleet's events");
+                    return last;
+                }
+            };
+            let full = events.len() == BATCH as usize;
+            for stored in events {
+                last = stored.seq;
+                let Ok(job) = serde_json::from_value::<Job>(stored.job) else {
+                    continue;
+                };
+                let _ = self.events.send(JobEvent {
+                    kind: stored.kind,
+                    job,
+                    seq: stored.seq,
+                    job_seq: stored.job_seq,
+                });
+            }
+            if !full {
+                return last;
+            }
+        }
+    }
+}
