@@ -437,6 +437,14 @@ function diagnosticsPage() {
       [T.jobs, String(db.jobs ?? "—"), true],
       [T.messages, String(db.messages ?? "—"), true],
     ]);
+    const fleet = data.fleet;
+    dl($("#d-fleet"), fleet.instances.map((i) => {
+      const online = (i.backends || []).filter((b) => b.online === true).length;
+      const parts = [i.id, i.url, `${T.heartbeat} ${new Date(i.heartbeat_at).toLocaleTimeString()}`, `${T.backends_online} ${online}/${(i.backends || []).length}`];
+      if (i.stale) parts.push(T.stale);
+      // The name (a host name by default) and the times differ from run to run: the value is marked dynamic.
+      return [i.id === fleet.instance ? T.this_instance : "", parts.join(" · "), true];
+    }));
   };
   const refresh = async () => {
     const { status, data } = await api("GET", "/api/status");

@@ -86,6 +86,10 @@ pub struct AppInner {
     /// One for the process, so a client cannot multiply its allowance by the number of serving threads.
     pub paid_limiter: Arc<http::rate_limit::PaidLimiter>,
     pub status_cache: Arc<status::StatusCache>,
+    /// The fleet's token, shown by an instance that fetches an output this one holds (PostgreSQL only), and the
+    /// client for such fetches.
+    pub fleet_token: Option<config::Secret>,
+    pub fleet_client: reqwest::Client,
     /// The address the server really listens on (known once bound), for the MCP tools' calls back to the API.
     pub local_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     /// The address ComfyUI's editor really listens on, once bound.
@@ -101,17 +105,22 @@ impl Deref for AppState {
 
 impl AppState {
     pub fn new(config: Config, paths: DataPaths, store: Store) -> Self {
-        Self::with_token_key(config, paths, store, None)
+        Self::with_fleet(config, paths, store, None)
     }
 
-    /// [`AppState::new`] signing confirmation tokens with `token_key` (a fleet's shared one) rather than a key
-    /// drawn now.
-    pub fn with_token_key(
+    /// [`AppState::new`] with the fleet's shared secrets (PostgreSQL): confirmation tokens are signed with its key
+    /// rather than a key drawn now, and other instances are fetched from with its token.
+    pub fn with_fleet(
         config: Config,
         paths: DataPaths,
         store: Store,
-        token_key: Option<&[u8]>,
+        fleet: Option<FleetSecrets>,
     ) -> Self {
+        let (token_key, fleet_token) = match fleet {
+            Some(secrets) => (Some(secrets.token_key), Some(secrets.fleet_token)),
+            None => (None, None),
+        };
+        let token_key = token_key.as_deref();
         let config = Arc::new(config);
         let gateway = Self::new_gateway(&config);
         let service = Arc::new(service::control::for_config(&config));
@@ -167,6 +176,8 @@ impl AppState {
             v0,
             paid_limiter,
             status_cache: Arc::default(),
+            fleet_token,
+            fleet_client: fleet_client(),
             local_addr: Arc::default(),
             editor_local_addr: Arc::default(),
         }))
@@ -186,6 +197,8 @@ impl AppState {
             v0: self.v0.clone(),
             paid_limiter: self.paid_limiter.clone(),
             status_cache: self.status_cache.clone(),
+            fleet_token: self.fleet_token.clone(),
+            fleet_client: self.fleet_client.clone(),
             local_addr: self.local_addr.clone(),
             editor_local_addr: self.editor_local_addr.clone(),
         }))
@@ -204,6 +217,23 @@ impl AppState {
         let client = http_client(config.comfy.connect_timeout);
         ComfyGateway::new(client, config.primary_comfy().clone(), config.comfy.clone())
     }
+}
+
+/// The secrets a fleet's instances share, from the store.
+pub struct FleetSecrets {
+    pub token_key: Vec<u8>,
+    pub fleet_token: config::Secret,
+}
+
+/// The client an instance fetches another's outputs with: no proxy (instances reach each other directly), a
+/// bounded connect.
+fn fleet_client() -> reqwest::Client {
+    flux::client::install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
 }
 
 fn load_templates(config: &Config) -> jobs::templates::Templates {
@@ -248,11 +278,21 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
         .for_instance(&config.fleet.instance_id, config.fleet.lease);
     // A fleet's instances share the key of confirmation tokens, so a token one of them made pays once through
     // any; alone on SQLite, the key is drawn at start-up (a restart voids the tokens handed out before it).
-    let token_key = match store.engine() {
-        store::Engine::Postgres => Some(store.fleet_secret("confirmation-tokens").await?),
+    let fleet = match store.engine() {
+        store::Engine::Postgres => Some(FleetSecrets {
+            token_key: store.fleet_secret("confirmation-tokens").await?,
+            fleet_token: config::Secret::new(
+                store
+                    .fleet_secret("fleet-token")
+                    .await?
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            ),
+        }),
         store::Engine::Sqlite => None,
     };
-    let state = AppState::with_token_key(config, paths, store, token_key.as_deref());
+    let state = AppState::with_fleet(config, paths, store, fleet);
     let background = state.jobs.background();
     background.spawn(state.jobs.clone().reconcile());
     background.spawn(state.jobs.clone().dispatch());

@@ -29,6 +29,7 @@ pub struct Report {
     pub services: Services,
     pub comfy: Comfy,
     pub database: Database,
+    pub fleet: Fleet,
     /// `flux` and `v0`: whether each key is set and works.
     #[schema(value_type = Object)]
     pub external: Value,
@@ -82,7 +83,28 @@ pub struct Database {
     pub size_bytes: u64,
     pub jobs: Option<i64>,
     pub messages: Option<i64>,
+    /// Migrations the store has applied, and how many this Orchestrator has; fewer applied: the store is behind.
+    pub migrations_applied: Option<i64>,
+    pub migrations_expected: Option<i64>,
     pub error: Option<String>,
+}
+
+/// The Orchestrators on this store, as their heartbeats say (one, on SQLite).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Fleet {
+    /// This instance's name (`ORCH_INSTANCE_ID`).
+    pub instance: String,
+    /// How long a claim lasts unrenewed, in seconds (`FLEET_LEASE_SECS`).
+    pub lease_secs: u64,
+    pub instances: Vec<FleetInstance>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FleetInstance {
+    #[serde(flatten)]
+    pub instance: crate::store::Instance,
+    /// Its last heartbeat is older than a lease: stopped, or cut off from the store.
+    pub stale: bool,
 }
 
 /// Remembers the last look at the paid APIs.
@@ -93,7 +115,7 @@ pub struct StatusCache {
 
 /// The whole report.
 pub async fn report(state: &AppState) -> Report {
-    let (services, comfy, database, external, model_paths) = tokio::join!(
+    let (services, comfy, database, fleet, external, model_paths) = tokio::join!(
         within(services(state), || Services {
             comfy: ServiceStatus::simple(state.service.name(), ServiceState::Unknown),
             panel: panel_mode(),
@@ -106,7 +128,14 @@ pub async fn report(state: &AppState) -> Report {
             size_bytes: 0,
             jobs: None,
             messages: None,
+            migrations_applied: None,
+            migrations_expected: None,
             error: Some("the store did not answer in time".into()),
+        }),
+        within(fleet(state), || Fleet {
+            instance: state.config.fleet.instance_id.clone(),
+            lease_secs: state.config.fleet.lease.as_secs(),
+            instances: Vec::new(),
         }),
         within(
             external(state),
@@ -123,6 +152,14 @@ pub async fn report(state: &AppState) -> Report {
     }
     if !database.ok {
         reasons.push("the database does not answer".to_owned());
+    }
+    if let (Some(applied), Some(expected)) =
+        (database.migrations_applied, database.migrations_expected)
+        && applied < expected
+    {
+        reasons.push(format!(
+            "the database is behind: {applied} of {expected} migrations applied (starting Orchestrator applies them)"
+        ));
     }
     if services.comfy.status == ServiceState::CrashLooping {
         reasons.push("ComfyUI keeps crashing at start-up".to_owned());
@@ -148,6 +185,7 @@ pub async fn report(state: &AppState) -> Report {
         reasons,
         services,
         comfy,
+        fleet,
         database,
         external,
         model_paths,
@@ -249,8 +287,12 @@ pub async fn comfy(state: &AppState) -> Comfy {
 
 /// Where the store is: the SQLite file, or the PostgreSQL server and database (never its password).
 fn database_path(state: &AppState) -> String {
-    let url = state.config.database_url.expose();
-    if state.store.engine() == crate::store::Engine::Postgres {
+    shown_database(state.config.database_url.expose())
+}
+
+/// The store's URL as diagnostics show it: a SQLite file's path, a PostgreSQL URL without its password.
+pub fn shown_database(url: &str) -> String {
+    if crate::store::Engine::of_url(url) == Some(crate::store::Engine::Postgres) {
         return match reqwest::Url::parse(url) {
             Ok(mut url) => {
                 let _ = url.set_password(None);
@@ -279,6 +321,7 @@ pub async fn database(state: &AppState) -> Database {
             .map(|m| m.len())
             .sum()
     };
+    let migrations = state.store.migrations().await.ok();
     match state.store.stats().await {
         Ok(stats) => Database {
             ok: true,
@@ -286,6 +329,8 @@ pub async fn database(state: &AppState) -> Database {
             path,
             jobs: Some(stats.jobs),
             messages: Some(stats.messages),
+            migrations_applied: migrations.map(|(applied, _)| applied),
+            migrations_expected: migrations.map(|(_, expected)| expected),
             error: None,
         },
         Err(error) => Database {
@@ -294,8 +339,33 @@ pub async fn database(state: &AppState) -> Database {
             path,
             jobs: None,
             messages: None,
+            migrations_applied: None,
+            migrations_expected: None,
             error: Some(error.to_string()),
         },
+    }
+}
+
+/// The fleet's instances with their heartbeats.
+pub async fn fleet(state: &AppState) -> Fleet {
+    let lease = state.config.fleet.lease;
+    let stale_before = chrono::Utc::now() - chrono::Duration::from_std(lease).unwrap_or_default();
+    let instances = state
+        .store
+        .instances()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|instance| FleetInstance {
+            stale: chrono::DateTime::parse_from_rfc3339(&instance.heartbeat_at)
+                .map_or(true, |at| at < stale_before),
+            instance,
+        })
+        .collect();
+    Fleet {
+        instance: state.config.fleet.instance_id.clone(),
+        lease_secs: lease.as_secs(),
+        instances,
     }
 }
 

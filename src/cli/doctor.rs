@@ -13,9 +13,19 @@ pub async fn doctor(config: &Config, json: bool) -> Result<String, String> {
         reply if reply.is_success() => (reply.body, None),
         _ => {
             let paths = crate::paths::DataPaths::new(&config.data_dir);
-            let store = crate::store::Store::open(config.database_url.expose())
+            // Looked at as it is: a store behind on migrations is reported, not migrated by a look.
+            let url = config.database_url.expose();
+            let store = crate::store::Store::open_unmigrated(url)
                 .await
-                .map_err(|e| format!("cannot open the store: {e}"))?;
+                .map_err(|e| {
+                    format!(
+                        "overall      down\ndatabase     UNREACHABLE {}: {e}{}",
+                        crate::status::shown_database(url),
+                        std::error::Error::source(&e)
+                            .map(|s| format!(" ({s})"))
+                            .unwrap_or_default()
+                    )
+                })?;
             let state = crate::AppState::new(config.clone(), paths, store);
             let report = crate::status::report(&state).await;
             (
@@ -107,14 +117,46 @@ fn describe_status(report: &Value, note: Option<&str>) -> String {
         },
     );
     let db = &report["database"];
+    let behind = match (
+        db["migrations_applied"].as_i64(),
+        db["migrations_expected"].as_i64(),
+    ) {
+        (Some(applied), Some(expected)) if applied < expected => {
+            format!(", BEHIND: {applied} of {expected} migrations applied")
+        }
+        _ => String::new(),
+    };
     lines.push(format!(
-        "database     {} {} ({} bytes), {} jobs, {} messages",
+        "database     {} {} ({} bytes), {} jobs, {} messages{behind}",
         if db["ok"] == true { "ok" } else { "FAILING" },
         db["path"].as_str().unwrap_or("?"),
         db["size_bytes"],
         db["jobs"],
         db["messages"]
     ));
+    let fleet = &report["fleet"];
+    for instance in fleet["instances"].as_array().into_iter().flatten() {
+        let online = instance["backends"]
+            .as_array()
+            .map_or(0, |b| b.iter().filter(|b| b["online"] == true).count());
+        lines.push(format!(
+            "instance     {}{} at {}, heartbeat {}{}, {} backend(s) online",
+            instance["id"].as_str().unwrap_or("?"),
+            if instance["id"] == fleet["instance"] {
+                " (this one)"
+            } else {
+                ""
+            },
+            instance["url"].as_str().unwrap_or("?"),
+            instance["heartbeat_at"].as_str().unwrap_or("?"),
+            if instance["stale"] == true {
+                " (STALE)"
+            } else {
+                ""
+            },
+            online
+        ));
+    }
     let flux = &report["external"]["flux"];
     lines.push(format!(
         "FLUX         key {}, generation {}{}",

@@ -313,6 +313,21 @@ impl Flux {
                 );
             }
             Ok(Reservation::TokenUsed) => return Err(refused(TokenProblem::Used).into()),
+            // A repeat that raced the first request (from another instance): the first request's job answers.
+            Ok(Reservation::KeyClaimed(job_id)) => {
+                let job = match job_id {
+                    Some(id) => self.store().job(&id).await.map_err(FluxError::internal)?,
+                    None => None,
+                };
+                let Some(job) = job else {
+                    return Err(FluxError::internal("the job of an idempotency key is gone"));
+                };
+                return Ok(Answer {
+                    status: StatusCode::ACCEPTED,
+                    body: json!({ "id": job.id, "status": job.status }),
+                    replayed: true,
+                });
+            }
             Err(error) => return Err(FluxError::internal(error)),
         };
         self.submit(job, request.model.name, &request.payload).await

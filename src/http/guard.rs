@@ -23,7 +23,12 @@ pub struct GuardPolicy {
     /// Lower-cased names accepted besides the loopback ones.
     extra_hosts: Vec<String>,
     token: Option<Secret>,
+    /// The fleet's token: another instance fetching an output this one holds shows it instead of the user's.
+    fleet_token: Option<Secret>,
 }
+
+/// The header an instance of the fleet proves itself with, when it fetches an output another instance holds.
+pub const FLEET_HEADER: &str = "x-orchestrator-fleet";
 
 impl GuardPolicy {
     pub fn from_config(config: &Config) -> Self {
@@ -34,10 +39,46 @@ impl GuardPolicy {
                 extra_hosts.push(ip.to_string());
             }
         }
+        // The name the fleet's other instances reach this one by.
+        if let Some(host) = config
+            .fleet
+            .public_url
+            .as_deref()
+            .and_then(|url| url.parse::<http::Uri>().ok())
+            .and_then(|uri| {
+                uri.host()
+                    .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+            })
+        {
+            extra_hosts.push(host);
+        }
         Self {
             extra_hosts,
             token: config.token.clone(),
+            fleet_token: None,
         }
+    }
+
+    /// Accepts the fleet's token on the fetch of a job's output (`GET /api/jobs/{id}/outputs/{name}`) from another
+    /// instance.
+    pub fn with_fleet_token(mut self, token: Option<Secret>) -> Self {
+        self.fleet_token = token;
+        self
+    }
+
+    /// A fetch of an output by another instance of the fleet, with the fleet's token.
+    fn is_fleet_fetch(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.fleet_token else {
+            return false;
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        let output = matches!(parts.as_slice(), ["", "api", "jobs", _, "outputs", _]);
+        output
+            && method == Method::GET
+            && headers
+                .get(FLEET_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.expose().as_bytes())))
     }
 
     /// Whether `hostname` (no port, no brackets) names this server.
@@ -68,7 +109,7 @@ impl GuardPolicy {
                 method: method.to_string(),
             });
         }
-        self.check(method, headers)?;
+        self.check_with(method, headers, self.is_fleet_fetch(method, path, headers))?;
         if path == "/api/v0" || path.starts_with("/api/v0/") {
             self.refuse_cross_site(headers)?;
         }
@@ -98,6 +139,16 @@ impl GuardPolicy {
     }
 
     pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.check_with(method, headers, false)
+    }
+
+    /// [`GuardPolicy::check`]; `fleet`: the request showed the fleet's token, which stands for the user's.
+    fn check_with(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        fleet: bool,
+    ) -> Result<(), ApiError> {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -112,6 +163,7 @@ impl GuardPolicy {
         }
 
         if let Some(expected) = &self.token
+            && !fleet
             && !presented_token(headers)
                 .is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.expose().as_bytes())))
         {
@@ -241,7 +293,34 @@ mod tests {
         GuardPolicy {
             extra_hosts: vec!["studio.lan".into()],
             token: token.map(Secret::new),
+            fleet_token: None,
         }
+    }
+
+    /// The fleet's token stands for the user's on exactly one kind of request: an instance's GET of a job's output.
+    #[test]
+    fn the_fleet_token_opens_only_the_fetch_of_an_output() {
+        let p =
+            policy(Some("0123456789abcdef")).with_fleet_token(Some(Secret::new("fleet-secret")));
+        let host = ("host", "localhost:3000");
+        let fleet = headers(&[host, (FLEET_HEADER, "fleet-secret")]);
+        let output = "/api/jobs/01a2/outputs/image_00001_.png";
+        assert!(p.check_request(&Method::GET, output, &fleet).is_ok());
+        for (method, path) in [
+            (Method::POST, output),
+            (Method::DELETE, output),
+            (Method::GET, "/api/jobs/01a2"),
+            (Method::GET, "/api/settings"),
+            (Method::GET, "/api/jobs/01a2/outputs/a/../../b"),
+        ] {
+            let refused = p.check_request(&method, path, &fleet).unwrap_err();
+            assert_eq!(refused.code().as_str(), "unauthorized", "{method} {path}");
+        }
+        let forged = headers(&[host, (FLEET_HEADER, "fleet-secreT")]);
+        assert!(p.check_request(&Method::GET, output, &forged).is_err());
+        // Without a fleet (SQLite), the header means nothing.
+        let alone = policy(Some("0123456789abcdef"));
+        assert!(alone.check_request(&Method::GET, output, &fleet).is_err());
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -454,6 +454,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 pub async fn output(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
+    headers: http::HeaderMap,
 ) -> ApiResult<Response> {
     let job = find(&state, &id).await?;
     let Some(file) = job
@@ -465,24 +466,21 @@ pub async fn output(
             name: name.chars().take(128).collect(),
         });
     };
-    let path =
-        state
-            .jobs
-            .output_file(&job.id, &file.name)
-            .ok_or_else(|| ApiError::OutputNotFound {
-                name: file.name.clone(),
-            })?;
-    let opened = tokio::fs::File::open(&path)
-        .await
-        .map_err(|_| ApiError::OutputNotFound {
-            name: file.name.clone(),
-        })?;
-    let length = opened
-        .metadata()
-        .await
-        .map(|m| m.len())
-        .unwrap_or(file.size);
-    let body = Body::from_stream(file_chunks(opened));
+    let opened = match state.jobs.output_file(&job.id, &file.name) {
+        Some(path) => tokio::fs::File::open(&path).await.ok(),
+        None => None,
+    };
+    let (length, body) = match opened {
+        Some(opened) => {
+            let length = opened
+                .metadata()
+                .await
+                .map(|m| m.len())
+                .unwrap_or(file.size);
+            (length, Body::from_stream(file_chunks(opened)))
+        }
+        None => from_another_instance(&state, &job.id, file, &headers).await?,
+    };
     let mut response = (
         [
             (header::CONTENT_TYPE, file.content_type.clone()),
@@ -499,6 +497,59 @@ pub async fn output(
     let kind = super::gateway::essence(response.headers());
     super::gateway::protect_file(response.headers_mut(), &kind);
     Ok(response)
+}
+
+/// An output another instance of the fleet holds (it ran the job, with a data folder of its own): streamed from
+/// that instance, the fetch authenticated with the fleet's token. A fetch from another instance is not passed on.
+async fn from_another_instance(
+    state: &AppState,
+    job_id: &str,
+    file: &crate::jobs::model::OutputFile,
+    headers: &http::HeaderMap,
+) -> ApiResult<(u64, Body)> {
+    let not_found = || ApiError::OutputNotFound {
+        name: file.name.clone(),
+    };
+    let Some(token) = &state.fleet_token else {
+        return Err(not_found());
+    };
+    if headers.contains_key(super::guard::FLEET_HEADER) {
+        return Err(not_found());
+    }
+    let holder = state
+        .store
+        .job_claimant(job_id)
+        .await
+        .map_err(ApiError::internal)?
+        .filter(|holder| holder != state.jobs.instance())
+        .ok_or_else(not_found)?;
+    let instances = state.store.instances().await.map_err(ApiError::internal)?;
+    let instance = instances
+        .iter()
+        .find(|i| i.id == holder)
+        .ok_or_else(not_found)?;
+    let name: String =
+        percent_encoding::utf8_percent_encode(&file.name, percent_encoding::NON_ALPHANUMERIC)
+            .collect();
+    let url = format!(
+        "{}/api/jobs/{job_id}/outputs/{name}",
+        instance.url.trim_end_matches('/')
+    );
+    let answer = state
+        .fleet_client
+        .get(&url)
+        .header(super::guard::FLEET_HEADER, token.expose())
+        .send()
+        .await
+        .map_err(|error| {
+            tracing::warn!(job = %job_id, instance = %holder, %error, "the instance holding an output does not answer");
+            not_found()
+        })?;
+    if !answer.status().is_success() {
+        return Err(not_found());
+    }
+    let length = answer.content_length().unwrap_or(file.size);
+    Ok((length, Body::from_stream(answer.bytes_stream())))
 }
 
 /// A file as a stream of 64 KiB chunks.

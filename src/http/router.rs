@@ -35,7 +35,9 @@ pub struct App {
 
 impl App {
     pub fn new(state: AppState) -> Self {
-        let policy = Arc::new(GuardPolicy::from_config(&state.config));
+        let policy = Arc::new(
+            GuardPolicy::from_config(&state.config).with_fleet_token(state.fleet_token.clone()),
+        );
         let router = router(state.clone(), policy.clone());
         Self {
             state,
@@ -46,7 +48,9 @@ impl App {
 
     /// ComfyUI's editor on its own origin: every path relayed (see [`gateway`]).
     pub fn editor(state: AppState) -> Self {
-        let policy = Arc::new(GuardPolicy::from_config(&state.config));
+        let policy = Arc::new(
+            GuardPolicy::from_config(&state.config).with_fleet_token(state.fleet_token.clone()),
+        );
         Self {
             state,
             policy,

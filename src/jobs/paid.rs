@@ -310,6 +310,17 @@ impl Jobs {
                     .needs_confirmation(TokenProblem::Used, &bound, &assessment)
                     .await);
             }
+            // A repeat that raced the first request (from another instance): the first request's job answers.
+            Reservation::KeyClaimed(job_id) => {
+                let id = job_id.unwrap_or_default();
+                let job = self
+                    .store
+                    .job(&id)
+                    .await?
+                    .ok_or_else(|| JobError::NotFound(id.clone()))?;
+                let body = json!({ "id": job.id, "status": job.status });
+                return Ok(Submitted::Replayed(StatusCode::ACCEPTED, body));
+            }
         };
         let mut workflow = submission.workflow;
         self.upload_inputs(&gateway, &mut workflow, submission.uploads)

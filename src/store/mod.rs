@@ -102,6 +102,15 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FU
 impl Store {
     /// Opens the store at `url` and applies the embedded migrations; a SQLite file is created on first run.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::connect(url, true).await
+    }
+
+    /// Opens the store at `url` as it is, to look at it (`orchestrator doctor`): no migration is applied.
+    pub async fn open_unmigrated(url: &str) -> Result<Self, StoreError> {
+        Self::connect(url, false).await
+    }
+
+    async fn connect(url: &str, migrate: bool) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let engine = Engine::of_url(url).ok_or_else(|| {
             StoreError::BadUrl(sqlx::Error::Configuration(
@@ -133,11 +142,12 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(StoreError::Open)?;
-        let migrator = match engine {
-            Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-            Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
-        };
-        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        if migrate {
+            migrator(engine)
+                .run(&pool)
+                .await
+                .map_err(StoreError::Migrate)?;
+        }
         Ok(Self {
             pool,
             engine,
@@ -175,6 +185,23 @@ impl Store {
 
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// How many migrations the store has applied, and how many this version of Orchestrator has: a store behind
+    /// (opened unmigrated by an older or a newer copy) has fewer.
+    pub async fn migrations(&self) -> Result<(i64, i64), StoreError> {
+        let expected = i64::try_from(migrator(self.engine).iter().count()).unwrap_or(i64::MAX);
+        // No table yet: nothing applied (a new, empty database).
+        let applied: Result<(i64,), _> =
+            sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await;
+        let applied = match applied {
+            Ok((applied,)) => applied,
+            Err(sqlx::Error::Database(_)) => 0,
+            Err(error) => return Err(error.into()),
+        };
+        Ok((applied, expected))
     }
 
     /// A transaction that holds the money lock from its first statement to its end, so two reservations (from
@@ -284,6 +311,14 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The embedded migrations of `engine`.
+fn migrator(engine: Engine) -> sqlx::migrate::Migrator {
+    match engine {
+        Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
     }
 }
 

@@ -13,6 +13,20 @@ impl Store {
     /// can never both see the same room left; with an idempotency key the key is claimed in the same transaction.
     pub async fn reserve_paid_job(&self, paid: PaidJob<'_>) -> Result<Reservation, StoreError> {
         let mut tx = self.money_transaction().await?;
+        // Under the lock: a repeat that raced the first request here (on PostgreSQL, from another instance) finds
+        // its key claimed, and the first request's job is its answer.
+        if let Some(claim) = &paid.idempotency {
+            let claimed: Option<(Option<String>,)> =
+                sqlx::query_as("SELECT job_id FROM idempotency_keys WHERE scope = $1 AND key = $2")
+                    .bind(claim.scope)
+                    .bind(claim.key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((job_id,)) = claimed {
+                tx.rollback().await?;
+                return Ok(Reservation::KeyClaimed(job_id));
+            }
+        }
         let usage = day_usage(&mut *tx, paid.day).await?;
         if usage.spent + usage.reserved + paid.cost_micros > paid.budget_micros {
             tx.rollback().await?;
@@ -255,6 +269,8 @@ pub enum Reservation {
     OverBudget(BudgetUsage),
     /// The confirmation token already paid for a job.
     TokenUsed,
+    /// The idempotency key was claimed meanwhile, by a request that made the job named (if it still exists).
+    KeyClaimed(Option<String>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -202,6 +202,11 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ),
     ("diag.external", "External APIs", "Внешние API"),
     ("diag.database", "Database", "База данных"),
+    (
+        "diag.fleet",
+        "Orchestrator instances",
+        "Экземпляры Orchestrator",
+    ),
     ("diag.ignite", "Start system", "Запуск системы"),
     ("diag.rescan", "Rescan models", "Пересканировать модели"),
     (
@@ -364,6 +369,10 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ("js.devices", "devices", "устройства"),
     ("js.memory", "RAM free", "свободно ОЗУ"),
     ("js.jobs", "jobs", "задач"),
+    ("js.this_instance", "this one", "этот"),
+    ("js.heartbeat", "heartbeat", "последний сигнал"),
+    ("js.stale", "not answering", "не отвечает"),
+    ("js.backends_online", "ComfyUI online", "ComfyUI онлайн"),
     ("js.messages", "messages", "сообщений"),
     ("js.size", "size", "размер"),
     (

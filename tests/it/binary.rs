@@ -1,9 +1,6 @@
 //! The `orchestrator` binary as a user runs it: a real child process.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,132 +10,7 @@ use testkit::fake_v0::FakeV0;
 
 use crate::support::wait_until;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_orchestrator");
-
-fn command(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BINARY);
-    command
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    // On a PostgreSQL run, a process given a data folder keeps its rows in that folder's database.
-    if crate::support::on_postgres()
-        && !env.iter().any(|(key, _)| *key == "DATABASE_URL")
-        && let Some((_, data)) = env.iter().find(|(key, _)| *key == "DATA_DIR")
-    {
-        command.env(
-            "DATABASE_URL",
-            crate::support::database_for(std::path::Path::new(data)),
-        );
-    }
-    command
-}
-
-/// The server as a child process; its stdout lines are collected as they come.
-/// Waits for `child` to exit, at most `within`.
-async fn exit_of(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let mut status = None;
-    wait_until(within, "the process exits", || {
-        status = child.try_wait().unwrap();
-        std::future::ready(status.is_some())
-    })
-    .await;
-    status.expect("it exited")
-}
-
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Served {
-    fn start(dir: &std::path::Path, comfy_url: &str) -> Self {
-        Self::start_with(dir, comfy_url, &[])
-    }
-
-    /// With more environment; stderr lines are collected too.
-    fn start_with(dir: &std::path::Path, comfy_url: &str, extra: &[(&str, &str)]) -> Self {
-        let data = dir.join("data");
-        let mut env = vec![
-            ("ORCH_BIND", "127.0.0.1:0"),
-            // Tests run side by side: the editor's listener gets a port of its own too.
-            ("ORCH_COMFY_BIND", "127.0.0.1:0"),
-            ("COMFY_URL", comfy_url),
-            ("DATA_DIR", data.to_str().unwrap()),
-            ("LOG_FORMAT", "json"),
-        ];
-        env.extend_from_slice(extra);
-        let mut child = command(dir, &env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let errors = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                errors.lock().unwrap().push(line);
-            }
-        });
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<Value>(&line)
-                    && event["message"] == "Orchestrator listening"
-                {
-                    let _ = addr_tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the server logs its address");
-        Self {
-            child,
-            addr: addr.parse().unwrap(),
-            lines,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Resident memory now and at its peak, in KiB, from `/proc`.
-    #[cfg(target_os = "linux")]
-    fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap()
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::served::{BINARY, Served, command, exit_of};
 
 #[test]
 fn every_configuration_problem_is_listed_and_exit_code_is_2() {
@@ -1172,4 +1044,61 @@ async fn the_supervised_comfy_gets_no_secret_and_nothing_from_dotenv() {
         .await
         .unwrap();
     assert!(stopped.status().is_success());
+}
+
+/// With no server to ask, the doctor looks at the store as it is: one it cannot reach is reported (without the
+/// password in its URL), and one behind on migrations is reported and left as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_a_store_it_cannot_reach_or_one_behind_on_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = crate::support::closed_port().await;
+    let unreachable = format!("postgres://studio:hunter2@{gone}/orchestrator");
+    let env = [
+        ("ORCH_BIND", gone.to_string()),
+        ("COMFY_URL", format!("http://{gone}")),
+        ("DATABASE_URL", unreachable),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let down = command(dir.path(), &env).arg("doctor").output().unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&down.stderr);
+    assert!(text.contains("UNREACHABLE postgres://studio@"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+
+    // A store one migration behind (as a newer Orchestrator would find one an older one made).
+    let url = format!("sqlite://{}", dir.path().join("behind.db").display());
+    orchestrator::store::Store::open(&url)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let (last,): (i64,) = sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(last)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let env = [
+        ("ORCH_BIND", gone.to_string()),
+        ("COMFY_URL", format!("http://{gone}")),
+        ("DATABASE_URL", url.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let behind = command(dir.path(), &env).arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&behind.stderr).into_owned()
+        + &String::from_utf8_lossy(&behind.stdout);
+    assert!(text.contains("BEHIND"), "{text}");
+    assert!(text.contains("migrations applied"), "{text}");
+    // Looking changed nothing: the store is still behind.
+    let store = orchestrator::store::Store::open_unmigrated(&url)
+        .await
+        .unwrap();
+    let (applied, expected) = store.migrations().await.unwrap();
+    assert_eq!(applied + 1, expected);
 }

@@ -7,6 +7,7 @@ mod bad_input;
 mod binary;
 mod editor;
 mod events;
+mod fleet;
 mod flux;
 mod gateway;
 mod guard;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod served;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
