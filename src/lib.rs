@@ -229,9 +229,12 @@ pub struct FleetSecrets {
 /// bounded connect.
 fn fleet_client() -> reqwest::Client {
     flux::client::install_crypto_provider();
+    // No redirect is followed: the fleet's token goes to the instance named in the store and nowhere else.
     reqwest::Client::builder()
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(std::time::Duration::from_secs(5))
+        .read_timeout(std::time::Duration::from_secs(60))
         .build()
         .unwrap_or_default()
 }
@@ -305,6 +308,7 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
         );
     }
     background.spawn(state.flux.clone().reconcile());
+    background.spawn(state.flux.clone().take_over_expired());
     if state.service.supervisor().is_some() {
         let watching = state.clone();
         let stop = background.clone();
@@ -328,6 +332,12 @@ fn join_fleet(state: &AppState) {
         .clone()
         .or_else(|| state.local_addr.get().map(|addr| format!("http://{addr}")))
         .unwrap_or_default();
+    if state.store.engine() == store::Engine::Postgres
+        && state.config.fleet.public_url.is_none()
+        && state.config.bind.ip().is_unspecified()
+    {
+        tracing::warn!(%url, "ORCH_PUBLIC_URL is not set: instances on other machines cannot fetch this one's outputs");
+    }
     let background = state.jobs.background();
     background.spawn(state.jobs.clone().keep_fleet(url));
 }

@@ -8,6 +8,8 @@
 //! A submit whose outcome is unknown leaves the job `needs_reconcile` and is never sent again; after a restart,
 //! submitted tasks are polled again and nothing is resent.
 
+mod recover;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -313,6 +315,7 @@ impl Flux {
                 );
             }
             Ok(Reservation::TokenUsed) => return Err(refused(TokenProblem::Used).into()),
+            Ok(Reservation::KeyReused) => return Err(Refusal::IdempotencyKeyReused.into()),
             // A repeat that raced the first request (from another instance): the first request's job answers.
             Ok(Reservation::KeyClaimed(job_id)) => {
                 let job = match job_id {
@@ -588,52 +591,6 @@ impl Flux {
         let message = format!("the image was made but could not be saved: {last_error}");
         jobs.fail(job_id, Failure::new(Code::BflDownloadFailed, message))
             .await;
-    }
-
-    /// After a restart: submitted tasks are polled again; a job whose submit was cut off by the stop becomes
-    /// `needs_reconcile` (it may have been charged) and is never sent again.
-    pub async fn reconcile(self) {
-        let unfinished = match self.store().unfinished_jobs().await {
-            Ok(jobs) => jobs,
-            Err(error) => {
-                tracing::error!(%error, "cannot read unfinished FLUX jobs");
-                return;
-            }
-        };
-        for job in unfinished
-            .into_iter()
-            .filter(|j| j.backend == Backend::Flux && j.created_at < self.0.started_at)
-        {
-            match job.provider_id.clone() {
-                Some(provider_id) => {
-                    // A stop between storing the provider id and settling the charge leaves it reserved.
-                    if let Err(error) = self.store().mark_charge_spent(&job.id).await {
-                        tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
-                    }
-                    tracing::info!(job = %job.id, "polling a FLUX task again after a restart");
-                    self.0.jobs.background().spawn(self.clone().follow(
-                        job.id.clone(),
-                        job.polling_url.clone(),
-                        provider_id,
-                    ));
-                }
-                None => {
-                    let change = JobChange {
-                        status: Some(JobStatus::NeedsReconcile),
-                        error: Some(
-                            Failure::new(
-                                Code::SubmitInterrupted,
-                                "Orchestrator stopped while this job was being sent to BFL. It may have been \
-                                 charged; it is not sent again. Check the BFL dashboard.",
-                            )
-                            .into_json(),
-                        ),
-                        ..Default::default()
-                    };
-                    self.0.jobs.change(&job.id, EventKind::State, change).await;
-                }
-            }
-        }
     }
 }
 

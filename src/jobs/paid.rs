@@ -310,6 +310,7 @@ impl Jobs {
                     .needs_confirmation(TokenProblem::Used, &bound, &assessment)
                     .await);
             }
+            Reservation::KeyReused => return Err(refused(Refusal::IdempotencyKeyReused)),
             // A repeat that raced the first request (from another instance): the first request's job answers.
             Reservation::KeyClaimed(job_id) => {
                 let id = job_id.unwrap_or_default();

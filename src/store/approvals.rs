@@ -61,7 +61,8 @@ impl Store {
     /// moved): it waits, with its dry run, and nothing is sent.
     pub async fn await_approval(&self, job_id: &str, approval: &Value) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET status = 'awaiting_confirmation', approval = $2 \
+            // Nobody's while it waits: whichever instance the person confirms on claims and sends it.
+            "UPDATE jobs SET status = 'awaiting_confirmation', approval = $2, claimed_by = NULL, lease_until = NULL \
              WHERE id = $1 AND status IN ('queued', 'submitted') AND cost_micros IS NULL",
         )
         .bind(job_id)

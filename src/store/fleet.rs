@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::jobs::job_from_row;
 use super::{Engine, Store, StoreError};
-use crate::jobs::model::{Job, now};
+use crate::jobs::model::{Backend, Job, now};
 
 /// One instance as the fleet sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -158,6 +158,22 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Claims job `id` for `instance` whoever held it: for SQLite's one instance, whose name may have changed.
+    pub async fn force_claim(
+        &self,
+        id: &str,
+        instance: &str,
+        lease_until: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET claimed_by = $2, lease_until = $3 WHERE id = $1")
+            .bind(id)
+            .bind(instance)
+            .bind(lease_until)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Which instance claims job `id`, if any.
     pub async fn job_claimant(&self, id: &str) -> Result<Option<String>, StoreError> {
         let row: Option<(Option<String>,)> =
@@ -168,23 +184,25 @@ impl Store {
         Ok(row.and_then(|(claimant,)| claimant))
     }
 
-    /// ComfyUI jobs whose claim, by another instance, has run out while it followed them: candidates for a
+    /// Jobs of `backend` whose claim, by another instance, has run out while it followed them: candidates for a
     /// takeover, each with the instance that held it. At most `limit`, oldest first.
     pub async fn expired_claims(
         &self,
         instance: &str,
+        backend: Backend,
         limit: u32,
     ) -> Result<Vec<(Job, String)>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             job_columns!(),
             ", claimed_by FROM jobs WHERE finished_at IS NULL AND claimed_by IS NOT NULL ",
-            "AND claimed_by <> $1 AND lease_until < $2 AND backend = 'comfy' ",
+            "AND claimed_by <> $1 AND lease_until < $2 AND backend = $4 ",
             "AND status IN ('queued', 'submitted', 'running') ORDER BY created_at LIMIT $3"
         ))
         .bind(instance)
         .bind(now())
         .bind(i64::from(limit))
+        .bind(backend.as_str())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -219,11 +237,12 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Gives a job that never reached ComfyUI back to the fleet's queue, for any instance to send.
+    /// Gives a job that never reached ComfyUI back to the fleet's queue, for any instance to send. Never a paid
+    /// one: it may have been charged.
     pub async fn requeue(&self, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE jobs SET claimed_by = NULL, lease_until = NULL, backend_url = NULL, status = 'queued' \
-             WHERE id = $1 AND comfy_prompt_id IS NULL AND status IN ('queued', 'submitted')",
+             WHERE id = $1 AND comfy_prompt_id IS NULL AND cost_micros IS NULL AND status IN ('queued', 'submitted')",
         )
         .bind(id)
         .execute(&self.pool)

@@ -16,14 +16,18 @@ impl Store {
         // Under the lock: a repeat that raced the first request here (on PostgreSQL, from another instance) finds
         // its key claimed, and the first request's job is its answer.
         if let Some(claim) = &paid.idempotency {
-            let claimed: Option<(Option<String>,)> =
-                sqlx::query_as("SELECT job_id FROM idempotency_keys WHERE scope = $1 AND key = $2")
-                    .bind(claim.scope)
-                    .bind(claim.key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some((job_id,)) = claimed {
+            let claimed: Option<(Option<String>, String)> = sqlx::query_as(
+                "SELECT job_id, fingerprint FROM idempotency_keys WHERE scope = $1 AND key = $2",
+            )
+            .bind(claim.scope)
+            .bind(claim.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((job_id, fingerprint)) = claimed {
                 tx.rollback().await?;
+                if fingerprint != claim.fingerprint {
+                    return Ok(Reservation::KeyReused);
+                }
                 return Ok(Reservation::KeyClaimed(job_id));
             }
         }
@@ -271,6 +275,8 @@ pub enum Reservation {
     TokenUsed,
     /// The idempotency key was claimed meanwhile, by a request that made the job named (if it still exists).
     KeyClaimed(Option<String>),
+    /// The idempotency key was claimed meanwhile by a request with another body.
+    KeyReused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

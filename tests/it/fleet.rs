@@ -15,6 +15,7 @@ use crate::support::{client, wait_until};
 const LEASE_SECS: u64 = 3;
 
 struct Fleet {
+    database: String,
     members: Vec<Served>,
     _dirs: Vec<tempfile::TempDir>,
     http: reqwest::Client,
@@ -52,6 +53,7 @@ impl Fleet {
             dirs.push(dir);
         }
         Some(Self {
+            database,
             members,
             _dirs: dirs,
             http: client(),
@@ -469,4 +471,149 @@ async fn an_output_kept_by_one_instance_downloads_through_every_instance() {
         .await
         .unwrap();
     assert_eq!(forged.status(), 401);
+}
+
+/// A paid FLUX task BFL took is polled by the instance that sent it; when that instance dies, another takes the
+/// job over and polls it to its image. Nothing is sent to BFL again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flux_task_of_a_killed_instance_is_polled_to_its_end_by_another() {
+    let bfl = FakeBfl::start(BFL_KEY).await;
+    // Pending for a few polls (they back off by half each time): the task outlives instance b.
+    bfl.set_pending_polls(8);
+    let bfl_url = bfl.url();
+    let nobody = FakeComfy::start().await;
+    let Some(mut fleet) = Fleet::start(
+        2,
+        &[&nobody],
+        &[
+            ("ALLOW_GENERATION", "true"),
+            ("BFL_API_KEY", BFL_KEY),
+            ("BFL_BASE_URL", &bfl_url),
+            ("FLUX_POLL_INTERVAL_MS", "100"),
+        ],
+    ) else {
+        return;
+    };
+    let (_, dry) = fleet
+        .post(
+            1,
+            "/api/flux/generate",
+            &json!({ "prompt": "a lighthouse" }),
+        )
+        .await;
+    let (status, job) = fleet
+        .post(
+            1,
+            "/api/flux/generate",
+            &json!({ "prompt": "a lighthouse", "dryRun": false, "confirmToken": dry["confirmToken"] }),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(bfl.submits(), 1);
+    fleet.members[1].child.kill().unwrap();
+    fleet
+        .wait_all(0, &[id], "succeeded", Duration::from_secs(LEASE_SECS + 20))
+        .await;
+    assert_eq!(bfl.submits(), 1, "the task was not sent again");
+}
+
+/// An instance that died between posting a prompt and recording ComfyUI's answer leaves a job with no prompt id:
+/// the instance that takes it over finds the prompt in ComfyUI's queue or history under the job's id and follows it,
+/// rather than sending it again; a job it never posted is sent, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cut_off_between_its_post_and_the_answer_is_followed_not_resent() {
+    let comfy = FakeComfy::start().await;
+    let Some(fleet) = Fleet::start(1, &[&comfy], &[]) else {
+        return;
+    };
+    // What a dead instance ("ghost") left: two jobs it claimed on this backend, its leases run out.
+    // (Its lease runs out two seconds on: after the first job's prompt is posted below.)
+    let ghost = orchestrator::store::Store::open(&fleet.database)
+        .await
+        .unwrap()
+        .for_instance("ghost", Duration::from_secs(2));
+    let workflow = testkit::fake_comfy::no_model_workflow();
+    let url = comfy.url();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let new = orchestrator::store::NewJob {
+            backend: orchestrator::jobs::model::Backend::Comfy,
+            template: None,
+            params: &json!({}),
+            workflow: &workflow,
+            backend_url: Some(&url),
+        };
+        ids.push(ghost.insert_job(new).await.unwrap().id);
+    }
+    ghost.close().await;
+    // The first one's prompt reached ComfyUI before the ghost died.
+    let posted = client()
+        .post(format!("{url}/prompt"))
+        .json(&json!({
+            "prompt": workflow,
+            "prompt_id": uuid::Uuid::new_v4().to_string(),
+            "client_id": "orchestrator-ghost",
+            "extra_data": { "orchestrator_job": ids[0] },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(posted.status().is_success());
+    fleet
+        .wait_all(0, &ids, "succeeded", Duration::from_secs(LEASE_SECS + 20))
+        .await;
+    let sent = sent(&[&comfy]);
+    for id in &ids {
+        assert_eq!(
+            sent.get(id),
+            Some(&1),
+            "job {id} of {ids:?} reached ComfyUI once"
+        );
+    }
+}
+
+/// Under one `Idempotency-Key`, a request with another body is refused on every instance, the first one's included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_with_two_bodies_is_refused_on_another_instance() {
+    let bfl = FakeBfl::start(BFL_KEY).await;
+    bfl.set_pending_polls(1000);
+    let bfl_url = bfl.url();
+    let nobody = FakeComfy::start().await;
+    let Some(fleet) = Fleet::start(
+        2,
+        &[&nobody],
+        &[
+            ("ALLOW_GENERATION", "true"),
+            ("BFL_API_KEY", BFL_KEY),
+            ("BFL_BASE_URL", &bfl_url),
+        ],
+    ) else {
+        return;
+    };
+    let mut bodies = Vec::new();
+    for (i, prompt) in ["one body", "another body"].iter().enumerate() {
+        let (_, dry) = fleet
+            .post(i, "/api/flux/generate", &json!({ "prompt": prompt }))
+            .await;
+        bodies.push(
+            json!({ "prompt": prompt, "dryRun": false, "confirmToken": dry["confirmToken"] }),
+        );
+    }
+    let send = |i: usize, body: &Value| {
+        fleet
+            .http
+            .post(fleet.url(i, "/api/flux/generate"))
+            .header("Idempotency-Key", "order-fleet-2")
+            .json(body)
+            .send()
+    };
+    let (first, second) = tokio::join!(send(0, &bodies[0]), send(1, &bodies[1]));
+    let mut statuses = [
+        first.unwrap().status().as_u16(),
+        second.unwrap().status().as_u16(),
+    ];
+    statuses.sort();
+    assert_eq!(statuses, [202, 422], "one accepted, the other refused");
+    assert_eq!(bfl.submits(), 1);
 }

@@ -165,13 +165,7 @@ impl Jobs {
                 }
             };
             let id = job.id.clone();
-            let workflow = self
-                .store
-                .workflow(&id)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(Value::Null);
+            let workflow = self.stored_workflow(&id).await;
             tracing::info!(job = %id, backend = ?job.backend_url, "a ComfyUI answers: sending a waiting job");
             if let Err(error) = self.send_to_comfy(job, &workflow).await {
                 tracing::warn!(job = %id, %error, "sending a waiting job failed");
@@ -188,14 +182,7 @@ impl Jobs {
     ) -> Result<Job, JobError> {
         // Only the instance that claims a job sends it (a job waiting for a confirmation is claimed by whichever
         // instance confirms it).
-        let lease_until = crate::store::lease_until(self.lease);
-        if !self
-            .store
-            .claim_job(&job.id, &self.instance, &lease_until)
-            .await?
-        {
-            return Err(JobError::Finished("claimed by another instance"));
-        }
+        self.hold_claim(&job.id).await?;
         let gateway = self.backend_of(&job).clone();
         let paid_key = match self.gate_before_sending(&gateway, &job, workflow).await {
             Ok(key) => key,
@@ -250,6 +237,9 @@ impl Jobs {
                 return Err(JobError::Finished(now.status.as_str()));
             }
         }
+        // Still this instance's (it could have lost the claim while it waited for the link, cut off from the
+        // store longer than a lease): a job another instance took over is not posted by this one too.
+        self.hold_claim(&job.id).await?;
         let (status, answer) = match gateway.post_json("/prompt", &body).await {
             Ok(answer) => answer,
             // A paid prompt that may have reached ComfyUI is never sent again: its outcome is for a person to check.
@@ -354,6 +344,32 @@ impl Jobs {
         let listening = registration.into_listening(prompt_id);
         self.follow(gateway.clone(), &job.id, prompt_id, workflow, listening);
         Ok(self.store.job(&job.id).await?.unwrap_or(job))
+    }
+}
+
+impl Jobs {
+    /// Claims job `id` for this instance, with a fresh lease, unless another instance holds it.
+    async fn hold_claim(&self, id: &str) -> Result<(), JobError> {
+        let lease_until = crate::store::lease_until(self.lease);
+        if self
+            .store
+            .claim_job(id, &self.instance, &lease_until)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(JobError::Finished("claimed by another instance"))
+        }
+    }
+
+    /// The workflow a recorded job submits (`Null` when it cannot be read).
+    pub(super) async fn stored_workflow(&self, id: &str) -> Value {
+        self.store
+            .workflow(id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Value::Null)
     }
 }
 

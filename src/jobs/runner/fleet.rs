@@ -16,7 +16,7 @@ use super::follow::Follower;
 use super::{JobEvent, Jobs};
 use crate::codes::{Code, Failure};
 use crate::comfy::proxy::ComfyGateway;
-use crate::jobs::model::{EventKind, Job, JobStatus, now};
+use crate::jobs::model::{Backend, EventKind, Job, JobStatus, now};
 use crate::store::{Instance, JobChange};
 
 /// How often a job taken over is looked for in its ComfyUI's history and queue.
@@ -61,7 +61,10 @@ impl Jobs {
                 Ok(()) => registered = true,
                 Err(error) => tracing::warn!(%error, "cannot record this instance's heartbeat"),
             }
-            self.take_over_expired().await;
+            // Alone on SQLite, every unfinished job is this instance's, settled at its start.
+            if self.store.engine() == crate::store::Engine::Postgres {
+                self.take_over_expired().await;
+            }
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = self.background.stopping() => return,
@@ -84,7 +87,7 @@ impl Jobs {
     async fn take_over_expired(&self) {
         let expired = match self
             .store
-            .expired_claims(&self.instance, TAKEOVER_BATCH)
+            .expired_claims(&self.instance, Backend::Comfy, TAKEOVER_BATCH)
             .await
         {
             Ok(expired) => expired,
@@ -94,10 +97,10 @@ impl Jobs {
             }
         };
         for (job, from) in expired {
-            let reachable = match (&job.backend_url, &job.comfy_prompt_id) {
-                (_, None) => true,
-                (Some(url), Some(_)) => self.backends.iter().any(|b| &b.backend().origin() == url),
-                (None, Some(_)) => false,
+            // A job that has a backend may have reached it: only an instance that can ask that ComfyUI settles it.
+            let reachable = match &job.backend_url {
+                Some(url) => self.backends.iter().any(|b| &b.backend().origin() == url),
+                None => job.comfy_prompt_id.is_none(),
             };
             if !reachable {
                 continue;
@@ -121,7 +124,26 @@ impl Jobs {
     }
 
     async fn settle_taken_over(self, job: Job) {
-        let Some(prompt_id) = job.comfy_prompt_id.clone() else {
+        // Re-read: the row as it is now that it is this instance's.
+        let job = match self.store.job(&job.id).await {
+            Ok(Some(job)) if !job.status.is_final() => job,
+            _ => return,
+        };
+        let mut prompt_id = job.comfy_prompt_id.clone();
+        // Posted, and cut off before ComfyUI's answer was recorded: ComfyUI's queue or history may hold it under
+        // the job's id (`extra_data.orchestrator_job`).
+        if prompt_id.is_none()
+            && job.backend_url.is_some()
+            && let Some(found) = self.posted_under_job_id(&job).await
+        {
+            let change = JobChange {
+                comfy_prompt_id: Some(found.clone()),
+                ..Default::default()
+            };
+            self.change(&job.id, EventKind::State, change).await;
+            prompt_id = Some(found);
+        }
+        let Some(prompt_id) = prompt_id else {
             if job.cost_usd.is_some() {
                 // Reserved and cut off while being sent: it may have been charged, so it is never resent.
                 let change = JobChange {
@@ -139,9 +161,18 @@ impl Jobs {
                 self.change(&job.id, EventKind::State, change).await;
                 return;
             }
-            // Never reached ComfyUI: back to the fleet's queue, for whichever instance has a backend.
+            // Never reached ComfyUI. One with a backend (its input images are there) is sent there now, as after a
+            // restart; one without goes back to the fleet's queue, for whichever instance has a backend.
+            if job.backend_url.is_some() {
+                let workflow = self.stored_workflow(&job.id).await;
+                if let Err(error) = self.send_to_comfy(job.clone(), &workflow).await {
+                    tracing::warn!(job = %job.id, %error, "sending a job taken over failed");
+                }
+                return;
+            }
             match self.store.requeue(&job.id).await {
-                Ok(_) => self.dispatch_wake.notify_one(),
+                Ok(true) => self.dispatch_wake.notify_one(),
+                Ok(false) => {}
                 Err(error) => {
                     tracing::error!(job = %job.id, %error, "cannot requeue a job taken over")
                 }
@@ -149,13 +180,7 @@ impl Jobs {
             return;
         };
         let gateway = self.backend_of(&job).clone();
-        let workflow = self
-            .store
-            .workflow(&job.id)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(Value::Null);
+        let workflow = self.stored_workflow(&job.id).await;
         let follower = Follower::new(
             self.clone(),
             gateway.clone(),
@@ -164,6 +189,26 @@ impl Jobs {
             &workflow,
         );
         self.watch(&follower, &gateway, &job, &prompt_id).await;
+    }
+
+    /// The prompt ComfyUI holds, in its queue or its recent history, for job `job` (posted with its id in
+    /// `extra_data.orchestrator_job`).
+    async fn posted_under_job_id(&self, job: &Job) -> Option<String> {
+        let gateway = self.backend_of(job);
+        let by_job = |item: &Value| item[3]["orchestrator_job"] == job.id.as_str();
+        let queue = gateway.get_json("/queue", 64 * 1024 * 1024).await.ok()?;
+        let queued = ["queue_running", "queue_pending"]
+            .iter()
+            .flat_map(|key| queue[*key].as_array().cloned().unwrap_or_default())
+            .find(by_job);
+        if let Some(item) = queued {
+            return item[1].as_str().map(str::to_owned);
+        }
+        let history = gateway.get_json("/history", 64 * 1024 * 1024).await.ok()?;
+        history
+            .as_object()?
+            .iter()
+            .find_map(|(prompt_id, entry)| by_job(&entry["prompt"]).then(|| prompt_id.clone()))
     }
 
     /// Watches a prompt another instance posted until it ends: its history, else its place in the queue.

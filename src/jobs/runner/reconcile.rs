@@ -49,14 +49,20 @@ impl Jobs {
         let mut left = 0;
         for job in unfinished {
             // This instance's now (its own from before the restart, or nobody's); on PostgreSQL a job another
-            // instance claimed meanwhile is left to it.
+            // instance claimed meanwhile is left to it. On SQLite there is no other instance: every job left
+            // unfinished is this one's, whatever name it had before.
             let until = crate::store::lease_until(self.lease);
-            if !self
+            let claimed = self
                 .store
                 .claim_job(&job.id, &self.instance, &until)
-                .await?
-            {
+                .await?;
+            if !claimed && self.store.engine() == crate::store::Engine::Postgres {
                 continue;
+            }
+            if !claimed {
+                self.store
+                    .force_claim(&job.id, &self.instance, &until)
+                    .await?;
             }
             let gateway = self.backend_of(&job).clone();
             let origin = gateway.backend().origin();
