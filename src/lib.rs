@@ -283,15 +283,11 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     // any; alone on SQLite, the key is drawn at start-up (a restart voids the tokens handed out before it).
     let fleet = match store.engine() {
         store::Engine::Postgres => Some(FleetSecrets {
-            token_key: store.fleet_secret("confirmation-tokens").await?,
-            fleet_token: config::Secret::new(
-                store
-                    .fleet_secret("fleet-token")
-                    .await?
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>(),
-            ),
+            token_key: store
+                .fleet_secret("confirmation-tokens")
+                .await?
+                .into_bytes(),
+            fleet_token: config::Secret::new(store.fleet_secret("fleet-token").await?),
         }),
         store::Engine::Sqlite => None,
     };

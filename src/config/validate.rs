@@ -222,6 +222,7 @@ impl Settings {
         let fleet = fleet_settings(
             self.instance_id.as_deref(),
             self.public_url.as_deref(),
+            Duration::from_secs(lease_secs),
             &data_dir,
             &mut problems,
         );
@@ -403,10 +404,7 @@ impl Settings {
                 token,
                 data_dir,
                 database_url: Secret::new(database_url),
-                fleet: FleetConfig {
-                    lease: Duration::from_secs(lease_secs),
-                    ..fleet
-                },
+                fleet,
                 comfy: ComfyConfig {
                     backends,
                     connect_timeout: Duration::from_millis(connect_ms),
@@ -537,6 +535,7 @@ fn absolute(path: &str) -> PathBuf {
 fn fleet_settings(
     instance_id: Option<&str>,
     public_url: Option<&str>,
+    lease: Duration,
     data_dir: &std::path::Path,
     problems: &mut Vec<String>,
 ) -> FleetConfig {
@@ -596,6 +595,6 @@ fn fleet_settings(
     FleetConfig {
         instance_id,
         public_url,
-        lease: Duration::from_secs(30),
+        lease,
     }
 }

@@ -28,7 +28,8 @@ pub struct Instance {
 }
 
 impl Store {
-    /// Registers (or re-registers, after a restart) this instance, with its first heartbeat.
+    /// Registers this instance, or records its heartbeat: the row is written whole each time (a restart, or a
+    /// row removed meanwhile, is registered again).
     pub async fn register_instance(&self, instance: &Instance) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO instances (id, url, version, started_at, heartbeat_at, backends) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -46,20 +47,9 @@ impl Store {
         Ok(())
     }
 
-    /// This instance's heartbeat: its backends as it sees them now, and every lease it holds renewed to
-    /// `lease_until`, in one statement each whatever the number of jobs. Answers how many claims were renewed.
-    pub async fn heartbeat(
-        &self,
-        instance: &str,
-        backends: &Value,
-        lease_until: &str,
-    ) -> Result<u64, StoreError> {
-        sqlx::query("UPDATE instances SET heartbeat_at = $2, backends = $3 WHERE id = $1")
-            .bind(instance)
-            .bind(now())
-            .bind(backends.to_string())
-            .execute(&self.pool)
-            .await?;
+    /// Every lease `instance` holds renewed to `lease_until`, in one statement whatever the number of jobs.
+    /// Answers how many claims were renewed.
+    pub async fn renew_leases(&self, instance: &str, lease_until: &str) -> Result<u64, StoreError> {
         let renewed = sqlx::query(
             "UPDATE jobs SET lease_until = $2 WHERE claimed_by = $1 AND finished_at IS NULL",
         )
@@ -250,9 +240,9 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The fleet's shared secret `name`: made by the first instance that asks (32 random bytes, in hex), read by
-    /// the others, so every instance signs and checks with the same key.
-    pub async fn fleet_secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+    /// The fleet's shared secret `name`: made by the first instance that asks (32 random bytes, as hex text), read
+    /// by the others, so every instance signs and checks with the same key.
+    pub async fn fleet_secret(&self, name: &str) -> Result<String, StoreError> {
         use ring::rand::SecureRandom;
         let mut fresh = [0u8; 32];
         ring::rand::SystemRandom::new()
@@ -270,8 +260,6 @@ impl Store {
             .bind(name)
             .fetch_one(&self.pool)
             .await?;
-        Ok((0..value.len() / 2)
-            .filter_map(|i| u8::from_str_radix(&value[2 * i..2 * i + 2], 16).ok())
-            .collect())
+        Ok(value)
     }
 }

@@ -287,6 +287,20 @@ async fn a_stream_on_one_instance_follows_a_job_another_runs_and_resumes_on_a_th
     );
 }
 
+/// `n` instances with FLUX on `bfl` (generation allowed) and `extra`; their ComfyUI is a fake no test sends to.
+async fn flux_fleet(n: usize, bfl: &FakeBfl, extra: &[(&str, &str)]) -> Option<(FakeComfy, Fleet)> {
+    let url = bfl.url();
+    let mut env = vec![
+        ("ALLOW_GENERATION", "true"),
+        ("BFL_API_KEY", BFL_KEY),
+        ("BFL_BASE_URL", url.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let comfy = FakeComfy::start().await;
+    let fleet = Fleet::start(n, &[&comfy], &env)?;
+    Some((comfy, fleet))
+}
+
 fn number(event: &orchestrator::client::Event) -> i64 {
     event
         .id
@@ -301,22 +315,19 @@ const BFL_KEY: &str = "bfl-fleet-key-0123456789";
 async fn fifty_paid_requests_over_three_instances_spend_the_budget_once() {
     let bfl = FakeBfl::start(BFL_KEY).await;
     bfl.set_pending_polls(1000);
-    let bfl_url = bfl.url();
-    let nobody = FakeComfy::start().await;
     // $0.20 covers five $0.04 images.
-    let Some(fleet) = Fleet::start(
+    let Some((_nobody, fleet)) = flux_fleet(
         3,
-        &[&nobody],
+        &bfl,
         &[
-            ("ALLOW_GENERATION", "true"),
-            ("BFL_API_KEY", BFL_KEY),
-            ("BFL_BASE_URL", &bfl_url),
             ("FLUX_DAILY_BUDGET_USD", "0.20"),
             ("FLUX_POLL_INTERVAL_MS", "50"),
             ("PAID_RATE_LIMIT_PER_MIN", "100000"),
             ("PAID_RATE_LIMIT_BURST", "1000"),
         ],
-    ) else {
+    )
+    .await
+    else {
         return;
     };
     // Fifty dry runs, each on one instance; each paid on the next one (the fleet shares the token key).
@@ -355,18 +366,8 @@ async fn fifty_paid_requests_over_three_instances_spend_the_budget_once() {
 async fn one_idempotency_key_sent_to_every_instance_is_one_charge() {
     let bfl = FakeBfl::start(BFL_KEY).await;
     bfl.set_pending_polls(1000);
-    let bfl_url = bfl.url();
-    let nobody = FakeComfy::start().await;
-    let Some(fleet) = Fleet::start(
-        3,
-        &[&nobody],
-        &[
-            ("ALLOW_GENERATION", "true"),
-            ("BFL_API_KEY", BFL_KEY),
-            ("BFL_BASE_URL", &bfl_url),
-            ("FLUX_POLL_INTERVAL_MS", "50"),
-        ],
-    ) else {
+    let Some((_nobody, fleet)) = flux_fleet(3, &bfl, &[("FLUX_POLL_INTERVAL_MS", "50")]).await
+    else {
         return;
     };
     let (_, dry) = fleet
@@ -480,18 +481,8 @@ async fn a_flux_task_of_a_killed_instance_is_polled_to_its_end_by_another() {
     let bfl = FakeBfl::start(BFL_KEY).await;
     // Pending for a few polls (they back off by half each time): the task outlives instance b.
     bfl.set_pending_polls(8);
-    let bfl_url = bfl.url();
-    let nobody = FakeComfy::start().await;
-    let Some(mut fleet) = Fleet::start(
-        2,
-        &[&nobody],
-        &[
-            ("ALLOW_GENERATION", "true"),
-            ("BFL_API_KEY", BFL_KEY),
-            ("BFL_BASE_URL", &bfl_url),
-            ("FLUX_POLL_INTERVAL_MS", "100"),
-        ],
-    ) else {
+    let Some((_nobody, mut fleet)) = flux_fleet(2, &bfl, &[("FLUX_POLL_INTERVAL_MS", "100")]).await
+    else {
         return;
     };
     let (_, dry) = fleet
@@ -578,17 +569,7 @@ async fn a_job_cut_off_between_its_post_and_the_answer_is_followed_not_resent() 
 async fn one_idempotency_key_with_two_bodies_is_refused_on_another_instance() {
     let bfl = FakeBfl::start(BFL_KEY).await;
     bfl.set_pending_polls(1000);
-    let bfl_url = bfl.url();
-    let nobody = FakeComfy::start().await;
-    let Some(fleet) = Fleet::start(
-        2,
-        &[&nobody],
-        &[
-            ("ALLOW_GENERATION", "true"),
-            ("BFL_API_KEY", BFL_KEY),
-            ("BFL_BASE_URL", &bfl_url),
-        ],
-    ) else {
+    let Some((_nobody, fleet)) = flux_fleet(2, &bfl, &[]).await else {
         return;
     };
     let mut bodies = Vec::new();

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::follow::Follower;
 use super::{JobEvent, Jobs};
-use crate::codes::{Code, Failure};
+use crate::codes::Code;
 use crate::comfy::proxy::ComfyGateway;
 use crate::jobs::model::{Backend, EventKind, Job, JobStatus, now};
 use crate::store::{Instance, JobChange};
@@ -37,29 +37,22 @@ impl Jobs {
     pub async fn keep_fleet(self, url: String) {
         let started_at = now();
         let every = self.lease / 3;
-        let mut registered = false;
         loop {
-            let backends = self.backend_states();
-            let beat = if registered {
-                let until = crate::store::lease_until(self.lease);
-                self.store
-                    .heartbeat(&self.instance, &backends, &until)
-                    .await
-                    .map(drop)
-            } else {
-                let instance = Instance {
-                    id: self.instance.to_string(),
-                    url: url.clone(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    started_at: started_at.clone(),
-                    heartbeat_at: now(),
-                    backends,
-                };
-                self.store.register_instance(&instance).await
+            let instance = Instance {
+                id: self.instance.to_string(),
+                url: url.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: started_at.clone(),
+                heartbeat_at: now(),
+                backends: self.backend_states(),
             };
-            match beat {
-                Ok(()) => registered = true,
-                Err(error) => tracing::warn!(%error, "cannot record this instance's heartbeat"),
+            let until = crate::store::lease_until(self.lease);
+            let beat = match self.store.register_instance(&instance).await {
+                Ok(()) => self.store.renew_leases(&self.instance, &until).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = beat {
+                tracing::warn!(%error, "cannot record this instance's heartbeat");
             }
             // Alone on SQLite, every unfinished job is this instance's, settled at its start.
             if self.store.engine() == crate::store::Engine::Postgres {
@@ -145,20 +138,11 @@ impl Jobs {
         }
         let Some(prompt_id) = prompt_id else {
             if job.cost_usd.is_some() {
-                // Reserved and cut off while being sent: it may have been charged, so it is never resent.
-                let change = JobChange {
-                    status: Some(JobStatus::NeedsReconcile),
-                    error: Some(
-                        Failure::new(
-                            Code::SubmitInterrupted,
-                            "The Orchestrator instance sending this paid workflow to ComfyUI stopped. It may have \
-                             been charged; it is not sent again. Check ComfyUI's queue and the Comfy.org account.",
-                        )
-                        .into_json(),
-                    ),
-                    ..Default::default()
-                };
-                self.change(&job.id, EventKind::State, change).await;
+                self.leave_cut_off_paid_job(
+                    &job.id,
+                    "The Orchestrator instance sending it stopped",
+                )
+                .await;
                 return;
             }
             // Never reached ComfyUI. One with a backend (its input images are there) is sent there now, as after a

@@ -130,19 +130,8 @@ impl Jobs {
             }
             // Recorded, reserved, and cut off while being sent: it may have been charged, so it is never resent.
             if job.cost_usd.is_some() {
-                let change = JobChange {
-                    status: Some(JobStatus::NeedsReconcile),
-                    error: Some(
-                        Failure::new(
-                            Code::SubmitInterrupted,
-                            "Orchestrator stopped while this paid workflow was being sent to ComfyUI. It may have \
-                             been charged; it is not sent again. Check ComfyUI's queue and the Comfy.org account.",
-                        )
-                        .into_json(),
-                    ),
-                    ..Default::default()
-                };
-                self.change(&job.id, EventKind::State, change).await;
+                self.leave_cut_off_paid_job(&job.id, "Orchestrator stopped")
+                    .await;
                 continue;
             }
             // Recorded but never accepted by ComfyUI: a local run costs nothing, so it is sent now.
@@ -151,5 +140,20 @@ impl Jobs {
             }
         }
         Ok(left)
+    }
+
+    /// A paid job reserved and cut off while it was being sent (`who` stopped): it may have been charged, so it is
+    /// never sent again; `needs_reconcile`, for a person to check.
+    pub(super) async fn leave_cut_off_paid_job(&self, id: &str, who: &str) {
+        let message = format!(
+            "{who} while this paid workflow was being sent to ComfyUI. It may have been charged; it is not sent \
+             again. Check ComfyUI's queue and the Comfy.org account."
+        );
+        let change = JobChange {
+            status: Some(JobStatus::NeedsReconcile),
+            error: Some(Failure::new(Code::SubmitInterrupted, message).into_json()),
+            ..Default::default()
+        };
+        self.change(id, EventKind::State, change).await;
     }
 }
