@@ -348,7 +348,8 @@ impl Jobs {
 }
 
 impl Jobs {
-    /// Claims job `id` for this instance, with a fresh lease, unless another instance holds it.
+    /// Claims job `id` for this instance, with a fresh lease, unless another instance holds it. A job that ended
+    /// meanwhile (cancelled while it was being sent) is left to the send's own handling of that.
     async fn hold_claim(&self, id: &str) -> Result<(), JobError> {
         let lease_until = crate::store::lease_until(self.lease);
         if self
@@ -356,9 +357,13 @@ impl Jobs {
             .claim_job(id, &self.instance, &lease_until)
             .await?
         {
-            Ok(())
-        } else {
-            Err(JobError::Finished("claimed by another instance"))
+            return Ok(());
+        }
+        match self.store.job_claimant(id).await? {
+            Some(holder) if holder != *self.instance => {
+                Err(JobError::Finished("claimed by another instance"))
+            }
+            _ => Ok(()),
         }
     }
 
