@@ -39,6 +39,12 @@ if [ ! -x .venv-fuzz/bin/st ]; then
   .venv-fuzz/bin/pip install -q --disable-pip-version-check schemathesis==4.32.5
 fi
 SCHEMATHESIS="$PWD/.venv-fuzz/bin/st" cargo test --locked --test it -- --ignored --nocapture fuzz_the_api_against_its_schema
+echo "== the official Comfy API v2 SDK (comfy-sdk from PyPI) against the real server"
+if [ ! -x .venv-sdk/bin/python ] || ! .venv-sdk/bin/python -c 'import comfy_sdk' 2>/dev/null; then
+  python3 -m venv .venv-sdk
+  .venv-sdk/bin/pip install -q --disable-pip-version-check comfy-sdk==0.5.0
+fi
+COMFY_SDK_PYTHON="$PWD/.venv-sdk/bin/python" cargo test --locked --test it -- --ignored --nocapture the_official_sdk
 echo "== cargo check --target x86_64-pc-windows-gnu"
 cargo check --locked --target x86_64-pc-windows-gnu
 echo "== browser tests (e2e/, Playwright with Debian's Chromium)"

@@ -107,6 +107,20 @@ codes! {
     ServiceCommandFailed = "service_command_failed", "api", "The service manager (systemctl, sc, nssm) failed; `message` has its output.";
     ServiceWriteFailed = "service_write_failed", "api", "The service definition could not be written.";
     ServiceStartFailed = "service_start_failed", "api", "The supervised ComfyUI could not be started.";
+    // The Comfy API v2 (`/api/v2`), with the codes its contract names.
+    InvalidRequest = "invalid_request", "api", "A v2 request is malformed: a parameter, a header or a multipart part is wrong or missing.";
+    InvalidWorkflow = "invalid_workflow", "api", "A v2 submission is not a workflow ComfyUI can run; `details.node_errors` has ComfyUI's per-node errors.";
+    WorkflowFormatUi = "workflow_format_ui", "api", "A v2 submission is the editor's export (`nodes`/`links`), not the API format.";
+    MissingAsset = "missing_asset", "both", "The workflow names a `core/ASSET` that is not here; `details.missing_ids` lists them.";
+    HashMismatch = "hash_mismatch", "api", "An upload's `expected_hash` is not the blake3 hash of its bytes; nothing was kept.";
+    BlobNotFound = "blob_not_found", "api", "No bytes with this hash are held.";
+    MetadataInvalid = "metadata_invalid", "api", "A v2 job's `metadata` breaks a rule: at most 16 labels, keys of 1 to 40 of `A-Z a-z 0-9 _ - .`, string values of at most 256 bytes without control characters.";
+    InvalidCursor = "invalid_cursor", "api", "A v2 list `cursor` that was not issued here.";
+    InvalidMetadataFilter = "invalid_metadata_filter", "api", "More than 3 v2 list filters, or one not written `metadata[<key>]=<value>`.";
+    IdempotencyKeyReuse = "idempotency_key_reuse", "api", "A v2 `Idempotency-Key` came before with another body.";
+    IdempotencyConflict = "idempotency_conflict", "api", "A v2 request under this `Idempotency-Key` is still being answered; retry after `Retry-After`.";
+    InsufficientCredits = "insufficient_credits", "api", "A v2 submission of a paid workflow whose price the day's budget cannot cover; `details` give price, limit, spent and left.";
+    Forbidden = "forbidden", "api", "A v2 request for something that cannot be done to this object (a job's output is removed with its job).";
     // Clients.
     OrchestratorUnreachable = "orchestrator_unreachable", "client", "The CLI or MCP server could not reach Orchestrator's API.";
     Internal = "internal", "both", "A fault inside Orchestrator; the log has the cause, the answer never does.";

@@ -19,6 +19,8 @@
 //! - [`flux`]: the FLUX API (BFL): prices, confirmations, the client and its jobs.
 //! - [`v0`]: the v0 Platform API gateway.
 //! - [`store`]: the durable store; all SQL lives there.
+//! - [`assets`]: the Comfy API v2's assets: records over blobs named by their blake3 hash, and the `core/ASSET`
+//!   references of a workflow, uploaded to the ComfyUI a job is sent to.
 //! - [`service`]: ComfyUI as a service (supervised, systemd, Windows); the only code that starts processes.
 //! - [`status`]: the health report.
 //! - [`background`]: the work that outlives a request, under one tracker, stopped cleanly.
@@ -30,6 +32,7 @@
 //! binary runs: one single-threaded runtime per core.
 
 pub mod address;
+pub mod assets;
 pub mod background;
 pub mod cli;
 pub mod client;
@@ -154,7 +157,9 @@ impl AppState {
             daily_budget_micros: config.flux.daily_budget_micros,
             key_locks: Default::default(),
         };
-        let mut jobs = jobs::runner::Jobs::new(store.clone(), backends, paths.outputs(), money);
+        let assets = assets::Assets::new(paths.assets(), paths.outputs(), store.clone());
+        let mut jobs =
+            jobs::runner::Jobs::new(store.clone(), backends, paths.outputs(), money, assets);
         if let (Some(supervisor), Some(first)) =
             (service.supervisor(), config.comfy.backends.first())
         {

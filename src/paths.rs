@@ -25,6 +25,11 @@ impl DataPaths {
         self.root.join("outputs")
     }
 
+    /// Uploaded assets (Comfy API v2): one file per distinct content, named by its blake3 hash.
+    pub fn assets(&self) -> PathBuf {
+        self.root.join("assets")
+    }
+
     /// Orchestrator's own logs (ComfyUI's logs live where its service backend writes them).
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")

@@ -576,6 +576,7 @@ impl Flux {
                         name,
                         content_type,
                         size,
+                        node_id: None,
                     };
                     let change = JobChange {
                         progress: Some(100.0),

@@ -62,12 +62,46 @@ fn resume_from(headers: &http::HeaderMap, query: &EventsQuery) -> ApiResult<Opti
     Ok(from_query)
 }
 
-fn numbered(id: i64, kind: EventKind, job: &impl serde::Serialize) -> Event {
-    Event::default()
-        .id(id.to_string())
-        .event(kind.as_str())
-        .json_data(job)
-        .unwrap_or_default()
+/// A job event as a stream meets it: just broadcast, or read back from the store.
+pub(super) enum Seen<'a> {
+    Live(&'a crate::jobs::model::Job),
+    Stored(&'a serde_json::Value),
+}
+
+impl Seen<'_> {
+    fn is_final(&self) -> bool {
+        match self {
+            Self::Live(job) => job.status.is_final(),
+            Self::Stored(job) => JobStatus::is_final_json(job),
+        }
+    }
+}
+
+impl serde::Serialize for Seen<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Live(job) => job.serialize(serializer),
+            Self::Stored(job) => job.serialize(serializer),
+        }
+    }
+}
+
+/// What a stream sends for one event: the frames, each given the event's number, its kind and the job.
+pub(super) trait Render:
+    FnMut(i64, EventKind, Seen<'_>) -> Vec<Event> + Send + 'static
+{
+}
+impl<F: FnMut(i64, EventKind, Seen<'_>) -> Vec<Event> + Send + 'static> Render for F {}
+
+/// `/api/jobs/{id}/events`' and `/api/events`' frames: the event's number, its kind, the job as JSON.
+fn numbered(id: i64, kind: EventKind, job: Seen<'_>) -> Vec<Event> {
+    vec![
+        Event::default()
+            .id(id.to_string())
+            .event(kind.as_str())
+            .json_data(job)
+            .unwrap_or_default(),
+    ]
 }
 
 fn by_job(event: &StoredEvent) -> i64 {
@@ -80,8 +114,13 @@ fn by_seq(event: &StoredEvent) -> i64 {
 
 type Sender = tokio::sync::mpsc::Sender<Event>;
 
-/// Sends a live event: answers `false` when the stream must end, because the client left or cannot keep up.
-fn send_live(tx: &Sender, event: Event) -> bool {
+/// Sends a live event's frames: answers `false` when the stream must end, because the client left or cannot keep
+/// up.
+fn send_live(tx: &Sender, events: Vec<Event>) -> bool {
+    events.into_iter().all(|event| send_one(tx, event))
+}
+
+fn send_one(tx: &Sender, event: Event) -> bool {
     match tx.try_send(event) {
         Ok(()) => true,
         Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
@@ -102,15 +141,16 @@ async fn send_stored(
     mut last: i64,
     number: fn(&StoredEvent) -> i64,
     end_on_final: bool,
+    render: &mut impl Render,
 ) -> Option<i64> {
     for stored in events {
         last = number(&stored);
-        if tx
-            .send(numbered(last, stored.kind, &stored.job))
-            .await
-            .is_err()
-            || (end_on_final && JobStatus::is_final_json(&stored.job))
-        {
+        for event in render(last, stored.kind, Seen::Stored(&stored.job)) {
+            if tx.send(event).await.is_err() {
+                return None;
+            }
+        }
+        if end_on_final && JobStatus::is_final_json(&stored.job) {
             return None;
         }
     }
@@ -136,10 +176,23 @@ pub async fn events(
     Query(query): Query<EventsQuery>,
 ) -> ApiResult<Response> {
     // Subscribe before reading, so no change falls between what is read and what is streamed.
-    let mut changes = state.jobs.subscribe();
+    let changes = state.jobs.subscribe();
     let job = find(&state, &id).await?;
-    let store = state.jobs.store().clone();
     let resume = resume_from(&headers, &query)?;
+    Ok(follow_job(&state, changes, job, resume, numbered))
+}
+
+/// A job's events after `resume` (or, without it, its state now), then live ones until its final state, each sent
+/// as `render` makes it. `changes` is subscribed to before `job` was read, so nothing falls between them.
+pub(super) fn follow_job(
+    state: &AppState,
+    mut changes: tokio::sync::broadcast::Receiver<crate::jobs::runner::JobEvent>,
+    job: crate::jobs::model::Job,
+    resume: Option<i64>,
+    mut render: impl Render,
+) -> Response {
+    let store = state.jobs.store().clone();
+    let id = job.id.clone();
     let stream = async_stream(&state.config, move |tx| async move {
         let replay = |after: i64| {
             let store = store.clone();
@@ -153,7 +206,8 @@ pub async fn events(
         };
         let mut last = match resume {
             Some(after) => {
-                let Some(last) = send_stored(&tx, replay(after).await, after, by_job, true).await
+                let Some(last) =
+                    send_stored(&tx, replay(after).await, after, by_job, true, &mut render).await
                 else {
                     return;
                 };
@@ -165,12 +219,12 @@ pub async fn events(
             }
             None => {
                 let last = store.last_job_event(&id).await.unwrap_or(0);
-                if tx
-                    .send(numbered(last, EventKind::State, &job))
-                    .await
-                    .is_err()
-                    || job.status.is_final()
-                {
+                for event in render(last, EventKind::State, Seen::Live(&job)) {
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                if job.status.is_final() {
                     return;
                 }
                 last
@@ -180,15 +234,18 @@ pub async fn events(
             match changes.recv().await {
                 Ok(change) if change.job.id == id && change.job_seq > last => {
                     last = change.job_seq;
-                    let done = change.job.status.is_final();
-                    if !send_live(&tx, numbered(change.job_seq, change.kind, &change.job)) || done {
+                    let seen = Seen::Live(&change.job);
+                    let done = seen.is_final();
+                    if !send_live(&tx, render(change.job_seq, change.kind, seen)) || done {
                         return;
                     }
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
                     // Too slow a reader: what it missed is read back from the store, in order.
-                    match send_stored(&tx, replay(last).await, last, by_job, true).await {
+                    match send_stored(&tx, replay(last).await, last, by_job, true, &mut render)
+                        .await
+                    {
                         Some(sent) => last = sent,
                         None => return,
                     }
@@ -197,7 +254,7 @@ pub async fn events(
             }
         }
     });
-    Ok(event_stream(stream))
+    event_stream(stream)
 }
 
 /// `GET /api/events`: every job's changes, numbered across all jobs; `Last-Event-ID` replays what was missed.
@@ -214,6 +271,7 @@ pub async fn all_events(
     let store = state.jobs.store().clone();
     let resume = resume_from(&headers, &query)?;
     let stream = async_stream(&state.config, move |tx| async move {
+        let mut render = numbered;
         // A new client starts from now; a returning one from where it left off.
         let replay = |after: i64| {
             let store = store.clone();
@@ -226,7 +284,8 @@ pub async fn all_events(
         };
         let mut last = match resume {
             Some(after) => {
-                match send_stored(&tx, replay(after).await, after, by_seq, false).await {
+                match send_stored(&tx, replay(after).await, after, by_seq, false, &mut render).await
+                {
                     Some(last) => last,
                     None => return,
                 }
@@ -237,13 +296,18 @@ pub async fn all_events(
             match changes.recv().await {
                 Ok(change) if change.seq > last => {
                     last = change.seq;
-                    if !send_live(&tx, numbered(change.seq, change.kind, &change.job)) {
+                    if !send_live(
+                        &tx,
+                        numbered(change.seq, change.kind, Seen::Live(&change.job)),
+                    ) {
                         return;
                     }
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
-                    match send_stored(&tx, replay(last).await, last, by_seq, false).await {
+                    match send_stored(&tx, replay(last).await, last, by_seq, false, &mut render)
+                        .await
+                    {
                         Some(sent) => last = sent,
                         None => return,
                     }
@@ -301,7 +365,7 @@ mod tests {
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
         let stream = async_stream(&config, move |tx| async move {
             let mut sent = 0;
-            while sent < 10 * held && send_live(&tx, Event::default().data("x")) {
+            while sent < 10 * held && send_one(&tx, Event::default().data("x")) {
                 sent += 1;
             }
             let _ = sent_tx.send(sent);

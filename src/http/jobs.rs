@@ -318,7 +318,7 @@ fn check_workflow(workflow: &Value) -> ApiResult<()> {
     }
 }
 
-fn job_error(error: JobError) -> ApiError {
+pub(super) fn job_error(error: JobError) -> ApiError {
     match error {
         JobError::Rejected {
             job,
@@ -339,6 +339,10 @@ fn job_error(error: JobError) -> ApiError {
             why: "BFL cannot stop a task once it is sent, and it is charged",
         },
         JobError::Refused(refusal) => ApiError::Refused(*refusal),
+        JobError::MissingAssets(missing) => ApiError::Validation(Invalid::field(
+            "workflow",
+            format!("names assets that are not here: {}", missing.join(", ")),
+        )),
         JobError::UnknownClasses(unknown) => {
             let fields = unknown
                 .into_iter()
@@ -454,7 +458,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 pub async fn output(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
-    headers: http::HeaderMap,
+    request: axum::extract::Request,
 ) -> ApiResult<Response> {
     let job = find(&state, &id).await?;
     let Some(file) = job
@@ -466,36 +470,32 @@ pub async fn output(
             name: name.chars().take(128).collect(),
         });
     };
-    let opened = match state.jobs.output_file(&job.id, &file.name) {
-        Some(path) => tokio::fs::File::open(&path).await.ok(),
-        None => None,
-    };
-    let (length, body) = match opened {
-        Some(opened) => {
-            let length = opened
-                .metadata()
-                .await
-                .map(|m| m.len())
-                .unwrap_or(file.size);
-            (length, Body::from_stream(file_chunks(opened)))
-        }
-        None => from_another_instance(&state, &job.id, file, &headers).await?,
-    };
+    serve_output(&state, &job, file, request).await
+}
+
+/// A job's output: from this instance's disk (with `Range`), or streamed whole from the instance of the fleet that
+/// holds it.
+pub(super) async fn serve_output(
+    state: &AppState,
+    job: &Job,
+    file: &crate::jobs::model::OutputFile,
+    request: axum::extract::Request,
+) -> ApiResult<Response> {
+    if let Some(path) = state.jobs.output_file(&job.id, &file.name)
+        && tokio::fs::try_exists(&path).await.unwrap_or(false)
+    {
+        return super::files::serve(&path, &file.content_type, &file.name, request).await;
+    }
+    let (length, body) = from_another_instance(state, &job.id, file, request.headers()).await?;
     let mut response = (
         [
             (header::CONTENT_TYPE, file.content_type.clone()),
             (header::CONTENT_LENGTH, length.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("inline; filename=\"{}\"", file.name.replace('"', "")),
-            ),
         ],
         body,
     )
         .into_response();
-    // A workflow can write an SVG or an HTML file: on the panel's origin it must not render, let alone script.
-    let kind = super::gateway::essence(response.headers());
-    super::gateway::protect_file(response.headers_mut(), &kind);
+    super::files::named(&mut response, &file.name);
     Ok(response)
 }
 
@@ -550,23 +550,4 @@ async fn from_another_instance(
     }
     let length = answer.content_length().unwrap_or(file.size);
     Ok((length, Body::from_stream(answer.bytes_stream())))
-}
-
-/// A file as a stream of 64 KiB chunks.
-fn file_chunks(
-    file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    use tokio::io::AsyncReadExt;
-    futures_util::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buffer = vec![0u8; 64 * 1024];
-        match file.read(&mut buffer).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((Ok(bytes::Bytes::from(buffer)), Some(file)))
-            }
-            Err(error) => Some((Err(error), None)),
-        }
-    })
 }

@@ -36,6 +36,7 @@ requests from a foreign `Origin` are refused; with `ORCHESTRATOR_TOKEN` set, eve
         (name = "flux", description = "FLUX (Black Forest Labs), behind dry run, confirmation and budget"),
         (name = "v0", description = "The v0 Platform API, with the key kept on the server"),
         (name = "builder", description = "The builder's conversation with v0"),
+        (name = "v2", description = "The Comfy API v2 (Comfy-Org's contract and official SDK): jobs, their events, assets"),
         (name = "meta", description = "Orchestrator itself"),
     )
 )]

@@ -115,10 +115,13 @@ fn is_own_comfy_route(path: &str) -> bool {
 
 fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
     let own_api: Router<AppState> = api_routes(state.paid_limiter.clone()).into();
+    // The Comfy API v2 reads its bodies itself (JSON, or a multipart upload streamed to disk under its own limit).
+    let v2_api: Router<AppState> = super::v2::routes().into();
     let document: Arc<str> = openapi::to_json(openapi_document()).into();
 
     Router::new()
         .merge(own_api.layer(from_fn(guard::require_json_body)))
+        .merge(v2_api.layer(axum::extract::DefaultBodyLimit::disable()))
         .route(
             "/api/openapi.json",
             get(move || {
@@ -187,7 +190,9 @@ pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
                 per_minute: 1,
                 burst: 1,
             });
-            api_routes(Arc::new(limiter)).into_openapi()
+            let mut document = api_routes(Arc::new(limiter)).into_openapi();
+            document.merge(super::v2::routes().into_openapi());
+            document
         });
     &DOCUMENT
 }

@@ -116,6 +116,9 @@ pub struct OutputFile {
     pub url: String,
     pub content_type: String,
     pub size: u64,
+    /// The workflow node that made it (ComfyUI jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

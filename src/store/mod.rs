@@ -27,6 +27,7 @@ macro_rules! job_columns {
 }
 
 mod approvals;
+mod assets;
 mod events;
 mod fleet;
 mod jobs;
@@ -36,6 +37,7 @@ mod money;
 mod tests;
 
 pub use approvals::{Approval, ApproveJob};
+pub use assets::AssetRecord;
 pub use events::{EventWakeups, StoredEvent};
 pub use fleet::Instance;
 pub use jobs::{JobChange, JobPage, NewJob};

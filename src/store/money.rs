@@ -167,6 +167,40 @@ impl Store {
         Ok(())
     }
 
+    /// Claims an idempotency key before its request is carried out; `false` when it is claimed already (a
+    /// repeat, or one racing this one).
+    pub async fn claim_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(fingerprint)
+        .bind(crate::jobs::model::now())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    /// Gives a claimed key back: its request made nothing, so a repeat may try again.
+    pub async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND job_id IS NULL",
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Keeps the answer a key's first request got, for its repeats.
     pub async fn record_idempotent_response(
         &self,

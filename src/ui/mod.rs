@@ -295,6 +295,7 @@ async fn api_docs(headers: HeaderMap, document: &utoipa::openapi::OpenApi) -> Re
             ("POST", &item.post),
             ("PUT", &item.put),
             ("DELETE", &item.delete),
+            ("HEAD", &item.head),
             ("PATCH", &item.patch),
         ];
         for (method, operation) in operations {

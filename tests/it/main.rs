@@ -22,4 +22,5 @@ mod paths;
 mod service;
 mod templates;
 mod v0;
+mod v2;
 mod websocket;

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::follow::Listening;
 use super::socket::Link;
 use super::{JobError, Jobs, Upload};
+use crate::assets::refs::ResolveError;
 use crate::codes::{Code, Failure};
 use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
@@ -63,7 +64,7 @@ impl Jobs {
             // No ComfyUI answers: a job without input images waits in Orchestrator's own queue and goes out when
             // one comes online (after Ignite, say). Images must go to the ComfyUI that runs the job, so such a
             // job is refused instead of being held with its data.
-            if uploads.is_empty() {
+            if uploads.is_empty() && !crate::assets::refs::has_references(&workflow) {
                 let new = NewJob {
                     backend: Backend::Comfy,
                     template,
@@ -205,6 +206,26 @@ impl Jobs {
             }
         };
 
+        // The inputs a workflow names as assets go to this backend now, whichever it is (the first, the one a
+        // waiting job found, the one a job moved to): the stored workflow keeps the references.
+        let resolved = match self.assets.resolve_for(&gateway, workflow).await {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                let failure = match &error {
+                    ResolveError::Comfy(comfy) => comfy.failure(),
+                    _ => Failure::new(Code::MissingAsset, error.to_string()),
+                };
+                self.fail(&job.id, failure).await;
+                if paid_key.is_some() {
+                    self.release(&job.id).await;
+                }
+                return Err(match error {
+                    ResolveError::Comfy(comfy) => comfy.into(),
+                    other => JobError::MissingAssets(vec![other.to_string()]),
+                });
+            }
+        };
+        let workflow = resolved.as_ref().unwrap_or(workflow);
         // The backend's shared link is up before anything is posted, and the prompt, under an id Orchestrator
         // picks, is listened for before it exists: no event of the run can come unrouted.
         let link = self.link(&gateway);

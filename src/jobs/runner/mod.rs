@@ -96,6 +96,9 @@ pub enum JobError {
     /// Node ids and classes the ComfyUI does not list: refused as ComfyUI would refuse them.
     #[error("ComfyUI has no node class {}", .0.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>().join(", "))]
     UnknownClasses(Vec<(String, String)>),
+    /// The workflow names assets that are not here (ids, or what is wrong with a reference).
+    #[error("the workflow names assets that are not here: {}", .0.join(", "))]
+    MissingAssets(Vec<String>),
     /// The workflow has paid nodes and the job no approval: it waits for one, nothing was sent.
     #[error("the job waits for a confirmation of its paid nodes")]
     AwaitingConfirmation(Box<Job>),
@@ -110,6 +113,8 @@ pub struct Jobs {
     /// The money gate's state: node catalogs, settings, the Comfy.org key, idempotency locks.
     pub(in crate::jobs) money: Arc<super::paid::Money>,
     outputs: PathBuf,
+    /// Uploaded assets (Comfy API v2), whose references a workflow may carry.
+    assets: crate::assets::Assets,
     events: broadcast::Sender<JobEvent>,
     /// Each backend's shared WebSocket, and the client id every prompt is posted with.
     links: socket::Links,
@@ -148,6 +153,7 @@ impl Jobs {
         backends: Vec<ComfyGateway>,
         outputs: PathBuf,
         money: super::paid::Money,
+        assets: crate::assets::Assets,
     ) -> Self {
         assert!(
             !backends.is_empty(),
@@ -166,6 +172,7 @@ impl Jobs {
             backends: Arc::new(backends),
             money: Arc::new(money),
             outputs,
+            assets,
             events,
             followers: Arc::default(),
             last_progress: Arc::default(),
@@ -207,6 +214,10 @@ impl Jobs {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn assets(&self) -> &crate::assets::Assets {
+        &self.assets
     }
 
     /// The folder of a job's files.

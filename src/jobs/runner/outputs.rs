@@ -92,11 +92,7 @@ impl Follower {
         let mut outputs = Vec::new();
         // Each file ComfyUI lists once, by where it is (a node may list the same file under two keys).
         let mut fetched: Vec<(&str, &str, &str)> = Vec::new();
-        for node_output in entry["outputs"]
-            .as_object()
-            .into_iter()
-            .flat_map(|o| o.values())
-        {
+        for (node_id, node_output) in entry["outputs"].as_object().into_iter().flatten() {
             // Images, animations and videos are all listed under `images`; some nodes use `gifs` or `videos`.
             for key in ["images", "gifs", "videos"] {
                 for file in node_output[key].as_array().into_iter().flatten() {
@@ -135,6 +131,7 @@ impl Follower {
                         name,
                         content_type,
                         size,
+                        node_id: Some(node_id.clone()),
                     });
                 }
             }

@@ -226,10 +226,24 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
                     *ts = json!(now_ms());
                 }
                 if kind == "executed" {
-                    let node = event["data"]["node"]
+                    let recorded = event["data"]["node"]
                         .as_str()
                         .unwrap_or_default()
                         .to_owned();
+                    // The recorded SaveImage's id, unless this workflow has none by that id: then its first saver
+                    // is the one reported (ComfyUI names the workflow's own nodes).
+                    let mut own: Vec<&String> = nodes
+                        .iter()
+                        .filter(|(_, n)| is_saver(n))
+                        .map(|(id, _)| id)
+                        .collect();
+                    own.sort();
+                    let node = match own.first() {
+                        Some(first) if !nodes.contains_key(&recorded) => (*first).clone(),
+                        _ => recorded,
+                    };
+                    event["data"]["node"] = json!(node);
+                    event["data"]["display_node"] = json!(node);
                     // The recorded run has one SaveImage; any other SaveImage of this workflow saves too, each
                     // with its own `executed` message, as ComfyUI runs every output node.
                     let mut savers: Vec<String> = nodes
