@@ -21,6 +21,15 @@ const MAX_FIELD: usize = 64 * 1024;
 const MAX_TAGS: usize = 64;
 const SCOPE: &str = "v2.assets";
 
+/// A multipart body that cannot be read as the upload's parts.
+fn unprocessable(message: String) -> V2Error {
+    V2Error::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Code::InvalidRequest,
+        message,
+    )
+}
+
 /// A text part, at most [`MAX_FIELD`] bytes.
 async fn small_text(field: axum::extract::multipart::Field<'_>) -> V2Result<String> {
     let name = field.name().unwrap_or_default().to_owned();
@@ -29,10 +38,10 @@ async fn small_text(field: axum::extract::multipart::Field<'_>) -> V2Result<Stri
     while let Some(chunk) = chunks
         .chunk()
         .await
-        .map_err(|e| V2Error::invalid(format!("the part {name:?} cannot be read: {e}")))?
+        .map_err(|e| unprocessable(format!("the part {name:?} cannot be read: {e}")))?
     {
         if text.len() + chunk.len() > MAX_FIELD {
-            return Err(V2Error::invalid(format!(
+            return Err(unprocessable(format!(
                 "the part {name:?} is longer than {MAX_FIELD} bytes"
             )));
         }
@@ -40,7 +49,7 @@ async fn small_text(field: axum::extract::multipart::Field<'_>) -> V2Result<Stri
     }
     String::from_utf8(text)
         .map(|t| t.trim().to_owned())
-        .map_err(|_| V2Error::invalid(format!("the part {name:?} is not UTF-8 text")))
+        .map_err(|_| unprocessable(format!("the part {name:?} is not UTF-8 text")))
 }
 
 /// A placement path: relative, no `..`, no empty segment, no control character, at most 255 bytes.
@@ -82,6 +91,7 @@ fn answer(status: StatusCode, asset: Value, replayed: bool) -> Response {
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and bytes: the first asset again")),
     responses((status = 201, description = "New bytes stored; the asset", body = Object),
         (status = 200, description = "The bytes were held already; an asset over them", body = Object),
+        (status = 400, description = "`invalid_request`: a bad `Idempotency-Key`", body = crate::error::ErrorBody),
         (status = 409, description = "`hash_mismatch`: `expected_hash` is not the hash of the bytes; nothing kept. Or `idempotency_conflict`", body = crate::error::ErrorBody),
         (status = 413, description = "Over 100 MiB", body = crate::error::ErrorBody),
         (status = 422, description = "`invalid_request` (a part missing or wrong), `idempotency_key_reuse`", body = crate::error::ErrorBody)))]
@@ -104,7 +114,7 @@ pub async fn upload(
         let field = multipart
             .next_field()
             .await
-            .map_err(|e| V2Error::invalid(format!("the multipart body cannot be read: {e}")))?;
+            .map_err(|e| unprocessable(format!("the multipart body cannot be read: {e}")))?;
         let Some(field) = field else { break };
         match field.name().unwrap_or_default() {
             "file" => {
@@ -121,17 +131,10 @@ pub async fn upload(
             }
         }
     }
-    let unprocessable = |what: &str| {
-        V2Error::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Code::InvalidRequest,
-            what.to_owned(),
-        )
-    };
-    let received = received.ok_or_else(|| unprocessable("the part \"file\" is missing"))?;
+    let received = received.ok_or_else(|| unprocessable("the part \"file\" is missing".into()))?;
     let file_path = file_path
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| unprocessable("the part \"file_path\" is missing"))?;
+        .ok_or_else(|| unprocessable("the part \"file_path\" is missing".into()))?;
     check_path(&file_path)?;
     let content_type = content_type
         .filter(|t| !t.is_empty())

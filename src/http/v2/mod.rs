@@ -151,7 +151,11 @@ impl From<crate::assets::AssetError> for V2Error {
                 format!("the upload is larger than {limit} bytes"),
             )
             .with_details(json!({ "limit_bytes": limit })),
-            AssetError::Body(why) => Self::invalid(format!("the upload could not be read: {why}")),
+            AssetError::Body(why) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Code::InvalidRequest,
+                format!("the upload could not be read: {why}"),
+            ),
             other => Self::internal(other),
         }
     }

@@ -9,6 +9,21 @@ use testkit::fake_comfy::FakeComfy;
 use super::{image, loads, reference, submit, upload, wait_v2};
 use crate::support::{TestApp, error_code};
 
+/// The last prompt `comfy` queued loads (node 10) the file `bytes` were uploaded to it as.
+fn assert_loaded_from_upload(comfy: &FakeComfy, bytes: &[u8]) {
+    let prompt = comfy.received_prompts().pop().expect("a prompt was queued");
+    let name = prompt["prompt"]["10"]["inputs"]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        comfy.uploads().get(&name).copied(),
+        Some(bytes.len() as u64),
+        "{:?}",
+        comfy.uploads()
+    );
+}
+
 fn blake3_of(bytes: &[u8]) -> String {
     format!("blake3:{}", blake3::hash(bytes).to_hex())
 }
@@ -215,17 +230,7 @@ async fn a_workflow_loads_its_asset_and_its_output_downloads_with_a_range() {
     );
 
     // ComfyUI got the bytes, and the prompt names them by the name it gave them.
-    let prompt = comfy.received_prompts().pop().unwrap();
-    let name = prompt["prompt"]["10"]["inputs"]["image"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        comfy.uploads().get(&name).copied(),
-        Some(bytes.len() as u64),
-        "{:?}",
-        comfy.uploads()
-    );
+    assert_loaded_from_upload(&comfy, &bytes);
     // The stored workflow keeps the reference (a resend uploads again to wherever it goes).
     let workflow = app.get_json(&format!("/api/v2/jobs/{id}/workflow")).await;
     assert_eq!(workflow["format"], "api");
@@ -353,20 +358,7 @@ async fn a_job_moved_to_another_comfyui_finds_its_asset_there() {
         second.url().as_str()
     );
     // The second ComfyUI received the bytes too, under the name its prompt gives.
-    let prompt = second
-        .received_prompts()
-        .pop()
-        .expect("the job was sent to the second");
-    let name = prompt["prompt"]["10"]["inputs"]["image"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        second.uploads().get(&name).copied(),
-        Some(bytes.len() as u64),
-        "{:?}",
-        second.uploads()
-    );
+    assert_loaded_from_upload(&second, &bytes);
     assert_eq!(done["outputs"].as_array().unwrap().len(), 1);
 }
 

@@ -252,6 +252,18 @@ pub async fn sampler_comfy() -> FakeComfy {
     FakeComfy::start_with_models(&[("checkpoints", "tiny-sd15.safetensors")]).await
 }
 
+/// A server whose ComfyUI samples `steps` steps of `delay_ms` each, and the id of a v2 job running the sampler.
+async fn sampler_job(steps: u64, delay_ms: u64) -> (FakeComfy, TestApp, String) {
+    let comfy = sampler_comfy().await;
+    comfy.set_progress_steps(steps);
+    comfy.set_step_delay(Duration::from_millis(delay_ms));
+    let app = TestApp::spawn(&comfy.url()).await;
+    let workflow = json!({"workflow": testkit::fake_comfy::ksampler_workflow()});
+    let (_, _, job) = submit(&app, &workflow, None).await;
+    let id = job["id"].as_str().expect("a job id").to_owned();
+    (comfy, app, id)
+}
+
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| {
@@ -266,17 +278,8 @@ fn urlencode(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_numbers_its_frames_and_resumes_after_any_of_them() {
-    let comfy = sampler_comfy().await;
-    comfy.set_progress_steps(40);
-    comfy.set_step_delay(Duration::from_millis(20));
-    let app = TestApp::spawn(&comfy.url()).await;
-    let (_, _, job) = submit(
-        &app,
-        &json!({"workflow": testkit::fake_comfy::ksampler_workflow()}),
-        None,
-    )
-    .await;
-    let id = job["id"].as_str().unwrap();
+    let (_comfy, app, id) = sampler_job(40, 20).await;
+    let id = id.as_str();
     let path = format!("/api/v2/jobs/{id}/events");
     let all = app.events(&path, None).await;
     let kinds: Vec<&str> = all
@@ -323,17 +326,8 @@ async fn a_stream_numbers_its_frames_and_resumes_after_any_of_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_is_idempotent_canceling_then_canceled() {
-    let comfy = sampler_comfy().await;
-    comfy.set_progress_steps(400);
-    comfy.set_step_delay(Duration::from_millis(50));
-    let app = TestApp::spawn(&comfy.url()).await;
-    let (_, _, job) = submit(
-        &app,
-        &json!({"workflow": testkit::fake_comfy::ksampler_workflow()}),
-        None,
-    )
-    .await;
-    let id = job["id"].as_str().unwrap();
+    let (_comfy, app, id) = sampler_job(400, 50).await;
+    let id = id.as_str();
     wait_v2(&app, id, "running").await;
     let (status, first) = app
         .post_json(&format!("/api/v2/jobs/{id}/cancel"), &json!({}))
