@@ -126,6 +126,27 @@ impl Assets {
         Ok(received)
     }
 
+    /// Keeps bytes already in memory (an image a template's form sent as a data URL) as an asset: the record
+    /// with these bytes under this path when there is one, a new one otherwise.
+    pub async fn keep(
+        &self,
+        bytes: Bytes,
+        placement: Placement,
+    ) -> Result<AssetRecord, AssetError> {
+        let body = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
+        let received = self.receive(body, u64::MAX).await?;
+        if let Some(path) = &placement.file_path
+            && let Some(same) = self
+                .store
+                .asset_with_hash(&received.hash, Some(path))
+                .await?
+            && self.held(&same.hash).await?.is_some()
+        {
+            return Ok(same);
+        }
+        Ok(self.mint(received, placement).await?.0)
+    }
+
     /// Makes a record over received bytes; answers it and whether the blob is new (`false`: the bytes were held
     /// already, and the record shares their blob).
     pub async fn mint(

@@ -72,14 +72,19 @@ fn replaced(value: &Value, names: &BTreeMap<String, String>) -> Value {
 
 /// A file name for the bytes on ComfyUI: the same for the same asset, so a resend does not pile up copies.
 fn upload_name(found: &Found) -> String {
-    let (key, name) = match found {
+    // An upload by its content's hash; an output by its job and name.
+    let (digest, name) = match found {
         Found::Uploaded(record) => (
-            record.hash.clone(),
+            record.hash.trim_start_matches("blake3:").to_owned(),
             record.file_path.clone().unwrap_or_default(),
         ),
-        Found::Output { job, file, .. } => (format!("{}/{}", job.id, file.name), file.name.clone()),
+        Found::Output { job, file, .. } => (
+            blake3::hash(format!("{}/{}", job.id, file.name).as_bytes())
+                .to_hex()
+                .to_string(),
+            file.name.clone(),
+        ),
     };
-    let digest = blake3::hash(key.as_bytes()).to_hex();
     let extension: String = name
         .rsplit_once('.')
         .map(|(_, ext)| ext)
@@ -91,7 +96,32 @@ fn upload_name(found: &Found) -> String {
     format!("orchestrator-{}.{extension}", &digest[..16])
 }
 
+/// The reference to an asset, as a workflow carries it.
+pub fn reference(record: &crate::store::AssetRecord) -> Value {
+    serde_json::json!({
+        "__type": TYPE,
+        "info": { "id": record.id, "hash": record.hash, "file_path": record.file_path },
+    })
+}
+
 impl Assets {
+    /// The workflow as a confirmation binds it: each reference by the content it names (its blake3 hash), so two
+    /// uploads of the same image are the same request, and another image is another.
+    pub async fn bound(&self, workflow: &Value) -> Result<Value, AssetError> {
+        let mut found = Vec::new();
+        references(workflow, &mut found);
+        let mut names = BTreeMap::new();
+        for id in found.into_iter().flatten() {
+            let content = match self.find(&id).await? {
+                Some(Found::Uploaded(record)) => record.hash,
+                Some(Found::Output { job, index, .. }) => format!("output:{}.{index}", job.id),
+                None => format!("missing:{id}"),
+            };
+            names.insert(id, content);
+        }
+        Ok(replaced(workflow, &names))
+    }
+
     /// The references of `workflow` that name no asset here (their ids, or what is wrong with them).
     pub async fn missing(&self, workflow: &Value) -> Result<Vec<String>, AssetError> {
         let mut found = Vec::new();

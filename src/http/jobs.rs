@@ -15,7 +15,7 @@ use crate::flux::confirm::TokenProblem;
 use crate::jobs::model::{Job, JobStatus};
 use crate::jobs::paid::{Submission, Submitted};
 use crate::jobs::refusal::Refusal;
-use crate::jobs::runner::{JobError, Upload, safe_file_name};
+use crate::jobs::runner::{JobError, safe_file_name};
 use crate::jobs::templates::ParamKind;
 use crate::problems::Invalid;
 
@@ -107,8 +107,8 @@ pub async fn submit(
     if !params.is_object() {
         return Err(ApiError::invalid("params", "must be an object"));
     }
-    let uploads = match &request.template {
-        Some(name) => take_uploads(&state, name, &mut params)?,
+    let images = match &request.template {
+        Some(name) => take_images(&state, name, &mut params)?,
         None => Vec::new(),
     };
     let (template, workflow) = match (request.template, request.workflow) {
@@ -130,10 +130,11 @@ pub async fn submit(
         }
         (Some(name), None) => {
             let lists = state.models.get(&state.gateway, false).await.ok();
-            let workflow = state
+            let mut workflow = state
                 .templates
                 .instantiate(&name, &params, lists.as_deref())
                 .map_err(|fields| ApiError::Validation(Invalid(fields)))?;
+            keep_images(&state, images, &mut workflow).await?;
             (Some(name), workflow)
         }
     };
@@ -141,7 +142,6 @@ pub async fn submit(
         template,
         params,
         workflow,
-        uploads,
         dry_run: request.dry_run.unwrap_or(false),
         token: request.confirm_token,
         idempotency_key: idempotency_key(&headers)?,
@@ -218,13 +218,22 @@ pub async fn confirm(
 /// The largest input image accepted as a data URL.
 const MAX_IMAGE_BYTES: usize = 50 * 1024 * 1024;
 
-/// Image parameters given as `data:` URLs: decoded here, uploaded to the ComfyUI that runs the job. In the stored
-/// parameters the data is replaced by a short note, so the store never holds megabytes of base64.
-fn take_uploads(state: &AppState, template: &str, params: &mut Value) -> ApiResult<Vec<Upload>> {
+/// An image parameter given as a `data:` URL, decoded.
+struct Image {
+    bytes: bytes::Bytes,
+    file_name: String,
+    content_type: String,
+    /// The `[node, input]` pairs that take it.
+    targets: Vec<(String, String)>,
+}
+
+/// Image parameters given as `data:` URLs, decoded here. In the stored parameters the data is replaced by a short
+/// note, so the store never holds megabytes of base64.
+fn take_images(state: &AppState, template: &str, params: &mut Value) -> ApiResult<Vec<Image>> {
     let Some(template) = state.templates.get(template) else {
         return Ok(Vec::new());
     };
-    let mut uploads = Vec::new();
+    let mut images = Vec::new();
     let mut fields = Map::new();
     for (key, param) in &template.manifest.params {
         if param.kind != ParamKind::Image {
@@ -243,10 +252,10 @@ fn take_uploads(state: &AppState, template: &str, params: &mut Value) -> ApiResu
                     .strip_prefix("image/")
                     .unwrap_or("png")
                     .replace(|c: char| !c.is_ascii_alphanumeric(), "");
-                let file_name =
-                    format!("orchestrator-{}.{extension}", uuid::Uuid::new_v4().simple());
+                let digest = blake3::hash(&bytes).to_hex();
+                let file_name = format!("orchestrator-{}.{extension}", &digest[..16]);
                 params[key] = json!(format!("upload:{file_name}"));
-                uploads.push(Upload {
+                images.push(Image {
                     bytes: bytes.into(),
                     file_name,
                     content_type,
@@ -259,10 +268,38 @@ fn take_uploads(state: &AppState, template: &str, params: &mut Value) -> ApiResu
         }
     }
     if fields.is_empty() {
-        Ok(uploads)
+        Ok(images)
     } else {
         Err(ApiError::Validation(Invalid(fields)))
     }
+}
+
+/// Keeps each image as an asset and puts its reference where the template takes it: the bytes go to whichever
+/// ComfyUI the job is sent to, each time it is sent (a job moved on failover finds them there too).
+async fn keep_images(state: &AppState, images: Vec<Image>, workflow: &mut Value) -> ApiResult<()> {
+    for image in images {
+        let placement = crate::assets::Placement {
+            content_type: image.content_type,
+            file_path: Some(image.file_name),
+            tags: vec!["input".into()],
+        };
+        let record = state
+            .jobs
+            .assets()
+            .keep(image.bytes, placement)
+            .await
+            .map_err(ApiError::internal)?;
+        for (node, input) in &image.targets {
+            if let Some(inputs) = workflow
+                .get_mut(node)
+                .and_then(|n| n.get_mut("inputs"))
+                .and_then(Value::as_object_mut)
+            {
+                inputs.insert(input.clone(), crate::assets::refs::reference(&record));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `data:<type>;base64,<data>` → (type, bytes).
@@ -332,6 +369,7 @@ pub(super) fn job_error(error: JobError) -> ApiError {
         JobError::Comfy(error) => error.into(),
         JobError::Task(error) => ApiError::internal(error),
         JobError::Store(error) => ApiError::internal(error),
+        JobError::Asset(error) => ApiError::internal(error),
         JobError::NotFound(id) => ApiError::JobNotFound { id },
         JobError::Finished(status) => ApiError::JobFinished { status },
         JobError::NotCancellable(backend) => ApiError::JobNotCancellable {

@@ -17,7 +17,7 @@ use super::gate::{Assessment, Gate};
 use super::key_locks::KeyLocks;
 use super::model::{Job, JobStatus, today};
 use super::refusal::Refusal;
-use super::runner::{JobError, Jobs, Upload};
+use super::runner::{JobError, Jobs};
 use crate::codes::Code;
 use crate::comfy::credentials;
 use crate::comfy::error::ComfyError;
@@ -51,8 +51,8 @@ pub struct Money {
 pub struct Submission {
     pub template: Option<String>,
     pub params: Value,
+    /// Input images are `core/ASSET` references (kept as assets), uploaded to whichever ComfyUI runs the job.
     pub workflow: Value,
-    pub uploads: Vec<Upload>,
     pub dry_run: bool,
     pub token: Option<String>,
     pub idempotency_key: Option<String>,
@@ -78,24 +78,6 @@ fn unclassified(problem: Unclassified) -> JobError {
         )),
         Unclassified::UnknownClasses(unknown) => JobError::UnknownClasses(unknown),
     }
-}
-
-/// The workflow a token binds: input images by their content, as their names in ComfyUI differ at each upload.
-fn bound_workflow(workflow: &Value, uploads: &[Upload]) -> Value {
-    let mut bound = workflow.clone();
-    for upload in uploads {
-        let hex = super::key_locks::fingerprint(&upload.bytes);
-        for (node, input) in &upload.targets {
-            if let Some(inputs) = bound
-                .get_mut(node)
-                .and_then(|n| n.get_mut("inputs"))
-                .and_then(Value::as_object_mut)
-            {
-                inputs.insert(input.clone(), json!(format!("sha256:{hex}")));
-            }
-        }
-    }
-    bound
 }
 
 fn fingerprint(bound: &Value) -> String {
@@ -210,7 +192,8 @@ impl Jobs {
             }
             None => None,
         };
-        let bound = bound_workflow(&submission.workflow, &submission.uploads);
+        // Input images by their content, not by their asset ids (each upload of one image has its own).
+        let bound = self.assets.bound(&submission.workflow).await?;
         if let Some(assessment) = &assessment
             && submission.dry_run
         {
@@ -223,7 +206,6 @@ impl Jobs {
                     submission.template.as_deref(),
                     &submission.params,
                     submission.workflow,
-                    submission.uploads,
                 )
                 .await?;
             return Ok(Submitted::Job(Box::new(job)));
@@ -323,11 +305,8 @@ impl Jobs {
                 return Ok(Submitted::Replayed(StatusCode::ACCEPTED, body));
             }
         };
-        let mut workflow = submission.workflow;
-        self.upload_inputs(&gateway, &mut workflow, submission.uploads)
-            .await?;
         let answer = self
-            .send_to_comfy(job, &workflow)
+            .send_to_comfy(job, &submission.workflow)
             .await
             .map(|job| Submitted::Job(Box::new(job)));
         if let Some(key) = key {

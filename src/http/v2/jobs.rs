@@ -223,7 +223,6 @@ pub async fn submit(
         template: None,
         params,
         workflow: request.workflow,
-        uploads: Vec::new(),
         dry_run: false,
         token: request.confirm_token,
         // Claimed above, for free and paid workflows alike: a paid one is carried out once whatever the repeats.

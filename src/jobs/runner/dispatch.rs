@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::follow::Listening;
 use super::socket::Link;
-use super::{JobError, Jobs, Upload};
+use super::{JobError, Jobs};
 use crate::assets::refs::ResolveError;
 use crate::codes::{Code, Failure};
 use crate::comfy::error::ComfyError;
@@ -57,14 +57,13 @@ impl Jobs {
         gateway: Option<ComfyGateway>,
         template: Option<&str>,
         params: &Value,
-        mut workflow: Value,
-        uploads: Vec<Upload>,
+        workflow: Value,
     ) -> Result<Job, JobError> {
         let Some(gateway) = gateway else {
             // No ComfyUI answers: a job without input images waits in Orchestrator's own queue and goes out when
             // one comes online (after Ignite, say). Images must go to the ComfyUI that runs the job, so such a
             // job is refused instead of being held with its data.
-            if uploads.is_empty() && !crate::assets::refs::has_references(&workflow) {
+            if !crate::assets::refs::has_references(&workflow) {
                 let new = NewJob {
                     backend: Backend::Comfy,
                     template,
@@ -84,7 +83,6 @@ impl Jobs {
             }
             .into());
         };
-        self.upload_inputs(&gateway, &mut workflow, uploads).await?;
         let backend_url = gateway.backend().origin();
         let new = NewJob {
             backend: Backend::Comfy,
@@ -95,30 +93,6 @@ impl Jobs {
         };
         let job = self.store.insert_job(new).await?;
         self.send_to_comfy(job, &workflow).await
-    }
-
-    /// Input images go to the ComfyUI that will run the job, under the names it answers with.
-    pub(in crate::jobs) async fn upload_inputs(
-        &self,
-        gateway: &ComfyGateway,
-        workflow: &mut Value,
-        uploads: Vec<Upload>,
-    ) -> Result<(), JobError> {
-        for upload in uploads {
-            let name = gateway
-                .upload_image(upload.bytes, &upload.file_name, &upload.content_type)
-                .await?;
-            for (node, input) in &upload.targets {
-                if let Some(inputs) = workflow
-                    .get_mut(node)
-                    .and_then(|n| n.get_mut("inputs"))
-                    .and_then(Value::as_object_mut)
-                {
-                    inputs.insert(input.clone(), Value::String(name.clone()));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The dispatcher: sends the jobs of the fleet's queue (recorded, here or by another instance, while no ComfyUI

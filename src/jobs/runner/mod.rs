@@ -49,15 +49,6 @@ use crate::store::{JobChange, Store, StoreError};
 use exits::{SupervisedBackend, describe_exit};
 pub use outputs::safe_file_name;
 
-/// An input image to upload before the job is submitted.
-pub struct Upload {
-    pub bytes: bytes::Bytes,
-    pub file_name: String,
-    pub content_type: String,
-    /// The `[node, input]` pairs that take the uploaded file's name.
-    pub targets: Vec<(String, String)>,
-}
-
 /// One change to a job, as `/api/jobs/{id}/events` sends it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobEvent {
@@ -81,6 +72,8 @@ pub enum JobError {
     Comfy(#[from] ComfyError),
     #[error("the store failed")]
     Store(#[from] StoreError),
+    #[error("the assets failed")]
+    Asset(#[from] crate::assets::AssetError),
     #[error("no job {0}")]
     NotFound(String),
     #[error("the job is already {0}")]
@@ -114,7 +107,7 @@ pub struct Jobs {
     pub(in crate::jobs) money: Arc<super::paid::Money>,
     outputs: PathBuf,
     /// Uploaded assets (Comfy API v2), whose references a workflow may carry.
-    assets: crate::assets::Assets,
+    pub(in crate::jobs) assets: crate::assets::Assets,
     events: broadcast::Sender<JobEvent>,
     /// Each backend's shared WebSocket, and the client id every prompt is posted with.
     links: socket::Links,
