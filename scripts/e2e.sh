@@ -48,7 +48,7 @@ if ! .venv-frontend/bin/python -c "import importlib.metadata as m, sys; sys.exit
       python3 -m venv .venv-frontend
     }
   fi
-  .venv-frontend/bin/pip install -q --disable-pip-version-check "comfyui-frontend-package==$frontend_version"
+  .venv-frontend/bin/pip install -q --no-cache-dir --disable-pip-version-check "comfyui-frontend-package==$frontend_version"
 fi
 # Git ignores the folder from inside, as newer Pythons' venv does.
 [ -f .venv-frontend/.gitignore ] || echo '*' > .venv-frontend/.gitignore

@@ -4,6 +4,8 @@
 # the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A one-off build gains nothing from incremental caches, which would double the size of the target folder.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -36,13 +38,14 @@ if [ ! -x .venv-fuzz/bin/st ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
     python3 -m venv .venv-fuzz
   }
-  .venv-fuzz/bin/pip install -q --disable-pip-version-check schemathesis==4.32.5
+  .venv-fuzz/bin/pip install -q --no-cache-dir --disable-pip-version-check schemathesis==4.32.5
 fi
 SCHEMATHESIS="$PWD/.venv-fuzz/bin/st" cargo test --locked --test it -- --ignored --nocapture fuzz_the_api_against_its_schema
 echo "== the official Comfy API v2 SDK (comfy-sdk from PyPI) against the real server"
+echo "   (disk free for it: $(df -h --output=avail . | tail -1 | tr -d ' '), the target folder: $(du -sh target | cut -f1))"
 if [ ! -x .venv-sdk/bin/python ] || ! .venv-sdk/bin/python -c 'import comfy_sdk' 2>/dev/null; then
   python3 -m venv .venv-sdk
-  .venv-sdk/bin/pip install -q --disable-pip-version-check comfy-sdk==0.5.0
+  .venv-sdk/bin/pip install -q --no-cache-dir --disable-pip-version-check comfy-sdk==0.5.0
 fi
 COMFY_SDK_PYTHON="$PWD/.venv-sdk/bin/python" cargo test --locked --test it -- --ignored --nocapture the_official_sdk
 echo "== cargo check --target x86_64-pc-windows-gnu"

@@ -43,6 +43,28 @@ pub enum Found {
     },
 }
 
+/// Removes the temporary files of uploads a crash cut off. Only old ones: another instance of a fleet sharing the
+/// folder may be receiving one now.
+fn sweep_unfinished(dir: &std::path::Path) {
+    const OLD: std::time::Duration = std::time::Duration::from_secs(3600);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let unfinished = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".receiving-");
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > OLD));
+        if unfinished && old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Bytes received and hashed, waiting in the asset folder to become a blob (removed if they never do).
 pub struct Received {
     path: PathBuf,
@@ -82,6 +104,7 @@ pub fn valid_hash(hash: &str) -> bool {
 
 impl Assets {
     pub fn new(dir: PathBuf, outputs: PathBuf, store: Store) -> Self {
+        sweep_unfinished(&dir);
         Self {
             dir,
             outputs,
@@ -286,6 +309,29 @@ mod tests {
         assert!(!valid_hash(&format!("sha256:{hex}")));
         assert!(!valid_hash("blake3:../../etc/passwd"));
         assert!(!valid_hash(&format!("blake3:{}", &hex[1..])));
+    }
+
+    #[test]
+    fn a_start_removes_old_unfinished_uploads_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, age_secs: u64| {
+            let file = std::fs::File::create(dir.path().join(name)).unwrap();
+            let at = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+            file.set_modified(at).unwrap();
+        };
+        make(".receiving-crashed", 7200);
+        make(".receiving-in-progress", 5);
+        make(&"b".repeat(64), 7200);
+        sweep_unfinished(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![".receiving-in-progress".to_owned(), "b".repeat(64)]
+        );
     }
 
     #[test]

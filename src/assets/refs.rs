@@ -130,8 +130,10 @@ impl Assets {
         for reference in found {
             match reference {
                 Ok(id) => {
-                    let here = match self.find(&id).await? {
-                        Some(found) => self.path_of(&found).is_some(),
+                    // A record whose file is gone (an output deleted from disk) is as missing as no record.
+                    let path = self.find(&id).await?.and_then(|found| self.path_of(&found));
+                    let here = match path {
+                        Some(path) => tokio::fs::try_exists(path).await.unwrap_or(false),
                         None => false,
                     };
                     if !here {

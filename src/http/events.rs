@@ -175,24 +175,29 @@ pub async fn events(
     headers: http::HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> ApiResult<Response> {
-    // Subscribe before reading, so no change falls between what is read and what is streamed.
+    // Subscribe, then read the last event's number, then the job: no change falls between what is read and what
+    // is streamed (one made in between is sent again, not lost).
     let changes = state.jobs.subscribe();
+    let last = (state.jobs.store().last_job_event(&id).await).map_err(ApiError::internal)?;
     let job = find(&state, &id).await?;
     let resume = resume_from(&headers, &query)?;
-    Ok(follow_job(&state, changes, job, resume, numbered))
+    Ok(follow_job(&state, changes, (last, job), resume, numbered))
 }
 
 /// A job's events after `resume` (or, without it, its state now), then live ones until its final state, each sent
-/// as `render` makes it. `changes` is subscribed to before `job` was read, so nothing falls between them.
+/// as `render` makes it. `changes` was subscribed to, then the number of the job's `last` event read, then `job`,
+/// so nothing falls between them. A `resume` past the job's last event (another server's numbers) is answered as
+/// a new client is.
 pub(super) fn follow_job(
     state: &AppState,
     mut changes: tokio::sync::broadcast::Receiver<crate::jobs::runner::JobEvent>,
-    job: crate::jobs::model::Job,
+    (last, job): (i64, crate::jobs::model::Job),
     resume: Option<i64>,
     mut render: impl Render,
 ) -> Response {
     let store = state.jobs.store().clone();
     let id = job.id.clone();
+    let resume = resume.filter(|after| *after <= last);
     let stream = async_stream(&state.config, move |tx| async move {
         let replay = |after: i64| {
             let store = store.clone();
@@ -218,7 +223,6 @@ pub(super) fn follow_job(
                 last
             }
             None => {
-                let last = store.last_job_event(&id).await.unwrap_or(0);
                 for event in render(last, EventKind::State, Seen::Live(&job)) {
                     if tx.send(event).await.is_err() {
                         return;

@@ -131,7 +131,7 @@ impl Store {
         since: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let row: Option<IdempotencyRow> = sqlx::query_as(
-            "SELECT fingerprint, job_id, response_status, response_body FROM idempotency_keys \
+            "SELECT fingerprint, job_id, response_status, response_body, created_at FROM idempotency_keys \
              WHERE scope = $1 AND key = $2 AND created_at >= $3",
         )
         .bind(scope)
@@ -139,18 +139,19 @@ impl Store {
         .bind(since)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(
-            row.map(|(fingerprint, job_id, status, body)| IdempotencyRecord {
+        Ok(row.map(
+            |(fingerprint, job_id, status, body, claimed_at)| IdempotencyRecord {
                 fingerprint,
                 job_id,
+                claimed_at,
                 response: status.zip(body).and_then(|(status, body)| {
                     Some((
                         u16::try_from(status).ok()?,
                         serde_json::from_str(&body).ok()?,
                     ))
                 }),
-            }),
-        )
+            },
+        ))
     }
 
     /// Forgets keys older than `before`, so a key can be used again after its window.
@@ -189,13 +190,22 @@ impl Store {
         Ok(claimed == 1)
     }
 
-    /// Gives a claimed key back: its request made nothing, so a repeat may try again.
-    pub async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+    /// Gives a claimed key back: its request made nothing (or, with `claimed_before`, was cut off by a crash
+    /// before it was claimed), so a repeat may try again. A key with an answer is never given back.
+    pub async fn release_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        claimed_before: Option<&str>,
+    ) -> Result<(), StoreError> {
+        // Without `claimed_before`, every claim is older than a time after all of them.
         sqlx::query(
-            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND job_id IS NULL",
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 \
+             AND job_id IS NULL AND response_status IS NULL AND created_at < $3",
         )
         .bind(scope)
         .bind(key)
+        .bind(claimed_before.map_or_else(|| "9999".to_owned(), str::to_owned))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -222,8 +232,8 @@ impl Store {
     }
 }
 
-/// fingerprint, job id, response status, response body.
-type IdempotencyRow = (String, Option<String>, Option<i64>, Option<String>);
+/// fingerprint, job id, response status, response body, when it was claimed.
+type IdempotencyRow = (String, Option<String>, Option<i64>, Option<String>, String);
 
 /// The day's spent and reserved sums, on the pool or inside a transaction.
 /// Records a confirmation token as used by `job_id`; `false` when it already paid for a job.
@@ -323,6 +333,8 @@ pub struct BudgetUsage {
 pub struct IdempotencyRecord {
     pub fingerprint: String,
     pub job_id: Option<String>,
+    /// When the key was claimed (RFC 3339, UTC).
+    pub claimed_at: String,
     /// The status and body the first request was answered with, once known.
     pub response: Option<(u16, Value)>,
 }

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
+use super::keys::{self, Outcome, Prior};
 use super::render;
 use super::{V2Error, V2Result, base};
 use crate::AppState;
@@ -73,15 +74,8 @@ fn check_path(path: &str) -> V2Result<()> {
     }
 }
 
-fn answer(status: StatusCode, asset: Value, replayed: bool) -> Response {
-    let mut response = (status, Json(asset)).into_response();
-    if replayed {
-        response.headers_mut().insert(
-            "idempotency-replayed",
-            http::HeaderValue::from_static("true"),
-        );
-    }
-    response
+fn answer(status: StatusCode, asset: Value) -> Response {
+    (status, Json(asset)).into_response()
 }
 
 /// `POST /api/v2/assets`: a multipart upload (`file`, `content_type`, `file_path`, optional `expected_hash` and
@@ -100,6 +94,7 @@ pub async fn upload(
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> V2Result<Response> {
+    let key = keys::key_of(&headers)?;
     let mut multipart = multipart.map_err(|e| {
         V2Error::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -117,6 +112,9 @@ pub async fn upload(
             .map_err(|e| unprocessable(format!("the multipart body cannot be read: {e}")))?;
         let Some(field) = field else { break };
         match field.name().unwrap_or_default() {
+            "file" if received.is_some() => {
+                return Err(unprocessable("one upload is one \"file\" part".into()));
+            }
             "file" => {
                 part_type = field.content_type().map(str::to_owned);
                 let bytes = field.map(|chunk| chunk.map_err(|e| e.to_string()));
@@ -149,43 +147,66 @@ pub async fn upload(
         }
         .into());
     }
-    let key = super::key_of(&headers)?;
     let fingerprint = format!("{}|{file_path}|{content_type}", received.hash);
-    let base = base(&headers);
-    if let Some(key) = &key
-        && let Some(id) = super::prior(&state, SCOPE, key, &fingerprint).await?
-        && let Some(Found::Uploaded(record)) = assets.find(&id).await?
-    {
-        return Ok(answer(
-            StatusCode::OK,
-            render::uploaded(&record, &base, Some(false)),
-            true,
-        ));
-    }
     let placement = Placement {
         content_type,
         file_path: Some(file_path),
         tags,
     };
+    let base = base(&headers);
+    // Claim, keep and settle in a task of their own, as a job's submit does (see `keys`).
+    let background = state.jobs.background().clone();
+    background
+        .spawn(async move { keep_once(&state, key, fingerprint, received, placement, &base).await })
+        .await
+        .map_err(V2Error::internal)?
+}
+
+async fn keep_once(
+    state: &AppState,
+    key: Option<String>,
+    fingerprint: String,
+    received: crate::assets::Received,
+    placement: Placement,
+    base: &str,
+) -> V2Result<Response> {
+    let assets = state.jobs.assets();
+    if let Some(key) = &key {
+        match keys::prior(state, SCOPE, key, &fingerprint).await? {
+            Prior::New => {}
+            Prior::Made { id, status } => {
+                if let Some(Found::Uploaded(record)) = assets.find(&id).await? {
+                    let created = status == StatusCode::CREATED;
+                    let body = render::uploaded(&record, base, Some(created));
+                    return Ok(keys::replayed(answer(status, body)));
+                }
+                // Deleted since: the key has nothing to answer with, and the upload is kept anew below.
+            }
+            Prior::Refused { status, body } => return Ok(keys::refusal(status, body)),
+        }
+    }
     let minted = assets.mint(received, placement).await;
-    super::settle_key(
-        &state,
-        SCOPE,
-        key.as_deref(),
-        minted.as_ref().ok().map(|(r, _)| r.id.as_str()),
-    )
-    .await;
+    let outcome = match &minted {
+        Ok((record, new_blob)) => Outcome::Made {
+            id: &record.id,
+            status: created_or_ok(*new_blob),
+        },
+        Err(_) => Outcome::Nothing,
+    };
+    keys::settle(state, SCOPE, key.as_deref(), outcome).await;
     let (record, new_blob) = minted?;
-    let status = if new_blob {
+    Ok(answer(
+        created_or_ok(new_blob),
+        render::uploaded(&record, base, Some(new_blob)),
+    ))
+}
+
+fn created_or_ok(new: bool) -> StatusCode {
+    if new {
         StatusCode::CREATED
     } else {
         StatusCode::OK
-    };
-    Ok(answer(
-        status,
-        render::uploaded(&record, &base, Some(new_blob)),
-        false,
-    ))
+    }
 }
 
 /// `POST /api/v2/assets/from-hash`: an asset over bytes already held, named by their hash; nothing is uploaded.
@@ -237,15 +258,9 @@ pub async fn from_hash(
             "no bytes with this hash are held here",
         ));
     };
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
     Ok(answer(
-        status,
+        created_or_ok(created),
         render::uploaded(&record, &base(&headers), Some(false)),
-        false,
     ))
 }
 

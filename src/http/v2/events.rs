@@ -98,8 +98,14 @@ pub async fn events(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> V2Result<Response> {
-    // Subscribed before the job is read, so no change falls between the two.
+    // Subscribed, then the last event's number read, then the job, so no change falls between them.
     let changes = state.jobs.subscribe();
+    let last = state
+        .jobs
+        .store()
+        .last_job_event(&id)
+        .await
+        .map_err(V2Error::internal)?;
     let job = super::jobs::find(&state, &id).await?;
     let resume = resume_from(&headers)?;
     // Part-way through an event: that event is read again, and its frames up to the client's are left out.
@@ -134,7 +140,7 @@ pub async fn events(
             })
             .collect()
     };
-    Ok(follow_job(&state, changes, job, after, render))
+    Ok(follow_job(&state, changes, (last, job), after, render))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use super::keys::{self, Outcome, Prior};
 use super::render;
 use super::{V2Error, V2Result, base};
 use crate::AppState;
@@ -152,20 +153,13 @@ fn check_labels(labels: Map<String, Value>) -> V2Result<Map<String, Value>> {
     Ok(labels)
 }
 
-fn created(job: &Job, base: &str, replayed: bool) -> Response {
-    let mut response = (
+fn created(job: &Job, base: &str) -> Response {
+    (
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/v2/jobs/{}", job.id))],
         Json(render::job(job, base, false)),
     )
-        .into_response();
-    if replayed {
-        response.headers_mut().insert(
-            "idempotency-replayed",
-            http::HeaderValue::from_static("true"),
-        );
-    }
-    response
+        .into_response()
 }
 
 /// `POST /api/v2/jobs`: an API-format workflow, validated, recorded and queued; 201 with the job.
@@ -184,35 +178,71 @@ pub async fn submit(
     headers: HeaderMap,
     crate::http::extract::Body(body): crate::http::extract::Body<MAX_BODY>,
 ) -> V2Result<Response> {
+    let key = keys::key_of(&headers)?;
     let request = parse(&body)?;
-    let missing = state
-        .jobs
-        .assets()
-        .missing(&request.workflow)
-        .await
-        .map_err(V2Error::from)?;
-    if !missing.is_empty() {
-        return Err(unprocessable(
-            Code::MissingAsset,
-            format!(
-                "the workflow names assets that are not here: {}",
-                missing.join(", ")
-            ),
-        )
-        .with_details(json!({ "missing_ids": missing })));
-    }
     let base = base(&headers);
-    let key = super::key_of(&headers)?;
+    // Claim, submit and settle in a task of their own: a client that hangs up in between cannot leave its key
+    // claimed without an answer (see `keys`).
+    let background = state.jobs.background().clone();
+    background
+        .spawn(async move { submit_once(&state, key, request, &base).await })
+        .await
+        .map_err(V2Error::internal)?
+}
+
+async fn submit_once(
+    state: &AppState,
+    key: Option<String>,
+    request: Request,
+    base: &str,
+) -> V2Result<Response> {
     let fingerprint = crate::jobs::key_locks::fingerprint(
         crate::jobs::gate::canonical(
             &json!({ "workflow": request.workflow, "metadata": request.metadata }),
         )
         .as_bytes(),
     );
-    if let Some(key) = &key
-        && let Some(id) = super::prior(&state, SCOPE, key, &fingerprint).await?
-    {
-        return Ok(created(&find(&state, &id).await?, &base, true));
+    if let Some(key) = &key {
+        match keys::prior(state, SCOPE, key, &fingerprint).await? {
+            Prior::New => {}
+            Prior::Made { id, .. } => {
+                return Ok(keys::replayed(created(&find(state, &id).await?, base)));
+            }
+            Prior::Refused { status, body } => return Ok(keys::refusal(status, body)),
+        }
+    }
+    let key = key.as_deref();
+    match make(state, request).await {
+        Ok(job) => {
+            let made = Outcome::Made {
+                id: &job.id,
+                status: StatusCode::CREATED,
+            };
+            keys::settle(state, SCOPE, key, made).await;
+            Ok(created(&job, base))
+        }
+        Err((error, made_job)) => {
+            let outcome = if made_job {
+                Outcome::Refused(&error)
+            } else {
+                Outcome::Nothing
+            };
+            keys::settle(state, SCOPE, key, outcome).await;
+            Err(error)
+        }
+    }
+}
+
+/// The job the request makes; on a refusal, whether a job was recorded before it.
+async fn make(state: &AppState, request: Request) -> Result<Job, (V2Error, bool)> {
+    let missing = state
+        .jobs
+        .assets()
+        .missing(&request.workflow)
+        .await
+        .map_err(|e| (V2Error::from(e), false))?;
+    if !missing.is_empty() {
+        return Err((missing_assets(missing), false));
     }
     let params = if request.metadata.is_empty() {
         json!({})
@@ -225,36 +255,39 @@ pub async fn submit(
         workflow: request.workflow,
         dry_run: false,
         token: request.confirm_token,
-        // Claimed above, for free and paid workflows alike: a paid one is carried out once whatever the repeats.
+        // Claimed by `submit`, for free and paid workflows alike; a confirmation pays for one job whatever the key.
         idempotency_key: None,
     };
     match state.jobs.submit(submission).await {
-        Ok(Submitted::Job(job)) => {
-            super::settle_key(&state, SCOPE, key.as_deref(), Some(&job.id)).await;
-            Ok(created(&job, &base, false))
-        }
-        Ok(Submitted::DryRun(_) | Submitted::Replayed(..)) => {
-            super::settle_key(&state, SCOPE, key.as_deref(), None).await;
-            Err(V2Error::internal("a v2 submit was answered as a dry run"))
-        }
+        Ok(Submitted::Job(job)) => Ok(*job),
+        Ok(Submitted::DryRun(_) | Submitted::Replayed(..)) => Err((
+            V2Error::internal("a v2 submit was answered as a dry run"),
+            false,
+        )),
         Err(error) => {
-            // Nothing to answer repeats with: the key is given back, and a repeat is judged anew.
-            super::settle_key(&state, SCOPE, key.as_deref(), None).await;
-            Err(job_error(error))
+            let made_job = matches!(
+                error,
+                JobError::Rejected { .. } | JobError::AwaitingConfirmation(_)
+            );
+            Err((job_error(error), made_job))
         }
     }
 }
 
+fn missing_assets(missing: Vec<String>) -> V2Error {
+    unprocessable(
+        Code::MissingAsset,
+        format!(
+            "the workflow names assets that are not here: {}",
+            missing.join(", ")
+        ),
+    )
+    .with_details(json!({ "missing_ids": missing }))
+}
+
 fn job_error(error: JobError) -> V2Error {
     match error {
-        JobError::MissingAssets(missing) => unprocessable(
-            Code::MissingAsset,
-            format!(
-                "the workflow names assets that are not here: {}",
-                missing.join(", ")
-            ),
-        )
-        .with_details(json!({ "missing_ids": missing })),
+        JobError::MissingAssets(missing) => missing_assets(missing),
         JobError::Rejected {
             message, details, ..
         } => unprocessable(Code::InvalidWorkflow, message)

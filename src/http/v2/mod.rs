@@ -6,11 +6,13 @@
 //! - [`jobs`]: submit (with `Idempotency-Key`), list, read, the workflow, cancel;
 //! - [`events`]: a job's live state as the contract's server-sent events, numbered and resumable;
 //! - [`assets`]: upload (blake3 on the way in), the dedup fast path, metadata, bytes with `Range`, delete;
+//! - [`keys`]: Stripe's `Idempotency-Key` rules for the writes that make something;
 //! - [`render`]: Orchestrator's records in the contract's shapes.
 
 mod assets;
 mod events;
 mod jobs;
+mod keys;
 mod render;
 
 use axum::Json;
@@ -161,15 +163,25 @@ impl From<crate::assets::AssetError> for V2Error {
     }
 }
 
-impl IntoResponse for V2Error {
-    fn into_response(self) -> Response {
+impl V2Error {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The body: `{"error": {code, message, details}}`.
+    pub fn envelope(&self) -> Value {
         let details = if self.details.is_object() {
-            self.details
+            self.details.clone()
         } else {
             json!({})
         };
-        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message, "details": details } });
-        let mut response = (self.status, Json(body)).into_response();
+        json!({ "error": { "code": self.code.as_str(), "message": self.message, "details": details } })
+    }
+}
+
+impl IntoResponse for V2Error {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.envelope())).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -187,99 +199,4 @@ pub fn base(headers: &HeaderMap) -> String {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
     format!("http://{host}")
-}
-
-/// Keys are remembered a day, as the contract says.
-const KEY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
-
-/// A request's `Idempotency-Key`: 1 to 255 printable ASCII characters.
-fn key_of(headers: &HeaderMap) -> V2Result<Option<String>> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(key)
-            if (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
-        {
-            Ok(Some(key.to_owned()))
-        }
-        _ => Err(V2Error::invalid(
-            "Idempotency-Key must be 1 to 255 printable ASCII characters",
-        )),
-    }
-}
-
-/// Stripe's rules for a key in `scope`: the id the first request made, to answer with again; `None` when the key
-/// is new, and now claimed for this request (which records its answer, or gives the key back). The same key with
-/// another `fingerprint` is `idempotency_key_reuse`; while the first request is being answered,
-/// `idempotency_conflict`.
-async fn prior(
-    state: &AppState,
-    scope: &str,
-    key: &str,
-    fingerprint: &str,
-) -> V2Result<Option<String>> {
-    let store = state.jobs.store();
-    let since =
-        (chrono::Utc::now() - KEY_WINDOW).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    for _ in 0..2 {
-        if store
-            .claim_idempotency_key(scope, key, fingerprint)
-            .await
-            .map_err(V2Error::internal)?
-        {
-            return Ok(None);
-        }
-        let Some(record) = store
-            .idempotency_record(scope, key, &since)
-            .await
-            .map_err(V2Error::internal)?
-        else {
-            // Claimed longer ago than the window: forgotten now, then claimed anew.
-            store
-                .prune_idempotency_keys(&since)
-                .await
-                .map_err(V2Error::internal)?;
-            continue;
-        };
-        if record.fingerprint != fingerprint {
-            return Err(V2Error::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Code::IdempotencyKeyReuse,
-                "this Idempotency-Key came before with another body",
-            ));
-        }
-        return match record
-            .response
-            .and_then(|(_, body)| body["id"].as_str().map(str::to_owned))
-        {
-            Some(id) => Ok(Some(id)),
-            None => Err(V2Error::new(
-                StatusCode::CONFLICT,
-                Code::IdempotencyConflict,
-                "a request under this Idempotency-Key is still being answered",
-            )
-            .retry_after(1)),
-        };
-    }
-    Err(V2Error::internal("an idempotency key could not be claimed"))
-}
-
-/// Records what a key's request made (`id`), or gives the key back when it made nothing.
-async fn settle_key(state: &AppState, scope: &str, key: Option<&str>, made: Option<&str>) {
-    let Some(key) = key else {
-        return;
-    };
-    let store = state.jobs.store();
-    let done = match made {
-        Some(id) => {
-            store
-                .record_idempotent_response(scope, key, 201, &json!({ "id": id }))
-                .await
-        }
-        None => store.release_idempotency_key(scope, key).await,
-    };
-    if let Err(error) = done {
-        tracing::error!(%error, scope, "cannot settle an idempotency key");
-    }
 }

@@ -187,7 +187,11 @@ impl Jobs {
             Err(error) => {
                 let failure = match &error {
                     ResolveError::Comfy(comfy) => comfy.failure(),
-                    _ => Failure::new(Code::MissingAsset, error.to_string()),
+                    ResolveError::Missing(_) => Failure::new(Code::MissingAsset, error.to_string()),
+                    ResolveError::Asset(cause) => {
+                        tracing::error!(job = %job.id, error = %cause, "cannot read a job's input assets");
+                        Failure::new(Code::Internal, "the asset store failed")
+                    }
                 };
                 self.fail(&job.id, failure).await;
                 if paid_key.is_some() {
@@ -195,7 +199,8 @@ impl Jobs {
                 }
                 return Err(match error {
                     ResolveError::Comfy(comfy) => comfy.into(),
-                    other => JobError::MissingAssets(vec![other.to_string()]),
+                    ResolveError::Missing(id) => JobError::MissingAssets(vec![id]),
+                    ResolveError::Asset(asset) => JobError::Asset(asset),
                 });
             }
         };

@@ -403,3 +403,43 @@ async fn jobs_assets_and_outputs_are_there_after_a_restart() {
         .unwrap();
     assert_eq!(again.as_ref(), bytes.as_slice());
 }
+
+#[tokio::test]
+async fn an_upload_repeated_under_its_key_is_the_first_answer_again() {
+    let comfy = FakeComfy::start().await;
+    let app = TestApp::spawn(&comfy.url()).await;
+    let send = |bytes: Vec<u8>| {
+        let app = &app;
+        async move {
+            let fields = [("content_type", "image/png"), ("file_path", "keyed.png")];
+            let (content_type, body) = super::multipart(&bytes, "keyed.png", &fields);
+            let response = app
+                .http
+                .post(app.url("/api/v2/assets"))
+                .header("content-type", content_type)
+                .header("Idempotency-Key", "upload-1")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let replayed = response.headers().get("idempotency-replayed").cloned();
+            (status, replayed, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, replayed, first) = send(image(5)).await;
+    assert_eq!((status, replayed), (201, None), "{first}");
+    let (status, replayed, again) = send(image(5)).await;
+    assert_eq!(
+        (status, replayed.as_ref().map(|v| v.to_str().unwrap())),
+        (201, Some("true"))
+    );
+    assert_eq!(again["id"], first["id"], "one asset, not two");
+    assert_eq!(again["created_new"], true, "as the first answer said");
+    let (status, _, other) = send(image(6)).await;
+    assert_eq!(
+        (status, error_code(&other).as_str()),
+        (422, "idempotency_key_reuse")
+    );
+    assert_eq!(stored_files(&app).len(), 1, "{:?}", stored_files(&app));
+}

@@ -314,6 +314,12 @@ async fn a_stream_numbers_its_frames_and_resumes_after_any_of_them() {
             .collect();
         assert_eq!(got, expected, "resumed after {after}");
     }
+    // An id past the job's last event (another server's, say) is answered as a new client: the snapshot, not
+    // silence until the stream times out.
+    let beyond = app.events(&path, Some("100000")).await;
+    let kinds: Vec<&str> = beyond.iter().filter_map(|e| e.kind.as_deref()).collect();
+    assert_eq!(kinds.last(), Some(&"status"), "{kinds:?}");
+    assert_eq!(beyond.last().unwrap().json().unwrap(), last);
     let bad = app
         .http
         .get(app.url(&path))
@@ -495,5 +501,81 @@ async fn the_v2_routes_are_behind_the_same_guard() {
                 .unwrap()
                 .next()
                 .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_client_hung_up_or_was_refused_answers_its_repeats() {
+    let comfy = FakeComfy::start().await;
+    let app = TestApp::spawn(&comfy.url()).await;
+
+    // The client hangs up while ComfyUI is being asked: the submit goes on without it, and its repeat is answered
+    // with the job it made (not told to wait for ever).
+    comfy.set_hang(true);
+    let asked = comfy.request_count();
+    let gone = {
+        let (url, http) = (app.url("/api/v2/jobs"), app.http.clone());
+        tokio::spawn(async move {
+            let request = http.post(url).header("Idempotency-Key", "hung-up");
+            request.json(&json!({"workflow": free(7)})).send().await
+        })
+    };
+    crate::support::wait_until(
+        Duration::from_secs(10),
+        "the first request asks ComfyUI",
+        || async { comfy.request_count() > asked },
+    )
+    .await;
+    gone.abort();
+    let _ = gone.await;
+    comfy.set_hang(false);
+    let body = json!({"workflow": free(7)});
+    let last = std::sync::Mutex::new(None);
+    crate::support::wait_until(
+        Duration::from_secs(10),
+        "the repeat is answered",
+        || async {
+            let answer = submit(&app, &body, Some("hung-up")).await;
+            let answered = answer.0 != 409;
+            *last.lock().unwrap() = Some(answer);
+            answered
+        },
+    )
+    .await;
+    let repeat = last.into_inner().unwrap().unwrap();
+    assert_eq!(
+        (repeat.0, repeat.1.as_deref()),
+        (201, Some("true")),
+        "{}",
+        repeat.2
+    );
+    wait_v2(&app, repeat.2["id"].as_str().unwrap(), "succeeded").await;
+    let sent = comfy.received_prompts();
+    assert_eq!(
+        sent.iter()
+            .filter(|p| p["prompt"]["1"]["inputs"]["color"] == 7)
+            .count(),
+        1,
+        "one job was made and sent under the key"
+    );
+
+    // ComfyUI refuses the workflow after its job was recorded: a repeat gets the same refusal, and no second job.
+    let mut bad_link = testkit::fake_comfy::no_model_workflow();
+    bad_link["3"]["inputs"]
+        .as_object_mut()
+        .unwrap()
+        .remove("images");
+    let body = json!({"workflow": bad_link});
+    let (status, replayed, first) = submit(&app, &body, Some("refused")).await;
+    assert_eq!((status, replayed), (422, None), "{first}");
+    assert_eq!(error_code(&first), "invalid_workflow");
+    let jobs_before: Value = app.get_json("/api/jobs").await;
+    let (status, replayed, again) = submit(&app, &body, Some("refused")).await;
+    assert_eq!((status, replayed.as_deref()), (422, Some("true")));
+    assert_eq!(again, first, "the first refusal, word for word");
+    let jobs_after: Value = app.get_json("/api/jobs").await;
+    assert_eq!(
+        jobs_after["jobs"].as_array().map(Vec::len),
+        jobs_before["jobs"].as_array().map(Vec::len)
     );
 }
