@@ -70,6 +70,55 @@ function setBadge(node, word) {
   node.className = "badge " + word;
 }
 
+// ---- Word when a job ends: the tab's title and icon, and (once asked for, from a click) a notification ----
+
+const FINAL = ["succeeded", "failed", "cancelled", "backend_lost"];
+const BASE_TITLE = document.title;
+const ICONS = { idle: "/assets/favicon.svg", running: "/assets/favicon-running.svg", done: "/assets/favicon-done.svg", failed: "/assets/favicon-failed.svg" };
+const MARKS = { idle: "", running: "▶ ", done: "✓ ", failed: "✗ " };
+
+/** Shows `state` (idle, running, done, failed) in the tab: its icon, and a mark and `detail` before the title. */
+function showActivity(state, detail = "") {
+  const icon = document.querySelector("link[rel=icon]");
+  if (icon) icon.href = ICONS[state];
+  document.documentElement.dataset.activity = state;
+  document.title = `${MARKS[state]}${detail ? detail + " · " : ""}${BASE_TITLE}`;
+}
+
+function notificationsWanted() {
+  return "Notification" in window && Notification.permission === "granted" && localStorage.getItem("notify") === "on";
+}
+
+/** A notification that `job` ended, when the tab is in the background and the user asked for them. */
+function notifyEnded(job) {
+  if (!document.hidden || !notificationsWanted()) return;
+  const title = job.status === "succeeded" ? T.job_done : T.job_failed;
+  const note = new Notification(title, { body: `${job.template || job.backend} · ${job.status}`, tag: job.id });
+  note.onclick = () => { window.focus(); window.location.href = `/jobs/${job.id}`; };
+}
+
+/** The "notify me" button: asks for permission once, on its click (browsers allow no other way). */
+function setupNotifyButton() {
+  const button = $("[data-testid=notify-toggle]");
+  if (!button) return;
+  if (!("Notification" in window)) { button.hidden = true; return; }
+  const show = () => {
+    const on = notificationsWanted();
+    button.textContent = on ? T.notify_on : T.notify_off;
+    button.setAttribute("aria-pressed", on ? "true" : "false");
+  };
+  button.addEventListener("click", async () => {
+    if (notificationsWanted()) {
+      localStorage.setItem("notify", "off");
+    } else {
+      const answer = Notification.permission === "granted" ? "granted" : await Notification.requestPermission();
+      localStorage.setItem("notify", answer === "granted" ? "on" : "off");
+    }
+    show();
+  });
+  show();
+}
+
 function every(ms, task) {
   let running = false;
   const tick = async () => {
@@ -280,6 +329,16 @@ function homePage() {
   // The live queue and the latest outputs.
   const queue = $("[data-testid=queue]");
   const recent = $("[data-testid=recent-outputs]");
+  // The latest preview shown of each live job, kept across redraws of the queue.
+  const previews = new Map();
+  // The tab says how many jobs run; one that ends while the tab is in the background marks it (and notifies).
+  const running = new Set();
+  let ended = null;
+  const showHomeActivity = () => {
+    if (ended) showActivity(ended);
+    else if (running.size) showActivity("running", `${running.size}`);
+    else showActivity("idle");
+  };
   const refreshJobs = async () => {
     const { status, data } = await api("GET", "/api/jobs?limit=30");
     if (status !== 200 || !data) return;
@@ -298,10 +357,23 @@ function homePage() {
         el("b", { class: "cost", "data-testid": "awaiting-cost", text: cost === null ? "—" : `$${cost.toFixed(3)}` }), " ",
         button);
     });
-    const liveRows = live.map((job) => el("li", {},
-      el("a", { href: `/jobs/${job.id}`, text: job.template || job.backend }), " ",
-      el("span", { class: `status ${job.status}`, text: job.status }), " ",
-      el("progress", { max: 100, value: job.progress })));
+    const liveRows = live.map((job) => {
+      const img = el("img", { class: "preview", "data-testid": "queue-preview", alt: T.preview, hidden: true });
+      const shown = previews.get(job.id);
+      if (shown) {
+        img.src = shown.src;
+        img.dataset.number = shown.number;
+        img.hidden = false;
+      }
+      return el("li", { "data-job": job.id },
+        el("a", { href: `/jobs/${job.id}`, text: job.template || job.backend }), " ",
+        el("span", { class: `status ${job.status}`, text: job.status }), " ",
+        el("progress", { max: 100, value: job.progress }), img);
+    });
+    for (const id of previews.keys()) if (!live.some((job) => job.id === id)) previews.delete(id);
+    for (const job of live) running.add(job.id);
+    for (const id of running) if (!live.some((job) => job.id === id)) running.delete(id);
+    showHomeActivity();
     const rows = [...waitingRows, ...liveRows];
     queue.replaceChildren(...(rows.length ? rows : [el("li", { class: "muted", text: "—" })]));
     const outputs = data.jobs.filter((j) => j.status === "succeeded").flatMap((j) => j.outputs.map((o) => ({ job: j, o }))).slice(0, 8);
@@ -311,6 +383,39 @@ function homePage() {
     }
   };
   every(3000, refreshJobs);
+  // Live: each running job's preview as it comes, in place; a job that changes state redraws the lists at once.
+  const stream = new EventSource("/api/events");
+  stream.addEventListener("preview", (event) => {
+    const job = JSON.parse(event.data);
+    const number = event.lastEventId;
+    const next = new Image();
+    next.onload = () => {
+      previews.set(job.id, { src: next.src, number });
+      const img = $(`li[data-job="${CSS.escape(job.id)}"] img.preview`, queue);
+      if (!img) return;
+      img.src = next.src;
+      img.dataset.number = number;
+      img.hidden = false;
+    };
+    next.src = `/api/jobs/${job.id}/preview?n=${encodeURIComponent(number)}`;
+  });
+  stream.addEventListener("state", (event) => {
+    const job = JSON.parse(event.data);
+    if (FINAL.includes(job.status)) {
+      if (running.delete(job.id) && document.hidden) {
+        ended = job.status === "succeeded" ? "done" : "failed";
+        notifyEnded(job);
+      }
+    } else if (job.status !== "awaiting_confirmation") {
+      running.add(job.id);
+    }
+    showHomeActivity();
+    refreshJobs();
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) { ended = null; showHomeActivity(); }
+  });
+  setupNotifyButton();
 }
 
 // ---- The payment modal (home and job pages): a FLUX request, or a ComfyUI job with paid nodes ----
@@ -560,20 +665,47 @@ function jobPage() {
       if (status !== 200) showScriptError(errorText(data));
     });
   }
-  if (!["queued", "submitted", "running", "needs_reconcile"].includes(badge.textContent)) return;
+  setupNotifyButton();
+  const status = badge.textContent;
+  if (FINAL.includes(status)) {
+    showActivity(status === "succeeded" ? "done" : "failed");
+    return;
+  }
+  if (!["queued", "submitted", "running", "needs_reconcile"].includes(status)) return;
+  showActivity("running");
   const events = new EventSource(`/api/jobs/${id}/events`);
-  events.onmessage = (event) => {
+  const show = (event) => {
     const job = JSON.parse(event.data);
     badge.textContent = job.status;
     badge.className = `status ${job.status}`;
     $("[data-testid=job-progress]").value = job.progress;
     $("#job-node").textContent = job.current_node || "";
-    if (["succeeded", "failed", "cancelled", "backend_lost"].includes(job.status)) {
+    if (FINAL.includes(job.status)) {
       events.close();
+      notifyEnded(job);
       window.location.reload();
+      return;
     }
+    showActivity("running", job.status === "running" ? `${Math.round(job.progress)}%` : "");
   };
+  // The stream names its events (state, progress, resubmitted, preview): each is listened for by name.
+  for (const kind of ["state", "progress", "resubmitted"]) events.addEventListener(kind, show);
+  const preview = $("[data-testid=job-preview]");
+  if (preview) events.addEventListener("preview", (event) => showPreview(preview, id, event.lastEventId));
   // On a dropped connection the browser reconnects by itself with Last-Event-ID: nothing is missed or repeated.
+}
+
+
+// A job's newest preview into `img`, once it has loaded: the one shown stays until then, and a preview that is
+// already gone (the job just ended; the server answers 204) changes nothing.
+function showPreview(img, id, number) {
+  const next = new Image();
+  next.onload = () => {
+    img.src = next.src;
+    img.dataset.number = number;
+    img.hidden = false;
+  };
+  next.src = `/api/jobs/${id}/preview?n=${encodeURIComponent(number)}`;
 }
 
 const PAGES = { home: homePage, diagnostics: diagnosticsPage, builder: builderPage, settings: settingsPage, jobs: jobsPage, job: jobPage };

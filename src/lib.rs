@@ -124,6 +124,11 @@ impl AppState {
             None => (None, None),
         };
         let token_key = token_key.as_deref();
+        // With a webhook, every job's final change owes it a delivery, in the same transaction.
+        let store = match &config.webhook {
+            Some(_) => store.owing_webhooks(),
+            None => store,
+        };
         let config = Arc::new(config);
         let gateway = Self::new_gateway(&config);
         let service = Arc::new(service::control::for_config(&config));
@@ -164,6 +169,9 @@ impl AppState {
             (service.supervisor(), config.comfy.backends.first())
         {
             jobs = jobs.with_supervised(first.origin(), supervisor.subscribe());
+        }
+        if let Some(webhook) = &config.webhook {
+            jobs = jobs.with_webhooks(jobs::webhooks::Webhooks::new(store.clone(), webhook));
         }
         let templates = Arc::new(load_templates(&config));
         let flux = flux::service::Flux::new(config.flux.clone(), jobs.clone(), confirmer);
@@ -300,6 +308,9 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     let background = state.jobs.background();
     background.spawn(state.jobs.clone().reconcile());
     background.spawn(state.jobs.clone().dispatch());
+    if let Some(webhooks) = state.jobs.webhooks() {
+        background.spawn(webhooks.clone().run(background.clone()));
+    }
     if state.store.engine() == store::Engine::Postgres {
         background.spawn(
             state

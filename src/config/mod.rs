@@ -15,6 +15,7 @@ mod settings;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod webhook;
 
 pub use settings::Settings;
 
@@ -158,6 +159,15 @@ pub struct FleetConfig {
     pub lease: Duration,
 }
 
+/// Word of every job that ends, POSTed to a URL of the user's (`JOB_WEBHOOK_URL`), signed with
+/// `JOB_WEBHOOK_SECRET`; a failed delivery is tried again after `first_retry`, then twice as long each time.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: Secret,
+    pub first_retry: Duration,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -190,6 +200,8 @@ pub struct Config {
     pub comfy_org: ComfyOrgConfig,
     pub v0: V0Config,
     pub paid_rate_limit: RateLimitConfig,
+    /// Word of ended jobs to `JOB_WEBHOOK_URL`, when it is set.
+    pub webhook: Option<WebhookConfig>,
     pub log_format: LogFormat,
     /// Where each variable's value came from (`flag`, `env`, `dotenv`); a variable not listed has its default.
     pub sources: std::collections::BTreeMap<String, &'static str>,
@@ -331,6 +343,22 @@ impl Config {
             ),
             (v("flux_poll_timeout_secs"), secs(flux.poll_timeout)),
             (v("comfy_org_api_key"), secret(&self.comfy_org.api_key)),
+            // Masked: a receiver's URL often carries its token.
+            (
+                v("job_webhook_url"),
+                secret(&self.webhook.as_ref().map(|w| Secret::new(w.url.clone()))),
+            ),
+            (
+                v("job_webhook_secret"),
+                secret(&self.webhook.as_ref().map(|w| w.secret.clone())),
+            ),
+            (
+                v("job_webhook_retry_ms"),
+                self.webhook
+                    .as_ref()
+                    .map(|w| w.first_retry.as_millis().to_string())
+                    .unwrap_or_default(),
+            ),
             (
                 v("comfy_paid_node_max_usd"),
                 format!(

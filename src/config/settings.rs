@@ -330,6 +330,29 @@ pub struct Settings {
     )]
     pub comfy_paid_node_max_usd: String,
 
+    /// Where word of every job that ends is POSTed (JSON, signed); unset: no webhooks.
+    #[arg(long, env = "JOB_WEBHOOK_URL", hide_env_values = true, global = true)]
+    pub job_webhook_url: Option<String>,
+
+    /// The key of the deliveries' HMAC-SHA256 signature (required with JOB_WEBHOOK_URL); never shown.
+    #[arg(
+        long,
+        env = "JOB_WEBHOOK_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub job_webhook_secret: Option<String>,
+
+    /// How long after a failed delivery it is tried again, in milliseconds; twice as long after each further
+    /// failure, at most an hour, 20 tries in all.
+    #[arg(
+        long,
+        env = "JOB_WEBHOOK_RETRY_MS",
+        default_value = "1000",
+        global = true
+    )]
+    pub job_webhook_retry_ms: String,
+
     /// `json` or `text`; the default is `text` on a terminal and `json` elsewhere.
     #[arg(long, env = "LOG_FORMAT", global = true)]
     pub log_format: Option<String>,

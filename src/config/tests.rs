@@ -112,7 +112,9 @@ fn every_secret_is_masked_on_the_settings_page() {
             "DATABASE_URL",
             "BFL_API_KEY",
             "V0_API_KEY",
-            "COMFY_ORG_API_KEY"
+            "COMFY_ORG_API_KEY",
+            "JOB_WEBHOOK_URL",
+            "JOB_WEBHOOK_SECRET"
         ]
     );
     let config = settings(&[
@@ -126,6 +128,10 @@ fn every_secret_is_masked_on_the_settings_page() {
         "comfy-secret-value",
         "--database-url",
         "sqlite:///tmp/db-secret-value",
+        "--job-webhook-url",
+        "https://hooks.example.com/secret-value",
+        "--job-webhook-secret",
+        "hook-secret-value",
     ])
     .validate(false)
     .unwrap();
@@ -146,4 +152,49 @@ fn the_defaults_are_the_documented_ones() {
     assert_eq!(defaults.max_connections, "1024");
     assert_eq!(defaults.allow_generation, "false");
     assert!(defaults.bfl_api_key.is_none() && defaults.token.is_none());
+}
+
+#[test]
+fn a_webhook_needs_an_http_url_and_a_secret() {
+    let problems = |args: &[&str]| match settings(args).validate(false) {
+        Ok(config) => {
+            assert!(config.webhook.is_some());
+            Vec::new()
+        }
+        Err(errors) => errors.0,
+    };
+    assert!(
+        problems(&[
+            "--job-webhook-url",
+            "https://h.example/x",
+            "--job-webhook-secret",
+            "s"
+        ])
+        .is_empty()
+    );
+    let missing = problems(&["--job-webhook-url", "https://h.example/x"]);
+    assert!(
+        missing.iter().any(|p| p.contains("JOB_WEBHOOK_SECRET")),
+        "{missing:?}"
+    );
+    let bad = problems(&[
+        "--job-webhook-url",
+        "ftp://h.example/x",
+        "--job-webhook-secret",
+        "s",
+    ]);
+    assert!(bad.iter().any(|p| p.contains("JOB_WEBHOOK_URL")), "{bad:?}");
+    let retry = problems(&[
+        "--job-webhook-url",
+        "http://127.0.0.1:9/x",
+        "--job-webhook-secret",
+        "s",
+        "--job-webhook-retry-ms",
+        "0",
+    ]);
+    assert!(
+        retry.iter().any(|p| p.contains("JOB_WEBHOOK_RETRY_MS")),
+        "{retry:?}"
+    );
+    assert!(settings(&[]).validate(false).unwrap().webhook.is_none());
 }

@@ -219,6 +219,12 @@ impl Settings {
         let rate_per_min = positive!(paid_rate_limit_per_min, 1_000_000);
         let rate_burst = positive!(paid_rate_limit_burst, 1_000_000);
 
+        let webhook = super::webhook::settings(
+            self.job_webhook_url.as_deref(),
+            self.job_webhook_secret.as_deref(),
+            &self.job_webhook_retry_ms,
+            &mut problems,
+        );
         let fleet = fleet_settings(
             self.instance_id.as_deref(),
             self.public_url.as_deref(),
@@ -461,6 +467,7 @@ impl Settings {
                     per_minute: u32::try_from(rate_per_min).unwrap_or(u32::MAX),
                     burst: u32::try_from(rate_burst).unwrap_or(u32::MAX),
                 },
+                webhook,
                 log_format,
                 sources: Default::default(),
             }),

@@ -13,6 +13,7 @@ pub mod model_paths;
 pub mod openapi;
 pub mod paid;
 mod panic;
+pub mod preview;
 pub mod rate_limit;
 pub mod request_log;
 mod response;

@@ -17,7 +17,7 @@ use super::extract::Query;
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
 use super::{
-    builder, events, gateway, jobs, model_paths, openapi, paid, panic, rate_limit, system,
+    builder, events, gateway, jobs, model_paths, openapi, paid, panic, preview, rate_limit, system,
 };
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -169,6 +169,7 @@ fn api_routes(limiter: Arc<rate_limit::PaidLimiter>) -> OpenApiRouter<AppState> 
         .routes(routes!(events::all_events))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::output))
+        .routes(routes!(preview::preview))
         .routes(routes!(builder::builder_messages, builder::builder_send))
         .merge(paid_routes(limiter))
 }

@@ -8,3 +8,4 @@ pub mod price;
 pub mod refusal;
 pub mod runner;
 pub mod templates;
+pub mod webhooks;

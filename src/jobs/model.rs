@@ -63,6 +63,8 @@ pub enum EventKind {
     State,
     Progress,
     Resubmitted,
+    /// A new preview image of the running job (`GET /api/jobs/{id}/preview`).
+    Preview,
 }
 
 impl EventKind {
@@ -71,6 +73,7 @@ impl EventKind {
             Self::State => "state",
             Self::Progress => "progress",
             Self::Resubmitted => "resubmitted",
+            Self::Preview => "preview",
         }
     }
 
@@ -79,6 +82,7 @@ impl EventKind {
         match text {
             "progress" => Self::Progress,
             "resubmitted" => Self::Resubmitted,
+            "preview" => Self::Preview,
             _ => Self::State,
         }
     }

@@ -123,7 +123,8 @@ impl Store {
             started,
             finished,
         } = change;
-        let done = sqlx::query(
+        let owes_webhook = self.webhooks && status.is_some_and(JobStatus::is_final);
+        let update = sqlx::query(
             "UPDATE jobs SET \
                status = COALESCE($2, status), \
                progress = CASE WHEN $14 THEN $3 ELSE progress END, \
@@ -152,10 +153,18 @@ impl Store {
         .bind(now())
         .bind(provider_id)
         .bind(polling_url)
-        .bind(progress.is_some())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .bind(progress.is_some());
+        if !owes_webhook {
+            return Ok(update.execute(&self.pool).await?.rows_affected() == 1);
+        }
+        // The final change and the webhook delivery it owes commit together, or neither does.
+        let mut tx = self.pool.begin().await?;
+        let changed = update.execute(&mut *tx).await?.rows_affected() == 1;
+        if changed {
+            super::webhooks::owe(&mut tx, id, &now()).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Where a job that waited for a backend was sent; a finished job is not moved.

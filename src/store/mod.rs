@@ -35,6 +35,7 @@ mod messages;
 mod money;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 pub use approvals::{Approval, ApproveJob};
 pub use assets::AssetRecord;
@@ -43,6 +44,7 @@ pub use fleet::Instance;
 pub use jobs::{JobChange, JobPage, NewJob};
 pub use messages::{Link, Message, NewMessage};
 pub use money::{BudgetUsage, IdempotencyClaim, IdempotencyRecord, PaidJob, Reservation};
+pub use webhooks::Delivery;
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,8 @@ pub struct Store {
     /// The instance this store records claims for, and how long a claim lasts ([`Store::for_instance`]); a store
     /// opened without one (a tool, a test setting rows up) claims nothing.
     claimant: Option<(std::sync::Arc<str>, Duration)>,
+    /// Whether a job's final change also owes a webhook delivery ([`Store::owing_webhooks`]).
+    webhooks: bool,
 }
 
 /// SQLite's settings, for every connection of the pool. FULL: a commit is on disk before it returns, so a
@@ -154,6 +158,7 @@ impl Store {
             pool,
             engine,
             claimant: None,
+            webhooks: false,
         })
     }
 
@@ -167,6 +172,12 @@ impl Store {
     /// The same store, recording the jobs this instance sends as its claims, each under a lease of `lease`.
     pub fn for_instance(mut self, instance: &str, lease: Duration) -> Self {
         self.claimant = Some((instance.into(), lease));
+        self
+    }
+
+    /// A store whose jobs' final changes each owe `JOB_WEBHOOK_URL` a delivery, in the same transaction.
+    pub fn owing_webhooks(mut self) -> Self {
+        self.webhooks = true;
         self
     }
 

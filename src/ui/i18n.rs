@@ -260,6 +260,11 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ("job.params", "Parameters", "Параметры"),
     ("job.error", "Error", "Ошибка"),
     ("job.outputs", "Outputs", "Результаты"),
+    (
+        "job.preview",
+        "Preview of the running job",
+        "Превью выполняющейся задачи",
+    ),
     ("job.cancel", "Cancel job", "Отменить задачу"),
     ("job.back", "All jobs", "Все задачи"),
     (
@@ -287,6 +292,24 @@ pub const STRINGS: &[(&str, &str, &str)] = &[
     ),
     ("error.home", "Back to the home page", "На главную"),
     ("js.online", "online", "в сети"),
+    ("js.preview", "preview", "превью"),
+    (
+        "js.notify_off",
+        "Notify me when a job ends",
+        "Уведомлять о завершении задач",
+    ),
+    (
+        "js.notify_on",
+        "Notifications on (click to stop)",
+        "Уведомления включены (нажмите, чтобы выключить)",
+    ),
+    ("js.job_done", "Job finished", "Задача выполнена"),
+    ("js.job_failed", "Job did not finish", "Задача не выполнена"),
+    (
+        "notify.button",
+        "Notify me when a job ends",
+        "Уведомлять о завершении задач",
+    ),
     ("js.offline", "offline", "не в сети"),
     ("js.unresponsive", "not answering", "не отвечает"),
     ("js.healthy", "healthy", "в порядке"),

@@ -1,5 +1,5 @@
 //! `GET /api/v2/jobs/{id}/events`: a job's live state as the contract's server-sent events (`status`, `progress`,
-//! `output`, `log`), made from the same numbered job events as `/api/jobs/{id}/events`.
+//! `preview`, `output`, `log`), made from the same numbered job events as `/api/jobs/{id}/events`.
 //!
 //! Additive to the contract, which has no cursor: each frame carries an `id:`. One job event may make several
 //! frames (a run that succeeded: each `output`, then `status`); the last frame of an event has the event's number
@@ -17,6 +17,7 @@ use super::{V2Error, V2Result, base};
 use crate::AppState;
 use crate::http::events::{Seen, follow_job};
 use crate::jobs::model::{EventKind, Job, JobStatus};
+use crate::jobs::runner::preview::Preview;
 
 /// Where a client left off: after event `n` (`n`), or after frame `k` of event `n` (`n.k`).
 fn resume_from(headers: &HeaderMap) -> V2Result<Option<(i64, Option<usize>)>> {
@@ -44,10 +45,26 @@ fn frame(name: &str, data: &Value) -> Event {
         .unwrap_or_default()
 }
 
-/// The frames of one job event, in order, without ids.
-fn frames(kind: EventKind, job: &Job, base: &str) -> Vec<Event> {
+/// The frames of one job event, in order, without ids; `preview`: the job's newest preview image, if it has one.
+fn frames(kind: EventKind, job: &Job, base: &str, preview: Option<Preview>) -> Vec<Event> {
     let status = render::status(job.status);
     let progress = render::progress(job);
+    if kind == EventKind::Preview {
+        // The contract's frame carries the image: the newest, which the event says is there (none once the job
+        // ended, as for a stored event replayed later).
+        return preview
+            .map(|preview| {
+                use base64::Engine as _;
+                let data = base64::engine::general_purpose::STANDARD.encode(&preview.bytes);
+                let node = job.current_node.as_deref().unwrap_or_default();
+                frame(
+                    "preview",
+                    &json!({ "node_id": node, "content_type": preview.content_type, "data_base64": data }),
+                )
+            })
+            .into_iter()
+            .collect();
+    }
     if kind == EventKind::Progress {
         return progress
             .map(|p| frame("progress", &p))
@@ -112,6 +129,7 @@ pub async fn events(
     let mut skip = resume.and_then(|(event, frame)| frame.map(|k| (event, k)));
     let after = resume.map(|(event, frame)| if frame.is_some() { event - 1 } else { event });
     let base = base(&headers);
+    let jobs = state.jobs.clone();
     let render = move |seq: i64, kind: EventKind, seen: Seen<'_>| {
         let stored;
         let job = match seen {
@@ -124,7 +142,10 @@ pub async fn events(
                 Err(_) => return Vec::new(),
             },
         };
-        let frames = frames(kind, job, &base);
+        let preview = (kind == EventKind::Preview)
+            .then(|| jobs.preview(&job.id))
+            .flatten();
+        let frames = frames(kind, job, &base, preview);
         let count = frames.len();
         let sent_already = match skip.take() {
             Some((event, k)) if event == seq => k + 1,

@@ -95,6 +95,7 @@ impl Follower {
                     if let Some(total) = self.track.on_binary(&frame) {
                         self.record_reported_cost(total).await;
                     }
+                    self.jobs.on_preview(&self.job_id, &frame).await;
                     continue;
                 }
                 // The link was silent and ComfyUI's queue no longer holds the prompt: its history may say it ended.

@@ -22,6 +22,7 @@ mod exits;
 mod fleet;
 mod follow;
 mod outputs;
+pub mod preview;
 mod reconcile;
 mod socket;
 #[cfg(test)]
@@ -138,6 +139,10 @@ pub struct Jobs {
     event_order: Arc<tokio::sync::Mutex<()>>,
     /// Where followers, the dispatcher and paid submits run: the control runtime, under one tracker.
     background: crate::background::Background,
+    /// The latest preview frame of each running job followed here.
+    previews: Arc<preview::Previews>,
+    /// The sender of `JOB_WEBHOOK_URL`'s deliveries, when one is configured.
+    webhooks: Option<crate::jobs::webhooks::Webhooks>,
 }
 
 impl Jobs {
@@ -178,7 +183,19 @@ impl Jobs {
             supervised: None,
             event_order: Arc::default(),
             background: crate::background::Background::new(),
+            previews: Arc::default(),
+            webhooks: None,
         }
+    }
+
+    /// Sends word of every job that ends with `webhooks` (the store owes each a delivery).
+    pub fn with_webhooks(mut self, webhooks: crate::jobs::webhooks::Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
+    pub fn webhooks(&self) -> Option<&crate::jobs::webhooks::Webhooks> {
+        self.webhooks.as_ref()
     }
 
     /// The shared link to `gateway`'s ComfyUI, opened the first time it is asked for.
@@ -354,6 +371,21 @@ impl Jobs {
                 last.insert(id.to_owned(), now);
             }
         }
+        if job.status.is_final() {
+            self.previews.forget(id);
+            // Its delivery was written with the change: sent now rather than at the sender's next look.
+            if let Some(webhooks) = &self.webhooks {
+                webhooks.wake();
+            }
+        }
+        self.announce(kind, job).await;
+        true
+    }
+
+    /// Numbers an event of `job` and tells the listeners.
+    async fn announce(&self, kind: EventKind, job: Job) {
+        let id = job.id.clone();
+        let id = id.as_str();
         let _in_order = self.event_order.lock().await;
         match self.store.insert_event(kind, &job).await {
             // A fleet's events reach every instance through the store, in the order of their numbers: the pump
@@ -371,7 +403,27 @@ impl Jobs {
             }
             Err(error) => tracing::error!(job = id, %error, "cannot record a job event"),
         }
-        true
+    }
+
+    /// A binary frame ComfyUI sent while job `id` ran: kept when it is a preview, and announced as a `preview`
+    /// event at most every [`preview::PREVIEW_EVERY`].
+    pub(super) async fn on_preview(&self, id: &str, frame: &[u8]) {
+        if !self.previews.keep(id, frame, std::time::Instant::now()) {
+            return;
+        }
+        match self.store.job(id).await {
+            Ok(Some(job)) if !job.status.is_final() => self.announce(EventKind::Preview, job).await,
+            // Ended meanwhile: its outputs replace the preview.
+            Ok(_) => self.previews.forget(id),
+            Err(error) => {
+                tracing::warn!(job = id, %error, "cannot read a job to announce its preview")
+            }
+        }
+    }
+
+    /// Job `id`'s latest preview image, while it runs on this instance.
+    pub fn preview(&self, id: &str) -> Option<preview::Preview> {
+        self.previews.get(id)
     }
 }
 

@@ -7,6 +7,8 @@
 //! at `/` as ComfyUI does with its own flag of that name)
 //! (`--spawn-child`: starts a long `sleep` of its own and prints its pid, as ComfyUI's custom nodes start helper
 //! processes, so tests can see that ending ComfyUI ends its whole tree)
+//! (`--model FOLDER/NAME`, repeatable: a model file installed, as `checkpoints/tiny-sd15.safetensors`)
+//! (`--step-delay-ms N`: the pause between two replayed events of a run, so a page can watch it)
 //! (default address `127.0.0.1:8188`). Switches at `POST /__fake/control {"hang": bool, "step_delay_ms": n,
 //! "exit": code}`.
 
@@ -21,6 +23,7 @@ async fn main() {
     let mut spawn_child = false;
     let mut comfy_api_base = None::<String>;
     let mut front_end_root = None::<std::path::PathBuf>;
+    let (mut models, mut step_delay_ms) = (Vec::<(String, String)>::new(), 0u64);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -32,6 +35,19 @@ async fn main() {
             "--spawn-child" => spawn_child = true,
             "--comfy-api-base" => comfy_api_base = args.next(),
             "--front-end-root" => front_end_root = args.next().map(Into::into),
+            "--model" => {
+                let model = args.next().unwrap_or_default();
+                match model.split_once('/') {
+                    Some((folder, name)) => models.push((folder.to_owned(), name.to_owned())),
+                    None => {
+                        eprintln!("fake-comfyui: --model takes FOLDER/NAME, not {model:?}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            "--step-delay-ms" => {
+                step_delay_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(0)
+            }
             other => addr = other.to_owned(),
         }
     }
@@ -58,7 +74,12 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let fake = FakeComfy::start_on(listener);
+    let installed: Vec<(&str, &str)> = models
+        .iter()
+        .map(|(folder, name)| (folder.as_str(), name.as_str()))
+        .collect();
+    let fake = FakeComfy::start_on_with_models(listener, &installed);
+    fake.set_step_delay(Duration::from_millis(step_delay_ms));
     fake.allow_exit_on_request();
     if let Some(base) = &comfy_api_base {
         fake.set_comfy_api_base(base);

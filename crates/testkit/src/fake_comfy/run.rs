@@ -138,6 +138,7 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
     let mut messages = Vec::new();
     let mut outputs = Map::new();
     let mut synthetic_done = false;
+    let mut previews = 0u64;
 
     let paid = crate::fake_api_nodes::paid_nodes(&shared.object_info, &nodes);
     // As ComfyUI: the run starts (`execution_start`) before any node runs, so the API nodes' progress text comes
@@ -281,8 +282,19 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
             }
             Some("binary") => {
                 let mut frame = hex(entry["head_hex"].as_str().unwrap_or_default());
-                frame.extend(hex(entry["image_magic_hex"].as_str().unwrap_or_default()));
-                frame.resize(entry["len"].as_u64().unwrap_or(8) as usize, 0);
+                if frame == PREVIEW_JPEG_HEAD {
+                    // The recording left the image out: a real one, another each frame, so a page can show the
+                    // run changing.
+                    previews += 1;
+                    frame.extend(preview_jpeg(previews));
+                } else {
+                    frame.extend(hex(entry["image_magic_hex"].as_str().unwrap_or_default()));
+                }
+                // The recorded size (a decoder stops at the JPEG's end marker).
+                let len = entry["len"].as_u64().unwrap_or(8) as usize;
+                if frame.len() < len {
+                    frame.resize(len, 0);
+                }
                 let message = Message::Binary(Bytes::from(frame));
                 send(shared, item.client_id().as_deref(), message);
             }
@@ -290,6 +302,22 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
         }
         tokio::time::sleep(delay).await;
     }
+}
+
+/// A binary frame's head for event 1 (PREVIEW_IMAGE) with image type 1 (JPEG).
+const PREVIEW_JPEG_HEAD: [u8; 8] = [0, 0, 0, 1, 0, 0, 0, 1];
+
+/// A 64×64 JPEG whose colour follows `n`: each preview of a run looks different.
+pub fn preview_jpeg(n: u64) -> Vec<u8> {
+    let shade = (n.wrapping_mul(47) % 256) as u8;
+    let pixels: Vec<u8> = (0..64 * 64)
+        .flat_map(|i| [shade, (i % 64 * 4) as u8, 255 - shade])
+        .collect();
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+        .encode(&pixels, 64, 64, image::ExtendedColorType::Rgb8)
+        .expect("a JPEG of pixels in memory");
+    jpeg
 }
 
 /// The output nodes that write a file: SaveImage, and SaveSVGNode (`nodes_images.py`), which writes `.svg`.
