@@ -212,6 +212,7 @@ function homePage() {
     const wasOnline = comfyOnline;
     comfyOnline = data.comfy.online;
     if (comfyOnline && !wasOnline) loadModels();
+    if (!comfyOnline && wasOnline) { models = null; fillPickers(); }
   };
   every(10000, refreshStatus);
   setupIgnite($("[data-testid=ignite-button]"), $("[data-testid=ignite-state]"), $("[data-testid=ignite-progress]"), refreshStatus);
@@ -220,55 +221,129 @@ function homePage() {
   const form = $("[data-testid=generate-form]");
   const message = $("[data-testid=generate-message]");
   const templates = JSON.parse($("#templates-data").textContent || "[]");
-  let models = {};
+  // ComfyUI's model files by folder; null while it is not known to be online.
+  let models = null;
   const backendSelect = form.elements.backend;
   const showBackend = () => {
     for (const section of $$("[data-backend]", form)) section.hidden = section.dataset.backend !== backendSelect.value;
-    for (const input of $$("[data-backend] [required]", form)) input.disabled = input.closest("[data-backend]").hidden;
+    for (const input of $$("[data-backend] [required]", form)) {
+      input.disabled = input.closest("[data-backend]").hidden || input.dataset.state === "offline";
+    }
   };
   backendSelect.addEventListener("change", showBackend);
 
+  // The template's form, as its manifest lays it out: groups in order (the advanced one folded), each field with
+  // its label and help in the page's language, size presets for the model family, a dice for the seed, and model
+  // pickers that list what ComfyUI has (or say it is offline) rather than the template's defaults.
   const fieldsBox = $(".template-fields", form);
+  const LANG = document.documentElement.lang || "en";
+  const GROUPS = ["main", "size", "sampling", "advanced"];
+  const localized = (texts, fallback) => (texts && (texts[LANG] || texts.en)) || fallback;
+  const groupOf = (name, param) => param.group || (param.required || ["prompt", "negative", "image"].includes(name) ? "main" : "advanced");
+  const fillPicker = (select) => {
+    const wanted = select.value || select.dataset.default;
+    select.replaceChildren();
+    if (!models) {
+      select.append(el("option", { value: "", text: T.models_offline }));
+      select.disabled = true;
+      select.dataset.state = "offline";
+      return;
+    }
+    select.disabled = false;
+    const files = models[select.dataset.folder] || [];
+    if (!files.length) {
+      select.append(el("option", { value: "", text: T.models_none }));
+      select.dataset.state = "empty";
+      return;
+    }
+    for (const file of files) select.append(el("option", { value: file, text: file }));
+    select.value = files.includes(wanted) ? wanted : files[0];
+    select.dataset.state = "listed";
+  };
+  const fillPickers = () => { for (const select of $$("select[data-folder]", form)) fillPicker(select); };
+  const control = (name, param) => {
+    if (param.type === "string") {
+      const input = el("textarea", { name: `p.${name}`, rows: name === "prompt" ? 3 : 1, required: param.required });
+      if (param.default !== undefined) input.value = param.default;
+      return input;
+    }
+    if (param.type === "int" || param.type === "float") {
+      const input = el("input", { name: `p.${name}`, type: "number", required: param.required, min: param.min, max: param.max,
+        step: param.type === "int" ? (param.multiple_of || 1) : "any" });
+      if (param.default !== undefined) input.value = param.default;
+      if (name !== "seed") return input;
+      const dice = el("button", { type: "button", class: "dice", "data-testid": "seed-dice", title: T.seed_random, "aria-label": T.seed_random, text: "🎲" });
+      dice.addEventListener("click", () => { input.value = String(Math.floor(Math.random() * 2 ** 32)); });
+      return el("span", { class: "with-button" }, input, dice);
+    }
+    if (param.type === "model") {
+      const select = el("select", { name: `p.${name}`, "data-folder": param.folder, "data-default": param.default, required: param.required });
+      fillPicker(select);
+      return select;
+    }
+    if (param.type === "image") return el("input", { name: `p.${name}`, type: "file", accept: "image/*", required: param.required });
+    const input = el("input", { name: `p.${name}`, required: param.required });
+    if (param.default !== undefined) input.value = param.default;
+    return input;
+  };
+  const sizePresets = (manifest, box) => {
+    const width = $("[name='p.width']", box), height = $("[name='p.height']", box);
+    if (!width || !height || !(manifest.size_presets || []).length) return;
+    const select = el("select", { "data-testid": "size-preset" }, el("option", { value: "", text: T.size_custom }),
+      ...manifest.size_presets.map(([w, h]) => el("option", { value: `${w}x${h}`, text: `${w} × ${h}` })));
+    const sync = () => {
+      const value = `${width.value}x${height.value}`;
+      select.value = [...select.options].some((o) => o.value === value) ? value : "";
+    };
+    select.addEventListener("change", () => {
+      if (!select.value) return;
+      [width.value, height.value] = select.value.split("x");
+    });
+    width.addEventListener("input", sync);
+    height.addEventListener("input", sync);
+    box.querySelector("legend").after(el("label", { class: "preset" }, el("span", { class: "label-text", text: T.size_preset }), select));
+    sync();
+  };
   const renderTemplateFields = () => {
     fieldsBox.replaceChildren();
     const manifest = templates.find((t) => t.name === form.elements.template.value);
     if (!manifest) { fieldsBox.append(el("p", { class: "muted", text: T.no_templates })); return; }
     if (manifest.description) fieldsBox.append(el("p", { class: "muted", text: manifest.description }));
-    // What people change most comes first: required fields, then the prompts, then the rest.
-    const rank = ([name, param]) => (param.required ? 0 : 2) + (["prompt", "negative", "image"].includes(name) ? 0 : 1);
-    const entries = Object.entries(manifest.params).sort((a, b) => rank(a) - rank(b));
+    const boxes = Object.fromEntries(GROUPS.map((group) => [group, group === "advanced"
+      ? el("details", { class: "group", "data-group": group }, el("summary", { text: T[`group_${group}`] }))
+      : el("fieldset", { class: "group", "data-group": group }, el("legend", { text: T[`group_${group}`] }))]));
+    const entries = Object.entries(manifest.params)
+      .sort(([an, a], [bn, b]) => (a.order || 0) - (b.order || 0) || an.localeCompare(bn));
     for (const [name, param] of entries) {
-      let input;
-      if (param.type === "string") {
-        input = el("textarea", { name: `p.${name}`, rows: name === "prompt" ? 3 : 1, required: param.required });
-        if (param.default !== undefined) input.value = param.default;
-      } else if (param.type === "int" || param.type === "float") {
-        input = el("input", { name: `p.${name}`, type: "number", required: param.required, min: param.min, max: param.max,
-          step: param.type === "int" ? (param.multiple_of || 1) : "any" });
-        if (param.default !== undefined) input.value = param.default;
-      } else if (param.type === "model") {
-        input = el("select", { name: `p.${name}`, "data-folder": param.folder, required: param.required });
-        const options = models[param.folder] || [];
-        for (const file of options) input.append(el("option", { value: file, text: file }));
-        if (param.default !== undefined && !options.includes(param.default)) input.append(el("option", { value: param.default, text: param.default }));
-        if (param.default !== undefined) input.value = param.default;
-      } else if (param.type === "image") {
-        input = el("input", { name: `p.${name}`, type: "file", accept: "image/*", required: param.required });
-      } else {
-        input = el("input", { name: `p.${name}`, required: param.required });
-        if (param.default !== undefined) input.value = param.default;
-      }
-      const label = el("label", { title: param.description || "" }, name, input);
-      fieldsBox.append(label);
+      const help = localized(param.help, param.description || "");
+      boxes[groupOf(name, param)].append(el("label", { "data-param": name, title: help },
+        el("span", { class: "label-text", text: localized(param.label, name) }), control(name, param),
+        help ? el("small", { class: "help", text: help }) : ""));
     }
+    sizePresets(manifest, boxes.size);
+    for (const group of GROUPS) if ($("[data-param]", boxes[group])) fieldsBox.append(boxes[group]);
   };
   const loadModels = async () => {
     const { status, data } = await api("GET", "/api/models");
-    if (status === 200 && data) { models = data; renderTemplateFields(); showBackend(); }
+    if (status === 200 && data) { models = data; fillPickers(); }
   };
   form.elements.template.addEventListener("change", renderTemplateFields);
+  // "Use as input" from a job's page: `?template=<one with an image>&input=<an output of this server>`.
+  const asked = new URLSearchParams(window.location.search);
+  if (templates.some((t) => t.name === asked.get("template"))) form.elements.template.value = asked.get("template");
   renderTemplateFields();
   showBackend();
+  const input = asked.get("input");
+  const imageField = $(".template-fields input[type=file]", form);
+  if (input && input.startsWith("/api/jobs/") && imageField) {
+    fetch(input).then((r) => (r.ok ? r.blob() : null)).then((blob) => {
+      if (!blob) return;
+      const files = new DataTransfer();
+      files.items.add(new File([blob], decodeURIComponent(input.split("/").pop()), { type: blob.type }));
+      imageField.files = files.files;
+      imageField.dataset.from = input;
+    });
+  }
 
   const readFile = (file) => new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -309,6 +384,8 @@ function homePage() {
     }
     const params = {};
     for (const input of $$("[name^='p.']", form)) {
+      // A picker with nothing to pick (ComfyUI offline): the template's default applies.
+      if (input.disabled) continue;
       const name = input.name.slice(2);
       if (input.type === "file") {
         if (input.files[0]) params[name] = await readFile(input.files[0]);
@@ -666,6 +743,15 @@ function jobPage() {
     });
   }
   setupNotifyButton();
+  const again = $("[data-testid=job-again]");
+  if (again) {
+    again.addEventListener("click", async () => {
+      again.disabled = true;
+      const { status, data } = await api("POST", `/api/jobs/${id}/again`);
+      if (status === 202) window.location.href = `/jobs/${data.id}`;
+      else { again.disabled = false; showScriptError(errorText(data)); }
+    });
+  }
   const status = badge.textContent;
   if (FINAL.includes(status)) {
     showActivity(status === "succeeded" ? "done" : "failed");
@@ -708,6 +794,116 @@ function showPreview(img, id, number) {
   next.src = `/api/jobs/${id}/preview?n=${encodeURIComponent(number)}`;
 }
 
-const PAGES = { home: homePage, diagnostics: diagnosticsPage, builder: builderPage, settings: settingsPage, jobs: jobsPage, job: jobPage };
+// ---- Gallery ----
+
+function galleryPage() {
+  const form = $("[data-testid=gallery-filters]");
+  const grid = $("[data-testid=gallery-grid]");
+  const empty = $("[data-testid=gallery-empty]");
+  const sentinel = $("[data-testid=gallery-more]");
+  // The filters live in the address: a filtered gallery can be bookmarked, shared and reloaded.
+  for (const [name, value] of new URLSearchParams(window.location.search)) {
+    if (form.elements[name]) form.elements[name].value = value;
+  }
+  const filters = () => {
+    const query = new URLSearchParams();
+    for (const field of form.elements) if (field.name && field.value) query.set(field.name, field.value);
+    return query;
+  };
+  const tile = (item) => {
+    const media = item.thumbnail_url
+      ? el("img", { src: item.thumbnail_url, alt: item.prompt || item.name, loading: "lazy" })
+      : item.content_type.startsWith("video/")
+        ? el("video", { src: item.url, preload: "metadata", muted: true, controls: true })
+        : el("span", { class: "file", text: item.name });
+    const pick = el("input", { type: "checkbox", class: "pick", "data-testid": "gallery-pick", "aria-label": T.select, title: T.select });
+    pick.addEventListener("change", () => {
+      if (pick.checked) selected.set(`${item.job_id}/${item.name}`, item);
+      else selected.delete(`${item.job_id}/${item.name}`);
+      showSelection();
+    });
+    return el("figure", { class: "tile", "data-testid": "gallery-item", "data-job": item.job_id, "data-name": item.name }, pick,
+      item.thumbnail_url ? el("a", { href: `/jobs/${item.job_id}` }, media) : media,
+      el("figcaption", {}, el("a", { href: `/jobs/${item.job_id}`, text: item.prompt || item.template || item.backend }),
+        el("time", { datetime: item.created_at, text: item.created_at.slice(0, 16).replace("T", " ") })));
+  };
+  // Selecting several: download them, or delete their jobs with their files (after a confirmation).
+  const selected = new Map();
+  const bar = $("[data-testid=gallery-selection]");
+  const showSelection = () => {
+    bar.hidden = selected.size === 0;
+    $("[data-testid=gallery-selected]", bar).textContent = `${selected.size} ${T.selected}`;
+  };
+  $("[data-testid=gallery-clear]", bar).addEventListener("click", () => {
+    selected.clear();
+    for (const box of $$("input.pick", grid)) box.checked = false;
+    showSelection();
+  });
+  $("[data-testid=gallery-download]", bar).addEventListener("click", () => {
+    for (const item of selected.values()) {
+      const link = el("a", { href: item.url, download: item.name, hidden: true });
+      document.body.append(link);
+      link.click();
+      link.remove();
+    }
+  });
+  const dialog = $("[data-testid=gallery-confirm]");
+  $("[data-testid=gallery-delete]", bar).addEventListener("click", () => {
+    const jobs = new Set([...selected.values()].map((item) => item.job_id));
+    $("[data-testid=gallery-confirm-text]", dialog).textContent = T.delete_confirm.replace("{n}", String(jobs.size));
+    dialog.returnValue = "";
+    dialog.showModal();
+  });
+  dialog.addEventListener("close", async () => {
+    if (dialog.returnValue !== "delete") return;
+    const jobs = new Set([...selected.values()].map((item) => item.job_id));
+    for (const id of jobs) {
+      const { status, data } = await api("DELETE", `/api/jobs/${id}`);
+      if (status !== 204 && status !== 404) { showScriptError(errorText(data)); continue; }
+      for (const tileNode of $$(`[data-job="${CSS.escape(id)}"]`, grid)) tileNode.remove();
+      for (const [key, item] of selected) if (item.job_id === id) selected.delete(key);
+    }
+    showSelection();
+    empty.hidden = grid.children.length > 0;
+  });
+  // Keyset pages, loaded as the end of the grid comes into view; a change of filters starts again.
+  let cursor = null, done = false, loading = false, generation = 0;
+  const more = async () => {
+    if (loading || done) return;
+    loading = true;
+    const mine = generation;
+    const query = filters();
+    if (cursor) query.set("cursor", cursor);
+    const { status, data } = await api("GET", `/api/gallery?${query}`);
+    if (mine !== generation) return;
+    loading = false;
+    if (status !== 200 || !data) { done = true; showScriptError(errorText(data)); return; }
+    grid.append(...data.items.map(tile));
+    cursor = data.next_cursor || null;
+    done = !cursor;
+    empty.hidden = grid.children.length > 0;
+    if (!done && sentinel.getBoundingClientRect().top < window.innerHeight + 400) more();
+  };
+  const restart = () => {
+    generation += 1;
+    selected.clear();
+    showSelection();
+    cursor = null; done = false; loading = false;
+    grid.replaceChildren();
+    const query = filters().toString();
+    window.history.replaceState(null, "", query ? `?${query}` : window.location.pathname);
+    more();
+  };
+  let typing = null;
+  form.addEventListener("input", (event) => {
+    clearTimeout(typing);
+    typing = setTimeout(restart, event.target.name === "q" ? 250 : 0);
+  });
+  form.addEventListener("submit", (event) => { event.preventDefault(); restart(); });
+  new IntersectionObserver((seen) => { if (seen.some((e) => e.isIntersecting)) more(); }, { rootMargin: "400px" }).observe(sentinel);
+  more();
+}
+
+const PAGES = { gallery: galleryPage, home: homePage, diagnostics: diagnosticsPage, builder: builderPage, settings: settingsPage, jobs: jobsPage, job: jobPage };
 const page = document.querySelector("main") && document.querySelector("main").dataset.page;
 if (PAGES[page]) PAGES[page]();

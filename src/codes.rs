@@ -67,6 +67,7 @@ codes! {
     JobNotFound = "job_not_found", "api", "No job with this id.";
     JobFinished = "job_finished", "api", "The job has already ended.";
     JobNotCancellable = "job_not_cancellable", "api", "This job cannot be cancelled on its backend any more.";
+    JobRunning = "job_running", "api", "The job has not ended yet: cancel it first, then delete it.";
     OutputNotFound = "output_not_found", "api", "The job has no output of this name.";
     NotAwaitingConfirmation = "not_awaiting_confirmation", "api", "A confirmation was sent for a job that does not wait for one.";
     // Money.

@@ -68,6 +68,9 @@ pub enum ApiError {
     #[error("the job is already {status}")]
     JobFinished { status: &'static str },
 
+    #[error("the job is {status}: it can be deleted once it has ended")]
+    JobRunning { status: &'static str },
+
     #[error("the job has no output named {name:?}")]
     OutputNotFound { name: String },
 
@@ -152,7 +155,9 @@ impl ApiError {
             | Self::OutputNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation(_) | Self::ComfyRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::JobFinished { .. } | Self::JobNotCancellable { .. } => StatusCode::CONFLICT,
+            Self::JobFinished { .. } | Self::JobNotCancellable { .. } | Self::JobRunning { .. } => {
+                StatusCode::CONFLICT
+            }
             Self::Refused(refusal) => match refusal {
                 Refusal::Invalid(_) | Refusal::IdempotencyKeyReused => {
                     StatusCode::UNPROCESSABLE_ENTITY
@@ -202,6 +207,7 @@ impl ApiError {
             Self::ComfyRejected { .. } => Code::ComfyRejected,
             Self::JobNotFound { .. } => Code::JobNotFound,
             Self::JobFinished { .. } => Code::JobFinished,
+            Self::JobRunning { .. } => Code::JobRunning,
             Self::OutputNotFound { .. } => Code::OutputNotFound,
             Self::JobNotCancellable { .. } => Code::JobNotCancellable,
             Self::Refused(refusal) => refusal.code(),

@@ -97,6 +97,9 @@ pub struct AppInner {
     pub local_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     /// The address ComfyUI's editor really listens on, once bound.
     pub editor_local_addr: Arc<std::sync::OnceLock<SocketAddr>>,
+    /// Cancelled when the server is told to stop, before it drains: event streams end cleanly then (their clients
+    /// reconnect with `Last-Event-ID`) rather than being cut when the drain gives up on them.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 impl Deref for AppState {
@@ -193,6 +196,7 @@ impl AppState {
             fleet_client: fleet_client(),
             local_addr: Arc::default(),
             editor_local_addr: Arc::default(),
+            closing: tokio_util::sync::CancellationToken::new(),
         }))
     }
 
@@ -214,6 +218,7 @@ impl AppState {
             fleet_client: self.fleet_client.clone(),
             local_addr: self.local_addr.clone(),
             editor_local_addr: self.editor_local_addr.clone(),
+            closing: self.closing.clone(),
         }))
     }
 
@@ -376,6 +381,18 @@ async fn bind_editor(config: &Config) -> Result<Option<TcpListener>, RunError> {
         .map_err(|source| RunError::Bind { addr, source })
 }
 
+/// `shutdown`, which also tells the state's event streams to end.
+fn closing(
+    state: &AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let closing = state.closing.clone();
+    async move {
+        shutdown.await;
+        closing.cancel();
+    }
+}
+
 /// A shutdown signal every listener can wait on.
 type Shutdown = futures_util::future::Shared<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>;
 
@@ -410,7 +427,7 @@ pub async fn run_with_editor(
     }
     join_fleet(&state);
     let limits = http::server::Limits::from_config(&state.config);
-    let shutdown = shared(shutdown);
+    let shutdown = shared(closing(&state, shutdown));
     tokio::join!(
         http::server::serve(
             listener,
@@ -478,7 +495,7 @@ pub fn run_per_core(
     }
 
     // The editor is one person's browser: the control loop serves it, with a gateway of its own.
-    let shutdown = shared(shutdown);
+    let shutdown = shared(closing(&state, shutdown));
     control.block_on(async {
         tokio::join!(
             dispatcher.run(listener, shutdown.clone()),

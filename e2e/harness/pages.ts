@@ -6,7 +6,7 @@ export interface PageInfo {
   /** `{id}` stands for a real job's id (the `onlineJob` fixture's). */
   path: string;
   /** The `data-page` of its `<main>`. */
-  id: 'home' | 'jobs' | 'job' | 'builder' | 'diagnostics' | 'settings' | 'api-docs';
+  id: 'home' | 'jobs' | 'job' | 'gallery' | 'builder' | 'diagnostics' | 'settings' | 'api-docs';
   /** Test ids that must be on the page. */
   testIds: string[];
 }
@@ -15,6 +15,7 @@ export const PAGES: PageInfo[] = [
   { path: '/', id: 'home', testIds: ['status-strip', 'ignite-button', 'ignite-state', 'ignite-progress', 'generate-form', 'generate-submit', 'queue', 'recent-outputs'] },
   { path: '/jobs', id: 'jobs', testIds: ['jobs-filter', 'jobs-table'] },
   { path: '/jobs/{id}', id: 'job', testIds: ['job-status', 'job-progress', 'job-error', 'job-outputs'] },
+  { path: '/gallery', id: 'gallery', testIds: ['gallery-filters', 'gallery-search', 'gallery-grid', 'gallery-more'] },
   { path: '/builder', id: 'builder', testIds: ['builder-messages', 'builder-form', 'builder-send', 'builder-status'] },
   {
     path: '/diagnostics',
@@ -25,7 +26,7 @@ export const PAGES: PageInfo[] = [
   { path: '/api-docs', id: 'api-docs', testIds: ['openapi-link'] },
 ];
 
-export const NAV_LINKS = ['/', '/jobs', '/builder', '/diagnostics', '/settings', '/api-docs'];
+export const NAV_LINKS = ['/', '/jobs', '/gallery', '/builder', '/diagnostics', '/settings', '/api-docs'];
 
 export const TEXT: Record<Lang, { diagnostics: string; ignite: string }> = {
   en: { diagnostics: 'Diagnostics', ignite: 'Start system' },

@@ -3,8 +3,8 @@
 // Values that change between runs are masked: everything the pages mark with `data-dynamic`, and whatever shows
 // this run's ports or temporary folders.
 //
-// Baselines: e2e/tests/__screenshots__/*.png; update with `npx playwright test 00-visual --update-snapshots=all` and
-// copy them to docs/screenshots/ for the README.
+// Baselines: e2e/tests/__screenshots__/*.png; update with `npx playwright test 00-visual --update-snapshots=all`.
+// The README's screenshots are not these: scripts/screenshots.sh makes them from a real run.
 
 import type { Locator, Page } from '@playwright/test';
 import { test, expect } from '../harness/fixtures';

@@ -63,6 +63,10 @@ test.describe('live previews', () => {
 
       await page.goto(`${orchestrator.url}/`);
       await expect(page.locator('html')).toHaveAttribute('lang', lang);
+      // The form's model picker lists what this ComfyUI has, not the template's default.
+      const form = page.locator('form[data-testid="generate-form"]');
+      await form.locator('select[name="template"]').selectOption('sdxl-t2i');
+      await expect(form.locator('[data-param="checkpoint"] select option')).toHaveText(['tiny-sd15.safetensors']);
       const queued = await submit(request, orchestrator.url);
       const row = page.locator(`[data-testid="queue"] li[data-job="${queued}"]`);
       const thumb = row.locator('img[data-testid="queue-preview"]');

@@ -198,7 +198,7 @@ pub(super) fn follow_job(
     let store = state.jobs.store().clone();
     let id = job.id.clone();
     let resume = resume.filter(|after| *after <= last);
-    let stream = async_stream(&state.config, move |tx| async move {
+    let stream = async_stream(&state.config, state.closing.clone(), move |tx| async move {
         let replay = |after: i64| {
             let store = store.clone();
             let id = id.clone();
@@ -274,7 +274,7 @@ pub async fn all_events(
     let mut changes = state.jobs.subscribe();
     let store = state.jobs.store().clone();
     let resume = resume_from(&headers, &query)?;
-    let stream = async_stream(&state.config, move |tx| async move {
+    let stream = async_stream(&state.config, state.closing.clone(), move |tx| async move {
         let mut render = numbered;
         // A new client starts from now; a returning one from where it left off.
         let replay = |after: i64| {
@@ -329,6 +329,7 @@ pub async fn all_events(
 /// memory, and comes back with `Last-Event-ID` missing nothing.
 fn async_stream<F, Fut>(
     config: &crate::config::Config,
+    closing: tokio_util::sync::CancellationToken,
     produce: F,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + use<F, Fut>
 where
@@ -339,11 +340,18 @@ where
     let max = config.events_max;
     let producing = produce(tx);
     tokio::spawn(async move {
-        match max {
-            Some(max) => {
-                let _ = tokio::time::timeout(max, producing).await;
+        let producing = async move {
+            match max {
+                Some(max) => {
+                    let _ = tokio::time::timeout(max, producing).await;
+                }
+                None => producing.await,
             }
-            None => producing.await,
+        };
+        // A server told to stop ends its streams, whole: the client reconnects (to it or another instance).
+        tokio::select! {
+            () = producing => {}
+            () = closing.cancelled() => {}
         }
     });
     futures_util::stream::unfold(
@@ -367,7 +375,7 @@ mod tests {
         let held = config.events_client_buffer;
         assert_eq!(held, 1024);
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-        let stream = async_stream(&config, move |tx| async move {
+        let stream = async_stream(&config, Default::default(), move |tx| async move {
             let mut sent = 0;
             while sent < 10 * held && send_one(&tx, Event::default().data("x")) {
                 sent += 1;

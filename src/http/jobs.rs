@@ -160,7 +160,7 @@ fn idempotency_key(headers: &http::HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-fn submitted_response(submitted: Submitted) -> Response {
+pub(super) fn submitted_response(submitted: Submitted) -> Response {
     match submitted {
         Submitted::DryRun(body) => (StatusCode::OK, Json(body)).into_response(),
         Submitted::Replayed(status, body) => {

@@ -6,6 +6,7 @@ pub mod comfy_money;
 pub mod events;
 pub mod extract;
 pub mod files;
+pub mod gallery;
 pub mod gateway;
 pub mod guard;
 pub mod jobs;

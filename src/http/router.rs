@@ -17,7 +17,8 @@ use super::extract::Query;
 use super::guard::{self, GuardPolicy};
 use super::request_log::{log_request, logged as log_request_with};
 use super::{
-    builder, events, gateway, jobs, model_paths, openapi, paid, panic, preview, rate_limit, system,
+    builder, events, gallery, gateway, jobs, model_paths, openapi, paid, panic, preview,
+    rate_limit, system,
 };
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -164,12 +165,15 @@ fn api_routes(limiter: Arc<rate_limit::PaidLimiter>) -> OpenApiRouter<AppState> 
         .routes(routes!(model_paths::validate))
         .routes(routes!(model_paths::create_default))
         .routes(routes!(model_paths::restore))
-        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::get, gallery::delete))
+        .routes(routes!(gallery::again))
         .routes(routes!(events::events))
         .routes(routes!(events::all_events))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::output))
         .routes(routes!(preview::preview))
+        .routes(routes!(gallery::gallery))
+        .routes(routes!(gallery::thumbnail))
         .routes(routes!(builder::builder_messages, builder::builder_send))
         .merge(paid_routes(limiter))
 }

@@ -172,3 +172,20 @@ pub fn today() -> String {
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
+
+/// What a job's prompt says, for the gallery's search: a template's or FLUX's `prompt`, else the text inputs of
+/// the workflow's nodes (CLIPTextEncode's `text`, API nodes' `prompt`), one per line.
+pub fn prompt_text(params: &Value, workflow: &Value) -> Option<String> {
+    if let Some(prompt) = params["prompt"].as_str().filter(|p| !p.trim().is_empty()) {
+        return Some(prompt.to_owned());
+    }
+    let texts: Vec<&str> = workflow
+        .as_object()
+        .into_iter()
+        .flat_map(|nodes| nodes.values())
+        .flat_map(|node| ["text", "prompt"].map(|input| node["inputs"][input].as_str()))
+        .flatten()
+        .filter(|text| !text.trim().is_empty())
+        .collect();
+    (!texts.is_empty()).then(|| texts.join("\n"))
+}

@@ -39,8 +39,9 @@ impl Store {
     ) -> Result<Job, StoreError> {
         let id = uuid::Uuid::now_v7().to_string();
         sqlx::query(
-            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, approval) \
-             VALUES ($1, $2, 'awaiting_confirmation', $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, approval, \
+                               prompt_text) \
+             VALUES ($1, $2, 'awaiting_confirmation', $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(new.backend.as_str())
@@ -50,6 +51,7 @@ impl Store {
         .bind(now())
         .bind(new.backend_url)
         .bind(approval.to_string())
+        .bind(crate::jobs::model::prompt_text(new.params, new.workflow))
         .execute(&self.pool)
         .await?;
         self.job(&id)

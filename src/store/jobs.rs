@@ -15,8 +15,8 @@ impl Store {
         let (claimed_by, lease_until) = self.claim_for(new.backend, new.backend_url);
         sqlx::query(
             "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, claimed_by, \
-                               lease_until) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)",
+                               lease_until, prompt_text) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&id)
         .bind(new.backend.as_str())
@@ -27,6 +27,7 @@ impl Store {
         .bind(new.backend_url)
         .bind(claimed_by)
         .bind(lease_until)
+        .bind(crate::jobs::model::prompt_text(new.params, new.workflow))
         .execute(&self.pool)
         .await?;
         self.job(&id)
@@ -199,6 +200,57 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(job_from_row).collect())
+    }
+}
+
+/// What deleting a job did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// The row is gone (its events with it).
+    Removed,
+    /// A paid job: its row stays, without outputs, so its charge still counts against the day's budget.
+    OutputsForgotten,
+    /// It has not ended.
+    Running(JobStatus),
+    NotFound,
+}
+
+impl Store {
+    /// Deletes a job that has ended: its row and events, or (a paid job, whose charge must stay) only its outputs'
+    /// record. The files are the caller's to remove.
+    pub async fn delete_job(&self, id: &str) -> Result<Deleted, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT status, cost_micros FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((status, cost)) = row else {
+            return Ok(Deleted::NotFound);
+        };
+        let status = JobStatus::parse(&status).unwrap_or(JobStatus::Failed);
+        if !status.is_final() {
+            return Ok(Deleted::Running(status));
+        }
+        let deleted = if cost.is_some() {
+            sqlx::query("UPDATE jobs SET outputs = '[]' WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            Deleted::OutputsForgotten
+        } else {
+            sqlx::query("DELETE FROM webhook_outbox WHERE job_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM jobs WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            Deleted::Removed
+        };
+        tx.commit().await?;
+        Ok(deleted)
     }
 }
 

@@ -30,6 +30,7 @@ mod approvals;
 mod assets;
 mod events;
 mod fleet;
+mod gallery;
 mod jobs;
 mod messages;
 mod money;
@@ -41,7 +42,8 @@ pub use approvals::{Approval, ApproveJob};
 pub use assets::AssetRecord;
 pub use events::{EventWakeups, StoredEvent};
 pub use fleet::Instance;
-pub use jobs::{JobChange, JobPage, NewJob};
+pub use gallery::GalleryQuery;
+pub use jobs::{Deleted, JobChange, JobPage, NewJob};
 pub use messages::{Link, Message, NewMessage};
 pub use money::{BudgetUsage, IdempotencyClaim, IdempotencyRecord, PaidJob, Reservation};
 pub use webhooks::Delivery;
@@ -266,19 +268,19 @@ impl Store {
     }
 
     /// Names of the tables and indexes the migrations created (not those a primary key or a unique constraint
-    /// made), for checks and diagnostics.
+    /// made, nor each engine's own full-text search, `search_*`), for checks and diagnostics.
     pub async fn schema_objects(&self) -> Result<Vec<String>, StoreError> {
         let sql = match self.engine {
             Engine::Sqlite => {
                 "SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' \
-                 AND name NOT LIKE '_sqlx%' ORDER BY name"
+                 AND name NOT LIKE '_sqlx%' AND name NOT LIKE 'search\\_%' ESCAPE '\\' ORDER BY name"
             }
             Engine::Postgres => {
                 "SELECT CAST(c.relname AS TEXT) AS name FROM pg_class c \
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i') \
                  AND c.relname NOT LIKE '\\_sqlx%' AND c.relname NOT LIKE '%\\_pkey' AND c.relname NOT LIKE '%\\_key' \
-                 ORDER BY name"
+                 AND c.relname NOT LIKE 'search\\_%' ORDER BY name"
             }
         };
         let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&self.pool).await?;
@@ -294,7 +296,8 @@ impl Store {
                    CASE WHEN p.type LIKE '%INT%' THEN 'integer' WHEN p.type = 'REAL' THEN 'real' ELSE 'text' END \
                    || CASE WHEN p.\"notnull\" = 1 OR p.pk = 1 THEN ' not null' ELSE ' null' END \
                  FROM sqlite_master m JOIN pragma_table_info(m.name) p \
-                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx%'"
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx%' \
+                 AND m.name NOT LIKE 'search\\_%' ESCAPE '\\'"
             }
             Engine::Postgres => {
                 "SELECT CAST(table_name || '.' || column_name || ' ' || \

@@ -42,8 +42,8 @@ impl Store {
         let (claimed_by, lease_until) = self.claim_for(new.backend, new.backend_url);
         sqlx::query(
             "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, cost_micros, \
-                               approval, claimed_by, lease_until) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                               approval, claimed_by, lease_until, prompt_text) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&id)
         .bind(new.backend.as_str())
@@ -56,6 +56,7 @@ impl Store {
         .bind(paid.approval.map(Value::to_string))
         .bind(claimed_by)
         .bind(lease_until)
+        .bind(crate::jobs::model::prompt_text(new.params, new.workflow))
         .execute(&mut *tx)
         .await?;
         sqlx::query(

@@ -178,3 +178,77 @@ async fn progress_is_recorded_after_changes_that_carry_none() {
         assert_eq!((job.status, job.progress), (JobStatus::Running, 1.0));
     }
 }
+
+#[tokio::test]
+async fn a_deleted_job_is_gone_but_a_paid_ones_charge_stays() {
+    let (_dir, stores) = each_engine().await;
+    for store in stores {
+        let params = serde_json::json!({ "prompt": "a boat" });
+        let workflow = serde_json::json!({});
+        let new = || NewJob {
+            backend: Backend::Comfy,
+            template: None,
+            params: &params,
+            workflow: &workflow,
+            backend_url: None,
+        };
+        let ended = JobChange {
+            status: Some(JobStatus::Succeeded),
+            finished: true,
+            ..Default::default()
+        };
+        let free = store.insert_job(new()).await.unwrap();
+        assert_eq!(
+            store.delete_job(&free.id).await.unwrap(),
+            Deleted::Running(JobStatus::Queued)
+        );
+        store.update_job(&free.id, ended).await.unwrap();
+        assert_eq!(store.delete_job(&free.id).await.unwrap(), Deleted::Removed);
+        assert!(store.job(&free.id).await.unwrap().is_none());
+        assert_eq!(store.last_job_event(&free.id).await.unwrap(), 0);
+        assert_eq!(store.delete_job(&free.id).await.unwrap(), Deleted::NotFound);
+
+        let day = "2026-12-04";
+        let Reservation::Reserved(paid) = store
+            .reserve_paid_job(PaidJob {
+                job: new(),
+                cost_micros: 40_000,
+                day,
+                budget_micros: 5_000_000,
+                idempotency: None,
+                token_id: "token",
+                approval: None,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("reserved");
+        };
+        let ended = JobChange {
+            status: Some(JobStatus::Succeeded),
+            finished: true,
+            ..Default::default()
+        };
+        store.update_job(&paid.id, ended).await.unwrap();
+        let before = store.budget_usage(day).await.unwrap();
+        assert_eq!(
+            store.delete_job(&paid.id).await.unwrap(),
+            Deleted::OutputsForgotten
+        );
+        let after = store.budget_usage(day).await.unwrap();
+        assert_eq!(
+            (after.spent, after.reserved),
+            (before.spent, before.reserved),
+            "the charge still counts"
+        );
+        assert!(
+            store
+                .job(&paid.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .outputs
+                .is_empty()
+        );
+    }
+}

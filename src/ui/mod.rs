@@ -31,6 +31,7 @@ pub fn router(api: &'static utoipa::openapi::OpenApi) -> axum::Router<AppState> 
         .route("/settings", get(settings))
         .route("/api-docs", get(move |headers| api_docs(headers, api)))
         .route("/jobs", get(jobs))
+        .route("/gallery", get(gallery))
         .route("/jobs/{id}", get(job))
         .route("/editor", get(editor))
         .route("/assets/{*path}", get(asset))
@@ -207,9 +208,31 @@ pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response
                 )
             })
             .collect(),
-        templates_json: script_json(&json!(manifests)),
+        templates_json: script_json(&in_language(json!(manifests), t.code())),
     };
     render(&page, t)
+}
+
+/// The manifests as the page's script reads them: each label and help in the page's language only (else English).
+fn in_language(mut manifests: Value, lang: &str) -> Value {
+    let params = manifests
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["params"].as_object_mut())
+        .flat_map(|params| params.values_mut());
+    for param in params {
+        for field in ["label", "help"] {
+            if let Some(texts) = param.get_mut(field).and_then(Value::as_object_mut) {
+                let text = texts.get(lang).or_else(|| texts.get("en")).cloned();
+                texts.clear();
+                if let Some(text) = text {
+                    texts.insert(lang.to_owned(), text);
+                }
+            }
+        }
+    }
+    manifests
 }
 
 #[derive(Template)]
@@ -344,6 +367,32 @@ async fn api_docs(headers: HeaderMap, document: &utoipa::openapi::OpenApi) -> Re
 }
 
 #[derive(Template)]
+#[template(path = "gallery.html")]
+struct GalleryPage {
+    t: Tr,
+    page: &'static str,
+    templates: Vec<(String, String)>,
+    statuses: [&'static str; 3],
+}
+
+/// `/gallery`: every output as a thumbnail, newest first, filtered and searched (the script reads `/api/gallery`).
+pub async fn gallery(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let t = tr(&headers);
+    let page = GalleryPage {
+        t,
+        page: "gallery",
+        templates: state
+            .templates
+            .manifests()
+            .map(|m| (m.name.clone(), m.title.clone()))
+            .collect(),
+        // The states a job with outputs can end in.
+        statuses: ["succeeded", "cancelled", "failed"],
+    };
+    render(&page, t)
+}
+
+#[derive(Template)]
 #[template(path = "settings.html")]
 struct SettingsPage {
     t: Tr,
@@ -467,6 +516,18 @@ struct JobPage {
     paid_nodes: String,
     estimated: String,
     actual: String,
+    /// Whether "generate again" applies: an ended job of a template without an input image.
+    again: bool,
+    /// The templates that take an input image, for "use as input".
+    input_templates: Vec<(String, String)>,
+}
+
+/// Whether a template takes an input image.
+fn takes_image(manifest: &crate::jobs::templates::Manifest) -> bool {
+    manifest
+        .params
+        .values()
+        .any(|p| p.kind == crate::jobs::templates::ParamKind::Image)
 }
 
 pub async fn job(
@@ -492,9 +553,23 @@ pub async fn job(
                 .collect::<Vec<_>>()
                 .join(", ");
             let dollars = |usd: Option<f64>| usd.map(|v| format!("${v:.3}")).unwrap_or_default();
+            let again = job.status.is_final()
+                && job
+                    .template
+                    .as_deref()
+                    .and_then(|name| state.templates.get(name))
+                    .is_some_and(|template| !takes_image(&template.manifest));
+            let input_templates = state
+                .templates
+                .manifests()
+                .filter(|m| takes_image(m))
+                .map(|m| (m.name.clone(), m.title.clone()))
+                .collect();
             let page = JobPage {
                 t,
                 page: "job",
+                again,
+                input_templates,
                 paid_nodes,
                 estimated: dollars(job.cost_usd.or(approval["estimatedCost"]["usd"].as_f64())),
                 actual: dollars(job.actual_cost_usd),

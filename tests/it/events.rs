@@ -323,3 +323,31 @@ async fn a_stalled_client_is_dropped_and_resumes_with_last_event_id_without_a_ga
         rest.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_ends_its_streams_whole() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let streams: Vec<reqwest::Response> = futures_util::future::join_all(
+        ["/api/events", "/api/events"].map(|path| app.http.get(app.url(path)).send()),
+    )
+    .await
+    .into_iter()
+    .map(|r| r.unwrap())
+    .collect();
+    for stream in &streams {
+        assert_eq!(stream.status(), 200);
+    }
+    let stopped = tokio::spawn(app.stop());
+    for stream in streams {
+        // A body cut mid-stream is an error here; one that ended is its bytes.
+        let body = tokio::time::timeout(Duration::from_secs(10), stream.bytes())
+            .await
+            .expect("the stream ends when the server stops");
+        assert!(body.is_ok(), "{body:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the server stops at once, with no stream to wait for")
+        .unwrap();
+}

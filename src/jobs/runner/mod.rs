@@ -27,6 +27,7 @@ mod reconcile;
 mod socket;
 #[cfg(test)]
 mod tests;
+pub mod thumbnails;
 mod track;
 
 use std::collections::HashMap;

@@ -24,6 +24,16 @@ pub enum ParamKind {
     Image,
 }
 
+/// The sections of the generation form, in the order it shows them; `advanced` is folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    Main,
+    Size,
+    Sampling,
+    Advanced,
+}
+
 /// One parameter of a template.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = TemplateParam)]
@@ -49,8 +59,21 @@ pub struct Param {
     /// For models: the folder (as `/api/models` names it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folder: Option<String>,
+    /// English help (a template of one's own may give this rather than `help`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The form's label, per panel language (`{"en": "Steps", "ru": "Шаги"}`); without one the name is shown.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label: BTreeMap<String, String>,
+    /// The form's help text, per panel language.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub help: BTreeMap<String, String>,
+    /// Where the form shows it; without one, required fields and prompts are `main`, the rest `advanced`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+    /// Its place in its group, smallest first (then by name).
+    #[serde(default)]
+    pub order: i32,
     /// `[node id, input name]` pairs the value is written to.
     #[schema(value_type = Vec<Vec<String>>)]
     pub targets: Vec<(String, String)>,
@@ -65,6 +88,9 @@ pub struct Manifest {
     pub description: String,
     /// `image` or `video`.
     pub output: String,
+    /// Width × height pairs the form offers for the model family (SDXL: 1024×1024, 1152×896, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub size_presets: Vec<[u32; 2]>,
     pub params: BTreeMap<String, Param>,
 }
 

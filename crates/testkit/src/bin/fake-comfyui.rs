@@ -9,6 +9,7 @@
 //! processes, so tests can see that ending ComfyUI ends its whole tree)
 //! (`--model FOLDER/NAME`, repeatable: a model file installed, as `checkpoints/tiny-sd15.safetensors`)
 //! (`--step-delay-ms N`: the pause between two replayed events of a run, so a page can watch it)
+//! (`--pictures`: SaveImage writes a real 256×256 picture per run instead of a 1×1 PNG, for screenshots)
 //! (default address `127.0.0.1:8188`). Switches at `POST /__fake/control {"hang": bool, "step_delay_ms": n,
 //! "exit": code}`.
 
@@ -24,6 +25,7 @@ async fn main() {
     let mut comfy_api_base = None::<String>;
     let mut front_end_root = None::<std::path::PathBuf>;
     let (mut models, mut step_delay_ms) = (Vec::<(String, String)>::new(), 0u64);
+    let mut pictures = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -45,6 +47,7 @@ async fn main() {
                     }
                 }
             }
+            "--pictures" => pictures = true,
             "--step-delay-ms" => {
                 step_delay_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(0)
             }
@@ -80,6 +83,7 @@ async fn main() {
         .collect();
     let fake = FakeComfy::start_on_with_models(listener, &installed);
     fake.set_step_delay(Duration::from_millis(step_delay_ms));
+    fake.set_pictures(pictures);
     fake.allow_exit_on_request();
     if let Some(base) = &comfy_api_base {
         fake.set_comfy_api_base(base);

@@ -54,6 +54,7 @@ macro_rules! fixture {
 
 mod files;
 mod frontend;
+mod pictures;
 mod prompt;
 mod run;
 #[cfg(test)]
@@ -61,22 +62,14 @@ mod tests;
 
 use files::*;
 use frontend::*;
+pub use pictures::{OUTPUT_PNG, OUTPUT_SVG, OUTPUT_WEBM, output_picture, preview_jpeg};
 use prompt::*;
-pub use run::OUTPUT_SVG;
 use run::*;
 
 /// ComfyUI's default `--max-upload-size`, applied to every body.
 pub const MAX_UPLOAD_BYTES: u64 = 100 * 1024 * 1024;
 const GENERATED_CHUNK: usize = 64 * 1024;
 const KEPT_REQUESTS: usize = 1000;
-/// A 1×1 PNG: what a finished run's SaveImage "wrote".
-pub const OUTPUT_PNG: &[u8] = &[
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90, 0x77, 0x53,
-    0xde, 0x00, 0x00, 0x00, 0x0c, 0x49, 0x44, 0x41, 0x54, 0x08, 0xd7, 0x63, 0xf8, 0xcf, 0xc0, 0x00,
-    0x00, 0x03, 0x01, 0x01, 0x00, 0x18, 0xdd, 0x8d, 0xb0, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e,
-    0x44, 0xae, 0x42, 0x60, 0x82,
-];
 
 fn recorded_object_info() -> &'static Value {
     static INFO: OnceLock<Value> = OnceLock::new();
@@ -163,6 +156,8 @@ struct Shared {
     /// While on, runs go on but no WebSocket message is sent (a socket that stays open and goes quiet).
     silent: AtomicBool,
     step_delay_ms: AtomicU64,
+    /// While on, SaveImage writes a 256×256 picture per run instead of OUTPUT_PNG.
+    pictures: AtomicBool,
     /// When non-zero, a sampler's recorded progress is replaced by this many steps, one a millisecond.
     progress_steps: AtomicU64,
     number: AtomicU64,
@@ -262,6 +257,7 @@ impl FakeComfy {
             hang: AtomicBool::new(false),
             silent: AtomicBool::new(false),
             step_delay_ms: AtomicU64::new(2),
+            pictures: AtomicBool::new(false),
             progress_steps: AtomicU64::new(0),
             number: AtomicU64::new(0),
             file_counters: Mutex::new(HashMap::new()),
@@ -334,7 +330,6 @@ impl FakeComfy {
         self.shared.progress_steps.store(steps, Ordering::SeqCst);
     }
 
-    /// Pause between two replayed events of a run.
     /// The body of every prompt it queued, in order (the test's view of what reached ComfyUI).
     pub fn received_prompts(&self) -> Vec<Value> {
         self.shared.prompts.lock().unwrap().clone()
@@ -349,6 +344,11 @@ impl FakeComfy {
     /// unprefixed path one of its files, and `/extensions` lists its `extensions/**/*.js`.
     pub fn set_front_end_root(&self, root: PathBuf) {
         *self.shared.front_end_root.lock().unwrap() = Some(root);
+    }
+
+    /// SaveImage writes a real picture per run (for screenshots) rather than the 1×1 OUTPUT_PNG.
+    pub fn set_pictures(&self, on: bool) {
+        self.shared.pictures.store(on, Ordering::SeqCst);
     }
 
     pub fn set_step_delay(&self, delay: Duration) {

@@ -307,30 +307,14 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
 /// A binary frame's head for event 1 (PREVIEW_IMAGE) with image type 1 (JPEG).
 const PREVIEW_JPEG_HEAD: [u8; 8] = [0, 0, 0, 1, 0, 0, 0, 1];
 
-/// A 64×64 JPEG whose colour follows `n`: each preview of a run looks different.
-pub fn preview_jpeg(n: u64) -> Vec<u8> {
-    let shade = (n.wrapping_mul(47) % 256) as u8;
-    let pixels: Vec<u8> = (0..64 * 64)
-        .flat_map(|i| [shade, (i % 64 * 4) as u8, 255 - shade])
-        .collect();
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
-        .encode(&pixels, 64, 64, image::ExtendedColorType::Rgb8)
-        .expect("a JPEG of pixels in memory");
-    jpeg
-}
-
-/// The output nodes that write a file: SaveImage, and SaveSVGNode (`nodes_images.py`), which writes `.svg`.
+/// The output nodes that write a file: SaveImage, SaveSVGNode (`nodes_images.py`), which writes `.svg`, and
+/// SaveWEBM (`nodes_video.py`), which writes `.webm`.
 pub(super) fn is_saver(node: &Value) -> bool {
     matches!(
         node["class_type"].as_str(),
-        Some("SaveImage" | "SaveSVGNode")
+        Some("SaveImage" | "SaveSVGNode" | "SaveWEBM")
     )
 }
-
-/// An SVG as a workflow can write one: with a script, which must never run on the panel's origin.
-pub const OUTPUT_SVG: &[u8] =
-    b"<svg xmlns='http://www.w3.org/2000/svg' width='1' height='1'><script>alert(1)</script></svg>";
 
 /// What a SaveImage node writes, as ComfyUI's `get_save_image_path`: a prefix "a/b" saves `b_00001_.png` in the
 /// subfolder "a", the counter counting per folder and name, so two prefixes "a/x" and "b/x" both give
@@ -349,21 +333,24 @@ pub(super) fn save_output(shared: &Shared, nodes: &Map<String, Value>, node: &st
         *counter += 1;
         *counter
     };
-    // SaveSVGNode saves `<prefix>_00001_.svg` and reports it under `images`, as SaveImage does.
-    let svg = nodes
-        .get(node)
-        .is_some_and(|n| n["class_type"] == "SaveSVGNode");
-    let (extension, bytes) = if svg {
-        ("svg", OUTPUT_SVG)
+    // SaveSVGNode saves `<prefix>_00001_.svg`, SaveWEBM `<prefix>_00001_.webm`; both report it under `images`, as
+    // SaveImage does.
+    let class = nodes.get(node).and_then(|n| n["class_type"].as_str());
+    let (extension, bytes) = if class == Some("SaveSVGNode") {
+        ("svg", Bytes::from_static(OUTPUT_SVG))
+    } else if class == Some("SaveWEBM") {
+        ("webm", Bytes::from_static(OUTPUT_WEBM))
+    } else if shared.pictures.load(Ordering::SeqCst) {
+        ("png", Bytes::from(output_picture(counter)))
     } else {
-        ("png", OUTPUT_PNG)
+        ("png", Bytes::from_static(OUTPUT_PNG))
     };
     let filename = format!("{stem}_{counter:05}_.{extension}");
     shared
         .files
         .lock()
         .unwrap()
-        .insert(file_key(subfolder, &filename), Bytes::from_static(bytes));
+        .insert(file_key(subfolder, &filename), bytes);
     json!({"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]})
 }
 
