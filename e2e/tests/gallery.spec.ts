@@ -83,6 +83,13 @@ test.describe('the gallery', () => {
       for (const item of await items.all()) await item.getByTestId('gallery-pick').check();
       await expect(page.getByTestId('gallery-selected')).toHaveText(lang === 'ru' ? '2 выбрано' : '2 selected');
 
+      // Download: each selected file, under its own name.
+      const downloads: string[] = [];
+      page.on('download', (download) => downloads.push(download.suggestedFilename()));
+      await page.getByTestId('gallery-download').click();
+      await expect.poll(() => downloads.length).toBe(2);
+      expect(downloads.every((name) => name.endsWith('.png'))).toBe(true);
+
       // Asked first: keeping them deletes nothing.
       await page.getByTestId('gallery-delete').click();
       const dialog = page.getByTestId('gallery-confirm');
@@ -158,6 +165,31 @@ test.describe('the gallery', () => {
     expect(at.duration).toBeGreaterThan(3);
     expect(at.time).toBeGreaterThan(2);
     expect(partial).toContain(206);
+    await problems.settle();
+  });
+
+  test('more outputs load as the end of the grid comes into view', async ({ page, request, problems }) => {
+    // More than one page (24 jobs) of matching outputs.
+    const ids: string[] = [];
+    for (let n = 0; n < 26; n++) {
+      const params = { prompt: `tide pool number ${n}`, checkpoint: 'tiny-sd15.safetensors', steps: 2, seed: n };
+      const response = await request.post(`${orchestrator.url}/api/jobs`, { data: { template: 'sdxl-t2i', params } });
+      expect(response.status(), await response.text()).toBe(202);
+      ids.push(((await response.json()) as { id: string }).id);
+    }
+    for (const id of ids) {
+      await expect.poll(async () => ((await (await request.get(`${orchestrator.url}/api/jobs/${id}`)).json()) as { status: string }).status, { timeout: 60_000 }).toBe('succeeded');
+    }
+    await page.setViewportSize({ width: 1280, height: 700 });
+    await page.goto(`${orchestrator.url}/gallery?q=tide`);
+    const items = page.getByTestId('gallery-item');
+    // The first page fills the screen and more; the rest comes on scrolling.
+    await expect(items.first()).toBeVisible();
+    const first = await items.count();
+    expect(first).toBeLessThan(26);
+    await page.getByTestId('gallery-more').scrollIntoViewIfNeeded();
+    await expect(items).toHaveCount(26);
+    expect(await items.evaluateAll((nodes) => nodes.map((n) => (n as HTMLElement).dataset.job))).toEqual([...ids].reverse());
     await problems.settle();
   });
 });

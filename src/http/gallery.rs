@@ -26,13 +26,16 @@ pub struct GalleryParams {
     /// Only outputs of this template.
     template: Option<String>,
     /// `comfy` or `flux`.
+    #[param(pattern = "^(comfy|flux)$")]
     backend: Option<String>,
     /// Only jobs in this state.
     #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
     /// Made on or after this day (`YYYY-MM-DD`, UTC).
+    #[param(format = Date)]
     since: Option<String>,
     /// Made on or before this day (`YYYY-MM-DD`, UTC).
+    #[param(format = Date)]
     until: Option<String>,
     /// Words the prompt contains (each a prefix).
     q: Option<String>,
@@ -95,14 +98,14 @@ pub async fn gallery(
             .filter(|n| (1..=100).contains(n))
             .ok_or_else(|| ApiError::invalid("limit", "a whole number from 1 to 100"))?,
     };
-    let status = match params.status.as_deref().filter(|s| !s.is_empty()) {
+    let status = match params.status.as_deref() {
         None => None,
         Some(text) => Some(
             JobStatus::parse(text)
                 .ok_or_else(|| ApiError::invalid("status", format!("unknown status {text:?}")))?,
         ),
     };
-    let backend = match params.backend.as_deref().filter(|b| !b.is_empty()) {
+    let backend = match params.backend.as_deref() {
         None => None,
         Some(text @ ("comfy" | "flux")) => Some(text.to_owned()),
         Some(_) => return Err(ApiError::invalid("backend", "comfy or flux")),
@@ -112,12 +115,8 @@ pub async fn gallery(
         template: nonempty(params.template),
         backend,
         status,
-        since: nonempty(params.since)
-            .map(|d| day("since", &d, false))
-            .transpose()?,
-        until: nonempty(params.until)
-            .map(|d| day("until", &d, true))
-            .transpose()?,
+        since: params.since.map(|d| day("since", &d, false)).transpose()?,
+        until: params.until.map(|d| day("until", &d, true)).transpose()?,
         text: nonempty(params.q),
         cursor: nonempty(params.cursor),
         limit,
@@ -209,14 +208,14 @@ fn new_seed() -> u64 {
     u64::from(uuid::Uuid::new_v4().as_u64_pair().0 as u32)
 }
 
-/// `POST /api/jobs/{id}/again`: a template's job once more, with its parameters and a new seed; 202 with the new
-/// job, as `POST /api/jobs` answers.
+/// `POST /api/jobs/{id}/again`: a template's job once more, with its parameters and a new seed: its stored
+/// workflow (input images still named by their assets) with the seed's inputs rewritten; 202 with the new job, as
+/// `POST /api/jobs` answers.
 #[utoipa::path(post, path = "/api/jobs/{id}/again", tag = "jobs", params(("id" = String, Path, description = "The job's id")),
     responses((status = 202, description = "The new job, queued", body = crate::http::jobs::Accepted),
         (status = 404, description = "No such job", body = crate::error::ErrorBody),
-        (status = 422, description = "Not a template's job, a template with an input image, or parameters the template no longer takes", body = crate::error::ErrorBody)))]
+        (status = 422, description = "Not a template's job", body = crate::error::ErrorBody)))]
 pub async fn again(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    use crate::jobs::templates::ParamKind;
     let job = find(&state, &id).await?;
     let Some(name) = job.template.clone() else {
         return Err(ApiError::invalid(
@@ -224,28 +223,29 @@ pub async fn again(State(state): State<AppState>, Path(id): Path<String>) -> Api
             "only a template's job can be generated again",
         ));
     };
-    let template = state.templates.get(&name).ok_or_else(|| {
-        ApiError::invalid(
-            "template",
-            format!("there is no template {name:?} any more"),
-        )
-    })?;
-    let params = &template.manifest.params;
-    if params.values().any(|p| p.kind == ParamKind::Image) {
-        return Err(ApiError::invalid(
-            "template",
-            "this template takes an input image: use an output as its input instead",
-        ));
-    }
+    let mut workflow = state
+        .jobs
+        .store()
+        .workflow(&id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::JobNotFound {
+            id: id.chars().take(64).collect(),
+        })?;
     let mut values = job.params.clone();
-    if params.contains_key("seed") {
-        values["seed"] = serde_json::json!(new_seed());
-    }
-    let lists = state.models.get(&state.gateway, false).await.ok();
-    let workflow = state
+    let seed = state
         .templates
-        .instantiate(&name, &values, lists.as_deref())
-        .map_err(|fields| ApiError::Validation(crate::problems::Invalid(fields)))?;
+        .get(&name)
+        .and_then(|template| template.manifest.params.get("seed"));
+    if let Some(seed) = seed {
+        let value = new_seed();
+        for (node, input) in &seed.targets {
+            if let Some(inputs) = workflow[node.as_str()]["inputs"].as_object_mut() {
+                inputs.insert(input.clone(), serde_json::json!(value));
+            }
+        }
+        values["seed"] = serde_json::json!(value);
+    }
     let submission = crate::jobs::paid::Submission {
         template: Some(name),
         params: values,

@@ -516,7 +516,7 @@ struct JobPage {
     paid_nodes: String,
     estimated: String,
     actual: String,
-    /// Whether "generate again" applies: an ended job of a template without an input image.
+    /// Whether "generate again" applies: an ended job of a template.
     again: bool,
     /// The templates that take an input image, for "use as input".
     input_templates: Vec<(String, String)>,
@@ -553,12 +553,7 @@ pub async fn job(
                 .collect::<Vec<_>>()
                 .join(", ");
             let dollars = |usd: Option<f64>| usd.map(|v| format!("${v:.3}")).unwrap_or_default();
-            let again = job.status.is_final()
-                && job
-                    .template
-                    .as_deref()
-                    .and_then(|name| state.templates.get(name))
-                    .is_some_and(|template| !takes_image(&template.manifest));
+            let again = job.status.is_final() && job.template.is_some();
             let input_templates = state
                 .templates
                 .manifests()

@@ -214,6 +214,41 @@ async fn again_makes_a_new_seed_and_delete_removes_the_job_with_its_files() {
     assert_eq!(b["params"]["prompt"], a["params"]["prompt"]);
     assert_ne!(b["params"]["seed"], a["params"]["seed"]);
     assert!(b["params"]["seed"].is_u64());
+    // A template with an input image: the same image (kept as an asset), sent again, with a new seed.
+    let image = format!(
+        "data:image/png;base64,{}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            testkit::fake_comfy::OUTPUT_PNG
+        )
+    );
+    let params = json!({ "prompt": "x", "image": image, "checkpoint": "tiny-sd15.safetensors" });
+    let i2i = run(&app, json!({ "template": "sdxl-i2i", "params": params })).await;
+    let (status, again) = app
+        .post_json(&format!("/api/jobs/{i2i}/again"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{again}");
+    let i2i_again = again["id"].as_str().unwrap().to_owned();
+    app.wait_for_job(&i2i_again, "succeeded").await;
+    let (a, b) = (
+        app.get_json(&format!("/api/jobs/{i2i}")).await,
+        app.get_json(&format!("/api/jobs/{i2i_again}")).await,
+    );
+    assert_eq!(b["params"]["image"], a["params"]["image"]);
+    assert_ne!(b["params"]["seed"], a["params"]["seed"]);
+    let sent = comfy.received_prompts().pop().unwrap();
+    assert_eq!(
+        sent["prompt"]["3"]["inputs"]["seed"], b["params"]["seed"],
+        "the new seed is what ComfyUI got"
+    );
+    let image_name = sent["prompt"]["10"]["inputs"]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        comfy.uploads().contains_key(&image_name),
+        "the image went to ComfyUI: {image_name}"
+    );
     let raw = run(
         &app,
         json!({ "workflow": testkit::fake_comfy::no_model_workflow() }),
@@ -291,10 +326,21 @@ async fn a_video_output_has_no_thumbnail_and_downloads_with_a_range() {
     assert_eq!(item["content_type"], "video/webm");
     assert!(item["thumbnail_url"].is_null(), "{item}");
     let url = app.url(item["url"].as_str().unwrap());
-    let part = app.http.get(&url).header("range", "bytes=100-199").send().await.unwrap();
+    let part = app
+        .http
+        .get(&url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(part.status(), 206);
     let bytes = part.bytes().await.unwrap();
     assert_eq!(&bytes[..], &testkit::fake_comfy::OUTPUT_WEBM[100..200]);
-    let thumbnail = app.http.get(format!("{url}/thumbnail")).send().await.unwrap();
+    let thumbnail = app
+        .http
+        .get(format!("{url}/thumbnail"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(thumbnail.status(), 404);
 }

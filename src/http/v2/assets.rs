@@ -155,11 +155,11 @@ pub async fn upload(
     };
     let base = base(&headers);
     // Claim, keep and settle in a task of their own, as a job's submit does (see `keys`).
-    let background = state.jobs.background().clone();
-    background
-        .spawn(async move { keep_once(&state, key, fingerprint, received, placement, &base).await })
-        .await
-        .map_err(V2Error::internal)?
+    let work_state = state.clone();
+    keys::detached(&state, async move {
+        keep_once(&work_state, key, fingerprint, received, placement, &base).await
+    })
+    .await
 }
 
 async fn keep_once(

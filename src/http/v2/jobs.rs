@@ -183,11 +183,11 @@ pub async fn submit(
     let base = base(&headers);
     // Claim, submit and settle in a task of their own: a client that hangs up in between cannot leave its key
     // claimed without an answer (see `keys`).
-    let background = state.jobs.background().clone();
-    background
-        .spawn(async move { submit_once(&state, key, request, &base).await })
-        .await
-        .map_err(V2Error::internal)?
+    let work_state = state.clone();
+    keys::detached(&state, async move {
+        submit_once(&work_state, key, request, &base).await
+    })
+    .await
 }
 
 async fn submit_once(

@@ -153,6 +153,19 @@ pub(super) async fn settle(state: &AppState, scope: &str, key: Option<&str>, out
     }
 }
 
+/// Runs a keyed write (claim, work, settle) to its end in a task of its own, whether or not its client waits.
+pub(super) async fn detached<F>(state: &AppState, work: F) -> V2Result<Response>
+where
+    F: Future<Output = V2Result<Response>> + Send + 'static,
+{
+    state
+        .jobs
+        .background()
+        .spawn(work)
+        .await
+        .map_err(V2Error::internal)?
+}
+
 /// Marks an answer as a repeat's.
 pub(super) fn replayed(mut response: Response) -> Response {
     response

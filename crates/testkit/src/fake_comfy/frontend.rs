@@ -21,7 +21,6 @@ pub(super) fn content_type_of(path: &FsPath) -> &'static str {
         "jpg" | "jpeg" => "image/jpeg",
         "gif" => "image/gif",
         "webp" => "image/webp",
-        "webm" => "video/webm",
         "ico" => "image/vnd.microsoft.icon",
         "woff" => "font/woff",
         "woff2" => "font/woff2",
