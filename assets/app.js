@@ -436,12 +436,7 @@ function homePage() {
     });
     const liveRows = live.map((job) => {
       const img = el("img", { class: "preview", "data-testid": "queue-preview", alt: T.preview, hidden: true });
-      const shown = previews.get(job.id);
-      if (shown) {
-        img.src = shown.src;
-        img.dataset.number = shown.number;
-        img.hidden = false;
-      }
+      if (previews.has(job.id)) setPreview(img, previews.get(job.id));
       return el("li", { "data-job": job.id },
         el("a", { href: `/jobs/${job.id}`, text: job.template || job.backend }), " ",
         el("span", { class: `status ${job.status}`, text: job.status }), " ",
@@ -464,17 +459,11 @@ function homePage() {
   const stream = new EventSource("/api/events");
   stream.addEventListener("preview", (event) => {
     const job = JSON.parse(event.data);
-    const number = event.lastEventId;
-    const next = new Image();
-    next.onload = () => {
-      previews.set(job.id, { src: next.src, number });
+    loadPreview(job.id, event.lastEventId, (shown) => {
+      previews.set(job.id, shown);
       const img = $(`li[data-job="${CSS.escape(job.id)}"] img.preview`, queue);
-      if (!img) return;
-      img.src = next.src;
-      img.dataset.number = number;
-      img.hidden = false;
-    };
-    next.src = `/api/jobs/${job.id}/preview?n=${encodeURIComponent(number)}`;
+      if (img) setPreview(img, shown);
+    });
   });
   stream.addEventListener("state", (event) => {
     const job = JSON.parse(event.data);
@@ -777,20 +766,23 @@ function jobPage() {
   // The stream names its events (state, progress, resubmitted, preview): each is listened for by name.
   for (const kind of ["state", "progress", "resubmitted"]) events.addEventListener(kind, show);
   const preview = $("[data-testid=job-preview]");
-  if (preview) events.addEventListener("preview", (event) => showPreview(preview, id, event.lastEventId));
+  if (preview) events.addEventListener("preview", (event) => loadPreview(id, event.lastEventId, (shown) => setPreview(preview, shown)));
   // On a dropped connection the browser reconnects by itself with Last-Event-ID: nothing is missed or repeated.
 }
 
 
-// A job's newest preview into `img`, once it has loaded: the one shown stays until then, and a preview that is
-// already gone (the job just ended; the server answers 204) changes nothing.
-function showPreview(img, id, number) {
+/** Shows preview `shown` ({src, number}) in `img`. */
+function setPreview(img, shown) {
+  img.src = shown.src;
+  img.dataset.number = shown.number;
+  img.hidden = false;
+}
+
+// Job `id`'s preview `number`, handed to `loaded` ({src, number}) once it has loaded: the one shown stays until
+// then, and a preview that is already gone (the job just ended; the server answers 204) changes nothing.
+function loadPreview(id, number, loaded) {
   const next = new Image();
-  next.onload = () => {
-    img.src = next.src;
-    img.dataset.number = number;
-    img.hidden = false;
-  };
+  next.onload = () => loaded({ src: next.src, number });
   next.src = `/api/jobs/${id}/preview?n=${encodeURIComponent(number)}`;
 }
 

@@ -79,7 +79,6 @@ test.describe('the gallery', () => {
       await page.goto(`${orchestrator.url}/gallery?q=sandcastle%20${lang}`);
       const items = page.getByTestId('gallery-item');
       await expect(items).toHaveCount(2);
-      const files = await items.evaluateAll((nodes) => nodes.map((n) => (n.querySelector('img') as HTMLImageElement).src.replace(/\/thumbnail$/, '')));
       for (const item of await items.all()) await item.getByTestId('gallery-pick').check();
       await expect(page.getByTestId('gallery-selected')).toHaveText(lang === 'ru' ? '2 выбрано' : '2 selected');
 
@@ -106,7 +105,6 @@ test.describe('the gallery', () => {
       for (const id of doomed) expect((await request.get(`${orchestrator.url}/api/jobs/${id}`)).status()).toBe(404);
       // The files are gone from the data folder.
       for (const id of doomed) expect(fs.existsSync(path.join(orchestrator.dataDir, 'outputs', id))).toBe(false);
-      expect(files.length).toBe(2);
       await page.reload();
       await expect(page.getByTestId('gallery-empty')).toBeVisible();
       await problems.settle();

@@ -17,20 +17,15 @@ use crate::error::ApiResult;
         (status = 204, description = "No preview now"),
         (status = 404, description = "No such job", body = crate::error::ErrorBody)))]
 pub async fn preview(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let no_store = (header::CACHE_CONTROL, "no-store");
+    let no_store = [(header::CACHE_CONTROL, "no-store")];
     let Some(preview) = state.jobs.preview(&id) else {
         find(&state, &id).await?;
-        return Ok((StatusCode::NO_CONTENT, [no_store]).into_response());
+        return Ok((StatusCode::NO_CONTENT, no_store).into_response());
     };
     Ok((
-        [
-            (header::CONTENT_TYPE, preview.content_type.to_owned()),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-            (
-                header::HeaderName::from_static("x-preview-number"),
-                preview.number.to_string(),
-            ),
-        ],
+        no_store,
+        [(header::CONTENT_TYPE, preview.content_type)],
+        [("x-preview-number", preview.number.to_string())],
         preview.bytes,
     )
         .into_response())

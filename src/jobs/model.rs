@@ -170,7 +170,12 @@ pub fn today() -> String {
 
 /// The current time as stored: RFC 3339, UTC, microseconds, so that text order is time order.
 pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    timestamp(chrono::Utc::now())
+}
+
+/// A time as the store keeps them (RFC 3339, UTC, microseconds): such strings sort as the times do.
+pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// What a job's prompt says, for the gallery's search: a template's or FLUX's `prompt`, else the text inputs of

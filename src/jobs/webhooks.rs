@@ -12,12 +12,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use ring::hmac;
 use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::config::WebhookConfig;
+use crate::jobs::model::timestamp as at;
 use crate::store::{Delivery, Store};
 
 /// An attempt the receiver has not answered in this long failed.
@@ -42,10 +43,6 @@ struct Inner {
     first_retry: Duration,
     client: reqwest::Client,
     wake: Notify,
-}
-
-fn at(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// `sha256=<hex>`: the HMAC-SHA256 with `key` of `<timestamp>.<body>`.

@@ -1,7 +1,7 @@
 //! The gallery's query: jobs with outputs, newest first, a keyset page at a time, filtered by template, backend,
 //! status and creation time, and searched in their prompt text (SQLite's FTS5 table or PostgreSQL's GIN index).
 
-use super::jobs::{JobPage, job_from_row};
+use super::jobs::{JobPage, after, page};
 use super::{Engine, Store, StoreError};
 use crate::jobs::model::JobStatus;
 
@@ -45,10 +45,6 @@ fn tsquery(words: &str) -> Option<String> {
 
 impl Store {
     pub async fn gallery(&self, query: &GalleryQuery) -> Result<JobPage, StoreError> {
-        let (after_time, after_id) = match query.cursor.as_deref().and_then(|c| c.split_once('~')) {
-            Some((time, id)) => (Some(time.to_owned()), Some(id.to_owned())),
-            None => (None, None),
-        };
         let search = match self.engine {
             Engine::Sqlite => {
                 "rowid IN (SELECT rowid FROM search_jobs WHERE search_jobs MATCH CAST($6 AS TEXT))"
@@ -61,6 +57,13 @@ impl Store {
             Engine::Sqlite => fts5_query,
             Engine::Postgres => tsquery,
         });
+        let after = after(query.cursor.as_deref());
+        // The cursor's comparison only when there is one: inside an `OR` it would keep SQLite from seeking in the
+        // (created_at, id) index, and each later page would cost more than the one before.
+        let keyset = match after {
+            Some(_) => "AND (created_at, id) < ($8, $9)",
+            None => "",
+        };
         let sql = format!(
             "SELECT {} FROM jobs WHERE outputs <> '[]' \
              AND (CAST($1 AS TEXT) IS NULL OR template = $1) \
@@ -68,32 +71,23 @@ impl Store {
              AND (CAST($3 AS TEXT) IS NULL OR status = $3) \
              AND (CAST($4 AS TEXT) IS NULL OR created_at >= $4) \
              AND (CAST($5 AS TEXT) IS NULL OR created_at < $5) \
-             AND (CAST($6 AS TEXT) IS NULL OR {search}) \
-             AND (CAST($7 AS TEXT) IS NULL OR (created_at, id) < ($7, $8)) \
-             ORDER BY created_at DESC, id DESC LIMIT $9",
+             AND (CAST($6 AS TEXT) IS NULL OR {search}) {keyset} \
+             ORDER BY created_at DESC, id DESC LIMIT $7",
             job_columns!()
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(query.template.as_deref())
             .bind(query.backend.as_deref())
             .bind(query.status.map(JobStatus::as_str))
             .bind(query.since.as_deref())
             .bind(query.until.as_deref())
             .bind(text)
-            .bind(after_time)
-            .bind(after_id)
-            .bind(i64::from(query.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut jobs: Vec<_> = rows.iter().map(job_from_row).collect();
-        let next_cursor = if jobs.len() > query.limit as usize {
-            jobs.truncate(query.limit as usize);
-            jobs.last()
-                .map(|job| format!("{}~{}", job.created_at, job.id))
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next_cursor })
+            .bind(i64::from(query.limit) + 1);
+        if let Some((time, id)) = after {
+            statement = statement.bind(time).bind(id);
+        }
+        let rows = statement.fetch_all(&self.pool).await?;
+        Ok(page(&rows, query.limit))
     }
 }
 

@@ -66,14 +66,10 @@ impl Store {
         limit: u32,
         cursor: Option<&str>,
     ) -> Result<JobPage, StoreError> {
-        let (after_time, after_id) = match cursor.and_then(|c| c.split_once('~')) {
-            Some((time, id)) => (Some(time.to_owned()), Some(id.to_owned())),
-            None => (None, None),
-        };
         // Separate statements with and without a cursor: an `OR` around the row-value comparison would keep
         // SQLite from seeking in the (created_at, id) index.
-        let rows = match (&after_time, &after_id) {
-            (Some(time), Some(id)) => {
+        let rows = match after(cursor) {
+            Some((time, id)) => {
                 sqlx::query(concat!(
                     "SELECT ",
                     job_columns!(),
@@ -87,7 +83,7 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?
             }
-            _ => {
+            None => {
                 sqlx::query(concat!(
                     "SELECT ",
                     job_columns!(),
@@ -99,14 +95,7 @@ impl Store {
                 .await?
             }
         };
-        let mut jobs: Vec<Job> = rows.iter().map(job_from_row).collect();
-        let next_cursor = if jobs.len() > limit as usize {
-            jobs.truncate(limit as usize);
-            jobs.last().map(|j| format!("{}~{}", j.created_at, j.id))
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next_cursor })
+        Ok(page(&rows, limit))
     }
 
     /// Applies `change` to the job's row, unless the job has finished: a finished job never changes again (a
@@ -283,6 +272,23 @@ pub struct JobChange {
 pub struct JobPage {
     pub jobs: Vec<Job>,
     pub next_cursor: Option<String>,
+}
+
+/// The `created_at` and id a keyset cursor (`created_at~id`, a page's `next_cursor`) continues after.
+pub(super) fn after(cursor: Option<&str>) -> Option<(&str, &str)> {
+    cursor.and_then(|c| c.split_once('~'))
+}
+
+/// A page of at most `limit` jobs from `rows`, read one past it: the extra row says another page follows.
+pub(super) fn page(rows: &[AnyRow], limit: u32) -> JobPage {
+    let mut jobs: Vec<Job> = rows.iter().map(job_from_row).collect();
+    let next_cursor = if jobs.len() > limit as usize {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| format!("{}~{}", j.created_at, j.id))
+    } else {
+        None
+    };
+    JobPage { jobs, next_cursor }
 }
 
 pub(super) fn job_from_row(row: &AnyRow) -> Job {

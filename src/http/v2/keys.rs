@@ -8,13 +8,14 @@
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
-use chrono::{SecondsFormat, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Value, json};
 
 use super::{V2Error, V2Result};
 use crate::AppState;
 use crate::codes::Code;
+use crate::jobs::model::timestamp as at;
 
 /// Keys are remembered a day, as the contract says.
 const WINDOW: TimeDelta = TimeDelta::hours(24);
@@ -46,10 +47,6 @@ pub(super) enum Prior {
     Made { id: String, status: StatusCode },
     /// The first request made a job and was refused (ComfyUI refused the workflow): the same refusal again.
     Refused { status: StatusCode, body: Value },
-}
-
-fn at(time: chrono::DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// The rules for `key` in `scope`, for a request whose body has this `fingerprint`.

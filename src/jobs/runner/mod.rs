@@ -368,15 +368,13 @@ impl Jobs {
             }
             if job.status.is_final() {
                 last.remove(id);
+                self.previews.forget(id);
+                // Its delivery was written with the change: sent now rather than at the sender's next look.
+                if let Some(webhooks) = &self.webhooks {
+                    webhooks.wake();
+                }
             } else {
                 last.insert(id.to_owned(), now);
-            }
-        }
-        if job.status.is_final() {
-            self.previews.forget(id);
-            // Its delivery was written with the change: sent now rather than at the sender's next look.
-            if let Some(webhooks) = &self.webhooks {
-                webhooks.wake();
             }
         }
         self.announce(kind, job).await;
