@@ -79,8 +79,9 @@ const MARKS = { idle: "", running: "▶ ", done: "✓ ", failed: "✗ " };
 
 /** Shows `state` (idle, running, done, failed) in the tab: its icon, and a mark and `detail` before the title. */
 function showActivity(state, detail = "") {
+  // Only on a change: the browser fetches the icon again each time its address is set, even to the same one.
   const icon = document.querySelector("link[rel=icon]");
-  if (icon) icon.href = ICONS[state];
+  if (icon && icon.getAttribute("href") !== ICONS[state]) icon.setAttribute("href", ICONS[state]);
   document.documentElement.dataset.activity = state;
   document.title = `${MARKS[state]}${detail ? detail + " · " : ""}${BASE_TITLE}`;
 }

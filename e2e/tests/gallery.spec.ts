@@ -119,8 +119,10 @@ test.describe('the gallery', () => {
     expect((await waited).status()).toBe(202);
     await expect(page).not.toHaveURL(new RegExp(`/jobs/${id}$`));
     const next = page.url().split('/').pop()!;
-    // The new job's own page, loaded.
+    // The new job's own page, loaded, and (the page reloads itself when the job ends) at rest.
     await expect(page.locator('main[data-page="job"] h1')).toContainText(next);
+    await expect(page.getByTestId('job-status')).toHaveText('succeeded', { timeout: 30_000 });
+    await problems.settle();
     const [before, after] = await Promise.all([id, next].map(async (j) => (await (await request.get(`${orchestrator.url}/api/jobs/${j}`)).json()) as { params: { prompt: string; seed: number } }));
     expect(after.params.prompt).toBe(before.params.prompt);
     expect(after.params.seed).not.toBe(before.params.seed);
