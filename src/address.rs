@@ -49,6 +49,30 @@ pub fn editor_url(addr: SocketAddr, request_host: &str) -> String {
     format!("http://{name}:{}/", addr.port())
 }
 
+/// Whether the browser's `Origin` names the same scheme-less authority the request was sent to.
+pub fn same_origin(origin: &str, host: &str) -> bool {
+    let Ok(uri) = origin.parse::<http::Uri>() else {
+        return false;
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return false,
+    };
+    let Some((host_name, host_port)) = split_host_port(host) else {
+        return false;
+    };
+    let origin_port = authority.port_u16().unwrap_or(default_port);
+    let origin_host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    origin_host.eq_ignore_ascii_case(host_name) && origin_port == host_port.unwrap_or(default_port)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

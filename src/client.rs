@@ -110,6 +110,16 @@ pub struct ApiClient {
     token: Option<String>,
 }
 
+/// A file as [`ApiClient::bytes`] read it.
+#[derive(Debug)]
+pub enum Download {
+    Whole(Vec<u8>),
+    /// Over the limit, and not read (`size` when the server declared it).
+    TooLarge {
+        size: Option<u64>,
+    },
+}
+
 impl ApiClient {
     /// The API at `base` (`http://127.0.0.1:3000`), with the bearer token when the server wants one.
     pub fn new(base: impl Into<String>, token: Option<String>) -> Self {
@@ -211,8 +221,9 @@ impl ApiClient {
         }
     }
 
-    /// A file: its content type and bytes.
-    pub async fn bytes(&self, path: &str) -> Result<(String, Vec<u8>), String> {
+    /// A file of at most `at_most` bytes: its content type and bytes. A larger one is not read past that (its
+    /// declared length is believed when there is one): [`Download::TooLarge`].
+    pub async fn bytes(&self, path: &str, at_most: usize) -> Result<(String, Download), String> {
         let response = self
             .request(reqwest::Method::GET, path)
             .timeout(CALL_TIMEOUT)
@@ -228,11 +239,24 @@ impl ApiClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_owned();
-        let bytes = response
-            .bytes()
+        if let Some(size) = response.content_length()
+            && size > at_most as u64
+        {
+            return Ok((kind, Download::TooLarge { size: Some(size) }));
+        }
+        let mut bytes = Vec::new();
+        let mut response = response;
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|_| "the download broke off".to_owned())?;
-        Ok((kind, bytes.to_vec()))
+            .map_err(|_| "the download broke off".to_owned())?
+        {
+            if bytes.len() + chunk.len() > at_most {
+                return Ok((kind, Download::TooLarge { size: None }));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((kind, Download::Whole(bytes)))
     }
 
     /// Follows a job's events until it ends or `within` passes, calling `seen` with every state; a dropped stream

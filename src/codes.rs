@@ -45,6 +45,7 @@ codes! {
     UnsupportedMediaType = "unsupported_media_type", "api", "The route takes JSON and the body is not.";
     PayloadTooLarge = "payload_too_large", "api", "The body is over the limit in `details.limit_bytes`.";
     InvalidBody = "invalid_body", "api", "The body could not be read (broken framing, or the client went away).";
+    BodyTimeout = "body_timeout", "api", "The body came too slowly: silent longer than `ORCH_BODY_IDLE_SECS`, or longer in all than `ORCH_BODY_TIMEOUT_SECS` (`details.after_secs`). The connection is closed.";
     InvalidPath = "invalid_path", "api", "The path would leave the upstream's API (`..`, encoded separators).";
     NotFound = "not_found", "api", "No such route.";
     MethodNotAllowed = "method_not_allowed", "api", "The route does not take this method.";

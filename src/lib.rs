@@ -317,11 +317,13 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
         background.spawn(webhooks.clone().run(background.clone()));
     }
     if state.store.engine() == store::Engine::Postgres {
+        // Read before anything is served: an event stored while the pump is still connecting is sent, not lost.
+        let from = state.store.last_event().await.unwrap_or(0);
         background.spawn(
             state
                 .jobs
                 .clone()
-                .pump_events(state.config.database_url.expose().to_owned()),
+                .pump_events(state.config.database_url.expose().to_owned(), from),
         );
     }
     background.spawn(state.flux.clone().reconcile());

@@ -20,7 +20,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, t
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, Reply, encode};
+use crate::client::{ApiClient, Download, Reply, encode};
 use crate::config::Config;
 
 /// The `Idempotency-Key` header, when the caller gave one.
@@ -431,14 +431,24 @@ impl ServerHandler for OrchestratorMcp {
             .ok_or_else(not_found)?;
         let (id, name) = resource_parts(rest).ok_or_else(not_found)?;
         let path = format!("/api/jobs/{}/outputs/{}", encode(&id), encode(&name));
-        let (mime_type, bytes) = self.api.bytes(&path).await.map_err(|_| not_found())?;
-        let contents = if bytes.len() <= MAX_INLINE_BYTES {
-            json!({ "uri": request.uri, "mimeType": mime_type,
-                    "blob": base64::engine::general_purpose::STANDARD.encode(bytes) })
-        } else {
-            json!({ "uri": request.uri, "mimeType": "text/plain",
-                    "text": format!("{} bytes of {mime_type}, too large to send inline: download {}{path}",
-                                    bytes.len(), self.api.base()) })
+        // Read no further than what may be sent inline: a large video is never held in memory to be refused.
+        let (mime_type, file) = self
+            .api
+            .bytes(&path, MAX_INLINE_BYTES)
+            .await
+            .map_err(|_| not_found())?;
+        let contents = match file {
+            Download::Whole(bytes) => json!({ "uri": request.uri, "mimeType": mime_type,
+                    "blob": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+            Download::TooLarge { size } => {
+                let size = size.map_or_else(
+                    || format!("more than {MAX_INLINE_BYTES} bytes"),
+                    |n| format!("{n} bytes"),
+                );
+                json!({ "uri": request.uri, "mimeType": "text/plain",
+                        "text": format!("{size} of {mime_type}, too large to send inline: download {}{path}",
+                                        self.api.base()) })
+            }
         };
         let result: ReadResourceResult = serde_json::from_value(json!({ "contents": [contents] }))
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;

@@ -19,6 +19,11 @@ pub enum RequestError {
 
     #[error("the request body could not be read (broken framing, or the client went away)")]
     BodyUnreadable,
+
+    /// The client sent its body too slowly: silent longer than `ORCH_BODY_IDLE_SECS`, or longer in all than
+    /// `ORCH_BODY_TIMEOUT_SECS`.
+    #[error("the request body did not arrive within {} s", after.as_secs_f64())]
+    BodyTimeout { after: std::time::Duration },
 }
 
 impl RequestError {
@@ -27,12 +32,14 @@ impl RequestError {
             Self::InvalidPath { .. } => Code::InvalidPath,
             Self::PayloadTooLarge { .. } => Code::PayloadTooLarge,
             Self::BodyUnreadable => Code::InvalidBody,
+            Self::BodyTimeout { .. } => Code::BodyTimeout,
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::InvalidPath { .. } | Self::BodyUnreadable => StatusCode::BAD_REQUEST,
         }
     }
@@ -40,6 +47,7 @@ impl RequestError {
     pub fn details(&self) -> Value {
         match self {
             Self::PayloadTooLarge { limit } => json!({ "limit_bytes": limit }),
+            Self::BodyTimeout { after } => json!({ "after_secs": after.as_secs_f64() }),
             _ => json!({}),
         }
     }

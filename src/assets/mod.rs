@@ -26,6 +26,8 @@ pub enum AssetError {
     TooLarge { limit: u64 },
     #[error("the upload could not be read: {0}")]
     Body(String),
+    #[error("the upload did not arrive within {} s", after.as_secs_f64())]
+    BodyTimeout { after: std::time::Duration },
     #[error("cannot write the asset")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -95,6 +97,34 @@ pub struct Assets {
     blobs: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A content type as a client gave it (a multipart part, a `data:` URL's head), read as a MIME type: its essence
+/// (`type/subtype`, lower case, no parameters), or `None` when it is not one. What is stored and later written into
+/// a header of the multipart part sent to ComfyUI is only ever this essence, so no CR, LF or other control
+/// character given by a client can reach a header.
+pub fn media_type(given: &str) -> Option<mime::Mime> {
+    if given.chars().any(char::is_control) {
+        return None;
+    }
+    let essence = given.split(';').next()?.trim();
+    let (kind, subtype) = essence.split_once('/')?;
+    // Each half an RFC 9110 token: what a header may carry, nothing that ends or splits one.
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if !token(kind) || !token(subtype) {
+        return None;
+    }
+    essence.to_ascii_lowercase().parse().ok()
+}
+
+/// The media type of a stored record or output, for a header: its essence, or `application/octet-stream` for a
+/// value that is not one (records kept before content types were checked).
+pub fn stored_media_type(stored: &str) -> mime::Mime {
+    media_type(stored).unwrap_or(mime::APPLICATION_OCTET_STREAM)
+}
+
 /// `blake3:<64 lowercase hex>`, the only hash form accepted (a blob's file name is made from it).
 pub fn valid_hash(hash: &str) -> bool {
     hash.strip_prefix("blake3:").is_some_and(|hex| {
@@ -118,7 +148,7 @@ impl Assets {
     }
 
     /// Reads `body` to a temporary file, hashing it on the way, refusing more than `limit` bytes.
-    pub async fn receive<E: std::fmt::Display>(
+    pub async fn receive<E: std::error::Error + 'static>(
         &self,
         mut body: impl Stream<Item = Result<Bytes, E>> + Unpin,
         limit: u64,
@@ -135,7 +165,10 @@ impl Assets {
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| AssetError::Body(e.to_string()))?;
+            let chunk = chunk.map_err(|e| match crate::comfy::body::timed_out(&e) {
+                Some(after) => AssetError::BodyTimeout { after },
+                None => AssetError::Body(e.to_string()),
+            })?;
             size += chunk.len() as u64;
             if size > limit {
                 return Err(AssetError::TooLarge { limit });
@@ -300,6 +333,30 @@ async fn remove_if_there(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_content_type_is_kept_as_its_essence_or_refused() {
+        let essence = |t: &str| media_type(t).map(|m| m.essence_str().to_owned());
+        assert_eq!(essence("image/png").as_deref(), Some("image/png"));
+        assert_eq!(
+            essence(" Image/PNG ; charset=x").as_deref(),
+            Some("image/png")
+        );
+        for bad in [
+            "image/png\r\nX-Injected: 1",
+            "image/png\n",
+            "png",
+            "",
+            "image/",
+            "a b/c",
+        ] {
+            assert_eq!(essence(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            stored_media_type("text/plain\r\nX: y"),
+            mime::APPLICATION_OCTET_STREAM
+        );
+    }
 
     #[test]
     fn only_a_full_lowercase_blake3_hash_names_a_blob() {

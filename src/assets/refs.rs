@@ -174,10 +174,10 @@ impl Assets {
             let bytes = tokio::fs::read(&path)
                 .await
                 .map_err(|_| ResolveError::Missing(id.clone()))?;
-            let content_type = match &asset {
-                Found::Uploaded(record) => record.content_type.clone(),
-                Found::Output { file, .. } => file.content_type.clone(),
-            };
+            let content_type = super::stored_media_type(match &asset {
+                Found::Uploaded(record) => &record.content_type,
+                Found::Output { file, .. } => &file.content_type,
+            });
             let name = gateway
                 .upload_image(bytes.into(), &upload_name(&asset), &content_type)
                 .await?;

@@ -23,9 +23,37 @@ pub struct IdleTimeoutError {
     pub after: Duration,
 }
 
+/// The stream went on for longer than its total deadline (a client sending a byte now and then).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} took more than {after:?} in all")]
+pub struct DeadlineError {
+    pub what: &'static str,
+    pub after: Duration,
+}
+
+/// How long the body whose failure is `error` was given, when it failed for its time: silent too long
+/// ([`IdleTimeoutError`]) or too long in all ([`DeadlineError`]), anywhere in the chain of causes.
+pub fn timed_out(error: &(dyn std::error::Error + 'static)) -> Option<Duration> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(idle) = error.downcast_ref::<IdleTimeoutError>() {
+            return Some(idle.after);
+        }
+        if let Some(total) = error.downcast_ref::<DeadlineError>() {
+            return Some(total.after);
+        }
+        cause = error.source();
+    }
+    None
+}
+
 pub struct IdleTimeout<B> {
     inner: B,
     timeout: Duration,
+    /// The whole stream's deadline, when it has one ([`IdleTimeout::within`]): when it falls, how long that was,
+    /// and its timer, made the first time the inner body has nothing ready.
+    total: Option<(Instant, Duration)>,
+    total_timer: Option<Pin<Box<Sleep>>>,
     /// Made the first time the inner body has nothing ready (a small body that arrives whole never needs a
     /// timer); then reset by every frame.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -39,16 +67,38 @@ impl<B> IdleTimeout<B> {
         Self {
             inner,
             timeout,
+            total: None,
+            total_timer: None,
             deadline: None,
             what,
             route: None,
         }
     }
 
+    /// Ends the stream `total` from now, however steadily it trickles.
+    pub fn within(mut self, total: Duration) -> Self {
+        self.total = Some((Instant::now() + total, total));
+        self
+    }
+
     /// Names the route in the warning written when the stream is cut.
     pub fn on_route(mut self, route: Option<PathAndQuery>) -> Self {
         self.route = route;
         self
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    /// Whether the total deadline has fallen; otherwise its timer is polled, to wake the task when it does.
+    fn total_elapsed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((when, _)) = self.total else {
+            return false;
+        };
+        self.total_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(when)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
 }
 
@@ -75,6 +125,19 @@ where
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
             Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.total_elapsed(cx) => {
+                let after = this.total.map_or(Duration::ZERO, |(_, after)| after);
+                tracing::warn!(
+                    what = this.what,
+                    route = this.route.as_ref().map_or("", PathAndQuery::path),
+                    total_secs = after.as_secs_f64(),
+                    "stream took too long in all; cut"
+                );
+                Poll::Ready(Some(Err(Box::new(DeadlineError {
+                    what: this.what,
+                    after,
+                }))))
+            }
             Poll::Pending => match this
                 .deadline
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.timeout)))

@@ -178,6 +178,10 @@ pub struct Config {
     pub workers: usize,
     /// A client's time to send a request head; also a new connection's time to send its first one.
     pub header_read_timeout: Duration,
+    /// Longest silence inside a request body (`ORCH_BODY_IDLE_SECS`).
+    pub body_idle_timeout: Duration,
+    /// Longest time a request body may take in all (`ORCH_BODY_TIMEOUT_SECS`).
+    pub body_timeout: Duration,
     /// Client connections open at once, across every serving thread.
     pub max_connections: usize,
     /// How long one event stream stays open before the client is asked to reconnect; `None`: as long as it likes.
@@ -252,6 +256,8 @@ impl Config {
                 v("header_read_timeout_secs"),
                 secs(self.header_read_timeout),
             ),
+            (v("body_idle_secs"), secs(self.body_idle_timeout)),
+            (v("body_timeout_secs"), secs(self.body_timeout)),
             (v("max_connections"), self.max_connections.to_string()),
             (
                 v("events_max_secs"),

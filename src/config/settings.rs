@@ -39,6 +39,21 @@ pub struct Settings {
     )]
     pub header_read_timeout_secs: String,
 
+    /// Longest silence inside a request body, in seconds, before the request is answered `408 body_timeout` and
+    /// its connection closed.
+    #[arg(long, env = "ORCH_BODY_IDLE_SECS", default_value = "30", global = true)]
+    pub body_idle_secs: String,
+
+    /// Longest time a request body may take in all, in seconds (a 100 MiB upload at 2 Mbit/s takes about 7
+    /// minutes); a body still arriving then is answered `408 body_timeout`.
+    #[arg(
+        long,
+        env = "ORCH_BODY_TIMEOUT_SECS",
+        default_value = "600",
+        global = true
+    )]
+    pub body_timeout_secs: String,
+
     /// Most client connections open at once; past it, connections that have not sent a request yet are closed first.
     #[arg(
         long,

@@ -21,6 +21,8 @@ fn defaults_are_valid_and_loopback() {
     assert_eq!(config.primary_comfy().origin(), "http://127.0.0.1:8188");
     assert_eq!(config.comfy.max_body_bytes, 100 * 1024 * 1024);
     assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.body_idle_timeout, Duration::from_secs(30));
+    assert_eq!(config.body_timeout, Duration::from_secs(600));
     assert_eq!(config.max_connections, 1024);
 }
 

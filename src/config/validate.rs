@@ -203,6 +203,8 @@ impl Settings {
         let silence_secs = positive!(comfy_silence_secs, 3600);
         let max_body_mb = positive!(max_body_mb, 1 << 20);
         let header_read_secs = positive!(header_read_timeout_secs, 3600);
+        let body_idle_secs = positive!(body_idle_secs, 3600);
+        let body_timeout_secs = positive!(body_timeout_secs, 86_400);
         let max_connections = positive!(max_connections, 1_000_000);
         let events_client_buffer = positive!(events_client_buffer, 1_000_000);
         let lease_secs = positive!(fleet_lease_secs, 3600);
@@ -403,6 +405,8 @@ impl Settings {
                 editor_bind,
                 workers,
                 header_read_timeout: Duration::from_secs(header_read_secs),
+                body_idle_timeout: Duration::from_secs(body_idle_secs),
+                body_timeout: Duration::from_secs(body_timeout_secs),
                 max_connections: max_connections as usize,
                 events_max,
                 events_client_buffer: events_client_buffer as usize,

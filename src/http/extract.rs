@@ -56,7 +56,10 @@ where
         {
             Ok(collected) => Ok(Self(collected.to_bytes())),
             Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large),
-            Err(_) => Err(ApiError::invalid("body", "the body could not be read")),
+            Err(error) => Err(match crate::comfy::body::timed_out(&*error) {
+                Some(after) => crate::problems::RequestError::BodyTimeout { after }.into(),
+                None => ApiError::invalid("body", "the body could not be read"),
+            }),
         }
     }
 }

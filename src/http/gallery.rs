@@ -153,7 +153,7 @@ pub async fn gallery(
 }
 
 /// `GET /api/jobs/{id}/outputs/{name}/thumbnail`: a still image output scaled to fit 320×320, as JPEG; made once,
-/// then read from disk.
+/// then read from disk. An image too large to decode (or one the decoder cannot read) has a placeholder picture.
 #[utoipa::path(get, path = "/api/jobs/{id}/outputs/{name}/thumbnail", tag = "jobs",
     params(("id" = String, Path, description = "The job's id"), ("name" = String, Path, description = "An output's name, as the job lists it")),
     responses((status = 200, description = "The thumbnail", content_type = "image/jpeg", body = Vec<u8>),
@@ -172,7 +172,7 @@ pub async fn thumbnail(
         .iter()
         .find(|o| o.name == name && has_thumbnail(&o.content_type))
         .ok_or_else(not_found)?;
-    let path = match state.jobs.thumbnail(&job.id, &output.name).await {
+    let path = match state.jobs.thumbnails().of(&job.id, &output.name).await {
         Ok(Some(path)) => path,
         Ok(None) => return Err(not_found()),
         Err(error) => {

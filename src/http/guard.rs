@@ -116,19 +116,50 @@ impl GuardPolicy {
         Ok(())
     }
 
+    /// The rule for a request relayed to ComfyUI (`/api/comfy/…` on the panel, every path on the editor's origin;
+    /// `path` is what follows `/api/comfy`, or the editor's path): no cross-site request of any method, since ComfyUI and its
+    /// custom nodes have GET routes that change things (ComfyUI-Manager reboots and restores snapshots on a GET).
+    /// The one exception is a top-level navigation to `/view` (a link to a picture opened from elsewhere), which
+    /// a browser sends without an `Origin`; a foreign `Origin` is refused even then.
+    pub fn check_gateway(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
+        let navigation = matches!(*method, Method::GET | Method::HEAD)
+            && headers
+                .get("sec-fetch-mode")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|m| m.eq_ignore_ascii_case("navigate"));
+        if navigation
+            && crate::comfy::credentials::comfy_route(path).trim_end_matches('/') == "/view"
+        {
+            return self.refuse_foreign_origin(headers);
+        }
+        self.refuse_cross_site(headers)
+    }
+
     fn refuse_cross_site(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
         let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
         if fetch_site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
             return Err(ApiError::CrossOrigin {
                 origin: origin_of(headers),
             });
         }
+        self.refuse_foreign_origin(headers)
+    }
+
+    fn refuse_foreign_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
         if let Some(origin) = headers.get(header::ORIGIN) {
-            let same = origin.to_str().ok().is_some_and(|o| same_origin(o, host));
+            let same = origin
+                .to_str()
+                .ok()
+                .is_some_and(|o| crate::address::same_origin(o, host));
             if !same {
                 return Err(ApiError::CrossOrigin {
                     origin: origin_of(headers),
@@ -258,30 +289,6 @@ fn origin_of(headers: &HeaderMap) -> Option<String> {
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(|o| o.chars().take(256).collect())
-}
-
-/// Whether the browser's `Origin` names the same scheme-less authority the request was sent to.
-fn same_origin(origin: &str, host: &str) -> bool {
-    let Ok(uri) = origin.parse::<http::Uri>() else {
-        return false;
-    };
-    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return false;
-    };
-    let default_port = match scheme {
-        "http" => 80,
-        "https" => 443,
-        _ => return false,
-    };
-    let Some((host_name, host_port)) = crate::address::split_host_port(host) else {
-        return false;
-    };
-    let origin_port = authority.port_u16().unwrap_or(default_port);
-    let origin_host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    origin_host.eq_ignore_ascii_case(host_name) && origin_port == host_port.unwrap_or(default_port)
 }
 
 #[cfg(test)]

@@ -309,19 +309,24 @@ fn decode_data_url(url: &str) -> Result<(String, Vec<u8>), String> {
         .strip_prefix("data:")
         .and_then(|u| u.split_once(','))
         .ok_or("not a data: URL")?;
-    let content_type = head
+    let given = head
         .strip_suffix(";base64")
         .ok_or("only base64 data: URLs are accepted")?;
-    if !content_type.starts_with("image/") {
-        return Err(format!("an image is expected, not {content_type:?}"));
-    }
+    let content_type = crate::assets::media_type(given)
+        .filter(|t| t.type_() == mime::IMAGE)
+        .ok_or_else(|| {
+            format!(
+                "an image is expected, not {:?}",
+                given.chars().take(64).collect::<String>()
+            )
+        })?;
     if data.len() / 4 * 3 > MAX_IMAGE_BYTES {
         return Err(format!("larger than {} MiB", MAX_IMAGE_BYTES / 1024 / 1024));
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data.trim())
         .map_err(|e| format!("not valid base64: {e}"))?;
-    Ok((content_type.to_owned(), bytes))
+    Ok((content_type.essence_str().to_owned(), bytes))
 }
 
 /// An API-format workflow: an object of nodes, each with a `class_type` and `inputs`.

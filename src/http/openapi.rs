@@ -47,6 +47,39 @@ pub fn head() -> Document {
     Head::openapi()
 }
 
+/// Every route that reads a request body can answer `408 body_timeout`: the answer is added here to each, once,
+/// rather than written on every route.
+pub fn with_body_timeouts(mut document: Document) -> Document {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let answer = ResponseBuilder::new()
+        .description("`body_timeout`: the body came too slowly (`ORCH_BODY_IDLE_SECS`, `ORCH_BODY_TIMEOUT_SECS`)")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            if operation.request_body.is_some() {
+                operation
+                    .responses
+                    .responses
+                    .entry("408".to_owned())
+                    .or_insert_with(|| answer.clone().into());
+            }
+        }
+    }
+    document
+}
+
 /// The document as the server serves it and `docs/openapi.json` holds it.
 pub fn to_json(document: &Document) -> String {
     let mut text = document
@@ -70,7 +103,8 @@ pub fn to_json(document: &Document) -> String {
     responses(
         (status = 200, description = "ComfyUI's answer, streamed as it comes (any status ComfyUI gives passes through)"),
         (status = 400, description = "A path that could climb out of ComfyUI's API (`invalid_path`)", body = ErrorBody),
-        (status = 403, description = "An HTML page, script, style sheet, SVG or XML answer, which the panel's origin never serves (`editor_origin_only`, with `details.editor`: ComfyUI's editor on its own origin, `ORCH_COMFY_BIND`)", body = ErrorBody),
+        (status = 403, description = "A cross-site request of any method (`cross_origin_refused`; a top-level navigation to `/view` excepted), or an HTML page, script, style sheet, SVG or XML answer, which the panel's origin never serves (`editor_origin_only`, with `details.editor`: ComfyUI's editor on its own origin, `ORCH_COMFY_BIND`)", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body came too slowly (`ORCH_BODY_IDLE_SECS`, `ORCH_BODY_TIMEOUT_SECS`)", body = ErrorBody),
         (status = 413, description = "A body over the limit (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "A non-JSON body on one of ComfyUI's JSON routes", body = ErrorBody),
         (status = 502, description = "ComfyUI cannot be reached (`comfy_unreachable`)", body = ErrorBody),

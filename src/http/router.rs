@@ -69,6 +69,7 @@ impl App {
             policy,
             router,
         } = self;
+        let request = timed_body(request, &state.config);
         let path = request.uri().path();
         let origin = match &router {
             None => Some(gateway::Origin::Editor),
@@ -82,11 +83,17 @@ impl App {
         };
         if let Some(origin) = origin {
             return log_request_with(request, move |request| async move {
-                match policy.check_request(
-                    request.method(),
-                    request.uri().path(),
-                    request.headers(),
-                ) {
+                let path = request.uri().path();
+                let relayed = match origin {
+                    gateway::Origin::Panel => path.strip_prefix("/api/comfy").unwrap_or_default(),
+                    gateway::Origin::Editor => path,
+                };
+                let checked = policy
+                    .check_request(request.method(), path, request.headers())
+                    .and_then(|()| {
+                        policy.check_gateway(request.method(), relayed, request.headers())
+                    });
+                match checked {
                     Ok(()) => panic::caught(request, |r| gateway::handle(origin, state, r)).await,
                     Err(refusal) => refusal.into_response(),
                 }
@@ -103,6 +110,24 @@ impl App {
     }
 }
 
+/// Every request body runs under `ORCH_BODY_IDLE_SECS` and `ORCH_BODY_TIMEOUT_SECS`, so a client that sends a byte
+/// now and then cannot hold a connection and a task for ever; a body that times out answers `408 body_timeout`
+/// where it is read. An empty body (most requests) is left as it is, without a timer.
+fn timed_body(request: Request, config: &crate::config::Config) -> Request {
+    if http_body::Body::is_end_stream(request.body()) {
+        return request;
+    }
+    let route = request.uri().path_and_query().cloned();
+    let (idle, total) = (config.body_idle_timeout, config.body_timeout);
+    request.map(|body| {
+        axum::body::Body::new(
+            crate::comfy::body::IdleTimeout::new(body, idle, "request body")
+                .within(total)
+                .on_route(route),
+        )
+    })
+}
+
 /// Orchestrator's own routes under `/api/comfy/` (about ComfyUI's files, not ComfyUI's API): served by the router,
 /// not forwarded.
 fn is_own_comfy_route(path: &str) -> bool {
@@ -116,13 +141,16 @@ fn is_own_comfy_route(path: &str) -> bool {
 
 fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
     let own_api: Router<AppState> = api_routes(state.paid_limiter.clone()).into();
-    // The Comfy API v2 reads its bodies itself (JSON, or a multipart upload streamed to disk under its own limit).
+    // The Comfy API v2 reads its bodies itself (JSON, or a multipart upload streamed to disk under its own limit,
+    // the whole body under one a little larger).
     let v2_api: Router<AppState> = super::v2::routes().into();
     let document: Arc<str> = openapi::to_json(openapi_document()).into();
 
     Router::new()
         .merge(own_api.layer(from_fn(guard::require_json_body)))
-        .merge(v2_api.layer(axum::extract::DefaultBodyLimit::disable()))
+        .merge(v2_api.layer(axum::extract::DefaultBodyLimit::max(
+            super::v2::assets::MAX_BODY,
+        )))
         .route(
             "/api/openapi.json",
             get(move || {
@@ -197,7 +225,7 @@ pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
             });
             let mut document = api_routes(Arc::new(limiter)).into_openapi();
             document.merge(super::v2::routes().into_openapi());
-            document
+            openapi::with_body_timeouts(document)
         });
     &DOCUMENT
 }

@@ -176,9 +176,12 @@ impl Jobs {
     pub async fn submit(&self, mut submission: Submission) -> Result<Submitted, JobError> {
         credentials::strip(&mut submission.workflow, None);
         let gateway = self.choose_backend().await.cloned();
+        // The choice's quick probe may miss a ComfyUI that is only slow (a loaded machine): the workflow is then
+        // judged by the first one's node list, which has a read limit of its own, rather than by none.
+        let judge = gateway.clone().or_else(|| self.backends.first().cloned());
         // Never seen a ComfyUI: nobody can tell what the nodes cost. The job waits in the queue and is looked at
         // again before it is sent; a dry run or a confirmation cannot be answered.
-        let assessment = match self.catalog_for(gateway.as_ref()).await {
+        let assessment = match self.catalog_for(judge.as_ref()).await {
             Some(catalog) => Some(
                 self.gate()
                     .assess(&catalog, &submission.workflow)

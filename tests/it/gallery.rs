@@ -1,6 +1,8 @@
 //! The gallery's API: every output newest first, keyset pages, filters by template, backend, status and day, a
 //! search in the prompts (FTS5 on SQLite, a GIN index on PostgreSQL), and thumbnails made once and kept on disk.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use testkit::fake_comfy::FakeComfy;
 
@@ -343,4 +345,75 @@ async fn a_video_output_has_no_thumbnail_and_downloads_with_a_range() {
         .await
         .unwrap();
     assert_eq!(thumbnail.status(), 404);
+}
+
+/// A 12000×12000 output (17 KB as a 1-bit PNG, 144 MB and more decoded): eight thumbnail requests at once leave the
+/// server's memory nearly where it was, and each gets a picture, the placeholder for this one.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnails_of_a_huge_picture_keep_memory_bounded() {
+    use crate::support::served::Served;
+    const HUGE: &[u8] = include_bytes!("../fixtures/images/huge-12000x12000.png");
+    let comfy = FakeComfy::start().await;
+    comfy.set_output_png(bytes::Bytes::from_static(HUGE));
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &comfy.url());
+    let client = crate::support::client();
+    let created: Value = client
+        .post(served.url("/api/jobs"))
+        .json(&json!({ "workflow": testkit::fake_comfy::no_model_workflow() }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let job_url = served.url(&format!("/api/jobs/{id}"));
+    crate::support::wait_until(Duration::from_secs(30), "the job succeeds", || async {
+        let job: Value = client
+            .get(&job_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        job["status"] == "succeeded"
+    })
+    .await;
+    let job: Value = client
+        .get(&job_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let name = job["outputs"][0]["name"].as_str().unwrap().to_owned();
+    // The follower made the thumbnail already; taken away, the requests below make it again, all at once.
+    let kept = dir.path().join(format!("data/outputs/{id}/.thumbnails"));
+    assert!(
+        kept.join(format!("{name}.jpg")).is_file(),
+        "made with the job"
+    );
+    std::fs::remove_dir_all(&kept).unwrap();
+    let (_, baseline_peak) = served.memory_kib();
+
+    let url = served.url(&format!("/api/jobs/{id}/outputs/{name}/thumbnail"));
+    let requests = (0..8).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let response = client.get(&url).send().await.unwrap();
+            (response.status(), response.bytes().await.unwrap())
+        }
+    });
+    for (status, bytes) in futures_util::future::join_all(requests).await {
+        assert_eq!(status, 200);
+        let picture = image::load_from_memory(&bytes).expect("a JPEG");
+        assert!(picture.width() <= 320 && picture.height() <= 320);
+    }
+    let (_, peak) = served.memory_kib();
+    let growth_mib = peak.saturating_sub(baseline_peak) / 1024;
+    assert!(growth_mib < 300, "peak RSS grew by {growth_mib} MiB");
 }

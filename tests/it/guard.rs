@@ -111,6 +111,75 @@ async fn cross_site_writes_are_refused_before_comfy_sees_them() {
     assert_eq!(prompts, 1);
 }
 
+/// ComfyUI and its custom nodes have GET routes that change things (ComfyUI-Manager reboots on one): a page elsewhere
+/// reaches none of them, through the panel's gateway or on the editor's origin, whatever the method.
+#[tokio::test]
+async fn cross_site_requests_of_every_method_never_reach_comfy() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let foreign: [&[(&str, &str)]; 4] = [
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "no-cors"),
+        ],
+        &[("origin", "http://evil.example")],
+        &[("origin", "null"), ("sec-fetch-site", "cross-site")],
+        // A navigation elsewhere than `/view` (a link to a route that acts) is refused too.
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+        ],
+    ];
+    for base in [app.url("/api/comfy"), app.editor_url("")] {
+        for path in ["/api/manager/reboot", "/system_stats", "/api/queue"] {
+            for headers in foreign {
+                for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+                    let mut request = app.http.request(method.clone(), format!("{base}{path}"));
+                    for (name, value) in headers {
+                        request = request.header(*name, *value);
+                    }
+                    let response = request.send().await.unwrap();
+                    assert_eq!(response.status(), 403, "{method} {base}{path} {headers:?}");
+                }
+            }
+        }
+        // A link to a picture, opened from another site, is a top-level navigation: it may pass.
+        let view = app
+            .http
+            .get(format!("{base}/view?filename=missing.png&type=output"))
+            .header("sec-fetch-site", "cross-site")
+            .header("sec-fetch-mode", "navigate")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(view.status(), 403, "{base}/view as a navigation");
+    }
+    let reached: Vec<_> = fake.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        reached,
+        ["/view", "/view"],
+        "only the two navigations reached ComfyUI"
+    );
+
+    // Same-origin and header-less (a script, curl) requests pass as before.
+    let own = app
+        .http
+        .get(app.url("/api/comfy/system_stats"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    let editor = app
+        .http
+        .get(app.editor_url("/system_stats"))
+        .header("origin", format!("http://{}", app.editor_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(editor.status(), 200);
+}
+
 #[tokio::test]
 async fn a_configured_token_is_required() {
     let fake = FakeComfy::start().await;

@@ -586,6 +586,9 @@ async fn an_input_image_is_uploaded_to_comfy_for_img2img() {
         "data:text/plain;base64,aGk=",
         "data:image/png;base64,***",
         "data:image/png,raw",
+        // A header smuggled in the type would reach the multipart part sent to ComfyUI.
+        "data:image/png\r\nX-Injected: yes;base64,aGk=",
+        "data:image/;base64,aGk=",
     ] {
         let params = json!({ "prompt": "x", "image": bad });
         let response = submit(&app, json!({ "template": "sdxl-i2i", "params": params })).await;

@@ -22,6 +22,7 @@ mod panel;
 mod paths;
 mod previews;
 mod service;
+mod slow_bodies;
 mod template_form;
 mod templates;
 mod v0;

@@ -562,6 +562,7 @@ async fn a_paid_workflow_through_mcp_pays_only_with_its_token() {
             assert_eq!(error_code(&refused), "generation_disabled");
             assert_eq!(refused["error"]["details"]["paidNodes"][0]["id"], "1");
             client.cancel().await.unwrap();
+            app.stop().await;
             continue;
         }
         assert_eq!(error_code(&refused), "confirmation_required", "{refused}");
@@ -589,10 +590,48 @@ async fn a_paid_workflow_through_mcp_pays_only_with_its_token() {
             "{replay}"
         );
         client.cancel().await.unwrap();
+        app.stop().await;
     }
     assert_eq!(org.call_count(), 1, "one call for one confirmation");
     assert_eq!(
         org.calls()[0].api_key.as_deref(),
         Some("comfy-org-key-of-the-server")
     );
+}
+
+/// An output larger than what is sent inline is answered with where to download it, and the server never holds it
+/// whole to say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_output_is_named_not_inlined() {
+    let comfy = FakeComfy::start().await;
+    // 3 MiB that no decoder reads (the gallery shows its placeholder): the size is what matters here.
+    comfy.set_output_png(bytes::Bytes::from(vec![7u8; 3 * 1024 * 1024]));
+    let app = TestApp::spawn(&comfy.url()).await;
+    let job = app
+        .run_workflow(testkit::fake_comfy::no_model_workflow())
+        .await;
+    let id = job.rsplit('/').next().unwrap().to_owned();
+    let client = http_client(&app).await;
+    let uri = client
+        .list_all_resources()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.uri.clone())
+        .find(|uri| uri.contains(&id))
+        .expect("the job's output is listed");
+    let read = client
+        .read_resource(
+            serde_json::from_value::<ReadResourceRequestParams>(json!({ "uri": uri })).unwrap(),
+        )
+        .await
+        .unwrap();
+    let contents = serde_json::to_value(&read).unwrap();
+    let text = contents["contents"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("3145728 bytes of image/png, too large to send inline: download http://"),
+        "{text}"
+    );
+    assert!(contents["contents"][0]["blob"].is_null());
+    client.cancel().await.unwrap();
 }

@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 use orchestrator::client::Events;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, error_code, fake_comfyui, free_port, wait_until};
+use crate::support::{TestApp, error_code, fake_comfyui, reserved_port, wait_until};
 
 /// Orchestrator supervising a fake ComfyUI that will listen on a free port; `extra` are its arguments.
 async fn supervised(
     extra: &[&str],
     adjust: impl FnOnce(&mut orchestrator::config::Settings),
 ) -> TestApp {
-    supervised_on(free_port().await, extra, adjust).await
+    let port = reserved_port();
+    supervised_on(port.addr, extra, adjust).await.holding(port)
 }
 
 async fn supervised_on(
@@ -30,6 +31,26 @@ async fn supervised_on(
         adjust(s);
     })
     .await
+}
+
+/// What the supervised tests rely on: a reserved port is handed to no other bind, and its child binds it.
+#[tokio::test]
+async fn a_reserved_port_is_given_to_nobody_else_but_its_child_listens_there() {
+    let reserved = reserved_port();
+    let others: Vec<_> = (0..300)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    assert!(
+        others
+            .iter()
+            .all(|l| l.local_addr().unwrap() != reserved.addr)
+    );
+    let child = tokio::net::TcpListener::bind(reserved.addr).await.unwrap();
+    let (connected, accepted) = tokio::join!(
+        tokio::net::TcpStream::connect(reserved.addr),
+        child.accept()
+    );
+    assert!(connected.is_ok() && accepted.is_ok());
 }
 
 async fn status(app: &TestApp) -> Value {
@@ -480,8 +501,9 @@ async fn a_hung_child_is_reported_killed_with_its_tree_and_restarted() {
 
 #[tokio::test]
 async fn a_job_comfy_dies_under_carries_the_exit_in_its_error() {
-    let port = free_port().await;
-    let app = supervised_on(port, &[], |_| {}).await;
+    let reserved = reserved_port();
+    let port = reserved.addr;
+    let app = supervised_on(port, &[], |_| {}).await.holding(reserved);
     assert_eq!(post(&app, "/api/system/ignite").await.status(), 200);
     let pid = pid_of(&status(&app).await).expect("a pid");
     let control = app

@@ -183,11 +183,8 @@ async fn every_job_that_ends_is_one_signed_post() {
 async fn a_receiver_that_was_down_gets_every_delivery_after_a_restart() {
     let comfy = FakeComfy::start().await;
     // The receiver's port, with nothing listening on it yet: every attempt is refused.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let reserved = crate::support::reserved_port();
+    let port = reserved.addr;
     let hook = format!("http://{port}/hook");
     let data = tempfile::tempdir().unwrap();
     let folder = data.path().display().to_string();

@@ -90,6 +90,10 @@ impl Drop for FakeComfyOrg {
 }
 
 async fn record(State(shared): State<Arc<Shared>>, request: Request) -> axum::response::Response {
+    // Only the API nodes' routes are calls that cost; a stray request (a port another test once held) is not one.
+    if !request.uri().path().starts_with("/proxy/") {
+        return http::StatusCode::NOT_FOUND.into_response();
+    }
     let header = |name: &str| {
         request
             .headers()

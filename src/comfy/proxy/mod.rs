@@ -106,13 +106,23 @@ impl ComfyGateway {
         }
 
         let mut headers = parts.headers;
+        // ComfyUI's own check compares `Origin` with `Host`; both are rewritten to ComfyUI's own only when the
+        // browser's `Origin` names the address it sent the request to. A foreign one (which the guard refuses
+        // before it gets here) is passed on as it is, so ComfyUI refuses it too.
+        let own_origin = match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+            (Some(origin), Some(host)) => match (origin.to_str(), host.to_str()) {
+                (Ok(origin), Ok(host)) => crate::address::same_origin(origin, host),
+                _ => false,
+            },
+            _ => false,
+        };
         remove_hop_by_hop(&mut headers);
         headers.insert(header::HOST, self.upstream_host.clone());
         headers.remove(header::EXPECT);
         // Orchestrator's own credentials are not ComfyUI's business.
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::COOKIE);
-        if headers.contains_key(header::ORIGIN) {
+        if own_origin {
             headers.insert(header::ORIGIN, self.upstream_origin.clone());
         }
         // An empty body (most GETs) needs no limit and no idle watch: skip the wrappers and their timer.
@@ -155,7 +165,10 @@ impl ComfyGateway {
                     .is_some_and(|flag| flag.load(std::sync::atomic::Ordering::SeqCst)) =>
             {
                 tracing::debug!(%error, "the client's request body failed");
-                return Err(ComfyError::Request(RequestError::BodyUnreadable));
+                return Err(ComfyError::Request(match super::body::timed_out(&error) {
+                    Some(after) => RequestError::BodyTimeout { after },
+                    None => RequestError::BodyUnreadable,
+                }));
             }
             Ok(Err(error)) => return Err(self.classify(error)),
             Ok(Ok(response)) => response,
@@ -193,10 +206,12 @@ impl ComfyGateway {
         &self,
         bytes: bytes::Bytes,
         file_name: &str,
-        content_type: &str,
+        content_type: &mime::Mime,
     ) -> Result<String, ComfyError> {
         let boundary = format!("orchestrator-{}", uuid::Uuid::new_v4().simple());
-        let file_name = file_name.replace(['"', '\r', '\n'], "_");
+        // The name is the one value here a client chose; the content type is a parsed MIME type's essence.
+        let file_name = file_name.replace(|c: char| c == '"' || c.is_control(), "_");
+        let content_type = content_type.essence_str();
         let head = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{file_name}\"\r\n\
              Content-Type: {content_type}\r\n\r\n"

@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::extract::{Multipart, Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
@@ -20,6 +19,10 @@ pub const MAX_UPLOAD: u64 = 100 * 1024 * 1024;
 /// The other parts of an upload are short texts.
 const MAX_FIELD: usize = 64 * 1024;
 const MAX_TAGS: usize = 64;
+/// The parts of one upload: the file, its four fields and its tags.
+const MAX_PARTS: usize = MAX_TAGS + 8;
+/// The whole multipart body: the file and what its other parts may hold.
+pub const MAX_BODY: usize = MAX_UPLOAD as usize + MAX_PARTS * MAX_FIELD;
 const SCOPE: &str = "v2.assets";
 
 /// A multipart body that cannot be read as the upload's parts.
@@ -105,19 +108,34 @@ pub async fn upload(
     let assets = state.jobs.assets();
     let (mut received, mut part_type) = (None, None);
     let (mut content_type, mut file_path, mut expected, mut tags) = (None, None, None, Vec::new());
-    loop {
-        let field = multipart
-            .next_field()
-            .await
-            .map_err(|e| unprocessable(format!("the multipart body cannot be read: {e}")))?;
+    for part in 0.. {
+        let field =
+            multipart
+                .next_field()
+                .await
+                .map_err(|e| match crate::comfy::body::timed_out(&e) {
+                    Some(after) => V2Error::body_timeout(after),
+                    None if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                        crate::assets::AssetError::TooLarge {
+                            limit: MAX_BODY as u64,
+                        }
+                        .into()
+                    }
+                    None => unprocessable(format!("the multipart body cannot be read: {e}")),
+                })?;
         let Some(field) = field else { break };
+        if part == MAX_PARTS {
+            return Err(unprocessable(format!(
+                "an upload has at most {MAX_PARTS} parts (file, content_type, file_path, expected_hash, tags)"
+            )));
+        }
         match field.name().unwrap_or_default() {
             "file" if received.is_some() => {
                 return Err(unprocessable("one upload is one \"file\" part".into()));
             }
             "file" => {
                 part_type = field.content_type().map(str::to_owned);
-                let bytes = field.map(|chunk| chunk.map_err(|e| e.to_string()));
+                let bytes = field;
                 received = Some(assets.receive(Box::pin(bytes), MAX_UPLOAD).await?);
             }
             "content_type" => content_type = Some(small_text(field).await?),
@@ -134,10 +152,18 @@ pub async fn upload(
         .filter(|p| !p.is_empty())
         .ok_or_else(|| unprocessable("the part \"file_path\" is missing".into()))?;
     check_path(&file_path)?;
-    let content_type = content_type
-        .filter(|t| !t.is_empty())
-        .or(part_type)
-        .unwrap_or_else(|| "application/octet-stream".into());
+    let content_type = match content_type.filter(|t| !t.is_empty()).or(part_type) {
+        None => mime::APPLICATION_OCTET_STREAM.to_string(),
+        Some(given) => crate::assets::media_type(&given)
+            .ok_or_else(|| {
+                let shown: String = given.chars().take(64).collect();
+                unprocessable(format!(
+                    "content_type {shown:?} is not a media type (e.g. image/png)"
+                ))
+            })?
+            .essence_str()
+            .to_owned(),
+    };
     if let Some(expected) = expected.filter(|e| !e.is_empty())
         && !expected.eq_ignore_ascii_case(&received.hash)
     {

@@ -9,7 +9,7 @@
 //! - [`keys`]: Stripe's `Idempotency-Key` rules for the writes that make something;
 //! - [`render`]: Orchestrator's records in the contract's shapes.
 
-mod assets;
+pub(in crate::http) mod assets;
 mod events;
 mod jobs;
 mod keys;
@@ -153,6 +153,7 @@ impl From<crate::assets::AssetError> for V2Error {
                 format!("the upload is larger than {limit} bytes"),
             )
             .with_details(json!({ "limit_bytes": limit })),
+            AssetError::BodyTimeout { after } => Self::body_timeout(after),
             AssetError::Body(why) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Code::InvalidRequest,
@@ -164,6 +165,17 @@ impl From<crate::assets::AssetError> for V2Error {
 }
 
 impl V2Error {
+    /// `408 body_timeout`: the client sent its body too slowly.
+    pub fn body_timeout(after: std::time::Duration) -> Self {
+        let error = crate::problems::RequestError::BodyTimeout { after };
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Code::BodyTimeout,
+            error.to_string(),
+        )
+        .with_details(error.details())
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }

@@ -244,8 +244,9 @@ impl Jobs {
     /// The event pump (PostgreSQL): every event stored, by any instance, handed to this instance's listeners in
     /// the order of its number. Woken by the store's notification (and by this instance's own events), it reads
     /// what is new from the events table, which is the truth; it also looks every few seconds, so a notification
-    /// lost with a dropped connection delays an event, never loses it.
-    pub async fn pump_events(self, database_url: String) {
+    /// lost with a dropped connection delays an event, never loses it. `from`: the last event number when the server
+    /// began serving, read before it did.
+    pub async fn pump_events(self, database_url: String, from: i64) {
         let mut listener = match crate::store::EventWakeups::listen(&database_url).await {
             Ok(listener) => Some(listener),
             Err(error) => {
@@ -253,7 +254,7 @@ impl Jobs {
                 None
             }
         };
-        let mut last = self.store.last_event().await.unwrap_or(0);
+        let mut last = from;
         loop {
             last = self.pump_once(last).await;
             let notified = async {

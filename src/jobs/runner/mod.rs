@@ -144,6 +144,8 @@ pub struct Jobs {
     previews: Arc<preview::Previews>,
     /// The sender of `JOB_WEBHOOK_URL`'s deliveries, when one is configured.
     webhooks: Option<crate::jobs::webhooks::Webhooks>,
+    /// The gallery's thumbnails of the outputs kept here.
+    thumbnails: Arc<thumbnails::Thumbnails>,
 }
 
 impl Jobs {
@@ -165,6 +167,7 @@ impl Jobs {
         let instance: Arc<str> = instance.into();
         let client_id = stable_client_id(&instance, &outputs).into();
         Self {
+            thumbnails: Arc::new(thumbnails::Thumbnails::new(outputs.clone())),
             links: socket::Links::default(),
             client_id,
             store,

@@ -51,6 +51,8 @@ impl Follower {
         }
         match self.download_outputs(&entry).await {
             Ok(outputs) => {
+                // Made here, once, so the gallery finds them made and never decodes on a request.
+                self.jobs.thumbnails.make_all(&self.job_id, &outputs).await;
                 let change = JobChange {
                     outputs: Some(outputs),
                     progress: Some(100.0),

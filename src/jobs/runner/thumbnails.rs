@@ -1,19 +1,30 @@
-//! A job's files: deleting them with the job, and gallery thumbnails: an image output scaled to fit [`SIZE`]×[`SIZE`] with the `image` crate, encoded as JPEG
-//! once and kept beside it (`DATA_DIR/outputs/<job id>/.thumbnails/<name>.jpg`, so it goes with the job's folder);
-//! later requests read the file. Outputs that are not still images (video, audio) have none: the gallery shows
+//! A job's files: deleting them with the job, and gallery thumbnails: an image output scaled to fit [`SIZE`]×[`SIZE`]
+//! with the `image` crate, encoded as JPEG once and kept beside it (`DATA_DIR/outputs/<job id>/.thumbnails/<name>.jpg`,
+//! so it goes with the job's folder). Outputs that are not still images (video, audio) have none: the gallery shows
 //! those with the browser's own player.
+//!
+//! Decoding is what costs: a 420 KB PNG of 12000×12000 pixels is 432 MB once decoded. So an image's dimensions are
+//! read from its header first, one larger than [`MAX_DECODED_BYTES`] (or wider or taller than [`MAX_SIDE`]) is never
+//! decoded and gets the placeholder, the decoder runs under the same limits ([`image::Limits`]), and one decode runs
+//! at a time ([`Thumbnails::decodes`]), which also makes each thumbnail once: whoever gets the permit first makes
+//! it, the others find it made. The follower makes a job's thumbnails right after downloading its outputs, before
+//! the job is `succeeded`, so the gallery rarely has to.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::Jobs;
+use crate::jobs::model::OutputFile;
 
 /// The longest side of a thumbnail, in pixels.
 pub const SIZE: u32 = 320;
+/// The most memory one decode may take (an 8K RGBA picture is 133 MB).
+pub const MAX_DECODED_BYTES: u64 = 192 * 1024 * 1024;
+/// The widest or tallest image decoded.
+pub const MAX_SIDE: u32 = 16_384;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ThumbnailError {
-    #[error("the output cannot be read as an image: {0}")]
-    Image(#[from] image::ImageError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("the thumbnail task ended without an answer")]
@@ -25,15 +36,147 @@ pub fn has_thumbnail(content_type: &str) -> bool {
     matches!(content_type, "image/png" | "image/jpeg" | "image/webp")
 }
 
-fn make(source: &Path, target: &Path) -> Result<(), ThumbnailError> {
-    let picture = image::ImageReader::open(source)?
-        .with_guessed_format()?
-        .decode()?;
-    let small = picture.thumbnail(SIZE, SIZE).to_rgb8();
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 82).encode_image(&small)?;
+/// The thumbnails of this instance's outputs.
+pub struct Thumbnails {
+    outputs: PathBuf,
+    /// One permit: one decode at a time, so memory is bounded by one [`MAX_DECODED_BYTES`] whatever the number
+    /// of requests; a thumbnail is looked for again once the permit is held, so it is made once.
+    decodes: tokio::sync::Semaphore,
+}
+
+impl Thumbnails {
+    pub fn new(outputs: PathBuf) -> Self {
+        Self {
+            outputs,
+            decodes: tokio::sync::Semaphore::new(1),
+        }
+    }
+
+    /// The thumbnail of job `id`'s output `name`, made now if it was not yet (the placeholder when the output is
+    /// too large to decode or not a picture the decoder reads); `None` when the output is not on this instance's
+    /// disk.
+    pub async fn of(&self, id: &str, name: &str) -> Result<Option<PathBuf>, ThumbnailError> {
+        let Some(source) = crate::fs_safe::resolve_within(&self.outputs, &format!("{id}/{name}"))
+        else {
+            return Ok(None);
+        };
+        let Some(folder) = crate::fs_safe::resolve_within(&self.outputs, id) else {
+            return Ok(None);
+        };
+        let folder = folder.join(".thumbnails");
+        let Some(target) = crate::fs_safe::new_file_in(&folder, &format!("{name}.jpg")) else {
+            return Ok(None);
+        };
+        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+            return Ok(Some(target));
+        }
+        let _permit = self
+            .decodes
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+            return Ok(Some(target));
+        }
+        let made = target.clone();
+        tokio::task::spawn_blocking(move || make(&source, &folder, &made)).await??;
+        Ok(Some(target))
+    }
+
+    /// Makes the thumbnail of each of a job's image outputs (a failure is logged: a job never fails for its
+    /// thumbnails).
+    pub async fn make_all(&self, id: &str, outputs: &[OutputFile]) {
+        for output in outputs.iter().filter(|o| has_thumbnail(&o.content_type)) {
+            if let Err(error) = self.of(id, &output.name).await {
+                tracing::warn!(job = %id, output = %output.name, %error, "cannot make a thumbnail");
+            }
+        }
+    }
+}
+
+/// Why an image gets the placeholder rather than a thumbnail.
+#[derive(Debug, thiserror::Error)]
+enum Unthumbnailable {
+    #[error("{width}×{height} pixels is too large to decode")]
+    TooLarge { width: u32, height: u32 },
+    #[error("not an image the decoder reads: {0}")]
+    Image(#[from] image::ImageError),
+}
+
+/// Writes `target`: the thumbnail of `source`, or the placeholder. The folder is made only inside the job's own,
+/// so a job deleted meanwhile is not brought back.
+fn make(source: &Path, folder: &Path, target: &Path) -> Result<(), ThumbnailError> {
+    let jpeg = match scaled(source) {
+        Ok(jpeg) => jpeg,
+        Err(Unthumbnailable::Image(image::ImageError::IoError(error))) => return Err(error.into()),
+        Err(why) => {
+            tracing::info!(source = %source.display(), %why, "the placeholder stands for a thumbnail");
+            placeholder().to_vec()
+        }
+    };
+    match std::fs::create_dir(folder) {
+        Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => return Err(error.into()),
+        _ => {}
+    }
     crate::fs_safe::write_atomic(target, &jpeg)?;
     Ok(())
+}
+
+/// The limits every decode runs under.
+fn limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    limits
+}
+
+fn reader(
+    source: &Path,
+) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>, Unthumbnailable> {
+    let mut reader = image::ImageReader::open(source)
+        .map_err(image::ImageError::IoError)?
+        .with_guessed_format()
+        .map_err(image::ImageError::IoError)?;
+    reader.limits(limits());
+    Ok(reader)
+}
+
+/// The JPEG of `source` scaled to fit [`SIZE`]×[`SIZE`]; its dimensions are read from its header first.
+fn scaled(source: &Path) -> Result<Vec<u8>, Unthumbnailable> {
+    let (width, height) = reader(source)?.into_dimensions()?;
+    // Four bytes a pixel: the most a PNG, JPEG or WebP this crate reads decodes to (16-bit PNGs are refused by
+    // the decoder's own limit).
+    let decoded = u64::from(width) * u64::from(height) * 4;
+    if width > MAX_SIDE || height > MAX_SIDE || decoded > MAX_DECODED_BYTES {
+        return Err(Unthumbnailable::TooLarge { width, height });
+    }
+    let picture = reader(source)?.decode()?;
+    let small = picture.thumbnail(SIZE, SIZE).to_rgb8();
+    drop(picture);
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 82).encode_image(&small)?;
+    Ok(jpeg)
+}
+
+/// The thumbnail of an image too large to decode, or one the decoder cannot read: a plain tile with a diagonal
+/// hatch, made once.
+pub fn placeholder() -> &'static [u8] {
+    static JPEG: OnceLock<Vec<u8>> = OnceLock::new();
+    JPEG.get_or_init(|| {
+        let tile = image::RgbImage::from_fn(SIZE, SIZE, |x, y| {
+            if (x + y) % 24 < 2 {
+                image::Rgb([150, 156, 168])
+            } else {
+                image::Rgb([214, 218, 226])
+            }
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 82)
+            .encode_image(&tile)
+            .expect("a JPEG of a small tile encodes");
+        jpeg
+    })
 }
 
 impl Jobs {
@@ -54,25 +197,92 @@ impl Jobs {
         Ok(deleted)
     }
 
-    /// The thumbnail of job `id`'s output `name`, made now if it was not yet; `None` when the output is not on this
-    /// instance's disk.
-    pub async fn thumbnail(&self, id: &str, name: &str) -> Result<Option<PathBuf>, ThumbnailError> {
-        let Some(source) = self.output_file(id, name) else {
-            return Ok(None);
-        };
-        let Some(folder) = crate::fs_safe::resolve_within(&self.outputs, id) else {
-            return Ok(None);
-        };
-        let folder = folder.join(".thumbnails");
-        let Some(target) = crate::fs_safe::new_file_in(&folder, &format!("{name}.jpg")) else {
-            return Ok(None);
-        };
-        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
-            return Ok(Some(target));
+    /// The thumbnails of this instance's outputs.
+    pub fn thumbnails(&self) -> &Thumbnails {
+        &self.thumbnails
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image::RgbImage::new(width, height)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        bytes
+    }
+
+    /// A PNG whose header says `width`×`height` (its pixels are a 4×4 picture's: the header is all that is read).
+    fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = png(4, 4);
+        bytes[16..20].copy_from_slice(&width.to_be_bytes());
+        bytes[20..24].copy_from_slice(&height.to_be_bytes());
+        let crc = bytes[12..29].iter().fold(!0u32, |mut crc, byte| {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+            crc
+        });
+        bytes[29..33].copy_from_slice(&(!crc).to_be_bytes());
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_picture_too_large_to_decode_gets_the_placeholder_and_others_a_thumbnail() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        std::fs::create_dir(&job).unwrap();
+        // 12000×12000 is 432 MB decoded, over the limit; a few kilobytes as a PNG.
+        std::fs::write(job.join("huge.png"), png_claiming(12_000, 12_000)).unwrap();
+        std::fs::write(job.join("tall.png"), png_claiming(100, 40_000)).unwrap();
+        std::fs::write(job.join("small.png"), png(640, 480)).unwrap();
+        std::fs::write(job.join("broken.png"), b"\x89PNG not really").unwrap();
+        let thumbnails = Thumbnails::new(dir.path().to_owned());
+        for (name, placeholder_expected) in [
+            ("huge.png", true),
+            ("tall.png", true),
+            ("broken.png", true),
+            ("small.png", false),
+        ] {
+            let path = thumbnails.of("job", name).await.unwrap().unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes == placeholder(), placeholder_expected, "{name}");
+            let picture = image::load_from_memory(&bytes).unwrap();
+            assert!(
+                picture.width() <= SIZE && picture.height() <= SIZE,
+                "{name}"
+            );
         }
-        tokio::fs::create_dir_all(&folder).await?;
-        let made = target.clone();
-        tokio::task::spawn_blocking(move || make(&source, &made)).await??;
-        Ok(Some(target))
+        assert!(thumbnails.of("job", "absent.png").await.unwrap().is_none());
+        assert!(
+            thumbnails
+                .of("job", "../escape.png")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_job_is_not_brought_back_by_its_thumbnail() {
+        let dir = tempfile::tempdir().unwrap();
+        let thumbnails = Thumbnails::new(dir.path().to_owned());
+        let source = dir.path().join("gone.png");
+        std::fs::write(&source, png(4, 4)).unwrap();
+        let folder = dir.path().join("deleted-job/.thumbnails");
+        assert!(make(&source, &folder, &folder.join("x.jpg")).is_err());
+        assert!(!dir.path().join("deleted-job").exists());
+        drop(thumbnails);
     }
 }

@@ -74,6 +74,8 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     pub http: reqwest::Client,
+    /// Ports kept for processes this app's test started ([`TestApp::holding`]).
+    reserved: Vec<ReservedPort>,
 }
 
 impl TestApp {
@@ -111,6 +113,7 @@ impl TestApp {
             stop: Some(stop),
             task: Some(task),
             http,
+            reserved: Vec::new(),
         };
         let url = app.url("/api/health");
         let client = app.http.clone();
@@ -129,6 +132,12 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Keeps `port` reserved while this app lives (the ComfyUI it supervises listens there, restarts included).
+    pub fn holding(mut self, port: ReservedPort) -> Self {
+        self.reserved.push(port);
+        self
     }
 
     /// `path` on ComfyUI's editor origin.
@@ -343,10 +352,27 @@ pub async fn closed_port() -> ClosedPort {
     }
 }
 
-/// A port free right now, for a process the test starts to listen on.
-pub async fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+/// A loopback port kept for a process the test starts, for as long as the value lives: bound with `SO_REUSEADDR` and
+/// never listening. A port merely released could be handed to the next `bind(…:0)` of another test (a fake, a
+/// server) while the child is still starting, or between two of its restarts, and the test would then talk to a
+/// stranger; Linux never hands out a port that has a bound socket, while the child's own bind and listen (std and
+/// tokio set `SO_REUSEADDR`) succeed beside this one. Until the child listens, connections are refused.
+pub struct ReservedPort {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+pub fn reserved_port() -> ReservedPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    ReservedPort {
+        addr,
+        _socket: socket,
+    }
 }
 
 /// Asserts the shared error body and returns its code.

@@ -173,6 +173,37 @@ async fn bad_uploads_are_refused_with_the_contracts_codes() {
         (422, "invalid_request"),
         "{body}"
     );
+    // A content type is a MIME type: a line break in it would be a header injected into the part sent to ComfyUI.
+    for bad in ["image/png\r\nX-Injected: yes", "not a type", "image/"] {
+        let (status, body) = upload(&app, &image(3), "a.png", &[("content_type", bad)]).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (422, "invalid_request"),
+            "{bad:?}: {body}"
+        );
+    }
+    let (status, body) = upload(
+        &app,
+        &image(4),
+        "b.png",
+        &[("content_type", "Image/PNG; x=y")],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["content_type"], "image/png",
+        "its essence is kept: {body}"
+    );
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.http
+            .delete(app.url(&format!("/api/v2/assets/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     let not_multipart = app
         .http
         .post(app.url("/api/v2/assets"))

@@ -54,6 +54,7 @@ macro_rules! fixture {
 
 mod files;
 mod frontend;
+mod origin;
 mod pictures;
 mod prompt;
 mod run;
@@ -158,6 +159,8 @@ struct Shared {
     step_delay_ms: AtomicU64,
     /// While on, SaveImage writes a 256×256 picture per run instead of OUTPUT_PNG.
     pictures: AtomicBool,
+    /// When set, what SaveImage writes (a PNG), before `pictures` and OUTPUT_PNG.
+    output_png: Mutex<Option<Bytes>>,
     /// When non-zero, a sampler's recorded progress is replaced by this many steps, one a millisecond.
     progress_steps: AtomicU64,
     number: AtomicU64,
@@ -258,6 +261,7 @@ impl FakeComfy {
             silent: AtomicBool::new(false),
             step_delay_ms: AtomicU64::new(2),
             pictures: AtomicBool::new(false),
+            output_png: Mutex::new(None),
             progress_steps: AtomicU64::new(0),
             number: AtomicU64::new(0),
             file_counters: Mutex::new(HashMap::new()),
@@ -349,6 +353,11 @@ impl FakeComfy {
     /// SaveImage writes a real picture per run (for screenshots) rather than the 1×1 OUTPUT_PNG.
     pub fn set_pictures(&self, on: bool) {
         self.shared.pictures.store(on, Ordering::SeqCst);
+    }
+
+    /// SaveImage writes `png` for every run (a picture of the size a test needs).
+    pub fn set_output_png(&self, png: Bytes) {
+        *self.shared.output_png.lock().unwrap() = Some(png);
     }
 
     pub fn set_step_delay(&self, delay: Duration) {
@@ -562,7 +571,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/__fake/control", post(control))
         .fallback(static_file)
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(shared.clone(), origin_check))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            origin::origin_check,
+        ))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             record_and_hang,
@@ -612,46 +624,6 @@ async fn record_and_hang(
     }
     if shared.hang.load(Ordering::SeqCst) && !request.uri().path().starts_with("/__fake") {
         std::future::pending::<()>().await;
-    }
-    next.run(request).await
-}
-
-/// ComfyUI's `create_origin_only_middleware`: every OPTIONS gets an empty 200; a request carrying both `Host` and
-/// `Origin` to a loopback host must have matching host and origin, or it gets 403 with an empty body.
-async fn origin_check(request: Request, next: Next) -> Response {
-    if request.method() == Method::OPTIONS {
-        return StatusCode::OK.into_response();
-    }
-    let headers = request.headers();
-    if let (Some(host), Some(origin)) = (
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-    ) {
-        let host = host.to_ascii_lowercase();
-        let host_name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
-        let loopback = host_name == "localhost"
-            || host_name
-                .trim_matches(|c| c == '[' || c == ']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if loopback {
-            let netloc = origin
-                .split_once("://")
-                .map_or("", |(_, rest)| rest)
-                .to_ascii_lowercase();
-            let strip = |s: &str| {
-                s.rsplit_once(':')
-                    .map_or(s.to_owned(), |(h, _)| h.to_owned())
-            };
-            let matches = if host.contains(':') && netloc.contains(':') {
-                host == netloc
-            } else {
-                strip(&host) == strip(&netloc)
-            };
-            if !matches {
-                return StatusCode::FORBIDDEN.into_response();
-            }
-        }
     }
     next.run(request).await
 }

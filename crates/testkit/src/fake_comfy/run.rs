@@ -340,6 +340,8 @@ pub(super) fn save_output(shared: &Shared, nodes: &Map<String, Value>, node: &st
         ("svg", Bytes::from_static(OUTPUT_SVG))
     } else if class == Some("SaveWEBM") {
         ("webm", Bytes::from_static(OUTPUT_WEBM))
+    } else if let Some(png) = shared.output_png.lock().unwrap().clone() {
+        ("png", png)
     } else if shared.pictures.load(Ordering::SeqCst) {
         ("png", Bytes::from(output_picture(counter)))
     } else {
