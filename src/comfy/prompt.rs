@@ -30,10 +30,37 @@ pub struct Prompt {
     pub nodes: Option<Vec<(String, String)>>,
 }
 
-#[derive(Deserialize)]
+/// A node: an object (ComfyUI refuses anything else; serde's derive would also read an array positionally, so a
+/// node is read by hand) with its `class_type`, given once.
 struct Node<'a> {
-    #[serde(borrow)]
     class_type: Option<Cow<'a, str>>,
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NodeVisitor;
+        impl<'de> Visitor<'de> for NodeVisitor {
+            type Value = Node<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a node object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+                let mut class_type = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "class_type" {
+                        if class_type.is_some() {
+                            return Err(de::Error::duplicate_field("class_type"));
+                        }
+                        class_type = Some(map.next_value::<Cow<'de, str>>()?);
+                    } else {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Node { class_type })
+            }
+        }
+        deserializer.deserialize_map(NodeVisitor)
+    }
 }
 
 /// The nodes of `prompt`: `(id, class)`, refusing an id given twice.
@@ -218,6 +245,8 @@ mod tests {
         assert_eq!(read(br#"{"prompt": NaN}"#).err(), Some(Unreadable::NotJson));
         for body in [
             r#"{"prompt": [1]}"#,
+            r#"{"prompt": {"1": ["FluxProUltraImageNode", {}]}}"#,
+            r#"{"prompt": {"1": "SaveImage"}}"#,
             r#"{"prompt": {"1": {"inputs": {}}}}"#,
             r#"{"prompt": {"1": {"class_type": 5}}}"#,
             r#"{"prompt": {"1": {"class_type": "A", "class_type": "B"}}}"#,

@@ -433,7 +433,34 @@ impl Config {
             working_dir: service.comfy_dir.clone(),
             log_file: service.log_file.clone(),
             env_remove,
+            masked: self.secret_values(),
         })
+    }
+
+    /// Every secret's value (keys, tokens, the webhook's URL and key, the database's password), for masking text
+    /// from elsewhere that may hold one: ComfyUI's log shows what its nodes print, prompts included.
+    pub fn secret_values(&self) -> Vec<String> {
+        let keys = [
+            self.token.as_ref(),
+            self.flux.api_key.as_ref(),
+            self.v0.api_key.as_ref(),
+            self.comfy_org.api_key.as_ref(),
+            self.webhook.as_ref().map(|w| &w.secret),
+        ];
+        let password = self
+            .database_url
+            .expose()
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(user, _)| user.split_once(':'))
+            .map(|(_, password)| password.to_owned());
+        keys.into_iter()
+            .flatten()
+            .map(|s| s.expose().to_owned())
+            .chain(self.webhook.as_ref().map(|w| w.url.clone()))
+            .chain(password)
+            .filter(|value| !value.is_empty())
+            .collect()
     }
 
     /// Whether the server listens on a loopback address only.

@@ -84,6 +84,13 @@ impl Confirmer {
         self.ttl
     }
 
+    /// Before when a used token's record guards nothing and may be forgotten: a token used then has expired by
+    /// now, its whole lifetime and an hour (the clocks of a fleet differ a little) having passed.
+    pub fn forget_used_before(&self) -> String {
+        let guarded = self.ttl + Duration::from_secs(3600);
+        (chrono::Utc::now() - guarded).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    }
+
     /// A token for `canonical` at `price_micros`, valid for the configured time from now.
     pub fn issue(&self, canonical: &str, price_micros: i64) -> String {
         let expiry = unix_now() + self.ttl.as_secs();

@@ -252,7 +252,8 @@ impl Flux {
                 });
             }
         }
-        let _ = store.prune_idempotency_keys(&since).await;
+        let used_before = self.0.confirmer.forget_used_before();
+        let _ = store.prune_idempotency_keys(&since, &used_before).await;
         let claim = IdempotencyClaim {
             scope: IDEMPOTENCY_SCOPE,
             key,

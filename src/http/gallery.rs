@@ -214,9 +214,18 @@ fn new_seed() -> u64 {
 #[utoipa::path(post, path = "/api/jobs/{id}/again", tag = "jobs", params(("id" = String, Path, description = "The job's id")),
     responses((status = 202, description = "The new job, queued", body = crate::http::jobs::Accepted),
         (status = 404, description = "No such job", body = crate::error::ErrorBody),
-        (status = 422, description = "Not a template's job", body = crate::error::ErrorBody)))]
+        (status = 422, description = "`validation_failed`: not a template's job, or a FLUX job (asked for again through `POST /api/flux/generate`, with its confirmation)", body = crate::error::ErrorBody)))]
 pub async fn again(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let job = find(&state, &id).await?;
+    // A FLUX job's stored "workflow" is BFL's payload, and paid: it goes again through FLUX, with its own price
+    // and confirmation, never to ComfyUI as a graph.
+    if job.backend != crate::jobs::model::Backend::Comfy {
+        return Err(ApiError::invalid(
+            "backend",
+            "only a ComfyUI job is generated again here; a FLUX job is asked for again with POST /api/flux/generate, \
+             with its price and confirmation",
+        ));
+    }
     let Some(name) = job.template.clone() else {
         return Err(ApiError::invalid(
             "template",

@@ -24,6 +24,8 @@ pub async fn preview(State(state): State<AppState>, Path(id): Path<String>) -> A
     };
     Ok((
         no_store,
+        // The type is ComfyUI's word for bytes a custom node made: never sniffed into something a browser runs.
+        [(header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
         [(header::CONTENT_TYPE, preview.content_type)],
         [("x-preview-number", preview.number.to_string())],
         preview.bytes,

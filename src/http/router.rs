@@ -164,7 +164,11 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
             }),
         )
         .merge(ui::router(openapi_document()))
-        .route_service("/mcp", mcp_service(&state))
+        .route(
+            "/mcp",
+            axum::routing::any_service(mcp_service(&state))
+                .layer(from_fn(guard::require_json_body)),
+        )
         .fallback(ui::not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

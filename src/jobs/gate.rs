@@ -89,6 +89,11 @@ impl Gate {
         self.confirmer.ttl().as_secs()
     }
 
+    /// See [`crate::flux::confirm::Confirmer::forget_used_before`].
+    pub fn forget_used_before(&self) -> String {
+        self.confirmer.forget_used_before()
+    }
+
     /// The paid nodes of `workflow` on the backend `catalog` describes, each with its estimate.
     pub fn assess(
         &self,

@@ -338,7 +338,11 @@ impl Jobs {
         let since = (chrono::Utc::now() - IDEMPOTENCY_WINDOW)
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let Some(record) = self.store.idempotency_record(scope, key, &since).await? else {
-            let _ = self.store.prune_idempotency_keys(&since).await;
+            let used_before = self.gate().forget_used_before();
+            let _ = self
+                .store
+                .prune_idempotency_keys(&since, &used_before)
+                .await;
             return Ok(None);
         };
         if record.fingerprint != fingerprint {

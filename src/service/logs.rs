@@ -13,6 +13,23 @@ const BLOCK: u64 = 64 * 1024;
 /// Upper bound on the bytes read for one answer, so a log of one enormous line cannot exhaust memory.
 pub const MAX_TAIL_BYTES: u64 = 4 * 1024 * 1024;
 
+/// `lines` with every occurrence of each of `secrets` replaced by `***`: ComfyUI's log shows what its nodes print,
+/// and a prompt's `extra_data` carries the Comfy.org key.
+pub fn masked(lines: Vec<String>, secrets: &[String]) -> Vec<String> {
+    let secrets: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    if secrets.is_empty() {
+        return lines;
+    }
+    lines
+        .into_iter()
+        .map(|line| {
+            secrets
+                .iter()
+                .fold(line, |line, secret| line.replace(secret.as_str(), "***"))
+        })
+        .collect()
+}
+
 /// The last `n` lines of the log at `path` and its rotated predecessors, oldest first.
 pub fn tail(path: &Path, n: usize) -> io::Result<Vec<String>> {
     let mut lines = Vec::new();

@@ -106,6 +106,8 @@ pub struct LaunchSpec {
     /// Variables of Orchestrator's own environment the child must not get: its secrets, and everything its `.env`
     /// set (those are Orchestrator's configuration, not ComfyUI's).
     pub env_remove: Vec<String>,
+    /// Values never shown from its log (Orchestrator's secrets): see [`logs::masked`].
+    pub masked: Vec<String>,
 }
 
 /// The default command line for ComfyUI in `comfy_dir`, listening where `COMFY_URL` says.

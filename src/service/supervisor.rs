@@ -415,7 +415,8 @@ impl Actor {
 
     /// The last lines ComfyUI wrote before it ended: why it died is usually there.
     fn log_tail(&self) -> Vec<String> {
-        super::logs::tail(&self.spec.log_file, EXIT_LOG_LINES).unwrap_or_default()
+        let lines = super::logs::tail(&self.spec.log_file, EXIT_LOG_LINES).unwrap_or_default();
+        super::logs::masked(lines, &self.spec.masked)
     }
 
     fn publish(&mut self, state: ServiceState, pid: Option<u32>, exit: Option<ExitRecord>) {

@@ -224,6 +224,7 @@ mod tests {
             working_dir: Some(PathBuf::from("/opt/ComfyUI")),
             log_file: PathBuf::from("/var/lib/orchestrator/data/logs/comfyui.log"),
             env_remove: Vec::new(),
+            masked: Vec::new(),
         };
         insta::assert_snapshot!(unit_file(&spec, Scope::System));
     }

@@ -245,6 +245,7 @@ mod tests {
             working_dir: Some(PathBuf::from(r"F:\ComfyUI_windows_portable")),
             log_file: PathBuf::from(r"F:\Orchestrator\data\logs\comfyui.log"),
             env_remove: Vec::new(),
+            masked: Vec::new(),
         };
         let lines: Vec<String> = nssm_install_commands("nssm", &spec)
             .iter()

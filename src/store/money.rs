@@ -155,15 +155,20 @@ impl Store {
         ))
     }
 
-    /// Forgets keys older than `before`, so a key can be used again after its window.
-    pub async fn prune_idempotency_keys(&self, before: &str) -> Result<(), StoreError> {
+    /// Forgets keys older than `before`, so a key can be used again after its window, and the records of
+    /// confirmation tokens used before `used_before` (by then every token they could be has expired: see
+    /// `Confirmer::forget_used_before`).
+    pub async fn prune_idempotency_keys(
+        &self,
+        before: &str,
+        used_before: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(before)
             .execute(&self.pool)
             .await?;
-        // A token lives at most a day (FLUX_CONFIRM_TTL_SECS), so older records guard nothing.
         sqlx::query("DELETE FROM used_confirmations WHERE used_at < $1")
-            .bind(before)
+            .bind(used_before)
             .execute(&self.pool)
             .await?;
         Ok(())

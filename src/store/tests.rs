@@ -252,3 +252,46 @@ async fn a_deleted_job_is_gone_but_a_paid_ones_charge_stays() {
         );
     }
 }
+
+/// A used confirmation token's record is kept until every token it could be has expired (`used_before`), not for
+/// the keys' own window: pruned early, a token still valid would pay a second time.
+#[tokio::test]
+async fn a_used_token_is_remembered_until_its_own_cutoff() {
+    let (_dir, stores) = each_engine().await;
+    for store in stores {
+        let params = serde_json::json!({ "prompt": "a kite" });
+        let workflow = serde_json::json!({});
+        let reserve = |token: &'static str| {
+            let store = store.clone();
+            let (params, workflow) = (params.clone(), workflow.clone());
+            async move {
+                store
+                    .reserve_paid_job(PaidJob {
+                        job: NewJob {
+                            backend: Backend::Comfy,
+                            template: None,
+                            params: &params,
+                            workflow: &workflow,
+                            backend_url: None,
+                        },
+                        cost_micros: 10_000,
+                        day: "2026-12-07",
+                        budget_micros: 5_000_000,
+                        idempotency: None,
+                        token_id: token,
+                        approval: None,
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(matches!(reserve("t1").await, Reservation::Reserved(_)));
+        let past = "2000-01-01T00:00:00.000000Z";
+        let future = "2999-01-01T00:00:00.000000Z";
+        // Every key is past its window; the token's record is not past its own cutoff.
+        store.prune_idempotency_keys(future, past).await.unwrap();
+        assert!(matches!(reserve("t1").await, Reservation::TokenUsed));
+        store.prune_idempotency_keys(future, future).await.unwrap();
+        assert!(matches!(reserve("t1").await, Reservation::Reserved(_)));
+    }
+}

@@ -417,3 +417,36 @@ async fn thumbnails_of_a_huge_picture_keep_memory_bounded() {
     let growth_mib = peak.saturating_sub(baseline_peak) / 1024;
     assert!(growth_mib < 300, "peak RSS grew by {growth_mib} MiB");
 }
+
+/// A FLUX job's stored "workflow" is BFL's payload: "generate again" refuses it (it goes through FLUX, with its
+/// confirmation) and sends nothing to ComfyUI.
+#[tokio::test]
+async fn a_flux_job_is_not_generated_again_as_a_comfy_workflow() {
+    let comfy = FakeComfy::start().await;
+    let app = TestApp::spawn(&comfy.url()).await;
+    let store = orchestrator::store::Store::open(&crate::support::database_for(&app.data_dir))
+        .await
+        .unwrap();
+    let payload = json!({ "prompt": "a fox", "width": 1024, "height": 768 });
+    let new = orchestrator::store::NewJob {
+        backend: orchestrator::jobs::model::Backend::Flux,
+        template: Some("flux-pro-1.1"),
+        params: &json!({ "prompt": "a fox" }),
+        workflow: &payload,
+        backend_url: None,
+    };
+    let id = store.insert_job(new).await.unwrap().id;
+    let (status, answer) = app
+        .post_json(&format!("/api/jobs/{id}/again"), &json!({}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "validation_failed");
+    assert!(
+        answer["error"]["details"]["fields"]["backend"].is_string(),
+        "{answer}"
+    );
+    assert!(
+        comfy.received_prompts().is_empty(),
+        "nothing reached ComfyUI"
+    );
+}

@@ -180,6 +180,37 @@ async fn cross_site_requests_of_every_method_never_reach_comfy() {
     assert_eq!(editor.status(), 200);
 }
 
+/// A browser sends a `text/plain` or form body cross-site without asking first; the JSON routes of v2 and MCP
+/// refuse one, as every other JSON route does.
+#[tokio::test]
+async fn json_routes_refuse_bodies_a_page_elsewhere_could_send() {
+    let fake = FakeComfy::start().await;
+    let app = TestApp::spawn(&fake.url()).await;
+    let workflow = json!({ "workflow": no_model_workflow() }).to_string();
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+    for (path, body) in [
+        ("/api/v2/jobs", &workflow),
+        ("/api/v2/assets/from-hash", &workflow),
+        ("/mcp", &call),
+    ] {
+        for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+            let response = app
+                .http
+                .post(app.url(path))
+                .header("content-type", content_type)
+                .header("accept", "application/json, text/event-stream")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 415, "{path} {content_type}");
+            let answer: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(error_code(&answer), "unsupported_media_type");
+        }
+    }
+    assert!(fake.received_prompts().is_empty(), "no job was made");
+}
+
 #[tokio::test]
 async fn a_configured_token_is_required() {
     let fake = FakeComfy::start().await;

@@ -43,6 +43,7 @@ async fn a_running_jobs_latest_preview_is_served_and_announced_then_gone() {
             if response.status() == 200 {
                 assert_eq!(response.headers()["content-type"], "image/jpeg");
                 assert_eq!(response.headers()["cache-control"], "no-store");
+                assert_eq!(response.headers()["x-content-type-options"], "nosniff");
                 let number: u64 = response.headers()["x-preview-number"]
                     .to_str()
                     .unwrap()

@@ -285,6 +285,39 @@ async fn start_and_stop_are_idempotent_and_concurrent_starts_start_once() {
     post(&app, "/api/system/comfy/stop").await;
 }
 
+/// ComfyUI's log shows what its nodes print, a prompt's `extra_data` (with the Comfy.org key) among it: the viewer,
+/// and through it MCP's `tail_comfy_logs`, never shows a secret of Orchestrator's.
+#[tokio::test]
+async fn the_log_viewer_masks_every_secret() {
+    let fake = testkit::fake_comfy::FakeComfy::start().await;
+    let app = TestApp::spawn_with(&fake.url(), |s| {
+        s.comfy_org_api_key = Some("comfy-org-secret-key-1".into());
+        s.bfl_api_key = Some("bfl-secret-key-2".into());
+        s.v0_api_key = Some("v0-secret-key-3".into());
+    })
+    .await;
+    let log = app.data_dir.join("logs/comfyui.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(
+        &log,
+        "got prompt\n{'api_key_comfy_org': 'comfy-org-secret-key-1'} bfl-secret-key-2 v0-secret-key-3\nPrompt executed\n",
+    )
+    .unwrap();
+    let tail: Value = app.get_json("/api/logs/comfy?lines=10").await;
+    let text = tail["lines"].to_string();
+    for secret in [
+        "comfy-org-secret-key-1",
+        "bfl-secret-key-2",
+        "v0-secret-key-3",
+    ] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert!(
+        text.contains("{'api_key_comfy_org': '***'} *** ***"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn logs_are_tailed_and_a_missing_log_is_a_json_404() {
     let app = supervised(&[], |_| {}).await;

@@ -240,7 +240,8 @@ fn created_or_ok(new: bool) -> StatusCode {
     responses((status = 201, description = "A new asset over the bytes", body = Object),
         (status = 200, description = "An asset with these bytes and this path existed; it is answered", body = Object),
         (status = 404, description = "`blob_not_found`", body = crate::error::ErrorBody),
-        (status = 400, description = "`invalid_request`", body = crate::error::ErrorBody)))]
+        (status = 400, description = "`invalid_request`", body = crate::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON", body = crate::error::ErrorBody)))]
 pub async fn from_hash(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -172,6 +172,7 @@ fn created(job: &Job, base: &str) -> Response {
         (status = 403, description = "`generation_disabled`: paid nodes and ALLOW_GENERATION is off", body = crate::error::ErrorBody),
         (status = 409, description = "`idempotency_conflict`, with `Retry-After`", body = crate::error::ErrorBody),
         (status = 422, description = "`invalid_workflow` (details.node_errors), `workflow_format_ui`, `missing_asset`, `metadata_invalid`, `idempotency_key_reuse`", body = crate::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON", body = crate::error::ErrorBody),
         (status = 503, description = "No ComfyUI answers and the workflow names assets (they are uploaded to the one that runs it)", body = crate::error::ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,

@@ -74,7 +74,7 @@ pub(super) async fn prior(
         else {
             // Claimed longer ago than the window: forgotten now, then claimed anew.
             store
-                .prune_idempotency_keys(&since)
+                .prune_idempotency_keys(&since, &state.jobs.gate().forget_used_before())
                 .await
                 .map_err(V2Error::internal)?;
             continue;

@@ -27,19 +27,23 @@ use crate::codes::Code;
 use crate::error::ApiError;
 
 /// The v2 routes, each with its OpenAPI description.
+/// Every route but the multipart upload takes JSON only: a browser can send a cross-site form or `text/plain`
+/// body without asking first, never `application/json`.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    let upload = OpenApiRouter::new().routes(routes!(assets::upload));
+    let json = OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::get))
         .routes(routes!(jobs::workflow))
         .routes(routes!(jobs::cancel))
         .routes(routes!(events::events))
-        .routes(routes!(assets::upload))
         .routes(routes!(assets::from_hash))
         .routes(routes!(assets::by_hash))
         .routes(routes!(assets::get, assets::delete))
         .routes(routes!(assets::content))
+        .layer(axum::middleware::from_fn(super::guard::require_json_body));
+    upload.merge(json)
 }
 
 /// `GET /api/v2/health`: the v2 surface answers (whether a ComfyUI does is `GET /api/status`'s business).
