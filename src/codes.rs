@@ -37,10 +37,10 @@ macro_rules! codes {
 codes! {
     // The guard.
     HostNotAllowed = "host_not_allowed", "api", "The `Host` header is not in `ORCH_ALLOWED_HOSTS` (DNS-rebinding guard).";
-    CrossOriginRefused = "cross_origin_refused", "api", "A state-changing request came from another site's page (CSRF guard).";
+    CrossOriginRefused = "cross_origin_refused", "api", "A request came from another site's page (CSRF guard): a state-changing one anywhere, any request to `/api/v0/*` or relayed to ComfyUI (`/api/comfy/*`, the editor's origin; a top-level navigation to `/view` excepted).";
     Unauthorized = "unauthorized", "api", "A token is set (it must be when bound beyond loopback) and the request has no valid `Authorization: Bearer` token.";
     EditorOriginOnly = "editor_origin_only", "api", "A ComfyUI page or script was asked for on the panel's origin; `details.editor` is where the editor is.";
-    RateLimited = "rate_limited", "api", "Too many paid requests from this client; `Retry-After` and `details.retry_after_secs` say when to retry.";
+    RateLimited = "rate_limited", "api", "Too many paid requests (or paid prompts parked from ComfyUI's editor) from this client; `Retry-After` and `details.retry_after_secs` say when to retry.";
     // The request itself.
     UnsupportedMediaType = "unsupported_media_type", "api", "The route takes JSON and the body is not.";
     PayloadTooLarge = "payload_too_large", "api", "The body is over the limit in `details.limit_bytes`.";

@@ -285,6 +285,11 @@ pub enum RunError {
     },
     #[error("cannot start a serving thread")]
     Thread(#[source] std::io::Error),
+    #[error(
+        "another Orchestrator is running as instance {id:?} on this store (its heartbeat goes on): each instance of a \
+         fleet needs a name of its own; set ORCH_INSTANCE_ID"
+    )]
+    InstanceInUse { id: String },
 }
 
 /// Opens the store and creates the folders: everything the server needs before it accepts a request.
@@ -297,6 +302,9 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     let store = Store::open(config.database_url.expose())
         .await?
         .for_instance(&config.fleet.instance_id, config.fleet.lease);
+    if store.engine() == store::Engine::Postgres {
+        ensure_alone(&store, &config.fleet).await?;
+    }
     // A fleet's instances share the key of confirmation tokens, so a token one of them made pays once through
     // any; alone on SQLite, the key is drawn at start-up (a restart voids the tokens handed out before it).
     let fleet = match store.engine() {
@@ -341,6 +349,40 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     Ok(state)
 }
 
+/// Refuses to start as an instance another live process already is: each would take the other's jobs for its own
+/// (none would be taken over when one died) and the other's events for its own. A heartbeat within a lease may be a
+/// process that just died (a restart after a crash): a live one beats again within a third of a lease, so the
+/// start waits that long before it decides.
+async fn ensure_alone(store: &Store, fleet: &config::FleetConfig) -> Result<(), RunError> {
+    let last_beat = || async {
+        Ok::<_, RunError>(
+            store
+                .instances()
+                .await?
+                .into_iter()
+                .find(|i| i.id == fleet.instance_id)
+                .map(|i| i.heartbeat_at),
+        )
+    };
+    let Some(beat) = last_beat().await? else {
+        return Ok(());
+    };
+    let lease = chrono::TimeDelta::from_std(fleet.lease).unwrap_or(chrono::TimeDelta::MAX);
+    let fresh = chrono::DateTime::parse_from_rfc3339(&beat)
+        .is_ok_and(|at| chrono::Utc::now() - at.with_timezone(&chrono::Utc) < lease);
+    if !fresh {
+        return Ok(());
+    }
+    tracing::info!(instance = %fleet.instance_id, "this instance's name beat within a lease: waiting a heartbeat to tell whether another process has it");
+    tokio::time::sleep(fleet.lease / 3 + std::time::Duration::from_secs(1)).await;
+    if last_beat().await?.is_some_and(|again| again != beat) {
+        return Err(RunError::InstanceInUse {
+            id: fleet.instance_id.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Registers this instance in the fleet, once its address is known, and keeps its heartbeat: the other instances
 /// reach it at `ORCH_PUBLIC_URL`, else at the address it listens on.
 fn join_fleet(state: &AppState) {
@@ -351,12 +393,6 @@ fn join_fleet(state: &AppState) {
         .clone()
         .or_else(|| state.local_addr.get().map(|addr| format!("http://{addr}")))
         .unwrap_or_default();
-    if state.store.engine() == store::Engine::Postgres
-        && state.config.fleet.public_url.is_none()
-        && state.config.bind.ip().is_unspecified()
-    {
-        tracing::warn!(%url, "ORCH_PUBLIC_URL is not set: instances on other machines cannot fetch this one's outputs");
-    }
     let background = state.jobs.background();
     background.spawn(state.jobs.clone().keep_fleet(url));
 }

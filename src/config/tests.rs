@@ -200,3 +200,46 @@ fn a_webhook_needs_an_http_url_and_a_secret() {
     );
     assert!(settings(&[]).validate(false).unwrap().webhook.is_none());
 }
+
+/// Two instances on one host sharing a data folder get different names by default (they cannot listen on one
+/// address), and one instance keeps its name across restarts.
+#[test]
+fn the_default_instance_name_differs_by_listening_address_and_stays_across_restarts() {
+    let id = |bind: &str| {
+        settings(&["--bind", bind, "--data-dir", "/srv/orch"])
+            .validate(false)
+            .unwrap()
+            .fleet
+            .instance_id
+    };
+    assert_ne!(id("127.0.0.1:3000"), id("127.0.0.1:3010"));
+    assert_eq!(id("127.0.0.1:3000"), id("127.0.0.1:3000"));
+}
+
+/// A fleet listening on every address must say where the others reach it: they would otherwise send the fleet's
+/// token to their own port.
+#[test]
+fn a_fleet_on_every_address_needs_its_public_url() {
+    let base = [
+        "--bind",
+        "0.0.0.0:3000",
+        "--token",
+        "a-long-enough-token-0123456789",
+        "--database-url",
+        "postgres://orchestrator@db.lan/orchestrator",
+    ];
+    let errors = settings(&base).validate(false).unwrap_err();
+    assert!(
+        errors.0.iter().any(|e| e.contains("ORCH_PUBLIC_URL")),
+        "{errors:?}"
+    );
+    let mut named = base.to_vec();
+    named.extend(["--public-url", "http://10.0.0.5:3000"]);
+    assert!(settings(&named).validate(false).is_ok());
+    let mut alone = base.to_vec();
+    alone[5] = "sqlite:///srv/orch/orchestrator.db";
+    assert!(
+        settings(&alone).validate(false).is_ok(),
+        "SQLite is one instance"
+    );
+}

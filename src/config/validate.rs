@@ -231,9 +231,24 @@ impl Settings {
             self.instance_id.as_deref(),
             self.public_url.as_deref(),
             Duration::from_secs(lease_secs),
-            &data_dir,
+            (&data_dir, self.bind.trim()),
             &mut problems,
         );
+        // The others reach an instance at its public URL, else at the address it listens on: an unspecified one
+        // (0.0.0.0, ::) would send them, with the fleet's token, to their own port.
+        if crate::store::Engine::of_url(&database_url) == Some(crate::store::Engine::Postgres)
+            && fleet.public_url.is_none()
+            && bind.is_some_and(|b| b.ip().is_unspecified())
+        {
+            problems.push(format!(
+                "{}: required when a fleet (DATABASE_URL=postgres://…) listens on every address ({} = {}): \
+                 the other instances would reach this one, with the fleet's token, at their own address; set it to \
+                 the URL they reach this one at (e.g. http://10.0.0.5:3000)",
+                Settings::name_of("public_url"),
+                Settings::name_of("bind"),
+                self.bind.trim()
+            ));
+        }
 
         let allow_generation = match self.allow_generation.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
@@ -541,13 +556,14 @@ fn absolute(path: &str) -> PathBuf {
 }
 
 /// This instance's name and address in a fleet. A name is what a claim on a job records: 1 to 64 letters, digits,
-/// `.`, `_` or `-`; by default the host's name and a hash of the data folder, the same after a restart and different
-/// for two instances on one machine.
+/// `.`, `_` or `-`; by default the host's name and a hash of the data folder and the address it listens on: the
+/// same after a restart, and different for two instances on one machine even when they share a data folder (two
+/// processes cannot listen on one address).
 fn fleet_settings(
     instance_id: Option<&str>,
     public_url: Option<&str>,
     lease: Duration,
-    data_dir: &std::path::Path,
+    (data_dir, bind): (&std::path::Path, &str),
     problems: &mut Vec<String>,
 ) -> FleetConfig {
     let valid = |id: &str| {
@@ -572,8 +588,8 @@ fn fleet_settings(
                 .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
                 .take(40)
                 .collect();
-            let digest =
-                ring::digest::digest(&ring::digest::SHA256, data_dir.to_string_lossy().as_bytes());
+            let place = format!("{}\n{bind}", data_dir.to_string_lossy());
+            let digest = ring::digest::digest(&ring::digest::SHA256, place.as_bytes());
             let hash: String = digest.as_ref()[..4]
                 .iter()
                 .map(|b| format!("{b:02x}"))

@@ -27,7 +27,12 @@ use crate::problems::RequestError;
 const MAX_ECHO_BYTES: usize = 256 * 1024 * 1024;
 
 /// `POST /prompt` through the gateway.
-pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -> Response {
+pub async fn post_prompt(
+    state: &AppState,
+    request: Request<Body>,
+    path: &str,
+    origin: super::gateway::Origin,
+) -> Response {
     let (mut parts, body) = request.into_parts();
     // aiohttp decodes a body with the charset its Content-Type names: a prompt judged as UTF-8 must be read as
     // UTF-8 (a UTF-7 body hides whole nodes in what UTF-8 reads as one string), so no other charset is taken,
@@ -58,7 +63,13 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             return ApiError::from(RequestError::PayloadTooLarge { limit }).into_response();
         }
-        Err(_) => return ApiError::from(RequestError::BodyUnreadable).into_response(),
+        Err(error) => {
+            let failure = match crate::comfy::body::timed_out(&*error) {
+                Some(after) => RequestError::BodyTimeout { after },
+                None => RequestError::BodyUnreadable,
+            };
+            return ApiError::from(failure).into_response();
+        }
     };
     let prompt = match crate::comfy::prompt::read(&bytes) {
         Ok(prompt) => prompt,
@@ -85,7 +96,8 @@ pub async fn post_prompt(state: &AppState, request: Request<Body>, path: &str) -
                 let body: Value = serde_json::from_slice(&prompt.body).unwrap_or_default();
                 match state.jobs.gate().assess(&catalog, &body["prompt"]) {
                     Ok(assessment) => {
-                        return refuse_paid(state, &body["prompt"], &assessment).await;
+                        let source = Source::of(&parts, origin);
+                        return refuse_paid(state, &body["prompt"], &assessment, source).await;
                     }
                     Err(_) => return not_a_workflow(),
                 }
@@ -143,7 +155,40 @@ fn not_a_workflow() -> Response {
 /// A prompt with paid nodes and no approval: 403 while generation is off; else kept as a job that waits for a
 /// person, and 402 with the dry run. Shaped both as Orchestrator's error and as ComfyUI's rejected prompt
 /// (`error.type`, `error.message`, `node_errors` on the paid nodes), so the editor shows why and where to approve.
-async fn refuse_paid(state: &AppState, workflow: &Value, assessment: &Assessment) -> Response {
+/// Where a parked prompt came from, kept with its job so whoever approves it sees it: the origin it was posted to
+/// (ComfyUI's editor, or the panel's gateway), the client's address and its `User-Agent`.
+struct Source {
+    client: Option<std::net::IpAddr>,
+    params: Value,
+}
+
+impl Source {
+    fn of(parts: &http::request::Parts, origin: super::gateway::Origin) -> Self {
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        let agent: Option<String> = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(200).collect());
+        let origin = match origin {
+            super::gateway::Origin::Editor => "editor",
+            super::gateway::Origin::Panel => "panel",
+        };
+        let params = json!({ "source": "gateway", "origin": origin,
+                             "client": client.map(|ip| ip.to_string()), "user_agent": agent });
+        Self { client, params }
+    }
+}
+
+async fn refuse_paid(
+    state: &AppState,
+    workflow: &Value,
+    assessment: &Assessment,
+    source: Source,
+) -> Response {
     let price = format!("${:.3}", usd(assessment.total_micros));
     let node_errors = |message: &str| -> Value {
         assessment
@@ -174,7 +219,32 @@ async fn refuse_paid(state: &AppState, workflow: &Value, assessment: &Assessment
             node_errors("Paid node: generation is disabled on this server"),
         );
     }
-    let job = match state.jobs.park(&state.gateway, workflow, assessment).await {
+    // Each parked prompt is a job someone must look at: a page (or a custom node's script) posting them in a loop
+    // is held to the paid routes' pace, per client.
+    let client = source
+        .client
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    if let Err(retry_after) = state.paid_limiter.check(client) {
+        let retry_after = retry_after.max(1);
+        let mut refused = comfy_refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::RateLimited,
+            &format!(
+                "Too many paid prompts from this client; try again in {retry_after} s. Nothing was sent."
+            ),
+            json!({ "retry_after_secs": retry_after }),
+            node_errors("Paid node: too many paid prompts; try again shortly"),
+        );
+        refused
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return refused;
+    }
+    let job = match state
+        .jobs
+        .park(&state.gateway, workflow, assessment, &source.params)
+        .await
+    {
         Ok(job) => job,
         Err(error) => return ApiError::internal(error).into_response(),
     };

@@ -48,7 +48,7 @@ async fn panel(state: AppState, request: Request) -> Response {
         .unwrap_or_default()
         .to_owned();
     let file_route = credentials::comfy_route(&path).trim_end_matches('/') == "/view";
-    let response = relay(&state, request, &path).await;
+    let response = relay(&state, request, &path, Origin::Panel).await;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return response;
     }
@@ -64,12 +64,12 @@ async fn panel(state: AppState, request: Request) -> Response {
 /// Every path on the editor's origin: relayed to ComfyUI as it is.
 async fn editor(state: AppState, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    relay(&state, request, &path).await
+    relay(&state, request, &path, Origin::Editor).await
 }
 
 /// One request to the first ComfyUI backend: WebSocket upgrades relayed, `POST /prompt` judged by the money
 /// rules, answers that echo prompts cleared of Comfy.org credentials, everything else streamed through.
-async fn relay(state: &AppState, request: Request, path: &str) -> Response {
+async fn relay(state: &AppState, request: Request, path: &str, origin: Origin) -> Response {
     if guard::is_websocket_upgrade(request.headers()) {
         return websocket(state, request, path)
             .await
@@ -85,7 +85,7 @@ async fn relay(state: &AppState, request: Request, path: &str) -> Response {
     // What ComfyUI's router will match, worked out once: the money rules depend on it.
     let route = credentials::comfy_route(path);
     if request.method() == http::Method::POST && credentials::is_prompt_route(&route) {
-        return comfy_money::post_prompt(state, request, path).await;
+        return comfy_money::post_prompt(state, request, path, origin).await;
     }
     let echoes_prompts = credentials::answer_may_echo_prompts(&route);
     let mut request = request;

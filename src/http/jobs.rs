@@ -198,6 +198,7 @@ pub(super) fn submitted_response(submitted: Submitted) -> Response {
         (status = 409, description = "`not_awaiting_confirmation`: the job does not wait for an approval", body = crate::error::ErrorBody),
         (status = 415, description = "The body is not JSON", body = crate::error::ErrorBody),
         (status = 422, description = "A field is wrong", body = crate::error::ErrorBody),
+        (status = 429, description = "`rate_limited`: too many paid requests from this client; see `Retry-After`", body = crate::error::ErrorBody),
         (status = 503, description = "`comfy_org_not_configured`, or its ComfyUI is offline", body = crate::error::ErrorBody)))]
 pub async fn confirm(
     State(state): State<AppState>,

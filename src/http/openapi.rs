@@ -107,6 +107,8 @@ pub fn to_json(document: &Document) -> String {
         (status = 408, description = "`body_timeout`: the body came too slowly (`ORCH_BODY_IDLE_SECS`, `ORCH_BODY_TIMEOUT_SECS`)", body = ErrorBody),
         (status = 413, description = "A body over the limit (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "A non-JSON body on one of ComfyUI's JSON routes", body = ErrorBody),
+        (status = 402, description = "`POST /prompt` with paid API nodes and no approval: kept as a job awaiting confirmation (`confirmation_required`, ComfyUI's rejected-prompt shape)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many paid prompts from this client; see `Retry-After`", body = ErrorBody),
         (status = 502, description = "ComfyUI cannot be reached (`comfy_unreachable`)", body = ErrorBody),
         (status = 504, description = "ComfyUI did not answer in time (`comfy_timeout`)", body = ErrorBody),
     )

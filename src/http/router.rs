@@ -47,11 +47,10 @@ impl App {
         }
     }
 
-    /// ComfyUI's editor on its own origin: every path relayed (see [`gateway`]).
+    /// ComfyUI's editor on its own origin: every path relayed (see [`gateway`]). The fleet's token opens nothing
+    /// here: it stands for the user's only on the panel's fetch of an output.
     pub fn editor(state: AppState) -> Self {
-        let policy = Arc::new(
-            GuardPolicy::from_config(&state.config).with_fleet_token(state.fleet_token.clone()),
-        );
+        let policy = Arc::new(GuardPolicy::from_config(&state.config));
         Self {
             state,
             policy,

@@ -379,17 +379,19 @@ impl Jobs {
     }
 
     /// A prompt with paid nodes that came through the gateway without an approval: kept, with its dry run, as a
-    /// job that waits for a person (`POST /api/jobs/{id}/confirm`); nothing is sent.
+    /// job that waits for a person (`POST /api/jobs/{id}/confirm`); nothing is sent. `source` says where it came
+    /// from (the job's parameters, shown to whoever approves it).
     pub async fn park(
         &self,
         gateway: &ComfyGateway,
         workflow: &Value,
         assessment: &Assessment,
+        source: &Value,
     ) -> Result<Job, JobError> {
         let new = NewJob {
             backend: Backend::Comfy,
             template: None,
-            params: &json!({ "source": "gateway" }),
+            params: source,
             workflow,
             backend_url: Some(&gateway.backend().origin()),
         };

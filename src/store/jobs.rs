@@ -207,19 +207,31 @@ pub enum Deleted {
 impl Store {
     /// Deletes a job that has ended: its row and events, or (a paid job, whose charge must stay) only its outputs'
     /// record. The files are the caller's to remove.
-    pub async fn delete_job(&self, id: &str) -> Result<Deleted, StoreError> {
+    pub async fn delete_job(&self, id: &str, by: &str) -> Result<Deleted, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String, Option<i64>)> =
-            sqlx::query_as("SELECT status, cost_micros FROM jobs WHERE id = $1")
+        let row: Option<(String, Option<i64>, Option<String>)> =
+            sqlx::query_as("SELECT status, cost_micros, claimed_by FROM jobs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((status, cost)) = row else {
+        let Some((status, cost, holder)) = row else {
             return Ok(Deleted::NotFound);
         };
         let status = JobStatus::parse(&status).unwrap_or(JobStatus::Failed);
         if !status.is_final() {
             return Ok(Deleted::Running(status));
+        }
+        // Another instance of the fleet ran it and keeps its files: it is told here, in the same transaction.
+        if let Some(holder) = holder.filter(|holder| holder != by) {
+            sqlx::query(
+                "INSERT INTO deleted_outputs (job_id, holder, deleted_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (job_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(holder)
+            .bind(crate::jobs::model::now())
+            .execute(&mut *tx)
+            .await?;
         }
         let deleted = if cost.is_some() {
             sqlx::query("UPDATE jobs SET outputs = '[]' WHERE id = $1")
@@ -240,6 +252,33 @@ impl Store {
         };
         tx.commit().await?;
         Ok(deleted)
+    }
+}
+
+impl Store {
+    /// Jobs deleted elsewhere whose files `holder` keeps (at most `limit`): for it to remove.
+    pub async fn deleted_outputs(
+        &self,
+        holder: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT job_id FROM deleted_outputs WHERE holder = $1 ORDER BY deleted_at LIMIT $2",
+        )
+        .bind(holder)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// The files of a job deleted elsewhere are gone: forgets it.
+    pub async fn forget_deleted_outputs(&self, job_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM deleted_outputs WHERE job_id = $1")
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
 

@@ -217,6 +217,20 @@ impl Store {
         Ok(())
     }
 
+    /// Renews the claim on a key whose request is still being carried out, so it is not taken as abandoned.
+    pub async fn renew_idempotency_claim(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET created_at = $3 \
+             WHERE scope = $1 AND key = $2 AND response_status IS NULL",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(crate::jobs::model::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Keeps the answer a key's first request got, for its repeats.
     pub async fn record_idempotent_response(
         &self,

@@ -199,14 +199,20 @@ async fn a_deleted_job_is_gone_but_a_paid_ones_charge_stays() {
         };
         let free = store.insert_job(new()).await.unwrap();
         assert_eq!(
-            store.delete_job(&free.id).await.unwrap(),
+            store.delete_job(&free.id, "local").await.unwrap(),
             Deleted::Running(JobStatus::Queued)
         );
         store.update_job(&free.id, ended).await.unwrap();
-        assert_eq!(store.delete_job(&free.id).await.unwrap(), Deleted::Removed);
+        assert_eq!(
+            store.delete_job(&free.id, "local").await.unwrap(),
+            Deleted::Removed
+        );
         assert!(store.job(&free.id).await.unwrap().is_none());
         assert_eq!(store.last_job_event(&free.id).await.unwrap(), 0);
-        assert_eq!(store.delete_job(&free.id).await.unwrap(), Deleted::NotFound);
+        assert_eq!(
+            store.delete_job(&free.id, "local").await.unwrap(),
+            Deleted::NotFound
+        );
 
         let day = "2026-12-04";
         let Reservation::Reserved(paid) = store
@@ -232,7 +238,7 @@ async fn a_deleted_job_is_gone_but_a_paid_ones_charge_stays() {
         store.update_job(&paid.id, ended).await.unwrap();
         let before = store.budget_usage(day).await.unwrap();
         assert_eq!(
-            store.delete_job(&paid.id).await.unwrap(),
+            store.delete_job(&paid.id, "local").await.unwrap(),
             Deleted::OutputsForgotten
         );
         let after = store.budget_usage(day).await.unwrap();
@@ -293,5 +299,44 @@ async fn a_used_token_is_remembered_until_its_own_cutoff() {
         assert!(matches!(reserve("t1").await, Reservation::TokenUsed));
         store.prune_idempotency_keys(future, future).await.unwrap();
         assert!(matches!(reserve("t1").await, Reservation::Reserved(_)));
+    }
+}
+
+/// A job deleted through one instance whose files another keeps leaves word for that one (its holder), in the
+/// delete's own transaction; the deleting instance's own jobs leave none.
+#[tokio::test]
+async fn a_job_deleted_elsewhere_tells_the_instance_that_keeps_its_files() {
+    let (_dir, stores) = each_engine().await;
+    for store in stores {
+        let params = serde_json::json!({});
+        let workflow = serde_json::json!({});
+        let new = || NewJob {
+            backend: Backend::Comfy,
+            template: None,
+            params: &params,
+            workflow: &workflow,
+            backend_url: None,
+        };
+        let ended = || JobChange {
+            status: Some(JobStatus::Succeeded),
+            finished: true,
+            ..Default::default()
+        };
+        let until = "2999-01-01T00:00:00.000000Z";
+        let theirs = store.insert_job(new()).await.unwrap().id;
+        let mine = store.insert_job(new()).await.unwrap().id;
+        store.force_claim(&theirs, "b", until).await.unwrap();
+        store.force_claim(&mine, "a", until).await.unwrap();
+        for id in [&theirs, &mine] {
+            store.update_job(id, ended()).await.unwrap();
+            assert_eq!(store.delete_job(id, "a").await.unwrap(), Deleted::Removed);
+        }
+        assert_eq!(
+            store.deleted_outputs("b", 10).await.unwrap(),
+            std::slice::from_ref(&theirs)
+        );
+        assert!(store.deleted_outputs("a", 10).await.unwrap().is_empty());
+        store.forget_deleted_outputs(&theirs).await.unwrap();
+        assert!(store.deleted_outputs("b", 10).await.unwrap().is_empty());
     }
 }

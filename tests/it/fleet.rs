@@ -472,6 +472,65 @@ async fn an_output_kept_by_one_instance_downloads_through_every_instance() {
         .await
         .unwrap();
     assert_eq!(forged.status(), 401);
+    // The fleet's own token opens that one route of the panel, and nothing on the editor's origin or the gateway.
+    let fleet_token = orchestrator::store::Store::open(&fleet.database)
+        .await
+        .unwrap()
+        .fleet_secret("fleet-token")
+        .await
+        .unwrap();
+    let fetched = fleet
+        .http
+        .get(fleet.url(2, &output))
+        .header("x-orchestrator-fleet", &fleet_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched.status(),
+        200,
+        "another instance's fetch of an output"
+    );
+    let editor = fleet.members[0]
+        .lines()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|event| event["message"] == "ComfyUI's editor listening on its own origin")
+        .and_then(|event| event["addr"].as_str().map(str::to_owned))
+        .expect("the editor's address is logged");
+    for url in [
+        format!("http://{editor}{output}"),
+        format!("http://{editor}/system_stats"),
+        fleet.url(0, "/api/comfy/system_stats"),
+        fleet.url(0, "/api/jobs"),
+    ] {
+        let response = fleet
+            .http
+            .get(&url)
+            .header("x-orchestrator-fleet", &fleet_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{url}");
+    }
+
+    // Deleted through another instance: the files go from the instance that keeps them, not only the record.
+    let kept = fleet._dirs[2].path().join(format!("data/outputs/{id}"));
+    assert!(kept.is_dir(), "instance c keeps the job's files");
+    let deleted = fleet
+        .http
+        .delete(fleet.url(0, &path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    wait_until(
+        Duration::from_secs(LEASE_SECS * 3),
+        "the keeper removes the files of a job deleted elsewhere",
+        || std::future::ready(!kept.exists()),
+    )
+    .await;
 }
 
 /// A paid FLUX task BFL took is polled by the instance that sent it; when that instance dies, another takes the
@@ -597,4 +656,43 @@ async fn one_idempotency_key_with_two_bodies_is_refused_on_another_instance() {
     statuses.sort();
     assert_eq!(statuses, [202, 422], "one accepted, the other refused");
     assert_eq!(bfl.submits(), 1);
+}
+
+/// Two live processes under one instance name would each take the other's jobs for its own (none taken over when
+/// one dies, its events lost to the other's streams): the second refuses to start and names ORCH_INSTANCE_ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_under_a_live_instances_name_refuses_to_start() {
+    let comfy = FakeComfy::start().await;
+    let Some(fleet) = Fleet::start(1, &[&comfy], &[]) else {
+        return;
+    };
+    let store = orchestrator::store::Store::open(&fleet.database)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "instance a beats", || async {
+        store.instances().await.unwrap().iter().any(|i| i.id == "a")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (lease, comfy_url) = (LEASE_SECS.to_string(), comfy.url());
+    let env = [
+        ("DATABASE_URL", fleet.database.as_str()),
+        ("ORCH_INSTANCE_ID", "a"),
+        ("FLEET_LEASE_SECS", lease.as_str()),
+        ("ORCH_BIND", "127.0.0.1:0"),
+        ("ORCH_COMFY_BIND", "127.0.0.1:0"),
+        ("COMFY_URL", comfy_url.as_str()),
+        ("DATA_DIR", data.to_str().unwrap()),
+    ];
+    let second = tokio::process::Command::from(crate::support::served::command(dir.path(), &env))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), second)
+        .await
+        .expect("the second process ends by itself")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("ORCH_INSTANCE_ID"), "{stderr}");
 }

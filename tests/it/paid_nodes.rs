@@ -901,3 +901,53 @@ async fn an_svg_a_job_writes_is_a_download_that_cannot_script_the_panel() {
     );
     assert_eq!(queued(&comfy), 1);
 }
+
+/// Each parked prompt is a job someone must look at: a page or a custom node's script posting them in a loop is
+/// held to the paid routes' pace, and each says where it came from (origin, client, browser) to whoever approves it.
+#[tokio::test]
+async fn parked_prompts_are_rate_limited_and_say_where_they_came_from() {
+    let Rig { comfy, org, app } = rig(true, |s| {
+        s.paid_rate_limit_per_min = "1".into();
+        s.paid_rate_limit_burst = "2".into();
+    })
+    .await;
+    let mut answers = Vec::new();
+    for n in 0..3 {
+        let body = editor_prompt(&paid_workflow(&format!("prompt {n}")));
+        let response = app
+            .http
+            .post(app.editor_url("/api/prompt"))
+            .header("user-agent", "studio-browser/1.0")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").cloned();
+        answers.push((status, retry_after, response.json::<Value>().await.unwrap()));
+    }
+    let statuses: Vec<u16> = answers.iter().map(|(status, ..)| *status).collect();
+    assert_eq!(statuses, [402, 402, 429], "{answers:?}");
+    let (_, retry_after, refused) = &answers[2];
+    assert_eq!(error_code(refused), "rate_limited");
+    assert!(retry_after.is_some(), "Retry-After says when");
+    let waiting = app.get_json("/api/jobs?status=awaiting_confirmation").await;
+    assert_eq!(waiting["jobs"].as_array().unwrap().len(), 2, "{waiting}");
+    let id = answers[0].2["error"]["details"]["jobId"].as_str().unwrap();
+    let job = app.get_json(&format!("/api/jobs/{id}")).await;
+    assert_eq!(
+        (
+            &job["params"]["origin"],
+            &job["params"]["client"],
+            &job["params"]["user_agent"]
+        ),
+        (
+            &json!("editor"),
+            &json!("127.0.0.1"),
+            &json!("studio-browser/1.0")
+        ),
+        "{job}"
+    );
+    assert_eq!(queued(&comfy), 0);
+    assert_eq!(org.call_count(), 0);
+}

@@ -197,9 +197,11 @@ async fn keep_once(
     base: &str,
 ) -> V2Result<Response> {
     let assets = state.jobs.assets();
-    if let Some(key) = &key {
-        match keys::prior(state, SCOPE, key, &fingerprint).await? {
-            Prior::New => {}
+    // Held (the claim renewed) until the key is settled.
+    let _claimed = match &key {
+        None => None,
+        Some(key) => match keys::prior(state, SCOPE, key, &fingerprint).await? {
+            Prior::New(claimed) => Some(claimed),
             Prior::Made { id, status } => {
                 if let Some(Found::Uploaded(record)) = assets.find(&id).await? {
                     let created = status == StatusCode::CREATED;
@@ -207,10 +209,11 @@ async fn keep_once(
                     return Ok(keys::replayed(answer(status, body)));
                 }
                 // Deleted since: the key has nothing to answer with, and the upload is kept anew below.
+                None
             }
             Prior::Refused { status, body } => return Ok(keys::refusal(status, body)),
-        }
-    }
+        },
+    };
     let minted = assets.mint(received, placement).await;
     let outcome = match &minted {
         Ok((record, new_blob)) => Outcome::Made {

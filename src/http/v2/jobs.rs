@@ -203,15 +203,17 @@ async fn submit_once(
         )
         .as_bytes(),
     );
-    if let Some(key) = &key {
-        match keys::prior(state, SCOPE, key, &fingerprint).await? {
-            Prior::New => {}
+    // Held (the claim renewed) until the key is settled.
+    let _claimed = match &key {
+        None => None,
+        Some(key) => match keys::prior(state, SCOPE, key, &fingerprint).await? {
+            Prior::New(claimed) => Some(claimed),
             Prior::Made { id, .. } => {
                 return Ok(keys::replayed(created(&find(state, &id).await?, base)));
             }
             Prior::Refused { status, body } => return Ok(keys::refusal(status, body)),
-        }
-    }
+        },
+    };
     let key = key.as_deref();
     match make(state, request).await {
         Ok(job) => {

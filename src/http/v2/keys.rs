@@ -19,8 +19,10 @@ use crate::jobs::model::timestamp as at;
 
 /// Keys are remembered a day, as the contract says.
 const WINDOW: TimeDelta = TimeDelta::hours(24);
-/// A claim with no answer this old was cut off by a crash: the work it guarded takes seconds.
+/// A claim with no answer this old was cut off by a crash: a request at work renews its claim every
+/// [`RENEW_EVERY`], however long it takes (assets uploaded to a slow ComfyUI, say).
 const ABANDONED: TimeDelta = TimeDelta::minutes(2);
+const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// A request's `Idempotency-Key`: 1 to 255 printable ASCII characters.
 pub(super) fn key_of(headers: &HeaderMap) -> V2Result<Option<String>> {
@@ -41,8 +43,9 @@ pub(super) fn key_of(headers: &HeaderMap) -> V2Result<Option<String>> {
 
 /// What a key's first request was answered with.
 pub(super) enum Prior {
-    /// The key is new, and now claimed for this request, which [`settle`]s it.
-    New,
+    /// The key is new, and now claimed for this request, which [`settle`]s it; the claim is renewed while the
+    /// [`Claimed`] is held.
+    New(Claimed),
     /// The first request made this job or asset, and was answered with this status.
     Made { id: String, status: StatusCode },
     /// The first request made a job and was refused (ComfyUI refused the workflow): the same refusal again.
@@ -52,7 +55,7 @@ pub(super) enum Prior {
 /// The rules for `key` in `scope`, for a request whose body has this `fingerprint`.
 pub(super) async fn prior(
     state: &AppState,
-    scope: &str,
+    scope: &'static str,
     key: &str,
     fingerprint: &str,
 ) -> V2Result<Prior> {
@@ -65,7 +68,13 @@ pub(super) async fn prior(
             .await
             .map_err(V2Error::internal)?
         {
-            return Ok(Prior::New);
+            return Ok(Prior::New(keep_claimed(
+                store.clone(),
+                state.jobs.background(),
+                scope,
+                key,
+                RENEW_EVERY,
+            )));
         }
         let Some(record) = store
             .idempotency_record(scope, key, &since)
@@ -114,6 +123,40 @@ pub(super) async fn prior(
         }
     }
     Err(V2Error::internal("an idempotency key could not be claimed"))
+}
+
+/// A claim being renewed; renewal stops when this is dropped.
+pub(super) struct Claimed {
+    _renewing: tokio_util::sync::DropGuard,
+}
+
+/// Renews the claim on `key` every `every` until the answer is dropped (or the server stops).
+fn keep_claimed(
+    store: crate::store::Store,
+    background: &crate::background::Background,
+    scope: &'static str,
+    key: &str,
+    every: std::time::Duration,
+) -> Claimed {
+    let renewing = tokio_util::sync::CancellationToken::new();
+    let (until, key, stopping) = (renewing.clone(), key.to_owned(), background.clone());
+    background.spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                () = until.cancelled() => return,
+                () = stopping.stopping() => return,
+                _ = tick.tick() => {
+                    if let Err(error) = store.renew_idempotency_claim(scope, &key).await {
+                        tracing::warn!(%error, scope, "cannot renew an idempotency key's claim");
+                    }
+                }
+            }
+        }
+    });
+    Claimed {
+        _renewing: renewing.drop_guard(),
+    }
 }
 
 /// What a claimed key's request came to.
@@ -174,4 +217,50 @@ pub(super) fn replayed(mut response: Response) -> Response {
 /// The first request's refusal, again.
 pub(super) fn refusal(status: StatusCode, body: Value) -> Response {
     replayed((status, Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request still at work long after its claim keeps the claim fresh, so a repeat is told to wait
+    /// (`idempotency_conflict`) rather than given the key back and a second job; once its work is done, renewal
+    /// stops.
+    #[tokio::test]
+    async fn a_claim_is_renewed_while_its_work_runs_and_no_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("k.db").display());
+        let store = crate::store::Store::open(&url).await.unwrap();
+        assert!(
+            store
+                .claim_idempotency_key("v2.jobs", "k", "f")
+                .await
+                .unwrap()
+        );
+        let claimed_at = || async {
+            let far = "2000-01-01T00:00:00Z";
+            store
+                .idempotency_record("v2.jobs", "k", far)
+                .await
+                .unwrap()
+                .unwrap()
+                .claimed_at
+        };
+        let first = claimed_at().await;
+        let background = crate::background::Background::new();
+        let every = std::time::Duration::from_millis(20);
+        let claim = keep_claimed(store.clone(), &background, "v2.jobs", "k", every);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while claimed_at().await == first {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the claim was never renewed"
+            );
+            tokio::task::yield_now().await;
+        }
+        drop(claim);
+        background.finish(std::time::Duration::from_secs(5)).await;
+        let last = claimed_at().await;
+        assert_eq!(claimed_at().await, last, "renewal stopped with the work");
+    }
 }

@@ -32,8 +32,8 @@ impl Jobs {
     }
 
     /// Registers this instance, reachable at `url`, then beats every third of a lease: the backends as it sees
-    /// them, every lease it holds renewed (one statement), and the jobs of instances whose leases ran out taken
-    /// over. Ends when the server stops.
+    /// them, every lease it holds renewed (one statement), the jobs of instances whose leases ran out taken
+    /// over, and the files of its jobs deleted through other instances removed. Ends when the server stops.
     pub async fn keep_fleet(self, url: String) {
         let started_at = now();
         let every = self.lease / 3;
@@ -57,6 +57,7 @@ impl Jobs {
             // Alone on SQLite, every unfinished job is this instance's, settled at its start.
             if self.store.engine() == crate::store::Engine::Postgres {
                 self.take_over_expired().await;
+                self.remove_deleted_outputs().await;
             }
             tokio::select! {
                 () = tokio::time::sleep(every) => {}

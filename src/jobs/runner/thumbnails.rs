@@ -181,20 +181,44 @@ pub fn placeholder() -> &'static [u8] {
 
 impl Jobs {
     /// Deletes a job that has ended: its record ([`crate::store::Store::delete_job`]), then its folder of
-    /// outputs and thumbnails on this instance's disk.
+    /// outputs and thumbnails on this instance's disk. When another instance of the fleet keeps them, the store
+    /// tells it ([`Jobs::remove_deleted_outputs`]).
     pub async fn delete(
         &self,
         id: &str,
     ) -> Result<crate::store::Deleted, crate::store::StoreError> {
         use crate::store::Deleted;
-        let deleted = self.store.delete_job(id).await?;
-        if matches!(deleted, Deleted::Removed | Deleted::OutputsForgotten)
-            && let Some(folder) = crate::fs_safe::resolve_within(&self.outputs, id)
+        let deleted = self.store.delete_job(id, &self.instance).await?;
+        if matches!(deleted, Deleted::Removed | Deleted::OutputsForgotten) {
+            self.remove_files(id).await;
+        }
+        Ok(deleted)
+    }
+
+    async fn remove_files(&self, id: &str) {
+        if let Some(folder) = crate::fs_safe::resolve_within(&self.outputs, id)
             && let Err(error) = tokio::fs::remove_dir_all(&folder).await
         {
             tracing::warn!(job = %id, %error, "cannot remove a deleted job's files");
         }
-        Ok(deleted)
+    }
+
+    /// Removes the files of jobs deleted through other instances of the fleet that this one keeps (the
+    /// heartbeat calls it; an instance that was down catches up).
+    pub(super) async fn remove_deleted_outputs(&self) {
+        let ids = match self.store.deleted_outputs(&self.instance, 100).await {
+            Ok(ids) => ids,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the jobs deleted elsewhere");
+                return;
+            }
+        };
+        for id in ids {
+            self.remove_files(&id).await;
+            if let Err(error) = self.store.forget_deleted_outputs(&id).await {
+                tracing::warn!(job = %id, %error, "cannot forget a deleted job's files");
+            }
+        }
     }
 
     /// The thumbnails of this instance's outputs.
