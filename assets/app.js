@@ -542,9 +542,14 @@ function paymentModal(onDone) {
       if (status !== 402 || !dry || !dry.confirmToken) return errorText(data);
       const inputs = dry.paidNodes.length ? dry.paidNodes[0].inputs || {} : {};
       const key = newKey();
+      // Where the job came from (a prompt parked from ComfyUI's editor, say), so the approver knows whose it is.
+      const { data: job } = await api("GET", `/api/jobs/${id}`);
+      const params = (job && job.params) || {};
+      const origin = { editor: T.from_editor, panel: T.from_panel }[params.origin] || T.from_api;
       show({
         model: T.workflow,
         nodes: dry.paidNodes.map((n) => `${n.display_name} (${n.class_type}) ~$${n.priceUsd.toFixed(3)}`).join(", "),
+        source: [origin, params.client, params.user_agent].filter(Boolean).join(" · "),
         prompt: inputs.prompt || "—",
         size: inputs.width ? `${inputs.width} × ${inputs.height}` : (inputs.aspect_ratio || "—"),
         raw: inputs.raw === undefined ? "—" : (inputs.raw ? T.yes : T.no),

@@ -88,6 +88,9 @@ pub struct AppInner {
     pub v0: v0::V0Gateway,
     /// One for the process, so a client cannot multiply its allowance by the number of serving threads.
     pub paid_limiter: Arc<http::rate_limit::PaidLimiter>,
+    /// The same pace for paid prompts parked from the gateway, counted apart: a script flooding them does not
+    /// lock its user out of confirming.
+    pub parked_limiter: Arc<http::rate_limit::PaidLimiter>,
     pub status_cache: Arc<status::StatusCache>,
     /// The fleet's token, shown by an instance that fetches an output this one holds (PostgreSQL only), and the
     /// client for such fetches.
@@ -180,6 +183,7 @@ impl AppState {
         let flux = flux::service::Flux::new(config.flux.clone(), jobs.clone(), confirmer);
         let v0 = v0::V0Gateway::new(config.v0.clone());
         let paid_limiter = Arc::new(http::rate_limit::PaidLimiter::new(config.paid_rate_limit));
+        let parked_limiter = Arc::new(http::rate_limit::PaidLimiter::new(config.paid_rate_limit));
         Self(Arc::new(AppInner {
             config,
             store,
@@ -191,6 +195,7 @@ impl AppState {
             flux,
             v0,
             paid_limiter,
+            parked_limiter,
             status_cache: Arc::default(),
             fleet_token,
             fleet_client: fleet_client(),
@@ -198,6 +203,14 @@ impl AppState {
             editor_local_addr: Arc::default(),
             closing: tokio_util::sync::CancellationToken::new(),
         }))
+    }
+
+    /// Every secret's value, the configuration's and the fleet's token (kept in the store), for masking text from
+    /// elsewhere (ComfyUI's log).
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut values = self.config.secret_values();
+        values.extend(self.fleet_token.as_ref().map(|t| t.expose().to_owned()));
+        values
     }
 
     /// The same shared state with a gateway (and connection pool) of its own, for another serving thread.
@@ -213,6 +226,7 @@ impl AppState {
             flux: self.flux.clone(),
             v0: self.v0.clone(),
             paid_limiter: self.paid_limiter.clone(),
+            parked_limiter: self.parked_limiter.clone(),
             status_cache: self.status_cache.clone(),
             fleet_token: self.fleet_token.clone(),
             fleet_client: self.fleet_client.clone(),

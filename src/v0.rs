@@ -127,8 +127,16 @@ impl V0Gateway {
         let body = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
             .collect()
             .await
-            .map_err(|_| RequestError::PayloadTooLarge {
-                limit: MAX_REQUEST_BYTES as u64,
+            .map_err(|error| {
+                if let Some(after) = crate::comfy::body::timed_out(&*error) {
+                    RequestError::BodyTimeout { after }
+                } else if error.is::<http_body_util::LengthLimitError>() {
+                    RequestError::PayloadTooLarge {
+                        limit: MAX_REQUEST_BYTES as u64,
+                    }
+                } else {
+                    RequestError::BodyUnreadable
+                }
             })?
             .to_bytes();
         let mut headers = parts.headers;

@@ -60,6 +60,7 @@ test.describe('a paid prompt refused at the gateway', () => {
   test('shows up as awaiting confirmation with its price, and Confirm in the modal submits it', async ({ page, request, problems }) => {
     const refused = await request.post(`${orchestrator.url}/api/comfy/prompt`, {
       data: { prompt: WORKFLOW, client_id: 'editor', extra_data: { api_key_comfy_org: EDITOR_KEY } },
+      headers: { 'user-agent': 'e2e-editor/1.0' },
     });
     expect(refused.status()).toBe(402);
     const body = (await refused.json()) as { error: { type: string; details: { jobId: string } } };
@@ -83,6 +84,8 @@ test.describe('a paid prompt refused at the gateway', () => {
     await expect(modal).toContainText('FluxProUltraImageNode');
     await expect(modal).toContainText(PROMPT);
     await expect(modal).toContainText('16:9');
+    // Whoever approves sees where the prompt came from.
+    await expect(modal.getByTestId('flux-source')).toHaveText("the panel's ComfyUI API · 127.0.0.1 · e2e-editor/1.0");
     expect(calls).toHaveLength(0);
 
     const confirmed = page.waitForResponse((r) => new URL(r.url()).pathname === `/api/jobs/${id}/confirm`);

@@ -89,10 +89,13 @@ pub fn comfy_route(path: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// ComfyUI answers that echo prompts with their `extra_data`: `/queue`, `/history…`, and the newer `/jobs…` routes
-/// (`/api/jobs`). `route` is a [`comfy_route`].
+/// (`/api/jobs`), and its log (`/internal/logs…`). `route` is a [`comfy_route`].
 pub fn answer_may_echo_prompts(route: &str) -> bool {
     let route = route.trim_end_matches('/');
-    route == "/queue"
+    // ComfyUI's own log (its editor's log panel) shows what nodes print: the server's key must not be in it.
+    route == "/internal/logs"
+        || route == "/internal/logs/raw"
+        || route == "/queue"
         || route == "/history"
         || route.starts_with("/history/")
         || route == "/jobs"

@@ -454,11 +454,18 @@ impl Config {
             .and_then(|(_, rest)| rest.split_once('@'))
             .and_then(|(user, _)| user.split_once(':'))
             .map(|(_, password)| password.to_owned());
+        // As written in the URL, and as it means (percent-decoded), which is how a driver's message would show it.
+        let decoded = password.as_deref().map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
         keys.into_iter()
             .flatten()
             .map(|s| s.expose().to_owned())
             .chain(self.webhook.as_ref().map(|w| w.url.clone()))
             .chain(password)
+            .chain(decoded)
             .filter(|value| !value.is_empty())
             .collect()
     }

@@ -224,7 +224,7 @@ async fn refuse_paid(
     let client = source
         .client
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    if let Err(retry_after) = state.paid_limiter.check(client) {
+    if let Err(retry_after) = state.parked_limiter.check(client) {
         let retry_after = retry_after.max(1);
         let mut refused = comfy_refusal(
             StatusCode::TOO_MANY_REQUESTS,

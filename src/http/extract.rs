@@ -38,28 +38,55 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
-        use http_body_util::BodyExt;
-        let too_large = ApiError::from(crate::problems::RequestError::PayloadTooLarge {
-            limit: LIMIT as u64,
-        });
-        let declared = request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|length| length > LIMIT as u64) {
-            return Err(too_large);
-        }
-        match http_body_util::Limited::new(request.into_body(), LIMIT)
-            .collect()
+        let (parts, body) = request.into_parts();
+        read_whole(&parts.headers, body, LIMIT).await.map(Self)
+    }
+}
+
+/// Reads `body` whole, at most `limit` bytes: a larger one is a 413, one that comes too slowly a 408
+/// (`body_timeout`), one that breaks off a 422.
+pub async fn read_whole(
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = ApiError::from(crate::problems::RequestError::PayloadTooLarge {
+        limit: limit as u64,
+    });
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large);
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Err(error) => Err(match crate::comfy::body::timed_out(&*error) {
+            Some(after) => crate::problems::RequestError::BodyTimeout { after }.into(),
+            None => ApiError::invalid("body", "the body could not be read"),
+        }),
+    }
+}
+
+/// A route whose handler reads its body itself (rmcp's, which answers a failed read with a plain-text 500): the
+/// body is read here first, under `LIMIT`, so a slow or oversized one gets the shared error body.
+pub async fn read_first<const LIMIT: usize>(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    match read_whole(&parts.headers, body, LIMIT).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
             .await
-        {
-            Ok(collected) => Ok(Self(collected.to_bytes())),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large),
-            Err(error) => Err(match crate::comfy::body::timed_out(&*error) {
-                Some(after) => crate::problems::RequestError::BodyTimeout { after }.into(),
-                None => ApiError::invalid("body", "the body could not be read"),
-            }),
         }
+        Err(refusal) => refusal.into_response(),
     }
 }

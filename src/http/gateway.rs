@@ -22,7 +22,7 @@ use crate::comfy::{credentials, ws};
 use crate::error::{ApiError, ApiResult};
 
 /// Which origin a relayed request came to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// The panel's: `/api/comfy/{*path}`, ComfyUI's API only.
     Panel,

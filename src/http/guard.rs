@@ -117,27 +117,47 @@ impl GuardPolicy {
     }
 
     /// The rule for a request relayed to ComfyUI (`/api/comfy/…` on the panel, every path on the editor's origin;
-    /// `path` is what follows `/api/comfy`, or the editor's path): no cross-site request of any method, since ComfyUI and its
-    /// custom nodes have GET routes that change things (ComfyUI-Manager reboots and restores snapshots on a GET).
-    /// The one exception is a top-level navigation to `/view` (a link to a picture opened from elsewhere), which
-    /// a browser sends without an `Origin`; a foreign `Origin` is refused even then.
+    /// `path` is what follows `/api/comfy`, or the editor's path): ComfyUI and its custom nodes have GET routes that
+    /// change things (ComfyUI-Manager reboots and restores snapshots on a GET), so only the page's own origin
+    /// (`Sec-Fetch-Site: same-origin`) or the user (`none`: typed, bookmarked; or a client that sends no such header)
+    /// reaches it. Another site is refused, and so is another port of the same host (`same-site`: any local web
+    /// server). Two navigations pass, without a foreign `Origin`: to the editor's page (`/`, which the panel links
+    /// to, from the same site), and on the panel's origin to `/view` (a link to a picture, from anywhere: the panel
+    /// serves it inert, sandboxed or as a download; the editor's origin serves it as ComfyUI does, so not there).
     pub fn check_gateway(
         &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
+        origin: super::gateway::Origin,
     ) -> Result<(), ApiError> {
+        use super::gateway::Origin;
+        let site = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
         let navigation = matches!(*method, Method::GET | Method::HEAD)
             && headers
                 .get("sec-fetch-mode")
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|m| m.eq_ignore_ascii_case("navigate"));
-        if navigation
-            && crate::comfy::credentials::comfy_route(path).trim_end_matches('/') == "/view"
-        {
-            return self.refuse_foreign_origin(headers);
+        let allowed = match site.as_deref() {
+            None | Some("same-origin" | "none") => true,
+            Some(site) if navigation => {
+                let route = crate::comfy::credentials::comfy_route(path);
+                match origin {
+                    Origin::Panel => route.trim_end_matches('/') == "/view",
+                    Origin::Editor => site == "same-site" && route == "/",
+                }
+            }
+            Some(_) => false,
+        };
+        if !allowed {
+            return Err(ApiError::CrossOrigin {
+                origin: origin_of(headers),
+            });
         }
-        self.refuse_cross_site(headers)
+        self.refuse_foreign_origin(headers)
     }
 
     fn refuse_cross_site(&self, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -125,6 +125,7 @@ fn comfy_passthrough() {}
     responses(
         (status = 101, description = "Switching to the WebSocket protocol, relayed to ComfyUI's /ws"),
         (status = 400, description = "Not a WebSocket upgrade: ComfyUI's own refusal of a plain GET"),
+        (status = 403, description = "`cross_origin_refused`: an upgrade from another site's page, or another port's", body = ErrorBody),
         (status = 502, description = "ComfyUI cannot be reached", body = ErrorBody),
         (status = 504, description = "ComfyUI did not answer the upgrade in time", body = ErrorBody),
     )
@@ -141,6 +142,9 @@ fn comfy_websocket() {}
     params(("path" = String, Path, description = "v0's path after /v1, e.g. `chats`")),
     responses(
         (status = 200, description = "v0's answer, streamed (any status v0 gives passes through)"),
+        (status = 403, description = "`cross_origin_refused`: any request from another site's page", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body came too slowly (`ORCH_BODY_IDLE_SECS`, `ORCH_BODY_TIMEOUT_SECS`)", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: a body over 1 MiB", body = ErrorBody),
         (status = 429, description = "Too many requests from this client", body = ErrorBody),
         (status = 502, description = "v0 cannot be reached (`v0_unreachable`)", body = ErrorBody),
         (status = 503, description = "V0_API_KEY is not configured (`v0_not_configured`)", body = ErrorBody),

@@ -90,7 +90,7 @@ impl App {
                 let checked = policy
                     .check_request(request.method(), path, request.headers())
                     .and_then(|()| {
-                        policy.check_gateway(request.method(), relayed, request.headers())
+                        policy.check_gateway(request.method(), relayed, request.headers(), origin)
                     });
                 match checked {
                     Ok(()) => panic::caught(request, |r| gateway::handle(origin, state, r)).await,
@@ -166,6 +166,7 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
         .route(
             "/mcp",
             axum::routing::any_service(mcp_service(&state))
+                .layer(from_fn(super::extract::read_first::<{ 4 * 1024 * 1024 }>))
                 .layer(from_fn(guard::require_json_body)),
         )
         .fallback(ui::not_found)

@@ -212,7 +212,7 @@ pub async fn comfy_log(
         Ok(lines) => Ok(Json(LogTail {
             path: shown,
             exists: true,
-            lines: logs::masked(lines, &state.config.secret_values()),
+            lines: logs::masked(lines, &state.secret_values()),
         })),
         Err(error)
             if error.kind() == std::io::ErrorKind::NotFound

@@ -221,8 +221,12 @@ impl Store {
         if !status.is_final() {
             return Ok(Deleted::Running(status));
         }
-        // Another instance of the fleet ran it and keeps its files: it is told here, in the same transaction.
-        if let Some(holder) = holder.filter(|holder| holder != by) {
+        // Another instance of the fleet ran it and keeps its files: it is told here, in the same transaction. (On
+        // SQLite there is one instance, the one deleting, whatever name an earlier run had.)
+        if let Some(holder) = holder
+            .filter(|holder| holder != by)
+            .filter(|_| self.engine() == super::Engine::Postgres)
+        {
             sqlx::query(
                 "INSERT INTO deleted_outputs (job_id, holder, deleted_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (job_id) DO NOTHING",

@@ -553,7 +553,10 @@ pub async fn job(
                 .collect::<Vec<_>>()
                 .join(", ");
             let dollars = |usd: Option<f64>| usd.map(|v| format!("${v:.3}")).unwrap_or_default();
-            let again = job.status.is_final() && job.template.is_some();
+            // A FLUX job is asked for again through FLUX, with its confirmation; "again" is for ComfyUI's.
+            let again = job.status.is_final()
+                && job.template.is_some()
+                && job.backend == crate::jobs::model::Backend::Comfy;
             let input_templates = state
                 .templates
                 .manifests()

@@ -117,7 +117,7 @@ async fn cross_site_writes_are_refused_before_comfy_sees_them() {
 async fn cross_site_requests_of_every_method_never_reach_comfy() {
     let fake = FakeComfy::start().await;
     let app = TestApp::spawn(&fake.url()).await;
-    let foreign: [&[(&str, &str)]; 4] = [
+    let foreign: [&[(&str, &str)]; 6] = [
         &[
             ("sec-fetch-site", "cross-site"),
             ("sec-fetch-mode", "no-cors"),
@@ -127,6 +127,15 @@ async fn cross_site_requests_of_every_method_never_reach_comfy() {
         // A navigation elsewhere than `/view` (a link to a route that acts) is refused too.
         &[
             ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+        ],
+        // Another web server on this machine (another port of the same host) is another site's page here.
+        &[
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "no-cors"),
+        ],
+        &[
+            ("sec-fetch-site", "same-site"),
             ("sec-fetch-mode", "navigate"),
         ],
     ];
@@ -143,21 +152,38 @@ async fn cross_site_requests_of_every_method_never_reach_comfy() {
                 }
             }
         }
-        // A link to a picture, opened from another site, is a top-level navigation: it may pass.
-        let view = app
+    }
+    // A link to a picture, opened from another site, is a top-level navigation: it may pass on the panel, which
+    // serves it inert; not on the editor's origin, which serves it as ComfyUI does (an SVG would run there).
+    let view = "view?filename=missing.png&type=output";
+    for (url, passes) in [
+        (app.url(&format!("/api/comfy/{view}")), true),
+        (app.editor_url(&format!("/{view}")), false),
+    ] {
+        let response = app
             .http
-            .get(format!("{base}/view?filename=missing.png&type=output"))
+            .get(&url)
             .header("sec-fetch-site", "cross-site")
             .header("sec-fetch-mode", "navigate")
             .send()
             .await
             .unwrap();
-        assert_ne!(view.status(), 403, "{base}/view as a navigation");
+        assert_eq!(response.status() != 403, passes, "{url}");
     }
+    // The panel's link to the editor: a navigation from the same site to its page.
+    let editor_page = app
+        .http
+        .get(app.editor_url("/"))
+        .header("sec-fetch-site", "same-site")
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(editor_page.status(), 403);
     let reached: Vec<_> = fake.requests().iter().map(|r| r.path.clone()).collect();
     assert_eq!(
         reached,
-        ["/view", "/view"],
+        ["/view", "/"],
         "only the two navigations reached ComfyUI"
     );
 

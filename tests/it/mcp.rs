@@ -635,3 +635,42 @@ async fn a_large_output_is_named_not_inlined() {
     assert!(contents["contents"][0]["blob"].is_null());
     client.cancel().await.unwrap();
 }
+
+/// The client behind MCP's resources reads no further than it may send inline: an answer that says it is 10 GB,
+/// and then trickles, is refused at once, never read.
+#[tokio::test]
+async fn a_download_past_the_inline_limit_is_never_read() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer)
+                .await
+                .unwrap();
+            assert!(n > 0, "the client hung up");
+            request.extend_from_slice(&buffer[..n]);
+        }
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: video/webm\r\ncontent-length: 10000000000\r\n\r\n";
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(&[0u8; 1024]).await.unwrap();
+        std::future::pending::<()>().await;
+    });
+    let client = orchestrator::client::ApiClient::new(format!("http://{addr}"), None);
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.bytes("/api/jobs/x/outputs/big.webm", 1024 * 1024),
+    )
+    .await
+    .expect("answered without reading the body");
+    match read.unwrap() {
+        (kind, orchestrator::client::Download::TooLarge { size }) => {
+            assert_eq!((kind.as_str(), size), ("video/webm", Some(10_000_000_000)));
+        }
+        other => panic!("{other:?}"),
+    }
+}

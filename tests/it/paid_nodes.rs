@@ -951,3 +951,23 @@ async fn parked_prompts_are_rate_limited_and_say_where_they_came_from() {
     assert_eq!(queued(&comfy), 0);
     assert_eq!(org.call_count(), 0);
 }
+
+/// ComfyUI's own log (its editor's log panel, through the gateway) shows what nodes print; a node that prints the
+/// prompt's `extra_data` would show the server's Comfy.org key there: it is masked.
+#[tokio::test]
+async fn comfys_own_log_never_shows_the_servers_key() {
+    let Rig { comfy, app, .. } = rig(true, |_| {}).await;
+    comfy.log_line(&format!(
+        "got prompt {{'api_key_comfy_org': '{SERVER_KEY}'}}"
+    ));
+    for url in [
+        app.url("/api/comfy/internal/logs"),
+        app.editor_url("/internal/logs"),
+    ] {
+        let response = app.http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains(SERVER_KEY), "{url}: {text}");
+        assert!(text.contains("got prompt"), "{url}: {text}");
+    }
+}

@@ -162,7 +162,9 @@ async fn a_body_that_trickles_is_cut_at_the_total_deadline_on_every_kind_of_rout
 async fn an_upload_has_a_bounded_number_of_parts() {
     let comfy = FakeComfy::start().await;
     let app = TestApp::spawn(&comfy.url()).await;
-    let fields: Vec<(&str, &str)> = (0..200).map(|_| ("note", "x")).collect();
+    // Everything an upload needs, then 200 parts more.
+    let mut fields = vec![("file_path", "a.png"), ("content_type", "image/png")];
+    fields.extend((0..200).map(|_| ("note", "x")));
     let (content_type, body) = super::v2::multipart(b"\x89PNG", "a.png", &fields);
     let response = app
         .http
@@ -175,4 +177,11 @@ async fn an_upload_has_a_bounded_number_of_parts() {
     assert_eq!(response.status(), 422);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 72 parts"),
+        "{body}"
+    );
 }

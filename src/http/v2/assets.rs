@@ -338,7 +338,8 @@ pub async fn get(
 #[utoipa::path(delete, path = "/api/v2/assets/{id}", tag = "v2", params(("id" = String, Path, description = "The asset's id")),
     responses((status = 204, description = "Deleted"),
         (status = 403, description = "`forbidden`: a job's output goes with its job", body = crate::error::ErrorBody),
-        (status = 404, description = "`not_found`", body = crate::error::ErrorBody)))]
+        (status = 404, description = "`not_found`", body = crate::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not JSON", body = crate::error::ErrorBody)))]
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> V2Result<StatusCode> {
     match found(&state, &id).await? {
         Found::Output { .. } => Err(V2Error::new(

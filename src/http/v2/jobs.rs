@@ -493,7 +493,8 @@ pub async fn workflow(
 #[utoipa::path(post, path = "/api/v2/jobs/{id}/cancel", tag = "v2", params(("id" = String, Path, description = "The job's id")),
     responses((status = 200, description = "The job: `canceled`, `canceling` or the state it had already ended in", body = Object),
         (status = 404, description = "`not_found`", body = crate::error::ErrorBody),
-        (status = 409, description = "`job_not_cancellable`: a FLUX job cannot be stopped once sent", body = crate::error::ErrorBody)))]
+        (status = 409, description = "`job_not_cancellable`: a FLUX job cannot be stopped once sent", body = crate::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not JSON", body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,

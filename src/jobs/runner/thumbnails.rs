@@ -40,16 +40,25 @@ pub fn has_thumbnail(content_type: &str) -> bool {
 pub struct Thumbnails {
     outputs: PathBuf,
     /// One permit: one decode at a time, so memory is bounded by one [`MAX_DECODED_BYTES`] whatever the number
-    /// of requests; a thumbnail is looked for again once the permit is held, so it is made once.
-    decodes: tokio::sync::Semaphore,
+    /// of requests; a thumbnail is looked for again once the permit is held, so it is made once. The decode owns
+    /// its permit: a request that goes away does not free it while the decode runs on.
+    decodes: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Thumbnails made (or placeholders written) since start, counted by the decode itself.
+    made: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Thumbnails {
     pub fn new(outputs: PathBuf) -> Self {
         Self {
             outputs,
-            decodes: tokio::sync::Semaphore::new(1),
+            decodes: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            made: std::sync::Arc::default(),
         }
+    }
+
+    /// How many thumbnails (or placeholders) this instance has made since it started.
+    pub fn made(&self) -> u64 {
+        self.made.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The thumbnail of job `id`'s output `name`, made now if it was not yet (the placeholder when the output is
@@ -70,16 +79,23 @@ impl Thumbnails {
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
             return Ok(Some(target));
         }
-        let _permit = self
+        let permit = self
             .decodes
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("the semaphore is never closed");
         if tokio::fs::try_exists(&target).await.unwrap_or(false) {
             return Ok(Some(target));
         }
-        let made = target.clone();
-        tokio::task::spawn_blocking(move || make(&source, &folder, &made)).await??;
+        let (made, count) = (target.clone(), self.made.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            make(&source, &folder, &made)?;
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, ThumbnailError>(())
+        })
+        .await??;
         Ok(Some(target))
     }
 
@@ -94,13 +110,17 @@ impl Thumbnails {
     }
 }
 
-/// Why an image gets the placeholder rather than a thumbnail.
+/// Why an image gets the placeholder rather than a thumbnail, or (`Open`) none at all.
 #[derive(Debug, thiserror::Error)]
 enum Unthumbnailable {
     #[error("{width}×{height} pixels is too large to decode")]
     TooLarge { width: u32, height: u32 },
+    /// Whatever the decoder says, a truncated file's end included: the same bytes will never decode.
     #[error("not an image the decoder reads: {0}")]
     Image(#[from] image::ImageError),
+    /// The file itself cannot be opened: maybe a passing condition, so nothing is written.
+    #[error("cannot open the output: {0}")]
+    Open(std::io::Error),
 }
 
 /// Writes `target`: the thumbnail of `source`, or the placeholder. The folder is made only inside the job's own,
@@ -108,7 +128,7 @@ enum Unthumbnailable {
 fn make(source: &Path, folder: &Path, target: &Path) -> Result<(), ThumbnailError> {
     let jpeg = match scaled(source) {
         Ok(jpeg) => jpeg,
-        Err(Unthumbnailable::Image(image::ImageError::IoError(error))) => return Err(error.into()),
+        Err(Unthumbnailable::Open(error)) => return Err(error.into()),
         Err(why) => {
             tracing::info!(source = %source.display(), %why, "the placeholder stands for a thumbnail");
             placeholder().to_vec()
@@ -135,9 +155,9 @@ fn reader(
     source: &Path,
 ) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>, Unthumbnailable> {
     let mut reader = image::ImageReader::open(source)
-        .map_err(image::ImageError::IoError)?
+        .map_err(Unthumbnailable::Open)?
         .with_guessed_format()
-        .map_err(image::ImageError::IoError)?;
+        .map_err(Unthumbnailable::Open)?;
     reader.limits(limits());
     Ok(reader)
 }
@@ -272,11 +292,14 @@ mod tests {
         std::fs::write(job.join("tall.png"), png_claiming(100, 40_000)).unwrap();
         std::fs::write(job.join("small.png"), png(640, 480)).unwrap();
         std::fs::write(job.join("broken.png"), b"\x89PNG not really").unwrap();
+        let whole = png(64, 64);
+        std::fs::write(job.join("truncated.png"), &whole[..whole.len() / 2]).unwrap();
         let thumbnails = Thumbnails::new(dir.path().to_owned());
         for (name, placeholder_expected) in [
             ("huge.png", true),
             ("tall.png", true),
             ("broken.png", true),
+            ("truncated.png", true),
             ("small.png", false),
         ] {
             let path = thumbnails.of("job", name).await.unwrap().unwrap();
@@ -296,6 +319,30 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// Eight requests at once for one output, half of them given up while they wait: one decode, one file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_requests_for_one_thumbnail_make_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("job")).unwrap();
+        std::fs::write(dir.path().join("job/a.png"), png(1600, 1200)).unwrap();
+        let thumbnails = std::sync::Arc::new(Thumbnails::new(dir.path().to_owned()));
+        let requests: Vec<_> = (0..8)
+            .map(|_| {
+                let thumbnails = thumbnails.clone();
+                tokio::spawn(async move { thumbnails.of("job", "a.png").await })
+            })
+            .collect();
+        for (n, request) in requests.into_iter().enumerate() {
+            if n % 2 == 1 {
+                request.abort();
+            } else {
+                assert!(request.await.unwrap().unwrap().is_some());
+            }
+        }
+        thumbnails.of("job", "a.png").await.unwrap().unwrap();
+        assert_eq!(thumbnails.made(), 1, "made once");
     }
 
     #[tokio::test]

@@ -157,3 +157,8 @@ pub(super) async fn websocket(
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     upgrade.on_upgrade(move |socket| serve_socket(shared, socket, sid))
 }
+
+/// `/internal/logs`: the whole log as one JSON string, as ComfyUI's `get_logs` joins its entries.
+pub(super) async fn internal_logs(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.log.lock().unwrap().clone()).into_response()
+}

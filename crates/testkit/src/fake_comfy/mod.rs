@@ -183,6 +183,8 @@ struct Shared {
     work: mpsc::UnboundedSender<()>,
     /// Where paid API nodes call (ComfyUI's `--comfy-api-base`).
     comfy_api_base: Mutex<Option<String>>,
+    /// ComfyUI's log as `/internal/logs` answers it: what a test says nodes printed.
+    log: Mutex<String>,
     /// The body of every `POST /prompt` that was queued, as received.
     prompts: Mutex<Vec<Value>>,
     /// The frontend's folder (ComfyUI's `--front-end-root`); without one, `/` and static paths are 404.
@@ -278,6 +280,7 @@ impl FakeComfy {
             uploads: Mutex::new(HashMap::new()),
             work,
             comfy_api_base: Mutex::new(None),
+            log: Mutex::default(),
             prompts: Mutex::new(Vec::new()),
             front_end_root: Mutex::new(None),
             user_files: Mutex::new(BTreeMap::new()),
@@ -353,6 +356,15 @@ impl FakeComfy {
     /// SaveImage writes a real picture per run (for screenshots) rather than the 1×1 OUTPUT_PNG.
     pub fn set_pictures(&self, on: bool) {
         self.shared.pictures.store(on, Ordering::SeqCst);
+    }
+
+    /// A line in ComfyUI's log, as a custom node's `print` puts one there.
+    pub fn log_line(&self, line: &str) {
+        self.shared
+            .log
+            .lock()
+            .unwrap()
+            .push_str(&format!("{line}\n"));
     }
 
     /// SaveImage writes `png` for every run (a picture of the size a test needs).
@@ -561,6 +573,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/history/{id}", get(history_one))
         .route("/view", get(view))
         .route("/upload/image", post(upload_image))
+        .route("/internal/logs", get(files::internal_logs))
         .route("/ws", any(websocket));
     Router::new()
         .merge(routes.clone())
