@@ -109,13 +109,7 @@ impl ComfyGateway {
         // ComfyUI's own check compares `Origin` with `Host`; both are rewritten to ComfyUI's own only when the
         // browser's `Origin` names the address it sent the request to. A foreign one (which the guard refuses
         // before it gets here) is passed on as it is, so ComfyUI refuses it too.
-        let own_origin = match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
-            (Some(origin), Some(host)) => match (origin.to_str(), host.to_str()) {
-                (Ok(origin), Ok(host)) => crate::address::same_origin(origin, host),
-                _ => false,
-            },
-            _ => false,
-        };
+        let own_origin = origin_is_the_hosts(&headers);
         remove_hop_by_hop(&mut headers);
         headers.insert(header::HOST, self.upstream_host.clone());
         headers.remove(header::EXPECT);
@@ -548,6 +542,18 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Whether the request's `Origin` names the address it was sent to (its `Host`): only such an `Origin` is
+/// rewritten to ComfyUI's own.
+fn origin_is_the_hosts(headers: &HeaderMap) -> bool {
+    match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        (Some(origin), Some(host)) => match (origin.to_str(), host.to_str()) {
+            (Ok(origin), Ok(host)) => crate::address::same_origin(origin, host),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -95,3 +95,24 @@ fn hop_by_hop_headers_are_dropped() {
     let names: Vec<_> = from.keys().map(|k| k.as_str()).collect();
     assert_eq!(names, ["content-type", "x-kept"]);
 }
+
+/// A foreign `Origin` is passed to ComfyUI as it is (its own check then refuses it), never made ComfyUI's own.
+#[test]
+fn only_an_origin_naming_its_host_is_rewritten() {
+    let headers = |origin: &str| {
+        let mut map = HeaderMap::new();
+        map.insert(header::HOST, HeaderValue::from_static("127.0.0.1:3001"));
+        map.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+        map
+    };
+    assert!(origin_is_the_hosts(&headers("http://127.0.0.1:3001")));
+    for foreign in [
+        "http://evil.example",
+        "http://127.0.0.1:3000",
+        "null",
+        "http://localhost:3001",
+    ] {
+        assert!(!origin_is_the_hosts(&headers(foreign)), "{foreign}");
+    }
+    assert!(!origin_is_the_hosts(&HeaderMap::new()));
+}
