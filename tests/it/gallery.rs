@@ -1,8 +1,6 @@
 //! The gallery's API: every output newest first, keyset pages, filters by template, backend, status and day, a
 //! search in the prompts (FTS5 on SQLite, a GIN index on PostgreSQL), and thumbnails made once and kept on disk.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use testkit::fake_comfy::FakeComfy;
 
@@ -359,37 +357,10 @@ async fn thumbnails_of_a_huge_picture_keep_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let served = Served::start(dir.path(), &comfy.url());
     let client = crate::support::client();
-    let created: Value = client
-        .post(served.url("/api/jobs"))
-        .json(&json!({ "workflow": testkit::fake_comfy::no_model_workflow() }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_owned();
-    let job_url = served.url(&format!("/api/jobs/{id}"));
-    crate::support::wait_until(Duration::from_secs(30), "the job succeeds", || async {
-        let job: Value = client
-            .get(&job_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        job["status"] == "succeeded"
-    })
-    .await;
-    let job: Value = client
-        .get(&job_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = served
+        .run_workflow(&testkit::fake_comfy::no_model_workflow())
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
     let name = job["outputs"][0]["name"].as_str().unwrap().to_owned();
     // The follower made the thumbnail already; taken away, the requests below make it again, all at once.
     let kept = dir.path().join(format!("data/outputs/{id}/.thumbnails"));

@@ -78,6 +78,25 @@ async fn flux_refuses_every_bad_token(client: &Client) {
     }
 }
 
+/// The resource of job `id`'s output, found in the listing and read, as JSON.
+async fn read_output(client: &Client, id: &str) -> Value {
+    let uri = client
+        .list_all_resources()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.uri.clone())
+        .find(|uri| uri.contains(id))
+        .expect("the job's output is listed");
+    let read = client
+        .read_resource(
+            serde_json::from_value::<ReadResourceRequestParams>(json!({ "uri": uri })).unwrap(),
+        )
+        .await
+        .unwrap();
+    serde_json::to_value(&read).unwrap()
+}
+
 async fn call(client: &Client, tool: &'static str, arguments: Value) -> (bool, Value) {
     let params = CallToolRequestParams::new(tool)
         .with_arguments(arguments.as_object().cloned().unwrap_or_default());
@@ -176,19 +195,7 @@ async fn a_template_job_runs_to_its_outputs_which_are_resources() {
     let (ok, jobs) = call(&client, "list_jobs", json!({ "status": "succeeded" })).await;
     assert!(ok && jobs["jobs"][0]["id"] == id.as_str());
 
-    let resources = client.list_all_resources().await.unwrap();
-    let uri = resources
-        .iter()
-        .map(|r| r.uri.clone())
-        .find(|uri| uri.contains(&id))
-        .expect("the job's output is listed");
-    let read = client
-        .read_resource(
-            serde_json::from_value::<ReadResourceRequestParams>(json!({ "uri": uri })).unwrap(),
-        )
-        .await
-        .unwrap();
-    let contents = serde_json::to_value(&read).unwrap();
+    let contents = read_output(&client, &id).await;
     let blob = contents["contents"][0]["blob"].as_str().unwrap();
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD
@@ -612,21 +619,7 @@ async fn a_large_output_is_named_not_inlined() {
         .await;
     let id = job.rsplit('/').next().unwrap().to_owned();
     let client = http_client(&app).await;
-    let uri = client
-        .list_all_resources()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.uri.clone())
-        .find(|uri| uri.contains(&id))
-        .expect("the job's output is listed");
-    let read = client
-        .read_resource(
-            serde_json::from_value::<ReadResourceRequestParams>(json!({ "uri": uri })).unwrap(),
-        )
-        .await
-        .unwrap();
-    let contents = serde_json::to_value(&read).unwrap();
+    let contents = read_output(&client, &id).await;
     let text = contents["contents"][0]["text"].as_str().unwrap();
     assert!(
         text.starts_with("3145728 bytes of image/png, too large to send inline: download http://"),

@@ -172,22 +172,8 @@ impl TestApp {
 
     /// Submits an API-format workflow and waits until the job has succeeded; answers the job's API path.
     pub async fn run_workflow(&self, workflow: serde_json::Value) -> String {
-        let created: serde_json::Value = self
-            .http
-            .post(self.url("/api/jobs"))
-            .json(&serde_json::json!({ "workflow": workflow }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let job = format!("/api/jobs/{}", created["id"].as_str().expect("a job id"));
-        wait_until(Duration::from_secs(20), "the job succeeds", || async {
-            self.get_json(&job).await["status"] == "succeeded"
-        })
-        .await;
-        job
+        let job = run_workflow_at(&self.http, &self.url(""), &workflow).await;
+        format!("/api/jobs/{}", job["id"].as_str().expect("a job id"))
     }
 
     /// The API as the CLI and the MCP server call it.
@@ -350,6 +336,37 @@ pub async fn closed_port() -> ClosedPort {
         addr,
         _socket: socket,
     }
+}
+
+/// Submits an API-format workflow to the server at `base` and waits (30 s at most) until its job has succeeded;
+/// answers the job.
+pub async fn run_workflow_at(
+    http: &reqwest::Client,
+    base: &str,
+    workflow: &serde_json::Value,
+) -> serde_json::Value {
+    let get = |url: String| async move {
+        let response = http.get(url).send().await.unwrap();
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let created: serde_json::Value = http
+        .post(format!("{base}/api/jobs"))
+        .json(&serde_json::json!({ "workflow": workflow }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!(
+        "{base}/api/jobs/{}",
+        created["id"].as_str().expect("a job id")
+    );
+    wait_until(Duration::from_secs(30), "the job succeeds", || async {
+        get(url.clone()).await["status"] == "succeeded"
+    })
+    .await;
+    get(url).await
 }
 
 /// A loopback port kept for a process the test starts, for as long as the value lives: bound with `SO_REUSEADDR` and

@@ -110,6 +110,11 @@ impl Served {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Submits an API-format workflow and waits until its job has succeeded; answers the job.
+    pub async fn run_workflow(&self, workflow: &Value) -> Value {
+        super::run_workflow_at(&super::client(), &self.url(""), workflow).await
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
