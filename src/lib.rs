@@ -103,6 +103,9 @@ pub struct AppInner {
     /// Cancelled when the server is told to stop, before it drains: event streams end cleanly then (their clients
     /// reconnect with `Last-Event-ID`) rather than being cut when the drain gives up on them.
     pub closing: tokio_util::sync::CancellationToken,
+    /// Cancelled when another live process turns out to run under this instance's name (two started at once): the
+    /// younger stops, and says why ([`RunError::InstanceInUse`]).
+    pub name_taken: tokio_util::sync::CancellationToken,
 }
 
 impl Deref for AppState {
@@ -202,6 +205,7 @@ impl AppState {
             local_addr: Arc::default(),
             editor_local_addr: Arc::default(),
             closing: tokio_util::sync::CancellationToken::new(),
+            name_taken: tokio_util::sync::CancellationToken::new(),
         }))
     }
 
@@ -233,6 +237,7 @@ impl AppState {
             local_addr: self.local_addr.clone(),
             editor_local_addr: self.editor_local_addr.clone(),
             closing: self.closing.clone(),
+            name_taken: self.name_taken.clone(),
         }))
     }
 
@@ -408,7 +413,17 @@ fn join_fleet(state: &AppState) {
         .or_else(|| state.local_addr.get().map(|addr| format!("http://{addr}")))
         .unwrap_or_default();
     let background = state.jobs.background();
-    background.spawn(state.jobs.clone().keep_fleet(url));
+    background.spawn(state.jobs.clone().keep_fleet(url, state.name_taken.clone()));
+}
+
+/// How a server that served ends: cleanly, or stopped because its instance's name is another live process's.
+fn ended(state: &AppState) -> Result<(), RunError> {
+    if state.name_taken.is_cancelled() {
+        return Err(RunError::InstanceInUse {
+            id: state.config.fleet.instance_id.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Opens the store and serves the panel and API on `listener`, and ComfyUI's editor on `ORCH_COMFY_BIND`, in the
@@ -433,14 +448,18 @@ async fn bind_editor(config: &Config) -> Result<Option<TcpListener>, RunError> {
         .map_err(|source| RunError::Bind { addr, source })
 }
 
-/// `shutdown`, which also tells the state's event streams to end.
+/// `shutdown` (or the discovery that this instance's name is taken), which also tells the state's event streams to
+/// end.
 fn closing(
     state: &AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let closing = state.closing.clone();
+    let (closing, taken) = (state.closing.clone(), state.name_taken.clone());
     async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = taken.cancelled() => {}
+        }
         closing.cancel();
     }
 }
@@ -492,7 +511,7 @@ pub async fn run_with_editor(
     finish_background(&state).await;
     stop_supervised(&state).await;
     state.store.close().await;
-    Ok(())
+    ended(&state)
 }
 
 /// Serves like [`run`], with one single-threaded event loop per serving thread and one acceptor handing them
@@ -566,7 +585,7 @@ pub fn run_per_core(
         stop_supervised(&state).await;
         state.store.close().await;
     });
-    Ok(())
+    ended(&state)
 }
 
 /// How long a clean stop waits for background work in flight: a paid submit has its own deadline (the FLUX submit

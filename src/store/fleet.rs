@@ -47,6 +47,23 @@ impl Store {
         Ok(())
     }
 
+    /// An instance that stops cleanly dates its last heartbeat `stale_at` (a lease ago): listed as stopped at once,
+    /// and a process starting under its name right after need not wait to tell whether it lives.
+    pub async fn mark_stopped(
+        &self,
+        instance: &str,
+        started_at: &str,
+        stale_at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET heartbeat_at = $3 WHERE id = $1 AND started_at = $2")
+            .bind(instance)
+            .bind(started_at)
+            .bind(stale_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Every lease `instance` holds renewed to `lease_until`, in one statement whatever the number of jobs.
     /// Answers how many claims were renewed.
     pub async fn renew_leases(&self, instance: &str, lease_until: &str) -> Result<u64, StoreError> {

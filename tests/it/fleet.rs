@@ -696,3 +696,37 @@ async fn a_second_process_under_a_live_instances_name_refuses_to_start() {
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("ORCH_INSTANCE_ID"), "{stderr}");
 }
+
+/// Two processes started at once under one name: neither saw the other's heartbeat at its start. At its next beat
+/// the younger finds the older's and stops, naming ORCH_INSTANCE_ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_processes_started_at_once_under_one_name_the_younger_stops() {
+    let comfy = FakeComfy::start().await;
+    let Some(mut fleet) = Fleet::start(1, &[&comfy], &[]) else {
+        return;
+    };
+    let store = orchestrator::store::Store::open(&fleet.database)
+        .await
+        .unwrap();
+    let row = || async {
+        let instances = store.instances().await.unwrap();
+        instances.into_iter().find(|i| i.id == "a")
+    };
+    wait_until(Duration::from_secs(20), "instance a beats", || async {
+        row().await.is_some()
+    })
+    .await;
+    // An older process's beat under the same name, as a twin started a moment earlier writes it.
+    let mut twin = row().await.unwrap();
+    twin.started_at = "2000-01-01T00:00:00.000000Z".into();
+    twin.heartbeat_at = orchestrator::jobs::model::now();
+    store.register_instance(&twin).await.unwrap();
+    let status = crate::support::served::exit_of(
+        &mut fleet.members[0].child,
+        Duration::from_secs(LEASE_SECS * 3),
+    )
+    .await;
+    assert!(!status.success());
+    let lines = fleet.members[0].lines().join("\n");
+    assert!(lines.contains("ORCH_INSTANCE_ID"), "{lines}");
+}

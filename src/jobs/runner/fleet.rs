@@ -33,11 +33,18 @@ impl Jobs {
 
     /// Registers this instance, reachable at `url`, then beats every third of a lease: the backends as it sees
     /// them, every lease it holds renewed (one statement), the jobs of instances whose leases ran out taken
-    /// over, and the files of its jobs deleted through other instances removed. Ends when the server stops.
-    pub async fn keep_fleet(self, url: String) {
+    /// over, and the files of its jobs deleted through other instances removed. Ends when the server stops, or
+    /// when another process, older, turns out to beat under this name (`name_taken` is then cancelled).
+    pub async fn keep_fleet(self, url: String, name_taken: tokio_util::sync::CancellationToken) {
         let started_at = now();
         let every = self.lease / 3;
+        let mut beaten = false;
         loop {
+            if beaten && self.name_taken_by_an_older_process(&started_at).await {
+                name_taken.cancel();
+                return;
+            }
+            beaten = true;
             let instance = Instance {
                 id: self.instance.to_string(),
                 url: url.clone(),
@@ -61,9 +68,39 @@ impl Jobs {
             }
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
-                () = self.background.stopping() => return,
+                () = self.background.stopping() => break,
             }
         }
+        let stale_at = chrono::Utc::now() - self.lease - Duration::from_secs(1);
+        let stale_at = crate::jobs::model::timestamp(stale_at);
+        if let Err(error) = self
+            .store
+            .mark_stopped(&self.instance, &started_at, &stale_at)
+            .await
+        {
+            tracing::warn!(%error, "cannot record this instance's stop");
+        }
+    }
+
+    /// Whether another process beat under this instance's name since this one's last beat (two started at once, so
+    /// neither saw the other's heartbeat at its start), and started first: this one, the younger, then stops. The
+    /// older goes on; the younger finds this out at its own next beat.
+    async fn name_taken_by_an_older_process(&self, started_at: &str) -> bool {
+        let Ok(instances) = self.store.instances().await else {
+            return false;
+        };
+        let Some(row) = instances.iter().find(|i| *i.id == *self.instance) else {
+            return false;
+        };
+        if row.started_at == started_at {
+            return false;
+        }
+        if row.started_at.as_str() < started_at {
+            tracing::error!(instance = %self.instance, "another Orchestrator, started earlier, runs under this instance's name: stopping; give each its own ORCH_INSTANCE_ID");
+            return true;
+        }
+        tracing::warn!(instance = %self.instance, "another Orchestrator started under this instance's name after this one; it will stop");
+        false
     }
 
     /// Each backend as this instance sees it now, from its WebSocket (no request of its own): `[{url, online}]`,
