@@ -102,6 +102,11 @@ test.describe('a paid prompt refused at the gateway', () => {
       })
       .toBe('succeeded');
     expect(calls).toEqual([{ path: '/proxy/bfl/flux-pro-1.1-ultra/generate', key: SERVER_KEY }]);
+    // The home page shows the new picture before the test leaves it: one still loading would be cut off by the
+    // navigation, a failed request.
+    const shown = page.getByTestId('recent-outputs').locator(`img[src*="${id}"]`);
+    await expect.poll(() => shown.evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth > 0), { timeout: 20_000 }).toBe(true);
+    await problems.settle();
 
     // The job page shows the estimate and what the node reported it cost.
     await page.goto(`${orchestrator.url}/jobs/${id}`);
