@@ -379,22 +379,22 @@ async fn ensure_alone(store: &Store, fleet: &config::FleetConfig) -> Result<(), 
                 .instances()
                 .await?
                 .into_iter()
-                .find(|i| i.id == fleet.instance_id)
-                .map(|i| i.heartbeat_at),
+                .find(|i| i.id == fleet.instance_id),
         )
     };
-    let Some(beat) = last_beat().await? else {
+    let Some(beat) = last_beat()
+        .await?
+        .filter(|i| !i.is_stale(fleet.lease))
+        .map(|i| i.heartbeat_at)
+    else {
         return Ok(());
     };
-    let lease = chrono::TimeDelta::from_std(fleet.lease).unwrap_or(chrono::TimeDelta::MAX);
-    let fresh = chrono::DateTime::parse_from_rfc3339(&beat)
-        .is_ok_and(|at| chrono::Utc::now() - at.with_timezone(&chrono::Utc) < lease);
-    if !fresh {
-        return Ok(());
-    }
     tracing::info!(instance = %fleet.instance_id, "this instance's name beat within a lease: waiting a heartbeat to tell whether another process has it");
     tokio::time::sleep(fleet.lease / 3 + std::time::Duration::from_secs(1)).await;
-    if last_beat().await?.is_some_and(|again| again != beat) {
+    if last_beat()
+        .await?
+        .is_some_and(|again| again.heartbeat_at != beat)
+    {
         return Err(RunError::InstanceInUse {
             id: fleet.instance_id.clone(),
         });

@@ -349,7 +349,6 @@ pub async fn database(state: &AppState) -> Database {
 /// The fleet's instances with their heartbeats.
 pub async fn fleet(state: &AppState) -> Fleet {
     let lease = state.config.fleet.lease;
-    let stale_before = chrono::Utc::now() - chrono::Duration::from_std(lease).unwrap_or_default();
     let instances = state
         .store
         .instances()
@@ -357,8 +356,7 @@ pub async fn fleet(state: &AppState) -> Fleet {
         .unwrap_or_default()
         .into_iter()
         .map(|instance| FleetInstance {
-            stale: chrono::DateTime::parse_from_rfc3339(&instance.heartbeat_at)
-                .map_or(true, |at| at < stale_before),
+            stale: instance.is_stale(lease),
             instance,
         })
         .collect();

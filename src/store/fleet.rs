@@ -27,6 +27,16 @@ pub struct Instance {
     pub backends: Value,
 }
 
+impl Instance {
+    /// Whether its last heartbeat is older than `lease`: stopped, or cut off from the store.
+    pub fn is_stale(&self, lease: std::time::Duration) -> bool {
+        let stale_before =
+            chrono::Utc::now() - chrono::Duration::from_std(lease).unwrap_or_default();
+        chrono::DateTime::parse_from_rfc3339(&self.heartbeat_at)
+            .map_or(true, |at| at < stale_before)
+    }
+}
+
 impl Store {
     /// Registers this instance, or records its heartbeat: the row is written whole each time (a restart, or a
     /// row removed meanwhile, is registered again).

@@ -162,16 +162,20 @@ fn reader(
     Ok(reader)
 }
 
-/// The JPEG of `source` scaled to fit [`SIZE`]×[`SIZE`]; its dimensions are read from its header first.
+/// The JPEG of `source` scaled to fit [`SIZE`]×[`SIZE`]; its dimensions are read from its header first, by the
+/// decoder that then decodes it (the file is opened and its header read once).
 fn scaled(source: &Path) -> Result<Vec<u8>, Unthumbnailable> {
-    let (width, height) = reader(source)?.into_dimensions()?;
-    // Four bytes a pixel: the most a PNG, JPEG or WebP this crate reads decodes to (16-bit PNGs are refused by
-    // the decoder's own limit).
+    use image::ImageDecoder;
+    let decoder = reader(source)?.into_decoder()?;
+    let (width, height) = decoder.dimensions();
+    // Four bytes a pixel: the most an 8-bit PNG, JPEG or WebP decodes to; a 16-bit one is held to the limit by
+    // the reservation below, as `ImageReader::decode` does it.
     let decoded = u64::from(width) * u64::from(height) * 4;
     if width > MAX_SIDE || height > MAX_SIDE || decoded > MAX_DECODED_BYTES {
         return Err(Unthumbnailable::TooLarge { width, height });
     }
-    let picture = reader(source)?.decode()?;
+    limits().reserve(decoder.total_bytes())?;
+    let picture = image::DynamicImage::from_decoder(decoder)?;
     let small = picture.thumbnail(SIZE, SIZE).to_rgb8();
     drop(picture);
     let mut jpeg = Vec::new();
@@ -348,12 +352,10 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_job_is_not_brought_back_by_its_thumbnail() {
         let dir = tempfile::tempdir().unwrap();
-        let thumbnails = Thumbnails::new(dir.path().to_owned());
         let source = dir.path().join("gone.png");
         std::fs::write(&source, png(4, 4)).unwrap();
         let folder = dir.path().join("deleted-job/.thumbnails");
         assert!(make(&source, &folder, &folder.join("x.jpg")).is_err());
         assert!(!dir.path().join("deleted-job").exists());
-        drop(thumbnails);
     }
 }
