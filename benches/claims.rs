@@ -51,7 +51,7 @@ async fn claim_all(count: usize, instances: usize) -> (Duration, usize) {
     let workflow = serde_json::json!({ "1": { "class_type": "EmptyLatentImage", "inputs": {} } });
     for _ in 0..count {
         let new = NewJob {
-            backend: orchestrator::jobs::model::Backend::Comfy,
+            backend: orchestrator::model::Backend::Comfy,
             template: None,
             params: &params,
             workflow: &workflow,

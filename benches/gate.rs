@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use orchestrator::comfy::nodes::NodeCatalog;
 use orchestrator::comfy::prompt;
-use orchestrator::flux::confirm::Confirmer;
 use orchestrator::jobs::gate::Gate;
+use orchestrator::money::confirm::Confirmer;
 use serde_json::{Value, json};
 
 const ROUNDS: usize = 20_000;

@@ -269,7 +269,7 @@ async fn watched(watchers: usize, jobs: usize, step: Duration) -> (usize, Durati
 
 #[tokio::main]
 async fn main() {
-    orchestrator::flux::client::install_crypto_provider();
+    orchestrator::outbound::install_crypto_provider();
     let sizes: Vec<usize> = std::env::var("QUEUE_SIZES")
         .unwrap_or_else(|_| "60,400,1000".into())
         .split(',')

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use orchestrator::jobs::model::JobStatus;
+use orchestrator::model::JobStatus;
 use orchestrator::store::{JobChange, NewJob, Store};
 
 fn main() {
@@ -33,7 +33,7 @@ async fn run() {
     let mut ids = Vec::with_capacity(count);
     for i in 0..count {
         let new = NewJob {
-            backend: orchestrator::jobs::model::Backend::Comfy,
+            backend: orchestrator::model::Backend::Comfy,
             template: Some("sdxl-t2i"),
             params: &params,
             workflow: &workflow,

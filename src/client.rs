@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::jobs::model::JobStatus;
+use crate::model::JobStatus;
 
 /// How long a plain call may take: generation requests wait for ComfyUI's answer to the submit.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -123,7 +123,7 @@ pub enum Download {
 impl ApiClient {
     /// The API at `base` (`http://127.0.0.1:3000`), with the bearer token when the server wants one.
     pub fn new(base: impl Into<String>, token: Option<String>) -> Self {
-        crate::flux::client::install_crypto_provider();
+        crate::outbound::install_crypto_provider();
         Self {
             http: reqwest::Client::builder()
                 .no_proxy()

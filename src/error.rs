@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::codes::Code;
 use crate::comfy::error::ComfyError;
 use crate::flux::error::FluxError;
-use crate::jobs::refusal::Refusal;
+use crate::money::refusal::Refusal;
 pub use crate::problems::{ErrorBody, ErrorDetail};
 use crate::problems::{Invalid, NotConfigured, ProviderError, RequestError, error_body};
 use crate::service::ServiceError;

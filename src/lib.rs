@@ -15,8 +15,12 @@
 //! - [`ui`]: the panel's pages (askama), in English and Russian, as one router.
 //! - [`comfy`]: ComfyUI as Orchestrator talks to it (HTTP and WebSocket), its model lists and node catalog,
 //!   `extra_model_paths.yaml`.
-//! - [`jobs`]: generation jobs: the model, the money gate, templates and the runner.
-//! - [`flux`]: the FLUX API (BFL): prices, confirmations, the client and its jobs.
+//! - [`model`]: what a job is, as the API and the store see it; [`clock`]: times and days as the store keeps them.
+//! - [`jobs`]: generation jobs: the money gate, templates and the runner.
+//! - [`money`]: confirmation tokens, dollars, `Idempotency-Key`s and refusals, for every paid provider.
+//! - [`bfl`]: Black Forest Labs' FLUX API as it is: models, request shapes, prices, the client.
+//! - [`flux`]: FLUX jobs over [`bfl`]: recorded, reserved, submitted and polled.
+//! - [`outbound`]: the HTTP clients for APIs Orchestrator calls (one TLS set-up, no redirects).
 //! - [`v0`]: the v0 Platform API gateway.
 //! - [`store`]: the durable store; all SQL lives there.
 //! - [`assets`]: the Comfy API v2's assets: records over blobs named by their blake3 hash, and the `core/ASSET`
@@ -34,8 +38,10 @@
 pub mod address;
 pub mod assets;
 pub mod background;
+pub mod bfl;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod codes;
 pub mod comfy;
 pub mod config;
@@ -45,6 +51,9 @@ pub mod fs_safe;
 pub mod http;
 pub mod jobs;
 pub mod mcp;
+pub mod model;
+pub mod money;
+pub mod outbound;
 pub mod paths;
 pub mod problems;
 pub mod service;
@@ -156,8 +165,8 @@ impl AppState {
         // One confirmation key for FLUX and paid ComfyUI nodes: one set of token rules.
         let ttl = config.flux.confirm_ttl;
         let confirmer = Arc::new(match token_key {
-            Some(key) => flux::confirm::Confirmer::with_key(ttl, key),
-            None => flux::confirm::Confirmer::new(ttl),
+            Some(key) => money::confirm::Confirmer::with_key(ttl, key),
+            None => money::confirm::Confirmer::new(ttl),
         });
         let models: Arc<ModelCache> = Arc::default();
         let money = jobs::paid::Money {
@@ -265,7 +274,7 @@ pub struct FleetSecrets {
 /// The client an instance fetches another's outputs with: no proxy (instances reach each other directly), a
 /// bounded connect.
 fn fleet_client() -> reqwest::Client {
-    flux::client::install_crypto_provider();
+    outbound::install_crypto_provider();
     // No redirect is followed: the fleet's token goes to the instance named in the store and nowhere else.
     reqwest::Client::builder()
         .no_proxy()
@@ -321,20 +330,20 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     let store = Store::open(config.database_url.expose())
         .await?
         .for_instance(&config.fleet.instance_id, config.fleet.lease);
-    if store.engine() == store::Engine::Postgres {
+    if store.engine() == config::Engine::Postgres {
         ensure_alone(&store, &config.fleet).await?;
     }
     // A fleet's instances share the key of confirmation tokens, so a token one of them made pays once through
     // any; alone on SQLite, the key is drawn at start-up (a restart voids the tokens handed out before it).
     let fleet = match store.engine() {
-        store::Engine::Postgres => Some(FleetSecrets {
+        config::Engine::Postgres => Some(FleetSecrets {
             token_key: store
                 .fleet_secret("confirmation-tokens")
                 .await?
                 .into_bytes(),
             fleet_token: config::Secret::new(store.fleet_secret("fleet-token").await?),
         }),
-        store::Engine::Sqlite => None,
+        config::Engine::Sqlite => None,
     };
     let state = AppState::with_fleet(config, paths, store, fleet);
     let background = state.jobs.background();
@@ -343,7 +352,7 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     if let Some(webhooks) = state.jobs.webhooks() {
         background.spawn(webhooks.clone().run(background.clone()));
     }
-    if state.store.engine() == store::Engine::Postgres {
+    if state.store.engine() == config::Engine::Postgres {
         // Read before anything is served: an event stored while the pump is still connecting is sent, not lost.
         let from = state.store.last_event().await.unwrap_or(0);
         background.spawn(

@@ -189,7 +189,7 @@ pub async fn report(state: &AppState) -> Report {
         database,
         external,
         model_paths,
-        checked_at: crate::jobs::model::now(),
+        checked_at: crate::clock::now(),
     }
 }
 
@@ -292,7 +292,7 @@ fn database_path(state: &AppState) -> String {
 
 /// The store's URL as diagnostics show it: a SQLite file's path, a PostgreSQL URL without its password.
 pub fn shown_database(url: &str) -> String {
-    if crate::store::Engine::of_url(url) == Some(crate::store::Engine::Postgres) {
+    if crate::config::Engine::of_url(url) == Some(crate::config::Engine::Postgres) {
         return match reqwest::Url::parse(url) {
             Ok(mut url) => {
                 let _ = url.set_password(None);

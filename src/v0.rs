@@ -35,7 +35,7 @@ pub enum V0Error {
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
-use crate::flux::client::api_client;
+use crate::outbound::api_client;
 use crate::store::Link;
 
 /// Characters a chat id keeps in a path segment (RFC 3986 unreserved); everything else is percent-encoded.

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
-use crate::jobs::model::{Job, OutputFile, now};
+use crate::clock::now;
+use crate::model::{Job, OutputFile};
 use crate::store::{AssetRecord, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]

@@ -399,44 +399,6 @@ impl Config {
         &self.comfy.backends[0]
     }
 
-    /// How to start ComfyUI: `COMFY_COMMAND` when given, else the default for `COMFY_DIR`; `None` when neither
-    /// is set.
-    pub fn launch_spec(&self) -> Option<crate::service::LaunchSpec> {
-        let service = &self.service;
-        let (program, args) = match (&service.command, &service.comfy_dir) {
-            (Some((program, args)), _) => (program.clone(), args.clone()),
-            (None, Some(dir)) => {
-                let comfy = self.primary_comfy();
-                let host = comfy
-                    .authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                crate::service::default_command(dir, host, comfy.authority.port_u16().unwrap_or(80))
-            }
-            (None, None) => return None,
-        };
-        let env_remove = Settings::secret_variables()
-            .iter()
-            .map(|name| (*name).to_owned())
-            .chain(
-                self.sources
-                    .iter()
-                    .filter(|(_, source)| **source == "dotenv")
-                    .map(|(name, _)| name.clone()),
-            )
-            .collect();
-        Some(crate::service::LaunchSpec {
-            service_name: service.name.clone(),
-            program,
-            args,
-            working_dir: service.comfy_dir.clone(),
-            log_file: service.log_file.clone(),
-            env_remove,
-            masked: self.secret_values(),
-        })
-    }
-
     /// Every secret's value (keys, tokens, the webhook's URL and key, the database's password), for masking text
     /// from elsewhere that may hold one: ComfyUI's log shows what its nodes print, prompts included.
     pub fn secret_values(&self) -> Vec<String> {
@@ -473,5 +435,24 @@ impl Config {
     /// Whether the server listens on a loopback address only.
     pub fn is_loopback(&self) -> bool {
         self.bind.ip().is_loopback()
+    }
+}
+
+/// Which database holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    /// The engine a `DATABASE_URL` names, by its scheme.
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.trim().split(':').next().unwrap_or_default();
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            _ => None,
+        }
     }
 }

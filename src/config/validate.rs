@@ -122,7 +122,7 @@ impl Settings {
         }
         let database_url = match self.database_url.as_deref().map(str::trim) {
             None | Some("") => format!("sqlite://{}", data_dir.join("orchestrator.db").display()),
-            Some(url) if crate::store::Engine::of_url(url).is_some() => url.to_string(),
+            Some(url) if crate::config::Engine::of_url(url).is_some() => url.to_string(),
             Some(url) => {
                 let scheme = url.split(':').next().unwrap_or_default();
                 problems.push(format!(
@@ -236,7 +236,7 @@ impl Settings {
         );
         // The others reach an instance at its public URL, else at the address it listens on: an unspecified one
         // (0.0.0.0, ::) would send them, with the fleet's token, to their own port.
-        if crate::store::Engine::of_url(&database_url) == Some(crate::store::Engine::Postgres)
+        if crate::config::Engine::of_url(&database_url) == Some(crate::config::Engine::Postgres)
             && fleet.public_url.is_none()
             && bind.is_some_and(|b| b.ip().is_unspecified())
         {

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::codes::Code;
 use crate::comfy::body::BoxError;
-use crate::jobs::refusal::Refusal;
+use crate::money::refusal::Refusal;
 use crate::problems::{ProviderError, error_body};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,5 @@
-//! FLUX by Black Forest Labs: the model and price table ([`catalog`]), confirmation tokens ([`confirm`]), the HTTP
-//! client ([`client`]) and the guarded service that records, reserves, submits and polls ([`service`]).
+//! FLUX jobs: the guarded service that records, reserves, submits and polls ([`service`]) over BFL's API
+//! ([`crate::bfl`]).
 
-pub mod catalog;
-pub mod client;
-pub mod confirm;
 pub mod error;
 pub mod service;

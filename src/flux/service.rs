@@ -16,17 +16,19 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::catalog::{self, ValidRequest, usd};
-use super::client::{BflClient, Polled, Submitted};
-use super::confirm::{Confirmer, TokenProblem};
 use super::error::FluxError;
+use crate::bfl::catalog::{self, ValidRequest};
+use crate::bfl::client::{BflClient, Polled, Submitted};
+use crate::clock::today;
 use crate::codes::{Code, Failure};
 use crate::config::FluxConfig;
-use crate::jobs::key_locks::KeyLocks;
-use crate::jobs::model::{Backend, EventKind};
-use crate::jobs::model::{Job, JobStatus, OutputFile, today};
-use crate::jobs::refusal::Refusal;
 use crate::jobs::runner::{Jobs, finished};
+use crate::model::{Backend, EventKind};
+use crate::model::{Job, JobStatus, OutputFile};
+use crate::money::confirm::{Confirmer, TokenProblem};
+use crate::money::keys::KeyLocks;
+use crate::money::refusal::Refusal;
+use crate::money::usd;
 use crate::problems::{Invalid, NotConfigured, ProviderError};
 use crate::store::{IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError};
 
@@ -81,7 +83,7 @@ impl Flux {
             config,
             jobs,
             key_locks: KeyLocks::default(),
-            started_at: crate::jobs::model::now(),
+            started_at: crate::clock::now(),
         }))
     }
 
@@ -151,7 +153,7 @@ impl Flux {
             .into());
         }
         if let Some(key) = idempotency_key
-            && !crate::jobs::key_locks::is_valid_key(key)
+            && !crate::money::keys::is_valid_key(key)
         {
             return Err(Refusal::invalid(
                 "Idempotency-Key",
@@ -449,7 +451,7 @@ impl Flux {
         let url = client.polling_target(polling_url.as_deref(), &provider_id);
         let started = match self.store().job(&job_id).await {
             Ok(Some(job)) => job.started_at.unwrap_or(job.created_at),
-            _ => crate::jobs::model::now(),
+            _ => crate::clock::now(),
         };
         let deadline = chrono::DateTime::parse_from_rfc3339(&started)
             .map(|t| t.with_timezone(&chrono::Utc))
@@ -598,5 +600,5 @@ impl Flux {
 
 /// What an idempotency key binds to: the validated request, so key order and camelCase spellings do not matter.
 fn fingerprint(request: &ValidRequest) -> String {
-    crate::jobs::key_locks::fingerprint(request.canonical().as_bytes())
+    crate::money::keys::fingerprint(request.canonical().as_bytes())
 }

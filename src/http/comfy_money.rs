@@ -19,8 +19,8 @@ use crate::comfy::error::ComfyError;
 use crate::comfy::nodes::Unclassified;
 use crate::comfy::prompt::Unreadable;
 use crate::error::ApiError;
-use crate::flux::catalog::usd;
 use crate::jobs::gate::Assessment;
+use crate::money::usd;
 use crate::problems::RequestError;
 
 /// The largest answer that is checked for credentials; ComfyUI's history is capped at 10,000 prompts.

@@ -13,8 +13,8 @@ use super::extract::Query;
 use super::jobs::find;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::model::EventKind;
-use crate::jobs::model::JobStatus;
+use crate::model::EventKind;
+use crate::model::JobStatus;
 use crate::store::StoredEvent;
 
 /// How often a quiet stream gets a comment, so proxies and browsers keep it open.
@@ -64,7 +64,7 @@ fn resume_from(headers: &http::HeaderMap, query: &EventsQuery) -> ApiResult<Opti
 
 /// A job event as a stream meets it: just broadcast, or read back from the store.
 pub(super) enum Seen<'a> {
-    Live(&'a crate::jobs::model::Job),
+    Live(&'a crate::model::Job),
     Stored(&'a serde_json::Value),
 }
 
@@ -191,7 +191,7 @@ pub async fn events(
 pub(super) fn follow_job(
     state: &AppState,
     mut changes: tokio::sync::broadcast::Receiver<crate::jobs::runner::JobEvent>,
-    (last, job): (i64, crate::jobs::model::Job),
+    (last, job): (i64, crate::model::Job),
     resume: Option<i64>,
     mut render: impl Render,
 ) -> Response {

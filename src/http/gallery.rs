@@ -11,8 +11,8 @@ use super::extract::Query;
 use super::jobs::find;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::model::{Backend, JobStatus};
 use crate::jobs::runner::thumbnails::has_thumbnail;
+use crate::model::{Backend, JobStatus};
 use crate::store::GalleryQuery;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -142,7 +142,7 @@ pub async fn gallery(
                 backend: job.backend,
                 status: job.status,
                 created_at: job.created_at.clone(),
-                prompt: crate::jobs::model::prompt_text(&job.params, &serde_json::Value::Null),
+                prompt: crate::model::prompt_text(&job.params, &serde_json::Value::Null),
             })
         })
         .collect();
@@ -219,7 +219,7 @@ pub async fn again(State(state): State<AppState>, Path(id): Path<String>) -> Api
     let job = find(&state, &id).await?;
     // A FLUX job's stored "workflow" is BFL's payload, and paid: it goes again through FLUX, with its own price
     // and confirmation, never to ComfyUI as a graph.
-    if job.backend != crate::jobs::model::Backend::Comfy {
+    if job.backend != crate::model::Backend::Comfy {
         return Err(ApiError::invalid(
             "backend",
             "only a ComfyUI job is generated again here; a FLUX job is asked for again with POST /api/flux/generate, \

@@ -11,12 +11,12 @@ use serde_json::{Map, Value, json};
 use super::extract::Query;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::flux::confirm::TokenProblem;
-use crate::jobs::model::{Job, JobStatus};
 use crate::jobs::paid::{Submission, Submitted};
-use crate::jobs::refusal::Refusal;
 use crate::jobs::runner::{JobError, safe_file_name};
 use crate::jobs::templates::ParamKind;
+use crate::model::{Job, JobStatus};
+use crate::money::confirm::TokenProblem;
+use crate::money::refusal::Refusal;
 use crate::problems::Invalid;
 
 /// A template with parameters, or an API-format workflow: one of the two.
@@ -522,7 +522,7 @@ pub async fn output(
 pub(super) async fn serve_output(
     state: &AppState,
     job: &Job,
-    file: &crate::jobs::model::OutputFile,
+    file: &crate::model::OutputFile,
     request: axum::extract::Request,
 ) -> ApiResult<Response> {
     if let Some(path) = state.jobs.output_file(&job.id, &file.name)
@@ -548,7 +548,7 @@ pub(super) async fn serve_output(
 async fn from_another_instance(
     state: &AppState,
     job_id: &str,
-    file: &crate::jobs::model::OutputFile,
+    file: &crate::model::OutputFile,
     headers: &http::HeaderMap,
 ) -> ApiResult<(u64, Body)> {
     let not_found = || ApiError::OutputNotFound {

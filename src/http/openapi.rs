@@ -12,7 +12,7 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::ErrorBody;
-use crate::jobs::model::JobStatus;
+use crate::model::JobStatus;
 
 #[derive(OpenApi)]
 #[openapi(

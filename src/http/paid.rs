@@ -62,7 +62,7 @@ pub async fn flux_budget(State(state): State<AppState>) -> ApiResult<Response> {
     responses((status = 200, description = "The catalogue", body = super::openapi::FluxCatalogue),
         (status = 429, description = "Too many requests from this client", body = crate::error::ErrorBody)))]
 pub async fn flux_models() -> Json<Value> {
-    Json(crate::flux::catalog::catalogue())
+    Json(crate::bfl::catalog::catalogue())
 }
 
 /// Checks the server's v0 key with a cheap call.

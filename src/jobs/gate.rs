@@ -12,9 +12,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::bfl::catalog;
 use crate::comfy::nodes::{NodeCatalog, PaidNode, Unclassified};
-use crate::flux::catalog::{self, usd};
-use crate::flux::confirm::{Confirmer, TokenProblem};
+use crate::money::confirm::{Confirmer, TokenProblem};
+use crate::money::usd;
 
 /// ComfyUI 0.3.64's BFL nodes and the BFL model each calls (`comfy_api_nodes/nodes_bfl.py`: the path it posts to is
 /// `/proxy/bfl/<model>/generate`); their prices are BFL's (https://docs.bfl.ml/quick_start/pricing).
@@ -89,7 +90,7 @@ impl Gate {
         self.confirmer.ttl().as_secs()
     }
 
-    /// See [`crate::flux::confirm::Confirmer::forget_used_before`].
+    /// See [`crate::money::confirm::Confirmer::forget_used_before`].
     pub fn forget_used_before(&self) -> String {
         self.confirmer.forget_used_before()
     }

@@ -14,10 +14,8 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::gate::{Assessment, Gate};
-use super::key_locks::KeyLocks;
-use super::model::{Job, JobStatus, today};
-use super::refusal::Refusal;
 use super::runner::{JobError, Jobs};
+use crate::clock::today;
 use crate::codes::Code;
 use crate::comfy::credentials;
 use crate::comfy::error::ComfyError;
@@ -25,9 +23,12 @@ use crate::comfy::models::ModelCache;
 use crate::comfy::nodes::{NodeCatalog, Unclassified};
 use crate::comfy::proxy::ComfyGateway;
 use crate::config::Secret;
-use crate::flux::catalog::usd;
-use crate::flux::confirm::TokenProblem;
-use crate::jobs::model::{Backend, EventKind};
+use crate::model::{Backend, EventKind};
+use crate::model::{Job, JobStatus};
+use crate::money::confirm::TokenProblem;
+use crate::money::keys::KeyLocks;
+use crate::money::refusal::Refusal;
+use crate::money::usd;
 use crate::problems::NotConfigured;
 use crate::store::{Approval, ApproveJob, IdempotencyClaim, NewJob, PaidJob, Reservation};
 
@@ -81,7 +82,7 @@ fn unclassified(problem: Unclassified) -> JobError {
 }
 
 fn fingerprint(bound: &Value) -> String {
-    super::key_locks::fingerprint(super::gate::canonical(bound).as_bytes())
+    crate::money::keys::fingerprint(super::gate::canonical(bound).as_bytes())
 }
 
 impl Jobs {
@@ -562,7 +563,7 @@ const COMFY_ORG_NOT_CONFIGURED: NotConfigured = NotConfigured {
 
 /// An `Idempotency-Key`, or the 422 naming it.
 fn check_key(key: &str) -> Result<(), JobError> {
-    if !super::key_locks::is_valid_key(key) {
+    if !crate::money::keys::is_valid_key(key) {
         return Err(refused(Refusal::invalid(
             "Idempotency-Key",
             "must be 1 to 255 visible ASCII characters (a UUID is a good key)",

@@ -17,8 +17,8 @@ use ring::hmac;
 use serde_json::json;
 use tokio::sync::Notify;
 
+use crate::clock::timestamp as at;
 use crate::config::WebhookConfig;
-use crate::jobs::model::timestamp as at;
 use crate::store::{Delivery, Store};
 
 /// An attempt the receiver has not answered in this long failed.
@@ -64,7 +64,7 @@ pub fn backoff(first: Duration, attempts: i64) -> Duration {
 
 impl Webhooks {
     pub fn new(store: Store, config: &WebhookConfig) -> Self {
-        crate::flux::client::install_crypto_provider();
+        crate::outbound::install_crypto_provider();
         let client = reqwest::Client::builder()
             // A receiver's redirect is not followed: the body and its signature go where they were configured to.
             .redirect(reqwest::redirect::Policy::none())

@@ -67,15 +67,15 @@ pub fn for_config(config: &crate::config::Config) -> ServiceControl {
                 stop_grace: service.stop_grace,
                 ..RestartPolicy::default()
             };
-            ServiceControl::supervised(config.launch_spec(), policy)
+            ServiceControl::supervised(super::LaunchSpec::of(config), policy)
         }
         ServiceBackend::Systemd => ServiceControl::Systemd {
-            spec: config.launch_spec(),
+            spec: super::LaunchSpec::of(config),
             service_name: service.name.clone(),
             scope: Scope::for_current_user(),
         },
         ServiceBackend::Windows => ServiceControl::Windows {
-            spec: config.launch_spec(),
+            spec: super::LaunchSpec::of(config),
             service_name: service.name.clone(),
             nssm: service.nssm.clone(),
         },

@@ -16,6 +16,8 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::config::{Config, Settings};
+
 pub use control::{ServiceControl, ServiceError};
 
 /// A service's state, in the words the API and the panel use.
@@ -108,6 +110,47 @@ pub struct LaunchSpec {
     pub env_remove: Vec<String>,
     /// Values never shown from its log (Orchestrator's secrets): see [`logs::masked`].
     pub masked: Vec<String>,
+}
+
+impl LaunchSpec {
+    /// How to start ComfyUI: `COMFY_COMMAND` when given, else the default for `COMFY_DIR`; `None` when neither
+    /// is set.
+    pub fn of(config: &Config) -> Option<Self> {
+        let service = &config.service;
+        let (program, args) = match (&service.command, &service.comfy_dir) {
+            (Some((program, args)), _) => (program.clone(), args.clone()),
+            (None, Some(dir)) => {
+                let comfy = config.primary_comfy();
+                let host = comfy
+                    .authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                default_command(dir, host, comfy.authority.port_u16().unwrap_or(80))
+            }
+            (None, None) => return None,
+        };
+        let env_remove = Settings::secret_variables()
+            .iter()
+            .map(|name| (*name).to_owned())
+            .chain(
+                config
+                    .sources
+                    .iter()
+                    .filter(|(_, source)| **source == "dotenv")
+                    .map(|(name, _)| name.clone()),
+            )
+            .collect();
+        Some(Self {
+            service_name: service.name.clone(),
+            program,
+            args,
+            working_dir: service.comfy_dir.clone(),
+            log_file: service.log_file.clone(),
+            env_remove,
+            masked: config.secret_values(),
+        })
+    }
 }
 
 /// The default command line for ComfyUI in `comfy_dir`, listening where `COMFY_URL` says.

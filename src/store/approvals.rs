@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use super::money::{BudgetUsage, IdempotencyClaim, claim_key, day_usage, use_token};
 use super::{NewJob, Store, StoreError};
-use crate::jobs::model::{Job, JobStatus, now};
+use crate::clock::now;
+use crate::model::{Job, JobStatus};
 
 /// An approval to record: the price a person confirmed for a job that waits for it.
 pub struct ApproveJob<'a> {
@@ -51,7 +52,7 @@ impl Store {
         .bind(now())
         .bind(new.backend_url)
         .bind(approval.to_string())
-        .bind(crate::jobs::model::prompt_text(new.params, new.workflow))
+        .bind(crate::model::prompt_text(new.params, new.workflow))
         .execute(&self.pool)
         .await?;
         self.job(&id)

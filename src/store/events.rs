@@ -5,7 +5,8 @@ use serde_json::Value;
 use sqlx::Executor;
 
 use super::{Engine, Store, StoreError};
-use crate::jobs::model::{EventKind, Job, now};
+use crate::clock::now;
+use crate::model::{EventKind, Job};
 
 /// The numbered job events behind rejoinable streams.
 impl Store {

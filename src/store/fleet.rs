@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::jobs::job_from_row;
 use super::{Engine, Store, StoreError};
-use crate::jobs::model::{Backend, Job, now};
+use crate::clock::now;
+use crate::model::{Backend, Job};
 
 /// One instance as the fleet sees it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -3,7 +3,7 @@
 
 use super::jobs::{JobPage, after, page};
 use super::{Engine, Store, StoreError};
-use crate::jobs::model::JobStatus;
+use crate::model::JobStatus;
 
 /// What the gallery shows; every filter is optional.
 #[derive(Debug, Default, Clone)]

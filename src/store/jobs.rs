@@ -5,7 +5,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Engine, Store, StoreError};
-use crate::jobs::model::{Backend, Job, JobStatus, OutputFile, now};
+use crate::clock::now;
+use crate::model::{Backend, Job, JobStatus, OutputFile};
 
 impl Store {
     /// Records a new job, `queued`.
@@ -27,7 +28,7 @@ impl Store {
         .bind(new.backend_url)
         .bind(claimed_by)
         .bind(lease_until)
-        .bind(crate::jobs::model::prompt_text(new.params, new.workflow))
+        .bind(crate::model::prompt_text(new.params, new.workflow))
         .execute(&self.pool)
         .await?;
         self.job(&id)
@@ -233,7 +234,7 @@ impl Store {
             )
             .bind(id)
             .bind(holder)
-            .bind(crate::jobs::model::now())
+            .bind(crate::clock::now())
             .execute(&mut *tx)
             .await?;
         }

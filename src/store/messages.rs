@@ -1,7 +1,7 @@
 //! The builder's conversation.
 
 use super::{Store, StoreError};
-use crate::jobs::model::now;
+use crate::clock::now;
 
 pub struct NewMessage<'a> {
     /// `user`, `assistant` or `system`.

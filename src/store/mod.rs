@@ -12,7 +12,8 @@
 
 use std::time::Duration;
 
-use crate::jobs::model::Backend;
+use crate::config::Engine;
+use crate::model::Backend;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Executor, Transaction};
 
@@ -68,25 +69,6 @@ pub struct StoreStats {
     pub messages: i64,
     /// The database's size as its server reports it (PostgreSQL); `None` for a SQLite file.
     pub size_bytes: Option<u64>,
-}
-
-/// Which database holds the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Sqlite,
-    Postgres,
-}
-
-impl Engine {
-    /// The engine a `DATABASE_URL` names, by its scheme.
-    pub fn of_url(url: &str) -> Option<Self> {
-        let scheme = url.trim().split(':').next().unwrap_or_default();
-        match scheme.to_ascii_lowercase().as_str() {
-            "sqlite" => Some(Self::Sqlite),
-            "postgres" | "postgresql" => Some(Self::Postgres),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -4,7 +4,8 @@
 use serde_json::Value;
 
 use super::{NewJob, Store, StoreError};
-use crate::jobs::model::{Job, now};
+use crate::clock::now;
+use crate::model::Job;
 
 /// Paid generation: budget reservations and idempotency keys.
 impl Store {
@@ -56,7 +57,7 @@ impl Store {
         .bind(paid.approval.map(Value::to_string))
         .bind(claimed_by)
         .bind(lease_until)
-        .bind(crate::jobs::model::prompt_text(new.params, new.workflow))
+        .bind(crate::model::prompt_text(new.params, new.workflow))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -189,7 +190,7 @@ impl Store {
         .bind(scope)
         .bind(key)
         .bind(fingerprint)
-        .bind(crate::jobs::model::now())
+        .bind(crate::clock::now())
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -225,7 +226,7 @@ impl Store {
         )
         .bind(scope)
         .bind(key)
-        .bind(crate::jobs::model::now())
+        .bind(crate::clock::now())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -1,5 +1,5 @@
 use super::*;
-use crate::jobs::model::{Backend, JobStatus};
+use crate::model::{Backend, JobStatus};
 
 #[tokio::test]
 async fn first_run_creates_a_wal_file_with_the_schema_and_reopens() {
@@ -331,7 +331,7 @@ async fn a_job_deleted_elsewhere_tells_the_instance_that_keeps_its_files() {
             store.update_job(id, ended()).await.unwrap();
             assert_eq!(store.delete_job(id, "a").await.unwrap(), Deleted::Removed);
         }
-        if store.engine() == crate::store::Engine::Sqlite {
+        if store.engine() == crate::config::Engine::Sqlite {
             // One instance: nothing to tell anyone.
             assert!(store.deleted_outputs("b", 10).await.unwrap().is_empty());
             continue;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::jobs::model::{Job, JobStatus};
+use crate::model::{Job, JobStatus};
 use crate::store::Message;
 use i18n::{Lang, Tr};
 
@@ -198,13 +198,13 @@ pub async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response
             .iter()
             .map(|m| (m.name.clone(), m.title.clone()))
             .collect(),
-        flux_models: crate::flux::catalog::MODELS
+        flux_models: crate::bfl::catalog::MODELS
             .iter()
             .map(|m| {
                 (
                     m.name,
                     m.label,
-                    format!("{:.3}", crate::flux::catalog::usd(m.price_micros)),
+                    format!("{:.3}", crate::money::usd(m.price_micros)),
                 )
             })
             .collect(),
@@ -556,7 +556,7 @@ pub async fn job(
             // A FLUX job is asked for again through FLUX, with its confirmation; "again" is for ComfyUI's.
             let again = job.status.is_final()
                 && job.template.is_some()
-                && job.backend == crate::jobs::model::Backend::Comfy;
+                && job.backend == crate::model::Backend::Comfy;
             let input_templates = state
                 .templates
                 .manifests()

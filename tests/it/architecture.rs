@@ -132,3 +132,100 @@ fn the_crate_layout_names_every_module() {
         .collect();
     assert_eq!(missing, Vec::<&str>::new());
 }
+
+/// The top-level module (`src/<name>.rs` or `src/<name>/`) a file of `src/` belongs to; `None` for the crate root.
+fn top_module(root: &Path, path: &Path) -> Option<String> {
+    let relative = path.strip_prefix(root).unwrap();
+    let first = relative.components().next()?.as_os_str().to_string_lossy();
+    let name = first.trim_end_matches(".rs").to_owned();
+    (name != "lib" && name != "main").then_some(name)
+}
+
+/// The top-level modules a file's code names through `crate::<module>`.
+fn named_modules(code: &str) -> std::collections::BTreeSet<String> {
+    code.match_indices("crate::")
+        .map(|(at, _)| {
+            code[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| name.starts_with(|c: char| c.is_ascii_lowercase()))
+        .collect()
+}
+
+/// Which top-level modules each one imports, with a file that does.
+fn imports() -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    let root = src();
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
+        Default::default();
+    for (path, text) in sources(&root) {
+        let Some(from) = top_module(&root, &path) else {
+            continue;
+        };
+        let file = path.strip_prefix(&root).unwrap().display().to_string();
+        let edges = graph.entry(from.clone()).or_default();
+        for to in named_modules(&code(&text)) {
+            if to != from {
+                edges.entry(to).or_insert_with(|| file.clone());
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle through `start`, as the files that close it, if there is one.
+fn cycle_through(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    start: &str,
+) -> Option<Vec<String>> {
+    let mut stack = vec![(start.to_owned(), Vec::<String>::new())];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((module, path)) = stack.pop() {
+        for (next, file) in graph.get(&module).into_iter().flatten() {
+            let mut path = path.clone();
+            path.push(format!("{module} → {next} ({file})"));
+            if next == start {
+                return Some(path);
+            }
+            if seen.insert(next.clone()) {
+                stack.push((next.clone(), path));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn the_top_level_modules_import_one_another_without_a_cycle() {
+    let graph = imports();
+    assert!(graph.len() > 20, "the graph was read: {graph:?}");
+    let cycles: Vec<Vec<String>> = graph
+        .keys()
+        .filter_map(|module| cycle_through(&graph, module))
+        .collect();
+    assert_eq!(cycles, Vec::<Vec<String>>::new());
+}
+
+#[test]
+fn the_lower_floors_do_not_import_the_upper_ones() {
+    let graph = imports();
+    let forbidden = [
+        ("jobs", "flux"),
+        ("store", "jobs"),
+        ("assets", "jobs"),
+        ("config", "service"),
+        ("config", "store"),
+        ("model", "jobs"),
+        ("money", "jobs"),
+        ("money", "flux"),
+    ];
+    let found: Vec<String> = forbidden
+        .iter()
+        .filter_map(|(from, to)| {
+            let file = graph.get(*from)?.get(*to)?;
+            Some(format!("{from} imports {to} in {file}"))
+        })
+        .collect();
+    assert_eq!(found, Vec::<String>::new());
+}

@@ -588,7 +588,7 @@ async fn a_job_cut_off_between_its_post_and_the_answer_is_followed_not_resent() 
     let mut ids = Vec::new();
     for _ in 0..2 {
         let new = orchestrator::store::NewJob {
-            backend: orchestrator::jobs::model::Backend::Comfy,
+            backend: orchestrator::model::Backend::Comfy,
             template: None,
             params: &json!({}),
             workflow: &workflow,
@@ -719,7 +719,7 @@ async fn of_two_processes_started_at_once_under_one_name_the_younger_stops() {
     // An older process's beat under the same name, as a twin started a moment earlier writes it.
     let mut twin = row().await.unwrap();
     twin.started_at = "2000-01-01T00:00:00.000000Z".into();
-    twin.heartbeat_at = orchestrator::jobs::model::now();
+    twin.heartbeat_at = orchestrator::clock::now();
     store.register_instance(&twin).await.unwrap();
     let status = crate::support::served::exit_of(
         &mut fleet.members[0].child,

@@ -401,7 +401,7 @@ async fn a_flux_job_is_not_generated_again_as_a_comfy_workflow() {
         .unwrap();
     let payload = json!({ "prompt": "a fox", "width": 1024, "height": 768 });
     let new = orchestrator::store::NewJob {
-        backend: orchestrator::jobs::model::Backend::Flux,
+        backend: orchestrator::model::Backend::Flux,
         template: Some("flux-pro-1.1"),
         params: &json!({ "prompt": "a fox" }),
         workflow: &payload,

@@ -611,7 +611,7 @@ async fn after_a_restart_a_job_comfy_no_longer_knows_is_backend_lost() {
         .unwrap();
     let workflow = workflow(20);
     let new = orchestrator::store::NewJob {
-        backend: orchestrator::jobs::model::Backend::Comfy,
+        backend: orchestrator::model::Backend::Comfy,
         template: None,
         params: &json!({}),
         workflow: &workflow,
@@ -619,7 +619,7 @@ async fn after_a_restart_a_job_comfy_no_longer_knows_is_backend_lost() {
     };
     let id = store.insert_job(new).await.unwrap().id;
     let change = orchestrator::store::JobChange {
-        status: Some(orchestrator::jobs::model::JobStatus::Running),
+        status: Some(orchestrator::model::JobStatus::Running),
         comfy_prompt_id: Some("prompt-from-before-the-restart".into()),
         ..Default::default()
     };

@@ -14,7 +14,7 @@ use crate::support::{TestApp, error_code, raw_request};
 type Client = RunningService<RoleClient, ()>;
 
 async fn http_client(app: &TestApp) -> Client {
-    orchestrator::flux::client::install_crypto_provider();
+    orchestrator::outbound::install_crypto_provider();
     ().serve(StreamableHttpClientTransport::from_uri(app.url("/mcp")))
         .await
         .expect("the MCP session starts over HTTP")

@@ -743,7 +743,7 @@ async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
     let job = match store
         .reserve_paid_job(orchestrator::store::PaidJob {
             job: orchestrator::store::NewJob {
-                backend: orchestrator::jobs::model::Backend::Comfy,
+                backend: orchestrator::model::Backend::Comfy,
                 template: None,
                 params: &json!({}),
                 workflow: &workflow,

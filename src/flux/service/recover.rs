@@ -4,7 +4,7 @@
 
 use super::Flux;
 use crate::codes::{Code, Failure};
-use crate::jobs::model::{Backend, EventKind, Job, JobStatus};
+use crate::model::{Backend, EventKind, Job, JobStatus};
 use crate::store::JobChange;
 
 impl Flux {
@@ -26,7 +26,7 @@ impl Flux {
             if let Some((instance, lease)) = self.store().claimant() {
                 let until = crate::store::lease_until(lease);
                 let claimed = self.store().claim_job(&job.id, instance, &until).await;
-                if self.store().engine() == crate::store::Engine::Postgres
+                if self.store().engine() == crate::config::Engine::Postgres
                     && !matches!(claimed, Ok(true))
                 {
                     continue;
@@ -44,7 +44,7 @@ impl Flux {
             return;
         };
         // Alone on SQLite, every unfinished job is this instance's, settled at its start.
-        if self.store().engine() != crate::store::Engine::Postgres {
+        if self.store().engine() != crate::config::Engine::Postgres {
             return;
         }
         let instance = instance.to_owned();

@@ -16,8 +16,8 @@ use super::render;
 use super::{V2Error, V2Result, base};
 use crate::AppState;
 use crate::http::events::{Seen, follow_job};
-use crate::jobs::model::{EventKind, Job, JobStatus};
 use crate::jobs::runner::preview::Preview;
+use crate::model::{EventKind, Job, JobStatus};
 
 /// Where a client left off: after event `n` (`n`), or after frame `k` of event `n` (`n.k`).
 fn resume_from(headers: &HeaderMap) -> V2Result<Option<(i64, Option<usize>)>> {

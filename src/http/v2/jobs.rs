@@ -11,9 +11,9 @@ use super::render;
 use super::{V2Error, V2Result, base};
 use crate::AppState;
 use crate::codes::Code;
-use crate::jobs::model::{Job, JobStatus};
 use crate::jobs::paid::{Submission, Submitted};
 use crate::jobs::runner::JobError;
+use crate::model::{Job, JobStatus};
 
 /// The scope of v2 submissions' idempotency keys (apart from `/api/jobs`', whose bodies differ).
 const SCOPE: &str = "v2.jobs";
@@ -197,7 +197,7 @@ async fn submit_once(
     request: Request,
     base: &str,
 ) -> V2Result<Response> {
-    let fingerprint = crate::jobs::key_locks::fingerprint(
+    let fingerprint = crate::money::keys::fingerprint(
         crate::jobs::gate::canonical(
             &json!({ "workflow": request.workflow, "metadata": request.metadata }),
         )

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::{V2Error, V2Result};
 use crate::AppState;
+use crate::clock::timestamp as at;
 use crate::codes::Code;
-use crate::jobs::model::timestamp as at;
 
 /// Keys are remembered a day, as the contract says.
 const WINDOW: TimeDelta = TimeDelta::hours(24);

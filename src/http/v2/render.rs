@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::assets::output_asset_id;
-use crate::jobs::model::{Job, JobStatus, OutputFile};
+use crate::model::{Job, JobStatus, OutputFile};
 use crate::store::AssetRecord;
 
 /// Orchestrator keeps jobs, outputs and assets until they are deleted: the deadline the contract requires is the

@@ -12,8 +12,8 @@ use crate::assets::refs::ResolveError;
 use crate::codes::{Code, Failure};
 use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
-use crate::jobs::model::{Backend, EventKind};
-use crate::jobs::model::{Job, JobStatus};
+use crate::model::{Backend, EventKind};
+use crate::model::{Job, JobStatus};
 use crate::store::{JobChange, NewJob};
 
 /// How often waiting jobs look for a ComfyUI that answers.

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use super::follow::Follower;
 use super::{JobEvent, Jobs};
+use crate::clock::now;
 use crate::codes::Code;
 use crate::comfy::proxy::ComfyGateway;
-use crate::jobs::model::{Backend, EventKind, Job, JobStatus, now};
+use crate::model::{Backend, EventKind, Job, JobStatus};
 use crate::store::{Instance, JobChange};
 
 /// How often a job taken over is looked for in its ComfyUI's history and queue.
@@ -62,7 +63,7 @@ impl Jobs {
                 tracing::warn!(%error, "cannot record this instance's heartbeat");
             }
             // Alone on SQLite, every unfinished job is this instance's, settled at its start.
-            if self.store.engine() == crate::store::Engine::Postgres {
+            if self.store.engine() == crate::config::Engine::Postgres {
                 self.take_over_expired().await;
                 self.remove_deleted_outputs().await;
             }
@@ -72,7 +73,7 @@ impl Jobs {
             }
         }
         let stale_at = chrono::Utc::now() - self.lease - Duration::from_secs(1);
-        let stale_at = crate::jobs::model::timestamp(stale_at);
+        let stale_at = crate::clock::timestamp(stale_at);
         if let Err(error) = self
             .store
             .mark_stopped(&self.instance, &started_at, &stale_at)

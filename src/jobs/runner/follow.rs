@@ -12,8 +12,8 @@ use super::track::{End, Step, Track};
 use super::{Jobs, finished};
 use crate::codes::Code;
 use crate::comfy::proxy::ComfyGateway;
-use crate::jobs::model::EventKind;
-use crate::jobs::model::JobStatus;
+use crate::model::EventKind;
+use crate::model::JobStatus;
 use crate::store::JobChange;
 
 /// How long a follower waits for its backend's link to come back after it dropped: about the link's back-off.

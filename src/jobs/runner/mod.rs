@@ -39,12 +39,12 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::model::{Job, JobStatus};
 use crate::codes::{Code, Failure};
 use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
-use crate::jobs::model::{Backend, EventKind};
-use crate::jobs::refusal::Refusal;
+use crate::model::{Backend, EventKind};
+use crate::model::{Job, JobStatus};
+use crate::money::refusal::Refusal;
 use crate::service::ServiceStatus;
 use crate::store::{JobChange, Store, StoreError};
 
@@ -183,7 +183,7 @@ impl Jobs {
             lease,
             dispatch_wake: Arc::default(),
             event_wake: Arc::default(),
-            started_at: super::model::now(),
+            started_at: crate::clock::now(),
             supervised: None,
             event_order: Arc::default(),
             background: crate::background::Background::new(),
@@ -392,7 +392,7 @@ impl Jobs {
         match self.store.insert_event(kind, &job).await {
             // A fleet's events reach every instance through the store, in the order of their numbers: the pump
             // sends this one with the others' (see [`fleet`]).
-            Ok(_) if self.store.engine() == crate::store::Engine::Postgres => {
+            Ok(_) if self.store.engine() == crate::config::Engine::Postgres => {
                 self.event_wake.notify_one();
             }
             Ok(stored) => {

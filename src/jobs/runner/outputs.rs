@@ -9,8 +9,8 @@ use super::finished;
 use super::follow::Follower;
 use crate::codes::{Code, Failure};
 use crate::comfy::error::ComfyError;
-use crate::jobs::model::EventKind;
-use crate::jobs::model::{JobStatus, OutputFile};
+use crate::model::EventKind;
+use crate::model::{JobStatus, OutputFile};
 use crate::store::JobChange;
 
 impl Follower {

@@ -8,8 +8,8 @@ use serde_json::Value;
 use super::follow::{Follower, Listening};
 use super::{JobError, Jobs};
 use crate::codes::{Code, Failure};
-use crate::jobs::model::{Backend, EventKind};
-use crate::jobs::model::{Job, JobStatus};
+use crate::model::{Backend, EventKind};
+use crate::model::{Job, JobStatus};
 use crate::store::JobChange;
 
 impl Jobs {
@@ -56,7 +56,7 @@ impl Jobs {
                 .store
                 .claim_job(&job.id, &self.instance, &until)
                 .await?;
-            if !claimed && self.store.engine() == crate::store::Engine::Postgres {
+            if !claimed && self.store.engine() == crate::config::Engine::Postgres {
                 continue;
             }
             if !claimed {

@@ -70,8 +70,8 @@ proptest! {
 mod track {
     use serde_json::Value;
 
-    use crate::jobs::model::{EventKind, JobStatus};
     use crate::jobs::runner::track::{End, Step, Track};
+    use crate::model::{EventKind, JobStatus};
 
     macro_rules! recorded {
         ($name:literal) => {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::Jobs;
-use crate::jobs::model::OutputFile;
+use crate::model::OutputFile;
 
 /// The longest side of a thumbnail, in pixels.
 pub const SIZE: u32 = 320;

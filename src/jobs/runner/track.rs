@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Value, json};
 
 use crate::codes::{Code, Failure};
-use crate::jobs::model::EventKind;
-use crate::jobs::model::JobStatus;
+use crate::model::EventKind;
+use crate::model::JobStatus;
 use crate::store::JobChange;
 
 /// How a followed run ended.

@@ -229,7 +229,7 @@ impl Drop for TestApp {
 
 /// An HTTP client for tests (rustls needs its crypto provider installed before the first client is built).
 pub fn client() -> reqwest::Client {
-    orchestrator::flux::client::install_crypto_provider();
+    orchestrator::outbound::install_crypto_provider();
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 
 fn client() -> reqwest::Client {
-    orchestrator::flux::client::install_crypto_provider();
+    orchestrator::outbound::install_crypto_provider();
     reqwest::Client::new()
 }
 

@@ -163,21 +163,6 @@ pub struct Job {
     pub finished_at: Option<String>,
 }
 
-/// The UTC day a charge counts against, `YYYY-MM-DD`.
-pub fn today() -> String {
-    chrono::Utc::now().format("%Y-%m-%d").to_string()
-}
-
-/// The current time as stored: RFC 3339, UTC, microseconds, so that text order is time order.
-pub fn now() -> String {
-    timestamp(chrono::Utc::now())
-}
-
-/// A time as the store keeps them (RFC 3339, UTC, microseconds): such strings sort as the times do.
-pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> String {
-    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// What a job's prompt says, for the gallery's search: a template's or FLUX's `prompt`, else the text inputs of
 /// the workflow's nodes (CLIPTextEncode's `text`, API nodes' `prompt`), one per line.
 pub fn prompt_text(params: &Value, workflow: &Value) -> Option<String> {

@@ -8,6 +8,8 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::money::usd;
+
 /// How a model is asked for an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -161,10 +163,6 @@ const fn flux2(
 
 pub fn model(name: &str) -> Option<&'static FluxModel> {
     MODELS.iter().find(|m| m.name == name)
-}
-
-pub fn usd(micros: i64) -> f64 {
-    micros as f64 / 1_000_000.0
 }
 
 /// The catalogue as `GET /api/flux/models` shows it.

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use crate::codes::Code;
 use crate::comfy::error::ComfyError;
-use crate::flux::confirm::TokenProblem;
+use crate::money::confirm::TokenProblem;
 use crate::problems::{Invalid, NotConfigured};
 
 #[derive(Debug, thiserror::Error)]

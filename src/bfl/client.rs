@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::codes::Code;
 use crate::config::{FluxConfig, Secret};
+use crate::outbound::{api_client, install_crypto_provider};
 
 /// What came of sending a task.
 #[derive(Debug)]
@@ -69,25 +70,6 @@ pub struct BflClient {
     base_url: String,
     key: Option<Secret>,
     submit_timeout: Duration,
-}
-
-/// rustls needs one process-wide crypto provider; ring is the one compiled in.
-pub fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-/// A client for a paid or remote API: no redirects followed, no proxy from the environment for loopback.
-pub fn api_client(connect_timeout: Duration) -> reqwest::Client {
-    install_crypto_provider();
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("orchestrator/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the TLS back-end initialises")
 }
 
 fn delivery_client() -> reqwest::Client {

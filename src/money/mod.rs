@@ -1,0 +1,11 @@
+//! Money: confirmation tokens ([`confirm`]), `Idempotency-Key`s ([`keys`]) and why a paid request was not sent
+//! ([`refusal`]), for every paid provider alike. Budgets and reservations are the store's (`store::money`).
+
+pub mod confirm;
+pub mod keys;
+pub mod refusal;
+
+/// Dollars from the micro-dollars prices and charges are kept in.
+pub fn usd(micros: i64) -> f64 {
+    micros as f64 / 1_000_000.0
+}
