@@ -238,8 +238,8 @@ pub async fn service_status(state: &AppState) -> ServiceStatus {
 pub async fn comfy(state: &AppState) -> Comfy {
     let gateway = &state.gateway;
     let url = gateway.backend().origin();
-    let stats = tokio::time::timeout(PROBE_WITHIN, gateway.get_json("/system_stats", 1024 * 1024));
-    let queue = tokio::time::timeout(PROBE_WITHIN, gateway.get_json("/queue", 64 * 1024 * 1024));
+    let stats = tokio::time::timeout(PROBE_WITHIN, gateway.system_stats());
+    let queue = tokio::time::timeout(PROBE_WITHIN, gateway.queue());
     let models = tokio::time::timeout(PROBE_WITHIN, state.models.get(gateway, false));
     let (stats, queue, models) = tokio::join!(stats, queue, models);
     let (status, stats) = match stats {
@@ -249,8 +249,8 @@ pub async fn comfy(state: &AppState) -> Comfy {
     };
     let stats = stats.unwrap_or(Value::Null);
     let queue = queue.ok().and_then(Result::ok).map(|q| Queue {
-        running: q["queue_running"].as_array().map_or(0, Vec::len),
-        pending: q["queue_pending"].as_array().map_or(0, Vec::len),
+        running: q.running.len(),
+        pending: q.pending.len(),
     });
     let models = models.ok().and_then(Result::ok).map(|lists| {
         let value = serde_json::to_value(lists.as_ref()).unwrap_or(Value::Null);

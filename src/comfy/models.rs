@@ -28,9 +28,6 @@ pub const SOURCES: [(&str, &str, &str); 8] = [
 /// Choices ComfyUI adds to a loader's list that are not files.
 const VIRTUAL_ENTRIES: [&str; 1] = ["pixel_space"];
 
-/// `/object_info` is about 0.7 MB on a stock install and grows with custom nodes; this bounds a broken answer.
-const MAX_OBJECT_INFO_BYTES: usize = 64 * 1024 * 1024;
-
 /// How long a scan stays fresh; `?refresh=1` forces a new one.
 const FRESH_FOR: Duration = Duration::from_secs(60);
 
@@ -204,10 +201,8 @@ impl ModelCache {
         {
             return Ok(scan.clone());
         }
-        let (object_info, embeddings) = tokio::try_join!(
-            gateway.get_json("/object_info", MAX_OBJECT_INFO_BYTES),
-            gateway.get_json("/embeddings", MAX_OBJECT_INFO_BYTES),
-        )?;
+        let (object_info, embeddings) =
+            tokio::try_join!(gateway.object_info(), gateway.embeddings(),)?;
         let scan = Arc::new(Scan {
             lists: Arc::new(ModelLists::from_object_info(&object_info, &embeddings)),
             nodes: Arc::new(NodeCatalog::from_object_info(&object_info)),

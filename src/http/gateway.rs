@@ -18,7 +18,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 
 use super::{comfy_money, guard};
 use crate::AppState;
-use crate::comfy::{credentials, ws};
+use crate::comfy::{routes, ws};
 use crate::error::{ApiError, ApiResult};
 
 /// Which origin a relayed request came to.
@@ -47,7 +47,7 @@ async fn panel(state: AppState, request: Request) -> Response {
         .strip_prefix("/api/comfy")
         .unwrap_or_default()
         .to_owned();
-    let file_route = credentials::comfy_route(&path).trim_end_matches('/') == "/view";
+    let file_route = routes::is_file_route(&routes::comfy_route(&path));
     let response = relay(&state, request, &path, Origin::Panel).await;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return response;
@@ -76,18 +76,18 @@ async fn relay(state: &AppState, request: Request, path: &str, origin: Origin) -
             .unwrap_or_else(IntoResponse::into_response);
     }
     if guard::changes_state(request.method())
-        && takes_json(path)
+        && routes::takes_json(&routes::comfy_route(path))
         && request.headers().contains_key(header::CONTENT_TYPE)
         && !guard::is_json(request.headers())
     {
         return ApiError::UnsupportedMediaType.into_response();
     }
     // What ComfyUI's router will match, worked out once: the money rules depend on it.
-    let route = credentials::comfy_route(path);
-    if request.method() == http::Method::POST && credentials::is_prompt_route(&route) {
+    let route = routes::comfy_route(path);
+    if request.method() == http::Method::POST && routes::is_prompt_route(&route) {
         return comfy_money::post_prompt(state, request, path, origin).await;
     }
-    let echoes_prompts = credentials::answer_may_echo_prompts(&route);
+    let echoes_prompts = routes::answer_may_echo_prompts(&route);
     let mut request = request;
     if echoes_prompts {
         comfy_money::prepare_echo_request(&mut request);
@@ -103,18 +103,6 @@ async fn relay(state: &AppState, request: Request, path: &str, origin: Origin) -
         return comfy_money::clear_echo(response, secret).await;
     }
     response
-}
-
-/// ComfyUI routes whose bodies are JSON; a browser can only send a cross-site body of another type.
-fn takes_json(path: &str) -> bool {
-    let route = path
-        .strip_prefix("/api")
-        .unwrap_or(path)
-        .trim_end_matches('/');
-    matches!(
-        route,
-        "/prompt" | "/queue" | "/history" | "/interrupt" | "/free"
-    )
 }
 
 async fn websocket(state: &AppState, request: Request, path: &str) -> ApiResult<Response> {

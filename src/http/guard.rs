@@ -144,9 +144,9 @@ impl GuardPolicy {
         let allowed = match site.as_deref() {
             None | Some("same-origin" | "none") => true,
             Some(site) if navigation => {
-                let route = crate::comfy::credentials::comfy_route(path);
+                let route = crate::comfy::routes::comfy_route(path);
                 match origin {
-                    Origin::Panel => route.trim_end_matches('/') == "/view",
+                    Origin::Panel => crate::comfy::routes::is_file_route(&route),
                     Origin::Editor => site == "same-site" && route == "/",
                 }
             }

@@ -229,3 +229,23 @@ fn the_lower_floors_do_not_import_the_upper_ones() {
         .collect();
     assert_eq!(found, Vec::<String>::new());
 }
+
+#[test]
+fn only_comfy_names_comfyuis_routes_or_reads_its_queue() {
+    // Orchestrator's calls to ComfyUI are `comfy::api`'s typed methods; the gateway classifies a relayed path with
+    // `comfy::routes`.
+    let routes = [
+        r#""/queue"#,
+        r#""/history"#,
+        r#""/prompt"#,
+        r#""/interrupt"#,
+        r#""/view"#,
+        r#""/object_info"#,
+        r#""/system_stats"#,
+        r#""/upload/image"#,
+        "queue_running",
+        "queue_pending",
+        "orchestrator_job",
+    ];
+    assert_eq!(offenders(&routes, &["comfy/"]), Vec::<String>::new());
+}

@@ -248,7 +248,7 @@ impl ComfyGateway {
     }
 
     /// POSTs a JSON body; answers the status and the body (JSON, or the text as a JSON string).
-    pub async fn post_json(
+    pub(in crate::comfy) async fn post_json(
         &self,
         path: &str,
         body: &serde_json::Value,
@@ -281,7 +281,7 @@ impl ComfyGateway {
 
     /// Streams `GET path_and_query` into `dest` (through `dest.part`, renamed when complete, so a file that exists
     /// is whole). Answers the size and the content type.
-    pub async fn download(
+    pub(in crate::comfy) async fn download(
         &self,
         path: &str,
         query: &str,
@@ -328,7 +328,7 @@ impl ComfyGateway {
     }
 
     /// Sends a GET to ComfyUI and reads a JSON answer of at most `max_bytes`.
-    pub async fn get_json(
+    pub(in crate::comfy) async fn get_json(
         &self,
         path: &str,
         max_bytes: usize,

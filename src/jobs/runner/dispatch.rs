@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::follow::Listening;
 use super::socket::Link;
 use super::{JobError, Jobs};
 use crate::assets::refs::ResolveError;
 use crate::codes::{Code, Failure};
+use crate::comfy::api::{Posted, PromptRequest};
 use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
 use crate::model::{Backend, EventKind};
@@ -33,12 +34,9 @@ impl Jobs {
         let probes = self.backends.iter().map(|backend| async move {
             // Asked over HTTP even when the backend's WebSocket is up: a ComfyUI whose socket greets but whose HTTP
             // hangs is not one to send a job to.
-            let answer = tokio::time::timeout(
-                Duration::from_secs(2),
-                backend.get_json("/prompt", 64 * 1024),
-            )
-            .await;
-            let queued = answer.ok()?.ok()?["exec_info"]["queue_remaining"].as_u64()?;
+            let answer =
+                tokio::time::timeout(Duration::from_secs(2), backend.queue_remaining()).await;
+            let queued = answer.ok()?.ok()?;
             Some((queued, backend))
         });
         let answers = futures_util::future::join_all(probes).await;
@@ -219,16 +217,13 @@ impl Jobs {
                 return Err(error.into());
             }
         };
-        let mut extra_data = json!({ "orchestrator_job": job.id });
-        if let Some(key) = &paid_key {
-            extra_data[crate::comfy::credentials::KEYS[0]] = json!(key.expose());
-        }
-        let body = json!({
-            "prompt": workflow,
-            "prompt_id": registration.prompt_id,
-            "client_id": link.client_id,
-            "extra_data": extra_data,
-        });
+        let request = PromptRequest {
+            workflow,
+            prompt_id: &registration.prompt_id,
+            client_id: &link.client_id,
+            job_id: &job.id,
+            comfy_org_key: paid_key.as_ref().map(|key| key.expose()),
+        };
         // A paid job cancelled while it was being approved or prepared is not sent (and gives its price back).
         if paid_key.is_some() {
             let now = self.store.job(&job.id).await?;
@@ -240,73 +235,9 @@ impl Jobs {
         // Still this instance's (it could have lost the claim while it waited for the link, cut off from the
         // store longer than a lease): a job another instance took over is not posted by this one too.
         self.hold_claim(&job.id).await?;
-        let (status, answer) = match gateway.post_json("/prompt", &body).await {
-            Ok(answer) => answer,
-            // A paid prompt that may have reached ComfyUI is never sent again: its outcome is for a person to check.
-            Err(error) if paid_key.is_some() => {
-                let message = format!(
-                    "{error}. ComfyUI may have queued the paid workflow; it is not sent again. Check ComfyUI's \
-                     queue and the Comfy.org account."
-                );
-                let change = JobChange {
-                    status: Some(JobStatus::NeedsReconcile),
-                    error: Some(Failure::new(Code::ComfyOutcomeUnknown, message).into_json()),
-                    ..Default::default()
-                };
-                self.change(&job.id, EventKind::State, change).await;
-                return Err(error.into());
-            }
-            Err(error) => {
-                self.fail(&job.id, error.failure()).await;
-                return Err(error.into());
-            }
-        };
-        let Some(prompt_id) = answer
-            .get("prompt_id")
-            .and_then(Value::as_str)
-            .filter(|_| status.is_success())
-        else {
-            // Only ComfyUI's own refusal (400 with its error shape) certainly queued nothing. Anything else for a
-            // paid prompt (a proxy's 502 after ComfyUI queued it, a 200 without an id) may have been taken: it is
-            // for a person to check, and never sent again.
-            let refused_by_comfy = status == http::StatusCode::BAD_REQUEST
-                && (answer.get("error").is_some() || answer.get("node_errors").is_some());
-            if paid_key.is_some() && !refused_by_comfy {
-                let message = format!(
-                    "ComfyUI answered the paid workflow with HTTP {} and no prompt id; it may have been queued, so it \
-                     is not sent again. Check ComfyUI's queue and the Comfy.org account.",
-                    status.as_u16()
-                );
-                let change = JobChange {
-                    status: Some(JobStatus::NeedsReconcile),
-                    error: Some(Failure::new(Code::ComfyOutcomeUnknown, &message).into_json()),
-                    ..Default::default()
-                };
-                self.change(&job.id, EventKind::State, change).await;
-                return Err(ComfyError::BadResponse(message).into());
-            }
-            let message = answer["error"]["message"]
-                .as_str()
-                .unwrap_or("ComfyUI did not accept the workflow")
-                .to_owned();
-            let details = json!({ "comfy_status": status.as_u16(), "error": answer.get("error"), "node_errors": answer.get("node_errors") });
-            let failure =
-                Failure::new(Code::ComfyRejected, message.clone()).with_details(details.clone());
-            self.fail(&job.id, failure).await;
-            if paid_key.is_some() {
-                self.release(&job.id).await;
-            }
-            let job = self
-                .store
-                .job(&job.id)
-                .await?
-                .ok_or_else(|| JobError::NotFound(job.id.clone()))?;
-            return Err(JobError::Rejected {
-                job: Box::new(job),
-                message,
-                details,
-            });
-        };
+        let posted = gateway.post_prompt(&request).await;
+        let prompt_id = self.settle_post(&job, posted, paid_key.is_some()).await?;
+        let prompt_id = prompt_id.as_str();
         if paid_key.is_some()
             && let Err(error) = self.store.mark_charge_spent(&job.id).await
         {
@@ -326,12 +257,8 @@ impl Jobs {
         if !accepted {
             // Cancelled (or otherwise finished) while the prompt was on its way: the job stays as it ended, and
             // ComfyUI's copy goes, from its queue or, if it has started already, by an interrupt of that prompt.
-            let queued = gateway
-                .post_json("/queue", &json!({ "delete": [prompt_id] }))
-                .await;
-            let interrupted = gateway
-                .post_json("/interrupt", &json!({ "prompt_id": prompt_id }))
-                .await;
+            let queued = gateway.delete_queued(prompt_id).await;
+            let interrupted = gateway.interrupt(prompt_id).await;
             if queued.is_err() || interrupted.is_err() {
                 tracing::warn!(job = %job.id, %prompt_id, "a job finished while it was sent, and ComfyUI could not be told to drop it");
             }
@@ -344,6 +271,67 @@ impl Jobs {
         let listening = registration.into_listening(prompt_id);
         self.follow(gateway.clone(), &job.id, prompt_id, workflow, listening);
         Ok(self.store.job(&job.id).await?.unwrap_or(job))
+    }
+}
+
+impl Jobs {
+    /// What a `POST /prompt`'s outcome makes of the job: accepted, the prompt id. A prompt that may have reached
+    /// ComfyUI (no answer, or one that is not ComfyUI's own refusal) is, when paid, `needs_reconcile` and never sent
+    /// again: its outcome is for a person to check. Otherwise the job failed, and a paid one's price goes back.
+    async fn settle_post(
+        &self,
+        job: &Job,
+        posted: Result<Posted, ComfyError>,
+        paid: bool,
+    ) -> Result<String, JobError> {
+        let unknown = |message: String| JobChange {
+            status: Some(JobStatus::NeedsReconcile),
+            error: Some(Failure::new(Code::ComfyOutcomeUnknown, message).into_json()),
+            ..Default::default()
+        };
+        let rejection = match posted {
+            Ok(Posted::Accepted { prompt_id }) => return Ok(prompt_id),
+            Err(error) if paid => {
+                let message = format!(
+                    "{error}. ComfyUI may have queued the paid workflow; it is not sent again. Check ComfyUI's \
+                     queue and the Comfy.org account."
+                );
+                self.change(&job.id, EventKind::State, unknown(message))
+                    .await;
+                return Err(error.into());
+            }
+            Err(error) => {
+                self.fail(&job.id, error.failure()).await;
+                return Err(error.into());
+            }
+            Ok(Posted::Unclear(rejection)) if paid => {
+                let message = format!(
+                    "ComfyUI answered the paid workflow with HTTP {} and no prompt id; it may have been queued, so it \
+                     is not sent again. Check ComfyUI's queue and the Comfy.org account.",
+                    rejection.status
+                );
+                self.change(&job.id, EventKind::State, unknown(message.clone()))
+                    .await;
+                return Err(ComfyError::BadResponse(message).into());
+            }
+            Ok(Posted::Refused(rejection) | Posted::Unclear(rejection)) => rejection,
+        };
+        let failure = Failure::new(Code::ComfyRejected, rejection.message.clone())
+            .with_details(rejection.details.clone());
+        self.fail(&job.id, failure).await;
+        if paid {
+            self.release(&job.id).await;
+        }
+        let job = self
+            .store
+            .job(&job.id)
+            .await?
+            .ok_or_else(|| JobError::NotFound(job.id.clone()))?;
+        Err(JobError::Rejected {
+            job: Box::new(job),
+            message: rejection.message,
+            details: rejection.details,
+        })
     }
 }
 

@@ -218,20 +218,14 @@ impl Jobs {
     /// `extra_data.orchestrator_job`).
     async fn posted_under_job_id(&self, job: &Job) -> Option<String> {
         let gateway = self.backend_of(job);
-        let by_job = |item: &Value| item[3]["orchestrator_job"] == job.id.as_str();
-        let queue = gateway.get_json("/queue", 64 * 1024 * 1024).await.ok()?;
-        let queued = ["queue_running", "queue_pending"]
-            .iter()
-            .flat_map(|key| queue[*key].as_array().cloned().unwrap_or_default())
-            .find(by_job);
-        if let Some(item) = queued {
-            return item[1].as_str().map(str::to_owned);
+        let queue = gateway.queue().await.ok()?;
+        let queued = queue
+            .prompts()
+            .find(|prompt| prompt.job_id.as_deref() == Some(job.id.as_str()));
+        if let Some(prompt) = queued {
+            return Some(prompt.prompt_id.clone());
         }
-        let history = gateway.get_json("/history", 64 * 1024 * 1024).await.ok()?;
-        history
-            .as_object()?
-            .iter()
-            .find_map(|(prompt_id, entry)| by_job(&entry["prompt"]).then(|| prompt_id.clone()))
+        gateway.history().await.ok()?.posted_for_job(&job.id)
     }
 
     /// Watches a prompt another instance posted until it ends: its history, else its place in the queue.
@@ -242,13 +236,8 @@ impl Jobs {
                 follower.collect_outputs().await;
                 return;
             }
-            if let Ok(queue) = gateway.get_json("/queue", 64 * 1024 * 1024).await {
-                let holds = |key: &str| {
-                    queue[key]
-                        .as_array()
-                        .is_some_and(|items| items.iter().any(|item| item[1] == prompt_id))
-                };
-                if holds("queue_running") {
+            if let Ok(queue) = gateway.queue().await {
+                if queue.is_running(prompt_id) {
                     if !running {
                         running = true;
                         let change = JobChange {
@@ -258,7 +247,7 @@ impl Jobs {
                         };
                         self.change(&job.id, EventKind::State, change).await;
                     }
-                } else if !holds("queue_pending") {
+                } else if !queue.is_pending(prompt_id) {
                     // Out of the queue: finished between the two looks, or gone.
                     if follower.history_entry().await.is_some() {
                         follower.collect_outputs().await;

@@ -288,14 +288,9 @@ impl Follower {
             unregister();
             return self.collect_outputs().await;
         }
-        let reason = match self.gateway.get_json("/queue", 64 * 1024 * 1024).await {
+        let reason = match self.gateway.queue().await {
             Ok(queue) => {
-                let known = ["queue_running", "queue_pending"].iter().any(|k| {
-                    queue[*k]
-                        .as_array()
-                        .is_some_and(|items| items.iter().any(|i| i[1] == self.prompt_id.as_str()))
-                });
-                if known {
+                if queue.holds(&self.prompt_id) {
                     if self.rejoin(listening, generation).await {
                         return;
                     }

@@ -267,17 +267,9 @@ impl Jobs {
                 .await?
                 .ok_or_else(|| JobError::NotFound(id.to_owned()));
         };
-        let queue = self
-            .backend_of(&job)
-            .get_json("/queue", 64 * 1024 * 1024)
-            .await?;
-        let pending = queue["queue_pending"]
-            .as_array()
-            .is_some_and(|items| items.iter().any(|i| i[1] == prompt_id.as_str()));
-        if pending {
-            self.backend_of(&job)
-                .post_json("/queue", &json!({ "delete": [prompt_id] }))
-                .await?;
+        let queue = self.backend_of(&job).queue().await?;
+        if queue.is_pending(&prompt_id) {
+            self.backend_of(&job).delete_queued(&prompt_id).await?;
             if let Some(stop) = self
                 .followers
                 .lock()
@@ -290,9 +282,7 @@ impl Jobs {
                 .await;
         } else {
             // Running: the follower records `cancelled` when ComfyUI reports the interrupt.
-            self.backend_of(&job)
-                .post_json("/interrupt", &json!({ "prompt_id": prompt_id }))
-                .await?;
+            self.backend_of(&job).interrupt(&prompt_id).await?;
         }
         self.store
             .job(id)

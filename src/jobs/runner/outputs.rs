@@ -74,13 +74,8 @@ impl Follower {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            let history = self
-                .gateway
-                .get_json(&format!("/history/{}", self.prompt_id), 64 * 1024 * 1024)
-                .await
-                .ok()?;
-            if let Some(entry) = history.get(&self.prompt_id) {
-                return Some(entry.clone());
+            if let Some(entry) = self.gateway.history_of(&self.prompt_id).await.ok()? {
+                return Some(entry);
             }
         }
         None
@@ -114,13 +109,10 @@ impl Follower {
                     let Some(target) = crate::fs_safe::new_file_in(&dir, &name) else {
                         continue;
                     };
-                    let query = serde_urlencoded_query(&[
-                        ("filename", filename),
-                        ("subfolder", subfolder),
-                        ("type", kind),
-                    ]);
-                    let (size, content_type) =
-                        self.gateway.download("/view", &query, &target).await?;
+                    let (size, content_type) = self
+                        .gateway
+                        .download_file(filename, subfolder, kind, &target)
+                        .await?;
                     outputs.push(OutputFile {
                         url: format!(
                             "/api/jobs/{}/outputs/{}",
@@ -187,17 +179,4 @@ pub(super) fn output_name(
         number += 1;
     }
     Some(candidate)
-}
-
-fn serde_urlencoded_query(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }

@@ -45,7 +45,7 @@ impl Jobs {
                 })
                 .collect()
         };
-        let mut queues: HashMap<String, Option<Vec<Value>>> = HashMap::new();
+        let mut queues: HashMap<String, Option<crate::comfy::api::Queue>> = HashMap::new();
         let mut left = 0;
         for job in unfinished {
             // This instance's now (its own from before the restart, or nobody's); on PostgreSQL a job another
@@ -67,16 +67,7 @@ impl Jobs {
             let gateway = self.backend_of(&job).clone();
             let origin = gateway.backend().origin();
             if !queues.contains_key(&origin) {
-                let queue = gateway
-                    .get_json("/queue", 64 * 1024 * 1024)
-                    .await
-                    .ok()
-                    .map(|queue| {
-                        ["queue_running", "queue_pending"]
-                            .iter()
-                            .flat_map(|k| queue[*k].as_array().cloned().unwrap_or_default())
-                            .collect::<Vec<_>>()
-                    });
+                let queue = gateway.queue().await.ok();
                 queues.insert(origin.clone(), queue);
             }
             let Some(queued) = queues[&origin].as_ref() else {
@@ -85,12 +76,12 @@ impl Jobs {
             };
             let workflow = self.store.workflow(&job.id).await?.unwrap_or(Value::Null);
             // The prompt id, or, for a job whose submit was cut short, whatever ComfyUI queued under its id.
-            let found = queued.iter().find(|item| {
-                job.comfy_prompt_id.as_deref().is_some_and(|p| item[1] == p)
-                    || item[3]["orchestrator_job"] == job.id.as_str()
+            let found = queued.prompts().find(|prompt| {
+                job.comfy_prompt_id.as_deref() == Some(prompt.prompt_id.as_str())
+                    || prompt.job_id.as_deref() == Some(job.id.as_str())
             });
-            if let Some(item) = found {
-                let prompt_id = item[1].as_str().unwrap_or_default().to_owned();
+            if let Some(prompt) = found {
+                let prompt_id = prompt.prompt_id.clone();
                 let link = self.link(&gateway);
                 match link.ready(Duration::from_secs(10)).await.ok() {
                     Some(_) => {

@@ -14,7 +14,7 @@
 //! unregister a socket silently), the link asks `/queue` once and tells each registered prompt ComfyUI no
 //! longer holds to look at its history ([`Heard::Check`]): one request per silence, not one per job.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -332,15 +332,10 @@ impl Link {
         if registered.is_empty() {
             return;
         }
-        let Ok(queue) = self.gateway.get_json("/queue", 64 * 1024 * 1024).await else {
+        let Ok(queue) = self.gateway.queue().await else {
             return;
         };
-        let queued: HashSet<&str> = ["queue_running", "queue_pending"]
-            .iter()
-            .flat_map(|k| queue[*k].as_array().into_iter().flatten())
-            .filter_map(|item| item[1].as_str())
-            .collect();
-        for prompt_id in registered.iter().filter(|p| !queued.contains(p.as_str())) {
+        for prompt_id in registered.iter().filter(|p| !queue.holds(p)) {
             self.tell(prompt_id, Heard::Check);
         }
     }
