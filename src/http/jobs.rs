@@ -150,14 +150,9 @@ pub async fn submit(
     Ok(submitted_response(submitted))
 }
 
-fn idempotency_key(headers: &http::HeaderMap) -> ApiResult<Option<String>> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .map(|v| Some(v.to_owned()))
-            .map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII characters")),
-    }
+pub(super) fn idempotency_key(headers: &http::HeaderMap) -> ApiResult<Option<String>> {
+    crate::money::keys::key_of(headers)
+        .map_err(|bad| ApiError::invalid("Idempotency-Key", bad.to_string()))
 }
 
 pub(super) fn submitted_response(submitted: Submitted) -> Response {

@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult};
 
 /// `POST /api/flux/generate`: a dry run unless `dryRun: false`; see [`crate::flux::service`].
 #[utoipa::path(post, path = "/api/flux/generate", tag = "flux", request_body = super::openapi::FluxRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry of the same body one charge (1 to 255 visible ASCII characters)")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry of the same body one charge (1 to 255 printable ASCII characters, spaces included)")),
     responses(
         (status = 200, description = "The dry run: the exact payload, its price and a confirmToken; nothing sent, nothing charged", body = super::openapi::FluxDryRun),
         (status = 202, description = "Paid and submitted: the job follows through /api/jobs/{id}", body = super::openapi::FluxAccepted),
@@ -32,13 +32,8 @@ pub async fn flux_generate(
 ) -> ApiResult<Response> {
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("body", format!("not valid JSON: {e}")))?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => Some(value.to_str().map_err(|_| {
-            ApiError::invalid("Idempotency-Key", "must be visible ASCII characters")
-        })?),
-    };
-    let answer = state.flux.generate(&body, key).await?;
+    let key = super::jobs::idempotency_key(&headers)?;
+    let answer = state.flux.generate(&body, key.as_deref()).await?;
     let mut response = (answer.status, Json(answer.body)).into_response();
     if answer.replayed {
         response

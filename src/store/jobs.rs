@@ -209,7 +209,7 @@ impl Store {
     /// Deletes a job that has ended: its row and events, or (a paid job, whose charge must stay) only its outputs'
     /// record. The files are the caller's to remove.
     pub async fn delete_job(&self, id: &str, by: &str) -> Result<Deleted, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read_then_write_transaction().await?;
         let row: Option<(String, Option<i64>, Option<String>)> =
             sqlx::query_as("SELECT status, cost_micros, claimed_by FROM jobs WHERE id = $1")
                 .bind(id)

@@ -216,6 +216,16 @@ impl Store {
         }
     }
 
+    /// A transaction that reads, then writes what it read decides. On SQLite it takes the write lock at its start
+    /// (`BEGIN IMMEDIATE`, which waits out the busy timeout): a deferred one that read first fails at once with
+    /// `SQLITE_BUSY` when another connection wrote meanwhile, however long the busy timeout is.
+    async fn read_then_write_transaction(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.engine {
+            Engine::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Engine::Postgres => Ok(self.pool.begin().await?),
+        }
+    }
+
     pub async fn stats(&self) -> Result<StoreStats, StoreError> {
         let (jobs, messages): (i64, i64) =
             sqlx::query_as("SELECT (SELECT COUNT(*) FROM jobs), (SELECT COUNT(*) FROM messages)")

@@ -291,7 +291,7 @@ async fn again_makes_a_new_seed_and_delete_removes_the_job_with_its_files() {
         .send()
         .await
         .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(deleted.status(), 204, "{:?}", deleted.text().await);
     assert!(!folder.exists(), "the outputs and thumbnails are gone");
     let gone = app
         .http

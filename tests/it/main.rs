@@ -14,6 +14,7 @@ mod gateway;
 mod guard;
 mod hostile;
 mod jobs;
+mod keys;
 mod mcp;
 mod models;
 mod openapi;

@@ -17,28 +17,17 @@ use crate::AppState;
 use crate::clock::timestamp as at;
 use crate::codes::Code;
 
-/// Keys are remembered a day, as the contract says.
-const WINDOW: TimeDelta = TimeDelta::hours(24);
+use crate::money::keys::WINDOW;
+
 /// A claim with no answer this old was cut off by a crash: a request at work renews its claim every
 /// [`RENEW_EVERY`], however long it takes (assets uploaded to a slow ComfyUI, say).
 const ABANDONED: TimeDelta = TimeDelta::minutes(2);
 const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// A request's `Idempotency-Key`: 1 to 255 printable ASCII characters.
+/// A request's `Idempotency-Key` ([`crate::money::keys::key_of`]), or the contract's 400.
 pub(super) fn key_of(headers: &HeaderMap) -> V2Result<Option<String>> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(key)
-            if (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
-        {
-            Ok(Some(key.to_owned()))
-        }
-        _ => Err(V2Error::invalid(
-            "Idempotency-Key must be 1 to 255 printable ASCII characters",
-        )),
-    }
+    crate::money::keys::key_of(headers)
+        .map_err(|bad| V2Error::invalid(format!("Idempotency-Key {bad}")))
 }
 
 /// What a key's first request was answered with.
