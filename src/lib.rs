@@ -169,6 +169,14 @@ impl AppState {
             None => money::confirm::Confirmer::new(ttl),
         });
         let models: Arc<ModelCache> = Arc::default();
+        // One background for jobs and the checkout: a clean stop waits for paid submits and followers alike.
+        let background = background::Background::new();
+        let checkout = Arc::new(money::checkout::Checkout::new(
+            store.clone(),
+            confirmer.clone(),
+            background.clone(),
+            config.flux.daily_budget_micros,
+        ));
         let money = jobs::paid::Money {
             models: models.clone(),
             gate: jobs::gate::Gate::new(
@@ -177,12 +185,17 @@ impl AppState {
                 config.comfy_org.paid_node_max_micros,
             ),
             api_key: config.comfy_org.api_key.clone(),
-            daily_budget_micros: config.flux.daily_budget_micros,
-            key_locks: Default::default(),
+            checkout: checkout.clone(),
         };
         let assets = assets::Assets::new(paths.assets(), paths.outputs(), store.clone());
-        let mut jobs =
-            jobs::runner::Jobs::new(store.clone(), backends, paths.outputs(), money, assets);
+        let mut jobs = jobs::runner::Jobs::new(
+            store.clone(),
+            backends,
+            paths.outputs(),
+            money,
+            assets,
+            background,
+        );
         if let (Some(supervisor), Some(first)) =
             (service.supervisor(), config.comfy.backends.first())
         {
@@ -192,7 +205,7 @@ impl AppState {
             jobs = jobs.with_webhooks(jobs::webhooks::Webhooks::new(store.clone(), webhook));
         }
         let templates = Arc::new(load_templates(&config));
-        let flux = flux::service::Flux::new(config.flux.clone(), jobs.clone(), confirmer);
+        let flux = flux::service::Flux::new(config.flux.clone(), jobs.clone(), checkout);
         let v0 = v0::V0Gateway::new(config.v0.clone());
         let paid_limiter = Arc::new(http::rate_limit::PaidLimiter::new(config.paid_rate_limit));
         let parked_limiter = Arc::new(http::rate_limit::PaidLimiter::new(config.paid_rate_limit));

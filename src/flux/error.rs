@@ -22,6 +22,18 @@ pub enum FluxError {
     Internal(#[source] BoxError),
 }
 
+impl From<crate::store::StoreError> for FluxError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<tokio::task::JoinError> for FluxError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        Self::internal(error)
+    }
+}
+
 impl FluxError {
     pub fn internal(cause: impl Into<BoxError>) -> Self {
         Self::Internal(cause.into())

@@ -25,12 +25,12 @@ use crate::config::FluxConfig;
 use crate::jobs::runner::{Jobs, finished};
 use crate::model::{Backend, EventKind};
 use crate::model::{Job, JobStatus, OutputFile};
-use crate::money::confirm::{Confirmer, TokenProblem};
-use crate::money::keys::KeyLocks;
+use crate::money::checkout::{Checkout, Order, Paid, Prepared, Purchase};
+use crate::money::confirm::TokenProblem;
 use crate::money::refusal::Refusal;
 use crate::money::usd;
 use crate::problems::{Invalid, NotConfigured, ProviderError};
-use crate::store::{IdempotencyClaim, JobChange, NewJob, PaidJob, Reservation, Store, StoreError};
+use crate::store::{JobChange, NewJob, Record, Store, StoreError};
 
 const IDEMPOTENCY_SCOPE: &str = "flux.generate";
 /// The longest pause between two polls.
@@ -67,20 +67,18 @@ pub struct Flux(Arc<Inner>);
 struct Inner {
     config: FluxConfig,
     client: BflClient,
-    confirmer: Arc<Confirmer>,
+    checkout: Arc<Checkout>,
     jobs: Jobs,
-    key_locks: KeyLocks,
     started_at: String,
 }
 
 impl Flux {
-    pub fn new(config: FluxConfig, jobs: Jobs, confirmer: Arc<Confirmer>) -> Self {
+    pub fn new(config: FluxConfig, jobs: Jobs, checkout: Arc<Checkout>) -> Self {
         Self(Arc::new(Inner {
             client: BflClient::new(&config),
-            confirmer,
+            checkout,
             config,
             jobs,
-            key_locks: KeyLocks::default(),
             started_at: crate::clock::now(),
         }))
     }
@@ -99,15 +97,14 @@ impl Flux {
 
     pub async fn budget(&self) -> Result<Budget, StoreError> {
         let day = today();
-        let usage = self.store().budget_usage(&day).await?;
-        let limit = self.0.config.daily_budget_micros;
+        let now = self.0.checkout.budget(&day).await?;
         Ok(Budget {
             day,
             currency: "USD",
-            limit: usd(limit),
-            spent: usd(usage.spent),
-            reserved: usd(usage.reserved),
-            left: usd((limit - usage.spent - usage.reserved).max(0)),
+            limit: now.limit,
+            spent: now.spent,
+            reserved: now.reserved,
+            left: now.left,
             allow_generation: self.0.config.allow_generation,
             configured: self.is_configured(),
         })
@@ -150,33 +147,33 @@ impl Flux {
             })
             .into());
         }
-        // From here on money may move: the work runs as a task of its own, so a client that hangs up cannot cut
-        // it short between the reservation, the submit and recording what BFL answered.
-        let this = self.clone();
-        let token = token.map(str::to_owned);
-        let key = idempotency_key.map(str::to_owned);
-        self.0
-            .jobs
-            .background()
-            .spawn(async move {
-                match key {
-                    None => this.paid(&request, token.as_deref(), None).await,
-                    Some(key) => {
-                        this.0
-                            .key_locks
-                            .with(&key, this.paid_once(&request, token.as_deref(), &key))
-                            .await
-                    }
-                }
-            })
-            .await
-            .map_err(FluxError::internal)?
+        let order = Order {
+            scope: IDEMPOTENCY_SCOPE,
+            key: idempotency_key.map(str::to_owned),
+            fingerprint: fingerprint(&request),
+        };
+        let purchase = FluxPurchase {
+            flux: self.clone(),
+            token: token.map(str::to_owned),
+            params: json!({ "model": request.model.name, "prompt": request.payload.get("prompt") }),
+            payload: Value::Object(request.payload.clone()),
+            request,
+        };
+        Ok(match self.0.checkout.pay(order, purchase).await? {
+            Paid::Done(answer) => answer,
+            Paid::Replayed(status, body) => Answer {
+                status,
+                body,
+                replayed: true,
+            },
+        })
     }
 
     async fn dry_run(&self, request: &ValidRequest) -> Answer {
         let price = request.price_micros;
-        let token = self.0.confirmer.issue(&request.canonical(), price);
-        let minutes = self.0.confirmer.ttl().as_secs().div_ceil(60);
+        let confirmer = self.0.checkout.confirmer();
+        let token = confirmer.issue(&request.canonical(), price);
+        let minutes = confirmer.ttl().as_secs().div_ceil(60);
         let budget = self.budget().await.ok();
         let mut message = format!(
             "Dry run: nothing was sent and nothing was charged. {} costs ${:.3} for this image. To generate, send the same \
@@ -197,135 +194,12 @@ impl Flux {
                 "estimatedCost": { "usd": usd(price), "credits": price as f64 / 10_000.0, "currency": "USD" },
                 "megapixels": request.megapixels.map(|(output, inputs)| json!({ "output": output, "inputImages": inputs })),
                 "confirmToken": token,
-                "expiresInSecs": self.0.confirmer.ttl().as_secs(),
+                "expiresInSecs": confirmer.ttl().as_secs(),
                 "budget": budget,
                 "message": message,
             }),
             replayed: false,
         }
-    }
-
-    /// A paid call under an idempotency key, with the key's lock held.
-    async fn paid_once(
-        &self,
-        request: &ValidRequest,
-        token: Option<&str>,
-        key: &str,
-    ) -> Result<Answer, FluxError> {
-        let fingerprint = fingerprint(request);
-        let since = (chrono::Utc::now() - crate::money::keys::WINDOW)
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let store = self.store();
-        if let Some(record) = store
-            .idempotency_record(IDEMPOTENCY_SCOPE, key, &since)
-            .await
-            .map_err(FluxError::internal)?
-        {
-            if record.fingerprint != fingerprint {
-                return Err(Refusal::IdempotencyKeyReused.into());
-            }
-            if let Some((status, body)) = record.response {
-                return Ok(Answer {
-                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                    body,
-                    replayed: true,
-                });
-            }
-            // The first request was cut off (a crash) after its job was written: that job is the answer.
-            if let Some(job) = match &record.job_id {
-                Some(id) => store.job(id).await.map_err(FluxError::internal)?,
-                None => None,
-            } {
-                return Ok(Answer {
-                    status: StatusCode::ACCEPTED,
-                    body: json!({ "id": job.id, "status": job.status }),
-                    replayed: true,
-                });
-            }
-        }
-        let used_before = self.0.confirmer.forget_used_before();
-        let _ = store.prune_idempotency_keys(&since, &used_before).await;
-        let claim = IdempotencyClaim {
-            scope: IDEMPOTENCY_SCOPE,
-            key,
-            fingerprint: &fingerprint,
-        };
-        let answer = self.paid(request, token, Some(claim)).await;
-        // Kept for repeats: an accepted task, and one whose outcome is unknown. A refused token or a full budget
-        // wrote nothing, and a task BFL certainly did not start gave its key back, so a repeat may succeed later.
-        let record = match &answer {
-            Ok(answer) => Some((answer.status, answer.body.clone())),
-            Err(error) => error.after_job(),
-        };
-        if let Some((status, body)) = record {
-            store
-                .record_idempotent_response(IDEMPOTENCY_SCOPE, key, status.as_u16(), &body)
-                .await
-                .map_err(FluxError::internal)?;
-        }
-        answer
-    }
-
-    async fn paid(
-        &self,
-        request: &ValidRequest,
-        token: Option<&str>,
-        claim: Option<IdempotencyClaim<'_>>,
-    ) -> Result<Answer, FluxError> {
-        let price = request.price_micros;
-        let refused = Refusal::Confirmation;
-        let token_id = self
-            .0
-            .confirmer
-            .check(token, &request.canonical(), price)
-            .map_err(refused)?;
-        let payload = Value::Object(request.payload.clone());
-        let params =
-            json!({ "model": request.model.name, "prompt": request.payload.get("prompt") });
-        let day = today();
-        let limit = self.0.config.daily_budget_micros;
-        let paid = PaidJob {
-            job: NewJob {
-                backend: Backend::Flux,
-                template: Some(request.model.name),
-                params: &params,
-                workflow: &payload,
-                backend_url: None,
-            },
-            cost_micros: price,
-            day: &day,
-            budget_micros: limit,
-            idempotency: claim,
-            token_id: &token_id,
-            approval: None,
-        };
-        let job = match self.store().reserve_paid_job(paid).await {
-            Ok(Reservation::Reserved(job)) => *job,
-            Ok(Reservation::OverBudget(usage)) => {
-                return Err(
-                    Refusal::budget_exceeded(price, limit, usage.spent, usage.reserved).into(),
-                );
-            }
-            Ok(Reservation::TokenUsed) => return Err(refused(TokenProblem::Used).into()),
-            Ok(Reservation::KeyReused) => return Err(Refusal::IdempotencyKeyReused.into()),
-            // A repeat that raced the first request (from another instance): the first request's job answers.
-            Ok(Reservation::KeyClaimed(job_id)) => {
-                let job = match job_id {
-                    Some(id) => self.store().job(&id).await.map_err(FluxError::internal)?,
-                    None => None,
-                };
-                let Some(job) = job else {
-                    return Err(FluxError::internal("the job of an idempotency key is gone"));
-                };
-                return Ok(Answer {
-                    status: StatusCode::ACCEPTED,
-                    body: json!({ "id": job.id, "status": job.status }),
-                    replayed: true,
-                });
-            }
-            Err(error) => return Err(FluxError::internal(error)),
-        };
-        self.submit(job, request.model.name, &request.payload).await
     }
 
     /// Sends a recorded, reserved job to BFL and starts polling it.
@@ -590,4 +464,71 @@ impl Flux {
 /// What an idempotency key binds to: the validated request, so key order and camelCase spellings do not matter.
 fn fingerprint(request: &ValidRequest) -> String {
     crate::money::keys::fingerprint(request.canonical().as_bytes())
+}
+
+/// A paid FLUX call: a new job, reserved and submitted to BFL.
+struct FluxPurchase {
+    flux: Flux,
+    request: ValidRequest,
+    token: Option<String>,
+    /// The job's parameters (model and prompt) and its payload, as recorded.
+    params: Value,
+    payload: Value,
+}
+
+impl Purchase for FluxPurchase {
+    type Answer = Answer;
+    type Error = FluxError;
+
+    async fn prepare(&mut self) -> Result<Prepared, FluxError> {
+        let price_micros = self.request.price_micros;
+        let token_id = self
+            .flux
+            .0
+            .checkout
+            .confirmer()
+            .check(
+                self.token.as_deref(),
+                &self.request.canonical(),
+                price_micros,
+            )
+            .map_err(Refusal::Confirmation)?;
+        Ok(Prepared {
+            price_micros,
+            token_id,
+        })
+    }
+
+    async fn token_used(&self) -> FluxError {
+        Refusal::Confirmation(TokenProblem::Used).into()
+    }
+
+    fn record(&self) -> Record<'_> {
+        Record::New {
+            job: NewJob {
+                backend: Backend::Flux,
+                template: Some(self.request.model.name),
+                params: &self.params,
+                workflow: &self.payload,
+                backend_url: None,
+            },
+            approval: None,
+        }
+    }
+
+    async fn send(&self, job: Job) -> Result<Answer, FluxError> {
+        let request = &self.request;
+        self.flux
+            .submit(job, request.model.name, &request.payload)
+            .await
+    }
+
+    /// An accepted task's answer, and one whose outcome is unknown; a task BFL certainly did not start gave its
+    /// key back, so a repeat may succeed later.
+    fn keep(answer: Result<&Answer, &FluxError>) -> Option<(StatusCode, Value)> {
+        match answer {
+            Ok(answer) => Some((answer.status, answer.body.clone())),
+            Err(error) => error.after_job(),
+        }
+    }
 }

@@ -25,12 +25,12 @@ use crate::comfy::proxy::ComfyGateway;
 use crate::config::Secret;
 use crate::model::{Backend, EventKind};
 use crate::model::{Job, JobStatus};
+use crate::money::checkout::{Checkout, Order, Paid, Prepared, Purchase};
 use crate::money::confirm::TokenProblem;
-use crate::money::keys::KeyLocks;
 use crate::money::refusal::Refusal;
 use crate::money::usd;
 use crate::problems::NotConfigured;
-use crate::store::{Approval, ApproveJob, IdempotencyClaim, NewJob, PaidJob, Reservation};
+use crate::store::{NewJob, Record};
 
 const SUBMIT_SCOPE: &str = "jobs.submit";
 const CONFIRM_SCOPE: &str = "jobs.confirm";
@@ -42,8 +42,7 @@ pub struct Money {
     pub gate: Gate,
     /// Put into approved prompts only (`extra_data.api_key_comfy_org`).
     pub api_key: Option<Secret>,
-    pub daily_budget_micros: i64,
-    pub key_locks: KeyLocks,
+    pub checkout: Arc<Checkout>,
 }
 
 /// A `POST /api/jobs` request, its template already made into a workflow.
@@ -67,6 +66,21 @@ pub enum Submitted {
 
 fn refused(error: Refusal) -> JobError {
     JobError::Refused(Box::new(error))
+}
+
+impl From<Refusal> for JobError {
+    fn from(refusal: Refusal) -> Self {
+        refused(refusal)
+    }
+}
+
+impl From<Paid<Job>> for Submitted {
+    fn from(paid: Paid<Job>) -> Self {
+        match paid {
+            Paid::Done(job) => Self::Job(Box::new(job)),
+            Paid::Replayed(status, body) => Self::Replayed(status, body),
+        }
+    }
 }
 
 fn unclassified(problem: Unclassified) -> JobError {
@@ -102,16 +116,9 @@ impl Jobs {
     async fn dry_run(&self, bound: &Value, assessment: &Assessment) -> Value {
         let gate = self.gate();
         let token = assessment.is_paid().then(|| gate.issue(bound, assessment));
-        let budget = self
-            .store
-            .budget_usage(&today())
-            .await
-            .ok()
-            .map(|usage| {
-                let limit = self.money.daily_budget_micros;
-                json!({ "limit": usd(limit), "spent": usd(usage.spent), "reserved": usd(usage.reserved),
-                        "left": usd((limit - usage.spent - usage.reserved).max(0)), "currency": "USD" })
-            });
+        let budget = self.money.checkout.budget(&today()).await.ok().map(|b| {
+            json!({ "limit": b.limit, "spent": b.spent, "reserved": b.reserved, "left": b.left, "currency": "USD" })
+        });
         let minutes = gate.ttl_secs().div_ceil(60);
         let mut message = if assessment.is_paid() {
             format!(
@@ -219,159 +226,20 @@ impl Jobs {
                 what: "a paid workflow is sent only to a ComfyUI that answers",
             })));
         };
-        // From here on money may move: a task of its own, so a client that hangs up cannot cut it short between
-        // the reservation and the submit.
-        let this = self.clone();
-        self.background()
-            .spawn(async move {
-                match submission.idempotency_key.clone() {
-                    None => {
-                        this.submit_paid(gateway, submission, bound, assessment)
-                            .await
-                    }
-                    Some(key) => {
-                        let work = this.submit_paid(gateway, submission, bound, assessment);
-                        this.money.key_locks.with(&key, work).await
-                    }
-                }
-            })
-            .await
-            .map_err(JobError::Task)?
-    }
-
-    async fn submit_paid(
-        &self,
-        gateway: ComfyGateway,
-        submission: Submission,
-        bound: Value,
-        assessment: Assessment,
-    ) -> Result<Submitted, JobError> {
-        let fingerprint = fingerprint(&bound);
-        let key = submission.idempotency_key.as_deref();
-        if let Some(key) = key
-            && let Some(replay) = self.prior_answer(SUBMIT_SCOPE, key, &fingerprint).await?
-        {
-            return Ok(replay);
-        }
-        let token_id = match self
-            .gate()
-            .check(submission.token.as_deref(), &bound, &assessment)
-        {
-            Ok(id) => id,
-            Err(problem) => {
-                return Err(self.needs_confirmation(problem, &bound, &assessment).await);
-            }
+        let order = Order {
+            scope: SUBMIT_SCOPE,
+            key: submission.idempotency_key.clone(),
+            fingerprint: fingerprint(&bound),
         };
-        let day = today();
-        let approval = assessment.approval_json();
-        let paid = PaidJob {
-            job: NewJob {
-                backend: Backend::Comfy,
-                template: submission.template.as_deref(),
-                params: &submission.params,
-                workflow: &submission.workflow,
-                backend_url: Some(&gateway.backend().origin()),
-            },
-            cost_micros: assessment.total_micros,
-            day: &day,
-            budget_micros: self.money.daily_budget_micros,
-            idempotency: key.map(|key| IdempotencyClaim {
-                scope: SUBMIT_SCOPE,
-                key,
-                fingerprint: &fingerprint,
-            }),
-            token_id: &token_id,
-            approval: Some(&approval),
+        let purchase = PaidSubmit {
+            jobs: self.clone(),
+            backend_url: gateway.backend().origin(),
+            approval: assessment.approval_json(),
+            submission,
+            bound,
+            assessment,
         };
-        let job = match self.store.reserve_paid_job(paid).await? {
-            Reservation::Reserved(job) => *job,
-            Reservation::OverBudget(usage) => return Err(self.over_budget(&assessment, usage)),
-            Reservation::TokenUsed => {
-                return Err(self
-                    .needs_confirmation(TokenProblem::Used, &bound, &assessment)
-                    .await);
-            }
-            Reservation::KeyReused => return Err(refused(Refusal::IdempotencyKeyReused)),
-            // A repeat that raced the first request (from another instance): the first request's job answers.
-            Reservation::KeyClaimed(job_id) => {
-                let id = job_id.unwrap_or_default();
-                let job = self
-                    .store
-                    .job(&id)
-                    .await?
-                    .ok_or_else(|| JobError::NotFound(id.clone()))?;
-                let body = json!({ "id": job.id, "status": job.status });
-                return Ok(Submitted::Replayed(StatusCode::ACCEPTED, body));
-            }
-        };
-        let answer = self
-            .send_to_comfy(job, &submission.workflow)
-            .await
-            .map(|job| Submitted::Job(Box::new(job)));
-        if let Some(key) = key {
-            self.remember(SUBMIT_SCOPE, key, &answer).await;
-        }
-        answer
-    }
-
-    fn over_budget(&self, assessment: &Assessment, usage: crate::store::BudgetUsage) -> JobError {
-        let limit = self.money.daily_budget_micros;
-        refused(Refusal::budget_exceeded(
-            assessment.total_micros,
-            limit,
-            usage.spent,
-            usage.reserved,
-        ))
-    }
-
-    /// The first answer under an idempotency key, when there was one for the same request.
-    async fn prior_answer(
-        &self,
-        scope: &str,
-        key: &str,
-        fingerprint: &str,
-    ) -> Result<Option<Submitted>, JobError> {
-        let since = (chrono::Utc::now() - crate::money::keys::WINDOW)
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let Some(record) = self.store.idempotency_record(scope, key, &since).await? else {
-            let used_before = self.gate().forget_used_before();
-            let _ = self
-                .store
-                .prune_idempotency_keys(&since, &used_before)
-                .await;
-            return Ok(None);
-        };
-        if record.fingerprint != fingerprint {
-            return Err(refused(Refusal::IdempotencyKeyReused));
-        }
-        if let Some((status, body)) = record.response {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
-            return Ok(Some(Submitted::Replayed(status, body)));
-        }
-        // The first request was cut off (a crash) after its job was written: that job is the answer.
-        match &record.job_id {
-            Some(id) => Ok(self.store.job(id).await?.map(|job| {
-                Submitted::Replayed(
-                    StatusCode::ACCEPTED,
-                    json!({ "id": job.id, "status": job.status }),
-                )
-            })),
-            None => Ok(None),
-        }
-    }
-
-    /// Keeps the answer of a request that made a job, for its repeats.
-    async fn remember(&self, scope: &str, key: &str, answer: &Result<Submitted, JobError>) {
-        if let Ok(Submitted::Job(job)) = answer {
-            let body = json!({ "id": job.id, "status": job.status });
-            if let Err(error) = self
-                .store
-                .record_idempotent_response(scope, key, StatusCode::ACCEPTED.as_u16(), &body)
-                .await
-            {
-                tracing::error!(job = %job.id, %error, "cannot keep the answer of an idempotent request");
-            }
-        }
+        Ok(self.money.checkout.pay(order, purchase).await?.into())
     }
 
     /// A prompt with paid nodes that came through the gateway without an approval: kept, with its dry run, as a
@@ -408,97 +276,18 @@ impl Jobs {
         token: Option<String>,
         idempotency_key: Option<String>,
     ) -> Result<Submitted, JobError> {
-        let this = self.clone();
-        let id = id.to_owned();
-        self.background()
-            .spawn(async move {
-                match idempotency_key {
-                    None => this.confirm_once(&id, token.as_deref(), None).await,
-                    Some(key) => {
-                        let work = this.confirm_once(&id, token.as_deref(), Some(&key));
-                        this.money.key_locks.with(&key, work).await
-                    }
-                }
-            })
-            .await
-            .map_err(JobError::Task)?
-    }
-
-    async fn confirm_once(
-        &self,
-        id: &str,
-        token: Option<&str>,
-        key: Option<&str>,
-    ) -> Result<Submitted, JobError> {
-        let fingerprint = fingerprint(&json!({ "confirm": id }));
-        if let Some(key) = key
-            && let Some(replay) = self.prior_answer(CONFIRM_SCOPE, key, &fingerprint).await?
-        {
-            return Ok(replay);
-        }
-        let job = self
-            .store
-            .job(id)
-            .await?
-            .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
-        if job.status != JobStatus::AwaitingConfirmation {
-            return Err(refused(Refusal::NotAwaitingConfirmation {
-                status: job.status.as_str(),
-            }));
-        }
-        let workflow = self.store.workflow(id).await?.unwrap_or(Value::Null);
-        let gateway = self.backend_of(&job).clone();
-        let catalog = self.money.models.nodes(&gateway).await?;
-        let assessment = self
-            .gate()
-            .assess(&catalog, &workflow)
-            .map_err(unclassified)?;
-        self.paid_allowed(&assessment)?;
-        let token_id = match self.gate().check(token, &workflow, &assessment) {
-            Ok(id) => id,
-            Err(problem) => {
-                return Err(self
-                    .needs_confirmation(problem, &workflow, &assessment)
-                    .await);
-            }
+        let order = Order {
+            scope: CONFIRM_SCOPE,
+            key: idempotency_key,
+            fingerprint: fingerprint(&json!({ "confirm": id })),
         };
-        let approve = ApproveJob {
-            job_id: id,
-            cost_micros: assessment.total_micros,
-            day: &today(),
-            budget_micros: self.money.daily_budget_micros,
-            token_id: &token_id,
-            idempotency: key.map(|key| IdempotencyClaim {
-                scope: CONFIRM_SCOPE,
-                key,
-                fingerprint: &fingerprint,
-            }),
-            approval: &assessment.approval_json(),
+        let purchase = PaidConfirm {
+            jobs: self.clone(),
+            job_id: id.to_owned(),
+            token,
+            judged: None,
         };
-        let job = match self.store.approve_job(approve).await? {
-            Approval::Approved(job) => *job,
-            Approval::OverBudget(usage) => return Err(self.over_budget(&assessment, usage)),
-            Approval::TokenUsed => {
-                return Err(self
-                    .needs_confirmation(TokenProblem::Used, &workflow, &assessment)
-                    .await);
-            }
-            Approval::NotAwaiting(status) => {
-                return Err(refused(Refusal::NotAwaitingConfirmation {
-                    status: status.map_or("gone", JobStatus::as_str),
-                }));
-            }
-        };
-        self.change(&job.id, EventKind::State, Default::default())
-            .await;
-        let answer = self
-            .send_to_comfy(job, &workflow)
-            .await
-            .map(|job| Submitted::Job(Box::new(job)));
-        if let Some(key) = key {
-            self.remember(CONFIRM_SCOPE, key, &answer).await;
-        }
-        answer
+        Ok(self.money.checkout.pay(order, purchase).await?.into())
     }
 
     /// The money gate at the moment of sending, for every path (the first submit, Orchestrator's queue, a move on
@@ -552,3 +341,169 @@ const COMFY_ORG_NOT_CONFIGURED: NotConfigured = NotConfigured {
     code: Code::ComfyOrgNotConfigured,
     what: "Comfy.org API nodes (COMFY_ORG_API_KEY)",
 };
+
+/// A paid `POST /api/jobs`: a new job, reserved and sent to `backend_url`'s ComfyUI.
+struct PaidSubmit {
+    jobs: Jobs,
+    backend_url: String,
+    approval: Value,
+    submission: Submission,
+    /// The workflow with its input images bound by content: what the token confirms.
+    bound: Value,
+    assessment: Assessment,
+}
+
+impl Purchase for PaidSubmit {
+    type Answer = Job;
+    type Error = JobError;
+
+    async fn prepare(&mut self) -> Result<Prepared, JobError> {
+        let (jobs, bound, assessment) = (&self.jobs, &self.bound, &self.assessment);
+        match jobs
+            .gate()
+            .check(self.submission.token.as_deref(), bound, assessment)
+        {
+            Ok(token_id) => Ok(Prepared {
+                price_micros: assessment.total_micros,
+                token_id,
+            }),
+            Err(problem) => Err(jobs.needs_confirmation(problem, bound, assessment).await),
+        }
+    }
+
+    async fn token_used(&self) -> JobError {
+        self.jobs
+            .needs_confirmation(TokenProblem::Used, &self.bound, &self.assessment)
+            .await
+    }
+
+    fn record(&self) -> Record<'_> {
+        Record::New {
+            job: NewJob {
+                backend: Backend::Comfy,
+                template: self.submission.template.as_deref(),
+                params: &self.submission.params,
+                workflow: &self.submission.workflow,
+                backend_url: Some(&self.backend_url),
+            },
+            approval: Some(&self.approval),
+        }
+    }
+
+    async fn send(&self, job: Job) -> Result<Job, JobError> {
+        self.jobs
+            .send_to_comfy(job, &self.submission.workflow)
+            .await
+    }
+
+    fn keep(answer: Result<&Job, &JobError>) -> Option<(StatusCode, Value)> {
+        kept_job(answer)
+    }
+}
+
+/// A request that made a job is answered, when repeated, with that job's id and the status it had.
+fn kept_job(answer: Result<&Job, &JobError>) -> Option<(StatusCode, Value)> {
+    let job = answer.ok()?;
+    Some((
+        StatusCode::ACCEPTED,
+        json!({ "id": job.id, "status": job.status }),
+    ))
+}
+
+/// `POST /api/jobs/{id}/confirm`: a job that waited for a person's approval, judged again now, reserved and sent.
+struct PaidConfirm {
+    jobs: Jobs,
+    job_id: String,
+    token: Option<String>,
+    /// The stored workflow, its assessment and the approval recorded, once judged.
+    judged: Option<Judged>,
+}
+
+struct Judged {
+    workflow: Value,
+    assessment: Assessment,
+    approval: Value,
+}
+
+impl PaidConfirm {
+    /// What [`Purchase::prepare`] found: the checkout calls nothing else before it.
+    fn judged(&self) -> &Judged {
+        self.judged
+            .as_ref()
+            .expect("a confirmation is judged before it is reserved")
+    }
+}
+
+impl Purchase for PaidConfirm {
+    type Answer = Job;
+    type Error = JobError;
+
+    /// The job must wait for its approval; its workflow is judged on its backend's nodes as they are now.
+    async fn prepare(&mut self) -> Result<Prepared, JobError> {
+        let jobs = &self.jobs;
+        let job = jobs
+            .store
+            .job(&self.job_id)
+            .await?
+            .ok_or_else(|| JobError::NotFound(self.job_id.clone()))?;
+        if job.status != JobStatus::AwaitingConfirmation {
+            return Err(refused(Refusal::NotAwaitingConfirmation {
+                status: job.status.as_str(),
+            }));
+        }
+        let workflow = jobs
+            .store
+            .workflow(&self.job_id)
+            .await?
+            .unwrap_or(Value::Null);
+        let catalog = jobs.money.models.nodes(jobs.backend_of(&job)).await?;
+        let assessment = jobs
+            .gate()
+            .assess(&catalog, &workflow)
+            .map_err(unclassified)?;
+        jobs.paid_allowed(&assessment)?;
+        let checked = jobs
+            .gate()
+            .check(self.token.as_deref(), &workflow, &assessment);
+        let answer = match checked {
+            Ok(token_id) => Ok(Prepared {
+                price_micros: assessment.total_micros,
+                token_id,
+            }),
+            Err(problem) => Err(jobs
+                .needs_confirmation(problem, &workflow, &assessment)
+                .await),
+        };
+        self.judged = Some(Judged {
+            approval: assessment.approval_json(),
+            workflow,
+            assessment,
+        });
+        answer
+    }
+
+    async fn token_used(&self) -> JobError {
+        let judged = self.judged();
+        self.jobs
+            .needs_confirmation(TokenProblem::Used, &judged.workflow, &judged.assessment)
+            .await
+    }
+
+    fn record(&self) -> Record<'_> {
+        Record::Approve {
+            job_id: &self.job_id,
+            approval: &self.judged().approval,
+        }
+    }
+
+    async fn send(&self, job: Job) -> Result<Job, JobError> {
+        self.jobs
+            .change(&job.id, EventKind::State, Default::default())
+            .await;
+        self.jobs.send_to_comfy(job, &self.judged().workflow).await
+    }
+
+    fn keep(answer: Result<&Job, &JobError>) -> Option<(StatusCode, Value)> {
+        kept_job(answer)
+    }
+}

@@ -1,6 +1,7 @@
 //! Money: confirmation tokens ([`confirm`]), `Idempotency-Key`s ([`keys`]) and why a paid request was not sent
 //! ([`refusal`]), for every paid provider alike. Budgets and reservations are the store's (`store::money`).
 
+pub mod checkout;
 pub mod confirm;
 pub mod keys;
 pub mod refusal;

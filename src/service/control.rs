@@ -154,6 +154,7 @@ impl ServiceControl {
                             restarts: unit.restarts,
                             last_exit: None,
                             since: unit.since,
+                            next_start: None,
                             adopted: false,
                         }
                     }

@@ -171,6 +171,17 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
+    /// Sets `path`'s modification time to `seconds` ago.
+    fn modified_ago(path: &Path, seconds: u64) {
+        let at = std::time::SystemTime::now() - std::time::Duration::from_secs(seconds);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+
     #[test]
     fn last_lines_of_a_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -218,10 +229,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("comfyui.log");
         write(&dir.path().join("comfyui.log.2"), "a\nb\n");
-        std::thread::sleep(std::time::Duration::from_millis(20));
         write(&dir.path().join("comfyui.log.1"), "c\nd\n");
-        std::thread::sleep(std::time::Duration::from_millis(20));
         write(&log, "e\n");
+        // Older files are read first by their modification time, set here rather than waited for.
+        modified_ago(&dir.path().join("comfyui.log.2"), 10);
+        modified_ago(&dir.path().join("comfyui.log.1"), 5);
         assert_eq!(tail(&log, 4).unwrap(), ["b", "c", "d", "e"]);
         assert_eq!(tail(&log, 10).unwrap(), ["a", "b", "c", "d", "e"]);
         write(&dir.path().join("other.log.1"), "not ours\n");

@@ -77,6 +77,9 @@ pub struct ServiceStatus {
     pub last_exit: Option<ExitRecord>,
     /// When the current state began, where the backend knows it.
     pub since: Option<String>,
+    /// When the supervisor starts ComfyUI again after an exit (RFC 3339); `null` when no start is scheduled
+    /// (running, stopped, given up as `crash_looping`, or another backend's to decide).
+    pub next_start: Option<String>,
     /// A ComfyUI Orchestrator did not start answers on the configured address (started by hand, or restarted by
     /// ComfyUI-Manager): it is used as it is, and nothing is started beside it.
     pub adopted: bool,
@@ -91,6 +94,7 @@ impl ServiceStatus {
             restarts: 0,
             last_exit: None,
             since: None,
+            next_start: None,
             adopted: false,
         }
     }

@@ -421,11 +421,16 @@ impl Actor {
 
     fn publish(&mut self, state: ServiceState, pid: Option<u32>, exit: Option<ExitRecord>) {
         let restarts = self.restarts;
+        let next_start = self.restart_at.map(|at| {
+            let wait = at.saturating_duration_since(tokio::time::Instant::now());
+            (Utc::now() + wait).to_rfc3339()
+        });
         self.status.send_modify(|status| {
             status.status = state;
             status.pid = pid;
             status.restarts = restarts;
             status.since = Some(Utc::now().to_rfc3339());
+            status.next_start = next_start;
             if exit.is_some() {
                 status.last_exit = exit;
             }

@@ -3,33 +3,9 @@
 
 use serde_json::Value;
 
-use super::money::{BudgetUsage, IdempotencyClaim, claim_key, day_usage, use_token};
 use super::{NewJob, Store, StoreError};
 use crate::clock::now;
-use crate::model::{Job, JobStatus};
-
-/// An approval to record: the price a person confirmed for a job that waits for it.
-pub struct ApproveJob<'a> {
-    pub job_id: &'a str,
-    pub cost_micros: i64,
-    /// The UTC day the price counts against, `YYYY-MM-DD`.
-    pub day: &'a str,
-    pub budget_micros: i64,
-    /// The confirmation token's id: recorded, so it pays once.
-    pub token_id: &'a str,
-    pub idempotency: Option<IdempotencyClaim<'a>>,
-    /// The paid nodes and the estimate the person approved.
-    pub approval: &'a Value,
-}
-
-pub enum Approval {
-    /// Reserved and `queued`: the job may be sent.
-    Approved(Box<Job>),
-    OverBudget(BudgetUsage),
-    TokenUsed,
-    /// The job does not wait for an approval (any more): its status now.
-    NotAwaiting(Option<JobStatus>),
-}
+use crate::model::Job;
 
 impl Store {
     /// Records a job that waits for a person's approval of its paid nodes; nothing is reserved yet.
@@ -73,59 +49,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// Approves a waiting job in one transaction: the day's budget must cover the price, the token must not have
-    /// paid before, and the job must still wait; then its price is reserved and it becomes `queued`.
-    pub async fn approve_job(&self, approve: ApproveJob<'_>) -> Result<Approval, StoreError> {
-        let mut tx = self.money_transaction().await?;
-        let status: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
-            .bind(approve.job_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match status.as_ref().map(|(s,)| JobStatus::parse(s)) {
-            Some(Some(JobStatus::AwaitingConfirmation)) => {}
-            other => {
-                tx.rollback().await?;
-                return Ok(Approval::NotAwaiting(other.flatten()));
-            }
-        }
-        let usage = day_usage(&mut *tx, approve.day).await?;
-        if usage.spent + usage.reserved + approve.cost_micros > approve.budget_micros {
-            tx.rollback().await?;
-            return Ok(Approval::OverBudget(usage));
-        }
-        let at = now();
-        if !use_token(&mut tx, approve.token_id, approve.job_id, &at).await? {
-            tx.rollback().await?;
-            return Ok(Approval::TokenUsed);
-        }
-        sqlx::query(
-            "INSERT INTO charges (job_id, day, amount_micros, state, updated_at) VALUES ($1, $2, $3, 'reserved', $4)",
-        )
-        .bind(approve.job_id)
-        .bind(approve.day)
-        .bind(approve.cost_micros)
-        .bind(&at)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(claim) = &approve.idempotency {
-            claim_key(&mut tx, claim, approve.job_id, &at).await?;
-        }
-        sqlx::query(
-            "UPDATE jobs SET status = 'queued', cost_micros = $2, approval = $3 WHERE id = $1",
-        )
-        .bind(approve.job_id)
-        .bind(approve.cost_micros)
-        .bind(approve.approval.to_string())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let job = self
-            .job(approve.job_id)
-            .await?
-            .ok_or(StoreError::Query(sqlx::Error::RowNotFound))?;
-        Ok(Approval::Approved(Box::new(job)))
     }
 
     /// What a paid job has been reported to cost so far, while it runs; its charge is left as it is.

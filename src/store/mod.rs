@@ -39,14 +39,13 @@ mod money;
 mod tests;
 mod webhooks;
 
-pub use approvals::{Approval, ApproveJob};
 pub use assets::AssetRecord;
 pub use events::{EventWakeups, StoredEvent};
 pub use fleet::Instance;
 pub use gallery::GalleryQuery;
 pub use jobs::{Deleted, JobChange, JobPage, NewJob};
 pub use messages::{Link, Message, NewMessage};
-pub use money::{BudgetUsage, IdempotencyClaim, IdempotencyRecord, PaidJob, Reservation};
+pub use money::{BudgetUsage, IdempotencyClaim, IdempotencyRecord, PaidJob, Record, Reservation};
 pub use webhooks::Delivery;
 
 /// Why the store could not be opened.
@@ -60,6 +59,9 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("store query failed")]
     Query(#[from] sqlx::Error),
+    /// A record another one names is gone (the job an idempotency key was claimed for).
+    #[error("a record the store should hold is gone: {0}")]
+    Gone(&'static str),
 }
 
 /// Row counts and size, for the diagnostics.

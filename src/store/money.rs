@@ -2,16 +2,18 @@
 //! idempotency keys claimed, each inside a transaction that holds the money lock (`Store::money_transaction`).
 
 use serde_json::Value;
+use sqlx::{Any, Transaction};
 
 use super::{NewJob, Store, StoreError};
 use crate::clock::now;
-use crate::model::Job;
+use crate::model::{Job, JobStatus};
 
 /// Paid generation: budget reservations and idempotency keys.
 impl Store {
-    /// Records a paid job and reserves its price in one transaction, unless the day's budget cannot cover it.
-    /// The money lock is taken before the day's usage is read, so two requests (on PostgreSQL: from any instances)
-    /// can never both see the same room left; with an idempotency key the key is claimed in the same transaction.
+    /// Reserves a paid job's price in one transaction, unless the day's budget cannot cover it: a new job is
+    /// recorded `queued`, or a job that waited for its approval becomes `queued` (it must still wait). The money
+    /// lock is taken before the day's usage is read, so two requests (on PostgreSQL: from any instances) can never
+    /// both see the same room left; the token is used up and an idempotency key claimed in the same transaction.
     pub async fn reserve_paid_job(&self, paid: PaidJob<'_>) -> Result<Reservation, StoreError> {
         let mut tx = self.money_transaction().await?;
         // Under the lock: a repeat that raced the first request here (on PostgreSQL, from another instance) finds
@@ -32,34 +34,42 @@ impl Store {
                 return Ok(Reservation::KeyClaimed(job_id));
             }
         }
+        if let Record::Approve { job_id, .. } = &paid.record {
+            let status: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match status.as_ref().map(|(s,)| JobStatus::parse(s)) {
+                Some(Some(JobStatus::AwaitingConfirmation)) => {}
+                other => {
+                    tx.rollback().await?;
+                    return Ok(Reservation::NotAwaiting(other.flatten()));
+                }
+            }
+        }
         let usage = day_usage(&mut *tx, paid.day).await?;
         if usage.spent + usage.reserved + paid.cost_micros > paid.budget_micros {
             tx.rollback().await?;
             return Ok(Reservation::OverBudget(usage));
         }
-        let id = uuid::Uuid::now_v7().to_string();
         let created = now();
-        let new = paid.job;
-        let (claimed_by, lease_until) = self.claim_for(new.backend, new.backend_url);
-        sqlx::query(
-            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, cost_micros, \
-                               approval, claimed_by, lease_until, prompt_text) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(&id)
-        .bind(new.backend.as_str())
-        .bind(new.workflow.to_string())
-        .bind(new.params.to_string())
-        .bind(new.template)
-        .bind(&created)
-        .bind(new.backend_url)
-        .bind(paid.cost_micros)
-        .bind(paid.approval.map(Value::to_string))
-        .bind(claimed_by)
-        .bind(lease_until)
-        .bind(crate::model::prompt_text(new.params, new.workflow))
-        .execute(&mut *tx)
-        .await?;
+        let id = match paid.record {
+            Record::New { job, approval } => {
+                self.insert_reserved(&mut tx, job, approval, paid.cost_micros, &created)
+                    .await?
+            }
+            Record::Approve { job_id, approval } => {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'queued', cost_micros = $2, approval = $3 WHERE id = $1",
+                )
+                .bind(job_id)
+                .bind(paid.cost_micros)
+                .bind(approval.to_string())
+                .execute(&mut *tx)
+                .await?;
+                job_id.to_owned()
+            }
+        };
         sqlx::query(
             "INSERT INTO charges (job_id, day, amount_micros, state, updated_at) VALUES ($1, $2, $3, 'reserved', $4)",
         )
@@ -82,6 +92,39 @@ impl Store {
             .await?
             .ok_or(StoreError::Query(sqlx::Error::RowNotFound))?;
         Ok(Reservation::Reserved(Box::new(job)))
+    }
+
+    /// A new paid job's row, `queued` with its price, claimed as any job this instance sends; answers its id.
+    async fn insert_reserved(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        new: NewJob<'_>,
+        approval: Option<&Value>,
+        cost_micros: i64,
+        created: &str,
+    ) -> Result<String, StoreError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let (claimed_by, lease_until) = self.claim_for(new.backend, new.backend_url);
+        sqlx::query(
+            "INSERT INTO jobs (id, backend, status, prompt, params, template, created_at, backend_url, cost_micros, \
+                               approval, claimed_by, lease_until, prompt_text) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&id)
+        .bind(new.backend.as_str())
+        .bind(new.workflow.to_string())
+        .bind(new.params.to_string())
+        .bind(new.template)
+        .bind(created)
+        .bind(new.backend_url)
+        .bind(cost_micros)
+        .bind(approval.map(Value::to_string))
+        .bind(claimed_by)
+        .bind(lease_until)
+        .bind(crate::model::prompt_text(new.params, new.workflow))
+        .execute(&mut **tx)
+        .await?;
+        Ok(id)
     }
 
     /// A reserved charge becomes `spent` once the provider took the task (a task it certainly did not take is
@@ -314,8 +357,22 @@ pub(super) async fn day_usage<'e>(
 }
 
 /// A paid job to record, with its price and the budget it must fit in.
+/// What a paid job's reservation records.
+pub enum Record<'a> {
+    /// A new job, with the paid nodes and the estimate a person approved (a ComfyUI workflow).
+    New {
+        job: NewJob<'a>,
+        approval: Option<&'a Value>,
+    },
+    /// The approval of a job that waits for one (a prompt parked at the gateway).
+    Approve {
+        job_id: &'a str,
+        approval: &'a Value,
+    },
+}
+
 pub struct PaidJob<'a> {
-    pub job: NewJob<'a>,
+    pub record: Record<'a>,
     pub cost_micros: i64,
     /// The UTC day the price counts against, `YYYY-MM-DD`.
     pub day: &'a str,
@@ -323,8 +380,6 @@ pub struct PaidJob<'a> {
     pub idempotency: Option<IdempotencyClaim<'a>>,
     /// The confirmation token's id: recorded, so it pays once.
     pub token_id: &'a str,
-    /// For a ComfyUI workflow: its paid nodes and the estimate the person approved.
-    pub approval: Option<&'a Value>,
 }
 
 pub struct IdempotencyClaim<'a> {
@@ -342,6 +397,8 @@ pub enum Reservation {
     KeyClaimed(Option<String>),
     /// The idempotency key was claimed meanwhile by a request with another body.
     KeyReused,
+    /// The job to approve does not wait for an approval (any more): its status now.
+    NotAwaiting(Option<JobStatus>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 use super::*;
 use crate::model::{Backend, JobStatus};
+use crate::store::Record;
 
 #[tokio::test]
 async fn first_run_creates_a_wal_file_with_the_schema_and_reopens() {
@@ -217,13 +218,15 @@ async fn a_deleted_job_is_gone_but_a_paid_ones_charge_stays() {
         let day = "2026-12-04";
         let Reservation::Reserved(paid) = store
             .reserve_paid_job(PaidJob {
-                job: new(),
+                record: Record::New {
+                    job: new(),
+                    approval: None,
+                },
                 cost_micros: 40_000,
                 day,
                 budget_micros: 5_000_000,
                 idempotency: None,
                 token_id: "token",
-                approval: None,
             })
             .await
             .unwrap()
@@ -273,19 +276,21 @@ async fn a_used_token_is_remembered_until_its_own_cutoff() {
             async move {
                 store
                     .reserve_paid_job(PaidJob {
-                        job: NewJob {
-                            backend: Backend::Comfy,
-                            template: None,
-                            params: &params,
-                            workflow: &workflow,
-                            backend_url: None,
+                        record: Record::New {
+                            job: NewJob {
+                                backend: Backend::Comfy,
+                                template: None,
+                                params: &params,
+                                workflow: &workflow,
+                                backend_url: None,
+                            },
+                            approval: None,
                         },
                         cost_micros: 10_000,
                         day: "2026-12-07",
                         budget_micros: 5_000_000,
                         idempotency: None,
                         token_id: token,
-                        approval: None,
                     })
                     .await
                     .unwrap()

@@ -6,9 +6,10 @@ use orchestrator::config::Settings;
 use serde_json::{Value, json};
 use testkit::fake_bfl::{FakeBfl, SubmitMode, TaskEnd};
 
-use crate::support::{TestApp, error_code, wait_until};
+use crate::support::{Posted, TestApp, error_code, wait_until};
 
 const KEY: &str = "bfl-test-key-0123456789";
+const GENERATE: &str = "/api/flux/generate";
 
 /// Orchestrator with a BFL key, pointed at `bfl`, generation allowed or not, a generous rate limit and quick polls.
 async fn app(bfl: &FakeBfl, allow: bool, adjust: impl FnOnce(&mut Settings)) -> TestApp {
@@ -25,24 +26,9 @@ async fn app(bfl: &FakeBfl, allow: bool, adjust: impl FnOnce(&mut Settings)) -> 
     .await
 }
 
-async fn post(
-    app: &TestApp,
-    body: &Value,
-    key: Option<&str>,
-) -> (u16, Value, reqwest::header::HeaderMap) {
-    let mut request = app.http.post(app.url("/api/flux/generate")).json(body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    (status, response.json().await.unwrap(), headers)
-}
-
 /// A dry run of `body`, and the body to pay for it.
 async fn confirmed(app: &TestApp, body: Value) -> Value {
-    let (status, dry, _) = post(app, &body, None).await;
+    let (status, dry) = app.post_json(GENERATE, &body).await;
     assert_eq!(status, 200, "{dry}");
     let mut paid = body;
     paid["dryRun"] = json!(false);
@@ -55,12 +41,12 @@ async fn a_request_is_a_priced_dry_run_by_default_and_sends_nothing() {
     let bfl = FakeBfl::start(KEY).await;
     let app = app(&bfl, true, |_| {}).await;
 
-    let (status, body, _) = post(
-        &app,
-        &json!({ "prompt": "a red fox in snow", "width": 512 }),
-        None,
-    )
-    .await;
+    let (status, body) = app
+        .post_json(
+            GENERATE,
+            &json!({ "prompt": "a red fox in snow", "width": 512 }),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["dryRun"], true);
     assert_eq!(body["valid"], true);
@@ -76,22 +62,18 @@ async fn a_request_is_a_priced_dry_run_by_default_and_sends_nothing() {
             .contains("nothing was sent")
     );
 
-    let (status, ultra, _) = post(
-        &app,
-        &json!({ "model": "flux-pro-1.1-ultra", "prompt": "x", "aspect_ratio": "9:16", "raw": true, "dryRun": true }),
-        None,
-    )
+    let (status, ultra) = app.post_json(GENERATE, &json!({ "model": "flux-pro-1.1-ultra", "prompt": "x", "aspect_ratio": "9:16", "raw": true, "dryRun": true }))
     .await;
     assert_eq!(status, 200);
     assert_eq!(ultra["estimatedCost"]["usd"], 0.06);
     assert_eq!(ultra["payload"]["raw"], true);
 
-    let (status, invalid, _) = post(
-        &app,
-        &json!({ "prompt": "x", "width": 1000, "steps": 20 }),
-        None,
-    )
-    .await;
+    let (status, invalid) = app
+        .post_json(
+            GENERATE,
+            &json!({ "prompt": "x", "width": 1000, "steps": 20 }),
+        )
+        .await;
     assert_eq!(status, 422);
     assert_eq!(error_code(&invalid), "validation_failed");
     let fields = &invalid["error"]["details"]["fields"];
@@ -112,7 +94,7 @@ async fn every_refusal_sends_nothing_to_bfl() {
     // The server does not allow generation: a confirmed request is still refused.
     let disabled = app(&bfl, false, |_| {}).await;
     let paid = confirmed(&disabled, body.clone()).await;
-    let (status, answer, _) = post(&disabled, &paid, None).await;
+    let (status, answer) = disabled.post_json(GENERATE, &paid).await;
     assert_eq!(status, 403);
     assert_eq!(error_code(&answer), "generation_disabled");
     assert!(
@@ -125,7 +107,7 @@ async fn every_refusal_sends_nothing_to_bfl() {
     let allowed = app(&bfl, true, |s| s.flux_daily_budget_usd = "0.03".into()).await;
     let mut without_token = body.clone();
     without_token["dryRun"] = json!(false);
-    let (status, answer, _) = post(&allowed, &without_token, None).await;
+    let (status, answer) = allowed.post_json(GENERATE, &without_token).await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (409, "confirmation_required")
@@ -135,7 +117,7 @@ async fn every_refusal_sends_nothing_to_bfl() {
     let other = confirmed(&allowed, json!({ "prompt": "another prompt" })).await;
     let mut swapped = without_token.clone();
     swapped["confirmToken"] = other["confirmToken"].clone();
-    let (status, answer, _) = post(&allowed, &swapped, None).await;
+    let (status, answer) = allowed.post_json(GENERATE, &swapped).await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (409, "confirmation_mismatch")
@@ -143,11 +125,11 @@ async fn every_refusal_sends_nothing_to_bfl() {
     let mut pricier = confirmed(&allowed, body.clone()).await;
     pricier["model"] = json!("flux-pro-1.1-ultra");
     pricier["width"] = Value::Null;
-    let (status, answer, _) = post(&allowed, &pricier, None).await;
+    let (status, answer) = allowed.post_json(GENERATE, &pricier).await;
     assert_eq!(status, 409, "{answer}");
     let mut forged = without_token.clone();
     forged["confirmToken"] = json!("v1.99999999999.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
-    let (status, answer, _) = post(&allowed, &forged, None).await;
+    let (status, answer) = allowed.post_json(GENERATE, &forged).await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (409, "confirmation_mismatch")
@@ -155,7 +137,7 @@ async fn every_refusal_sends_nothing_to_bfl() {
 
     // $0.03 left for the day cannot pay a $0.04 image.
     let paid = confirmed(&allowed, body.clone()).await;
-    let (status, answer, _) = post(&allowed, &paid, None).await;
+    let (status, answer) = allowed.post_json(GENERATE, &paid).await;
     assert_eq!(status, 402);
     assert_eq!(error_code(&answer), "budget_exceeded");
     assert_eq!(answer["error"]["details"]["price"], 0.04);
@@ -168,7 +150,7 @@ async fn every_refusal_sends_nothing_to_bfl() {
     })
     .await;
     let paid = confirmed(&keyless, body.clone()).await;
-    let (status, answer, _) = post(&keyless, &paid, None).await;
+    let (status, answer) = keyless.post_json(GENERATE, &paid).await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (503, "flux_not_configured")
@@ -194,7 +176,7 @@ async fn a_confirmed_request_is_charged_once_and_its_image_saved() {
     let app = app(&bfl, true, |_| {}).await;
 
     let paid = confirmed(&app, json!({ "prompt": "a tram at dusk", "seed": 7 })).await;
-    let (status, answer, _) = post(&app, &paid, None).await;
+    let (status, answer) = app.post_json(GENERATE, &paid).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["status"], "submitted");
     let id = answer["id"].as_str().unwrap();
@@ -254,12 +236,14 @@ async fn fifty_concurrent_requests_never_overshoot_the_budget() {
         confirmations.push(confirmed(&app, json!({ "prompt": "fifty at once" })).await);
     }
 
-    let requests = confirmations.iter().map(|paid| post(&app, paid, None));
+    let requests = confirmations
+        .iter()
+        .map(|paid| app.post_json(GENERATE, paid));
     let answers = futures_util::future::join_all(requests).await;
     let accepted = answers.iter().filter(|(status, ..)| *status == 202).count();
     let refused = answers
         .iter()
-        .filter(|(status, body, _)| *status == 402 && error_code(body) == "budget_exceeded")
+        .filter(|(status, body)| *status == 402 && error_code(body) == "budget_exceeded")
         .count();
     assert_eq!(
         (accepted, refused),
@@ -280,11 +264,11 @@ async fn one_idempotency_key_is_one_call_even_under_twenty_concurrent_repeats() 
     let app = app(&bfl, true, |_| {}).await;
     let paid = confirmed(&app, json!({ "prompt": "double click" })).await;
 
-    let requests = (0..20).map(|_| post(&app, &paid, Some("order-42")));
+    let requests = (0..20).map(|_| app.post(GENERATE, Some(&paid), Some("order-42")));
     let answers = futures_util::future::join_all(requests).await;
     let ids: std::collections::HashSet<String> = answers
         .iter()
-        .map(|(status, body, _)| {
+        .map(|Posted { status, body, .. }| {
             assert_eq!(*status, 202, "{body}");
             body["id"].as_str().unwrap().to_owned()
         })
@@ -292,7 +276,7 @@ async fn one_idempotency_key_is_one_call_even_under_twenty_concurrent_repeats() 
     assert_eq!(ids.len(), 1, "every repeat names the same job");
     let replayed = answers
         .iter()
-        .filter(|(.., headers)| headers.get("idempotent-replayed").is_some())
+        .filter(|answer| answer.headers.get("idempotent-replayed").is_some())
         .count();
     assert_eq!(replayed, 19);
     assert_eq!(bfl.submits(), 1);
@@ -300,7 +284,9 @@ async fn one_idempotency_key_is_one_call_even_under_twenty_concurrent_repeats() 
     // The same key with camelCase spellings and another key order is the same request…
     let mut respelled = paid.clone();
     respelled["outputFormat"] = json!("jpeg");
-    let (status, again, _) = post(&app, &respelled, Some("order-42")).await;
+    let (status, again) = app
+        .post_json_with_key(GENERATE, &respelled, Some("order-42"))
+        .await;
     assert_eq!(
         (status, again["id"].as_str()),
         (202, ids.iter().next().map(String::as_str))
@@ -308,7 +294,9 @@ async fn one_idempotency_key_is_one_call_even_under_twenty_concurrent_repeats() 
     // …but another body under the same key is refused, and nothing is sent.
     let mut changed = paid.clone();
     changed["prompt"] = json!("something else");
-    let (status, answer, _) = post(&app, &changed, Some("order-42")).await;
+    let (status, answer) = app
+        .post_json_with_key(GENERATE, &changed, Some("order-42"))
+        .await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (422, "idempotency_key_reused")
@@ -324,7 +312,7 @@ async fn bfl_refusals_and_moderation_become_clear_job_errors() {
 
     bfl.set_submit_mode(SubmitMode::Refuse(402));
     let paid = confirmed(&app, json!({ "prompt": "no credits" })).await;
-    let (status, answer, _) = post(&app, &paid, None).await;
+    let (status, answer) = app.post_json(GENERATE, &paid).await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (502, "bfl_insufficient_credits")
@@ -340,7 +328,11 @@ async fn bfl_refusals_and_moderation_become_clear_job_errors() {
 
     // A task BFL refused gave its token back: the same confirmed request may be tried again.
     bfl.set_submit_mode(SubmitMode::Refuse(429));
-    let (status, answer, headers) = post(&app, &paid, None).await;
+    let Posted {
+        status,
+        body: answer,
+        headers,
+    } = app.post(GENERATE, Some(&paid), None).await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (429, "bfl_rate_limited")
@@ -361,7 +353,7 @@ async fn bfl_refusals_and_moderation_become_clear_job_errors() {
     ] {
         bfl.set_task_end(end);
         let paid = confirmed(&app, json!({ "prompt": "moderate me" })).await;
-        let (status, answer, _) = post(&app, &paid, None).await;
+        let (status, answer) = app.post_json(GENERATE, &paid).await;
         assert_eq!(status, 202, "{answer}");
         let job = app
             .wait_for_job(answer["id"].as_str().unwrap(), "failed")
@@ -395,7 +387,9 @@ async fn an_unknown_outcome_is_needs_reconcile_and_never_resent_even_after_a_res
     let first = app(&bfl, true, |s| s.data_dir = dir.clone()).await;
 
     let paid = confirmed(&first, json!({ "prompt": "lost in transit" })).await;
-    let (status, answer, _) = post(&first, &paid, Some("retry-me")).await;
+    let (status, answer) = first
+        .post_json_with_key(GENERATE, &paid, Some("retry-me"))
+        .await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (502, "bfl_outcome_unknown")
@@ -409,7 +403,9 @@ async fn an_unknown_outcome_is_needs_reconcile_and_never_resent_even_after_a_res
         "needs_reconcile"
     );
     // A retry with the same key gets the same answer, not a second call.
-    let (status, again, _) = post(&first, &paid, Some("retry-me")).await;
+    let (status, again) = first
+        .post_json_with_key(GENERATE, &paid, Some("retry-me"))
+        .await;
     assert_eq!(
         (status, again["error"]["details"]["job_id"].as_str()),
         (502, Some(id.as_str()))
@@ -434,7 +430,7 @@ async fn after_a_restart_submitted_tasks_are_polled_again_and_not_resent() {
     let dir = data.path().display().to_string();
     let first = app(&bfl, true, |s| s.data_dir = dir.clone()).await;
     let paid = confirmed(&first, json!({ "prompt": "slow one" })).await;
-    let (status, answer, _) = post(&first, &paid, None).await;
+    let (status, answer) = first.post_json(GENERATE, &paid).await;
     assert_eq!(status, 202);
     let id = answer["id"].as_str().unwrap().to_owned();
     first.wait_for_job(&id, "running").await;
@@ -457,10 +453,16 @@ async fn a_client_that_goes_too_fast_gets_429_with_retry_after() {
     })
     .await;
     for _ in 0..3 {
-        let (status, ..) = post(&app, &json!({ "prompt": "x" }), None).await;
+        let (status, _) = app.post_json(GENERATE, &json!({ "prompt": "x" })).await;
         assert_eq!(status, 200);
     }
-    let (status, body, headers) = post(&app, &json!({ "prompt": "x" }), None).await;
+    let Posted {
+        status,
+        body,
+        headers,
+    } = app
+        .post(GENERATE, Some(&json!({ "prompt": "x" })), None)
+        .await;
     assert_eq!((status, error_code(&body).as_str()), (429, "rate_limited"));
     let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=10).contains(&wait), "{wait}");
@@ -482,11 +484,11 @@ async fn a_confirmation_pays_once() {
     bfl.set_pending_polls(1000);
     let app = app(&bfl, true, |_| {}).await;
     let paid = confirmed(&app, json!({ "prompt": "once" })).await;
-    let (status, _, _) = post(&app, &paid, None).await;
+    let (status, _) = app.post_json(GENERATE, &paid).await;
     assert_eq!(status, 202);
     // A retry loop or a stray script sending the same confirmed body again pays nothing more.
     for _ in 0..3 {
-        let (status, answer, _) = post(&app, &paid, None).await;
+        let (status, answer) = app.post_json(GENERATE, &paid).await;
         assert_eq!(
             (status, error_code(&answer).as_str()),
             (409, "confirmation_used")
@@ -508,7 +510,7 @@ async fn a_slow_or_failing_bfl_after_sending_is_needs_reconcile_not_a_refusal() 
     ] {
         bfl.set_submit_mode(mode);
         let paid = confirmed(&app, json!({ "prompt": "maybe charged" })).await;
-        let (status, answer, _) = post(&app, &paid, None).await;
+        let (status, answer) = app.post_json(GENERATE, &paid).await;
         assert_eq!(
             (status, error_code(&answer).as_str()),
             (502, "bfl_outcome_unknown"),
@@ -570,7 +572,7 @@ async fn flux2_is_priced_by_megapixel_and_settled_at_what_bfl_charged() {
     let app = app(&bfl, true, |_| {}).await;
     let body =
         json!({ "model": "flux-2-pro", "prompt": "a wide harbour", "width": 1536, "height": 1536 });
-    let (status, dry, _) = post(&app, &body, None).await;
+    let (status, dry) = app.post_json(GENERATE, &body).await;
     assert_eq!(status, 200, "{dry}");
     // 2.25 megapixels are billed as 3: 3 + 2 × 1.5 credits.
     assert_eq!(dry["estimatedCost"]["usd"], 0.06);
@@ -580,7 +582,7 @@ async fn flux2_is_priced_by_megapixel_and_settled_at_what_bfl_charged() {
     let mut paid = body.clone();
     paid["dryRun"] = json!(false);
     paid["confirmToken"] = dry["confirmToken"].clone();
-    let (status, accepted, _) = post(&app, &paid, None).await;
+    let (status, accepted) = app.post_json(GENERATE, &paid).await;
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap();
     let job = app.get_json(&format!("/api/jobs/{id}")).await;
@@ -596,7 +598,7 @@ async fn flux2_is_priced_by_megapixel_and_settled_at_what_bfl_charged() {
     let image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
     let body = json!({ "model": "flux-2-pro", "prompt": "the same, edited", "input_image": image });
     let paid = confirmed(&app, body).await;
-    let (status, accepted, _) = post(&app, &paid, None).await;
+    let (status, accepted) = app.post_json(GENERATE, &paid).await;
     assert_eq!(status, 202, "{accepted}");
     let job = app
         .get_json(&format!("/api/jobs/{}", accepted["id"].as_str().unwrap()))

@@ -19,17 +19,6 @@ async fn app_for(comfy: &FakeComfy, comfy_dir: &Path, models_dir: Option<&Path>)
     .await
 }
 
-async fn post(app: &TestApp, path: &str, body: &Value) -> (u16, Value) {
-    let response = app
-        .http
-        .post(app.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn create_check_back_up_and_restore_through_the_api() {
     let comfy = FakeComfy::start().await;
@@ -46,26 +35,28 @@ async fn create_check_back_up_and_restore_through_the_api() {
     );
 
     // Without a base path or MODELS_DIR there is nothing to write; a relative one is refused.
-    let (status, answer) = post(&app, "/api/comfy/create-default-paths", &json!({})).await;
+    let (status, answer) = app
+        .post_json("/api/comfy/create-default-paths", &json!({}))
+        .await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (422, "validation_failed")
     );
-    let (status, _) = post(
-        &app,
-        "/api/comfy/create-default-paths",
-        &json!({ "base_path": "models" }),
-    )
-    .await;
+    let (status, _) = app
+        .post_json(
+            "/api/comfy/create-default-paths",
+            &json!({ "base_path": "models" }),
+        )
+        .await;
     assert_eq!(status, 422);
     assert!(!comfy_dir.join(model_paths::FILE_NAME).exists());
 
-    let (status, created) = post(
-        &app,
-        "/api/comfy/create-default-paths",
-        &json!({ "base_path": models, "createFolders": true }),
-    )
-    .await;
+    let (status, created) = app
+        .post_json(
+            "/api/comfy/create-default-paths",
+            &json!({ "base_path": models, "createFolders": true }),
+        )
+        .await;
     assert_eq!(status, 200, "{created}");
     assert_eq!(created["created"], true);
     assert_eq!(created["backupPath"], Value::Null);
@@ -93,34 +84,31 @@ async fn create_check_back_up_and_restore_through_the_api() {
 
     // A second write keeps the first file as a timestamped backup; restoring it brings it back.
     let other = dir.path().join("Other");
-    let (status, again) = post(
-        &app,
-        "/api/comfy/create-default-paths",
-        &json!({ "base_path": other }),
-    )
-    .await;
+    let (status, again) = app
+        .post_json(
+            "/api/comfy/create-default-paths",
+            &json!({ "base_path": other }),
+        )
+        .await;
     assert_eq!(status, 200);
     let backup = again["backupPath"].as_str().unwrap().to_owned();
     assert!(backup.contains("extra_model_paths.yaml.bak."), "{backup}");
     assert_eq!(std::fs::read_to_string(&backup).unwrap(), first);
-    let (status, restored) = post(
-        &app,
-        "/api/comfy/restore-paths",
-        &json!({ "backupPath": backup }),
-    )
-    .await;
+    let (status, restored) = app
+        .post_json("/api/comfy/restore-paths", &json!({ "backupPath": backup }))
+        .await;
     assert_eq!(status, 200, "{restored}");
     assert_eq!(
         std::fs::read_to_string(comfy_dir.join(model_paths::FILE_NAME)).unwrap(),
         first
     );
     // Only a backup of the file can be restored.
-    let (status, _) = post(
-        &app,
-        "/api/comfy/restore-paths",
-        &json!({ "backupPath": "/etc/passwd" }),
-    )
-    .await;
+    let (status, _) = app
+        .post_json(
+            "/api/comfy/restore-paths",
+            &json!({ "backupPath": "/etc/passwd" }),
+        )
+        .await;
     assert_eq!(status, 422);
 
     // These routes are Orchestrator's own: none of them reached ComfyUI.
@@ -147,12 +135,12 @@ async fn a_refused_file_is_reported_and_left_as_it_is() {
     assert!(!dir.path().join("pwned").exists());
 
     // Creating the default section would have to drop what cannot be read: refused, file untouched.
-    let (status, answer) = post(
-        &app,
-        "/api/comfy/create-default-paths",
-        &json!({ "base_path": "/models" }),
-    )
-    .await;
+    let (status, answer) = app
+        .post_json(
+            "/api/comfy/create-default-paths",
+            &json!({ "base_path": "/models" }),
+        )
+        .await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (409, "model_paths_unparsable")
@@ -189,12 +177,12 @@ async fn a_start_marker_without_its_end_is_refused_and_nothing_written() {
     );
     std::fs::write(&file, &half).unwrap();
     let app = app_for(&comfy, dir.path(), Some(dir.path())).await;
-    let (status, answer) = post(
-        &app,
-        "/api/comfy/create-default-paths",
-        &json!({ "base_path": "/models/new" }),
-    )
-    .await;
+    let (status, answer) = app
+        .post_json(
+            "/api/comfy/create-default-paths",
+            &json!({ "base_path": "/models/new" }),
+        )
+        .await;
     assert_eq!(
         (status, error_code(&answer).as_str()),
         (409, "model_paths_unparsable"),
@@ -219,12 +207,12 @@ async fn a_start_marker_without_its_end_is_refused_and_nothing_written() {
         format!("{whole}mine:\n    base_path: /srv/mine\n    loras: loras/\n"),
     )
     .unwrap();
-    let (status, _) = post(
-        &app,
-        "/api/comfy/create-default-paths",
-        &json!({ "base_path": "/models/new" }),
-    )
-    .await;
+    let (status, _) = app
+        .post_json(
+            "/api/comfy/create-default-paths",
+            &json!({ "base_path": "/models/new" }),
+        )
+        .await;
     assert_eq!(status, 200);
     let now = std::fs::read_to_string(&file).unwrap();
     assert!(
@@ -440,7 +428,9 @@ async fn alias_bombs_tags_and_huge_files_are_refused_through_the_api_and_left_as
             json!({ "base_path": dir.path().join("Elsewhere"), "createFolders": true }),
             json!({ "force": false }),
         ] {
-            let (status, answer) = post(&app, "/api/comfy/create-default-paths", &body).await;
+            let (status, answer) = app
+                .post_json("/api/comfy/create-default-paths", &body)
+                .await;
             assert_eq!(
                 (status, error_code(&answer).as_str()),
                 (409, "model_paths_unparsable"),
@@ -538,12 +528,12 @@ async fn concurrent_creates_and_restores_each_leave_a_whole_file() {
     let users = "# my set-up\na111:\n    base_path: /srv/a1111\n    checkpoints: models/Stable-diffusion\n\nother:\n    base_path: /srv/other\n    vae: vae\n";
     std::fs::write(&file, users).unwrap();
     let app = app_for(&comfy, dir.path(), None).await;
-    let (status, first) = post(
-        &app,
-        "/api/comfy/create-default-paths",
-        &json!({ "base_path": "/models/first" }),
-    )
-    .await;
+    let (status, first) = app
+        .post_json(
+            "/api/comfy/create-default-paths",
+            &json!({ "base_path": "/models/first" }),
+        )
+        .await;
     assert_eq!(status, 200, "{first}");
     let users_backup = first["backupPath"].as_str().unwrap().to_owned();
 

@@ -57,10 +57,6 @@ async fn status(app: &TestApp) -> Value {
     app.get_json("/api/system/comfy/status").await
 }
 
-async fn post(app: &TestApp, path: &str) -> reqwest::Response {
-    app.http.post(app.url(path)).send().await.unwrap()
-}
-
 fn pid_of(status: &Value) -> Option<u32> {
     status["pid"].as_u64().map(|p| p as u32)
 }
@@ -82,7 +78,7 @@ async fn ignite_starts_comfy_and_waits_until_it_answers() {
     assert_eq!(status(&app).await["status"], "stopped");
 
     let started = Instant::now();
-    let outcome: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    let outcome: Value = app.post("/api/system/ignite", None, None).await.body;
     assert_eq!(outcome["comfy"], "online", "{outcome}");
     assert_eq!(outcome["started"], true);
     assert_eq!(outcome["worker"], "n/a");
@@ -95,13 +91,13 @@ async fn ignite_starts_comfy_and_waits_until_it_answers() {
     assert!(pid_of(&now).is_some());
 
     // Ignite again: ComfyUI answers, so nothing new is started.
-    let again: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    let again: Value = app.post("/api/system/ignite", None, None).await.body;
     assert_eq!(
         (again["comfy"].as_str(), again["started"].as_bool()),
         (Some("online"), Some(false))
     );
     assert_eq!(pid_of(&status(&app).await), pid_of(&now));
-    post(&app, "/api/system/comfy/stop").await;
+    app.post("/api/system/comfy/stop", None, None).await;
 }
 
 #[tokio::test]
@@ -145,13 +141,47 @@ async fn ignite_streams_its_phases() {
     );
     assert_eq!(phases.last().unwrap().1, 100);
     assert_eq!(done.expect("a final event")["comfy"], "online");
-    post(&app, "/api/system/comfy/stop").await;
+    app.post("/api/system/comfy/stop", None, None).await;
+}
+
+/// A restart waits out its back-off; the status says when it comes, and a stop calls it off.
+#[tokio::test]
+async fn a_scheduled_restart_is_reported_until_a_stop_calls_it_off() {
+    let app = supervised(&[], |s| s.comfy_restart_delay_ms = "60000".into()).await;
+    assert_eq!(app.post("/api/system/ignite", None, None).await.status, 200);
+    assert_eq!(status(&app).await["next_start"], Value::Null);
+    let pid = pid_of(&status(&app).await).expect("a pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let waiting = wait_for_status(
+        &app,
+        Duration::from_secs(10),
+        "a restart is scheduled",
+        |s| s["status"] == "starting" && s["next_start"].is_string(),
+    )
+    .await;
+    let next =
+        chrono::DateTime::parse_from_rfc3339(waiting["next_start"].as_str().unwrap()).unwrap();
+    let ahead = next.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(
+        ahead > chrono::TimeDelta::seconds(10) && ahead <= chrono::TimeDelta::seconds(60),
+        "the restart waits out its back-off (a minute, at most the 30 s cap): {waiting}"
+    );
+    app.post("/api/system/comfy/stop", None, None).await;
+    let stopped = status(&app).await;
+    assert_eq!(
+        (stopped["status"].as_str(), &stopped["next_start"]),
+        (Some("stopped"), &Value::Null)
+    );
 }
 
 #[tokio::test]
 async fn a_killed_child_is_restarted() {
     let app = supervised(&[], |_| {}).await;
-    assert_eq!(post(&app, "/api/system/ignite").await.status(), 200);
+    assert_eq!(app.post("/api/system/ignite", None, None).await.status, 200);
     let first = status(&app).await;
     let pid = pid_of(&first).expect("a pid");
 
@@ -172,15 +202,18 @@ async fn a_killed_child_is_restarted() {
         after["last_exit"]["signal"], 9,
         "the exit is recorded: {after}"
     );
-    let outcome: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    let outcome: Value = app.post("/api/system/ignite", None, None).await.body;
     assert_eq!(outcome["comfy"], "online", "the restarted ComfyUI answers");
-    post(&app, "/api/system/comfy/stop").await;
+    app.post("/api/system/comfy/stop", None, None).await;
 }
 
 #[tokio::test]
 async fn a_child_that_crashes_at_once_ends_crash_looping_without_spinning() {
     let app = supervised(&["--exit-immediately", "3"], |_| {}).await;
-    assert_eq!(post(&app, "/api/system/comfy/start").await.status(), 200);
+    assert_eq!(
+        app.post("/api/system/comfy/start", None, None).await.status,
+        200
+    );
     let looping = wait_for_status(&app, Duration::from_secs(15), "crash_looping", |s| {
         s["status"] == "crash_looping"
     })
@@ -203,13 +236,8 @@ async fn a_child_that_crashes_at_once_ends_crash_looping_without_spinning() {
         restarts, 4,
         "five quick exits: the first start and four restarts"
     );
-    // Given up means given up: no more attempts.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let later = status(&app).await;
-    assert_eq!(
-        (later["status"].as_str(), later["restarts"].as_u64()),
-        (Some("crash_looping"), Some(restarts))
-    );
+    // Given up means given up: the supervisor schedules no further start.
+    assert_eq!(looping["next_start"], Value::Null, "{looping}");
 
     // Its last words are in the log.
     let log: Value = app.get_json("/api/logs/comfy?lines=3").await;
@@ -225,12 +253,8 @@ async fn a_child_that_crashes_at_once_ends_crash_looping_without_spinning() {
 #[tokio::test]
 async fn stop_asks_first_and_forces_after_the_grace_period() {
     let app = supervised(&[], |_| {}).await;
-    post(&app, "/api/system/ignite").await;
-    let stopped: Value = post(&app, "/api/system/comfy/stop")
-        .await
-        .json()
-        .await
-        .unwrap();
+    app.post("/api/system/ignite", None, None).await;
+    let stopped: Value = app.post("/api/system/comfy/stop", None, None).await.body;
     assert_eq!(stopped["status"], "stopped");
     assert_eq!(
         stopped["last_exit"]["code"], 0,
@@ -241,13 +265,12 @@ async fn stop_asks_first_and_forces_after_the_grace_period() {
         s.comfy_stop_grace_secs = "1".into()
     })
     .await;
-    post(&stubborn, "/api/system/ignite").await;
+    stubborn.post("/api/system/ignite", None, None).await;
     let started = Instant::now();
-    let stopped: Value = post(&stubborn, "/api/system/comfy/stop")
+    let stopped: Value = stubborn
+        .post("/api/system/comfy/stop", None, None)
         .await
-        .json()
-        .await
-        .unwrap();
+        .body;
     let took = started.elapsed();
     assert_eq!(stopped["status"], "stopped");
     assert_eq!(stopped["last_exit"]["signal"], 9, "forced: {stopped}");
@@ -261,28 +284,24 @@ async fn stop_asks_first_and_forces_after_the_grace_period() {
 async fn start_and_stop_are_idempotent_and_concurrent_starts_start_once() {
     let app = supervised(&[], |_| {}).await;
     assert_eq!(
-        post(&app, "/api/system/comfy/stop").await.status(),
+        app.post("/api/system/comfy/stop", None, None).await.status,
         200,
         "stop when stopped is a no-op"
     );
-    let starts = (0..10).map(|_| post(&app, "/api/system/comfy/start"));
+    let starts = (0..10).map(|_| app.post("/api/system/comfy/start", None, None));
     let answers = futures_util::future::join_all(starts).await;
     let mut pids = Vec::new();
     for answer in answers {
-        assert_eq!(answer.status(), 200);
-        let body: Value = answer.json().await.unwrap();
+        assert_eq!(answer.status, 200);
+        let body: Value = answer.body;
         pids.push(pid_of(&body));
     }
     pids.dedup();
     assert_eq!(pids.len(), 1, "one process for ten starts: {pids:?}");
-    let again: Value = post(&app, "/api/system/comfy/start")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: Value = app.post("/api/system/comfy/start", None, None).await.body;
     assert_eq!(pid_of(&again), pids[0], "start when running is a no-op");
     assert_eq!(again["restarts"], 0);
-    post(&app, "/api/system/comfy/stop").await;
+    app.post("/api/system/comfy/stop", None, None).await;
 }
 
 /// ComfyUI's log shows what its nodes print, a prompt's `extra_data` (with the Comfy.org key) among it: the viewer,
@@ -346,7 +365,7 @@ async fn logs_are_tailed_and_a_missing_log_is_a_json_404() {
             .ends_with("comfyui.log")
     );
 
-    post(&app, "/api/system/ignite").await;
+    app.post("/api/system/ignite", None, None).await;
     wait_until(
         Duration::from_secs(5),
         "ComfyUI's greeting is in the log (lines=0 reads as 1)",
@@ -366,7 +385,7 @@ async fn logs_are_tailed_and_a_missing_log_is_a_json_404() {
             .starts_with("Starting server"),
         "{log}"
     );
-    post(&app, "/api/system/comfy/stop").await;
+    app.post("/api/system/comfy/stop", None, None).await;
 }
 
 #[tokio::test]
@@ -375,31 +394,21 @@ async fn without_a_command_or_with_an_external_comfy_start_is_refused() {
     // Nothing answers where ComfyUI should be (an answering one would be adopted instead).
     let nowhere = crate::support::closed_port().await;
     let app = TestApp::spawn(&format!("http://{nowhere}")).await;
-    let refused = post(&app, "/api/system/comfy/start").await;
-    assert_eq!(refused.status(), 409);
-    assert_eq!(
-        error_code(&refused.json().await.unwrap()),
-        "service_not_configured"
-    );
+    let refused = app.post("/api/system/comfy/start", None, None).await;
+    assert_eq!(refused.status, 409);
+    assert_eq!(error_code(&refused.body), "service_not_configured");
 
     let external =
         TestApp::spawn_with(&fake.url(), |s| s.service_backend = Some("external".into())).await;
-    let refused = post(&external, "/api/system/comfy/start").await;
-    assert_eq!(refused.status(), 409);
-    assert_eq!(
-        error_code(&refused.json().await.unwrap()),
-        "service_external"
-    );
+    let refused = external.post("/api/system/comfy/start", None, None).await;
+    assert_eq!(refused.status, 409);
+    assert_eq!(error_code(&refused.body), "service_external");
     assert_eq!(
         status(&external).await["status"],
         "running",
         "an external ComfyUI's health is its status"
     );
-    let outcome: Value = post(&external, "/api/system/ignite")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let outcome: Value = external.post("/api/system/ignite", None, None).await.body;
     assert_eq!(
         outcome,
         json!({"comfy": "online", "panel": "dev", "worker": "n/a", "elapsed_ms": outcome["elapsed_ms"], "started": false, "error": null})
@@ -422,15 +431,15 @@ async fn a_comfy_already_answering_is_adopted_and_nothing_else_is_started() {
         (Some("running"), Some(true)),
         "{before}"
     );
-    let started = post(&app, "/api/system/comfy/start").await;
-    assert_eq!(started.status(), 200);
-    let after: Value = started.json().await.unwrap();
+    let started = app.post("/api/system/comfy/start", None, None).await;
+    assert_eq!(started.status, 200);
+    let after: Value = started.body;
     assert_eq!(
         (after["adopted"].as_bool(), pid_of(&after)),
         (Some(true), None),
         "no child was started: {after}"
     );
-    let ignite: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    let ignite: Value = app.post("/api/system/ignite", None, None).await.body;
     assert_eq!(
         (ignite["comfy"].as_str(), ignite["started"].as_bool()),
         (Some("online"), Some(false))
@@ -487,7 +496,7 @@ fn process_is_dead(pid: u32) -> bool {
 #[tokio::test]
 async fn a_hung_child_is_reported_killed_with_its_tree_and_restarted() {
     let app = supervised(&["--spawn-child"], |s| s.comfy_hung_secs = "2".into()).await;
-    assert_eq!(post(&app, "/api/system/ignite").await.status(), 200);
+    assert_eq!(app.post("/api/system/ignite", None, None).await.status, 200);
     let pid = pid_of(&status(&app).await).expect("a pid");
     let helper = helper_pid(&app, None).await;
     assert!(!process_is_dead(helper), "the helper runs beside ComfyUI");
@@ -524,12 +533,12 @@ async fn a_hung_child_is_reported_killed_with_its_tree_and_restarted() {
         || async { process_is_dead(helper) },
     )
     .await;
-    let outcome: Value = post(&app, "/api/system/ignite").await.json().await.unwrap();
+    let outcome: Value = app.post("/api/system/ignite", None, None).await.body;
     assert_eq!(outcome["comfy"], "online", "the restarted ComfyUI answers");
     eprintln!(
         "hung: frozen ComfyUI replaced by a healthy one after {replaced:?} (COMFY_HUNG_SECS=2); its helper process ended too"
     );
-    post(&app, "/api/system/comfy/stop").await;
+    app.post("/api/system/comfy/stop", None, None).await;
 }
 
 #[tokio::test]
@@ -537,7 +546,7 @@ async fn a_job_comfy_dies_under_carries_the_exit_in_its_error() {
     let reserved = reserved_port();
     let port = reserved.addr;
     let app = supervised_on(port, &[], |_| {}).await.holding(reserved);
-    assert_eq!(post(&app, "/api/system/ignite").await.status(), 200);
+    assert_eq!(app.post("/api/system/ignite", None, None).await.status, 200);
     let pid = pid_of(&status(&app).await).expect("a pid");
     let control = app
         .http
@@ -602,5 +611,5 @@ async fn a_job_comfy_dies_under_carries_the_exit_in_its_error() {
         "the message says how it died: {lost}"
     );
     eprintln!("crash forensics: job backend_lost with the exit record {noticed:?} after kill -9");
-    post(&app, "/api/system/comfy/stop").await;
+    app.post("/api/system/comfy/stop", None, None).await;
 }

@@ -138,14 +138,14 @@ async fn a_body_that_trickles_is_cut_at_the_total_deadline_on_every_kind_of_rout
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: 1000000\r\n\r\n",
             app.addr
         );
-        let (status, text, elapsed) =
-            slow_client(app.addr, &head, &first, Some(Duration::from_millis(200))).await;
+        let (status, text, _) = tokio::time::timeout(
+            Duration::from_secs(15),
+            slow_client(app.addr, &head, &first, Some(Duration::from_millis(200))),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path}: not cut at the deadline but held for 15 s"));
         assert_eq!(status, 408, "{path}: {text}");
         assert!(text.contains("\"body_timeout\""), "{path}: {text}");
-        assert!(
-            elapsed < Duration::from_secs(15),
-            "{path}: cut at the deadline, not held: {elapsed:?}"
-        );
     }
     let assets = app.data_dir.join("assets");
     let left: Vec<_> = std::fs::read_dir(&assets)

@@ -155,6 +155,7 @@ impl Jobs {
         outputs: PathBuf,
         money: super::paid::Money,
         assets: crate::assets::Assets,
+        background: crate::background::Background,
     ) -> Self {
         assert!(
             !backends.is_empty(),
@@ -186,7 +187,7 @@ impl Jobs {
             started_at: crate::clock::now(),
             supervised: None,
             event_order: Arc::default(),
-            background: crate::background::Background::new(),
+            background,
             previews: Arc::default(),
             webhooks: None,
         }

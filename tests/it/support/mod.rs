@@ -181,14 +181,34 @@ impl TestApp {
         ApiClient::for_server(self.addr, None)
     }
 
+    /// POSTs to `path`: `body` as JSON (no body at all when `None`), with an `Idempotency-Key` when `key` is given.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        key: Option<&str>,
+    ) -> Posted {
+        post_to(&self.http, self.url(path), body, key).await
+    }
+
     /// POSTs `body` as JSON; answers the status and the JSON body (`Null` when it is not JSON).
     pub async fn post_json(
         &self,
         path: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        let reply = self.api().post(path, body).await;
-        (reply.status, reply.body)
+        self.post_json_with_key(path, body, None).await
+    }
+
+    /// [`TestApp::post_json`] with an `Idempotency-Key` when `key` is given.
+    pub async fn post_json_with_key(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        key: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let posted = self.post(path, Some(body), key).await;
+        (posted.status, posted.body)
     }
 
     /// Waits (30 s at most) until job `id` is `status`; answers the job.
@@ -224,6 +244,44 @@ impl Drop for TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// What a POST answered: its status, its JSON body (`Null` when it is not JSON) and its headers.
+#[derive(Debug)]
+pub struct Posted {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+/// The suite's one POST, to `url`: `body` as JSON (no body at all when `None`), with an `Idempotency-Key` when
+/// `key` is given. [`TestApp::post`] and its shapes go through it, and so does a test that talks to a server it
+/// started itself (a fleet's processes).
+pub async fn post_to(
+    http: &reqwest::Client,
+    url: String,
+    body: Option<&serde_json::Value>,
+    key: Option<&str>,
+) -> Posted {
+    let mut request = http.post(url);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.expect("the server answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .json::<serde_json::Value>()
+        .await
+        .unwrap_or(serde_json::Value::Null);
+    Posted {
+        status,
+        body,
+        headers,
     }
 }
 
