@@ -360,7 +360,6 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     };
     let state = AppState::with_fleet(config, paths, store, fleet);
     let background = state.jobs.background();
-    background.spawn(state.jobs.clone().reconcile());
     background.spawn(state.jobs.clone().dispatch());
     if let Some(webhooks) = state.jobs.webhooks() {
         background.spawn(webhooks.clone().run(background.clone()));
@@ -375,8 +374,10 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
                 .pump_events(state.config.database_url.expose().to_owned(), from),
         );
     }
-    background.spawn(state.flux.clone().reconcile());
-    background.spawn(state.flux.clone().take_over_expired());
+    // One loop settles every backend's jobs nobody follows: after this restart, and those of instances that died.
+    let drivers: Vec<Arc<dyn jobs::recovery::Driver>> =
+        vec![Arc::new(state.jobs.driver()), Arc::new(state.flux.driver())];
+    background.spawn(jobs::recovery::Recovery::new(state.jobs.clone(), drivers).run());
     if state.service.supervisor().is_some() {
         let watching = state.clone();
         let stop = background.clone();

@@ -10,6 +10,8 @@
 
 mod recover;
 
+pub use recover::FluxDriver;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,7 +71,6 @@ struct Inner {
     client: BflClient,
     checkout: Arc<Checkout>,
     jobs: Jobs,
-    started_at: String,
 }
 
 impl Flux {
@@ -79,7 +80,6 @@ impl Flux {
             checkout,
             config,
             jobs,
-            started_at: crate::clock::now(),
         }))
     }
 

@@ -3,6 +3,7 @@
 pub mod gate;
 pub mod paid;
 pub mod price;
+pub mod recovery;
 pub mod runner;
 pub mod templates;
 pub mod webhooks;

@@ -131,8 +131,10 @@ impl Checkout {
                 match order.key.clone() {
                     None => this.reserve_and_send(&mut purchase, None).await,
                     Some(key) => {
+                        // One lock per key and scope: a key is its scope's (v1's and FLUX's are two).
+                        let lock = format!("{}\n{key}", order.scope);
                         let keyed = this.keyed(&order, &key, &mut purchase);
-                        this.locks.with(&key, keyed).await
+                        this.locks.with(&lock, keyed).await
                     }
                 }
             })

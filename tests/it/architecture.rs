@@ -251,3 +251,17 @@ fn only_comfy_names_comfyuis_routes_or_reads_its_queue() {
     ];
     assert_eq!(offenders(&routes, &["comfy/"]), Vec::<String>::new());
 }
+
+#[test]
+fn one_recovery_loop_takes_jobs_over() {
+    // Restart and takeover, for every backend, are `jobs::recovery`'s: one loop over the drivers.
+    let callers: Vec<String> = sources(&src())
+        .into_iter()
+        .filter(|(path, text)| {
+            !path.ends_with("store/fleet.rs")
+                && (code(text).contains(".expired_claims(") || code(text).contains(".take_over("))
+        })
+        .map(|(path, _)| path.strip_prefix(src()).unwrap().display().to_string())
+        .collect();
+    assert_eq!(callers, ["jobs/recovery.rs"]);
+}

@@ -1,5 +1,5 @@
 //! This instance among the others on one store: its heartbeat, which renews the leases of the jobs it follows;
-//! taking over the jobs of an instance whose leases ran out (it died); and, on PostgreSQL, the event pump that
+//! settling the jobs it took over from an instance whose leases ran out (it died; `jobs::recovery` takes them); and, on PostgreSQL, the event pump that
 //! hands this instance's listeners every instance's events in the order of their numbers.
 //!
 //! A job taken over is settled by the rules of a restart's reconciliation: one that never reached ComfyUI goes back
@@ -17,14 +17,11 @@ use super::{JobEvent, Jobs};
 use crate::clock::now;
 use crate::codes::Code;
 use crate::comfy::proxy::ComfyGateway;
-use crate::model::{Backend, EventKind, Job, JobStatus};
+use crate::model::{EventKind, Job, JobStatus};
 use crate::store::{Instance, JobChange};
 
 /// How often a job taken over is looked for in its ComfyUI's history and queue.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
-
-/// At most this many jobs are taken over in one pass.
-const TAKEOVER_BATCH: u32 = 100;
 
 impl Jobs {
     /// This instance's name in the fleet.
@@ -62,9 +59,9 @@ impl Jobs {
             if let Err(error) = beat {
                 tracing::warn!(%error, "cannot record this instance's heartbeat");
             }
-            // Alone on SQLite, every unfinished job is this instance's, settled at its start.
+            // Alone on SQLite, every unfinished job is this instance's, settled at its start (the jobs of an
+            // instance that died are taken over by `jobs::recovery`).
             if self.store.engine() == crate::config::Engine::Postgres {
-                self.take_over_expired().await;
                 self.remove_deleted_outputs().await;
             }
             tokio::select! {
@@ -114,48 +111,8 @@ impl Jobs {
         Value::Array(states.collect())
     }
 
-    /// Takes over the jobs whose claim ran out and that this instance can settle: those on one of its backends,
-    /// and those that never reached one. Each is settled in the background, so the heartbeat keeps its pace.
-    async fn take_over_expired(&self) {
-        let expired = match self
-            .store
-            .expired_claims(&self.instance, Backend::Comfy, TAKEOVER_BATCH)
-            .await
-        {
-            Ok(expired) => expired,
-            Err(error) => {
-                tracing::warn!(%error, "cannot look for jobs whose claim ran out");
-                return;
-            }
-        };
-        for (job, from) in expired {
-            // A job that has a backend may have reached it: only an instance that can ask that ComfyUI settles it.
-            let reachable = match &job.backend_url {
-                Some(url) => self.backends.iter().any(|b| &b.backend().origin() == url),
-                None => job.comfy_prompt_id.is_none(),
-            };
-            if !reachable {
-                continue;
-            }
-            let until = crate::store::lease_until(self.lease);
-            match self
-                .store
-                .take_over(&job.id, &from, &self.instance, &until)
-                .await
-            {
-                Ok(true) => {
-                    tracing::warn!(job = %job.id, from = %from, "the job's instance stopped renewing its claim: taken over");
-                    let jobs = self.clone();
-                    self.background
-                        .spawn(async move { jobs.settle_taken_over(job).await });
-                }
-                Ok(false) => {}
-                Err(error) => tracing::warn!(job = %job.id, %error, "cannot take a job over"),
-            }
-        }
-    }
-
-    async fn settle_taken_over(self, job: Job) {
+    /// A job taken over from an instance that died, settled by the rules of a restart's reconciliation.
+    pub(super) async fn settle_taken_over(self, job: Job) {
         // Re-read: the row as it is now that it is this instance's.
         let job = match self.store.job(&job.id).await {
             Ok(Some(job)) if !job.status.is_final() => job,

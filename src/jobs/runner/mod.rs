@@ -50,6 +50,7 @@ use crate::store::{JobChange, Store, StoreError};
 
 use exits::{SupervisedBackend, describe_exit};
 pub use outputs::safe_file_name;
+pub use reconcile::ComfyDriver;
 
 /// One change to a job, as `/api/jobs/{id}/events` sends it.
 #[derive(Debug, Clone, Serialize)]
@@ -117,8 +118,8 @@ pub struct Jobs {
     /// Followers to stop when a queued job is cancelled (ComfyUI then never sends anything for it).
     followers: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
     /// This instance's name in job claims, and how long a claim lasts unrenewed.
-    instance: Arc<str>,
-    lease: Duration,
+    pub(in crate::jobs) instance: Arc<str>,
+    pub(in crate::jobs) lease: Duration,
     /// Wakes the dispatcher: a job was queued for the fleet here (it also looks every couple of seconds, for
     /// jobs other instances queued).
     dispatch_wake: Arc<tokio::sync::Notify>,
@@ -131,7 +132,7 @@ pub struct Jobs {
     pending_progress: Arc<Mutex<HashMap<String, JobChange>>>,
     /// When this process began: only jobs recorded before it are reconciled. A job this process records is its own
     /// to submit and follow, even in the moment between being recorded and being followed.
-    started_at: String,
+    pub(in crate::jobs) started_at: String,
     /// The ComfyUI Orchestrator supervises, when it does: a job that dies with it carries its exit record (code or
     /// signal, uptime, last log lines) in its error, so the user sees why without opening the log.
     supervised: Option<SupervisedBackend>,
@@ -139,7 +140,7 @@ pub struct Jobs {
     /// skips anything numbered below what it has sent, and would lose an event that overtook another.
     event_order: Arc<tokio::sync::Mutex<()>>,
     /// Where followers, the dispatcher and paid submits run: the control runtime, under one tracker.
-    background: crate::background::Background,
+    pub(in crate::jobs) background: crate::background::Background,
     /// The latest preview frame of each running job followed here.
     previews: Arc<preview::Previews>,
     /// The sender of `JOB_WEBHOOK_URL`'s deliveries, when one is configured.
@@ -206,6 +207,19 @@ impl Jobs {
     /// The shared link to `gateway`'s ComfyUI, opened the first time it is asked for.
     fn link(&self, gateway: &ComfyGateway) -> Arc<socket::Link> {
         self.links.of(gateway, &self.client_id, &self.background)
+    }
+
+    /// ComfyUI's driver for the recovery loop.
+    pub fn driver(&self) -> ComfyDriver {
+        ComfyDriver(self.clone())
+    }
+
+    /// Whether this process follows job `id` (sent since it started).
+    pub(in crate::jobs) fn is_followed(&self, id: &str) -> bool {
+        self.followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
     }
 
     /// The background work of jobs (and of FLUX, which runs its jobs here too).

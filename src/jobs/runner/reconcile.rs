@@ -3,67 +3,60 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::Value;
+use futures_util::future::BoxFuture;
 
+use super::Jobs;
 use super::follow::{Follower, Listening};
-use super::{JobError, Jobs};
 use crate::codes::{Code, Failure};
+use crate::jobs::recovery::{Driver, Orphaned};
 use crate::model::{Backend, EventKind};
 use crate::model::{Job, JobStatus};
 use crate::store::JobChange;
 
-impl Jobs {
-    /// After a restart: every job left queued, submitted or running is settled against ComfyUI. Finished runs are
-    /// collected from `/history`, runs still in `/queue` are followed again (the job's client id is derived from
-    /// its id, so ComfyUI's events reach the new socket), queued jobs ComfyUI never received are sent, and
-    /// anything else is `backend_lost`. While ComfyUI does not answer, it tries again every 10 s.
-    pub async fn reconcile(self) {
-        loop {
-            match self.reconcile_once().await {
-                Ok(0) => return,
-                Ok(left) => tracing::info!(left, "jobs wait for ComfyUI to be reconciled"),
-                Err(error) => tracing::warn!(%error, "cannot reconcile jobs yet"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(10)) => {}
-                () = self.background.stopping() => return,
-            }
+/// ComfyUI's part in recovery ([`crate::jobs::recovery`]).
+pub struct ComfyDriver(pub(in crate::jobs) Jobs);
+
+impl Driver for ComfyDriver {
+    fn backend(&self) -> Backend {
+        Backend::Comfy
+    }
+
+    /// A job that has a backend may have reached it: only an instance that can ask that ComfyUI settles it.
+    fn reaches(&self, job: &Job) -> bool {
+        match &job.backend_url {
+            Some(url) => self.0.backends.iter().any(|b| &b.backend().origin() == url),
+            None => job.comfy_prompt_id.is_none(),
         }
     }
 
-    /// One pass; answers how many jobs are still unsettled.
-    async fn reconcile_once(&self) -> Result<usize, JobError> {
-        // Jobs this process is following already (submitted since start-up) are not touched.
-        let unfinished: Vec<Job> = {
-            let jobs = self.store.unfinished_jobs().await?;
-            let followed = self.followers.lock().unwrap_or_else(|p| p.into_inner());
-            jobs.into_iter()
-                .filter(|j| {
-                    j.backend == Backend::Comfy
-                        && j.created_at < self.started_at
-                        && !followed.contains_key(&j.id)
-                })
-                .collect()
-        };
+    fn settle(&self, jobs: Vec<Job>, why: Orphaned) -> BoxFuture<'_, usize> {
+        Box::pin(async move {
+            match why {
+                Orphaned::Restart => self.0.settle_after_restart(jobs).await,
+                Orphaned::TakenOver => {
+                    // Each in the background: watching a job taken over lasts until it ends.
+                    for job in jobs {
+                        let this = self.0.clone();
+                        self.0
+                            .background
+                            .spawn(async move { this.settle_taken_over(job).await });
+                    }
+                    0
+                }
+            }
+        })
+    }
+}
+
+impl Jobs {
+    /// After a restart: jobs left queued, submitted or running are settled against ComfyUI. Finished runs are
+    /// collected from `/history`, runs still in `/queue` are followed again (the job's client id is derived from
+    /// its id, so ComfyUI's events reach the new socket), queued jobs ComfyUI never received are sent, and
+    /// anything else is `backend_lost`. Answers how many wait for their ComfyUI to answer.
+    async fn settle_after_restart(&self, unfinished: Vec<Job>) -> usize {
         let mut queues: HashMap<String, Option<crate::comfy::api::Queue>> = HashMap::new();
         let mut left = 0;
         for job in unfinished {
-            // This instance's now (its own from before the restart, or nobody's); on PostgreSQL a job another
-            // instance claimed meanwhile is left to it. On SQLite there is no other instance: every job left
-            // unfinished is this one's, whatever name it had before.
-            let until = crate::store::lease_until(self.lease);
-            let claimed = self
-                .store
-                .claim_job(&job.id, &self.instance, &until)
-                .await?;
-            if !claimed && self.store.engine() == crate::config::Engine::Postgres {
-                continue;
-            }
-            if !claimed {
-                self.store
-                    .force_claim(&job.id, &self.instance, &until)
-                    .await?;
-            }
             let gateway = self.backend_of(&job).clone();
             let origin = gateway.backend().origin();
             if !queues.contains_key(&origin) {
@@ -74,7 +67,7 @@ impl Jobs {
                 left += 1;
                 continue;
             };
-            let workflow = self.store.workflow(&job.id).await?.unwrap_or(Value::Null);
+            let workflow = self.stored_workflow(&job.id).await;
             // The prompt id, or, for a job whose submit was cut short, whatever ComfyUI queued under its id.
             let found = queued.prompts().find(|prompt| {
                 job.comfy_prompt_id.as_deref() == Some(prompt.prompt_id.as_str())
@@ -130,7 +123,7 @@ impl Jobs {
                 tracing::warn!(job = %job.id, %error, "resubmitting a job after a restart failed");
             }
         }
-        Ok(left)
+        left
     }
 
     /// A paid job reserved and cut off while it was being sent (`who` stopped): it may have been charged, so it is

@@ -1,0 +1,175 @@
+//! One recovery loop for the jobs nobody follows, whatever their backend: after a restart, those an earlier
+//! process left unfinished; in a fleet (PostgreSQL), those of an instance whose claims ran out (it died). Each is
+//! claimed by this instance first, then settled by its backend's [`Driver`]: followed again, collected, resent if
+//! it never reached its backend and costs nothing, `needs_reconcile` if it is paid and was cut off mid-send, or
+//! `backend_lost`. A job is never sent twice by two instances: the claim decides which one settles it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use super::runner::Jobs;
+use crate::config::Engine;
+use crate::model::{Backend, Job};
+
+/// At most this many jobs are taken over in one pass.
+const TAKEOVER_BATCH: u32 = 100;
+
+/// How long a restart's settling waits before it tries again the jobs whose backend did not answer.
+const RESTART_RETRY: Duration = Duration::from_secs(10);
+
+/// Why nobody follows a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orphaned {
+    /// An earlier process of this instance (or, on SQLite, of the one store) left it unfinished.
+    Restart,
+    /// Another instance of the fleet held it and stopped renewing its claim.
+    TakenOver,
+}
+
+/// A backend's part in recovery: it settles the jobs of its backend that nobody follows.
+pub trait Driver: Send + Sync + 'static {
+    /// The jobs it settles.
+    fn backend(&self) -> Backend;
+
+    /// Whether this instance can settle `job` (it reaches the backend the job may have reached).
+    fn reaches(&self, job: &Job) -> bool;
+
+    /// Settles jobs this instance now claims; answers how many could not be settled yet (their backend does not
+    /// answer), to be tried again.
+    fn settle(&self, jobs: Vec<Job>, why: Orphaned) -> BoxFuture<'_, usize>;
+}
+
+/// The loop: a restart's jobs first (again while any are left), then, on PostgreSQL, the expired claims of every
+/// backend every third of a lease. Ends when the server stops.
+pub struct Recovery {
+    jobs: Jobs,
+    drivers: Vec<Arc<dyn Driver>>,
+}
+
+impl Recovery {
+    pub fn new(jobs: Jobs, drivers: Vec<Arc<dyn Driver>>) -> Self {
+        Self { jobs, drivers }
+    }
+
+    pub async fn run(self) {
+        let fleet = self.jobs.store.engine() == Engine::Postgres;
+        let every = self.jobs.lease / 3;
+        let mut restart_left = true;
+        loop {
+            if restart_left {
+                let left = self.after_restart().await;
+                if left > 0 {
+                    tracing::info!(left, "jobs wait for their backend to be reconciled");
+                }
+                restart_left = left > 0;
+            }
+            if fleet {
+                self.take_over_expired().await;
+            }
+            if !restart_left && !fleet {
+                return;
+            }
+            let pause = match restart_left {
+                true if fleet => every.min(RESTART_RETRY),
+                true => RESTART_RETRY,
+                false => every,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.jobs.background.stopping() => return,
+            }
+        }
+    }
+
+    /// Settles the jobs an earlier process left unfinished (those recorded before this one started); answers how
+    /// many are left for a next pass.
+    async fn after_restart(&self) -> usize {
+        let unfinished = match self.jobs.store.unfinished_jobs().await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the unfinished jobs yet");
+                return 1;
+            }
+        };
+        let mut left = 0;
+        let mut settling = Vec::new();
+        for driver in &self.drivers {
+            let mut claimed = Vec::new();
+            for job in unfinished.iter().filter(|j| {
+                j.backend == driver.backend()
+                    && j.created_at < self.jobs.started_at
+                    && !self.jobs.is_followed(&j.id)
+            }) {
+                match self.claim_after_restart(job).await {
+                    Ok(true) => claimed.push(job.clone()),
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(job = %job.id, %error, "cannot claim a job left unfinished");
+                        left += 1;
+                    }
+                }
+            }
+            if !claimed.is_empty() {
+                settling.push(driver.settle(claimed, Orphaned::Restart));
+            }
+        }
+        // Each backend at once: a ComfyUI that is slow to answer does not hold up FLUX's polls.
+        left + futures_util::future::join_all(settling)
+            .await
+            .into_iter()
+            .sum::<usize>()
+    }
+
+    /// This instance's now: its own from before the restart, or nobody's. On PostgreSQL a job another instance
+    /// claimed meanwhile is left to it; on SQLite there is no other instance, and every job left unfinished is this
+    /// one's, whatever name it had before.
+    async fn claim_after_restart(&self, job: &Job) -> Result<bool, crate::store::StoreError> {
+        let (store, instance) = (&self.jobs.store, &self.jobs.instance);
+        let until = crate::store::lease_until(self.jobs.lease);
+        if store.claim_job(&job.id, instance, &until).await? {
+            return Ok(true);
+        }
+        if store.engine() == Engine::Postgres {
+            return Ok(false);
+        }
+        store.force_claim(&job.id, instance, &until).await?;
+        Ok(true)
+    }
+
+    /// Takes over the jobs whose claims ran out and that this instance can settle, for every backend.
+    async fn take_over_expired(&self) {
+        let (store, instance) = (&self.jobs.store, &self.jobs.instance);
+        for driver in &self.drivers {
+            let expired = match store
+                .expired_claims(instance, driver.backend(), TAKEOVER_BATCH)
+                .await
+            {
+                Ok(expired) => expired,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look for jobs whose claim ran out");
+                    continue;
+                }
+            };
+            let mut taken = Vec::new();
+            for (job, from) in expired {
+                if !driver.reaches(&job) {
+                    continue;
+                }
+                let until = crate::store::lease_until(self.jobs.lease);
+                match store.take_over(&job.id, &from, instance, &until).await {
+                    Ok(true) => {
+                        tracing::warn!(job = %job.id, %from, "the job's instance stopped renewing its claim: taken over");
+                        taken.push(job);
+                    }
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(job = %job.id, %error, "cannot take a job over"),
+                }
+            }
+            if !taken.is_empty() {
+                driver.settle(taken, Orphaned::TakenOver).await;
+            }
+        }
+    }
+}
