@@ -176,6 +176,38 @@ impl ServiceCommand {
     }
 }
 
+impl PathsCommand {
+    /// The library's form of the subcommand.
+    fn action(self) -> orchestrator::cli::PathsAction {
+        use orchestrator::cli::PathsAction;
+        match self {
+            Self::Check { json } => PathsAction::Check { json },
+            Self::Init {
+                base_path,
+                create_folders,
+                force,
+            } => PathsAction::Init {
+                base_path,
+                create_folders,
+                force,
+            },
+            Self::Restore { backup } => PathsAction::Restore { backup },
+        }
+    }
+}
+
+impl JobsCommand {
+    /// The library's form of the subcommand.
+    fn action(self) -> orchestrator::cli::JobsAction {
+        use orchestrator::cli::JobsAction;
+        match self {
+            Self::List { status, limit } => JobsAction::List { status, limit },
+            Self::Show { id } => JobsAction::Show { id },
+            Self::Cancel { id } => JobsAction::Cancel { id },
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let before: std::collections::HashSet<std::ffi::OsString> =
         std::env::vars_os().map(|(key, _)| key).collect();
@@ -190,22 +222,7 @@ fn main() -> ExitCode {
     };
     // The document is the same whatever the configuration, so it is printed even where no valid one exists.
     if let Some(Command::Openapi { write }) = &cli.command {
-        let document =
-            orchestrator::http::openapi::to_json(orchestrator::http::router::openapi_document());
-        return match write {
-            None => {
-                // A reader that stops early (`| head`) is not an error worth a panic.
-                let _ = std::io::Write::write_all(&mut std::io::stdout(), document.as_bytes());
-                ExitCode::SUCCESS
-            }
-            Some(path) => match std::fs::write(path, document) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("cannot write {}: {error}", path.display());
-                    ExitCode::FAILURE
-                }
-            },
-        };
+        return print_openapi(write.as_deref());
     }
     let config = match cli.settings.validate(std::io::stdout().is_terminal()) {
         Ok(mut config) => {
@@ -225,7 +242,31 @@ fn main() -> ExitCode {
     if let Command::Serve = command {
         orchestrator::telemetry::init(config.log_format);
     }
+    run(command, config)
+}
 
+/// The OpenAPI document, on stdout or in the file `write`.
+fn print_openapi(write: Option<&std::path::Path>) -> ExitCode {
+    let document =
+        orchestrator::http::openapi::to_json(orchestrator::http::router::openapi_document());
+    match write {
+        None => {
+            // A reader that stops early (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), document.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Some(path) => match std::fs::write(path, document) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cannot write {}: {error}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Runs the command with a valid configuration.
+fn run(command: Command, config: Config) -> ExitCode {
     match command {
         Command::Serve => serve(config),
         Command::Config | Command::Openapi { .. } => {
@@ -264,31 +305,10 @@ fn main() -> ExitCode {
         }),
         Command::Doctor { json } => terminal(orchestrator::cli::doctor(&config, json)),
         Command::Paths { action } => {
-            use orchestrator::cli::PathsAction;
-            let action = match action {
-                PathsCommand::Check { json } => PathsAction::Check { json },
-                PathsCommand::Init {
-                    base_path,
-                    create_folders,
-                    force,
-                } => PathsAction::Init {
-                    base_path,
-                    create_folders,
-                    force,
-                },
-                PathsCommand::Restore { backup } => PathsAction::Restore { backup },
-            };
+            let action = action.action();
             terminal(async { orchestrator::cli::paths(&config, action) })
         }
-        Command::Jobs { action } => {
-            use orchestrator::cli::JobsAction;
-            let action = match action {
-                JobsCommand::List { status, limit } => JobsAction::List { status, limit },
-                JobsCommand::Show { id } => JobsAction::Show { id },
-                JobsCommand::Cancel { id } => JobsAction::Cancel { id },
-            };
-            terminal(orchestrator::cli::jobs(&config, action))
-        }
+        Command::Jobs { action } => terminal(orchestrator::cli::jobs(&config, action.action())),
     }
 }
 

@@ -47,7 +47,7 @@ pub async fn doctor(config: &Config, json: bool) -> Result<String, String> {
         Ok(text)
     }
 }
-
+/// The report as the terminal shows it: a line per part, in the report's order.
 fn describe_status(report: &Value, note: Option<&str>) -> String {
     let mut lines = Vec::new();
     if let Some(note) = note {
@@ -64,8 +64,21 @@ fn describe_status(report: &Value, note: Option<&str>) -> String {
         ));
     }
     let comfy = &report["comfy"];
+    lines.push(comfy_line(comfy));
+    lines.push(service_line(&report["services"]["comfy"]));
+    lines.extend(models_line(comfy));
+    lines.push(model_paths_line(&report["model_paths"]));
+    lines.push(database_line(&report["database"]));
+    lines.extend(instance_lines(&report["fleet"]));
+    lines.push(flux_line(&report["external"]["flux"]));
+    lines.push(v0_line(&report["external"]["v0"]));
+    lines.join("\n")
+}
+
+/// ComfyUI: its state, address, version and queue.
+fn comfy_line(comfy: &Value) -> String {
     let queue = &comfy["queue"];
-    lines.push(format!(
+    format!(
         "ComfyUI      {} at {}{}{}",
         comfy["status"].as_str().unwrap_or("?"),
         comfy["url"].as_str().unwrap_or("?"),
@@ -81,9 +94,12 @@ fn describe_status(report: &Value, note: Option<&str>) -> String {
         } else {
             String::new()
         }
-    ));
-    let service = &report["services"]["comfy"];
-    lines.push(format!(
+    )
+}
+
+/// How ComfyUI is run: state, backend, process and restarts.
+fn service_line(service: &Value) -> String {
+    format!(
         "service      {} ({} backend{}), restarts {}",
         service["status"].as_str().unwrap_or("?"),
         service["backend"].as_str().unwrap_or("?"),
@@ -92,31 +108,38 @@ fn describe_status(report: &Value, note: Option<&str>) -> String {
             .map(|p| format!(", pid {p}"))
             .unwrap_or_default(),
         service["restarts"]
-    ));
-    if let Some(models) = comfy["models"].as_object() {
-        let counts: Vec<String> = models.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        lines.push(format!("models       {}", counts.join(", ")));
+    )
+}
+
+/// The models ComfyUI lists, by folder, when it answered.
+fn models_line(comfy: &Value) -> Option<String> {
+    let models = comfy["models"].as_object()?;
+    let counts: Vec<String> = models.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    Some(format!("models       {}", counts.join(", ")))
+}
+
+/// `extra_model_paths.yaml`: whether it is there and valid.
+fn model_paths_line(paths: &Value) -> String {
+    match (
+        paths["configured"].as_bool(),
+        paths["exists"].as_bool(),
+        paths["valid"].as_bool(),
+    ) {
+        (Some(false), ..) => "model paths  COMFY_DIR not set".to_owned(),
+        (_, Some(false), _) => "model paths  no extra_model_paths.yaml".to_owned(),
+        (_, _, Some(true)) => format!(
+            "model paths  valid ({})",
+            paths["path"].as_str().unwrap_or("")
+        ),
+        _ => format!(
+            "model paths  INVALID ({}): run `orchestrator paths check`",
+            paths["path"].as_str().unwrap_or("")
+        ),
     }
-    let paths = &report["model_paths"];
-    lines.push(
-        match (
-            paths["configured"].as_bool(),
-            paths["exists"].as_bool(),
-            paths["valid"].as_bool(),
-        ) {
-            (Some(false), ..) => "model paths  COMFY_DIR not set".to_owned(),
-            (_, Some(false), _) => "model paths  no extra_model_paths.yaml".to_owned(),
-            (_, _, Some(true)) => format!(
-                "model paths  valid ({})",
-                paths["path"].as_str().unwrap_or("")
-            ),
-            _ => format!(
-                "model paths  INVALID ({}): run `orchestrator paths check`",
-                paths["path"].as_str().unwrap_or("")
-            ),
-        },
-    );
-    let db = &report["database"];
+}
+
+/// The store: whether it answers, its size and counts, and migrations not yet applied.
+fn database_line(db: &Value) -> String {
     let behind = match (
         db["migrations_applied"].as_i64(),
         db["migrations_expected"].as_i64(),
@@ -126,15 +149,19 @@ fn describe_status(report: &Value, note: Option<&str>) -> String {
         }
         _ => String::new(),
     };
-    lines.push(format!(
+    format!(
         "database     {} {} ({} bytes), {} jobs, {} messages{behind}",
         if db["ok"] == true { "ok" } else { "FAILING" },
         db["path"].as_str().unwrap_or("?"),
         db["size_bytes"],
         db["jobs"],
         db["messages"]
-    ));
-    let fleet = &report["fleet"];
+    )
+}
+
+/// One line per instance of the fleet.
+fn instance_lines(fleet: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
     for instance in fleet["instances"].as_array().into_iter().flatten() {
         let online = instance["backends"]
             .as_array()
@@ -157,8 +184,12 @@ fn describe_status(report: &Value, note: Option<&str>) -> String {
             online
         ));
     }
-    let flux = &report["external"]["flux"];
-    lines.push(format!(
+    lines
+}
+
+/// FLUX: key, whether generation is allowed, and the day's budget left.
+fn flux_line(flux: &Value) -> String {
+    format!(
         "FLUX         key {}, generation {}{}",
         if flux["configured"] == true {
             "set"
@@ -174,15 +205,17 @@ fn describe_status(report: &Value, note: Option<&str>) -> String {
             .as_f64()
             .map(|left| format!(", ${left:.2} left today"))
             .unwrap_or_default()
-    ));
-    let v0 = &report["external"]["v0"];
-    lines.push(format!(
+    )
+}
+
+/// v0: its status when a key is set.
+fn v0_line(v0: &Value) -> String {
+    format!(
         "v0           {}",
         if v0["configured"] == true {
             v0["status"].as_str().unwrap_or("?")
         } else {
             "not configured"
         }
-    ));
-    lines.join("\n")
+    )
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
+mod fleet;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -225,25 +226,42 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// How the settings page shows a secret: masked when set, empty when not.
+fn masked(value: &Option<Secret>) -> String {
+    match value {
+        Some(_) => "***".to_owned(),
+        None => String::new(),
+    }
+}
+
+/// How the settings page shows an optional folder: empty when unset.
+fn shown_path(value: &Option<PathBuf>) -> String {
+    value
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// A duration in whole seconds, as its `_SECS` variable is written.
+fn secs(d: Duration) -> String {
+    d.as_secs().to_string()
+}
+
 impl Config {
     /// Every setting as the settings page shows it: variable name and effective value, secrets masked.
     pub fn effective(&self) -> Vec<(&'static str, String)> {
-        let secret = |value: &Option<Secret>| match value {
-            Some(_) => "***".to_owned(),
-            None => String::new(),
-        };
-        let path = |value: &Option<PathBuf>| {
-            value
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        };
-        let secs = |d: Duration| d.as_secs().to_string();
+        [
+            self.effective_server(),
+            self.effective_comfy(),
+            self.effective_paid(),
+        ]
+        .concat()
+    }
+
+    /// The server's own settings, `bind` to `database_url`.
+    fn effective_server(&self) -> Vec<(&'static str, String)> {
         // Each variable named by its clap definition, never typed again.
         let v = Settings::variable_of;
-        let service = &self.service;
-        let comfy = &self.comfy;
-        let flux = &self.flux;
         vec![
             (v("bind"), self.bind.to_string()),
             (
@@ -268,7 +286,7 @@ impl Config {
                 self.events_client_buffer.to_string(),
             ),
             (v("allowed_hosts"), self.allowed_hosts.join(",")),
-            (v("token"), secret(&self.token)),
+            (v("token"), masked(&self.token)),
             (v("data_dir"), self.data_dir.display().to_string()),
             (v("instance_id"), self.fleet.instance_id.clone()),
             (
@@ -277,6 +295,15 @@ impl Config {
             ),
             (v("fleet_lease_secs"), secs(self.fleet.lease)),
             (v("database_url"), "***".to_owned()),
+        ]
+    }
+
+    /// ComfyUI's: the gateway and how it is run, `comfy_url` to `models_dir`.
+    fn effective_comfy(&self) -> Vec<(&'static str, String)> {
+        let v = Settings::variable_of;
+        let service = &self.service;
+        let comfy = &self.comfy;
+        vec![
             (
                 v("comfy_url"),
                 comfy
@@ -298,7 +325,7 @@ impl Config {
                 v("max_body_mb"),
                 (comfy.max_body_bytes / (1024 * 1024)).to_string(),
             ),
-            (v("comfy_dir"), path(&service.comfy_dir)),
+            (v("comfy_dir"), shown_path(&service.comfy_dir)),
             (
                 v("comfy_command"),
                 service
@@ -332,10 +359,18 @@ impl Config {
             (v("comfy_stop_grace_secs"), secs(service.stop_grace)),
             (v("ignite_timeout_secs"), secs(service.ignite_timeout)),
             (v("comfy_hung_secs"), secs(service.hung_after)),
-            (v("templates_dir"), path(&self.templates_dir)),
-            (v("models_dir"), path(&self.models_dir)),
+            (v("templates_dir"), shown_path(&self.templates_dir)),
+            (v("models_dir"), shown_path(&self.models_dir)),
+        ]
+    }
+
+    /// The paid providers', the webhook's and the log's, `allow_generation` to `log_format`.
+    fn effective_paid(&self) -> Vec<(&'static str, String)> {
+        let v = Settings::variable_of;
+        let flux = &self.flux;
+        vec![
             (v("allow_generation"), flux.allow_generation.to_string()),
-            (v("bfl_api_key"), secret(&flux.api_key)),
+            (v("bfl_api_key"), masked(&flux.api_key)),
             (v("bfl_base_url"), flux.base_url.clone()),
             (
                 v("flux_daily_budget_usd"),
@@ -348,15 +383,15 @@ impl Config {
                 flux.poll_interval.as_millis().to_string(),
             ),
             (v("flux_poll_timeout_secs"), secs(flux.poll_timeout)),
-            (v("comfy_org_api_key"), secret(&self.comfy_org.api_key)),
+            (v("comfy_org_api_key"), masked(&self.comfy_org.api_key)),
             // Masked: a receiver's URL often carries its token.
             (
                 v("job_webhook_url"),
-                secret(&self.webhook.as_ref().map(|w| Secret::new(w.url.clone()))),
+                masked(&self.webhook.as_ref().map(|w| Secret::new(w.url.clone()))),
             ),
             (
                 v("job_webhook_secret"),
-                secret(&self.webhook.as_ref().map(|w| w.secret.clone())),
+                masked(&self.webhook.as_ref().map(|w| w.secret.clone())),
             ),
             (
                 v("job_webhook_retry_ms"),
@@ -372,7 +407,7 @@ impl Config {
                     self.comfy_org.paid_node_max_micros as f64 / 1_000_000.0
                 ),
             ),
-            (v("v0_api_key"), secret(&self.v0.api_key)),
+            (v("v0_api_key"), masked(&self.v0.api_key)),
             (v("v0_base_url"), self.v0.base_url.clone()),
             (v("v0_timeout_secs"), secs(self.v0.timeout)),
             (

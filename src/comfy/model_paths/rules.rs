@@ -3,13 +3,31 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use saphyr_parser::Span;
+
 use super::yaml::Node;
 use super::{
-    Folder, KNOWN_FOLDERS, LEGACY_FOLDERS, MODEL_EXTENSIONS, Report, Section, Severity, at, problem,
+    Folder, KNOWN_FOLDERS, LEGACY_FOLDERS, MODEL_EXTENSIONS, Problem, Report, Section, Severity,
+    at, problem,
 };
 
 /// ComfyUI's `load_extra_path_config`, as checks.
 pub(super) fn interpret(root: &Option<Node>, base_dir: &Path, report: &mut Report) {
+    let Some(sections) = top_sections(root, report) else {
+        return;
+    };
+    for (name, name_span, value) in sections {
+        if let Some(section) = read_section(name, *name_span, value, base_dir, report) {
+            report.sections.push(section);
+        }
+    }
+}
+
+/// The file's sections; `None` when ComfyUI fails on the file as a whole (its problem reported).
+fn top_sections<'a>(
+    root: &'a Option<Node>,
+    report: &mut Report,
+) -> Option<&'a [(String, Span, Node)]> {
     let sections = match root {
         None => {
             report.problems.push(problem(
@@ -17,7 +35,7 @@ pub(super) fn interpret(root: &Option<Node>, base_dir: &Path, report: &mut Repor
                 "empty_file",
                 "the file is empty: ComfyUI fails to start on it (delete it, or give it a section)",
             ));
-            return;
+            return None;
         }
         Some(node) if node.is_null() => {
             report.problems.push(at(
@@ -28,7 +46,7 @@ pub(super) fn interpret(root: &Option<Node>, base_dir: &Path, report: &mut Repor
                 ),
                 node.span(),
             ));
-            return;
+            return None;
         }
         Some(Node::Mapping { entries, .. }) => entries,
         Some(other) => {
@@ -40,7 +58,7 @@ pub(super) fn interpret(root: &Option<Node>, base_dir: &Path, report: &mut Repor
                 ),
                 other.span(),
             ));
-            return;
+            return None;
         }
     };
     let flat = sections.iter().any(|(key, _, value)| {
@@ -58,166 +76,252 @@ pub(super) fn interpret(root: &Option<Node>, base_dir: &Path, report: &mut Repor
             ),
             sections[0].1,
         ));
-        return;
+        return None;
     }
-    for (name, name_span, value) in sections {
-        let section_problem = |severity, code, message: String, span| {
-            let mut p = at(problem(severity, code, message), span);
-            p.section = Some(name.clone());
-            p
-        };
-        let entries = match value {
-            node if node.is_null() => {
-                report.problems.push(section_problem(
-                    Severity::Warning,
-                    "empty_section",
-                    format!("section {name:?} is empty; ComfyUI skips it"),
-                    *name_span,
-                ));
-                continue;
+    Some(sections.as_slice())
+}
+
+/// A problem in section `name`.
+fn section_problem(
+    name: &str,
+    severity: Severity,
+    code: &'static str,
+    message: String,
+    span: Span,
+) -> Problem {
+    let mut p = at(problem(severity, code, message), span);
+    p.section = Some(name.to_owned());
+    p
+}
+
+/// A problem at `key` in section `name`.
+fn key_problem(
+    name: &str,
+    key: &str,
+    severity: Severity,
+    code: &'static str,
+    message: String,
+    span: Span,
+) -> Problem {
+    let mut p = section_problem(name, severity, code, message, span);
+    p.key = Some(key.to_owned());
+    p
+}
+
+/// One section and its keys; `None` for a section ComfyUI skips or fails on (its problem reported).
+fn read_section(
+    name: &str,
+    name_span: Span,
+    value: &Node,
+    base_dir: &Path,
+    report: &mut Report,
+) -> Option<Section> {
+    let entries = match value {
+        node if node.is_null() => {
+            report.problems.push(section_problem(
+                name,
+                Severity::Warning,
+                "empty_section",
+                format!("section {name:?} is empty; ComfyUI skips it"),
+                name_span,
+            ));
+            return None;
+        }
+        Node::Mapping { entries, .. } => entries,
+        other => {
+            report.problems.push(section_problem(
+                name,
+                Severity::Error,
+                "section_not_a_mapping",
+                format!("section {name:?} must hold keys (base_path, folders); ComfyUI fails to start on this"),
+                other.span(),
+            ));
+            return None;
+        }
+    };
+    let mut section = Section {
+        name: name.to_owned(),
+        base_path: None,
+        is_default: false,
+        folders: Default::default(),
+    };
+    let mut base = None;
+    for (key, key_span, value) in entries {
+        match key.as_str() {
+            "base_path" => {
+                if let Some(resolved) = base_path(name, value, base_dir, report) {
+                    section.base_path = Some(resolved.display().to_string());
+                    base = Some(resolved);
+                }
             }
-            Node::Mapping { entries, .. } => entries,
-            other => {
-                report.problems.push(section_problem(
-                    Severity::Error,
-                    "section_not_a_mapping",
-                    format!("section {name:?} must hold keys (base_path, folders); ComfyUI fails to start on this"),
-                    other.span(),
-                ));
-                continue;
-            }
-        };
-        let mut section = Section {
-            name: name.clone(),
-            base_path: None,
-            is_default: false,
-            folders: Default::default(),
-        };
-        let mut base = None;
-        for (key, key_span, value) in entries {
-            let key_problem = |severity, code, message: String, span| {
-                let mut p = section_problem(severity, code, message, span);
-                p.key = Some(key.clone());
-                p
-            };
-            match key.as_str() {
-                "base_path" => match value {
-                    Node::Scalar { text, .. } if !value.is_null() => {
-                        let expanded = PathBuf::from(expand(text));
-                        let resolved = normalise(&if expanded.is_absolute() {
-                            expanded
-                        } else {
-                            base_dir.join(expanded)
-                        });
-                        if !resolved.is_dir() {
-                            report.problems.push(key_problem(
-                                Severity::Warning,
-                                "base_path_missing",
-                                format!("base_path {} does not exist", resolved.display()),
-                                value.span(),
-                            ));
-                        }
-                        section.base_path = Some(resolved.display().to_string());
-                        base = Some(resolved);
-                    }
-                    _ => report.problems.push(key_problem(
-                        Severity::Error,
-                        "not_a_string",
-                        "base_path must be a path".into(),
-                        value.span(),
-                    )),
-                },
-                "is_default" => section.is_default = truthy(value),
-                _ => {
-                    let text = match value {
-                        Node::Scalar { text, plain, .. }
-                            if !(value.is_null() || *plain && non_string(text)) =>
-                        {
-                            text
-                        }
-                        _ => {
-                            report.problems.push(key_problem(
-                                Severity::Error,
-                                "not_a_string",
-                                format!("{key} must be a path, or several paths one a line (a `|` block); ComfyUI fails to start on this"),
-                                value.span(),
-                            ));
-                            continue;
-                        }
-                    };
-                    if let Some((_, new)) = LEGACY_FOLDERS.iter().find(|(old, _)| old == key) {
-                        report.problems.push(key_problem(
-                            Severity::Warning,
-                            "legacy_key",
-                            format!("{key} is an old name; ComfyUI reads it as {new}"),
-                            *key_span,
-                        ));
-                    } else if key == "custom_nodes" {
-                        report.problems.push(key_problem(
-                            Severity::Warning,
-                            "custom_nodes",
-                            "custom_nodes lists folders of Python code that ComfyUI imports and runs at start-up: \
-                             make sure you trust every one"
-                                .into(),
-                            *key_span,
-                        ));
-                    } else if !KNOWN_FOLDERS.contains(&key.as_str()) {
-                        report.problems.push(key_problem(
-                            Severity::Warning,
-                            "unknown_key",
-                            format!("{key} is not a ComfyUI model folder; ComfyUI makes a new category of it that lists every file (a typo?)"),
-                            *key_span,
-                        ));
-                    }
-                    let mut folder = Folder {
-                        paths: Vec::new(),
-                        exist: Vec::new(),
-                        files: 0,
-                        truncated: false,
-                    };
-                    // Lines are not stripped by ComfyUI, so trailing spaces are part of the path.
-                    for line in text.split('\n').filter(|l| !l.is_empty()) {
-                        if line != line.trim_end() {
-                            report.problems.push(key_problem(
-                                Severity::Warning,
-                                "trailing_space",
-                                format!("{line:?} ends in spaces, which ComfyUI keeps as part of the path"),
-                                value.span(),
-                            ));
-                        }
-                        let resolved = normalise(&match &base {
-                            Some(base) => base.join(line),
-                            None => base_dir.join(line),
-                        });
-                        let exists = resolved.is_dir();
-                        if exists {
-                            let (count, truncated) = count_files(&resolved, key);
-                            folder.files += count;
-                            folder.truncated |= truncated;
-                        } else {
-                            report.problems.push(key_problem(
-                                Severity::Warning,
-                                "folder_missing",
-                                format!("{} does not exist", resolved.display()),
-                                value.span(),
-                            ));
-                        }
-                        folder.paths.push(resolved.display().to_string());
-                        folder.exist.push(exists);
-                    }
-                    section.folders.insert(key.clone(), folder);
+            "is_default" => section.is_default = truthy(value),
+            _ => {
+                let found = folder(
+                    name,
+                    key,
+                    *key_span,
+                    value,
+                    base.as_deref(),
+                    base_dir,
+                    report,
+                );
+                if let Some(found) = found {
+                    section.folders.insert(key.clone(), found);
                 }
             }
         }
-        if section.folders.is_empty() {
-            report.problems.push(section_problem(
+    }
+    if section.folders.is_empty() {
+        report.problems.push(section_problem(
+            name,
+            Severity::Warning,
+            "empty_section",
+            format!("section {name:?} lists no model folder"),
+            name_span,
+        ));
+    }
+    Some(section)
+}
+
+/// `base_path` resolved against the file's folder; `None` when it is not a path (its problem reported).
+fn base_path(name: &str, value: &Node, base_dir: &Path, report: &mut Report) -> Option<PathBuf> {
+    match value {
+        Node::Scalar { text, .. } if !value.is_null() => {
+            let expanded = PathBuf::from(expand(text));
+            let resolved = normalise(&if expanded.is_absolute() {
+                expanded
+            } else {
+                base_dir.join(expanded)
+            });
+            if !resolved.is_dir() {
+                report.problems.push(key_problem(
+                    name,
+                    "base_path",
+                    Severity::Warning,
+                    "base_path_missing",
+                    format!("base_path {} does not exist", resolved.display()),
+                    value.span(),
+                ));
+            }
+            Some(resolved)
+        }
+        _ => {
+            report.problems.push(key_problem(
+                name,
+                "base_path",
+                Severity::Error,
+                "not_a_string",
+                "base_path must be a path".into(),
+                value.span(),
+            ));
+            None
+        }
+    }
+}
+
+/// A folder key's paths, each resolved against `base` (else the file's folder) and its files counted; `None` when
+/// its value is not text (its problem reported).
+fn folder(
+    name: &str,
+    key: &str,
+    key_span: Span,
+    value: &Node,
+    base: Option<&Path>,
+    base_dir: &Path,
+    report: &mut Report,
+) -> Option<Folder> {
+    let text = match value {
+        Node::Scalar { text, plain, .. } if !(value.is_null() || *plain && non_string(text)) => {
+            text
+        }
+        _ => {
+            report.problems.push(key_problem(
+                name,
+                key,
+                Severity::Error,
+                "not_a_string",
+                format!("{key} must be a path, or several paths one a line (a `|` block); ComfyUI fails to start on this"),
+                value.span(),
+            ));
+            return None;
+        }
+    };
+    warn_key_name(name, key, key_span, report);
+    let mut folder = Folder {
+        paths: Vec::new(),
+        exist: Vec::new(),
+        files: 0,
+        truncated: false,
+    };
+    // Lines are not stripped by ComfyUI, so trailing spaces are part of the path.
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
+        if line != line.trim_end() {
+            report.problems.push(key_problem(
+                name,
+                key,
                 Severity::Warning,
-                "empty_section",
-                format!("section {name:?} lists no model folder"),
-                *name_span,
+                "trailing_space",
+                format!("{line:?} ends in spaces, which ComfyUI keeps as part of the path"),
+                value.span(),
             ));
         }
-        report.sections.push(section);
+        let resolved = normalise(&match base {
+            Some(base) => base.join(line),
+            None => base_dir.join(line),
+        });
+        let exists = resolved.is_dir();
+        if exists {
+            let (count, truncated) = count_files(&resolved, key);
+            folder.files += count;
+            folder.truncated |= truncated;
+        } else {
+            report.problems.push(key_problem(
+                name,
+                key,
+                Severity::Warning,
+                "folder_missing",
+                format!("{} does not exist", resolved.display()),
+                value.span(),
+            ));
+        }
+        folder.paths.push(resolved.display().to_string());
+        folder.exist.push(exists);
+    }
+    Some(folder)
+}
+
+/// A warning for a key ComfyUI reads otherwise than written: an old name, `custom_nodes` (code it runs), or one
+/// that is no model folder.
+fn warn_key_name(name: &str, key: &str, key_span: Span, report: &mut Report) {
+    if let Some((_, new)) = LEGACY_FOLDERS.iter().find(|(old, _)| *old == key) {
+        report.problems.push(key_problem(
+            name,
+            key,
+            Severity::Warning,
+            "legacy_key",
+            format!("{key} is an old name; ComfyUI reads it as {new}"),
+            key_span,
+        ));
+    } else if key == "custom_nodes" {
+        report.problems.push(key_problem(
+            name,
+            key,
+            Severity::Warning,
+            "custom_nodes",
+            "custom_nodes lists folders of Python code that ComfyUI imports and runs at start-up: \
+             make sure you trust every one"
+                .into(),
+            key_span,
+        ));
+    } else if !KNOWN_FOLDERS.contains(&key) {
+        report.problems.push(key_problem(
+            name,
+            key,
+            Severity::Warning,
+            "unknown_key",
+            format!("{key} is not a ComfyUI model folder; ComfyUI makes a new category of it that lists every file (a typo?)"),
+            key_span,
+        ));
     }
 }
 

@@ -74,10 +74,28 @@ impl Node {
     }
 }
 
+/// Open containers, innermost last; a mapping's with the key whose value is still to come.
+type Stack = Vec<(Node, Option<(String, Span)>)>;
+
 /// The document's root, or why the file is refused. `None` inside `Ok` is an empty document.
 #[allow(clippy::result_large_err)]
 pub(super) fn parse(text: &str) -> Result<Option<Node>, Problem> {
-    // PyYAML's reader refuses the whole file for one character outside its printable set, even in a comment.
+    refuse_unprintable(text)?;
+    let mut stack = Stack::new();
+    let mut root = None;
+    let mut documents = 0;
+    for (event, span) in events(text)? {
+        let Some(node) = node_of(event, span, &mut stack, &mut documents)? else {
+            continue;
+        };
+        place(&mut stack, &mut root, node)?;
+    }
+    Ok(root)
+}
+
+/// PyYAML's reader refuses the whole file for one character outside its printable set, even in a comment.
+#[allow(clippy::result_large_err)]
+fn refuse_unprintable(text: &str) -> Result<(), Problem> {
     if let Some((at, c)) = text.char_indices().find(|(_, c)| !printable(*c)) {
         let before = &text[..at];
         let mut refusal = problem(
@@ -92,6 +110,12 @@ pub(super) fn parse(text: &str) -> Result<Option<Node>, Problem> {
         refusal.column = Some(before.rsplit('\n').next().unwrap_or("").chars().count() + 1);
         return Err(refusal);
     }
+    Ok(())
+}
+
+/// Every event of the file, or its first syntax error.
+#[allow(clippy::result_large_err)]
+fn events(text: &str) -> Result<Vec<(Event<'_>, Span)>, Problem> {
     let mut events = Vec::new();
     for event in Parser::new_from_str(text) {
         match event {
@@ -111,108 +135,122 @@ pub(super) fn parse(text: &str) -> Result<Option<Node>, Problem> {
             }
         }
     }
-    let mut stack: Vec<(Node, Option<(String, Span)>)> = Vec::new();
-    let mut root = None;
-    let mut documents = 0;
-    for (event, span) in events {
-        let node = match event {
-            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => continue,
-            Event::DocumentStart(_) => {
-                documents += 1;
-                if documents > 1 {
-                    return Err(at(
-                        problem(
-                            Severity::Error,
-                            "several_documents",
-                            "the file holds more than one YAML document",
-                        ),
-                        span,
-                    ));
-                }
-                continue;
-            }
-            Event::Alias(_) => {
+    Ok(events)
+}
+
+/// The node an event finishes, if any: a scalar, or the container it closes. A container's start is pushed on
+/// `stack`; tags, anchors, aliases, a second document and deep nesting are refused.
+#[allow(clippy::result_large_err)]
+fn node_of(
+    event: Event<'_>,
+    span: Span,
+    stack: &mut Stack,
+    documents: &mut usize,
+) -> Result<Option<Node>, Problem> {
+    let node = match event {
+        Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {
+            return Ok(None);
+        }
+        Event::DocumentStart(_) => {
+            *documents += 1;
+            if *documents > 1 {
                 return Err(at(
                     problem(
                         Severity::Error,
-                        "yaml_alias",
-                        "YAML aliases (*name) are not allowed in this file",
+                        "several_documents",
+                        "the file holds more than one YAML document",
                     ),
                     span,
                 ));
             }
-            Event::Scalar(_, _, anchor, tag)
-            | Event::SequenceStart(anchor, tag)
-            | Event::MappingStart(anchor, tag)
-                if anchor != 0 || tag.is_some() =>
-            {
-                let (code, what) = if tag.is_some() {
-                    ("yaml_tag", "YAML tags (!tag) are not allowed in this file")
-                } else {
-                    (
-                        "yaml_anchor",
-                        "YAML anchors (&name) are not allowed in this file",
-                    )
-                };
-                return Err(at(problem(Severity::Error, code, what), span));
-            }
-            Event::Scalar(text, style, _, _) => Node::Scalar {
-                text: text.into_owned(),
-                plain: style == ScalarStyle::Plain,
+            return Ok(None);
+        }
+        Event::Alias(_) => {
+            return Err(at(
+                problem(
+                    Severity::Error,
+                    "yaml_alias",
+                    "YAML aliases (*name) are not allowed in this file",
+                ),
                 span,
-            },
-            Event::SequenceStart(..) | Event::MappingStart(..) => {
-                if stack.len() >= MAX_DEPTH {
+            ));
+        }
+        Event::Scalar(_, _, anchor, tag)
+        | Event::SequenceStart(anchor, tag)
+        | Event::MappingStart(anchor, tag)
+            if anchor != 0 || tag.is_some() =>
+        {
+            let (code, what) = if tag.is_some() {
+                ("yaml_tag", "YAML tags (!tag) are not allowed in this file")
+            } else {
+                (
+                    "yaml_anchor",
+                    "YAML anchors (&name) are not allowed in this file",
+                )
+            };
+            return Err(at(problem(Severity::Error, code, what), span));
+        }
+        Event::Scalar(text, style, _, _) => Node::Scalar {
+            text: text.into_owned(),
+            plain: style == ScalarStyle::Plain,
+            span,
+        },
+        Event::SequenceStart(..) | Event::MappingStart(..) => {
+            if stack.len() >= MAX_DEPTH {
+                return Err(at(
+                    problem(
+                        Severity::Error,
+                        "too_deep",
+                        "the file is nested deeper than a model-folder list is",
+                    ),
+                    span,
+                ));
+            }
+            let node = if matches!(event, Event::SequenceStart(..)) {
+                Node::Sequence { span }
+            } else {
+                Node::Mapping {
+                    entries: Vec::new(),
+                    span,
+                }
+            };
+            stack.push((node, None));
+            return Ok(None);
+        }
+        Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+            Some((node, _)) => node,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(node))
+}
+
+/// Places a finished node: a mapping key, a mapping value, a sequence item (dropped: only its shape matters), or
+/// the root.
+#[allow(clippy::result_large_err)]
+fn place(stack: &mut Stack, root: &mut Option<Node>, node: Node) -> Result<(), Problem> {
+    match stack.last_mut() {
+        None => *root = Some(node),
+        Some((Node::Sequence { .. }, _)) => {}
+        Some((Node::Mapping { entries, .. }, pending)) => match pending.take() {
+            None => match node {
+                Node::Scalar { text, span, .. } => *pending = Some((text, span)),
+                other => {
                     return Err(at(
                         problem(
                             Severity::Error,
-                            "too_deep",
-                            "the file is nested deeper than a model-folder list is",
+                            "complex_key",
+                            "a mapping key must be plain text",
                         ),
-                        span,
+                        other.span(),
                     ));
                 }
-                let node = if matches!(event, Event::SequenceStart(..)) {
-                    Node::Sequence { span }
-                } else {
-                    Node::Mapping {
-                        entries: Vec::new(),
-                        span,
-                    }
-                };
-                stack.push((node, None));
-                continue;
-            }
-            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some((node, _)) => node,
-                None => continue,
             },
-        };
-        // Place the finished node: a mapping key, a mapping value, a sequence item (dropped: only its shape
-        // matters), or the root.
-        match stack.last_mut() {
-            None => root = Some(node),
-            Some((Node::Sequence { .. }, _)) => {}
-            Some((Node::Mapping { entries, .. }, pending)) => match pending.take() {
-                None => match node {
-                    Node::Scalar { text, span, .. } => *pending = Some((text, span)),
-                    other => {
-                        return Err(at(
-                            problem(
-                                Severity::Error,
-                                "complex_key",
-                                "a mapping key must be plain text",
-                            ),
-                            other.span(),
-                        ));
-                    }
-                },
-                Some((key, key_span)) => entries.push((key, key_span, node)),
-            },
-            Some((Node::Scalar { .. }, _)) => unreachable!("scalars are never pushed"),
-        }
+            Some((key, key_span)) => entries.push((key, key_span, node)),
+        },
+        Some((Node::Scalar { .. }, _)) => unreachable!("scalars are never pushed"),
     }
-    Ok(root)
+    Ok(())
 }
 
 /// A character PyYAML reads (its reader's `NON_PRINTABLE` complement): tab, line breaks, printable ASCII, and

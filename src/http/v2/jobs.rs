@@ -325,96 +325,15 @@ pub async fn list(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> V2Result<Json<Value>> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| V2Error::invalid(format!("the query cannot be read: {e}")))?;
-    let mut limit = 50usize;
-    let mut cursor = None;
-    let mut statuses: Option<Vec<String>> = None;
-    let mut labels = Vec::new();
-    for (name, value) in pairs {
-        match name.as_str() {
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=100).contains(n))
-                    .ok_or_else(|| {
-                        V2Error::invalid("limit must be a whole number from 1 to 100")
-                    })?;
-            }
-            "cursor" => {
-                if !value.contains('~') {
-                    return Err(V2Error::new(
-                        StatusCode::BAD_REQUEST,
-                        Code::InvalidCursor,
-                        "this cursor was not issued here",
-                    ));
-                }
-                cursor = Some(value);
-            }
-            "status" => {
-                let wanted: Vec<String> = value
-                    .split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                if let Some(bad) = wanted.iter().find(|s| {
-                    ![
-                        "queued",
-                        "running",
-                        "succeeded",
-                        "canceling",
-                        "canceled",
-                        "failed",
-                        "expired",
-                    ]
-                    .contains(&s.as_str())
-                }) {
-                    return Err(V2Error::invalid(format!("unknown status {bad:?}")));
-                }
-                statuses = Some(wanted);
-            }
-            _ => match name
-                .strip_prefix("metadata[")
-                .and_then(|n| n.strip_suffix(']'))
-            {
-                Some(key) if !key.is_empty() && labels.len() < 3 => {
-                    labels.push((key.to_owned(), value))
-                }
-                Some(_) => {
-                    return Err(V2Error::new(
-                        StatusCode::BAD_REQUEST,
-                        Code::InvalidMetadataFilter,
-                        "at most 3 metadata filters, each metadata[<key>]=<value>",
-                    ));
-                }
-                None => {
-                    return Err(V2Error::invalid(format!(
-                        "unknown query parameter {name:?}"
-                    )));
-                }
-            },
-        }
-    }
+    let mut query = ListQuery::read(query.as_deref())?;
     let base = base(&headers);
-    let keep = |job: &Job| {
-        let metadata = render::metadata(job);
-        let status = render::status(job.status);
-        statuses
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|w| w == status))
-            && labels
-                .iter()
-                .all(|(k, v)| metadata[k].as_str() == Some(v.as_str()))
-    };
     // Filters are applied to pages of the store's list: a selective one reads at most this many jobs a request,
     // and hands the rest on with the cursor.
     const SCAN: usize = 1_000;
     let mut jobs = Vec::new();
     let mut scanned = 0;
-    let mut next = cursor;
-    while jobs.len() < limit && scanned < SCAN {
+    let mut next = query.cursor.take();
+    while jobs.len() < query.limit && scanned < SCAN {
         let page = state
             .jobs
             .store()
@@ -424,11 +343,11 @@ pub async fn list(
         let mut cut = false;
         for job in &page.jobs {
             scanned += 1;
-            if keep(job) {
+            if query.keeps(job) {
                 jobs.push(summary(job, &base));
             }
             next = Some(format!("{}~{}", job.created_at, job.id));
-            if jobs.len() == limit {
+            if jobs.len() == query.limit {
                 cut = true;
                 break;
             }
@@ -443,6 +362,112 @@ pub async fn list(
         body["next_cursor"] = json!(next);
     }
     Ok(Json(body))
+}
+
+/// The statuses `status=` may name: v2's.
+const STATUSES: [&str; 7] = [
+    "queued",
+    "running",
+    "succeeded",
+    "canceling",
+    "canceled",
+    "failed",
+    "expired",
+];
+
+/// The query of `GET /api/v2/jobs`, read.
+struct ListQuery {
+    limit: usize,
+    cursor: Option<String>,
+    /// The statuses to keep; `None` keeps every one.
+    statuses: Option<Vec<String>>,
+    /// `metadata[key]=value` filters: the labels a kept job has.
+    labels: Vec<(String, String)>,
+}
+
+impl ListQuery {
+    /// Every parameter checked in the order given; the first bad one refuses the request.
+    fn read(query: Option<&str>) -> V2Result<Self> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|e| V2Error::invalid(format!("the query cannot be read: {e}")))?;
+        let mut limit = 50usize;
+        let mut cursor = None;
+        let mut statuses: Option<Vec<String>> = None;
+        let mut labels: Vec<(String, String)> = Vec::new();
+        for (name, value) in pairs {
+            match name.as_str() {
+                "limit" => {
+                    limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or_else(|| {
+                            V2Error::invalid("limit must be a whole number from 1 to 100")
+                        })?;
+                }
+                "cursor" => {
+                    if !value.contains('~') {
+                        return Err(V2Error::new(
+                            StatusCode::BAD_REQUEST,
+                            Code::InvalidCursor,
+                            "this cursor was not issued here",
+                        ));
+                    }
+                    cursor = Some(value);
+                }
+                "status" => {
+                    let wanted: Vec<String> = value
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    if let Some(bad) = wanted.iter().find(|s| !STATUSES.contains(&s.as_str())) {
+                        return Err(V2Error::invalid(format!("unknown status {bad:?}")));
+                    }
+                    statuses = Some(wanted);
+                }
+                _ => match name
+                    .strip_prefix("metadata[")
+                    .and_then(|n| n.strip_suffix(']'))
+                {
+                    Some(key) if !key.is_empty() && labels.len() < 3 => {
+                        labels.push((key.to_owned(), value))
+                    }
+                    Some(_) => {
+                        return Err(V2Error::new(
+                            StatusCode::BAD_REQUEST,
+                            Code::InvalidMetadataFilter,
+                            "at most 3 metadata filters, each metadata[<key>]=<value>",
+                        ));
+                    }
+                    None => {
+                        return Err(V2Error::invalid(format!(
+                            "unknown query parameter {name:?}"
+                        )));
+                    }
+                },
+            }
+        }
+        Ok(Self {
+            limit,
+            cursor,
+            statuses,
+            labels,
+        })
+    }
+
+    /// Whether `job` passes the status and metadata filters.
+    fn keeps(&self, job: &Job) -> bool {
+        let metadata = render::metadata(job);
+        let status = render::status(job.status);
+        self.statuses
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|w| w == status))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| metadata[k].as_str() == Some(v.as_str()))
+    }
 }
 
 /// A list item: the job, with the summary fields the SDK reads.
