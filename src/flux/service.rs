@@ -252,10 +252,7 @@ impl Flux {
             } => {
                 let failure =
                     Failure::new(code, &message).with_details(json!({ "bfl_status": status }));
-                jobs.fail(&job.id, failure).await;
-                if let Err(error) = store.release_paid_job(&job.id).await {
-                    tracing::error!(job = %job.id, %error, "cannot release a FLUX job BFL did not start");
-                }
+                self.fail_unstarted(&job.id, failure).await;
                 tracing::warn!(job = %job.id, model, bfl_status = status, %code, "BFL refused a FLUX task");
                 let status = match status {
                     429 => StatusCode::TOO_MANY_REQUESTS,
@@ -272,11 +269,8 @@ impl Flux {
             }
             Submitted::NotSent(why) => {
                 let message = format!("{why}; nothing was sent or charged");
-                jobs.fail(&job.id, Failure::new(Code::BflUnreachable, &message))
+                self.fail_unstarted(&job.id, Failure::new(Code::BflUnreachable, &message))
                     .await;
-                if let Err(error) = store.release_paid_job(&job.id).await {
-                    tracing::error!(job = %job.id, %error, "cannot release a FLUX job BFL did not start");
-                }
                 Err(FluxError::Provider(ProviderError {
                     status: StatusCode::BAD_GATEWAY,
                     code: Code::BflUnreachable,
@@ -307,19 +301,33 @@ impl Flux {
         }
     }
 
+    /// A task BFL certainly did not start: the job failed, its price, key and token given back.
+    async fn fail_unstarted(&self, id: &str, failure: Failure) {
+        self.0.jobs.fail(id, failure).await;
+        if let Err(error) = self.store().release_paid_job(id).await {
+            tracing::error!(job = %id, %error, "cannot release a FLUX job BFL did not start");
+        }
+    }
+
+    /// When polling a task gives up: `FLUX_POLL_TIMEOUT_SECS` after it started (a task followed again after a restart
+    /// keeps its first deadline).
+    async fn deadline(&self, job_id: &str) -> chrono::DateTime<chrono::Utc> {
+        let started = match self.store().job(job_id).await {
+            Ok(Some(job)) => job.started_at.unwrap_or(job.created_at),
+            _ => crate::clock::now(),
+        };
+        chrono::DateTime::parse_from_rfc3339(&started)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now())
+            + self.0.config.poll_timeout
+    }
+
     /// Polls a submitted task to its end, with back-off, and saves its image at once (BFL's URL expires).
     async fn follow(self, job_id: String, polling_url: Option<String>, provider_id: String) {
         let client = &self.0.client;
         let jobs = &self.0.jobs;
         let url = client.polling_target(polling_url.as_deref(), &provider_id);
-        let started = match self.store().job(&job_id).await {
-            Ok(Some(job)) => job.started_at.unwrap_or(job.created_at),
-            _ => crate::clock::now(),
-        };
-        let deadline = chrono::DateTime::parse_from_rfc3339(&started)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .unwrap_or_else(|_| chrono::Utc::now())
-            + self.0.config.poll_timeout;
+        let deadline = self.deadline(&job_id).await;
         let mut pause = self.0.config.poll_interval;
         let mut not_found = 0;
         let mut refused_polls = 0;
@@ -367,16 +375,7 @@ impl Flux {
                     return;
                 }
                 Polled::Moderated { status, details } => {
-                    let what = if status == "Request Moderated" {
-                        "the prompt or input image"
-                    } else {
-                        "the generated image"
-                    };
-                    let message =
-                        format!("BFL's moderation flagged {what} ({status}); no image was made");
-                    let failure = Failure::new(Code::BflModerated, message)
-                        .with_details(json!({ "bfl_status": status, "details": details }));
-                    jobs.fail(&job_id, failure).await;
+                    jobs.fail(&job_id, moderated(&status, details)).await;
                     return;
                 }
                 Polled::NotFound => {
@@ -531,4 +530,16 @@ impl Purchase for FluxPurchase {
             Err(error) => error.after_job(),
         }
     }
+}
+
+/// A task BFL's moderation stopped: the prompt or input image (`Request Moderated`), or the image it made.
+fn moderated(status: &str, details: Value) -> Failure {
+    let what = if status == "Request Moderated" {
+        "the prompt or input image"
+    } else {
+        "the generated image"
+    };
+    let message = format!("BFL's moderation flagged {what} ({status}); no image was made");
+    Failure::new(Code::BflModerated, message)
+        .with_details(json!({ "bfl_status": status, "details": details }))
 }

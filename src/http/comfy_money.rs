@@ -54,22 +54,9 @@ pub async fn post_prompt(
     );
     // What is forwarded is the JSON text that was judged, never a compressed one for aiohttp to unpack.
     parts.headers.remove(header::CONTENT_ENCODING);
-    let limit = state.config.comfy.max_body_bytes;
-    let bytes = match http_body_util::Limited::new(body, limit as usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return ApiError::from(RequestError::PayloadTooLarge { limit }).into_response();
-        }
-        Err(error) => {
-            let failure = match crate::comfy::body::timed_out(&*error) {
-                Some(after) => RequestError::BodyTimeout { after },
-                None => RequestError::BodyUnreadable,
-            };
-            return ApiError::from(failure).into_response();
-        }
+    let bytes = match read_limited(body, state.config.comfy.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return ApiError::from(refused).into_response(),
     };
     let prompt = match crate::comfy::prompt::read(&bytes) {
         Ok(prompt) => prompt,
@@ -127,6 +114,23 @@ pub async fn post_prompt(
         .await
         .map(|answer| answer.map(axum::body::Body::new))
         .unwrap_or_else(|error| ApiError::from(error).into_response())
+}
+
+/// A prompt's body, read whole up to `limit` bytes (it must be judged before it is forwarded).
+async fn read_limited(body: Body, limit: u64) -> Result<bytes::Bytes, RequestError> {
+    match http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(RequestError::PayloadTooLarge { limit })
+        }
+        Err(error) => Err(match crate::comfy::body::timed_out(&*error) {
+            Some(after) => RequestError::BodyTimeout { after },
+            None => RequestError::BodyUnreadable,
+        }),
+    }
 }
 
 /// The `charset` parameter of the Content-Type, lower-cased, quotes removed.

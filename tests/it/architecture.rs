@@ -265,3 +265,84 @@ fn one_recovery_loop_takes_jobs_over() {
         .collect();
     assert_eq!(callers, ["jobs/recovery.rs"]);
 }
+
+/// Every function with a body in `text` (free, method, a trait's default, nested), as its name, the line of its
+/// `fn` and its length in lines to its closing brace; macro bodies are not read.
+fn functions(text: &str) -> Vec<(String, usize, usize)> {
+    use syn::visit::Visit;
+
+    #[derive(Default)]
+    struct Found(Vec<(String, usize, usize)>);
+
+    impl Found {
+        fn add(&mut self, sig: &syn::Signature, block: &syn::Block) {
+            let first = sig.fn_token.span.start().line;
+            let last = block.brace_token.span.close().end().line;
+            self.0
+                .push((sig.ident.to_string(), first, last - first + 1));
+        }
+    }
+
+    impl<'ast> Visit<'ast> for Found {
+        fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+            self.add(&f.sig, &f.block);
+            syn::visit::visit_item_fn(self, f);
+        }
+        fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
+            self.add(&f.sig, &f.block);
+            syn::visit::visit_impl_item_fn(self, f);
+        }
+        fn visit_trait_item_fn(&mut self, f: &'ast syn::TraitItemFn) {
+            if let Some(block) = &f.default {
+                self.add(&f.sig, block);
+            }
+            syn::visit::visit_trait_item_fn(self, f);
+        }
+    }
+
+    let file = syn::parse_file(text).expect("the crate's source parses");
+    let mut found = Found::default();
+    found.visit_file(&file);
+    found.0
+}
+
+#[test]
+fn functions_are_read_with_their_lines() {
+    let text = "fn a() -> [u8; 2] {\n    let _ = ('{', \"}\");\n    [0, 1]\n}\ntrait T {\n    fn b(&self);\n    \
+                fn c(&self) {}\n}\nimpl S {\n    fn d() {\n        fn e() {}\n    }\n}\n";
+    let names: Vec<(String, usize, usize)> = functions(text);
+    let expected = [("a", 1, 4), ("c", 7, 1), ("d", 10, 3), ("e", 11, 1)];
+    assert_eq!(
+        names,
+        expected.map(|(n, line, lines)| (n.to_owned(), line, lines))
+    );
+}
+
+#[test]
+fn no_function_is_over_100_lines() {
+    let root = src();
+    let files = sources(&root);
+    let read: usize = files.iter().map(|(_, text)| functions(text).len()).sum();
+    assert!(read > 1000, "the functions were read: {read}");
+    let long: Vec<String> = files
+        .into_iter()
+        .flat_map(|(path, text)| {
+            let file = path.strip_prefix(&root).unwrap().display().to_string();
+            functions(&text)
+                .into_iter()
+                .filter(|(_, _, lines)| *lines > 100)
+                .map(move |(name, line, lines)| format!("{file}:{line} {name} ({lines} lines)"))
+        })
+        .collect();
+    assert_eq!(long, Vec::<String>::new());
+}
+
+#[test]
+fn no_file_of_the_crate_is_over_600_lines() {
+    let long: Vec<(String, usize)> = sources(&src())
+        .into_iter()
+        .map(|(path, text)| (path.display().to_string(), text.lines().count()))
+        .filter(|(_, lines)| *lines > 600)
+        .collect();
+    assert_eq!(long, Vec::<(String, usize)>::new());
+}

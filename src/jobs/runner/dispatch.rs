@@ -147,7 +147,8 @@ impl Jobs {
     }
 
     /// Posts a recorded job's workflow to ComfyUI and starts following it. The money gate runs first: a paid
-    /// workflow goes out only for a job holding a reservation, with Orchestrator's Comfy.org key.
+    /// workflow goes out only for a job holding a reservation, with Orchestrator's Comfy.org key. Every step that
+    /// stops the send before anything is posted fails the job and gives a paid one's reservation back.
     pub(in crate::jobs) async fn send_to_comfy(
         &self,
         job: Job,
@@ -157,66 +158,18 @@ impl Jobs {
         // instance confirms it).
         self.hold_claim(&job.id).await?;
         let gateway = self.backend_of(&job).clone();
-        let paid_key = match self.gate_before_sending(&gateway, &job, workflow).await {
-            Ok(key) => key,
-            Err(JobError::AwaitingConfirmation(job)) => {
-                return Err(JobError::AwaitingConfirmation(job));
-            }
-            Err(error) => {
-                let code = match &error {
-                    JobError::UnknownClasses(_) => Code::ComfyRejected,
-                    JobError::Refused(refusal) => refusal.code(),
-                    JobError::Comfy(comfy) => comfy.code(),
-                    _ => Code::Internal,
-                };
-                self.fail(&job.id, Failure::new(code, error.to_string()))
-                    .await;
-                if job.cost_usd.is_some() {
-                    self.release(&job.id).await;
-                }
-                return Err(error);
-            }
-        };
-
-        // The inputs a workflow names as assets go to this backend now, whichever it is (the first, the one a
-        // waiting job found, the one a job moved to): the stored workflow keeps the references.
-        let resolved = match self.assets.resolve_for(&gateway, workflow).await {
-            Ok(resolved) => resolved,
-            Err(error) => {
-                let failure = match &error {
-                    ResolveError::Comfy(comfy) => comfy.failure(),
-                    ResolveError::Missing(_) => Failure::new(Code::MissingAsset, error.to_string()),
-                    ResolveError::Asset(cause) => {
-                        tracing::error!(job = %job.id, error = %cause, "cannot read a job's input assets");
-                        Failure::new(Code::Internal, "the asset store failed")
-                    }
-                };
-                self.fail(&job.id, failure).await;
-                if paid_key.is_some() {
-                    self.release(&job.id).await;
-                }
-                return Err(match error {
-                    ResolveError::Comfy(comfy) => comfy.into(),
-                    ResolveError::Missing(id) => JobError::MissingAssets(vec![id]),
-                    ResolveError::Asset(asset) => JobError::Asset(asset),
-                });
-            }
-        };
+        let paid_key = self.gate_or_fail(&gateway, &job, workflow).await?;
+        let paid = paid_key.is_some();
+        let resolved = self.resolve_or_fail(&gateway, &job, workflow, paid).await?;
         let workflow = resolved.as_ref().unwrap_or(workflow);
         // The backend's shared link is up before anything is posted, and the prompt, under an id Orchestrator
         // picks, is listened for before it exists: no event of the run can come unrouted.
         let link = self.link(&gateway);
-        let registration = match link.ready(LINK_WITHIN).await {
-            Ok(_) => Registration::new(&link, uuid::Uuid::new_v4().to_string()),
-            Err(error) => {
-                self.fail(&job.id, error.failure()).await;
-                // Nothing was posted: a paid job's reservation goes back.
-                if paid_key.is_some() {
-                    self.release(&job.id).await;
-                }
-                return Err(error.into());
-            }
-        };
+        if let Err(error) = link.ready(LINK_WITHIN).await {
+            self.fail_unsent(&job.id, error.failure(), paid).await;
+            return Err(error.into());
+        }
+        let registration = Registration::new(&link, uuid::Uuid::new_v4().to_string());
         let request = PromptRequest {
             workflow,
             prompt_id: &registration.prompt_id,
@@ -224,53 +177,116 @@ impl Jobs {
             job_id: &job.id,
             comfy_org_key: paid_key.as_ref().map(|key| key.expose()),
         };
-        // A paid job cancelled while it was being approved or prepared is not sent (and gives its price back).
-        if paid_key.is_some() {
-            let now = self.store.job(&job.id).await?;
-            if let Some(now) = now.filter(|j| j.status != JobStatus::Queued) {
-                self.release(&job.id).await;
-                return Err(JobError::Finished(now.status.as_str()));
-            }
+        if paid {
+            self.still_wanted(&job.id).await?;
         }
         // Still this instance's (it could have lost the claim while it waited for the link, cut off from the
         // store longer than a lease): a job another instance took over is not posted by this one too.
         self.hold_claim(&job.id).await?;
         let posted = gateway.post_prompt(&request).await;
-        let prompt_id = self.settle_post(&job, posted, paid_key.is_some()).await?;
+        let prompt_id = self.settle_post(&job, posted, paid).await?;
         let prompt_id = prompt_id.as_str();
-        if paid_key.is_some()
-            && let Err(error) = self.store.mark_charge_spent(&job.id).await
-        {
+        if paid && let Err(error) = self.store.mark_charge_spent(&job.id).await {
             tracing::error!(job = %job.id, %error, "cannot record a paid job's charge as spent");
         }
-        let accepted = self
-            .change(
-                &job.id,
-                EventKind::State,
-                JobChange {
-                    status: Some(JobStatus::Submitted),
-                    comfy_prompt_id: Some(prompt_id.to_owned()),
-                    ..Default::default()
-                },
-            )
-            .await;
-        if !accepted {
-            // Cancelled (or otherwise finished) while the prompt was on its way: the job stays as it ended, and
-            // ComfyUI's copy goes, from its queue or, if it has started already, by an interrupt of that prompt.
-            let queued = gateway.delete_queued(prompt_id).await;
-            let interrupted = gateway.interrupt(prompt_id).await;
-            if queued.is_err() || interrupted.is_err() {
-                tracing::warn!(job = %job.id, %prompt_id, "a job finished while it was sent, and ComfyUI could not be told to drop it");
-            }
-            let now = self.store.job(&job.id).await?;
-            return Err(JobError::Finished(
-                now.map_or("gone", |j| j.status.as_str()),
-            ));
+        let submitted = JobChange {
+            status: Some(JobStatus::Submitted),
+            comfy_prompt_id: Some(prompt_id.to_owned()),
+            ..Default::default()
+        };
+        if !self.change(&job.id, EventKind::State, submitted).await {
+            return Err(self.withdraw(&gateway, &job.id, prompt_id).await);
         }
-
         let listening = registration.into_listening(prompt_id);
         self.follow(gateway.clone(), &job.id, prompt_id, workflow, listening);
         Ok(self.store.job(&job.id).await?.unwrap_or(job))
+    }
+
+    /// The money gate at the moment of sending; a job it refuses is failed (a job it parks waits for its
+    /// confirmation). Answers the Comfy.org key for a paid workflow.
+    async fn gate_or_fail(
+        &self,
+        gateway: &ComfyGateway,
+        job: &Job,
+        workflow: &Value,
+    ) -> Result<Option<crate::config::Secret>, JobError> {
+        match self.gate_before_sending(gateway, job, workflow).await {
+            Ok(key) => Ok(key),
+            Err(JobError::AwaitingConfirmation(job)) => Err(JobError::AwaitingConfirmation(job)),
+            Err(error) => {
+                let code = match &error {
+                    JobError::UnknownClasses(_) => Code::ComfyRejected,
+                    JobError::Refused(refusal) => refusal.code(),
+                    JobError::Comfy(comfy) => comfy.code(),
+                    _ => Code::Internal,
+                };
+                let failure = Failure::new(code, error.to_string());
+                self.fail_unsent(&job.id, failure, job.cost_usd.is_some())
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
+    /// The inputs a workflow names as assets go to this backend now, whichever it is (the first, the one a
+    /// waiting job found, the one a job moved to): the stored workflow keeps the references.
+    async fn resolve_or_fail(
+        &self,
+        gateway: &ComfyGateway,
+        job: &Job,
+        workflow: &Value,
+        paid: bool,
+    ) -> Result<Option<Value>, JobError> {
+        let error = match self.assets.resolve_for(gateway, workflow).await {
+            Ok(resolved) => return Ok(resolved),
+            Err(error) => error,
+        };
+        let failure = match &error {
+            ResolveError::Comfy(comfy) => comfy.failure(),
+            ResolveError::Missing(_) => Failure::new(Code::MissingAsset, error.to_string()),
+            ResolveError::Asset(cause) => {
+                tracing::error!(job = %job.id, error = %cause, "cannot read a job's input assets");
+                Failure::new(Code::Internal, "the asset store failed")
+            }
+        };
+        self.fail_unsent(&job.id, failure, paid).await;
+        Err(match error {
+            ResolveError::Comfy(comfy) => comfy.into(),
+            ResolveError::Missing(id) => JobError::MissingAssets(vec![id]),
+            ResolveError::Asset(asset) => JobError::Asset(asset),
+        })
+    }
+
+    /// A job stopped before anything was posted: failed, and a paid one's reservation given back.
+    async fn fail_unsent(&self, id: &str, failure: Failure, paid: bool) {
+        self.fail(id, failure).await;
+        if paid {
+            self.release(id).await;
+        }
+    }
+
+    /// A paid job cancelled while it was being approved or prepared is not sent (and gives its price back).
+    async fn still_wanted(&self, id: &str) -> Result<(), JobError> {
+        let now = self.store.job(id).await?;
+        if let Some(now) = now.filter(|j| j.status != JobStatus::Queued) {
+            self.release(id).await;
+            return Err(JobError::Finished(now.status.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Cancelled (or otherwise finished) while the prompt was on its way: the job stays as it ended, and ComfyUI's
+    /// copy goes, from its queue or, if it has started already, by an interrupt of that prompt.
+    async fn withdraw(&self, gateway: &ComfyGateway, id: &str, prompt_id: &str) -> JobError {
+        let queued = gateway.delete_queued(prompt_id).await;
+        let interrupted = gateway.interrupt(prompt_id).await;
+        if queued.is_err() || interrupted.is_err() {
+            tracing::warn!(job = %id, %prompt_id, "a job finished while it was sent, and ComfyUI could not be told to drop it");
+        }
+        match self.store.job(id).await {
+            Ok(now) => JobError::Finished(now.map_or("gone", |j| j.status.as_str())),
+            Err(error) => error.into(),
+        }
     }
 }
 
