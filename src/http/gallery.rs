@@ -203,11 +203,6 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     }
 }
 
-/// A fresh seed for "generate again".
-fn new_seed() -> u64 {
-    u64::from(uuid::Uuid::new_v4().as_u64_pair().0 as u32)
-}
-
 /// `POST /api/jobs/{id}/again`: a template's job once more, with its parameters and a new seed: its stored
 /// workflow (input images still named by their assets) with the seed's inputs rewritten; 202 with the new job, as
 /// `POST /api/jobs` answers.
@@ -216,56 +211,7 @@ fn new_seed() -> u64 {
         (status = 404, description = "No such job", body = crate::error::ErrorBody),
         (status = 422, description = "`validation_failed`: not a template's job, or a FLUX job (asked for again through `POST /api/flux/generate`, with its confirmation)", body = crate::error::ErrorBody)))]
 pub async fn again(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let job = find(&state, &id).await?;
-    // A FLUX job's stored "workflow" is BFL's payload, and paid: it goes again through FLUX, with its own price
-    // and confirmation, never to ComfyUI as a graph.
-    if job.backend != crate::model::Backend::Comfy {
-        return Err(ApiError::invalid(
-            "backend",
-            "only a ComfyUI job is generated again here; a FLUX job is asked for again with POST /api/flux/generate, \
-             with its price and confirmation",
-        ));
-    }
-    let Some(name) = job.template.clone() else {
-        return Err(ApiError::invalid(
-            "template",
-            "only a template's job can be generated again",
-        ));
-    };
-    let mut workflow = state
-        .jobs
-        .store()
-        .workflow(&id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::JobNotFound {
-            id: id.chars().take(64).collect(),
-        })?;
-    let mut values = job.params.clone();
-    let seed = state
-        .templates
-        .get(&name)
-        .and_then(|template| template.manifest.params.get("seed"));
-    if let Some(seed) = seed {
-        let value = new_seed();
-        for (node, input) in &seed.targets {
-            if let Some(inputs) = workflow[node.as_str()]["inputs"].as_object_mut() {
-                inputs.insert(input.clone(), serde_json::json!(value));
-            }
-        }
-        values["seed"] = serde_json::json!(value);
-    }
-    let submission = crate::jobs::paid::Submission {
-        template: Some(name),
-        params: values,
-        workflow,
-        dry_run: false,
-        token: None,
-        idempotency_key: None,
-    };
-    let submitted = state
-        .jobs
-        .submit(submission)
+    let submitted = crate::jobs::intake::again(&state.jobs, &state.templates, &id)
         .await
         .map_err(super::jobs::job_error)?;
     Ok(super::jobs::submitted_response(submitted))

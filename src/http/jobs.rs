@@ -6,14 +6,13 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::extract::Query;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::paid::{Submission, Submitted};
+use crate::jobs::paid::Submitted;
 use crate::jobs::runner::{JobError, safe_file_name};
-use crate::jobs::templates::ParamKind;
 use crate::model::{Job, JobStatus};
 use crate::money::confirm::TokenProblem;
 use crate::money::refusal::Refusal;
@@ -103,49 +102,23 @@ pub async fn submit(
             ));
         }
     }
-    let mut params = request.params.unwrap_or_else(|| json!({}));
-    if !params.is_object() {
-        return Err(ApiError::invalid("params", "must be an object"));
-    }
-    let images = match &request.template {
-        Some(name) => take_images(&state, name, &mut params)?,
-        None => Vec::new(),
+    // The models ComfyUI has, for a template's model fields (none when it does not answer).
+    let lists = match request.template {
+        Some(_) => state.models.get(&state.gateway, false).await.ok(),
+        None => None,
     };
-    let (template, workflow) = match (request.template, request.workflow) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "workflow",
-                "give either a template or a workflow, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(ApiError::invalid(
-                "template",
-                "give a template name or an API-format workflow",
-            ));
-        }
-        (None, Some(workflow)) => {
-            check_workflow(&workflow)?;
-            (None, workflow)
-        }
-        (Some(name), None) => {
-            let lists = state.models.get(&state.gateway, false).await.ok();
-            let mut workflow = state
-                .templates
-                .instantiate(&name, &params, lists.as_deref())
-                .map_err(|fields| ApiError::Validation(Invalid(fields)))?;
-            keep_images(&state, images, &mut workflow).await?;
-            (Some(name), workflow)
-        }
-    };
-    let submission = Submission {
-        template,
-        params,
-        workflow,
+    let intake = crate::jobs::intake::Request {
+        template: request.template,
+        workflow: request.workflow,
+        params: request.params,
         dry_run: request.dry_run.unwrap_or(false),
         token: request.confirm_token,
         idempotency_key: idempotency_key(&headers)?,
     };
+    let submission =
+        crate::jobs::intake::submission(&state.jobs, &state.templates, lists.as_deref(), intake)
+            .await
+            .map_err(job_error)?;
     let submitted = state.jobs.submit(submission).await.map_err(job_error)?;
     Ok(submitted_response(submitted))
 }
@@ -209,151 +182,6 @@ pub async fn confirm(
         .await
         .map_err(job_error)?;
     Ok(submitted_response(submitted))
-}
-
-/// The largest input image accepted as a data URL.
-const MAX_IMAGE_BYTES: usize = 50 * 1024 * 1024;
-
-/// An image parameter given as a `data:` URL, decoded.
-struct Image {
-    bytes: bytes::Bytes,
-    file_name: String,
-    content_type: String,
-    /// The `[node, input]` pairs that take it.
-    targets: Vec<(String, String)>,
-}
-
-/// Image parameters given as `data:` URLs, decoded here. In the stored parameters the data is replaced by a short
-/// note, so the store never holds megabytes of base64.
-fn take_images(state: &AppState, template: &str, params: &mut Value) -> ApiResult<Vec<Image>> {
-    let Some(template) = state.templates.get(template) else {
-        return Ok(Vec::new());
-    };
-    let mut images = Vec::new();
-    let mut fields = Map::new();
-    for (key, param) in &template.manifest.params {
-        if param.kind != ParamKind::Image {
-            continue;
-        }
-        let Some(url) = params
-            .get(key)
-            .and_then(Value::as_str)
-            .filter(|v| v.starts_with("data:"))
-        else {
-            continue;
-        };
-        match decode_data_url(url) {
-            Ok((content_type, bytes)) => {
-                let extension = content_type
-                    .strip_prefix("image/")
-                    .unwrap_or("png")
-                    .replace(|c: char| !c.is_ascii_alphanumeric(), "");
-                let digest = blake3::hash(&bytes).to_hex();
-                let file_name = format!("orchestrator-{}.{extension}", &digest[..16]);
-                params[key] = json!(format!("upload:{file_name}"));
-                images.push(Image {
-                    bytes: bytes.into(),
-                    file_name,
-                    content_type,
-                    targets: param.targets.clone(),
-                });
-            }
-            Err(problem) => {
-                fields.insert(format!("params.{key}"), json!(problem));
-            }
-        }
-    }
-    if fields.is_empty() {
-        Ok(images)
-    } else {
-        Err(ApiError::Validation(Invalid(fields)))
-    }
-}
-
-/// Keeps each image as an asset and puts its reference where the template takes it: the bytes go to whichever
-/// ComfyUI the job is sent to, each time it is sent (a job moved on failover finds them there too).
-async fn keep_images(state: &AppState, images: Vec<Image>, workflow: &mut Value) -> ApiResult<()> {
-    for image in images {
-        let placement = crate::assets::Placement {
-            content_type: image.content_type,
-            file_path: Some(image.file_name),
-            tags: vec!["input".into()],
-        };
-        let record = state
-            .jobs
-            .assets()
-            .keep(image.bytes, placement)
-            .await
-            .map_err(ApiError::internal)?;
-        for (node, input) in &image.targets {
-            if let Some(inputs) = workflow
-                .get_mut(node)
-                .and_then(|n| n.get_mut("inputs"))
-                .and_then(Value::as_object_mut)
-            {
-                inputs.insert(input.clone(), crate::assets::refs::reference(&record));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `data:<type>;base64,<data>` → (type, bytes).
-fn decode_data_url(url: &str) -> Result<(String, Vec<u8>), String> {
-    use base64::Engine;
-    let (head, data) = url
-        .strip_prefix("data:")
-        .and_then(|u| u.split_once(','))
-        .ok_or("not a data: URL")?;
-    let given = head
-        .strip_suffix(";base64")
-        .ok_or("only base64 data: URLs are accepted")?;
-    let content_type = crate::assets::media_type(given)
-        .filter(|t| t.type_() == mime::IMAGE)
-        .ok_or_else(|| {
-            format!(
-                "an image is expected, not {:?}",
-                given.chars().take(64).collect::<String>()
-            )
-        })?;
-    if data.len() / 4 * 3 > MAX_IMAGE_BYTES {
-        return Err(format!("larger than {} MiB", MAX_IMAGE_BYTES / 1024 / 1024));
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .map_err(|e| format!("not valid base64: {e}"))?;
-    Ok((content_type.essence_str().to_owned(), bytes))
-}
-
-/// An API-format workflow: an object of nodes, each with a `class_type` and `inputs`.
-fn check_workflow(workflow: &Value) -> ApiResult<()> {
-    let Some(nodes) = workflow.as_object().filter(|n| !n.is_empty()) else {
-        return Err(ApiError::invalid(
-            "workflow",
-            "must be a non-empty object of nodes (ComfyUI's API format)",
-        ));
-    };
-    let mut fields = Map::new();
-    for (id, node) in nodes {
-        if node
-            .get("class_type")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            fields.insert(
-                format!("workflow.{id}.class_type"),
-                json!("missing: is this the UI format? Export with \"Save (API)\""),
-            );
-        }
-        if node.get("inputs").is_some_and(|i| !i.is_object()) {
-            fields.insert(format!("workflow.{id}.inputs"), json!("must be an object"));
-        }
-    }
-    if fields.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::Validation(Invalid(fields)))
-    }
 }
 
 pub(super) fn job_error(error: JobError) -> ApiError {

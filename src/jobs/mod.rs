@@ -1,6 +1,7 @@
 //! Generation jobs: the money gate, templates and the runner. Their SQL is in [`crate::store`].
 
 pub mod gate;
+pub mod intake;
 pub mod paid;
 pub mod price;
 pub mod recovery;

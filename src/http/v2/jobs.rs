@@ -11,6 +11,7 @@ use super::render;
 use super::{V2Error, V2Result, base};
 use crate::AppState;
 use crate::codes::Code;
+use crate::jobs::intake::{NodeProblem, Shape};
 use crate::jobs::paid::{Submission, Submitted};
 use crate::jobs::runner::JobError;
 use crate::model::{Job, JobStatus};
@@ -72,27 +73,25 @@ fn parse(body: &[u8]) -> V2Result<Request> {
             ));
         }
     };
-    if workflow["nodes"].is_array() && workflow.get("links").is_some() {
+    let shape = Shape::of(&workflow);
+    if shape.ui_export {
         return Err(unprocessable(
             Code::WorkflowFormatUi,
             "this is the editor's export (nodes and links); export the workflow in API format instead",
         ));
     }
+    // The contract's words: one problem per node, its class first.
     let mut node_errors = Map::new();
-    for (id, node) in workflow.as_object().into_iter().flatten() {
-        if node["class_type"].as_str().is_none_or(str::is_empty) {
-            node_errors.insert(
-                id.clone(),
-                json!([{ "field": "class_type", "reason": "missing" }]),
-            );
-        } else if node.get("inputs").is_some_and(|i| !i.is_object()) {
-            node_errors.insert(
-                id.clone(),
-                json!([{ "field": "inputs", "reason": "not_an_object" }]),
-            );
-        }
+    for (id, problem) in &shape.nodes {
+        let error = match problem {
+            NodeProblem::NoClass => json!([{ "field": "class_type", "reason": "missing" }]),
+            NodeProblem::InputsNotAnObject => {
+                json!([{ "field": "inputs", "reason": "not_an_object" }])
+            }
+        };
+        node_errors.entry(id.clone()).or_insert(error);
     }
-    if workflow.as_object().is_some_and(Map::is_empty) || !node_errors.is_empty() {
+    if !shape.is_sound() {
         return Err(unprocessable(
             Code::InvalidWorkflow,
             "the workflow is not a non-empty map of nodes, each with a class_type and inputs",
