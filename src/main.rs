@@ -57,7 +57,7 @@ enum Command {
     /// The job store: list, show, cancel.
     Jobs {
         #[command(subcommand)]
-        action: JobsCommand,
+        action: orchestrator::cli::JobsAction,
     },
     /// The MCP server on stdin/stdout, for agents (Claude Desktop, IDEs); it calls the running server.
     Mcp,
@@ -70,12 +70,15 @@ enum Command {
     /// ComfyUI's extra_model_paths.yaml (in COMFY_DIR): check it, write a default one, or put a backup back.
     Paths {
         #[command(subcommand)]
-        action: PathsCommand,
+        action: orchestrator::cli::PathsAction,
     },
     /// ComfyUI as a service: install, uninstall, start, stop, status, logs.
     Service {
+        /// Print the exact commands or unit file instead of carrying them out.
+        #[arg(long, global = true)]
+        dry_run: bool,
         #[command(subcommand)]
-        action: ServiceCommand,
+        action: orchestrator::cli::ServiceAction,
     },
     /// Print the API's OpenAPI 3.1 document (what GET /api/openapi.json serves); `--write` puts it in a file.
     Openapi {
@@ -83,129 +86,6 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         write: Option<std::path::PathBuf>,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum JobsCommand {
-    /// The newest jobs first.
-    List {
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-    },
-    /// One job, in full.
-    Show { id: String },
-    /// Cancel a queued or running job.
-    Cancel { id: String },
-}
-
-#[derive(Debug, Subcommand)]
-enum PathsCommand {
-    /// Read the file the way ComfyUI does and list every problem (exit code 1 when ComfyUI would not start).
-    Check {
-        /// Print the whole report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Back up the current file, then write one section with the usual model folders under a base path.
-    Init {
-        /// The folder holding the model folders (default: MODELS_DIR).
-        #[arg(long)]
-        base_path: Option<std::path::PathBuf>,
-        /// Also create the model folders that do not exist.
-        #[arg(long)]
-        create_folders: bool,
-        /// Replace a file ComfyUI could not read (it is backed up first); without it such a file is left alone.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Put a backup (extra_model_paths.yaml.bak.…) back in place; the current file is backed up first.
-    Restore { backup: std::path::PathBuf },
-}
-
-#[derive(Debug, Subcommand)]
-enum ServiceCommand {
-    /// Install ComfyUI as an OS service (NSSM on Windows, a systemd unit on Linux).
-    Install {
-        /// Print the exact commands or unit file instead of carrying them out.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Remove the OS service.
-    Uninstall {
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Start ComfyUI (a no-op when it runs).
-    Start {
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Stop ComfyUI (a no-op when it is stopped).
-    Stop {
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Show whether ComfyUI runs, its pid, restarts and last exit.
-    Status {
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Print the last lines of ComfyUI's log.
-    Logs {
-        /// How many lines (1 to 5000).
-        #[arg(long, short = 'n', default_value_t = 100)]
-        lines: usize,
-        #[arg(long)]
-        dry_run: bool,
-    },
-}
-
-impl ServiceCommand {
-    fn split(self) -> (orchestrator::cli::ServiceAction, bool) {
-        use orchestrator::cli::ServiceAction as A;
-        match self {
-            Self::Install { dry_run } => (A::Install, dry_run),
-            Self::Uninstall { dry_run } => (A::Uninstall, dry_run),
-            Self::Start { dry_run } => (A::Start, dry_run),
-            Self::Stop { dry_run } => (A::Stop, dry_run),
-            Self::Status { dry_run } => (A::Status, dry_run),
-            Self::Logs { lines, dry_run } => (A::Logs { lines }, dry_run),
-        }
-    }
-}
-
-impl PathsCommand {
-    /// The library's form of the subcommand.
-    fn action(self) -> orchestrator::cli::PathsAction {
-        use orchestrator::cli::PathsAction;
-        match self {
-            Self::Check { json } => PathsAction::Check { json },
-            Self::Init {
-                base_path,
-                create_folders,
-                force,
-            } => PathsAction::Init {
-                base_path,
-                create_folders,
-                force,
-            },
-            Self::Restore { backup } => PathsAction::Restore { backup },
-        }
-    }
-}
-
-impl JobsCommand {
-    /// The library's form of the subcommand.
-    fn action(self) -> orchestrator::cli::JobsAction {
-        use orchestrator::cli::JobsAction;
-        match self {
-            Self::List { status, limit } => JobsAction::List { status, limit },
-            Self::Show { id } => JobsAction::Show { id },
-            Self::Cancel { id } => JobsAction::Cancel { id },
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -272,8 +152,7 @@ fn run(command: Command, config: Config) -> ExitCode {
         Command::Config | Command::Openapi { .. } => {
             unreachable!("handled before the server starts")
         }
-        Command::Service { action } => {
-            let (action, dry_run) = action.split();
+        Command::Service { action, dry_run } => {
             terminal(orchestrator::cli::service(&config, action, dry_run))
         }
         Command::Generate {
@@ -304,11 +183,8 @@ fn run(command: Command, config: Config) -> ExitCode {
                 .map(|()| String::new())
         }),
         Command::Doctor { json } => terminal(orchestrator::cli::doctor(&config, json)),
-        Command::Paths { action } => {
-            let action = action.action();
-            terminal(async { orchestrator::cli::paths(&config, action) })
-        }
-        Command::Jobs { action } => terminal(orchestrator::cli::jobs(&config, action.action())),
+        Command::Paths { action } => terminal(async { orchestrator::cli::paths(&config, action) }),
+        Command::Jobs { action } => terminal(orchestrator::cli::jobs(&config, action)),
     }
 }
 

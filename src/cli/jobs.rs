@@ -5,9 +5,18 @@ use crate::client::encode;
 use crate::config::Config;
 
 /// `orchestrator jobs …`
+#[derive(Debug, clap::Subcommand)]
 pub enum JobsAction {
-    List { status: Option<String>, limit: u32 },
+    /// The newest jobs first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One job, in full.
     Show { id: String },
+    /// Cancel a queued or running job.
     Cancel { id: String },
 }
 

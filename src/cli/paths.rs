@@ -3,18 +3,28 @@
 use crate::config::Config;
 
 /// `orchestrator paths …`
+#[derive(Debug, clap::Subcommand)]
 pub enum PathsAction {
+    /// Read the file the way ComfyUI does and list every problem (exit code 1 when ComfyUI would not start).
     Check {
+        /// Print the whole report as JSON.
+        #[arg(long)]
         json: bool,
     },
+    /// Back up the current file, then write one section with the usual model folders under a base path.
     Init {
+        /// The folder holding the model folders (default: MODELS_DIR).
+        #[arg(long)]
         base_path: Option<std::path::PathBuf>,
+        /// Also create the model folders that do not exist.
+        #[arg(long)]
         create_folders: bool,
+        /// Replace a file ComfyUI could not read (it is backed up first); without it such a file is left alone.
+        #[arg(long)]
         force: bool,
     },
-    Restore {
-        backup: std::path::PathBuf,
-    },
+    /// Put a backup (extra_model_paths.yaml.bak.…) back in place; the current file is backed up first.
+    Restore { backup: std::path::PathBuf },
 }
 
 /// Works on the file directly: it is ComfyUI's, on this machine, and needs no running server.

@@ -8,14 +8,24 @@ use crate::service::control::{self, ServiceControl, Step};
 use crate::service::{ServiceStatus, logs};
 
 /// `orchestrator service …`
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
 pub enum ServiceAction {
+    /// Install ComfyUI as an OS service (NSSM on Windows, a systemd unit on Linux).
     Install,
+    /// Remove the OS service.
     Uninstall,
+    /// Start ComfyUI (a no-op when it runs).
     Start,
+    /// Stop ComfyUI (a no-op when it is stopped).
     Stop,
+    /// Show whether ComfyUI runs, its pid, restarts and last exit.
     Status,
-    Logs { lines: usize },
+    /// Print the last lines of ComfyUI's log.
+    Logs {
+        /// How many lines (1 to 5000).
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: usize,
+    },
 }
 
 pub async fn service(
