@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::app::{AppState, FleetSecrets, status};
 use crate::config::{self, Config};
 use crate::paths::DataPaths;
 use crate::store::{Store, StoreError};
-use crate::{AppState, FleetSecrets, http, jobs, service, status};
+use crate::{http, jobs, service};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

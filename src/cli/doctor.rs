@@ -20,14 +20,14 @@ pub async fn doctor(config: &Config, json: bool) -> Result<String, String> {
                 .map_err(|e| {
                     format!(
                         "overall      down\ndatabase     UNREACHABLE {}: {e}{}",
-                        crate::status::shown_database(url),
+                        crate::app::status::shown_database(url),
                         std::error::Error::source(&e)
                             .map(|s| format!(" ({s})"))
                             .unwrap_or_default()
                     )
                 })?;
-            let state = crate::AppState::new(config.clone(), paths, store);
-            let report = crate::status::report(&state).await;
+            let state = crate::app::AppState::new(config.clone(), paths, store);
+            let report = crate::app::status::report(&state).await;
             (
                 serde_json::to_value(report).map_err(|e| e.to_string())?,
                 Some(

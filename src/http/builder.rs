@@ -5,7 +5,7 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::AppState;
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::store::NewMessage;
 

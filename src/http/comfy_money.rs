@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use crate::AppState;
+use crate::app::AppState;
 use crate::codes::Code;
 use crate::comfy::credentials;
 use crate::comfy::error::ComfyError;

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::Query;
 use super::jobs::find;
-use crate::AppState;
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::model::EventKind;
 use crate::model::JobStatus;

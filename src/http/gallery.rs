@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::Query;
 use super::jobs::find;
-use crate::AppState;
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::runner::thumbnails::has_thumbnail;
 use crate::model::{Backend, JobStatus};

@@ -17,7 +17,7 @@ use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 
 use super::{comfy_money, guard};
-use crate::AppState;
+use crate::app::AppState;
 use crate::comfy::{routes, ws};
 use crate::error::{ApiError, ApiResult};
 

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 
-use crate::AppState;
+use crate::app::AppState;
 use crate::codes::Code;
 use crate::comfy::model_paths::{self, Created, Report, WriteError};
 use crate::error::{ApiError, ApiResult};

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use crate::AppState;
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 
 /// `POST /api/flux/generate`: a dry run unless `dryRun: false`; see [`crate::flux::service`].

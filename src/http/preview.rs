@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 
 use super::jobs::find;
-use crate::AppState;
+use crate::app::AppState;
 use crate::error::ApiResult;
 
 /// 200 with the image while the job runs and ComfyUI has sent one; 204 when there is none (not started, ended,

@@ -20,7 +20,7 @@ use super::{
     builder, events, gallery, gateway, jobs, model_paths, openapi, paid, panic, preview,
     rate_limit, system,
 };
-use crate::AppState;
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::ui;
 
@@ -179,7 +179,7 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
 
 /// Every `/api` route Orchestrator answers itself, each registered with its OpenAPI description, so the document
 /// lists exactly what is served.
-fn api_routes(limiter: Arc<rate_limit::PaidLimiter>) -> OpenApiRouter<AppState> {
+fn api_routes(limiter: Arc<crate::app::limits::PaidLimiter>) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::head())
         .routes(routes!(health))
         .routes(routes!(models))
@@ -223,7 +223,7 @@ pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
     static DOCUMENT: std::sync::LazyLock<utoipa::openapi::OpenApi> =
         std::sync::LazyLock::new(|| {
             // Only the routes' descriptions are kept; the limiter is never asked.
-            let limiter = rate_limit::PaidLimiter::new(crate::config::RateLimitConfig {
+            let limiter = crate::app::limits::PaidLimiter::new(crate::config::RateLimitConfig {
                 per_minute: 1,
                 burst: 1,
             });
@@ -264,7 +264,7 @@ fn mcp_service(
 }
 
 /// The routes that cost money or call a remote API, behind the per-client rate limit.
-fn paid_routes(limiter: Arc<rate_limit::PaidLimiter>) -> OpenApiRouter<AppState> {
+fn paid_routes(limiter: Arc<crate::app::limits::PaidLimiter>) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(paid::flux_generate))
         .routes(routes!(paid::flux_budget))

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::extract::Query;
-use crate::AppState;
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::service::ignite::{self, Progress};
 use crate::service::{ServiceStatus, logs};
@@ -28,28 +28,28 @@ pub async fn status(State(state): State<AppState>) -> Json<ServiceStatus> {
 }
 
 async fn current_status(state: &AppState) -> ServiceStatus {
-    crate::status::service_status(state).await
+    crate::app::status::service_status(state).await
 }
 
 /// `GET /api/status`: the whole report, within 2.5 s whatever hangs.
 #[utoipa::path(get, path = "/api/status", tag = "status",
-    responses((status = 200, description = "Services, ComfyUI, database, external APIs and model paths", body = crate::status::Report)))]
-pub async fn full_status(State(state): State<AppState>) -> Json<crate::status::Report> {
-    Json(crate::status::report(&state).await)
+    responses((status = 200, description = "Services, ComfyUI, database, external APIs and model paths", body = crate::app::status::Report)))]
+pub async fn full_status(State(state): State<AppState>) -> Json<crate::app::status::Report> {
+    Json(crate::app::status::report(&state).await)
 }
 
 /// The services part of the report.
 #[utoipa::path(get, path = "/api/status/services", tag = "status",
-    responses((status = 200, description = "ComfyUI's service, the panel's mode and the worker", body = crate::status::Services)))]
-pub async fn services_status(State(state): State<AppState>) -> Json<crate::status::Services> {
-    Json(crate::status::services(&state).await)
+    responses((status = 200, description = "ComfyUI's service, the panel's mode and the worker", body = crate::app::status::Services)))]
+pub async fn services_status(State(state): State<AppState>) -> Json<crate::app::status::Services> {
+    Json(crate::app::status::services(&state).await)
 }
 
 /// The ComfyUI part of the report.
 #[utoipa::path(get, path = "/api/status/comfy", tag = "status",
-    responses((status = 200, description = "Whether ComfyUI answers, its version, devices and queue", body = crate::status::Comfy)))]
-pub async fn comfy_status(State(state): State<AppState>) -> Json<crate::status::Comfy> {
-    Json(crate::status::comfy(&state).await)
+    responses((status = 200, description = "Whether ComfyUI answers, its version, devices and queue", body = crate::app::status::Comfy)))]
+pub async fn comfy_status(State(state): State<AppState>) -> Json<crate::app::status::Comfy> {
+    Json(crate::app::status::comfy(&state).await)
 }
 
 /// `GET /api/status/models`.
@@ -71,8 +71,8 @@ pub struct ModelsStatus {
     responses((status = 200, description = "Models per folder and the model-paths check", body = ModelsStatus)))]
 pub async fn models_status(State(state): State<AppState>) -> Json<ModelsStatus> {
     let (comfy, paths) = tokio::join!(
-        crate::status::comfy(&state),
-        crate::status::model_paths(&state)
+        crate::app::status::comfy(&state),
+        crate::app::status::model_paths(&state)
     );
     Json(ModelsStatus {
         comfy: comfy.status,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::i18n::Tr;
 use super::{error_page, render, tr};
-use crate::AppState;
+use crate::app::AppState;
 use crate::model::{Job, JobStatus};
 
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,7 @@ use axum::response::{Html, IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::AppState;
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::Message;
 use i18n::{Lang, Tr};

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::keys::{self, Outcome, Prior};
 use super::render;
 use super::{V2Error, V2Result, base};
-use crate::AppState;
+use crate::app::AppState;
 use crate::assets::{Found, Placement, valid_hash};
 use crate::codes::Code;
 

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::render;
 use super::{V2Error, V2Result, base};
-use crate::AppState;
+use crate::app::AppState;
 use crate::http::events::{Seen, follow_job};
 use crate::jobs::runner::preview::Preview;
 use crate::model::{EventKind, Job, JobStatus};

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::keys::{self, Outcome, Prior};
 use super::render;
 use super::{V2Error, V2Result, base};
-use crate::AppState;
+use crate::app::AppState;
 use crate::codes::Code;
 use crate::jobs::intake::{NodeProblem, Shape};
 use crate::jobs::paid::{Submission, Submitted};

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Value, json};
 
 use super::{V2Error, V2Result};
-use crate::AppState;
+use crate::app::AppState;
 use crate::clock::timestamp as at;
 use crate::codes::Code;
 

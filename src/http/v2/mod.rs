@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::AppState;
+use crate::app::AppState;
 use crate::codes::Code;
 use crate::error::ApiError;
 

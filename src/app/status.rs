@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::AppState;
+use crate::app::AppState;
 use crate::service::{ServiceControl, ServiceState, ServiceStatus};
 
 /// One probe's budget.
