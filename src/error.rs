@@ -228,7 +228,19 @@ impl ApiError {
         }
     }
 
-    fn details(&self) -> Value {
+    /// What the client is told: the error's sentence (never an internal cause).
+    pub fn message(&self) -> String {
+        match self {
+            Self::CrossOrigin { .. } => {
+                "Cross-site request refused: state-changing requests must come from the panel's own origin"
+                    .to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The structured facts of the error, for the body's `details`.
+    pub fn details(&self) -> Value {
         match self {
             Self::HostNotAllowed { host } => json!({ "host": host }),
             Self::CrossOrigin { origin } => json!({ "origin": origin }),
@@ -254,14 +266,7 @@ impl ApiError {
 
     /// The JSON body every API error shares.
     pub fn body(&self) -> Value {
-        let message = match self {
-            Self::CrossOrigin { .. } => {
-                "Cross-site request refused: state-changing requests must come from the panel's own origin"
-                    .to_string()
-            }
-            other => other.to_string(),
-        };
-        error_body(self.code(), &message, self.details())
+        error_body(self.code(), &self.message(), self.details())
     }
 
     /// When the client may try again, for `Retry-After`.

@@ -115,7 +115,7 @@ impl From<ApiError> for V2Error {
     fn from(error: ApiError) -> Self {
         let status = error.status();
         let retry_after = error.retry_after();
-        let body = error.body();
+        let (message, details) = (error.message(), error.details());
         let code = match error.code() {
             Code::JobNotFound | Code::OutputNotFound => Code::NotFound,
             Code::ValidationFailed => Code::InvalidWorkflow,
@@ -131,11 +131,8 @@ impl From<ApiError> for V2Error {
         Self {
             status,
             code,
-            message: body["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            details: body["error"]["details"].clone(),
+            message,
+            details,
             retry_after,
         }
     }
