@@ -20,6 +20,19 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Every status.
+    pub const ALL: [Self; 9] = [
+        Self::Queued,
+        Self::Submitted,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::BackendLost,
+        Self::NeedsReconcile,
+        Self::AwaitingConfirmation,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",

@@ -91,6 +91,92 @@ impl Store {
     }
 }
 
+/// Which jobs a list keeps, newest first: those of any of `statuses` (every one when `None`) and, for each label,
+/// the labelled jobs (raw workflows, whose `params.metadata` holds the v2 API's labels) that carry it.
+#[derive(Debug, Default, Clone)]
+pub struct JobFilter {
+    pub statuses: Option<Vec<JobStatus>>,
+    /// `(key, value)`: keys are the v2 contract's (`A-Z a-z 0-9 _ - .`), at most a few.
+    pub labels: Vec<(String, String)>,
+}
+
+impl Store {
+    /// A page of the jobs `filter` keeps: the store filters, so a page is whole however selective the filter.
+    pub async fn list_filtered(
+        &self,
+        filter: &JobFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, StoreError> {
+        let mut conditions = Vec::new();
+        let mut next = 1;
+        let mut placeholder = || {
+            let p = format!("${next}");
+            next += 1;
+            p
+        };
+        let after = after(cursor);
+        if after.is_some() {
+            conditions.push(format!(
+                "(created_at, id) < ({}, {})",
+                placeholder(),
+                placeholder()
+            ));
+        }
+        let statuses: Vec<&str> = filter
+            .statuses
+            .iter()
+            .flatten()
+            .map(|s| s.as_str())
+            .collect();
+        if filter.statuses.is_some() {
+            let list: Vec<String> = statuses.iter().map(|_| placeholder()).collect();
+            conditions.push(match list.is_empty() {
+                true => "1 = 0".to_owned(),
+                false => format!("status IN ({})", list.join(", ")),
+            });
+        }
+        if !filter.labels.is_empty() {
+            conditions.push("template IS NULL".to_owned());
+        }
+        for _ in &filter.labels {
+            let (key, value) = (placeholder(), placeholder());
+            conditions.push(match self.engine {
+                Engine::Sqlite => format!(
+                    "json_extract(params, '$.metadata.' || json_quote(CAST({key} AS TEXT))) = {value}"
+                ),
+                Engine::Postgres => {
+                    format!("(params::jsonb -> 'metadata' ->> CAST({key} AS TEXT)) = {value}")
+                }
+            });
+        }
+        let limit_at = placeholder();
+        let filters = match conditions.is_empty() {
+            true => String::new(),
+            false => format!("WHERE {}", conditions.join(" AND ")),
+        };
+        let sql = format!(
+            "SELECT {} FROM jobs {filters} ORDER BY created_at DESC, id DESC LIMIT {limit_at}",
+            job_columns!()
+        );
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some((time, id)) = after {
+            statement = statement.bind(time).bind(id);
+        }
+        for status in statuses {
+            statement = statement.bind(status);
+        }
+        for (key, value) in &filter.labels {
+            statement = statement.bind(key.as_str()).bind(value.as_str());
+        }
+        let rows = statement
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(page(&rows, limit))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,7 @@ mod webhooks;
 pub use assets::AssetRecord;
 pub use events::{EventWakeups, StoredEvent};
 pub use fleet::Instance;
-pub use gallery::GalleryQuery;
+pub use gallery::{GalleryQuery, JobFilter};
 pub use jobs::{Deleted, JobChange, JobPage, NewJob};
 pub use messages::{Link, Message, NewMessage};
 pub use money::{BudgetUsage, IdempotencyClaim, IdempotencyRecord, PaidJob, Record, Reservation};

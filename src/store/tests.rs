@@ -406,3 +406,87 @@ async fn a_claim_is_renewed_until_it_has_an_answer() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_filtered_list_is_the_stores_own_whole_pages_of_the_jobs_it_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("o.db").display()))
+        .await
+        .unwrap();
+    let workflow = serde_json::json!({});
+    let labelled = |n: u32| serde_json::json!({ "metadata": { "run.id": format!("r{}", n % 2) } });
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let params = labelled(n);
+        let new = NewJob {
+            backend: Backend::Comfy,
+            template: None,
+            params: &params,
+            workflow: &workflow,
+            backend_url: None,
+        };
+        ids.push(store.insert_job(new).await.unwrap().id);
+    }
+    // A template's job with the same parameters carries no labels.
+    let params = labelled(0);
+    let templated = NewJob {
+        backend: Backend::Comfy,
+        template: Some("sdxl-t2i"),
+        params: &params,
+        workflow: &workflow,
+        backend_url: None,
+    };
+    store.insert_job(templated).await.unwrap();
+    let change = JobChange {
+        status: Some(JobStatus::Failed),
+        ..Default::default()
+    };
+    store.update_job(&ids[0], change).await.unwrap();
+
+    let label = JobFilter {
+        statuses: None,
+        labels: vec![("run.id".into(), "r0".into())],
+    };
+    let first = store.list_filtered(&label, 2, None).await.unwrap();
+    let rest = store
+        .list_filtered(&label, 2, first.next_cursor.as_deref())
+        .await
+        .unwrap();
+    let found: Vec<&str> = first
+        .jobs
+        .iter()
+        .chain(&rest.jobs)
+        .map(|j| j.id.as_str())
+        .collect();
+    assert_eq!(
+        found,
+        [&ids[4], &ids[2], &ids[0]],
+        "newest first, labelled r0, no template's job"
+    );
+    assert_eq!(rest.next_cursor, None);
+
+    let failed_or_lost = JobFilter {
+        statuses: Some(vec![JobStatus::Failed, JobStatus::BackendLost]),
+        labels: Vec::new(),
+    };
+    let page = store
+        .list_filtered(&failed_or_lost, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        [&ids[0]]
+    );
+    let none = JobFilter {
+        statuses: Some(Vec::new()),
+        labels: Vec::new(),
+    };
+    assert!(
+        store
+            .list_filtered(&none, 10, None)
+            .await
+            .unwrap()
+            .jobs
+            .is_empty()
+    );
+}

@@ -15,6 +15,7 @@ use crate::jobs::intake::{NodeProblem, Shape};
 use crate::jobs::paid::{Submission, Submitted};
 use crate::jobs::runner::JobError;
 use crate::model::{Job, JobStatus};
+use crate::store::JobFilter;
 
 /// The scope of v2 submissions' idempotency keys (apart from `/api/jobs`', whose bodies differ).
 const SCOPE: &str = "v2.jobs";
@@ -324,38 +325,16 @@ pub async fn list(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> V2Result<Json<Value>> {
-    let mut query = ListQuery::read(query.as_deref())?;
+    let query = ListQuery::read(query.as_deref())?;
     let base = base(&headers);
-    // Filters are applied to pages of the store's list: a selective one reads at most this many jobs a request,
-    // and hands the rest on with the cursor.
-    const SCAN: usize = 1_000;
-    let mut jobs = Vec::new();
-    let mut scanned = 0;
-    let mut next = query.cursor.take();
-    while jobs.len() < query.limit && scanned < SCAN {
-        let page = state
-            .jobs
-            .store()
-            .list_jobs(None, 100, next.as_deref())
-            .await
-            .map_err(V2Error::internal)?;
-        let mut cut = false;
-        for job in &page.jobs {
-            scanned += 1;
-            if query.keeps(job) {
-                jobs.push(summary(job, &base));
-            }
-            next = Some(format!("{}~{}", job.created_at, job.id));
-            if jobs.len() == query.limit {
-                cut = true;
-                break;
-            }
-        }
-        if page.next_cursor.is_none() && !cut {
-            next = None;
-            break;
-        }
-    }
+    let page = state
+        .jobs
+        .store()
+        .list_filtered(&query.filter(), query.limit as u32, query.cursor.as_deref())
+        .await
+        .map_err(V2Error::internal)?;
+    let jobs: Vec<Value> = page.jobs.iter().map(|job| summary(job, &base)).collect();
+    let next = page.next_cursor;
     let mut body = json!({ "jobs": jobs });
     if let Some(next) = next {
         body["next_cursor"] = json!(next);
@@ -455,17 +434,19 @@ impl ListQuery {
         })
     }
 
-    /// Whether `job` passes the status and metadata filters.
-    fn keeps(&self, job: &Job) -> bool {
-        let metadata = render::metadata(job);
-        let status = render::status(job.status);
-        self.statuses
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|w| w == status))
-            && self
-                .labels
-                .iter()
-                .all(|(k, v)| metadata[k].as_str() == Some(v.as_str()))
+    /// The store's filter: the stored statuses that show as the v2 statuses asked for (`canceling` is never
+    /// stored: a cancel shows as it while the run stops), and the labels.
+    fn filter(&self) -> JobFilter {
+        let statuses = self.statuses.as_ref().map(|wanted| {
+            JobStatus::ALL
+                .into_iter()
+                .filter(|status| wanted.iter().any(|w| w == render::status(*status)))
+                .collect()
+        });
+        JobFilter {
+            statuses,
+            labels: self.labels.clone(),
+        }
     }
 }
 
