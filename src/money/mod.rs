@@ -2,6 +2,7 @@
 //! ([`refusal`]), for every paid provider alike. Budgets and reservations are the store's (`store::money`).
 
 pub mod checkout;
+pub mod claims;
 pub mod confirm;
 pub mod keys;
 pub mod refusal;

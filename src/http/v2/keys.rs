@@ -4,25 +4,17 @@
 //!
 //! The handlers claim a key, do the work and settle the key in a task of their own, so a client that hangs up in
 //! between cannot leave a key claimed with nothing to answer its repeats with; only a crash can, and such a claim
-//! is given back once it is [`ABANDONED`].
+//! is given back once it is abandoned (the protocol is [`crate::money::claims`]').
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
-use chrono::{TimeDelta, Utc};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Value, json};
 
 use super::{V2Error, V2Result};
 use crate::app::AppState;
-use crate::clock::timestamp as at;
 use crate::codes::Code;
-
-use crate::money::keys::WINDOW;
-
-/// A claim with no answer this old was cut off by a crash: a request at work renews its claim every
-/// [`RENEW_EVERY`], however long it takes (assets uploaded to a slow ComfyUI, say).
-const ABANDONED: TimeDelta = TimeDelta::minutes(2);
-const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+use crate::money::claims::{self, Claim, Claimed, Settle};
 
 /// A request's `Idempotency-Key` ([`crate::money::keys::key_of`]), or the contract's 400.
 pub(super) fn key_of(headers: &HeaderMap) -> V2Result<Option<String>> {
@@ -41,110 +33,48 @@ pub(super) enum Prior {
     Refused { status: StatusCode, body: Value },
 }
 
-/// The rules for `key` in `scope`, for a request whose body has this `fingerprint`.
+/// The rules for `key` in `scope`, for a request whose body has this `fingerprint` (the claim protocol is
+/// [`crate::money::claims`]'), in the contract's words.
 pub(super) async fn prior(
     state: &AppState,
     scope: &'static str,
     key: &str,
     fingerprint: &str,
 ) -> V2Result<Prior> {
-    let store = state.jobs.store();
-    let now = Utc::now();
-    let since = at(now - WINDOW);
-    for _ in 0..3 {
-        if store
-            .claim_idempotency_key(scope, key, fingerprint)
-            .await
-            .map_err(V2Error::internal)?
-        {
-            return Ok(Prior::New(keep_claimed(
-                store.clone(),
-                state.jobs.background(),
-                scope,
-                key,
-                RENEW_EVERY,
-            )));
+    let used_before = state.jobs.gate().forget_used_before();
+    let claim = claims::claim(
+        state.jobs.store(),
+        state.jobs.background(),
+        scope,
+        key,
+        fingerprint,
+        &used_before,
+    )
+    .await
+    .map_err(V2Error::internal)?;
+    match claim {
+        Claim::New(claimed) => Ok(Prior::New(claimed)),
+        Claim::Kept { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            Ok(match body["id"].as_str() {
+                Some(id) if status.is_success() => Prior::Made {
+                    id: id.to_owned(),
+                    status,
+                },
+                _ => Prior::Refused { status, body },
+            })
         }
-        let Some(record) = store
-            .idempotency_record(scope, key, &since)
-            .await
-            .map_err(V2Error::internal)?
-        else {
-            // Claimed longer ago than the window: forgotten now, then claimed anew.
-            store
-                .prune_idempotency_keys(&since, &state.jobs.gate().forget_used_before())
-                .await
-                .map_err(V2Error::internal)?;
-            continue;
-        };
-        if record.fingerprint != fingerprint {
-            return Err(V2Error::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Code::IdempotencyKeyReuse,
-                "this Idempotency-Key came before with another body",
-            ));
-        }
-        match record.response {
-            Some((status, body)) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                return Ok(match body["id"].as_str() {
-                    Some(id) if status.is_success() => Prior::Made {
-                        id: id.to_owned(),
-                        status,
-                    },
-                    _ => Prior::Refused { status, body },
-                });
-            }
-            None if record.claimed_at < at(now - ABANDONED) => {
-                store
-                    .release_idempotency_key(scope, key, Some(&at(now - ABANDONED)))
-                    .await
-                    .map_err(V2Error::internal)?;
-            }
-            None => {
-                return Err(V2Error::new(
-                    StatusCode::CONFLICT,
-                    Code::IdempotencyConflict,
-                    "a request under this Idempotency-Key is still being answered",
-                )
-                .retry_after(1));
-            }
-        }
-    }
-    Err(V2Error::internal("an idempotency key could not be claimed"))
-}
-
-/// A claim being renewed; renewal stops when this is dropped.
-pub(super) struct Claimed {
-    _renewing: tokio_util::sync::DropGuard,
-}
-
-/// Renews the claim on `key` every `every` until the answer is dropped (or the server stops).
-fn keep_claimed(
-    store: crate::store::Store,
-    background: &crate::background::Background,
-    scope: &'static str,
-    key: &str,
-    every: std::time::Duration,
-) -> Claimed {
-    let renewing = tokio_util::sync::CancellationToken::new();
-    let (until, key, stopping) = (renewing.clone(), key.to_owned(), background.clone());
-    background.spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tokio::select! {
-                () = until.cancelled() => return,
-                () = stopping.stopping() => return,
-                _ = tick.tick() => {
-                    if let Err(error) = store.renew_idempotency_claim(scope, &key).await {
-                        tracing::warn!(%error, scope, "cannot renew an idempotency key's claim");
-                    }
-                }
-            }
-        }
-    });
-    Claimed {
-        _renewing: renewing.drop_guard(),
+        Claim::Reused => Err(V2Error::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Code::IdempotencyKeyReuse,
+            "this Idempotency-Key came before with another body",
+        )),
+        Claim::InFlight => Err(V2Error::new(
+            StatusCode::CONFLICT,
+            Code::IdempotencyConflict,
+            "a request under this Idempotency-Key is still being answered",
+        )
+        .retry_after(1)),
     }
 }
 
@@ -163,23 +93,25 @@ pub(super) async fn settle(state: &AppState, scope: &str, key: Option<&str>, out
     let Some(key) = key else {
         return;
     };
-    let store = state.jobs.store();
-    let done = match outcome {
+    let (made, refusal);
+    let settled = match outcome {
         Outcome::Made { id, status } => {
-            store
-                .record_idempotent_response(scope, key, status.as_u16(), &json!({ "id": id }))
-                .await
+            made = json!({ "id": id });
+            Settle::Keep {
+                status: status.as_u16(),
+                body: &made,
+            }
         }
         Outcome::Refused(error) => {
-            store
-                .record_idempotent_response(scope, key, error.status().as_u16(), &error.envelope())
-                .await
+            refusal = error.envelope();
+            Settle::Keep {
+                status: error.status().as_u16(),
+                body: &refusal,
+            }
         }
-        Outcome::Nothing => store.release_idempotency_key(scope, key, None).await,
+        Outcome::Nothing => Settle::GiveBack,
     };
-    if let Err(error) = done {
-        tracing::error!(%error, scope, "cannot settle an idempotency key");
-    }
+    claims::settle(state.jobs.store(), scope, key, settled).await;
 }
 
 /// Runs a keyed write (claim, work, settle) to its end in a task of its own, whether or not its client waits.
@@ -206,47 +138,4 @@ pub(super) fn replayed(mut response: Response) -> Response {
 /// The first request's refusal, again.
 pub(super) fn refusal(status: StatusCode, body: Value) -> Response {
     replayed((status, Json(body)).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A request still at work long after its claim keeps the claim fresh, so a repeat is told to wait
-    /// (`idempotency_conflict`) rather than given the key back and a second job.
-    #[tokio::test]
-    async fn a_claim_is_renewed_while_its_work_runs_and_no_longer() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("k.db").display());
-        let store = crate::store::Store::open(&url).await.unwrap();
-        assert!(
-            store
-                .claim_idempotency_key("v2.jobs", "k", "f")
-                .await
-                .unwrap()
-        );
-        let claimed_at = || async {
-            let far = "2000-01-01T00:00:00Z";
-            store
-                .idempotency_record("v2.jobs", "k", far)
-                .await
-                .unwrap()
-                .unwrap()
-                .claimed_at
-        };
-        let first = claimed_at().await;
-        let background = crate::background::Background::new();
-        let every = std::time::Duration::from_millis(20);
-        let claim = keep_claimed(store.clone(), &background, "v2.jobs", "k", every);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while claimed_at().await == first {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the claim was never renewed"
-            );
-            tokio::task::yield_now().await;
-        }
-        drop(claim);
-        assert!(background.finish(std::time::Duration::from_secs(5)).await);
-    }
 }

@@ -46,7 +46,9 @@ impl Jobs {
                 .and_then(|since| chrono::DateTime::parse_from_rfc3339(since).ok())
                 .is_some_and(|since| since.to_utc() <= began);
         let never_ran = now.status == ServiceState::Stopped && now.last_exit.is_none();
-        if same_run_alive || never_ran {
+        // "Running since before the job" may be the supervisor not having seen the exit yet (the job's socket closed
+        // first): only a ComfyUI that still answers is the same run, alive, and took nothing down.
+        if never_ran || (same_run_alive && self.answers(&supervised.origin).await) {
             return None;
         }
         let mut status = supervised.status.clone();
@@ -58,6 +60,20 @@ impl Jobs {
         match found {
             Ok(Ok(status)) => ended_it(&status),
             _ => None,
+        }
+    }
+}
+
+impl Jobs {
+    /// Whether the backend at `origin` answers within a second.
+    async fn answers(&self, origin: &str) -> bool {
+        match self
+            .backends
+            .iter()
+            .find(|b| b.backend().origin() == origin)
+        {
+            Some(backend) => backend.probe(Duration::from_secs(1)).await,
+            None => false,
         }
     }
 }
