@@ -880,8 +880,11 @@ function galleryPage() {
     cursor = data.next_cursor || null;
     done = !cursor;
     empty.hidden = grid.children.length > 0;
-    if (!done && sentinel.getBoundingClientRect().top < window.innerHeight + 400) more();
+    if (!done && nearEnd()) more();
   };
+  // Where the sentinel is now: an observer's entry may be older than the page just appended (it is computed at a
+  // frame and delivered later), and would load a page nobody scrolled to.
+  const nearEnd = () => sentinel.getBoundingClientRect().top < window.innerHeight + 400;
   const restart = () => {
     generation += 1;
     selected.clear();
@@ -898,7 +901,7 @@ function galleryPage() {
     typing = setTimeout(restart, event.target.name === "q" ? 250 : 0);
   });
   form.addEventListener("submit", (event) => { event.preventDefault(); restart(); });
-  new IntersectionObserver((seen) => { if (seen.some((e) => e.isIntersecting)) more(); }, { rootMargin: "400px" }).observe(sentinel);
+  new IntersectionObserver((seen) => { if (seen.some((e) => e.isIntersecting) && nearEnd()) more(); }, { rootMargin: "400px" }).observe(sentinel);
   more();
 }
 

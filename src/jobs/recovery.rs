@@ -4,7 +4,8 @@
 //! it never reached its backend and costs nothing, `needs_reconcile` if it is paid and was cut off mid-send, or
 //! `backend_lost`. A job is never sent twice by two instances: the claim decides which one settles it.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -36,56 +37,74 @@ pub trait Driver: Send + Sync + 'static {
     /// Whether this instance can settle `job` (it reaches the backend the job may have reached).
     fn reaches(&self, job: &Job) -> bool;
 
-    /// Settles jobs this instance now claims; answers how many could not be settled yet (their backend does not
-    /// answer), to be tried again.
-    fn settle(&self, jobs: Vec<Job>, why: Orphaned) -> BoxFuture<'_, usize>;
+    /// Settles jobs this instance now claims; answers the ids of those it could not settle yet (their backend does
+    /// not answer), to be tried again.
+    fn settle(&self, jobs: Vec<Job>, why: Orphaned) -> BoxFuture<'_, Vec<String>>;
 }
 
-/// The loop: a restart's jobs first (again while any are left), then, on PostgreSQL, the expired claims of every
-/// backend every third of a lease. Ends when the server stops.
+/// The loop: a restart's jobs (again, every [`RESTART_RETRY`], those whose backend did not answer) and, on
+/// PostgreSQL, beside it, the expired claims of every backend every third of a lease. Each job is settled once: a
+/// job settled or taken over is not settled again by a later pass. Ends when the server stops.
 pub struct Recovery {
     jobs: Jobs,
     drivers: Vec<Arc<dyn Driver>>,
+    /// The jobs this loop settled or took over: followed, polled or watched from then on, never settled again.
+    settled: Mutex<HashSet<String>>,
 }
 
 impl Recovery {
     pub fn new(jobs: Jobs, drivers: Vec<Arc<dyn Driver>>) -> Self {
-        Self { jobs, drivers }
+        Self {
+            jobs,
+            drivers,
+            settled: Mutex::default(),
+        }
     }
 
     pub async fn run(self) {
-        let fleet = self.jobs.store.engine() == Engine::Postgres;
-        let every = self.jobs.lease / 3;
-        let mut restart_left = true;
+        // Apart, so a restart's slow pass (a link to wait for, a resend) never delays taking over a dead
+        // instance's jobs.
+        tokio::join!(self.after_restart(), self.take_over_expired());
+    }
+
+    /// Sleeps `pause`; false when the server stops meanwhile.
+    async fn pause(&self, pause: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => true,
+            () = self.jobs.background.stopping() => false,
+        }
+    }
+
+    /// The jobs an earlier process left unfinished (recorded before this one started), until none is left.
+    async fn after_restart(&self) {
         loop {
-            if restart_left {
-                let left = self.after_restart().await;
-                if left > 0 {
-                    tracing::info!(left, "jobs wait for their backend to be reconciled");
-                }
-                restart_left = left > 0;
-            }
-            if fleet {
-                self.take_over_expired().await;
-            }
-            if !restart_left && !fleet {
+            let left = self.restart_pass().await;
+            if left == 0 {
                 return;
             }
-            let pause = match restart_left {
-                true if fleet => every.min(RESTART_RETRY),
-                true => RESTART_RETRY,
-                false => every,
-            };
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = self.jobs.background.stopping() => return,
+            tracing::info!(left, "jobs wait for their backend to be reconciled");
+            if !self.pause(RESTART_RETRY).await {
+                return;
             }
         }
     }
 
-    /// Settles the jobs an earlier process left unfinished (those recorded before this one started); answers how
-    /// many are left for a next pass.
-    async fn after_restart(&self) -> usize {
+    fn is_settled(&self, id: &str) -> bool {
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    fn mark_settled(&self, ids: impl IntoIterator<Item = String>) {
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ids);
+    }
+
+    /// One pass over the jobs left unfinished and not settled yet; answers how many are left for the next.
+    async fn restart_pass(&self) -> usize {
         let unfinished = match self.jobs.store.unfinished_jobs().await {
             Ok(jobs) => jobs,
             Err(error) => {
@@ -101,6 +120,7 @@ impl Recovery {
                 j.backend == driver.backend()
                     && j.created_at < self.jobs.started_at
                     && !self.jobs.is_followed(&j.id)
+                    && !self.is_settled(&j.id)
             }) {
                 match self.claim_after_restart(job).await {
                     Ok(true) => claimed.push(job.clone()),
@@ -112,14 +132,19 @@ impl Recovery {
                 }
             }
             if !claimed.is_empty() {
-                settling.push(driver.settle(claimed, Orphaned::Restart));
+                let ids: Vec<String> = claimed.iter().map(|j| j.id.clone()).collect();
+                settling.push(async move {
+                    let unsettled = driver.settle(claimed, Orphaned::Restart).await;
+                    (ids, unsettled)
+                });
             }
         }
         // Each backend at once: a ComfyUI that is slow to answer does not hold up FLUX's polls.
-        left + futures_util::future::join_all(settling)
-            .await
-            .into_iter()
-            .sum::<usize>()
+        for (ids, unsettled) in futures_util::future::join_all(settling).await {
+            left += unsettled.len();
+            self.mark_settled(ids.into_iter().filter(|id| !unsettled.contains(id)));
+        }
+        left
     }
 
     /// This instance's now: its own from before the restart, or nobody's. On PostgreSQL a job another instance
@@ -138,8 +163,21 @@ impl Recovery {
         Ok(true)
     }
 
-    /// Takes over the jobs whose claims ran out and that this instance can settle, for every backend.
+    /// On PostgreSQL, every third of a lease, the jobs whose claims ran out (their instance died).
     async fn take_over_expired(&self) {
+        if self.jobs.store.engine() != Engine::Postgres {
+            return;
+        }
+        loop {
+            self.take_over_pass().await;
+            if !self.pause(self.jobs.lease / 3).await {
+                return;
+            }
+        }
+    }
+
+    /// Takes over the jobs whose claims ran out and that this instance can settle, for every backend.
+    async fn take_over_pass(&self) {
         let (store, instance) = (&self.jobs.store, &self.jobs.instance);
         for driver in &self.drivers {
             let expired = match store
@@ -168,6 +206,7 @@ impl Recovery {
                 }
             }
             if !taken.is_empty() {
+                self.mark_settled(taken.iter().map(|j| j.id.clone()));
                 driver.settle(taken, Orphaned::TakenOver).await;
             }
         }

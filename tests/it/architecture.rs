@@ -143,17 +143,47 @@ fn top_module(root: &Path, path: &Path) -> Option<String> {
     (name != "lib" && name != "main").then_some(name)
 }
 
-/// The top-level modules a file's code names through `crate::<module>`.
+/// The top-level modules a file's code names through `crate::<module>` or `crate::{<module>, …}`.
 fn named_modules(code: &str) -> std::collections::BTreeSet<String> {
-    code.match_indices("crate::")
-        .map(|(at, _)| {
-            code[at + "crate::".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect::<String>()
-        })
-        .filter(|name| name.starts_with(|c: char| c.is_ascii_lowercase()))
-        .collect()
+    let word = |text: &str| -> String {
+        text.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        let Some(group) = rest.strip_prefix('{') else {
+            names.insert(word(rest));
+            continue;
+        };
+        // The group's first-level items: `a`, `b::c`, `d::{e, f}` name `a`, `b` and `d`.
+        let mut depth = 0;
+        let mut item_start = true;
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => break,
+                '}' => depth -= 1,
+                ',' if depth == 0 => item_start = true,
+                _ if item_start && !c.is_whitespace() => {
+                    names.insert(word(&group[i..]));
+                    item_start = false;
+                }
+                _ => {}
+            }
+        }
+    }
+    names.retain(|name| name.starts_with(|c: char| c.is_ascii_lowercase()));
+    names
+}
+
+#[test]
+fn imports_are_read_in_groups_too() {
+    let code = "use crate::{app::AppState, http, jobs::{a, b}};\nlet x = crate::money::usd(1);";
+    let names: Vec<String> = named_modules(code).into_iter().collect();
+    assert_eq!(names, ["app", "http", "jobs", "money"]);
 }
 
 /// Which top-level modules each one imports, with a file that does.

@@ -23,12 +23,12 @@ impl Driver for FluxDriver {
         true
     }
 
-    fn settle(&self, jobs: Vec<Job>, _why: Orphaned) -> BoxFuture<'_, usize> {
+    fn settle(&self, jobs: Vec<Job>, _why: Orphaned) -> BoxFuture<'_, Vec<String>> {
         Box::pin(async move {
             for job in jobs {
                 self.0.settle(job).await;
             }
-            0
+            Vec::new()
         })
     }
 }

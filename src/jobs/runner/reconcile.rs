@@ -29,7 +29,7 @@ impl Driver for ComfyDriver {
         }
     }
 
-    fn settle(&self, jobs: Vec<Job>, why: Orphaned) -> BoxFuture<'_, usize> {
+    fn settle(&self, jobs: Vec<Job>, why: Orphaned) -> BoxFuture<'_, Vec<String>> {
         Box::pin(async move {
             match why {
                 Orphaned::Restart => self.0.settle_after_restart(jobs).await,
@@ -41,7 +41,7 @@ impl Driver for ComfyDriver {
                             .background
                             .spawn(async move { this.settle_taken_over(job).await });
                     }
-                    0
+                    Vec::new()
                 }
             }
         })
@@ -52,10 +52,10 @@ impl Jobs {
     /// After a restart: jobs left queued, submitted or running are settled against ComfyUI. Finished runs are
     /// collected from `/history`, runs still in `/queue` are followed again (the job's client id is derived from
     /// its id, so ComfyUI's events reach the new socket), queued jobs ComfyUI never received are sent, and
-    /// anything else is `backend_lost`. Answers how many wait for their ComfyUI to answer.
-    async fn settle_after_restart(&self, unfinished: Vec<Job>) -> usize {
+    /// anything else is `backend_lost`. Answers the ids of those that wait for their ComfyUI to answer.
+    async fn settle_after_restart(&self, unfinished: Vec<Job>) -> Vec<String> {
         let mut queues: HashMap<String, Option<crate::comfy::api::Queue>> = HashMap::new();
-        let mut left = 0;
+        let mut left = Vec::new();
         for job in unfinished {
             let gateway = self.backend_of(&job).clone();
             let origin = gateway.backend().origin();
@@ -64,7 +64,7 @@ impl Jobs {
                 queues.insert(origin.clone(), queue);
             }
             let Some(queued) = queues[&origin].as_ref() else {
-                left += 1;
+                left.push(job.id.clone());
                 continue;
             };
             let workflow = self.stored_workflow(&job.id).await;
@@ -87,7 +87,7 @@ impl Jobs {
                         let listening = Listening { link, heard };
                         self.follow(gateway.clone(), &job.id, &prompt_id, &workflow, listening);
                     }
-                    None => left += 1,
+                    None => left.push(job.id.clone()),
                 }
                 continue;
             }
