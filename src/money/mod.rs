@@ -1,5 +1,6 @@
-//! Money: confirmation tokens ([`confirm`]), `Idempotency-Key`s ([`keys`]) and why a paid request was not sent
-//! ([`refusal`]), for every paid provider alike. Budgets and reservations are the store's (`store::money`).
+//! Money, for every paid provider alike: the [`checkout`] every paid request passes, confirmation tokens
+//! ([`confirm`]), `Idempotency-Key`s ([`keys`], and the claim-first protocol in [`claims`]) and why a paid request
+//! was not sent ([`refusal`]). The transactions behind budgets and reservations are the store's (`store::money`).
 
 pub mod checkout;
 pub mod claims;

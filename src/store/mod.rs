@@ -207,15 +207,12 @@ impl Store {
     /// this process or, on PostgreSQL, from any instance of the fleet) never both read the day's usage before
     /// either writes: SQLite's write lock (`BEGIN IMMEDIATE`), PostgreSQL's lock on `charges`.
     async fn money_transaction(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        match self.engine {
-            Engine::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
-            Engine::Postgres => {
-                let mut tx = self.pool.begin().await?;
-                // EXCLUSIVE: others may read charges meanwhile, not write them or take this lock.
-                tx.execute("LOCK TABLE charges IN EXCLUSIVE MODE").await?;
-                Ok(tx)
-            }
+        let mut tx = self.read_then_write_transaction().await?;
+        if self.engine == Engine::Postgres {
+            // EXCLUSIVE: others may read charges meanwhile, not write them or take this lock.
+            tx.execute("LOCK TABLE charges IN EXCLUSIVE MODE").await?;
         }
+        Ok(tx)
     }
 
     /// A transaction that reads, then writes what it read decides. On SQLite it takes the write lock at its start

@@ -11,16 +11,8 @@ const BFL_KEY: &str = "bfl-test-key-0123456789";
 
 /// `POST path` with `body` under `key`; the status and the body.
 async fn post_keyed(app: &TestApp, path: &str, body: &Value, key: &str) -> (u16, Value) {
-    let response = app
-        .http
-        .post(app.url(path))
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let posted = app.post(path, Some(body), Some(key)).await;
+    (posted.status, posted.body)
 }
 
 /// What a refused key's answer says about the key: v1 and FLUX name the field, v2 puts it in its message.

@@ -212,7 +212,7 @@ impl Jobs {
     ) -> Result<Option<crate::config::Secret>, JobError> {
         match self.gate_before_sending(gateway, job, workflow).await {
             Ok(key) => Ok(key),
-            Err(JobError::AwaitingConfirmation(job)) => Err(JobError::AwaitingConfirmation(job)),
+            Err(waits @ JobError::AwaitingConfirmation(_)) => Err(waits),
             Err(error) => {
                 let code = match &error {
                     JobError::UnknownClasses(_) => Code::ComfyRejected,
