@@ -120,7 +120,7 @@ codes! {
     InvalidCursor = "invalid_cursor", "api", "A v2 list `cursor` that was not issued here.";
     InvalidMetadataFilter = "invalid_metadata_filter", "api", "More than 3 v2 list filters, or one not written `metadata[<key>]=<value>`.";
     IdempotencyKeyReuse = "idempotency_key_reuse", "api", "A v2 `Idempotency-Key` came before with another body.";
-    IdempotencyConflict = "idempotency_conflict", "api", "A v2 request under this `Idempotency-Key` is still being answered; retry after `Retry-After`.";
+    IdempotencyConflict = "idempotency_conflict", "api", "A request under this `Idempotency-Key` is still being answered; retry after `Retry-After`.";
     InsufficientCredits = "insufficient_credits", "api", "A v2 submission of a paid workflow whose price the day's budget cannot cover; `details` give price, limit, spent and left.";
     Forbidden = "forbidden", "api", "A v2 request for something that cannot be done to this object (a job's output is removed with its job).";
     // Clients.

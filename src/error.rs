@@ -167,9 +167,9 @@ impl ApiError {
                 Refusal::NeedsConfirmation { .. } | Refusal::BudgetExceeded { .. } => {
                     StatusCode::PAYMENT_REQUIRED
                 }
-                Refusal::Confirmation(_) | Refusal::NotAwaitingConfirmation { .. } => {
-                    StatusCode::CONFLICT
-                }
+                Refusal::Confirmation(_)
+                | Refusal::NotAwaitingConfirmation { .. }
+                | Refusal::KeyInFlight => StatusCode::CONFLICT,
                 Refusal::Comfy(error) => comfy_status(error),
             },
             Self::PathsWrite(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -274,6 +274,7 @@ impl ApiError {
         match self {
             Self::RateLimited { retry_after } => Some(*retry_after),
             Self::Provider(error) => error.retry_after,
+            Self::Refused(Refusal::KeyInFlight) => Some(1),
             _ => None,
         }
     }

@@ -17,7 +17,7 @@ use crate::error::{ApiError, ApiResult};
         (status = 202, description = "Paid and submitted: the job follows through /api/jobs/{id}", body = super::openapi::FluxAccepted),
         (status = 402, description = "The day's budget cannot cover the price (`budget_exceeded`)", body = crate::error::ErrorBody),
         (status = 403, description = "Generation is disabled on the server (`generation_disabled`)", body = crate::error::ErrorBody),
-        (status = 409, description = "The confirmToken is missing, expired, used, or for another payload", body = crate::error::ErrorBody),
+        (status = 409, description = "The confirmToken is missing, expired, used, or for another payload; `idempotency_conflict` (with `Retry-After`): the first request under the key is still being answered after 30 s", body = crate::error::ErrorBody),
         (status = 413, description = "The body is larger than 32 MiB", body = crate::error::ErrorBody),
         (status = 415, description = "The body is not JSON", body = crate::error::ErrorBody),
         (status = 422, description = "A field is wrong (`details.fields`), or the Idempotency-Key was used with another body", body = crate::error::ErrorBody),

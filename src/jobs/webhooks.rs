@@ -56,10 +56,7 @@ pub fn signature(key: &hmac::Key, timestamp: i64, body: &[u8]) -> String {
 
 /// How long after its `attempts`-th failure a delivery is tried again.
 pub fn backoff(first: Duration, attempts: i64) -> Duration {
-    let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 31)).unwrap_or(31);
-    first
-        .saturating_mul(2u32.saturating_pow(doublings))
-        .min(LONGEST_WAIT)
+    crate::clock::backoff(first, attempts, LONGEST_WAIT)
 }
 
 impl Webhooks {

@@ -1,8 +1,9 @@
 //! The checkout: the one sequence every paid request passes, whatever its provider (FLUX, ComfyUI's paid nodes,
 //! the confirmation of a parked prompt). Detached from the request, so a client that hangs up cannot cut it short:
 //!
-//! key's lock → the answer a repeat gets → the confirmation token → the reservation (budget, job, charge, token
-//! used, key claimed: one transaction) → the provider's send → the answer kept for repeats.
+//! key claimed (or the answer a repeat gets) → the confirmation token → the reservation (budget, job, charge, token
+//! used, key bound to the job: one transaction) → the provider's send → the answer kept for repeats (or the key
+//! given back when nothing was made).
 //!
 //! The provider's part is a [`Purchase`]: how its token is checked and refused, what its reservation records, how
 //! it sends (and settles its charge: spent, released, or kept reserved when the outcome is unknown) and which of
@@ -10,18 +11,24 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{Value, json};
 
+use super::claims::{self, Claim, Claimed, Settle};
 use super::confirm::Confirmer;
-use super::keys::{KeyLocks, WINDOW};
 use super::refusal::Refusal;
 use super::usd;
 use crate::background::Background;
-use crate::clock::{timestamp, today};
+use crate::clock::{backoff, today};
 use crate::model::Job;
 use crate::store::{IdempotencyClaim, PaidJob, Record, Reservation, Store, StoreError};
+
+/// How long a repeat waits for the first request under its key to make its job or be answered.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(30);
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const LONGEST_PAUSE: Duration = Duration::from_millis(500);
 
 /// A paid request under its `Idempotency-Key`, when it has one.
 pub struct Order {
@@ -80,10 +87,10 @@ pub struct BudgetNow {
 
 pub struct Checkout {
     store: Store,
-    locks: KeyLocks,
     confirmer: Arc<Confirmer>,
     background: Background,
     budget_micros: i64,
+    in_flight_wait: Duration,
 }
 
 impl Checkout {
@@ -95,10 +102,10 @@ impl Checkout {
     ) -> Self {
         Self {
             store,
-            locks: KeyLocks::default(),
             confirmer,
             background,
             budget_micros,
+            in_flight_wait: IN_FLIGHT_WAIT,
         }
     }
 
@@ -130,31 +137,28 @@ impl Checkout {
             .spawn(async move {
                 match order.key.clone() {
                     None => this.reserve_and_send(&mut purchase, None).await,
-                    Some(key) => {
-                        // One lock per key and scope: a key is its scope's (v1's and FLUX's are two).
-                        let lock = format!("{}\n{key}", order.scope);
-                        let keyed = this.keyed(&order, &key, &mut purchase);
-                        this.locks.with(&lock, keyed).await
-                    }
+                    Some(key) => this.keyed(&order, &key, &mut purchase).await,
                 }
             })
             .await?
     }
 
-    /// The sequence under the key's lock: a repeat gets the first answer; a new request's answer is kept.
+    /// The claim-first sequence ([`claims`]): a repeat gets the first answer; a new request's answer is kept, and
+    /// a request that made nothing gives its key back.
     async fn keyed<P: Purchase>(
         &self,
         order: &Order,
         key: &str,
         purchase: &mut P,
     ) -> Result<Paid<P::Answer>, P::Error> {
-        if let Some(replay) = self.prior::<_, P::Error>(order, key).await? {
-            return Ok(replay);
-        }
+        // Held (the claim renewed) until the key is settled.
+        let _claimed = match self.claim::<_, P::Error>(order, key).await? {
+            Ok(claimed) => claimed,
+            Err(replay) => return Ok(replay),
+        };
         let claim = IdempotencyClaim {
             scope: order.scope,
             key,
-            fingerprint: &order.fingerprint,
         };
         let answer = self.reserve_and_send(purchase, Some(claim)).await;
         let kept = match &answer {
@@ -162,53 +166,58 @@ impl Checkout {
             Ok(Paid::Replayed(..)) => None,
             Err(error) => P::keep(Err(error)),
         };
-        // A failure to keep it is logged, not answered: the money has moved, and the key, claimed with its job,
-        // still answers a repeat with that job.
-        if let Some((status, body)) = kept
-            && let Err(error) = self
-                .store
-                .record_idempotent_response(order.scope, key, status.as_u16(), &body)
-                .await
-        {
-            tracing::error!(scope = order.scope, %error, "cannot keep the answer of an idempotent request");
-        }
+        // A failure to keep it is logged, not answered: the money has moved, and the key, bound to its job, still
+        // answers a repeat with that job.
+        let outcome = match &kept {
+            Some((status, body)) => Settle::Keep {
+                status: status.as_u16(),
+                body,
+            },
+            None => Settle::GiveBack,
+        };
+        claims::settle(&self.store, order.scope, key, outcome).await;
         answer
     }
 
-    /// What a repeat under `key` is answered with: the kept answer, or the job the first request made before it
-    /// was cut off (a crash). Another body under the key is refused. Keys and used tokens past their time are
-    /// forgotten when a key is new.
-    async fn prior<A, E>(&self, order: &Order, key: &str) -> Result<Option<Paid<A>>, E>
+    /// Claims `key` for this request, or finds the answer a repeat gets: the kept answer, or the job the first
+    /// request made. While the first request has neither (it is being judged, on this instance or another), this
+    /// one waits for it, as a repeat of a paid request gets the first one's job rather than a refusal; for at
+    /// most [`IN_FLIGHT_WAIT`] (a claim cut off by a crash is given back once [`claims::ABANDONED`]).
+    async fn claim<A, E>(&self, order: &Order, key: &str) -> Result<Result<Claimed, Paid<A>>, E>
     where
         E: From<Refusal> + From<StoreError>,
     {
-        let since = timestamp(chrono::Utc::now() - WINDOW);
-        let Some(record) = self
-            .store
-            .idempotency_record(order.scope, key, &since)
-            .await?
-        else {
+        let deadline = tokio::time::Instant::now() + self.in_flight_wait;
+        for attempt in 1.. {
             let used_before = self.confirmer.forget_used_before();
-            if let Err(error) = self
-                .store
-                .prune_idempotency_keys(&since, &used_before)
-                .await
-            {
-                tracing::warn!(%error, "cannot forget old idempotency keys");
+            let (scope, fingerprint) = (order.scope, &order.fingerprint);
+            let claim = claims::claim(
+                &self.store,
+                &self.background,
+                scope,
+                key,
+                fingerprint,
+                &used_before,
+            );
+            match claim.await? {
+                Claim::New(claimed) => return Ok(Ok(claimed)),
+                Claim::Kept { status, body } => {
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+                    return Ok(Err(Paid::Replayed(status, body)));
+                }
+                Claim::Bound(job_id) => return Ok(Err(self.replay_job(&job_id).await?)),
+                Claim::Reused => return Err(Refusal::IdempotencyKeyReused.into()),
+                Claim::InFlight if tokio::time::Instant::now() < deadline => {
+                    let pause = backoff(FIRST_PAUSE, attempt, LONGEST_PAUSE);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.background.stopping() => break,
+                    }
+                }
+                Claim::InFlight => break,
             }
-            return Ok(None);
-        };
-        if record.fingerprint != order.fingerprint {
-            return Err(Refusal::IdempotencyKeyReused.into());
         }
-        if let Some((status, body)) = record.response {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
-            return Ok(Some(Paid::Replayed(status, body)));
-        }
-        match record.job_id {
-            Some(id) => Ok(Some(self.replay_job(&id).await?)),
-            None => Ok(None),
-        }
+        Err(Refusal::KeyInFlight.into())
     }
 
     /// The answer of a request that made job `id`: the job as it is now.
@@ -252,17 +261,148 @@ impl Checkout {
                 return Err(refusal.into());
             }
             Reservation::TokenUsed => return Err(purchase.token_used().await),
-            Reservation::KeyReused => return Err(Refusal::IdempotencyKeyReused.into()),
-            // A repeat that raced the first request (from another instance): the first request's job answers.
-            Reservation::KeyClaimed(job_id) => {
-                let id = job_id.unwrap_or_default();
-                return Ok(self.replay_job(&id).await?);
-            }
+            Reservation::KeyLost => return Err(Refusal::KeyInFlight.into()),
             Reservation::NotAwaiting(status) => {
                 let status = status.map_or("gone", |s| s.as_str());
                 return Err(Refusal::NotAwaitingConfirmation { status }.into());
             }
         };
         purchase.send(job).await.map(Paid::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::model::Backend;
+    use crate::store::NewJob;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Failed {
+        #[error(transparent)]
+        Refused(#[from] Refusal),
+        #[error(transparent)]
+        Store(#[from] StoreError),
+        #[error(transparent)]
+        Join(#[from] tokio::task::JoinError),
+    }
+
+    /// A purchase that counts how often it was judged; a repeat must never be.
+    struct Counted(Arc<AtomicUsize>, Value);
+
+    impl Purchase for Counted {
+        type Answer = Job;
+        type Error = Failed;
+
+        async fn prepare(&mut self) -> Result<Prepared, Failed> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(Refusal::invalid("test", "a repeat is never judged").into())
+        }
+
+        async fn token_used(&self) -> Failed {
+            Refusal::invalid("test", "unreachable").into()
+        }
+
+        fn record(&self) -> Record<'_> {
+            let job = NewJob {
+                backend: Backend::Flux,
+                template: None,
+                params: &self.1,
+                workflow: &self.1,
+                backend_url: None,
+            };
+            Record::New {
+                job,
+                approval: None,
+            }
+        }
+
+        async fn send(&self, job: Job) -> Result<Job, Failed> {
+            Ok(job)
+        }
+
+        fn keep(_: Result<&Job, &Failed>) -> Option<(StatusCode, Value)> {
+            None
+        }
+    }
+
+    async fn checkout(in_flight_wait: Duration) -> (tempfile::TempDir, Store, Arc<Checkout>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let confirmer = Arc::new(Confirmer::new(Duration::from_secs(600)));
+        let mut checkout = Checkout::new(store.clone(), confirmer, Background::new(), 5_000_000);
+        checkout.in_flight_wait = in_flight_wait;
+        (dir, store, Arc::new(checkout))
+    }
+
+    fn order() -> Order {
+        Order {
+            scope: "flux.generate",
+            key: Some("k".into()),
+            fingerprint: "f".into(),
+        }
+    }
+
+    /// A key another instance claimed and is still judging: the repeat waits, is told to try again, and is never
+    /// judged itself (it would pay a second time).
+    #[tokio::test]
+    async fn a_repeat_waits_for_the_first_request_then_is_told_to_come_back() {
+        let (_dir, store, checkout) = checkout(Duration::from_millis(300)).await;
+        assert!(
+            store
+                .claim_idempotency_key("flux.generate", "k", "f")
+                .await
+                .unwrap()
+        );
+        let judged = Arc::new(AtomicUsize::new(0));
+        let purchase = Counted(judged.clone(), json!({}));
+        let answer = checkout.pay(order(), purchase).await;
+        assert!(matches!(answer, Err(Failed::Refused(Refusal::KeyInFlight))));
+        assert_eq!(judged.load(Ordering::SeqCst), 0);
+    }
+
+    /// Once the first request has made its job, a repeat waiting for it is answered with that job.
+    #[tokio::test]
+    async fn a_waiting_repeat_is_answered_with_the_job_the_first_request_made() {
+        let (_dir, store, checkout) = checkout(Duration::from_secs(30)).await;
+        assert!(
+            store
+                .claim_idempotency_key("flux.generate", "k", "f")
+                .await
+                .unwrap()
+        );
+        let judged = Arc::new(AtomicUsize::new(0));
+        let repeat = {
+            let (checkout, purchase) = (checkout.clone(), Counted(judged.clone(), json!({})));
+            tokio::spawn(async move { checkout.pay(order(), purchase).await })
+        };
+        let first = Counted(judged.clone(), json!({}));
+        let paid = PaidJob {
+            record: first.record(),
+            cost_micros: 1,
+            day: "2026-12-07",
+            budget_micros: 5_000_000,
+            idempotency: Some(IdempotencyClaim {
+                scope: "flux.generate",
+                key: "k",
+            }),
+            token_id: "t",
+        };
+        let Reservation::Reserved(job) = store.reserve_paid_job(paid).await.unwrap() else {
+            panic!("the first request reserves");
+        };
+        match repeat.await.unwrap() {
+            Ok(Paid::Replayed(status, body)) => {
+                assert_eq!(
+                    (status, &body["id"]),
+                    (StatusCode::ACCEPTED, &json!(job.id))
+                );
+            }
+            _ => panic!("the repeat is answered with the first request's job"),
+        }
+        assert_eq!(judged.load(Ordering::SeqCst), 0);
     }
 }

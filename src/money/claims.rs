@@ -22,6 +22,9 @@ pub enum Claim {
     New(Claimed),
     /// The first request's kept answer.
     Kept { status: u16, body: Value },
+    /// The first request made this job and has no answer kept (it is still being answered, or was cut off after
+    /// its job was recorded): the job is the answer.
+    Bound(String),
     /// The key came before with another body.
     Reused,
     /// The first request is still being answered (or the key is contended): try again shortly.
@@ -40,27 +43,31 @@ pub async fn claim(
 ) -> Result<Claim, StoreError> {
     let now = Utc::now();
     let since = at(now - WINDOW);
+    // Keys past their window are forgotten first, so such a key is claimed anew.
+    if let Err(error) = store.prune_idempotency_keys(&since, used_before).await {
+        tracing::warn!(%error, "cannot forget old idempotency keys");
+    }
     for _ in 0..3 {
         if store.claim_idempotency_key(scope, key, fingerprint).await? {
             let claimed = keep_claimed(store.clone(), background, scope, key, RENEW_EVERY);
             return Ok(Claim::New(claimed));
         }
         let Some(record) = store.idempotency_record(scope, key, &since).await? else {
-            // Claimed longer ago than the window: forgotten now, then claimed anew.
-            store.prune_idempotency_keys(&since, used_before).await?;
+            // Given back (or forgotten) meanwhile: claimed anew.
             continue;
         };
         if record.fingerprint != fingerprint {
             return Ok(Claim::Reused);
         }
-        match record.response {
-            Some((status, body)) => return Ok(Claim::Kept { status, body }),
-            None if record.claimed_at < at(now - ABANDONED) => {
+        match (record.response, record.job_id) {
+            (Some((status, body)), _) => return Ok(Claim::Kept { status, body }),
+            (None, Some(job_id)) => return Ok(Claim::Bound(job_id)),
+            (None, None) if record.claimed_at < at(now - ABANDONED) => {
                 store
                     .release_idempotency_key(scope, key, Some(&at(now - ABANDONED)))
                     .await?;
             }
-            None => return Ok(Claim::InFlight),
+            (None, None) => return Ok(Claim::InFlight),
         }
     }
     Ok(Claim::InFlight)

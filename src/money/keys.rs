@@ -1,9 +1,6 @@
 //! `Idempotency-Key`s, one rule for every route that takes one (v1's jobs and confirmations, FLUX, the v2 API):
-//! what a key may be, how long it is remembered, what it binds to, and one lock per key in flight, so repeats of a
-//! request wait for the first one's answer instead of racing it.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//! what a key may be, how long it is remembered and what it binds to. How a key is claimed and answered is
+//! [`super::claims`].
 
 use chrono::TimeDelta;
 
@@ -38,35 +35,6 @@ pub fn key_of(headers: &http::HeaderMap) -> Result<Option<String>, BadKey> {
 pub fn fingerprint(canonical: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, canonical);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[derive(Default)]
-pub struct KeyLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
-
-impl KeyLocks {
-    /// Runs `work` with the key's lock held; the lock is forgotten once nobody waits for it.
-    pub async fn with<T>(&self, key: &str, work: impl Future<Output = T>) -> T {
-        let lock = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.to_owned())
-            .or_default()
-            .clone();
-        let answer = {
-            let _held = lock.lock().await;
-            work.await
-        };
-        drop(lock);
-        let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if locks
-            .get(key)
-            .is_some_and(|lock| Arc::strong_count(lock) == 1)
-        {
-            locks.remove(key);
-        }
-        answer
-    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,12 @@ pub enum Refusal {
     )]
     IdempotencyKeyReused,
 
+    /// The first request under the key is still being judged (on another instance, or held up past the wait).
+    #[error(
+        "a request under this Idempotency-Key is still being answered; send it again in a moment"
+    )]
+    KeyInFlight,
+
     #[error("the job does not wait for a confirmation: it is {status}")]
     NotAwaitingConfirmation { status: &'static str },
 
@@ -80,6 +86,7 @@ impl Refusal {
             Self::NeedsConfirmation { problem, .. } | Self::Confirmation(problem) => problem.code(),
             Self::BudgetExceeded { .. } => Code::BudgetExceeded,
             Self::IdempotencyKeyReused => Code::IdempotencyKeyReused,
+            Self::KeyInFlight => Code::IdempotencyConflict,
             Self::NotAwaitingConfirmation { .. } => Code::NotAwaitingConfirmation,
             Self::Comfy(error) => error.code(),
         }

@@ -13,27 +13,10 @@ impl Store {
     /// Reserves a paid job's price in one transaction, unless the day's budget cannot cover it: a new job is
     /// recorded `queued`, or a job that waited for its approval becomes `queued` (it must still wait). The money
     /// lock is taken before the day's usage is read, so two requests (on PostgreSQL: from any instances) can never
-    /// both see the same room left; the token is used up and an idempotency key claimed in the same transaction.
+    /// both see the same room left; the token is used up and the request's claimed idempotency key bound to the job
+    /// in the same transaction.
     pub async fn reserve_paid_job(&self, paid: PaidJob<'_>) -> Result<Reservation, StoreError> {
         let mut tx = self.money_transaction().await?;
-        // Under the lock: a repeat that raced the first request here (on PostgreSQL, from another instance) finds
-        // its key claimed, and the first request's job is its answer.
-        if let Some(claim) = &paid.idempotency {
-            let claimed: Option<(Option<String>, String)> = sqlx::query_as(
-                "SELECT job_id, fingerprint FROM idempotency_keys WHERE scope = $1 AND key = $2",
-            )
-            .bind(claim.scope)
-            .bind(claim.key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((job_id, fingerprint)) = claimed {
-                tx.rollback().await?;
-                if fingerprint != claim.fingerprint {
-                    return Ok(Reservation::KeyReused);
-                }
-                return Ok(Reservation::KeyClaimed(job_id));
-            }
-        }
         if let Record::Approve { job_id, .. } = &paid.record {
             let status: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
                 .bind(job_id)
@@ -83,8 +66,11 @@ impl Store {
             tx.rollback().await?;
             return Ok(Reservation::TokenUsed);
         }
-        if let Some(claim) = paid.idempotency {
-            claim_key(&mut tx, &claim, &id, &created).await?;
+        if let Some(claim) = paid.idempotency
+            && !bind_key(&mut tx, &claim, &id).await?
+        {
+            tx.rollback().await?;
+            return Ok(Reservation::KeyLost);
         }
         tx.commit().await?;
         let job = self
@@ -320,24 +306,25 @@ pub(super) async fn use_token(
     Ok(taken == 1)
 }
 
-/// Claims an idempotency key for `job_id`.
-pub(super) async fn claim_key(
+/// Binds a claimed idempotency key to the job its request made, so a repeat is answered with that job whatever
+/// happens next; `false` when the claim is no longer this request's (it went unrenewed past its time and was
+/// given to another).
+async fn bind_key(
     tx: &mut sqlx::AnyConnection,
     claim: &IdempotencyClaim<'_>,
     job_id: &str,
-    at: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, fingerprint, job_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+) -> Result<bool, StoreError> {
+    let bound = sqlx::query(
+        "UPDATE idempotency_keys SET job_id = $3 \
+         WHERE scope = $1 AND key = $2 AND job_id IS NULL AND response_status IS NULL",
     )
     .bind(claim.scope)
     .bind(claim.key)
-    .bind(claim.fingerprint)
     .bind(job_id)
-    .bind(at)
     .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(bound == 1)
 }
 
 pub(super) async fn day_usage<'e>(
@@ -382,10 +369,10 @@ pub struct PaidJob<'a> {
     pub token_id: &'a str,
 }
 
+/// An idempotency key this request claimed ([`Store::claim_idempotency_key`]), bound to its job when reserved.
 pub struct IdempotencyClaim<'a> {
     pub scope: &'a str,
     pub key: &'a str,
-    pub fingerprint: &'a str,
 }
 
 pub enum Reservation {
@@ -393,10 +380,8 @@ pub enum Reservation {
     OverBudget(BudgetUsage),
     /// The confirmation token already paid for a job.
     TokenUsed,
-    /// The idempotency key was claimed meanwhile, by a request that made the job named (if it still exists).
-    KeyClaimed(Option<String>),
-    /// The idempotency key was claimed meanwhile by a request with another body.
-    KeyReused,
+    /// The request's claim on its idempotency key was lost (unrenewed past its time, and claimed by another).
+    KeyLost,
     /// The job to approve does not wait for an approval (any more): its status now.
     NotAwaiting(Option<JobStatus>),
 }

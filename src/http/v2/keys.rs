@@ -64,6 +64,10 @@ pub(super) async fn prior(
                 _ => Prior::Refused { status, body },
             })
         }
+        Claim::Bound(id) => Ok(Prior::Made {
+            id,
+            status: StatusCode::CREATED,
+        }),
         Claim::Reused => Err(V2Error::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             Code::IdempotencyKeyReuse,
