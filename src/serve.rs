@@ -66,7 +66,7 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
     let state = AppState::with_fleet(config, paths, store, fleet);
     let background = state.jobs.background();
     background.spawn(state.jobs.clone().dispatch());
-    if let Some(webhooks) = state.jobs.webhooks() {
+    if let Some(webhooks) = state.jobs.ledger().webhooks() {
         background.spawn(webhooks.clone().run(background.clone()));
     }
     if state.store.engine() == config::Engine::Postgres {
@@ -75,6 +75,7 @@ async fn prepare(config: Config) -> Result<AppState, RunError> {
         background.spawn(
             state
                 .jobs
+                .ledger()
                 .clone()
                 .pump_events(state.config.database_url.expose().to_owned(), from),
         );

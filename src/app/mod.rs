@@ -117,7 +117,7 @@ impl AppState {
             background.clone(),
             config.flux.daily_budget_micros,
         ));
-        let money = jobs::paid::Money {
+        let money = jobs::gate::Money {
             models: models.clone(),
             gate: jobs::gate::Gate::new(
                 confirmer.clone(),
@@ -128,24 +128,21 @@ impl AppState {
             checkout: checkout.clone(),
         };
         let assets = assets::Assets::new(paths.assets(), paths.outputs(), store.clone());
-        let mut jobs = jobs::runner::Jobs::new(
-            store.clone(),
-            backends,
-            paths.outputs(),
-            money,
-            assets,
-            background,
-        );
+        // One ledger for every backend's jobs: one order of events, one webhook sender.
+        let mut ledger =
+            jobs::ledger::Ledger::new(store.clone(), background, config.comfy_org.api_key.clone());
+        if let Some(webhook) = &config.webhook {
+            ledger = ledger.with_webhooks(jobs::webhooks::Webhooks::new(store.clone(), webhook));
+        }
+        let mut jobs =
+            jobs::runner::Jobs::new(ledger.clone(), backends, paths.outputs(), money, assets);
         if let (Some(supervisor), Some(first)) =
             (service.supervisor(), config.comfy.backends.first())
         {
             jobs = jobs.with_supervised(first.origin(), supervisor.subscribe());
         }
-        if let Some(webhook) = &config.webhook {
-            jobs = jobs.with_webhooks(jobs::webhooks::Webhooks::new(store.clone(), webhook));
-        }
         let templates = Arc::new(load_templates(&config));
-        let flux = flux::service::Flux::new(config.flux.clone(), jobs.clone(), checkout);
+        let flux = flux::service::Flux::new(config.flux.clone(), ledger, paths.outputs(), checkout);
         let v0 = v0::V0Gateway::new(config.v0.clone());
         let paid_limiter = Arc::new(limits::PaidLimiter::new(config.paid_rate_limit));
         let parked_limiter = Arc::new(limits::PaidLimiter::new(config.paid_rate_limit));

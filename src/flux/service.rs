@@ -24,7 +24,7 @@ use crate::bfl::client::{BflClient, Polled, Submitted};
 use crate::clock::today;
 use crate::codes::{Code, Failure};
 use crate::config::FluxConfig;
-use crate::jobs::runner::{Jobs, finished};
+use crate::jobs::ledger::{Ledger, finished};
 use crate::model::{Backend, EventKind};
 use crate::model::{Job, JobStatus, OutputFile};
 use crate::money::checkout::{Checkout, Order, Paid, Prepared, Purchase};
@@ -70,21 +70,29 @@ struct Inner {
     config: FluxConfig,
     client: BflClient,
     checkout: Arc<Checkout>,
-    jobs: Jobs,
+    ledger: Ledger,
+    /// Where each job's files go (a folder per job, as ComfyUI's jobs have).
+    outputs: std::path::PathBuf,
 }
 
 impl Flux {
-    pub fn new(config: FluxConfig, jobs: Jobs, checkout: Arc<Checkout>) -> Self {
+    pub fn new(
+        config: FluxConfig,
+        ledger: Ledger,
+        outputs: std::path::PathBuf,
+        checkout: Arc<Checkout>,
+    ) -> Self {
         Self(Arc::new(Inner {
             client: BflClient::new(&config),
             checkout,
             config,
-            jobs,
+            ledger,
+            outputs,
         }))
     }
 
     fn store(&self) -> &Store {
-        self.0.jobs.store()
+        self.0.ledger.store()
     }
 
     pub fn is_configured(&self) -> bool {
@@ -209,7 +217,7 @@ impl Flux {
         model: &str,
         payload: &Map<String, Value>,
     ) -> Result<Answer, FluxError> {
-        let jobs = &self.0.jobs;
+        let ledger = &self.0.ledger;
         let store = self.store();
         match self.0.client.submit(model, payload).await {
             Submitted::Accepted {
@@ -224,7 +232,7 @@ impl Flux {
                     started: true,
                     ..Default::default()
                 };
-                jobs.change(&job.id, EventKind::State, change).await;
+                ledger.change(&job.id, EventKind::State, change).await;
                 if let Err(error) = store.mark_charge_spent(&job.id).await {
                     tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
                 }
@@ -236,8 +244,11 @@ impl Flux {
                     }
                 }
                 tracing::info!(job = %job.id, model, provider_id = %id, "FLUX task submitted");
-                jobs.background()
-                    .spawn(self.clone().follow(job.id.clone(), Some(polling_url), id));
+                ledger.background().spawn(self.clone().follow(
+                    job.id.clone(),
+                    Some(polling_url),
+                    id,
+                ));
                 Ok(Answer {
                     status: StatusCode::ACCEPTED,
                     body: json!({ "id": job.id, "status": JobStatus::Submitted }),
@@ -288,7 +299,7 @@ impl Flux {
                     error: Some(Failure::new(Code::BflOutcomeUnknown, &message).into_json()),
                     ..Default::default()
                 };
-                jobs.change(&job.id, EventKind::State, change).await;
+                ledger.change(&job.id, EventKind::State, change).await;
                 tracing::warn!(job = %job.id, model, "a FLUX submit's outcome is unknown");
                 Err(FluxError::Provider(ProviderError {
                     status: StatusCode::BAD_GATEWAY,
@@ -303,7 +314,7 @@ impl Flux {
 
     /// A task BFL certainly did not start: the job failed, its price, key and token given back.
     async fn fail_unstarted(&self, id: &str, failure: Failure) {
-        self.0.jobs.fail(id, failure).await;
+        self.0.ledger.fail(id, failure).await;
         if let Err(error) = self.store().release_paid_job(id).await {
             tracing::error!(job = %id, %error, "cannot release a FLUX job BFL did not start");
         }
@@ -325,14 +336,14 @@ impl Flux {
     /// Polls a submitted task to its end, with back-off, and saves its image at once (BFL's URL expires).
     async fn follow(self, job_id: String, polling_url: Option<String>, provider_id: String) {
         let client = &self.0.client;
-        let jobs = &self.0.jobs;
+        let ledger = &self.0.ledger;
         let url = client.polling_target(polling_url.as_deref(), &provider_id);
         let deadline = self.deadline(&job_id).await;
         let mut pause = self.0.config.poll_interval;
         let mut not_found = 0;
         let mut refused_polls = 0;
         let mut running = false;
-        let background = self.0.jobs.background().clone();
+        let background = self.0.ledger.background().clone();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
@@ -351,7 +362,8 @@ impl Flux {
                     "BFL did not finish the task within {} s; it may still finish on BFL's side",
                     self.0.config.poll_timeout.as_secs()
                 );
-                jobs.fail(&job_id, Failure::new(Code::BflTimeout, message))
+                ledger
+                    .fail(&job_id, Failure::new(Code::BflTimeout, message))
                     .await;
                 return;
             }
@@ -366,7 +378,7 @@ impl Flux {
                             progress,
                             ..Default::default()
                         };
-                        jobs.change(&job_id, EventKind::Progress, change).await;
+                        ledger.change(&job_id, EventKind::Progress, change).await;
                     }
                     pause = (pause.mul_f64(1.5)).min(MAX_POLL_PAUSE);
                 }
@@ -375,18 +387,15 @@ impl Flux {
                     return;
                 }
                 Polled::Moderated { status, details } => {
-                    jobs.fail(&job_id, moderated(&status, details)).await;
+                    ledger.fail(&job_id, moderated(&status, details)).await;
                     return;
                 }
                 Polled::NotFound => {
                     not_found += 1;
                     if not_found >= 5 {
-                        jobs.lose(
-                            &job_id,
-                            Code::BflTaskNotFound,
-                            "BFL no longer knows the task (unknown or expired id)",
-                        )
-                        .await;
+                        let message = "BFL no longer knows the task (unknown or expired id)";
+                        let failure = Failure::new(Code::BflTaskNotFound, message);
+                        ledger.lose(&job_id, failure.into_json()).await;
                         return;
                     }
                     pause = Duration::from_secs(2).max(self.0.config.poll_interval);
@@ -395,7 +404,7 @@ impl Flux {
                     let failure =
                         Failure::new(Code::BflFailed, "BFL reported an error for the task")
                             .with_details(details);
-                    jobs.fail(&job_id, failure).await;
+                    ledger.fail(&job_id, failure).await;
                     return;
                 }
                 Polled::Unauthorized(status) => {
@@ -404,7 +413,8 @@ impl Flux {
                         let message = format!(
                             "BFL refuses to show the task to this key (HTTP {status}); was BFL_API_KEY changed?"
                         );
-                        jobs.fail(&job_id, Failure::new(Code::BflUnauthorized, message))
+                        ledger
+                            .fail(&job_id, Failure::new(Code::BflUnauthorized, message))
                             .await;
                         return;
                     }
@@ -420,7 +430,7 @@ impl Flux {
 
     /// Downloads a ready task's image into the job's outputs; a few tries, as the URL is only good for minutes.
     async fn collect(&self, job_id: &str, sample: &str) {
-        let jobs = &self.0.jobs;
+        let ledger = &self.0.ledger;
         let format = match self.store().workflow(job_id).await {
             Ok(Some(payload)) => payload["output_format"]
                 .as_str()
@@ -428,7 +438,7 @@ impl Flux {
                 .to_owned(),
             _ => "jpeg".to_owned(),
         };
-        let dir = jobs.output_dir(job_id);
+        let dir = self.0.outputs.join(job_id);
         let mut last_error = String::new();
         for attempt in 0..3 {
             if attempt > 0 {
@@ -448,14 +458,15 @@ impl Flux {
                         outputs: Some(vec![output]),
                         ..finished(JobStatus::Succeeded)
                     };
-                    jobs.change(job_id, EventKind::State, change).await;
+                    ledger.change(job_id, EventKind::State, change).await;
                     return;
                 }
                 Err(why) => last_error = why,
             }
         }
         let message = format!("the image was made but could not be saved: {last_error}");
-        jobs.fail(job_id, Failure::new(Code::BflDownloadFailed, message))
+        ledger
+            .fail(job_id, Failure::new(Code::BflDownloadFailed, message))
             .await;
     }
 }

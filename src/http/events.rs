@@ -177,7 +177,7 @@ pub async fn events(
 ) -> ApiResult<Response> {
     // Subscribe, then read the last event's number, then the job: no change falls between what is read and what
     // is streamed (one made in between is sent again, not lost).
-    let changes = state.jobs.subscribe();
+    let changes = state.jobs.ledger().subscribe();
     let last = (state.jobs.store().last_job_event(&id).await).map_err(ApiError::internal)?;
     let job = find(&state, &id).await?;
     let resume = resume_from(&headers, &query)?;
@@ -190,7 +190,7 @@ pub async fn events(
 /// a new client is.
 pub(super) fn follow_job(
     state: &AppState,
-    mut changes: tokio::sync::broadcast::Receiver<crate::jobs::runner::JobEvent>,
+    mut changes: tokio::sync::broadcast::Receiver<crate::jobs::ledger::JobEvent>,
     (last, job): (i64, crate::model::Job),
     resume: Option<i64>,
     mut render: impl Render,
@@ -271,7 +271,7 @@ pub async fn all_events(
     headers: http::HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> ApiResult<Response> {
-    let mut changes = state.jobs.subscribe();
+    let mut changes = state.jobs.ledger().subscribe();
     let store = state.jobs.store().clone();
     let resume = resume_from(&headers, &query)?;
     let stream = async_stream(&state.config, state.closing.clone(), move |tx| async move {

@@ -18,7 +18,7 @@ use crate::error::ApiResult;
         (status = 404, description = "No such job", body = crate::error::ErrorBody)))]
 pub async fn preview(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let no_store = [(header::CACHE_CONTROL, "no-store")];
-    let Some(preview) = state.jobs.preview(&id) else {
+    let Some(preview) = state.jobs.ledger().preview(&id) else {
         find(&state, &id).await?;
         return Ok((StatusCode::NO_CONTENT, no_store).into_response());
     };

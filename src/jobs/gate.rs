@@ -13,9 +13,14 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::bfl::catalog;
+use crate::codes::Code;
+use crate::comfy::models::ModelCache;
 use crate::comfy::nodes::{NodeCatalog, PaidNode, Unclassified};
+use crate::config::Secret;
+use crate::money::checkout::Checkout;
 use crate::money::confirm::{Confirmer, TokenProblem};
 use crate::money::usd;
+use crate::problems::NotConfigured;
 
 /// ComfyUI 0.3.64's BFL nodes and the BFL model each calls (`comfy_api_nodes/nodes_bfl.py`: the path it posts to is
 /// `/proxy/bfl/<model>/generate`); their prices are BFL's (https://docs.bfl.ml/quick_start/pricing).
@@ -203,6 +208,22 @@ fn badge_price(badge: &Value) -> Option<i64> {
     }
     best.map(|usd| (usd * 1_000_000.0).round() as i64)
 }
+
+/// What the job service needs to keep money safe.
+pub struct Money {
+    /// Each backend's node classes, cached with its model lists.
+    pub models: Arc<ModelCache>,
+    pub gate: Gate,
+    /// Put into approved prompts only (`extra_data.api_key_comfy_org`).
+    pub api_key: Option<Secret>,
+    pub checkout: Arc<Checkout>,
+}
+
+/// The refusal of a paid workflow when the server holds no Comfy.org key.
+pub(crate) const COMFY_ORG_NOT_CONFIGURED: NotConfigured = NotConfigured {
+    code: Code::ComfyOrgNotConfigured,
+    what: "Comfy.org API nodes (COMFY_ORG_API_KEY)",
+};
 
 #[cfg(test)]
 mod tests {

@@ -5,8 +5,8 @@
 
 use serde_json::{Map, Value, json};
 
-use super::paid::{Submission, Submitted};
 use super::runner::{JobError, Jobs};
+use super::submit::{Submission, Submitted};
 use super::templates::{ParamKind, Templates};
 use crate::comfy::models::ModelLists;
 use crate::model::Backend;

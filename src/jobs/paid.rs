@@ -1,99 +1,33 @@
-//! ComfyUI workflows with paid nodes, behind the same money rules as FLUX (`shared/DESIGN.md`).
+//! ComfyUI workflows with paid nodes, behind the same money rules as FLUX (`shared/DESIGN.md`): their purchases at
+//! the checkout ([`crate::money::checkout`]).
 //!
-//! `POST /api/jobs`: the workflow's nodes are looked up on the backend it would go to ([`super::gate`]); a free one
-//! runs as before. A paid one is sent only when the server allows generation, holds `COMFY_ORG_API_KEY` and the
+//! `POST /api/jobs` ([`super::submit`]): a paid workflow is sent only when the server allows generation, holds `COMFY_ORG_API_KEY` and the
 //! request carries the `confirmToken` of a dry run of this very workflow and price; then, in one transaction, the
 //! job is recorded, its price reserved against the day's budget (shared with FLUX), the token used up and the
 //! `Idempotency-Key` claimed. A prompt refused at the gateway waits as an `awaiting_confirmation` job until
 //! `POST /api/jobs/{id}/confirm` approves it the same way. Whatever the path, `Jobs::send_to_comfy` posts a paid
 //! workflow only for a job that holds a reservation, and only with Orchestrator's own Comfy.org key in it.
 
-use std::sync::Arc;
-
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::gate::{Assessment, Gate};
-use super::runner::{JobError, Jobs};
+use super::gate::{Assessment, COMFY_ORG_NOT_CONFIGURED, Gate};
+use super::runner::{JobError, Jobs, refused};
+use super::submit::{Submission, Submitted};
 use crate::clock::today;
-use crate::codes::Code;
-use crate::comfy::credentials;
-use crate::comfy::error::ComfyError;
-use crate::comfy::models::ModelCache;
-use crate::comfy::nodes::{NodeCatalog, Unclassified};
 use crate::comfy::proxy::ComfyGateway;
-use crate::config::Secret;
 use crate::model::{Backend, EventKind};
 use crate::model::{Job, JobStatus};
-use crate::money::checkout::{Checkout, Order, Paid, Prepared, Purchase};
+use crate::money::checkout::{Order, Prepared, Purchase};
 use crate::money::confirm::TokenProblem;
 use crate::money::refusal::Refusal;
 use crate::money::usd;
-use crate::problems::NotConfigured;
 use crate::store::{NewJob, Record};
 
-const SUBMIT_SCOPE: &str = "jobs.submit";
+pub(super) const SUBMIT_SCOPE: &str = "jobs.submit";
 const CONFIRM_SCOPE: &str = "jobs.confirm";
 
-/// What the job service needs to keep money safe.
-pub struct Money {
-    /// Each backend's node classes, cached with its model lists.
-    pub models: Arc<ModelCache>,
-    pub gate: Gate,
-    /// Put into approved prompts only (`extra_data.api_key_comfy_org`).
-    pub api_key: Option<Secret>,
-    pub checkout: Arc<Checkout>,
-}
-
-/// A `POST /api/jobs` request, its template already made into a workflow.
-pub struct Submission {
-    pub template: Option<String>,
-    pub params: Value,
-    /// Input images are `core/ASSET` references (kept as assets), uploaded to whichever ComfyUI runs the job.
-    pub workflow: Value,
-    pub dry_run: bool,
-    pub token: Option<String>,
-    pub idempotency_key: Option<String>,
-}
-
-/// How a submission was answered.
-pub enum Submitted {
-    Job(Box<Job>),
-    DryRun(Value),
-    /// A repeat under an `Idempotency-Key`: the first answer.
-    Replayed(StatusCode, Value),
-}
-
-fn refused(error: Refusal) -> JobError {
-    JobError::Refused(Box::new(error))
-}
-
-impl From<Refusal> for JobError {
-    fn from(refusal: Refusal) -> Self {
-        refused(refusal)
-    }
-}
-
-impl From<Paid<Job>> for Submitted {
-    fn from(paid: Paid<Job>) -> Self {
-        match paid {
-            Paid::Done(job) => Self::Job(Box::new(job)),
-            Paid::Replayed(status, body) => Self::Replayed(status, body),
-        }
-    }
-}
-
-fn unclassified(problem: Unclassified) -> JobError {
-    match problem {
-        Unclassified::NotAWorkflow => refused(Refusal::invalid(
-            "workflow",
-            "must be an object of nodes, each with a class_type (ComfyUI's API format)",
-        )),
-        Unclassified::UnknownClasses(unknown) => JobError::UnknownClasses(unknown),
-    }
-}
-
-fn fingerprint(bound: &Value) -> String {
+pub(super) fn fingerprint(bound: &Value) -> String {
     crate::money::keys::fingerprint(super::gate::canonical(bound).as_bytes())
 }
 
@@ -102,18 +36,8 @@ impl Jobs {
         &self.money.gate
     }
 
-    /// The node classes of `gateway`'s ComfyUI, or of any ComfyUI seen before when none is given.
-    async fn catalog_for(&self, gateway: Option<&ComfyGateway>) -> Option<Arc<NodeCatalog>> {
-        if let Some(gateway) = gateway
-            && let Ok(nodes) = self.money.models.nodes(gateway).await
-        {
-            return Some(nodes);
-        }
-        self.money.models.any_known_nodes().await
-    }
-
     /// The dry run of a workflow: its paid nodes, the estimate, and (for a paid one) a token for exactly this.
-    async fn dry_run(&self, bound: &Value, assessment: &Assessment) -> Value {
+    pub(super) async fn dry_run(&self, bound: &Value, assessment: &Assessment) -> Value {
         let gate = self.gate();
         let token = assessment.is_paid().then(|| gate.issue(bound, assessment));
         let budget = self.money.checkout.budget(&today()).await.ok().map(|b| {
@@ -148,7 +72,7 @@ impl Jobs {
     }
 
     /// The refusals a paid workflow gets before any token is looked at, in the order of the money rules.
-    fn paid_allowed(&self, assessment: &Assessment) -> Result<(), JobError> {
+    pub(super) fn paid_allowed(&self, assessment: &Assessment) -> Result<(), JobError> {
         if !self.gate().allow_generation {
             return Err(refused(Refusal::GenerationDisabled {
                 details: assessment.approval_json(),
@@ -178,70 +102,6 @@ impl Jobs {
         })
     }
 
-    /// `POST /api/jobs`.
-    pub async fn submit(&self, mut submission: Submission) -> Result<Submitted, JobError> {
-        credentials::strip(&mut submission.workflow, None);
-        let gateway = self.choose_backend().await.cloned();
-        // The choice's quick probe may miss a ComfyUI that is only slow (a loaded machine): the workflow is then
-        // judged by the first one's node list, which has a read limit of its own, rather than by none.
-        let judge = gateway.clone().or_else(|| self.backends.first().cloned());
-        // Never seen a ComfyUI: nobody can tell what the nodes cost. The job waits in the queue and is looked at
-        // again before it is sent; a dry run or a confirmation cannot be answered.
-        let assessment = match self.catalog_for(judge.as_ref()).await {
-            Some(catalog) => Some(
-                self.gate()
-                    .assess(&catalog, &submission.workflow)
-                    .map_err(unclassified)?,
-            ),
-            None if submission.dry_run || submission.token.is_some() => {
-                return Err(refused(Refusal::Comfy(ComfyError::Offline {
-                    upstream: self.origins(),
-                    what: "it cannot be told which of the workflow's nodes cost money",
-                })));
-            }
-            None => None,
-        };
-        // Input images by their content, not by their asset ids (each upload of one image has its own).
-        let bound = self.assets.bound(&submission.workflow).await?;
-        if let Some(assessment) = &assessment
-            && submission.dry_run
-        {
-            return Ok(Submitted::DryRun(self.dry_run(&bound, assessment).await));
-        }
-        let Some(assessment) = assessment.filter(Assessment::is_paid) else {
-            let job = self
-                .submit_comfy(
-                    gateway,
-                    submission.template.as_deref(),
-                    &submission.params,
-                    submission.workflow,
-                )
-                .await?;
-            return Ok(Submitted::Job(Box::new(job)));
-        };
-        self.paid_allowed(&assessment)?;
-        let Some(gateway) = gateway else {
-            return Err(refused(Refusal::Comfy(ComfyError::Offline {
-                upstream: self.origins(),
-                what: "a paid workflow is sent only to a ComfyUI that answers",
-            })));
-        };
-        let order = Order {
-            scope: SUBMIT_SCOPE,
-            key: submission.idempotency_key.clone(),
-            fingerprint: fingerprint(&bound),
-        };
-        let purchase = PaidSubmit {
-            jobs: self.clone(),
-            backend_url: gateway.backend().origin(),
-            approval: assessment.approval_json(),
-            submission,
-            bound,
-            assessment,
-        };
-        Ok(self.money.checkout.pay(order, purchase).await?.into())
-    }
-
     /// A prompt with paid nodes that came through the gateway without an approval: kept, with its dry run, as a
     /// job that waits for a person (`POST /api/jobs/{id}/confirm`); nothing is sent. `source` says where it came
     /// from (the job's parameters, shown to whoever approves it).
@@ -263,7 +123,8 @@ impl Jobs {
             .store
             .insert_awaiting_job(new, &assessment.approval_json())
             .await?;
-        self.change(&job.id, EventKind::State, Default::default())
+        self.ledger
+            .change(&job.id, EventKind::State, Default::default())
             .await;
         tracing::info!(job = %job.id, paid_nodes = assessment.nodes.len(), "a paid prompt waits for its confirmation");
         Ok(self.store.job(&job.id).await?.unwrap_or(job))
@@ -289,68 +150,17 @@ impl Jobs {
         };
         Ok(self.money.checkout.pay(order, purchase).await?.into())
     }
-
-    /// The money gate at the moment of sending, for every path (the first submit, Orchestrator's queue, a move on
-    /// failover, a restart): the workflow's nodes on `gateway`'s ComfyUI decide. A paid workflow of a job that holds
-    /// no reservation is not sent: the job waits for an approval. Answers the Comfy.org key to put into the prompt
-    /// (`None` for a free workflow).
-    pub(crate) async fn gate_before_sending(
-        &self,
-        gateway: &ComfyGateway,
-        job: &Job,
-        workflow: &Value,
-    ) -> Result<Option<Secret>, JobError> {
-        let catalog = self.money.models.nodes(gateway).await?;
-        let assessment = self
-            .gate()
-            .assess(&catalog, workflow)
-            .map_err(unclassified)?;
-        if !assessment.is_paid() {
-            return Ok(None);
-        }
-        if job.cost_usd.is_none() {
-            self.store
-                .await_approval(&job.id, &assessment.approval_json())
-                .await?;
-            self.change(&job.id, EventKind::State, Default::default())
-                .await;
-            tracing::info!(job = %job.id, "a job with paid nodes waits for its confirmation instead of being sent");
-            let job = self
-                .store
-                .job(&job.id)
-                .await?
-                .unwrap_or_else(|| job.clone());
-            return Err(JobError::AwaitingConfirmation(Box::new(job)));
-        }
-        match &self.money.api_key {
-            Some(key) => Ok(Some(key.clone())),
-            None => Err(refused(COMFY_ORG_NOT_CONFIGURED.into())),
-        }
-    }
-
-    pub(super) fn origins(&self) -> String {
-        self.backends
-            .iter()
-            .map(|b| b.backend().origin())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
-const COMFY_ORG_NOT_CONFIGURED: NotConfigured = NotConfigured {
-    code: Code::ComfyOrgNotConfigured,
-    what: "Comfy.org API nodes (COMFY_ORG_API_KEY)",
-};
-
 /// A paid `POST /api/jobs`: a new job, reserved and sent to `backend_url`'s ComfyUI.
-struct PaidSubmit {
-    jobs: Jobs,
-    backend_url: String,
-    approval: Value,
-    submission: Submission,
+pub(super) struct PaidSubmit {
+    pub(super) jobs: Jobs,
+    pub(super) backend_url: String,
+    pub(super) approval: Value,
+    pub(super) submission: Submission,
     /// The workflow with its input images bound by content: what the token confirms.
-    bound: Value,
-    assessment: Assessment,
+    pub(super) bound: Value,
+    pub(super) assessment: Assessment,
 }
 
 impl Purchase for PaidSubmit {
@@ -460,7 +270,7 @@ impl Purchase for PaidConfirm {
         let assessment = jobs
             .gate()
             .assess(&catalog, &workflow)
-            .map_err(unclassified)?;
+            .map_err(JobError::from)?;
         jobs.paid_allowed(&assessment)?;
         let checked = jobs
             .gate()
@@ -498,6 +308,7 @@ impl Purchase for PaidConfirm {
 
     async fn send(&self, job: Job) -> Result<Job, JobError> {
         self.jobs
+            .ledger
             .change(&job.id, EventKind::State, Default::default())
             .await;
         self.jobs.send_to_comfy(job, &self.judged().workflow).await

@@ -262,6 +262,27 @@ fn the_lower_floors_do_not_import_the_upper_ones() {
     assert_eq!(found, Vec::<String>::new());
 }
 
+/// The files under `folder` (of `src/`) whose code mentions any of `needles`.
+fn mentions_in(folder: &str, needles: &[&str]) -> Vec<String> {
+    let root = src();
+    sources(&root.join(folder))
+        .into_iter()
+        .filter(|(_, text)| needles.iter().any(|needle| code(text).contains(needle)))
+        .map(|(path, _)| path.strip_prefix(&root).unwrap().display().to_string())
+        .collect()
+}
+
+#[test]
+fn the_job_pipeline_points_one_way() {
+    // The ledger records for every driver and knows none; FLUX's driver records through the ledger, not
+    // ComfyUI's runner; the runner's send path never calls back into the submit that called it.
+    let runner = ["jobs::runner", "super::runner", "crate::flux"];
+    assert_eq!(mentions_in("jobs/ledger", &runner), Vec::<String>::new());
+    assert_eq!(mentions_in("flux", &["jobs::runner"]), Vec::<String>::new());
+    let callers = ["jobs::paid", "super::paid", "jobs::submit", "super::submit"];
+    assert_eq!(mentions_in("jobs/runner", &callers), Vec::<String>::new());
+}
+
 #[test]
 fn only_comfy_names_comfyuis_routes_or_reads_its_queue() {
     // Orchestrator's calls to ComfyUI are `comfy::api`'s typed methods; the gateway classifies a relayed path with

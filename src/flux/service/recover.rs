@@ -48,7 +48,7 @@ impl Flux {
                     tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
                 }
                 tracing::info!(job = %job.id, "polling a FLUX task nobody follows again");
-                self.0.jobs.background().spawn(self.clone().follow(
+                self.0.ledger.background().spawn(self.clone().follow(
                     job.id.clone(),
                     job.polling_url.clone(),
                     provider_id,
@@ -67,7 +67,10 @@ impl Flux {
                     ),
                     ..Default::default()
                 };
-                self.0.jobs.change(&job.id, EventKind::State, change).await;
+                self.0
+                    .ledger
+                    .change(&job.id, EventKind::State, change)
+                    .await;
             }
         }
     }

@@ -16,7 +16,7 @@ use super::render;
 use super::{V2Error, V2Result, base};
 use crate::app::AppState;
 use crate::http::events::{Seen, follow_job};
-use crate::jobs::runner::preview::Preview;
+use crate::jobs::ledger::preview::Preview;
 use crate::model::{EventKind, Job, JobStatus};
 
 /// Where a client left off: after event `n` (`n`), or after frame `k` of event `n` (`n.k`).
@@ -116,7 +116,7 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> V2Result<Response> {
     // Subscribed, then the last event's number read, then the job, so no change falls between them.
-    let changes = state.jobs.subscribe();
+    let changes = state.jobs.ledger().subscribe();
     let last = state
         .jobs
         .store()
@@ -143,7 +143,7 @@ pub async fn events(
             },
         };
         let preview = (kind == EventKind::Preview)
-            .then(|| jobs.preview(&job.id))
+            .then(|| jobs.ledger().preview(&job.id))
             .flatten();
         let frames = frames(kind, job, &base, preview);
         let count = frames.len();

@@ -12,8 +12,8 @@ use super::{V2Error, V2Result, base};
 use crate::app::AppState;
 use crate::codes::Code;
 use crate::jobs::intake::{NodeProblem, Shape};
-use crate::jobs::paid::{Submission, Submitted};
 use crate::jobs::runner::JobError;
+use crate::jobs::submit::{Submission, Submitted};
 use crate::model::{Job, JobStatus};
 use crate::store::JobFilter;
 

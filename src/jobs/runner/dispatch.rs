@@ -7,12 +7,13 @@ use serde_json::Value;
 
 use super::follow::Listening;
 use super::socket::Link;
-use super::{JobError, Jobs};
+use super::{JobError, Jobs, refused};
 use crate::assets::refs::ResolveError;
 use crate::codes::{Code, Failure};
 use crate::comfy::api::{Posted, PromptRequest};
 use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
+use crate::jobs::gate::COMFY_ORG_NOT_CONFIGURED;
 use crate::model::{Backend, EventKind};
 use crate::model::{Job, JobStatus};
 use crate::store::{JobChange, NewJob};
@@ -194,7 +195,11 @@ impl Jobs {
             comfy_prompt_id: Some(prompt_id.to_owned()),
             ..Default::default()
         };
-        if !self.change(&job.id, EventKind::State, submitted).await {
+        if !self
+            .ledger
+            .change(&job.id, EventKind::State, submitted)
+            .await
+        {
             return Err(self.withdraw(&gateway, &job.id, prompt_id).await);
         }
         let listening = registration.into_listening(prompt_id);
@@ -259,7 +264,7 @@ impl Jobs {
 
     /// A job stopped before anything was posted: failed, and a paid one's reservation given back.
     async fn fail_unsent(&self, id: &str, failure: Failure, paid: bool) {
-        self.fail(id, failure).await;
+        self.ledger.fail(id, failure).await;
         if paid {
             self.release(id).await;
         }
@@ -312,12 +317,13 @@ impl Jobs {
                     "{error}. ComfyUI may have queued the paid workflow; it is not sent again. Check ComfyUI's \
                      queue and the Comfy.org account."
                 );
-                self.change(&job.id, EventKind::State, unknown(message))
+                self.ledger
+                    .change(&job.id, EventKind::State, unknown(message))
                     .await;
                 return Err(error.into());
             }
             Err(error) => {
-                self.fail(&job.id, error.failure()).await;
+                self.ledger.fail(&job.id, error.failure()).await;
                 return Err(error.into());
             }
             Ok(Posted::Unclear(rejection)) if paid => {
@@ -326,7 +332,8 @@ impl Jobs {
                      is not sent again. Check ComfyUI's queue and the Comfy.org account.",
                     rejection.status
                 );
-                self.change(&job.id, EventKind::State, unknown(message.clone()))
+                self.ledger
+                    .change(&job.id, EventKind::State, unknown(message.clone()))
                     .await;
                 return Err(ComfyError::BadResponse(message).into());
             }
@@ -334,7 +341,7 @@ impl Jobs {
         };
         let failure = Failure::new(Code::ComfyRejected, rejection.message.clone())
             .with_details(rejection.details.clone());
-        self.fail(&job.id, failure).await;
+        self.ledger.fail(&job.id, failure).await;
         if paid {
             self.release(&job.id).await;
         }
@@ -424,6 +431,47 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if self.heard.is_some() {
             self.link.unregister(&self.prompt_id);
+        }
+    }
+}
+
+impl Jobs {
+    /// The money gate at the moment of sending, for every path (the first submit, Orchestrator's queue, a move on
+    /// failover, a restart): the workflow's nodes on `gateway`'s ComfyUI decide. A paid workflow of a job that holds
+    /// no reservation is not sent: the job waits for an approval. Answers the Comfy.org key to put into the prompt
+    /// (`None` for a free workflow).
+    pub(crate) async fn gate_before_sending(
+        &self,
+        gateway: &ComfyGateway,
+        job: &Job,
+        workflow: &Value,
+    ) -> Result<Option<crate::config::Secret>, JobError> {
+        let catalog = self.money.models.nodes(gateway).await?;
+        let assessment = self
+            .gate()
+            .assess(&catalog, workflow)
+            .map_err(JobError::from)?;
+        if !assessment.is_paid() {
+            return Ok(None);
+        }
+        if job.cost_usd.is_none() {
+            self.store
+                .await_approval(&job.id, &assessment.approval_json())
+                .await?;
+            self.ledger
+                .change(&job.id, EventKind::State, Default::default())
+                .await;
+            tracing::info!(job = %job.id, "a job with paid nodes waits for its confirmation instead of being sent");
+            let job = self
+                .store
+                .job(&job.id)
+                .await?
+                .unwrap_or_else(|| job.clone());
+            return Err(JobError::AwaitingConfirmation(Box::new(job)));
+        }
+        match &self.money.api_key {
+            Some(key) => Ok(Some(key.clone())),
+            None => Err(refused(COMFY_ORG_NOT_CONFIGURED.into())),
         }
     }
 }

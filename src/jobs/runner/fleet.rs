@@ -1,6 +1,5 @@
 //! This instance among the others on one store: its heartbeat, which renews the leases of the jobs it follows;
-//! settling the jobs it took over from an instance whose leases ran out (it died; `jobs::recovery` takes them); and, on PostgreSQL, the event pump that
-//! hands this instance's listeners every instance's events in the order of their numbers.
+//! settling the jobs it took over from an instance whose leases ran out (it died; `jobs::recovery` takes them); the event pump is the ledger's.
 //!
 //! A job taken over is settled by the rules of a restart's reconciliation: one that never reached ComfyUI goes back
 //! to the fleet's queue (a paid one becomes `needs_reconcile`: it may have been charged); one ComfyUI finished is
@@ -12,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::Jobs;
 use super::follow::Follower;
-use super::{JobEvent, Jobs};
 use crate::clock::now;
 use crate::codes::Code;
 use crate::comfy::proxy::ComfyGateway;
@@ -129,7 +128,7 @@ impl Jobs {
                 comfy_prompt_id: Some(found.clone()),
                 ..Default::default()
             };
-            self.change(&job.id, EventKind::State, change).await;
+            self.ledger.change(&job.id, EventKind::State, change).await;
             prompt_id = Some(found);
         }
         let Some(prompt_id) = prompt_id else {
@@ -202,7 +201,7 @@ impl Jobs {
                             started: true,
                             ..Default::default()
                         };
-                        self.change(&job.id, EventKind::State, change).await;
+                        self.ledger.change(&job.id, EventKind::State, change).await;
                     }
                 } else if !queue.is_pending(prompt_id) {
                     // Out of the queue: finished between the two looks, or gone.
@@ -222,67 +221,6 @@ impl Jobs {
             tokio::select! {
                 () = tokio::time::sleep(WATCH_EVERY) => {}
                 () = self.background.stopping() => return,
-            }
-        }
-    }
-
-    /// The event pump (PostgreSQL): every event stored, by any instance, handed to this instance's listeners in
-    /// the order of its number. Woken by the store's notification (and by this instance's own events), it reads
-    /// what is new from the events table, which is the truth; it also looks every few seconds, so a notification
-    /// lost with a dropped connection delays an event, never loses it. `from`: the last event number when the server
-    /// began serving, read before it did.
-    pub async fn pump_events(self, database_url: String, from: i64) {
-        let mut listener = match crate::store::EventWakeups::listen(&database_url).await {
-            Ok(listener) => Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for the fleet's events: looking every few seconds");
-                None
-            }
-        };
-        let mut last = from;
-        loop {
-            last = self.pump_once(last).await;
-            let notified = async {
-                match listener.as_mut() {
-                    Some(listener) => listener.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = notified => {}
-                () = self.event_wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                () = self.background.stopping() => return,
-            }
-        }
-    }
-
-    /// Sends the listeners every stored event after `last`; answers the last number sent.
-    async fn pump_once(&self, mut last: i64) -> i64 {
-        const BATCH: u32 = 1000;
-        loop {
-            let events = match self.store.events_after(last, BATCH).await {
-                Ok(events) => events,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the fleet's events");
-                    return last;
-                }
-            };
-            let full = events.len() == BATCH as usize;
-            for stored in events {
-                last = stored.seq;
-                let Ok(job) = serde_json::from_value::<Job>(stored.job) else {
-                    continue;
-                };
-                let _ = self.events.send(JobEvent {
-                    kind: stored.kind,
-                    job,
-                    seq: stored.seq,
-                    job_seq: stored.job_seq,
-                });
-            }
-            if !full {
-                return last;
             }
         }
     }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use super::Jobs;
 use super::socket::{Heard, Link};
 use super::track::{End, Step, Track};
-use super::{Jobs, finished};
 use crate::codes::Code;
 use crate::comfy::proxy::ComfyGateway;
+use crate::jobs::ledger::finished;
 use crate::model::EventKind;
 use crate::model::JobStatus;
 use crate::store::JobChange;
@@ -95,7 +96,7 @@ impl Follower {
                     if let Some(total) = self.track.on_binary(&frame) {
                         self.record_reported_cost(total).await;
                     }
-                    self.jobs.on_preview(&self.job_id, &frame).await;
+                    self.jobs.ledger.on_preview(&self.job_id, &frame).await;
                     continue;
                 }
                 // The link was silent and ComfyUI's queue no longer holds the prompt: its history may say it ended.
@@ -110,7 +111,7 @@ impl Follower {
             match self.track.on_event(&event) {
                 Step::Nothing => {}
                 Step::Change(kind, change) => {
-                    self.jobs.change(&self.job_id, kind, change).await;
+                    self.jobs.ledger.change(&self.job_id, kind, change).await;
                 }
                 Step::End(end) => break end,
             }
@@ -127,9 +128,10 @@ impl Follower {
             .remove(&self.job_id);
         match end {
             End::Finished => self.collect_outputs().await,
-            End::Failed(error) => self.jobs.fail(&self.job_id, error).await,
+            End::Failed(error) => self.jobs.ledger.fail(&self.job_id, error).await,
             End::Interrupted => {
                 self.jobs
+                    .ledger
                     .change(
                         &self.job_id,
                         EventKind::State,
@@ -191,6 +193,7 @@ impl Follower {
         }
         tracing::info!(job = %self.job_id, actual_usd = total as f64 / 1e6, "a paid node reported its price");
         self.jobs
+            .ledger
             .change(&self.job_id, EventKind::State, JobChange::default())
             .await;
     }
@@ -263,6 +266,7 @@ impl Follower {
             return false;
         }
         self.jobs
+            .ledger
             .change(&self.job_id, EventKind::Resubmitted, JobChange::default())
             .await;
         tracing::warn!(job = %self.job_id, from = %dead, to = %origin, "ComfyUI died before the job started: sent to another");

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::finished;
 use super::follow::Follower;
 use crate::codes::{Code, Failure};
 use crate::comfy::error::ComfyError;
+use crate::jobs::ledger::finished;
 use crate::model::EventKind;
 use crate::model::{JobStatus, OutputFile};
 use crate::store::JobChange;
@@ -35,6 +35,7 @@ impl Follower {
                 .is_some_and(|m| m.iter().any(|m| m[0] == "execution_interrupted"));
             if interrupted {
                 self.jobs
+                    .ledger
                     .change(
                         &self.job_id,
                         EventKind::State,
@@ -45,7 +46,7 @@ impl Follower {
                 let failure =
                     Failure::new(Code::ComfyExecutionError, "ComfyUI reports the run failed")
                         .with_details(entry["status"].clone());
-                self.jobs.fail(&self.job_id, failure).await;
+                self.jobs.ledger.fail(&self.job_id, failure).await;
             }
             return;
         }
@@ -59,12 +60,13 @@ impl Follower {
                     ..finished(JobStatus::Succeeded)
                 };
                 self.jobs
+                    .ledger
                     .change(&self.job_id, EventKind::State, change)
                     .await;
             }
             Err(error) => {
                 let failure = Failure::new(Code::OutputFetchFailed, error.to_string());
-                self.jobs.fail(&self.job_id, failure).await;
+                self.jobs.ledger.fail(&self.job_id, failure).await;
             }
         }
     }

@@ -83,7 +83,7 @@ impl Jobs {
                             comfy_prompt_id: Some(prompt_id.clone()),
                             ..Default::default()
                         };
-                        self.change(&job.id, EventKind::State, change).await;
+                        self.ledger.change(&job.id, EventKind::State, change).await;
                         let listening = Listening { link, heard };
                         self.follow(gateway.clone(), &job.id, &prompt_id, &workflow, listening);
                     }
@@ -138,6 +138,6 @@ impl Jobs {
             error: Some(Failure::new(Code::SubmitInterrupted, message).into_json()),
             ..Default::default()
         };
-        self.change(id, EventKind::State, change).await;
+        self.ledger.change(id, EventKind::State, change).await;
     }
 }
