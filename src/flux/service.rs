@@ -24,7 +24,7 @@ use crate::bfl::client::{BflClient, Polled, Submitted};
 use crate::clock::today;
 use crate::codes::{Code, Failure};
 use crate::config::FluxConfig;
-use crate::jobs::ledger::{Ledger, finished};
+use crate::jobs::ledger::{Ledger, Sent, finished};
 use crate::model::{Backend, EventKind};
 use crate::model::{Job, JobStatus, OutputFile};
 use crate::money::checkout::{Checkout, Order, Paid, Prepared, Purchase};
@@ -233,9 +233,7 @@ impl Flux {
                     ..Default::default()
                 };
                 ledger.change(&job.id, EventKind::State, change).await;
-                if let Err(error) = store.mark_charge_spent(&job.id).await {
-                    tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
-                }
+                ledger.settle_sent(&job.id, Sent::Taken, true).await;
                 // BFL's own figure for the task, in credits (FLUX.2 answers with it), is what was spent.
                 if let Some(credits) = cost_credits.filter(|c| c.is_finite() && *c >= 0.0) {
                     let micros = (credits * 10_000.0).round() as i64;
@@ -263,7 +261,9 @@ impl Flux {
             } => {
                 let failure =
                     Failure::new(code, &message).with_details(json!({ "bfl_status": status }));
-                self.fail_unstarted(&job.id, failure).await;
+                ledger
+                    .settle_sent(&job.id, Sent::NotTaken(failure), true)
+                    .await;
                 tracing::warn!(job = %job.id, model, bfl_status = status, %code, "BFL refused a FLUX task");
                 let status = match status {
                     429 => StatusCode::TOO_MANY_REQUESTS,
@@ -280,7 +280,9 @@ impl Flux {
             }
             Submitted::NotSent(why) => {
                 let message = format!("{why}; nothing was sent or charged");
-                self.fail_unstarted(&job.id, Failure::new(Code::BflUnreachable, &message))
+                let failure = Failure::new(Code::BflUnreachable, &message);
+                ledger
+                    .settle_sent(&job.id, Sent::NotTaken(failure), true)
                     .await;
                 Err(FluxError::Provider(ProviderError {
                     status: StatusCode::BAD_GATEWAY,
@@ -294,12 +296,10 @@ impl Flux {
                 let message = format!(
                     "{why}. BFL may have started and charged the task; it is not sent again. Check the BFL dashboard."
                 );
-                let change = JobChange {
-                    status: Some(JobStatus::NeedsReconcile),
-                    error: Some(Failure::new(Code::BflOutcomeUnknown, &message).into_json()),
-                    ..Default::default()
-                };
-                ledger.change(&job.id, EventKind::State, change).await;
+                let failure = Failure::new(Code::BflOutcomeUnknown, &message);
+                ledger
+                    .settle_sent(&job.id, Sent::Unknown(failure), true)
+                    .await;
                 tracing::warn!(job = %job.id, model, "a FLUX submit's outcome is unknown");
                 Err(FluxError::Provider(ProviderError {
                     status: StatusCode::BAD_GATEWAY,
@@ -309,14 +309,6 @@ impl Flux {
                     retry_after: None,
                 }))
             }
-        }
-    }
-
-    /// A task BFL certainly did not start: the job failed, its price, key and token given back.
-    async fn fail_unstarted(&self, id: &str, failure: Failure) {
-        self.0.ledger.fail(id, failure).await;
-        if let Err(error) = self.store().release_paid_job(id).await {
-            tracing::error!(job = %id, %error, "cannot release a FLUX job BFL did not start");
         }
     }
 

@@ -212,3 +212,105 @@ impl Recovery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::ComfyBackend;
+    use crate::jobs::gate::{Gate, Money};
+    use crate::jobs::ledger::Ledger;
+    use crate::money::checkout::Checkout;
+    use crate::money::confirm::Confirmer;
+    use crate::store::{NewJob, Store};
+
+    /// A driver that notes each job it is given; one whose backend does not answer gives every job back.
+    struct Noting {
+        backend: Backend,
+        answers: bool,
+        given: Mutex<Vec<String>>,
+    }
+
+    impl Driver for Noting {
+        fn backend(&self) -> Backend {
+            self.backend
+        }
+
+        fn reaches(&self, _: &Job) -> bool {
+            true
+        }
+
+        fn settle(&self, jobs: Vec<Job>, _: Orphaned) -> BoxFuture<'_, Vec<String>> {
+            let ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+            self.given.lock().unwrap().extend(ids.clone());
+            let left = if self.answers { Vec::new() } else { ids };
+            Box::pin(async move { left })
+        }
+    }
+
+    fn noting(backend: Backend, answers: bool) -> Arc<Noting> {
+        Arc::new(Noting {
+            backend,
+            answers,
+            given: Mutex::default(),
+        })
+    }
+
+    /// The job service of a process started after `store`'s jobs were recorded, on a ComfyUI nobody runs.
+    fn jobs_after_restart(store: &Store, dir: &Path) -> Jobs {
+        let gateway = crate::comfy::proxy::properties::gateway(ComfyBackend {
+            scheme: http::uri::Scheme::HTTP,
+            authority: http::uri::Authority::from_static("127.0.0.1:9"),
+        });
+        let background = crate::background::Background::new();
+        let confirmer = Arc::new(Confirmer::new(Duration::from_secs(600)));
+        let checkout = Checkout::new(store.clone(), confirmer.clone(), background.clone(), 1);
+        let money = Money {
+            models: Arc::default(),
+            gate: Gate::new(confirmer, false, 1_000_000),
+            api_key: None,
+            checkout: Arc::new(checkout),
+        };
+        let outputs = dir.join("outputs");
+        let assets = crate::assets::Assets::new(dir.join("assets"), outputs.clone(), store.clone());
+        let ledger = Ledger::new(store.clone(), background, None);
+        Jobs::new(ledger, vec![gateway], outputs, money, assets)
+    }
+
+    /// A restart pass tried again because one backend did not answer settles that backend's jobs again, and no
+    /// other's: a FLUX task settled once is not polled a second time.
+    #[tokio::test]
+    async fn a_restart_pass_tried_again_settles_each_job_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let (params, workflow) = (json!({}), json!({}));
+        let mut ids = Vec::new();
+        for (backend, url) in [
+            (Backend::Comfy, Some("http://127.0.0.1:9")),
+            (Backend::Flux, None),
+        ] {
+            let new = NewJob {
+                backend,
+                template: None,
+                params: &params,
+                workflow: &workflow,
+                backend_url: url,
+            };
+            ids.push(store.insert_job(new).await.unwrap().id);
+        }
+        let (comfy, flux) = (noting(Backend::Comfy, false), noting(Backend::Flux, true));
+        let drivers: Vec<Arc<dyn Driver>> = vec![comfy.clone(), flux.clone()];
+        let recovery = Recovery::new(jobs_after_restart(&store, dir.path()), drivers);
+        assert_eq!(recovery.restart_pass().await, 1, "ComfyUI's job is left");
+        assert_eq!(recovery.restart_pass().await, 1, "and left again");
+        assert_eq!(
+            *comfy.given.lock().unwrap(),
+            [ids[0].clone(), ids[0].clone()]
+        );
+        assert_eq!(*flux.given.lock().unwrap(), [ids[1].clone()]);
+    }
+}

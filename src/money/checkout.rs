@@ -328,13 +328,18 @@ mod tests {
         }
     }
 
-    async fn checkout(in_flight_wait: Duration) -> (tempfile::TempDir, Store, Arc<Checkout>) {
+    /// A checkout whose repeats wait `in_flight_wait`, and key `k` claimed by a request on another instance.
+    async fn claimed_elsewhere(
+        in_flight_wait: Duration,
+    ) -> (tempfile::TempDir, Store, Arc<Checkout>) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("c.db").display());
         let store = Store::open(&url).await.unwrap();
         let confirmer = Arc::new(Confirmer::new(Duration::from_secs(600)));
         let mut checkout = Checkout::new(store.clone(), confirmer, Background::new(), 5_000_000);
         checkout.in_flight_wait = in_flight_wait;
+        let claimed = store.claim_idempotency_key("flux.generate", "k", "f");
+        assert!(claimed.await.unwrap());
         (dir, store, Arc::new(checkout))
     }
 
@@ -350,13 +355,7 @@ mod tests {
     /// judged itself (it would pay a second time).
     #[tokio::test]
     async fn a_repeat_waits_for_the_first_request_then_is_told_to_come_back() {
-        let (_dir, store, checkout) = checkout(Duration::from_millis(300)).await;
-        assert!(
-            store
-                .claim_idempotency_key("flux.generate", "k", "f")
-                .await
-                .unwrap()
-        );
+        let (_dir, _store, checkout) = claimed_elsewhere(Duration::from_millis(300)).await;
         let judged = Arc::new(AtomicUsize::new(0));
         let purchase = Counted(judged.clone(), json!({}));
         let answer = checkout.pay(order(), purchase).await;
@@ -367,13 +366,7 @@ mod tests {
     /// Once the first request has made its job, a repeat waiting for it is answered with that job.
     #[tokio::test]
     async fn a_waiting_repeat_is_answered_with_the_job_the_first_request_made() {
-        let (_dir, store, checkout) = checkout(Duration::from_secs(30)).await;
-        assert!(
-            store
-                .claim_idempotency_key("flux.generate", "k", "f")
-                .await
-                .unwrap()
-        );
+        let (_dir, store, checkout) = claimed_elsewhere(Duration::from_secs(30)).await;
         let judged = Arc::new(AtomicUsize::new(0));
         let repeat = {
             let (checkout, purchase) = (checkout.clone(), Counted(judged.clone(), json!({})));

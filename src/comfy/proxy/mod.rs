@@ -557,6 +557,6 @@ fn origin_is_the_hosts(headers: &HeaderMap) -> bool {
 }
 
 #[cfg(test)]
-mod properties;
+pub(crate) mod properties;
 #[cfg(test)]
 mod tests;

@@ -51,7 +51,8 @@ fn configured() -> impl Strategy<Value = ComfyBackend> {
     })
 }
 
-fn gateway(backend: ComfyBackend) -> ComfyGateway {
+/// A gateway to `backend` with short deadlines, for tests (its ComfyUI need not run).
+pub(crate) fn gateway(backend: ComfyBackend) -> ComfyGateway {
     let settings = ComfyConfig {
         backends: vec![backend.clone()],
         connect_timeout: Duration::from_secs(1),

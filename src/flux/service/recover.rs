@@ -6,6 +6,7 @@ use futures_util::future::BoxFuture;
 
 use super::Flux;
 use crate::codes::{Code, Failure};
+use crate::jobs::ledger::Sent;
 use crate::jobs::recovery::{Driver, Orphaned};
 use crate::model::{Backend, EventKind, Job, JobStatus};
 use crate::store::JobChange;
@@ -44,9 +45,8 @@ impl Flux {
         match job.provider_id.clone() {
             Some(provider_id) => {
                 // A stop between storing the provider id and settling the charge leaves it reserved.
-                if let Err(error) = self.store().mark_charge_spent(&job.id).await {
-                    tracing::error!(job = %job.id, %error, "cannot record a FLUX charge as spent");
-                }
+                let ledger = &self.0.ledger;
+                ledger.settle_sent(&job.id, Sent::Taken, true).await;
                 tracing::info!(job = %job.id, "polling a FLUX task nobody follows again");
                 self.0.ledger.background().spawn(self.clone().follow(
                     job.id.clone(),

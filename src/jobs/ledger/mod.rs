@@ -4,13 +4,15 @@
 //!
 //! - [`progress`]: progress coalesced to a few events a second per job;
 //! - [`preview`]: the latest preview frame of each running job, announced as `preview` events;
-//! - [`pump`]: a fleet's events (PostgreSQL), read from the store and delivered to this instance's listeners.
+//! - [`pump`]: a fleet's events (PostgreSQL), read from the store and delivered to this instance's listeners;
+//! - [`sent`]: what a driver's send came to ([`Sent`]), the job and its charge settled together.
 //!
 //! An ended job's webhook delivery is written with its change (by the store); the ledger wakes the sender.
 
 pub mod preview;
 mod progress;
 mod pump;
+mod sent;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,7 @@ use crate::model::{EventKind, Job, JobStatus};
 use crate::store::{JobChange, Store};
 
 pub use progress::PROGRESS_EVERY;
+pub use sent::Sent;
 
 /// One change to a job, as `/api/jobs/{id}/events` sends it.
 #[derive(Debug, Clone, Serialize)]

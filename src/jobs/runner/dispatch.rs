@@ -14,6 +14,7 @@ use crate::comfy::api::{Posted, PromptRequest};
 use crate::comfy::error::ComfyError;
 use crate::comfy::proxy::ComfyGateway;
 use crate::jobs::gate::COMFY_ORG_NOT_CONFIGURED;
+use crate::jobs::ledger::Sent;
 use crate::model::{Backend, EventKind};
 use crate::model::{Job, JobStatus};
 use crate::store::{JobChange, NewJob};
@@ -167,7 +168,8 @@ impl Jobs {
         // picks, is listened for before it exists: no event of the run can come unrouted.
         let link = self.link(&gateway);
         if let Err(error) = link.ready(LINK_WITHIN).await {
-            self.fail_unsent(&job.id, error.failure(), paid).await;
+            let unsent = Sent::NotTaken(error.failure());
+            self.ledger.settle_sent(&job.id, unsent, paid).await;
             return Err(error.into());
         }
         let registration = Registration::new(&link, uuid::Uuid::new_v4().to_string());
@@ -187,9 +189,6 @@ impl Jobs {
         let posted = gateway.post_prompt(&request).await;
         let prompt_id = self.settle_post(&job, posted, paid).await?;
         let prompt_id = prompt_id.as_str();
-        if paid && let Err(error) = self.store.mark_charge_spent(&job.id).await {
-            tracing::error!(job = %job.id, %error, "cannot record a paid job's charge as spent");
-        }
         let submitted = JobChange {
             status: Some(JobStatus::Submitted),
             comfy_prompt_id: Some(prompt_id.to_owned()),
@@ -226,7 +225,9 @@ impl Jobs {
                     _ => Code::Internal,
                 };
                 let failure = Failure::new(code, error.to_string());
-                self.fail_unsent(&job.id, failure, job.cost_usd.is_some())
+                let paid = job.cost_usd.is_some();
+                self.ledger
+                    .settle_sent(&job.id, Sent::NotTaken(failure), paid)
                     .await;
                 Err(error)
             }
@@ -254,7 +255,9 @@ impl Jobs {
                 Failure::new(Code::Internal, "the asset store failed")
             }
         };
-        self.fail_unsent(&job.id, failure, paid).await;
+        self.ledger
+            .settle_sent(&job.id, Sent::NotTaken(failure), paid)
+            .await;
         Err(match error {
             ResolveError::Comfy(comfy) => comfy.into(),
             ResolveError::Missing(id) => JobError::MissingAssets(vec![id]),
@@ -262,19 +265,11 @@ impl Jobs {
         })
     }
 
-    /// A job stopped before anything was posted: failed, and a paid one's reservation given back.
-    async fn fail_unsent(&self, id: &str, failure: Failure, paid: bool) {
-        self.ledger.fail(id, failure).await;
-        if paid {
-            self.release(id).await;
-        }
-    }
-
     /// A paid job cancelled while it was being approved or prepared is not sent (and gives its price back).
     async fn still_wanted(&self, id: &str) -> Result<(), JobError> {
         let now = self.store.job(id).await?;
         if let Some(now) = now.filter(|j| j.status != JobStatus::Queued) {
-            self.release(id).await;
+            self.ledger.release(id).await;
             return Err(JobError::Finished(now.status.as_str()));
         }
         Ok(())
@@ -296,34 +291,34 @@ impl Jobs {
 }
 
 impl Jobs {
-    /// What a `POST /prompt`'s outcome makes of the job: accepted, the prompt id. A prompt that may have reached
-    /// ComfyUI (no answer, or one that is not ComfyUI's own refusal) is, when paid, `needs_reconcile` and never sent
-    /// again: its outcome is for a person to check. Otherwise the job failed, and a paid one's price goes back.
+    /// What a `POST /prompt`'s outcome makes of the job ([`Sent`]): accepted, the prompt id. A prompt that may have
+    /// reached ComfyUI (no answer, or one that is not ComfyUI's own refusal) is, when paid, `needs_reconcile` and
+    /// never sent again: its outcome is for a person to check. Otherwise the job failed, and a paid one's price goes
+    /// back.
     async fn settle_post(
         &self,
         job: &Job,
         posted: Result<Posted, ComfyError>,
         paid: bool,
     ) -> Result<String, JobError> {
-        let unknown = |message: String| JobChange {
-            status: Some(JobStatus::NeedsReconcile),
-            error: Some(Failure::new(Code::ComfyOutcomeUnknown, message).into_json()),
-            ..Default::default()
-        };
         let rejection = match posted {
-            Ok(Posted::Accepted { prompt_id }) => return Ok(prompt_id),
-            Err(error) if paid => {
-                let message = format!(
-                    "{error}. ComfyUI may have queued the paid workflow; it is not sent again. Check ComfyUI's \
-                     queue and the Comfy.org account."
-                );
-                self.ledger
-                    .change(&job.id, EventKind::State, unknown(message))
-                    .await;
-                return Err(error.into());
+            Ok(Posted::Accepted { prompt_id }) => {
+                self.ledger.settle_sent(&job.id, Sent::Taken, paid).await;
+                return Ok(prompt_id);
             }
             Err(error) => {
-                self.ledger.fail(&job.id, error.failure()).await;
+                let failure = if paid {
+                    let message = format!(
+                        "{error}. ComfyUI may have queued the paid workflow; it is not sent again. Check ComfyUI's \
+                         queue and the Comfy.org account."
+                    );
+                    Failure::new(Code::ComfyOutcomeUnknown, message)
+                } else {
+                    error.failure()
+                };
+                self.ledger
+                    .settle_sent(&job.id, Sent::Unknown(failure), paid)
+                    .await;
                 return Err(error.into());
             }
             Ok(Posted::Unclear(rejection)) if paid => {
@@ -332,8 +327,9 @@ impl Jobs {
                      is not sent again. Check ComfyUI's queue and the Comfy.org account.",
                     rejection.status
                 );
+                let failure = Failure::new(Code::ComfyOutcomeUnknown, message.clone());
                 self.ledger
-                    .change(&job.id, EventKind::State, unknown(message.clone()))
+                    .settle_sent(&job.id, Sent::Unknown(failure), paid)
                     .await;
                 return Err(ComfyError::BadResponse(message).into());
             }
@@ -341,10 +337,9 @@ impl Jobs {
         };
         let failure = Failure::new(Code::ComfyRejected, rejection.message.clone())
             .with_details(rejection.details.clone());
-        self.ledger.fail(&job.id, failure).await;
-        if paid {
-            self.release(&job.id).await;
-        }
+        self.ledger
+            .settle_sent(&job.id, Sent::NotTaken(failure), paid)
+            .await;
         let job = self
             .store
             .job(&job.id)

@@ -1,5 +1,6 @@
-//! This instance among the others on one store: its heartbeat, which renews the leases of the jobs it follows;
-//! settling the jobs it took over from an instance whose leases ran out (it died; `jobs::recovery` takes them); the event pump is the ledger's.
+//! This instance among the others on one store: its heartbeat, which renews the leases of the jobs it follows, and
+//! settling the jobs it took over from an instance whose leases ran out (it died; `jobs::recovery` takes them). The
+//! fleet's event pump is the ledger's.
 //!
 //! A job taken over is settled by the rules of a restart's reconciliation: one that never reached ComfyUI goes back
 //! to the fleet's queue (a paid one becomes `needs_reconcile`: it may have been charged); one ComfyUI finished is

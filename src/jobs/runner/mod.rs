@@ -1,20 +1,20 @@
-//! A job's life on ComfyUI: recorded, submitted, followed over ComfyUI's WebSocket, its outputs fetched.
+//! ComfyUI's driver: a job's life on ComfyUI, submitted, followed over ComfyUI's WebSocket, its outputs fetched;
+//! every change recorded through the ledger ([`crate::jobs::ledger`]).
 //!
 //! Each backend has one WebSocket, shared by every job there ([`socket`]): it is up before a prompt is posted, and
-//! the prompt's id, chosen by Orchestrator, is routed before the prompt exists, so no event of the run is missed. The end of a run is ComfyUI's `executing {node: null}` for the prompt, sent after the history is
-//! written: the outputs are then read from `/history/{id}` (the one authoritative list: a cached run names files
+//! the prompt's id, chosen by Orchestrator, is routed before the prompt exists, so no event of the run is missed.
+//! The end of a run is ComfyUI's `executing {node: null}` for the prompt, sent after the history is written: the outputs are then read from `/history/{id}` (the one authoritative list: a cached run names files
 //! of an earlier one) and downloaded through `/view` before the job is `succeeded`, so a succeeded job always has
 //! its files. A socket that ends before that is resolved through `/history` and `/queue`: finished work is
 //! recorded, work ComfyUI no longer knows becomes `backend_lost`, never `succeeded`.
-
 //!
 //! - [`dispatch`]: choosing a backend, submitting (with the money gate), the queue of jobs waiting for one;
 //! - [`socket`]: each backend's one WebSocket, messages routed to jobs by prompt id, the silence check;
 //! - [`follow`]: a job's follower, which applies what [`track`] (plain code, no sockets) decides about what it hears;
 //! - [`outputs`]: reading a run's outputs from `/history` and downloading them;
 //! - [`reconcile`]: settling, after a restart, the jobs an earlier process left unfinished;
-//! - [`fleet`]: this instance among others on one store: its heartbeat and leases, taking over the jobs of an
-//!   instance that died, and (PostgreSQL) every instance's events delivered to this one's listeners;
+//! - [`fleet`]: this instance among others on one store: its heartbeat and leases, watching the jobs taken over
+//!   from an instance that died;
 //! - [`exits`]: why a job's supervised ComfyUI went away (crash forensics for its error).
 
 mod dispatch;
@@ -310,13 +310,6 @@ impl Jobs {
             error["exit"] = json!(exit);
         }
         self.ledger.lose(id, error).await;
-    }
-
-    /// Gives a paid job's reservation back: ComfyUI certainly did not take it.
-    async fn release(&self, id: &str) {
-        if let Err(error) = self.store.release_paid_job(id).await {
-            tracing::error!(job = %id, %error, "cannot release a paid job ComfyUI did not take");
-        }
     }
 }
 
