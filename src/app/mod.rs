@@ -32,7 +32,7 @@ pub struct AppInner {
     pub templates: Arc<jobs::templates::Templates>,
     /// Jobs: one for the process (its event stream and followers are shared by every serving thread).
     pub jobs: jobs::runner::Jobs,
-    /// Paid FLUX generation; one for the process, so idempotency locks are shared.
+    /// Paid FLUX generation.
     pub flux: flux::service::Flux,
     pub v0: v0::V0Gateway,
     /// One for the process, so a client cannot multiply its allowance by the number of serving threads.

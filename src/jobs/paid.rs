@@ -1,17 +1,17 @@
 //! ComfyUI workflows with paid nodes, behind the same money rules as FLUX (`shared/DESIGN.md`): their purchases at
 //! the checkout ([`crate::money::checkout`]).
 //!
-//! `POST /api/jobs` ([`super::submit`]): a paid workflow is sent only when the server allows generation, holds `COMFY_ORG_API_KEY` and the
-//! request carries the `confirmToken` of a dry run of this very workflow and price; then, in one transaction, the
-//! job is recorded, its price reserved against the day's budget (shared with FLUX), the token used up and the
-//! `Idempotency-Key` claimed. A prompt refused at the gateway waits as an `awaiting_confirmation` job until
-//! `POST /api/jobs/{id}/confirm` approves it the same way. Whatever the path, `Jobs::send_to_comfy` posts a paid
+//! `POST /api/jobs` ([`super::submit`]): a paid workflow is sent only when the server allows generation, holds
+//! `COMFY_ORG_API_KEY` and the request carries the `confirmToken` of a dry run of this very workflow and price;
+//! then, in one transaction, the job is recorded, its price reserved against the day's budget (shared with FLUX),
+//! the token used up and the claimed `Idempotency-Key` bound to the job. A prompt refused at the gateway waits as
+//! an `awaiting_confirmation` job until `POST /api/jobs/{id}/confirm` approves it the same way. Whatever the path, `Jobs::send_to_comfy` posts a paid
 //! workflow only for a job that holds a reservation, and only with Orchestrator's own Comfy.org key in it.
 
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::gate::{Assessment, COMFY_ORG_NOT_CONFIGURED, Gate};
+use super::gate::{Assessment, COMFY_ORG_NOT_CONFIGURED};
 use super::runner::{JobError, Jobs, refused};
 use super::submit::{Submission, Submitted};
 use crate::clock::today;
@@ -32,10 +32,6 @@ pub(super) fn fingerprint(bound: &Value) -> String {
 }
 
 impl Jobs {
-    pub(crate) fn gate(&self) -> &Gate {
-        &self.money.gate
-    }
-
     /// The dry run of a workflow: its paid nodes, the estimate, and (for a paid one) a token for exactly this.
     pub(super) async fn dry_run(&self, bound: &Value, assessment: &Assessment) -> Value {
         let gate = self.gate();

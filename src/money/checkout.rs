@@ -159,6 +159,7 @@ impl Checkout {
         let claim = IdempotencyClaim {
             scope: order.scope,
             key,
+            fingerprint: &order.fingerprint,
         };
         let answer = self.reserve_and_send(purchase, Some(claim)).await;
         let kept = match &answer {
@@ -188,18 +189,16 @@ impl Checkout {
         E: From<Refusal> + From<StoreError>,
     {
         let deadline = tokio::time::Instant::now() + self.in_flight_wait;
+        let (store, background) = (&self.store, &self.background);
+        let (scope, fingerprint) = (order.scope, order.fingerprint.as_str());
+        let used_before = self.confirmer.forget_used_before();
         for attempt in 1.. {
-            let used_before = self.confirmer.forget_used_before();
-            let (scope, fingerprint) = (order.scope, &order.fingerprint);
-            let claim = claims::claim(
-                &self.store,
-                &self.background,
-                scope,
-                key,
-                fingerprint,
-                &used_before,
-            );
-            match claim.await? {
+            let claim = if attempt == 1 {
+                claims::claim(store, background, scope, key, fingerprint, &used_before).await
+            } else {
+                claims::attempt(store, background, scope, key, fingerprint).await
+            };
+            match claim? {
                 Claim::New(claimed) => return Ok(Ok(claimed)),
                 Claim::Kept { status, body } => {
                     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
@@ -381,6 +380,7 @@ mod tests {
             idempotency: Some(IdempotencyClaim {
                 scope: "flux.generate",
                 key: "k",
+                fingerprint: "f",
             }),
             token_id: "t",
         };

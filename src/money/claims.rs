@@ -31,8 +31,8 @@ pub enum Claim {
     InFlight,
 }
 
-/// Claims `key` in `scope` for a request whose body has this `fingerprint`. `used_before`: confirmation tokens
-/// used before it are forgotten when old keys are.
+/// Claims `key` in `scope` for a request whose body has this `fingerprint`. Keys past their window are forgotten
+/// first, so such a key is claimed anew, and with them the confirmation tokens used before `used_before`.
 pub async fn claim(
     store: &Store,
     background: &Background,
@@ -41,12 +41,23 @@ pub async fn claim(
     fingerprint: &str,
     used_before: &str,
 ) -> Result<Claim, StoreError> {
-    let now = Utc::now();
-    let since = at(now - WINDOW);
-    // Keys past their window are forgotten first, so such a key is claimed anew.
+    let since = at(Utc::now() - WINDOW);
     if let Err(error) = store.prune_idempotency_keys(&since, used_before).await {
         tracing::warn!(%error, "cannot forget old idempotency keys");
     }
+    attempt(store, background, scope, key, fingerprint).await
+}
+
+/// [`claim`] again, for a repeat that found the key [`Claim::InFlight`] (nothing is forgotten this time).
+pub async fn attempt(
+    store: &Store,
+    background: &Background,
+    scope: &'static str,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Claim, StoreError> {
+    let now = Utc::now();
+    let since = at(now - WINDOW);
     for _ in 0..3 {
         if store.claim_idempotency_key(scope, key, fingerprint).await? {
             let claimed = keep_claimed(store.clone(), background, scope, key, RENEW_EVERY);

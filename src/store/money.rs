@@ -1,5 +1,6 @@
-//! Money: paid jobs reserved against the day's budget, charges settled, confirmation tokens used once,
-//! idempotency keys claimed, each inside a transaction that holds the money lock (`Store::money_transaction`).
+//! Money: paid jobs reserved against the day's budget (inside a transaction that holds the money lock,
+//! `Store::money_transaction`), charges settled, confirmation tokens used once; idempotency keys claimed, renewed,
+//! answered and given back (the protocol is `money::claims`'), and bound to their job in the reservation.
 
 use serde_json::Value;
 use sqlx::{Any, Transaction};
@@ -316,11 +317,12 @@ async fn bind_key(
 ) -> Result<bool, StoreError> {
     let bound = sqlx::query(
         "UPDATE idempotency_keys SET job_id = $3 \
-         WHERE scope = $1 AND key = $2 AND job_id IS NULL AND response_status IS NULL",
+         WHERE scope = $1 AND key = $2 AND fingerprint = $4 AND job_id IS NULL AND response_status IS NULL",
     )
     .bind(claim.scope)
     .bind(claim.key)
     .bind(job_id)
+    .bind(claim.fingerprint)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -373,6 +375,8 @@ pub struct PaidJob<'a> {
 pub struct IdempotencyClaim<'a> {
     pub scope: &'a str,
     pub key: &'a str,
+    /// The claiming request's: a claim lost meanwhile to a request with another body is never bound.
+    pub fingerprint: &'a str,
 }
 
 pub enum Reservation {

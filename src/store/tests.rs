@@ -490,3 +490,45 @@ async fn a_filtered_list_is_the_stores_own_whole_pages_of_the_jobs_it_keeps() {
             .is_empty()
     );
 }
+
+/// A reservation binds only its own request's claim: a key claimed meanwhile by a request with another body is not
+/// bound to this job (that request's repeats would get a job made from another body), and nothing is reserved.
+#[tokio::test]
+async fn a_reservation_binds_only_a_claim_of_its_own_body() {
+    let (_dir, stores) = each_engine().await;
+    for store in stores {
+        assert!(store.claim_idempotency_key("s", "k", "theirs").await.unwrap());
+        let (params, workflow) = (serde_json::json!({}), serde_json::json!({}));
+        let paid = |fingerprint| PaidJob {
+            record: Record::New {
+                job: NewJob {
+                    backend: Backend::Flux,
+                    template: None,
+                    params: &params,
+                    workflow: &workflow,
+                    backend_url: None,
+                },
+                approval: None,
+            },
+            cost_micros: 10_000,
+            day: "2026-12-07",
+            budget_micros: 5_000_000,
+            idempotency: Some(IdempotencyClaim {
+                scope: "s",
+                key: "k",
+                fingerprint,
+            }),
+            token_id: fingerprint,
+        };
+        let lost = store.reserve_paid_job(paid("mine")).await.unwrap();
+        assert!(matches!(lost, Reservation::KeyLost));
+        assert_eq!(store.budget_usage("2026-12-07").await.unwrap().reserved, 0);
+        let bound = store.reserve_paid_job(paid("theirs")).await.unwrap();
+        let Reservation::Reserved(job) = bound else {
+            panic!("the claim's own request reserves");
+        };
+        let far = "2000-01-01T00:00:00Z";
+        let record = store.idempotency_record("s", "k", far).await.unwrap();
+        assert_eq!(record.unwrap().job_id, Some(job.id));
+    }
+}

@@ -161,7 +161,9 @@ impl Jobs {
         self.hold_claim(&job.id).await?;
         let gateway = self.backend_of(&job).clone();
         let paid_key = self.gate_or_fail(&gateway, &job, workflow).await?;
-        let paid = paid_key.is_some();
+        // Whether the job holds a reservation, which its send settles, whatever its workflow looks like now (a
+        // backend's node list can change between the confirmation and the send).
+        let paid = job.cost_usd.is_some();
         let resolved = self.resolve_or_fail(&gateway, &job, workflow, paid).await?;
         let workflow = resolved.as_ref().unwrap_or(workflow);
         // The backend's shared link is up before anything is posted, and the prompt, under an id Orchestrator

@@ -119,7 +119,7 @@ pub struct Jobs {
     pub(in crate::jobs) store: Store,
     /// Every configured ComfyUI; a job goes to the online one with the shortest queue.
     pub(in crate::jobs) backends: Arc<Vec<ComfyGateway>>,
-    /// The money gate's state: node catalogs, settings, the Comfy.org key, idempotency locks.
+    /// The money gate's state: node catalogs, settings, the Comfy.org key, the checkout.
     pub(in crate::jobs) money: Arc<super::gate::Money>,
     outputs: PathBuf,
     /// Uploaded assets (Comfy API v2), whose references a workflow may carry.
@@ -219,6 +219,11 @@ impl Jobs {
     ) -> Self {
         self.supervised = Some(SupervisedBackend { origin, status });
         self
+    }
+
+    /// The money gate: node prices and confirmation tokens.
+    pub(crate) fn gate(&self) -> &super::gate::Gate {
+        &self.money.gate
     }
 
     /// Every configured ComfyUI's origin, for errors that say none answered.
