@@ -3,19 +3,43 @@
 //! ComfyUI 0.3.64 marks its 100 "API nodes" (FLUX Pro, Ideogram, Kling, Veo, OpenAI, …) with `"api_node": true`
 //! and a category under `api node/`; each run of one charges the Comfy.org account whose credentials the prompt's
 //! `extra_data` carries. Newer ComfyUI also sends a `price_badge` (`{engine: "jsonata", depends_on, expr}`,
-//! Comfy-Org/ComfyUI#11582). A workflow is paid when any of its nodes is; a class the backend does not list is not
-//! assumed free (`shared/CONTRACTS.md`, "ComfyUI's paid API nodes").
+//! Comfy-Org/ComfyUI#11582). A node that asks for those credentials (a hidden input of type `AUTH_TOKEN_COMFY_ORG`
+//! or `API_KEY_COMFY_ORG`) is paid too, flag or not: a custom node can spend them without declaring itself. A
+//! workflow is paid when any of its nodes is; a class the backend does not list is not assumed free
+//! (`shared/CONTRACTS.md`, "ComfyUI's paid API nodes").
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::Value;
 
+/// The hidden input types through which ComfyUI hands a node the prompt's Comfy.org credentials (`execution.py`
+/// `get_input_data`; V1 nodes name the inputs `auth_token` / `comfy_api_key`, V3 ones `auth_token_comfy_org` /
+/// `api_key_comfy_org`: the type is what counts).
+const CREDENTIAL_TYPES: [&str; 2] = ["AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG"];
+
+/// ComfyUI 0.3.64's classes that ask for the credentials and never call Comfy.org: they only build the inputs of
+/// Luma's paid nodes (`comfy_api_nodes/nodes_luma.py`: a reference chain, a concept chain).
+const ASK_BUT_NEVER_CALL: [&str; 2] = ["LumaConceptsNode", "LumaReferenceNode"];
+
+/// Whether a class (its `/object_info` entry) asks for the prompt's Comfy.org credentials.
+fn asks_for_credentials(info: &Value) -> bool {
+    let hidden = info.pointer("/input/hidden").and_then(Value::as_object);
+    hidden.into_iter().flatten().any(|(_, kind)| {
+        // `"AUTH_TOKEN_COMFY_ORG"` (V1) or `["AUTH_TOKEN_COMFY_ORG"]` (V3).
+        let kind = kind
+            .as_str()
+            .or_else(|| kind.get(0).and_then(Value::as_str));
+        kind.is_some_and(|kind| CREDENTIAL_TYPES.contains(&kind))
+    })
+}
+
 /// What Orchestrator needs to know of one node class.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeClass {
     pub category: String,
     pub display_name: String,
+    /// Whether a run of it costs money: flagged `api_node`, or asking for the Comfy.org credentials.
     pub api_node: bool,
     pub price_badge: Option<Value>,
 }
@@ -84,13 +108,13 @@ impl NodeCatalog {
                                 .unwrap_or_default()
                                 .to_owned()
                         };
-                        // Only the flag: 13 free helpers (camera controls, option nodes) share the
-                        // `api node/` categories.
+                        // The flag or the credentials, not the category: 13 free helpers (camera controls,
+                        // option nodes) share the `api node/` categories.
+                        let flagged = info.get("api_node").and_then(Value::as_bool) == Some(true);
+                        let asks = asks_for_credentials(info)
+                            && !ASK_BUT_NEVER_CALL.contains(&name.as_str());
                         let class = NodeClass {
-                            api_node: info
-                                .get("api_node")
-                                .and_then(Value::as_bool)
-                                .unwrap_or(false),
+                            api_node: flagged || asks,
                             category: text("category"),
                             display_name: text("display_name"),
                             price_badge: info.get("price_badge").filter(|b| !b.is_null()).cloned(),
@@ -227,6 +251,26 @@ mod tests {
             catalog.paid_nodes(&json!([1])),
             Err(Unclassified::NotAWorkflow)
         );
+    }
+
+    /// A node that asks for the prompt's Comfy.org credentials can spend them, whatever its flag says; ComfyUI's
+    /// own option nodes that ask and never call stay free.
+    #[test]
+    fn a_node_that_asks_for_the_credentials_is_paid_whatever_its_flag() {
+        let info = json!({
+            "Custom": {"category": "my nodes", "input": {"hidden": {"key": "API_KEY_COMFY_ORG"}}},
+            "CustomV3": {"category": "my nodes", "api_node": false,
+                "input": {"hidden": {"auth_token_comfy_org": ["AUTH_TOKEN_COMFY_ORG"]}}},
+            "Plain": {"category": "my nodes", "input": {"hidden": {"unique_id": "UNIQUE_ID"}}},
+        });
+        let catalog = NodeCatalog::from_object_info(&info);
+        assert!(catalog.get("Custom").unwrap().api_node);
+        assert!(catalog.get("CustomV3").unwrap().api_node);
+        assert!(!catalog.get("Plain").unwrap().api_node);
+        let recorded = recorded();
+        for class in ASK_BUT_NEVER_CALL {
+            assert!(!recorded.get(class).unwrap().api_node, "{class}");
+        }
     }
 
     #[test]

@@ -268,6 +268,20 @@ mod tests {
         assert_eq!(assessment.total_micros, 1_110_000);
     }
 
+    /// A custom node that asks for the Comfy.org credentials without the `api_node` flag needs a confirmation, at
+    /// the ceiling (its price is not known).
+    #[test]
+    fn a_node_that_asks_for_the_credentials_is_priced_at_the_ceiling() {
+        let info = json!({"Sneaky": {"category": "custom", "display_name": "Sneaky",
+            "input": {"required": {}, "hidden": {"key": "API_KEY_COMFY_ORG"}}}});
+        let catalog = NodeCatalog::from_object_info(&info);
+        let workflow = json!({"7": {"class_type": "Sneaky", "inputs": {}}});
+        let assessment = gate().assess(&catalog, &workflow).unwrap();
+        assert!(assessment.is_paid());
+        assert_eq!(assessment.total_micros, 1_000_000);
+        assert_eq!(assessment.nodes[0].price_source, "ceiling");
+    }
+
     #[test]
     fn a_price_badge_is_read_as_its_highest_figure() {
         let badge = json!({"engine": "jsonata", "depends_on": {"widgets": ["n"]},

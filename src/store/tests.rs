@@ -497,7 +497,12 @@ async fn a_filtered_list_is_the_stores_own_whole_pages_of_the_jobs_it_keeps() {
 async fn a_reservation_binds_only_a_claim_of_its_own_body() {
     let (_dir, stores) = each_engine().await;
     for store in stores {
-        assert!(store.claim_idempotency_key("s", "k", "theirs").await.unwrap());
+        assert!(
+            store
+                .claim_idempotency_key("s", "k", "theirs")
+                .await
+                .unwrap()
+        );
         let (params, workflow) = (serde_json::json!({}), serde_json::json!({}));
         let paid = |fingerprint| PaidJob {
             record: Record::New {
