@@ -2,6 +2,7 @@
 //! ComfyUI calls with the key it finds in the prompt's `extra_data`, as the real one does.
 
 mod confirmation;
+mod estimates;
 mod leaks;
 mod once;
 

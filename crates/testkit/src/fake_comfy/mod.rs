@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -52,6 +52,7 @@ macro_rules! fixture {
     };
 }
 
+mod classes;
 mod files;
 mod frontend;
 mod origin;
@@ -61,6 +62,7 @@ mod run;
 #[cfg(test)]
 mod tests;
 
+use classes::*;
 use files::*;
 use frontend::*;
 pub use pictures::{OUTPUT_PNG, OUTPUT_SVG, OUTPUT_WEBM, output_picture, preview_jpeg};
@@ -149,8 +151,9 @@ struct Queue {
 struct Shared {
     /// Whether `/__fake/control {"exit": code}` may end the process (only the stand-alone binary allows it).
     exit_allowed: AtomicBool,
-    /// The recorded node definitions with this instance's installed models in the loaders' lists.
-    object_info: Value,
+    /// The recorded node definitions with this instance's installed models in the loaders' lists, and the classes
+    /// a test added.
+    object_info: RwLock<Arc<Value>>,
     /// Installed model files by folder (the recording had none).
     models: HashMap<String, Vec<String>>,
     hang: AtomicBool,
@@ -257,7 +260,7 @@ impl FakeComfy {
         let (work, work_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             exit_allowed: AtomicBool::new(false),
-            object_info,
+            object_info: RwLock::new(Arc::new(object_info)),
             models,
             hang: AtomicBool::new(false),
             silent: AtomicBool::new(false),
@@ -525,56 +528,59 @@ impl tokio::io::AsyncWrite for CountedStream {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    let routes = Router::new()
-        .route(
-            "/system_stats",
-            get(|| async { raw_json(fixture!("system_stats.json")) }),
-        )
-        .route(
-            "/features",
-            get(|| async { raw_json(fixture!("features.json")) }),
-        )
-        .route(
-            "/object_info",
-            get(|shared: State<Arc<Shared>>| async move { axum::Json(shared.object_info.clone()) }),
-        )
-        .route("/object_info/{class}", get(object_info_one))
-        .route(
-            "/embeddings",
-            get(|| async { raw_json(fixture!("embeddings.json")) }),
-        )
-        .route("/extensions", get(extensions))
-        .route("/users", get(users))
-        .route("/settings", get(get_settings).post(post_settings))
-        .route("/settings/{id}", get(get_setting).post(post_setting))
-        .route("/userdata", get(list_userdata))
-        .route(
-            "/userdata/{file}",
-            get(get_userdata)
-                .post(post_userdata)
-                .delete(delete_userdata),
-        )
-        .route("/i18n", get(|| async { axum::Json(json!({})) }))
-        .route(
-            "/workflow_templates",
-            get(|| async { axum::Json(json!({})) }),
-        )
-        .route("/experiment/models", get(experiment_models))
-        .route("/experiment/models/{folder}", get(experiment_models_in))
-        .route(
-            "/models",
-            get(|| async { raw_json(fixture!("models.json")) }),
-        )
-        .route("/models/{folder}", get(models_in_folder))
-        .route("/prompt", get(prompt_info).post(post_prompt))
-        .route("/queue", get(get_queue).post(post_queue))
-        .route("/interrupt", post(interrupt))
-        .route("/history", get(get_history).post(post_history))
-        .route("/history/{id}", get(history_one))
-        .route("/view", get(view))
-        .route("/upload/image", post(upload_image))
-        .route("/internal/logs", get(files::internal_logs))
-        .route("/ws", any(websocket));
+    let routes =
+        Router::new()
+            .route(
+                "/system_stats",
+                get(|| async { raw_json(fixture!("system_stats.json")) }),
+            )
+            .route(
+                "/features",
+                get(|| async { raw_json(fixture!("features.json")) }),
+            )
+            .route(
+                "/object_info",
+                get(|shared: State<Arc<Shared>>| async move {
+                    axum::Json((*shared.object_info()).clone())
+                }),
+            )
+            .route("/object_info/{class}", get(object_info_one))
+            .route(
+                "/embeddings",
+                get(|| async { raw_json(fixture!("embeddings.json")) }),
+            )
+            .route("/extensions", get(extensions))
+            .route("/users", get(users))
+            .route("/settings", get(get_settings).post(post_settings))
+            .route("/settings/{id}", get(get_setting).post(post_setting))
+            .route("/userdata", get(list_userdata))
+            .route(
+                "/userdata/{file}",
+                get(get_userdata)
+                    .post(post_userdata)
+                    .delete(delete_userdata),
+            )
+            .route("/i18n", get(|| async { axum::Json(json!({})) }))
+            .route(
+                "/workflow_templates",
+                get(|| async { axum::Json(json!({})) }),
+            )
+            .route("/experiment/models", get(experiment_models))
+            .route("/experiment/models/{folder}", get(experiment_models_in))
+            .route(
+                "/models",
+                get(|| async { raw_json(fixture!("models.json")) }),
+            )
+            .route("/models/{folder}", get(models_in_folder))
+            .route("/prompt", get(prompt_info).post(post_prompt))
+            .route("/queue", get(get_queue).post(post_queue))
+            .route("/interrupt", post(interrupt))
+            .route("/history", get(get_history).post(post_history))
+            .route("/history/{id}", get(history_one))
+            .route("/view", get(view))
+            .route("/upload/image", post(upload_image))
+            .route("/internal/logs", get(files::internal_logs))
+            .route("/ws", any(websocket));
     Router::new()
         .merge(routes.clone())
         .nest("/api", routes)
@@ -662,14 +668,6 @@ async fn control(
     }
     axum::Json(json!({ "hang": shared.hang.load(Ordering::SeqCst), "requests": shared.request_count.load(Ordering::SeqCst) }))
         .into_response()
-}
-
-async fn object_info_one(State(shared): State<Arc<Shared>>, Path(class): Path<String>) -> Response {
-    match shared.object_info.get(&class) {
-        Some(info) => axum::Json(json!({ class: info })).into_response(),
-        // The real server answers an unknown class with `{}` and 200.
-        None => axum::Json(json!({})).into_response(),
-    }
 }
 
 async fn models_in_folder(

@@ -23,7 +23,7 @@ pub(super) async fn post_prompt(State(shared): State<Arc<Shared>>, body: Bytes) 
             json!({ "error": error, "node_errors": {} }),
         );
     };
-    let outputs = match validate_prompt(&shared.object_info, &prompt) {
+    let outputs = match validate_prompt(&shared.object_info(), &prompt) {
         Ok(outputs) => outputs,
         Err(answer) => return json_status(StatusCode::BAD_REQUEST, answer),
     };

@@ -140,7 +140,8 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
     let mut synthetic_done = false;
     let mut previews = 0u64;
 
-    let paid = crate::fake_api_nodes::paid_nodes(&shared.object_info, &nodes);
+    let object_info = shared.object_info();
+    let paid = crate::fake_api_nodes::paid_nodes(&object_info, &nodes);
     // As ComfyUI: the run starts (`execution_start`) before any node runs, so the API nodes' progress text comes
     // while the prompt is the one running.
     let started_early = !paid.is_empty();
@@ -151,13 +152,8 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
     }
     if !paid.is_empty() {
         let base = shared.comfy_api_base.lock().unwrap().clone();
-        match crate::fake_api_nodes::run(
-            &shared.object_info,
-            base.as_deref(),
-            &paid,
-            &item.extra_data,
-        )
-        .await
+        match crate::fake_api_nodes::run(&object_info, base.as_deref(), &paid, &item.extra_data)
+            .await
         {
             Ok(texts) => {
                 for (node, text) in texts {
