@@ -64,9 +64,6 @@ pub struct PaidNode {
     pub inputs: serde_json::Map<String, Value>,
     #[serde(skip)]
     pub price_badge: Option<Value>,
-    /// All of the node's inputs as the workflow gives them (links included), which its badge is evaluated with.
-    #[serde(skip)]
-    pub widgets: serde_json::Map<String, Value>,
 }
 
 /// What of a node's inputs a person reads before approving it.
@@ -177,11 +174,6 @@ impl NodeCatalog {
                     display_name: class.display_name.clone(),
                     inputs: shown_inputs(node),
                     price_badge: class.price_badge.clone(),
-                    widgets: node
-                        .get("inputs")
-                        .and_then(Value::as_object)
-                        .cloned()
-                        .unwrap_or_default(),
                 }),
                 Some(_) => {}
             }

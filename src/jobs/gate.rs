@@ -4,16 +4,14 @@
 //! Every way a workflow reaches a ComfyUI passes here (`POST /api/jobs`, the gateway's `/prompt`, MCP and the CLI
 //! through the API, jobs sent from Orchestrator's queue or moved on failover): `Jobs::send_to_comfy` refuses to
 //! post a workflow with paid nodes that has no approval. The estimate of a paid node is, in this order, the price
-//! its `price_badge` gives with the node's own widget values ([`super::badge`]; the ceiling for each unit the node
-//! asks for when it cannot say), BFL's public price for the BFL nodes (the same table as `/api/flux/generate`), or
-//! `COMFY_PAID_NODE_MAX_USD`.
+//! its `price_badge` shows (the highest dollar figure in it: an upper bound), BFL's public price for the BFL nodes
+//! (the same table as `/api/flux/generate`), or `COMFY_PAID_NODE_MAX_USD`.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::badge;
 use crate::bfl::catalog;
 use crate::codes::Code;
 use crate::comfy::models::ModelCache;
@@ -129,16 +127,8 @@ impl Gate {
     }
 
     fn price(&self, node: &PaidNode) -> (i64, &'static str) {
-        if let Some(badge) = &node.price_badge {
-            return match badge::price(badge, &node.widgets) {
-                Some(micros) => (micros, "price_badge"),
-                // A badge that cannot say (a count fed by a link, an expression it cannot run): the ceiling for
-                // each unit the node asks for.
-                None => {
-                    let units = badge::largest_count(badge, &node.widgets);
-                    (self.ceiling_micros.saturating_mul(units), "ceiling")
-                }
-            };
+        if let Some(micros) = node.price_badge.as_ref().and_then(badge_price) {
+            return (micros, "price_badge");
         }
         let table = BFL_NODES
             .iter()
@@ -179,6 +169,44 @@ impl Gate {
 /// a FLUX token can never confirm one.
 pub fn canonical(workflow: &Value) -> String {
     format!("comfy-workflow\n{workflow}")
+}
+
+/// The highest dollar figure a `price_badge` can show (`{"engine": "jsonata", "expr": "…"}`; its results are
+/// `{"type": "usd", "usd": 0.035}`, ranges `min_usd`/`max_usd` or lists): every number that follows a key ending in
+/// `usd`. An upper bound, so a badge that depends on the inputs is never underestimated.
+fn badge_price(badge: &Value) -> Option<i64> {
+    let text = match badge.get("expr") {
+        Some(Value::String(expr)) => expr.clone(),
+        Some(other) => other.to_string(),
+        None => badge.to_string(),
+    };
+    let mut best: Option<f64> = None;
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("usd") {
+        let mut i = from + at + 3;
+        from = i;
+        // The key's closing quote (either kind), then the colon.
+        while i < bytes.len() && matches!(bytes[i], b'"' | b'\'' | b' ' | b'\\') {
+            i += 1;
+        }
+        if i >= bytes.len() || bytes[i] != b':' {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'[') {
+            i += 1;
+        }
+        let end = text[i..]
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .map_or(text.len(), |n| i + n);
+        if let Ok(value) = text[i..end].parse::<f64>()
+            && value.is_finite()
+        {
+            best = Some(best.map_or(value, |b: f64| b.max(value)));
+        }
+    }
+    best.map(|usd| (usd * 1_000_000.0).round() as i64)
 }
 
 /// What the job service needs to keep money safe.
@@ -254,26 +282,16 @@ mod tests {
         assert_eq!(assessment.nodes[0].price_source, "ceiling");
     }
 
-    /// A badge is evaluated with the node's widgets; one it cannot evaluate costs the ceiling for each unit the
-    /// node asks for.
     #[test]
-    fn a_badge_prices_the_nodes_own_count_or_the_ceiling_per_unit() {
-        let badge = json!({"engine": "jsonata",
-            "depends_on": {"widgets": [{"name": "number_of_images", "type": "INT"}]},
-            "expr": "{\"type\": \"usd\", \"usd\": 0.033 * widgets.number_of_images}"});
-        let info = json!({"Batch": {"category": "api node/image/x", "api_node": true, "price_badge": badge}});
-        let catalog = NodeCatalog::from_object_info(&info);
-        let node = |count: Value| json!({"1": {"class_type": "Batch", "inputs": {"number_of_images": count}}});
-        let ten = gate().assess(&catalog, &node(json!(10))).unwrap();
+    fn a_price_badge_is_read_as_its_highest_figure() {
+        let badge = json!({"engine": "jsonata", "depends_on": {"widgets": ["n"]},
+            "expr": "n > 1 ? {\"type\":\"range_usd\",\"min_usd\":0.02,\"max_usd\":0.08} : {\"type\":\"usd\",\"usd\":0.035}"});
+        assert_eq!(badge_price(&badge), Some(80_000));
         assert_eq!(
-            (ten.total_micros, ten.nodes[0].price_source),
-            (330_000, "price_badge")
+            badge_price(&json!({"expr": "{'type': 'usd', 'usd': 1.5}"})),
+            Some(1_500_000)
         );
-        let linked = gate().assess(&catalog, &node(json!(["2", 0]))).unwrap();
-        assert_eq!(
-            (linked.total_micros, linked.nodes[0].price_source),
-            (1_000_000, "ceiling")
-        );
+        assert_eq!(badge_price(&json!({"expr": "'see the docs'"})), None);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! Generation jobs: the ledger, the money gate, templates and the runner. Their SQL is in [`crate::store`].
 
-pub mod badge;
 pub mod gate;
 pub mod intake;
 pub mod ledger;
