@@ -20,8 +20,9 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    /// Every status.
+    /// Every status, in the order of a job's life (the order the job list's filter bar shows them in).
     pub const ALL: [Self; 9] = [
+        Self::AwaitingConfirmation,
         Self::Queued,
         Self::Submitted,
         Self::Running,
@@ -30,7 +31,6 @@ impl JobStatus {
         Self::Cancelled,
         Self::BackendLost,
         Self::NeedsReconcile,
-        Self::AwaitingConfirmation,
     ];
 
     pub fn as_str(self) -> &'static str {

@@ -116,14 +116,14 @@ impl Jobs {
             backend_url: Some(&gateway.backend().origin()),
         };
         let job = self
-            .store
+            .store()
             .insert_awaiting_job(new, &assessment.approval_json())
             .await?;
         self.ledger
             .change(&job.id, EventKind::State, Default::default())
             .await;
         tracing::info!(job = %job.id, paid_nodes = assessment.nodes.len(), "a paid prompt waits for its confirmation");
-        Ok(self.store.job(&job.id).await?.unwrap_or(job))
+        Ok(self.store().job(&job.id).await?.unwrap_or(job))
     }
 
     /// `POST /api/jobs/{id}/confirm`: approves a waiting job at its price and sends it.
@@ -248,7 +248,7 @@ impl Purchase for PaidConfirm {
     async fn prepare(&mut self) -> Result<Prepared, JobError> {
         let jobs = &self.jobs;
         let job = jobs
-            .store
+            .store()
             .job(&self.job_id)
             .await?
             .ok_or_else(|| JobError::NotFound(self.job_id.clone()))?;
@@ -258,7 +258,7 @@ impl Purchase for PaidConfirm {
             }));
         }
         let workflow = jobs
-            .store
+            .store()
             .workflow(&self.job_id)
             .await?
             .unwrap_or(Value::Null);

@@ -71,7 +71,7 @@ impl Recovery {
     async fn pause(&self, pause: Duration) -> bool {
         tokio::select! {
             () = tokio::time::sleep(pause) => true,
-            () = self.jobs.background.stopping() => false,
+            () = self.jobs.background().stopping() => false,
         }
     }
 
@@ -105,7 +105,7 @@ impl Recovery {
 
     /// One pass over the jobs left unfinished and not settled yet; answers how many are left for the next.
     async fn restart_pass(&self) -> usize {
-        let unfinished = match self.jobs.store.unfinished_jobs().await {
+        let unfinished = match self.jobs.store().unfinished_jobs().await {
             Ok(jobs) => jobs,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the unfinished jobs yet");
@@ -151,7 +151,7 @@ impl Recovery {
     /// claimed meanwhile is left to it; on SQLite there is no other instance, and every job left unfinished is this
     /// one's, whatever name it had before.
     async fn claim_after_restart(&self, job: &Job) -> Result<bool, crate::store::StoreError> {
-        let (store, instance) = (&self.jobs.store, &self.jobs.instance);
+        let (store, instance) = (self.jobs.store(), &self.jobs.instance);
         let until = crate::store::lease_until(self.jobs.lease);
         if store.claim_job(&job.id, instance, &until).await? {
             return Ok(true);
@@ -165,7 +165,7 @@ impl Recovery {
 
     /// On PostgreSQL, every third of a lease, the jobs whose claims ran out (their instance died).
     async fn take_over_expired(&self) {
-        if self.jobs.store.engine() != Engine::Postgres {
+        if self.jobs.store().engine() != Engine::Postgres {
             return;
         }
         loop {
@@ -178,7 +178,7 @@ impl Recovery {
 
     /// Takes over the jobs whose claims ran out and that this instance can settle, for every backend.
     async fn take_over_pass(&self) {
-        let (store, instance) = (&self.jobs.store, &self.jobs.instance);
+        let (store, instance) = (self.jobs.store(), &self.jobs.instance);
         for driver in &self.drivers {
             let expired = match store
                 .expired_claims(instance, driver.backend(), TAKEOVER_BATCH)

@@ -47,6 +47,26 @@ async fn first_run_creates_a_wal_file_with_the_schema_and_reopens() {
 
 /// A store on each engine: a SQLite file and, when the test command started a PostgreSQL cluster, a fresh
 /// database there. The folder holds the SQLite file.
+/// A new job's reservation at `cost_micros` on `day` (in a $5 budget), paid by `token_id`, under no key.
+fn reserving<'a>(
+    job: NewJob<'a>,
+    cost_micros: i64,
+    day: &'a str,
+    token_id: &'a str,
+) -> PaidJob<'a> {
+    PaidJob {
+        record: Record::New {
+            job,
+            approval: None,
+        },
+        cost_micros,
+        day,
+        budget_micros: 5_000_000,
+        idempotency: None,
+        token_id,
+    }
+}
+
 async fn each_engine() -> (tempfile::TempDir, Vec<Store>) {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}", dir.path().join("s.db").display());
@@ -217,17 +237,7 @@ async fn a_deleted_job_is_gone_but_a_paid_ones_charge_stays() {
 
         let day = "2026-12-04";
         let Reservation::Reserved(paid) = store
-            .reserve_paid_job(PaidJob {
-                record: Record::New {
-                    job: new(),
-                    approval: None,
-                },
-                cost_micros: 40_000,
-                day,
-                budget_micros: 5_000_000,
-                idempotency: None,
-                token_id: "token",
-            })
+            .reserve_paid_job(reserving(new(), 40_000, day, "token"))
             .await
             .unwrap()
         else {
@@ -275,23 +285,18 @@ async fn a_used_token_is_remembered_until_its_own_cutoff() {
             let (params, workflow) = (params.clone(), workflow.clone());
             async move {
                 store
-                    .reserve_paid_job(PaidJob {
-                        record: Record::New {
-                            job: NewJob {
-                                backend: Backend::Comfy,
-                                template: None,
-                                params: &params,
-                                workflow: &workflow,
-                                backend_url: None,
-                            },
-                            approval: None,
+                    .reserve_paid_job(reserving(
+                        NewJob {
+                            backend: Backend::Comfy,
+                            template: None,
+                            params: &params,
+                            workflow: &workflow,
+                            backend_url: None,
                         },
-                        cost_micros: 10_000,
-                        day: "2026-12-07",
-                        budget_micros: 5_000_000,
-                        idempotency: None,
-                        token_id: token,
-                    })
+                        10_000,
+                        "2026-12-07",
+                        token,
+                    ))
                     .await
                     .unwrap()
             }
@@ -504,26 +509,23 @@ async fn a_reservation_binds_only_a_claim_of_its_own_body() {
                 .unwrap()
         );
         let (params, workflow) = (serde_json::json!({}), serde_json::json!({}));
-        let paid = |fingerprint| PaidJob {
-            record: Record::New {
-                job: NewJob {
-                    backend: Backend::Flux,
-                    template: None,
-                    params: &params,
-                    workflow: &workflow,
-                    backend_url: None,
-                },
-                approval: None,
-            },
-            cost_micros: 10_000,
-            day: "2026-12-07",
-            budget_micros: 5_000_000,
-            idempotency: Some(IdempotencyClaim {
+        let paid = |fingerprint| {
+            let job = NewJob {
+                backend: Backend::Flux,
+                template: None,
+                params: &params,
+                workflow: &workflow,
+                backend_url: None,
+            };
+            let claim = IdempotencyClaim {
                 scope: "s",
                 key: "k",
                 fingerprint,
-            }),
-            token_id: fingerprint,
+            };
+            PaidJob {
+                idempotency: Some(claim),
+                ..reserving(job, 10_000, "2026-12-07", fingerprint)
+            }
         };
         let lost = store.reserve_paid_job(paid("mine")).await.unwrap();
         assert!(matches!(lost, Reservation::KeyLost));

@@ -29,19 +29,6 @@ struct JobsPage {
     next_cursor: Option<String>,
 }
 
-/// The statuses the list can be filtered by, in the filter bar's order.
-const STATUSES: [JobStatus; 9] = [
-    JobStatus::AwaitingConfirmation,
-    JobStatus::Queued,
-    JobStatus::Submitted,
-    JobStatus::Running,
-    JobStatus::Succeeded,
-    JobStatus::Failed,
-    JobStatus::Cancelled,
-    JobStatus::BackendLost,
-    JobStatus::NeedsReconcile,
-];
-
 /// `/jobs`: the newest jobs, 50 a page, optionally of one status.
 pub(super) async fn jobs(
     State(state): State<AppState>,
@@ -65,7 +52,8 @@ pub(super) async fn jobs(
         t,
         page: "jobs",
         filter: status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
-        statuses: STATUSES
+        // Every status, in the order of a job's life.
+        statuses: JobStatus::ALL
             .iter()
             .map(|s| (s.as_str(), Some(*s) == status))
             .collect(),

@@ -72,7 +72,7 @@ impl Jobs {
                     backend_url: None,
                 };
                 // Unclaimed: the fleet's queue, for whichever instance first has a ComfyUI that answers.
-                let job = self.store.insert_job(new).await?;
+                let job = self.store().insert_job(new).await?;
                 self.dispatch_wake.notify_one();
                 tracing::info!(job = %job.id, "no ComfyUI answers: the job waits in the queue");
                 return Ok(job);
@@ -91,7 +91,7 @@ impl Jobs {
             workflow: &workflow,
             backend_url: Some(&backend_url),
         };
-        let job = self.store.insert_job(new).await?;
+        let job = self.store().insert_job(new).await?;
         self.send_to_comfy(job, &workflow).await
     }
 
@@ -105,7 +105,7 @@ impl Jobs {
                 () = tokio::time::sleep(DISPATCH_EVERY) => {}
                 () = self.dispatch_wake.notified() => {}
                 // Waiting jobs stay queued in the store; the next start (or another instance) sends them.
-                () = self.background.stopping() => return,
+                () = self.background().stopping() => return,
             }
         }
     }
@@ -113,7 +113,7 @@ impl Jobs {
     /// Claims and sends waiting jobs, in order, while a ComfyUI answers.
     async fn dispatch_waiting(&self) {
         loop {
-            match self.store.has_claimable().await {
+            match self.store().has_claimable().await {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(error) => {
@@ -127,7 +127,7 @@ impl Jobs {
             let origin = gateway.backend().origin();
             let lease_until = crate::store::lease_until(self.lease);
             let job = match self
-                .store
+                .store()
                 .claim_next(&self.instance, &origin, &lease_until)
                 .await
             {
@@ -205,7 +205,7 @@ impl Jobs {
         }
         let listening = registration.into_listening(prompt_id);
         self.follow(gateway.clone(), &job.id, prompt_id, workflow, listening);
-        Ok(self.store.job(&job.id).await?.unwrap_or(job))
+        Ok(self.store().job(&job.id).await?.unwrap_or(job))
     }
 
     /// The money gate at the moment of sending; a job it refuses is failed (a job it parks waits for its
@@ -269,7 +269,7 @@ impl Jobs {
 
     /// A paid job cancelled while it was being approved or prepared is not sent (and gives its price back).
     async fn still_wanted(&self, id: &str) -> Result<(), JobError> {
-        let now = self.store.job(id).await?;
+        let now = self.store().job(id).await?;
         if let Some(now) = now.filter(|j| j.status != JobStatus::Queued) {
             self.ledger.release(id).await;
             return Err(JobError::Finished(now.status.as_str()));
@@ -285,7 +285,7 @@ impl Jobs {
         if queued.is_err() || interrupted.is_err() {
             tracing::warn!(job = %id, %prompt_id, "a job finished while it was sent, and ComfyUI could not be told to drop it");
         }
-        match self.store.job(id).await {
+        match self.store().job(id).await {
             Ok(now) => JobError::Finished(now.map_or("gone", |j| j.status.as_str())),
             Err(error) => error.into(),
         }
@@ -343,7 +343,7 @@ impl Jobs {
             .settle_sent(&job.id, Sent::NotTaken(failure), paid)
             .await;
         let job = self
-            .store
+            .store()
             .job(&job.id)
             .await?
             .ok_or_else(|| JobError::NotFound(job.id.clone()))?;
@@ -361,13 +361,13 @@ impl Jobs {
     async fn hold_claim(&self, id: &str) -> Result<(), JobError> {
         let lease_until = crate::store::lease_until(self.lease);
         if self
-            .store
+            .store()
             .claim_job(id, &self.instance, &lease_until)
             .await?
         {
             return Ok(());
         }
-        match self.store.job_claimant(id).await? {
+        match self.store().job_claimant(id).await? {
             Some(holder) if holder != *self.instance => {
                 Err(JobError::Finished("claimed by another instance"))
             }
@@ -377,7 +377,7 @@ impl Jobs {
 
     /// The workflow a recorded job submits (`Null` when it cannot be read).
     pub(super) async fn stored_workflow(&self, id: &str) -> Value {
-        self.store
+        self.store()
             .workflow(id)
             .await
             .ok()
@@ -452,7 +452,7 @@ impl Jobs {
             return Ok(None);
         }
         if job.cost_usd.is_none() {
-            self.store
+            self.store()
                 .await_approval(&job.id, &assessment.approval_json())
                 .await?;
             self.ledger
@@ -460,7 +460,7 @@ impl Jobs {
                 .await;
             tracing::info!(job = %job.id, "a job with paid nodes waits for its confirmation instead of being sent");
             let job = self
-                .store
+                .store()
                 .job(&job.id)
                 .await?
                 .unwrap_or_else(|| job.clone());

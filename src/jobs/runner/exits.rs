@@ -22,7 +22,7 @@ impl Jobs {
     /// supervisor, which records an exit only after the process and its output are gone.
     pub(in crate::jobs) async fn exit_that_ended(&self, id: &str) -> Option<ExitRecord> {
         let supervised = self.supervised.as_ref()?;
-        let job = self.store.job(id).await.ok()??;
+        let job = self.store().job(id).await.ok()??;
         if job.backend_url.as_deref() != Some(supervised.origin.as_str()) {
             return None;
         }

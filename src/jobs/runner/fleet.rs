@@ -52,8 +52,8 @@ impl Jobs {
                 backends: self.backend_states(),
             };
             let until = crate::store::lease_until(self.lease);
-            let beat = match self.store.register_instance(&instance).await {
-                Ok(()) => self.store.renew_leases(&self.instance, &until).await,
+            let beat = match self.store().register_instance(&instance).await {
+                Ok(()) => self.store().renew_leases(&self.instance, &until).await,
                 Err(error) => Err(error),
             };
             if let Err(error) = beat {
@@ -61,18 +61,18 @@ impl Jobs {
             }
             // Alone on SQLite, every unfinished job is this instance's, settled at its start (the jobs of an
             // instance that died are taken over by `jobs::recovery`).
-            if self.store.engine() == crate::config::Engine::Postgres {
+            if self.store().engine() == crate::config::Engine::Postgres {
                 self.remove_deleted_outputs().await;
             }
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
-                () = self.background.stopping() => break,
+                () = self.background().stopping() => break,
             }
         }
         let stale_at = chrono::Utc::now() - self.lease - Duration::from_secs(1);
         let stale_at = crate::clock::timestamp(stale_at);
         if let Err(error) = self
-            .store
+            .store()
             .mark_stopped(&self.instance, &started_at, &stale_at)
             .await
         {
@@ -84,7 +84,7 @@ impl Jobs {
     /// neither saw the other's heartbeat at its start), and started first: this one, the younger, then stops. The
     /// older goes on; the younger finds this out at its own next beat.
     async fn name_taken_by_an_older_process(&self, started_at: &str) -> bool {
-        let Ok(instances) = self.store.instances().await else {
+        let Ok(instances) = self.store().instances().await else {
             return false;
         };
         let Some(row) = instances.iter().find(|i| *i.id == *self.instance) else {
@@ -114,7 +114,7 @@ impl Jobs {
     /// A job taken over from an instance that died, settled by the rules of a restart's reconciliation.
     pub(super) async fn settle_taken_over(self, job: Job) {
         // Re-read: the row as it is now that it is this instance's.
-        let job = match self.store.job(&job.id).await {
+        let job = match self.store().job(&job.id).await {
             Ok(Some(job)) if !job.status.is_final() => job,
             _ => return,
         };
@@ -150,7 +150,7 @@ impl Jobs {
                 }
                 return;
             }
-            match self.store.requeue(&job.id).await {
+            match self.store().requeue(&job.id).await {
                 Ok(true) => self.dispatch_wake.notify_one(),
                 Ok(false) => {}
                 Err(error) => {
@@ -221,7 +221,7 @@ impl Jobs {
             }
             tokio::select! {
                 () = tokio::time::sleep(WATCH_EVERY) => {}
-                () = self.background.stopping() => return,
+                () = self.background().stopping() => return,
             }
         }
     }

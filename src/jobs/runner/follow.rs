@@ -57,7 +57,7 @@ impl Jobs {
             prompt_id.to_owned(),
             workflow,
         );
-        self.background.spawn(follower.run(listening, stopped));
+        self.background().spawn(follower.run(listening, stopped));
     }
 }
 
@@ -82,7 +82,7 @@ impl Follower {
     async fn run(mut self, listening: Listening, mut stopped: oneshot::Receiver<()>) {
         let Listening { link, mut heard } = listening;
         let generation = link.generation();
-        let background = self.jobs.background.clone();
+        let background = self.jobs.background().clone();
         let end = loop {
             let heard = tokio::select! {
                 _ = &mut stopped => break End::Stopped,
@@ -152,7 +152,7 @@ impl Follower {
         if self.track.prices().is_empty() {
             return;
         }
-        let Ok(Some(job)) = self.jobs.store.job(&self.job_id).await else {
+        let Ok(Some(job)) = self.jobs.store().job(&self.job_id).await else {
             return;
         };
         let reported: i64 = self.track.prices().values().sum();
@@ -172,7 +172,7 @@ impl Follower {
             .sum();
         if let Err(error) = self
             .jobs
-            .store
+            .store()
             .settle_charge(&self.job_id, reported + unreported, reported)
             .await
         {
@@ -184,7 +184,7 @@ impl Follower {
     async fn record_reported_cost(&self, total: i64) {
         if let Err(error) = self
             .jobs
-            .store
+            .store()
             .record_actual_cost(&self.job_id, total)
             .await
         {
@@ -208,7 +208,7 @@ impl Follower {
         let reopened = tokio::select! {
             reopened = link.reopened(generation, REJOIN_WITHIN) => reopened,
             // Left for the next start's reconciliation, which settles it against ComfyUI.
-            () = self.jobs.background.stopping() => return true,
+            () = self.jobs.background().stopping() => return true,
         };
         if !reopened {
             return false;
@@ -222,7 +222,7 @@ impl Follower {
             tracing::info!(job = %self.job_id, "ComfyUI's WebSocket reopened; following the job again");
             let workflow = self
                 .jobs
-                .store
+                .store()
                 .workflow(&self.job_id)
                 .await
                 .ok()
@@ -242,7 +242,7 @@ impl Follower {
     /// The backend died with this job still waiting in its queue (never started): it is sent once to another
     /// online backend, recorded as a `resubmitted` event. A job that had started is not: it may have done work.
     async fn fail_over(&self) -> bool {
-        let store = &self.jobs.store;
+        let store = self.jobs.store();
         let Ok(Some(job)) = store.job(&self.job_id).await else {
             return false;
         };

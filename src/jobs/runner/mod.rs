@@ -116,7 +116,6 @@ impl From<Unclassified> for JobError {
 /// The job service: shared by every serving thread.
 #[derive(Clone)]
 pub struct Jobs {
-    pub(in crate::jobs) store: Store,
     /// Every configured ComfyUI; a job goes to the online one with the shortest queue.
     pub(in crate::jobs) backends: Arc<Vec<ComfyGateway>>,
     /// The money gate's state: node catalogs, settings, the Comfy.org key, the checkout.
@@ -143,9 +142,6 @@ pub struct Jobs {
     /// The ComfyUI Orchestrator supervises, when it does: a job that dies with it carries its exit record (code or
     /// signal, uptime, last log lines) in its error, so the user sees why without opening the log.
     supervised: Option<SupervisedBackend>,
-    /// Where followers, the dispatcher and paid submits run: the control runtime, under one tracker (the
-    /// ledger's).
-    pub(in crate::jobs) background: crate::background::Background,
     /// The gallery's thumbnails of the outputs kept here.
     thumbnails: Arc<thumbnails::Thumbnails>,
 }
@@ -162,8 +158,8 @@ impl Jobs {
             !backends.is_empty(),
             "the configuration has at least one ComfyUI"
         );
-        let store = ledger.store().clone();
-        let (instance, lease) = store
+        let (instance, lease) = ledger
+            .store()
             .claimant()
             .unwrap_or(("local", Duration::from_secs(30)));
         let instance: Arc<str> = instance.into();
@@ -172,7 +168,6 @@ impl Jobs {
             thumbnails: Arc::new(thumbnails::Thumbnails::new(outputs.clone())),
             links: socket::Links::default(),
             client_id,
-            store,
             backends: Arc::new(backends),
             money: Arc::new(money),
             outputs,
@@ -183,14 +178,13 @@ impl Jobs {
             dispatch_wake: Arc::default(),
             started_at: crate::clock::now(),
             supervised: None,
-            background: ledger.background().clone(),
             ledger,
         }
     }
 
     /// The shared link to `gateway`'s ComfyUI, opened the first time it is asked for.
     fn link(&self, gateway: &ComfyGateway) -> Arc<socket::Link> {
-        self.links.of(gateway, &self.client_id, &self.background)
+        self.links.of(gateway, &self.client_id, self.background())
     }
 
     /// ComfyUI's driver for the recovery loop.
@@ -208,7 +202,7 @@ impl Jobs {
 
     /// The background work of jobs (and of FLUX, which runs its jobs here too).
     pub fn background(&self) -> &crate::background::Background {
-        &self.background
+        self.ledger.background()
     }
 
     /// Tells the job service which backend Orchestrator supervises (`origin`), and where its status is published.
@@ -241,7 +235,7 @@ impl Jobs {
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        self.ledger.store()
     }
 
     pub fn assets(&self) -> &crate::assets::Assets {
@@ -262,7 +256,7 @@ impl Jobs {
     /// Cancels a job: removed from ComfyUI's queue while it waits there, interrupted while it runs.
     pub async fn cancel(&self, id: &str) -> Result<Job, JobError> {
         let job = self
-            .store
+            .store()
             .job(id)
             .await?
             .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
@@ -277,7 +271,7 @@ impl Jobs {
                 .change(id, EventKind::State, finished(JobStatus::Cancelled))
                 .await;
             return self
-                .store
+                .store()
                 .job(id)
                 .await?
                 .ok_or_else(|| JobError::NotFound(id.to_owned()));
@@ -300,7 +294,7 @@ impl Jobs {
             // Running: the follower records `cancelled` when ComfyUI reports the interrupt.
             self.backend_of(&job).interrupt(&prompt_id).await?;
         }
-        self.store
+        self.store()
             .job(id)
             .await?
             .ok_or_else(|| JobError::NotFound(id.to_owned()))

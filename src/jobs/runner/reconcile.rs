@@ -38,7 +38,7 @@ impl Driver for ComfyDriver {
                     for job in jobs {
                         let this = self.0.clone();
                         self.0
-                            .background
+                            .background()
                             .spawn(async move { this.settle_taken_over(job).await });
                     }
                     Vec::new()

@@ -212,7 +212,7 @@ impl Jobs {
         id: &str,
     ) -> Result<crate::store::Deleted, crate::store::StoreError> {
         use crate::store::Deleted;
-        let deleted = self.store.delete_job(id, &self.instance).await?;
+        let deleted = self.store().delete_job(id, &self.instance).await?;
         if matches!(deleted, Deleted::Removed | Deleted::OutputsForgotten) {
             self.remove_files(id).await;
         }
@@ -230,7 +230,7 @@ impl Jobs {
     /// Removes the files of jobs deleted through other instances of the fleet that this one keeps (the
     /// heartbeat calls it; an instance that was down catches up).
     pub(super) async fn remove_deleted_outputs(&self) {
-        let ids = match self.store.deleted_outputs(&self.instance, 100).await {
+        let ids = match self.store().deleted_outputs(&self.instance, 100).await {
             Ok(ids) => ids,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the jobs deleted elsewhere");
@@ -239,7 +239,7 @@ impl Jobs {
         };
         for id in ids {
             self.remove_files(&id).await;
-            if let Err(error) = self.store.forget_deleted_outputs(&id).await {
+            if let Err(error) = self.store().forget_deleted_outputs(&id).await {
                 tracing::warn!(job = %id, %error, "cannot forget a deleted job's files");
             }
         }
