@@ -78,6 +78,8 @@ codes! {
     ConfirmationMismatch = "confirmation_mismatch", "both", "The confirmation token is for another request or price.";
     ConfirmationUsed = "confirmation_used", "both", "The confirmation token already paid for a request.";
     BudgetExceeded = "budget_exceeded", "both", "The day's budget cannot cover the price; `details` give price, limit, spent and left.";
+    SpendCapReached = "spend_cap_reached", "both", "A call of ComfyUI's paid API nodes would take its job past the amount confirmed for it (`maxUsd`, else the estimate): refused at the Comfy.org egress, the run interrupted, the job failed; `details` give `spent_usd` and `cap_usd`.";
+    EgressKeyInvalid = "egress_key_invalid", "api", "A call to the Comfy.org egress (`/api/comfy-org/*`) without a job's key, with one nobody issued, or with the key of a job that has ended: nothing was forwarded.";
     // What is not set up.
     FluxNotConfigured = "flux_not_configured", "api", "`BFL_API_KEY` is not set.";
     ComfyOrgNotConfigured = "comfy_org_not_configured", "both", "A workflow with paid ComfyUI nodes, and `COMFY_ORG_API_KEY` is not set.";
@@ -99,6 +101,9 @@ codes! {
     V0Timeout = "v0_timeout", "api", "v0 did not answer within `V0_TIMEOUT_SECS`.";
     V0Unreachable = "v0_unreachable", "api", "v0 could not be reached.";
     V0Error = "v0_error", "api", "v0 answered with an error; `details` carry it.";
+    // The Comfy.org egress.
+    ComfyOrgUnreachable = "comfy_org_unreachable", "api", "The Comfy.org API (`COMFY_ORG_API_BASE`) could not be reached; the call was not charged.";
+    ComfyOrgTimeout = "comfy_org_timeout", "api", "The Comfy.org API did not answer in time; the call counts at its estimate (it may have been charged).";
     // Files and the service.
     LogNotFound = "log_not_found", "api", "ComfyUI's log file does not exist (yet).";
     ModelPathsUnparsable = "model_paths_unparsable", "api", "`extra_model_paths.yaml` cannot be read as ComfyUI reads it, so it was not changed; `details.problems` say why.";

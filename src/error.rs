@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::codes::Code;
 use crate::comfy::error::ComfyError;
 use crate::flux::error::FluxError;
+use crate::jobs::egress::EgressError;
 use crate::money::refusal::Refusal;
 pub use crate::problems::{ErrorBody, ErrorDetail};
 use crate::problems::{Invalid, NotConfigured, ProviderError, RequestError, error_body};
@@ -28,6 +29,10 @@ pub enum ApiError {
 
     #[error("a valid token is required (Authorization: Bearer …)")]
     Unauthorized,
+
+    /// A call to the Comfy.org egress without the key of a running job.
+    #[error("{0}")]
+    EgressKeyInvalid(String),
 
     /// A ComfyUI page, script, style sheet, SVG or XML asked for on the panel's origin, where it could act as the
     /// panel: it is served on the editor's origin only.
@@ -130,6 +135,21 @@ impl From<V0Error> for ApiError {
     }
 }
 
+impl From<EgressError> for ApiError {
+    fn from(error: EgressError) -> Self {
+        match error {
+            EgressError::KeyInvalid => Self::EgressKeyInvalid(EgressError::KeyInvalid.to_string()),
+            EgressError::OverCap { refusal, .. } | EgressError::Refused(refusal) => {
+                Self::Refused(refusal)
+            }
+            EgressError::Request(error) => Self::Request(error),
+            EgressError::Provider(error) => Self::Provider(error),
+            EgressError::Store(error) => Self::internal(error),
+            EgressError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
 impl ApiError {
     pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Internal(cause.into())
@@ -145,7 +165,7 @@ impl ApiError {
             Self::HostNotAllowed { .. }
             | Self::CrossOrigin { .. }
             | Self::EditorOriginOnly { .. } => StatusCode::FORBIDDEN,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::EgressKeyInvalid(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Request(error) => error.status(),
             Self::Comfy(error) => comfy_status(error),
@@ -164,9 +184,9 @@ impl ApiError {
                 }
                 Refusal::GenerationDisabled { .. } => StatusCode::FORBIDDEN,
                 Refusal::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
-                Refusal::NeedsConfirmation { .. } | Refusal::BudgetExceeded { .. } => {
-                    StatusCode::PAYMENT_REQUIRED
-                }
+                Refusal::NeedsConfirmation { .. }
+                | Refusal::BudgetExceeded { .. }
+                | Refusal::SpendCapReached { .. } => StatusCode::PAYMENT_REQUIRED,
                 Refusal::Confirmation(_)
                 | Refusal::NotAwaitingConfirmation { .. }
                 | Refusal::KeyInFlight => StatusCode::CONFLICT,
@@ -197,6 +217,7 @@ impl ApiError {
             Self::CrossOrigin { .. } => Code::CrossOriginRefused,
             Self::EditorOriginOnly { .. } => Code::EditorOriginOnly,
             Self::Unauthorized => Code::Unauthorized,
+            Self::EgressKeyInvalid(_) => Code::EgressKeyInvalid,
             Self::UnsupportedMediaType => Code::UnsupportedMediaType,
             Self::Request(error) => error.code(),
             Self::Comfy(error) => error.code(),

@@ -7,13 +7,11 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::codes::Code;
-use crate::comfy::proxy::{normalise_path, remove_hop_by_hop};
+use crate::comfy::proxy::normalise_path;
 use crate::config::V0Config;
 use crate::problems::{NotConfigured, ProviderError, RequestError};
 
@@ -36,6 +34,7 @@ pub enum V0Error {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 use crate::outbound::api_client;
+use crate::outbound::relay::{forwarded_headers, read_body, stream_back};
 use crate::store::Link;
 
 /// Characters a chat id keeps in a path segment (RFC 3986 unreserved); everything else is percent-encoded.
@@ -47,19 +46,6 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
 
 /// v0's request bodies are JSON with attachments given as URLs; anything larger is a mistake.
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
-
-/// Request headers that never reach v0: credentials of the panel's own origin, and what describes the hop to
-/// Orchestrator rather than the request.
-const DROPPED_REQUEST_HEADERS: [header::HeaderName; 8] = [
-    header::AUTHORIZATION,
-    header::COOKIE,
-    header::HOST,
-    header::ORIGIN,
-    header::REFERER,
-    header::CONTENT_LENGTH,
-    header::ACCEPT_ENCODING,
-    header::PROXY_AUTHORIZATION,
-];
 
 #[derive(Clone)]
 pub struct V0Gateway {
@@ -124,29 +110,11 @@ impl V0Gateway {
         let bearer = self.bearer()?;
         let url = self.upstream_url(path, request.uri().query())?;
         let (parts, body) = request.into_parts();
-        let body = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
-            .collect()
-            .await
-            .map_err(|error| {
-                if let Some(after) = crate::comfy::body::timed_out(&*error) {
-                    RequestError::BodyTimeout { after }
-                } else if error.is::<http_body_util::LengthLimitError>() {
-                    RequestError::PayloadTooLarge {
-                        limit: MAX_REQUEST_BYTES as u64,
-                    }
-                } else {
-                    RequestError::BodyUnreadable
-                }
-            })?
-            .to_bytes();
-        let mut headers = parts.headers;
-        remove_hop_by_hop(&mut headers);
-        for name in DROPPED_REQUEST_HEADERS {
-            headers.remove(name);
-        }
+        let body = read_body(body, MAX_REQUEST_BYTES).await?;
+        let mut headers = forwarded_headers(parts.headers, &[]);
         headers.insert(header::AUTHORIZATION, bearer);
         // The limit is on the time to the answer's headers; a long stream is then held to the idle limit per chunk
-        // below (reqwest's own per-request timeout would cut it whole).
+        // (`stream_back`).
         let sent = tokio::time::timeout(
             self.config.timeout,
             self.http
@@ -185,30 +153,7 @@ impl V0Gateway {
                 .into());
             }
         };
-        let status = upstream.status();
-        let mut headers = upstream.headers().clone();
-        remove_hop_by_hop(&mut headers);
-        clean_response_headers(&mut headers);
-        let idle = self.config.timeout;
-        // reqwest's per-request timeout would cut a long stream; each chunk gets the idle limit instead.
-        let stream = upstream.bytes_stream();
-        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(
-            stream,
-            move |mut stream| async move {
-                match tokio::time::timeout(idle, stream.next()).await {
-                    Ok(Some(Ok(chunk))) => Some((Ok::<_, std::io::Error>(chunk), stream)),
-                    Ok(Some(Err(_))) => {
-                        Some((Err(std::io::Error::other("v0's answer broke off")), stream))
-                    }
-                    Ok(None) => None,
-                    Err(_) => Some((Err(std::io::Error::other("v0 went silent")), stream)),
-                }
-            },
-        ));
-        let mut response = http::Response::new(body);
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        Ok(response)
+        Ok(stream_back(upstream, self.config.timeout, "v0"))
     }
 
     /// `GET /api/v0/validate`: the key checked with v0's cheapest call, `GET /v1/user`.
@@ -347,21 +292,6 @@ impl V0Gateway {
             links,
         })
     }
-}
-
-/// Response headers that stay with Orchestrator: cookies and session tokens of v0's origin, and lengths and
-/// encodings hyper sets itself for the re-streamed body.
-fn clean_response_headers(headers: &mut HeaderMap) {
-    for name in [
-        header::SET_COOKIE,
-        header::CONTENT_LENGTH,
-        header::STRICT_TRANSPORT_SECURITY,
-        header::ALT_SVC,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("x-session-token");
-    crate::comfy::proxy::remove_cors(headers);
 }
 
 #[cfg(test)]

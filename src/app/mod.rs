@@ -124,7 +124,7 @@ impl AppState {
                 config.flux.allow_generation,
                 config.comfy_org.paid_node_max_micros,
             ),
-            api_key: config.comfy_org.api_key.clone(),
+            egress: jobs::egress::Egress::new(store.clone(), &config.comfy_org),
             checkout: checkout.clone(),
         };
         let assets = assets::Assets::new(paths.assets(), paths.outputs(), store.clone());

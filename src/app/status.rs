@@ -68,6 +68,19 @@ pub struct Comfy {
     /// Model files per folder, as ComfyUI lists them.
     #[schema(value_type = Option<Object>)]
     pub models: Option<Value>,
+    /// Where its paid API nodes call Comfy.org (its `--comfy-api-base`, from `/system_stats`), when it answered.
+    pub comfy_org: Option<ComfyOrgUse>,
+}
+
+/// Whether a ComfyUI's API nodes go through Orchestrator's Comfy.org egress.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ComfyOrgUse {
+    /// Its `--comfy-api-base`; `null`: Comfy.org's own (`https://api.comfy.org`).
+    pub api_base: Option<String>,
+    /// Whether that is an Orchestrator's egress: if not, its paid nodes hold no key Comfy.org takes and fail.
+    pub uses_egress: bool,
+    /// The `--comfy-api-base` this Orchestrator's egress is reached at.
+    pub egress_url: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
@@ -152,6 +165,15 @@ pub async fn report(state: &AppState) -> Report {
     }
     if !database.ok {
         reasons.push("the database does not answer".to_owned());
+    }
+    if let Some(usage) = &comfy.comfy_org
+        && !usage.uses_egress
+        && state.config.comfy_org.api_key.is_some()
+    {
+        reasons.push(format!(
+            "ComfyUI's paid API nodes do not call Orchestrator's Comfy.org egress, so they fail: start ComfyUI with --comfy-api-base {}",
+            usage.egress_url
+        ));
     }
     if let (Some(applied), Some(expected)) =
         (database.migrations_applied, database.migrations_expected)
@@ -282,6 +304,17 @@ pub async fn comfy(state: &AppState) -> Comfy {
         ram_free: stats["system"]["ram_free"].as_u64(),
         queue,
         models,
+        comfy_org: stats["system"]["argv"].as_array().map(|argv| {
+            let argv: Vec<&str> = argv.iter().filter_map(Value::as_str).collect();
+            let api_base = crate::comfy::api::comfy_api_base(&argv);
+            ComfyOrgUse {
+                uses_egress: api_base
+                    .as_deref()
+                    .is_some_and(crate::comfy::api::is_egress),
+                api_base,
+                egress_url: state.config.comfy_org_egress_url(),
+            }
+        }),
     }
 }
 

@@ -96,6 +96,26 @@ impl History {
     }
 }
 
+/// The Comfy.org API base a ComfyUI command line gives (`--comfy-api-base URL` or `--comfy-api-base=URL`, as
+/// `comfy/cli_args.py` reads it); `/system_stats` shows a running ComfyUI's command line as `system.argv`.
+pub fn comfy_api_base<S: AsRef<str>>(argv: &[S]) -> Option<String> {
+    let mut args = argv.iter().map(AsRef::as_ref);
+    let mut found = None;
+    while let Some(arg) = args.next() {
+        if arg == "--comfy-api-base" {
+            found = args.next().map(str::to_owned);
+        } else if let Some(value) = arg.strip_prefix("--comfy-api-base=") {
+            found = Some(value.to_owned());
+        }
+    }
+    found
+}
+
+/// Whether a Comfy.org API base is an Orchestrator's egress (this one's, or a fleet instance's).
+pub fn is_egress(base: &str) -> bool {
+    base.trim_end_matches('/').ends_with("/api/comfy-org")
+}
+
 /// A prompt for `POST /prompt`, under an id Orchestrator chose.
 pub struct PromptRequest<'a> {
     pub workflow: &'a Value,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod body;
 pub mod credentials;
 pub mod error;
+pub mod fan_out;
 pub mod model_paths;
 pub mod models;
 pub mod nodes;

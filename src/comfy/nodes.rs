@@ -42,6 +42,8 @@ pub struct NodeClass {
     /// Whether a run of it costs money: flagged `api_node`, or asking for the Comfy.org credentials.
     pub api_node: bool,
     pub price_badge: Option<Value>,
+    /// Which of its outputs are lists, which make the nodes they feed run once per item.
+    pub output_is_list: Vec<bool>,
 }
 
 /// Every class one backend lists.
@@ -118,6 +120,10 @@ impl NodeCatalog {
                             category: text("category"),
                             display_name: text("display_name"),
                             price_badge: info.get("price_badge").filter(|b| !b.is_null()).cloned(),
+                            output_is_list: info["output_is_list"]
+                                .as_array()
+                                .map(|flags| flags.iter().map(|f| f == true).collect())
+                                .unwrap_or_default(),
                         };
                         (name.clone(), class)
                     })

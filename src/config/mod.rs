@@ -129,6 +129,8 @@ pub struct FluxConfig {
 #[derive(Debug, Clone)]
 pub struct ComfyOrgConfig {
     pub api_key: Option<Secret>,
+    /// Where the egress forwards ComfyUI's API-node calls: scheme, host and optional path, no trailing slash.
+    pub base_url: String,
     /// The price of a paid node whose price is not known otherwise, in millionths of a dollar.
     pub paid_node_max_micros: i64,
 }
@@ -384,6 +386,7 @@ impl Config {
             ),
             (v("flux_poll_timeout_secs"), secs(flux.poll_timeout)),
             (v("comfy_org_api_key"), masked(&self.comfy_org.api_key)),
+            (v("comfy_org_api_base"), self.comfy_org.base_url.clone()),
             // Masked: a receiver's URL often carries its token.
             (
                 v("job_webhook_url"),
@@ -427,6 +430,28 @@ impl Config {
                 .to_owned(),
             ),
         ]
+    }
+
+    /// The Comfy.org egress as a ComfyUI reaches it (its `--comfy-api-base`): `ORCH_PUBLIC_URL` in a fleet, else
+    /// the address Orchestrator listens on (loopback for an unspecified one: the supervised ComfyUI is on this
+    /// machine). The trailing `/` keeps the path when an older ComfyUI joins a route to it with `urljoin`.
+    pub fn comfy_org_egress_url(&self) -> String {
+        let origin = match &self.fleet.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let ip = match self.bind.ip() {
+                    std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                    }
+                    std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                        std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                    }
+                    ip => ip,
+                };
+                format!("http://{}", std::net::SocketAddr::new(ip, self.bind.port()))
+            }
+        };
+        format!("{origin}/api/comfy-org/")
     }
 
     /// The first ComfyUI backend, the one the gateway talks to.

@@ -330,10 +330,22 @@ pub struct Settings {
     )]
     pub paid_rate_limit_burst: String,
 
-    /// Comfy.org API key for ComfyUI's paid API nodes: put into approved prompts only, never shown; a client's own
-    /// Comfy.org credentials are removed from every prompt that passes the gateway.
+    /// Comfy.org API key for ComfyUI's paid API nodes: held by the Comfy.org egress, which swaps it for the key of
+    /// each approved prompt's job; never given to ComfyUI, never shown. A client's own Comfy.org credentials are
+    /// removed from every prompt that passes the gateway.
     #[arg(long, env = "COMFY_ORG_API_KEY", hide_env_values = true, global = true)]
     pub comfy_org_api_key: Option<String>,
+
+    /// The Comfy.org API that ComfyUI's paid API nodes reach through Orchestrator's egress (`/api/comfy-org/…`,
+    /// which ComfyUI is given as `--comfy-api-base`): every call is priced, counted against its job's confirmed
+    /// amount and forwarded here with `COMFY_ORG_API_KEY`.
+    #[arg(
+        long,
+        env = "COMFY_ORG_API_BASE",
+        default_value = "https://api.comfy.org",
+        global = true
+    )]
+    pub comfy_org_api_base: String,
 
     /// The price assumed for a paid ComfyUI node whose price is neither in its `price_badge` nor public, in US
     /// dollars.

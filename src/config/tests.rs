@@ -243,3 +243,38 @@ fn a_fleet_on_every_address_needs_its_public_url() {
         "SQLite is one instance"
     );
 }
+
+#[test]
+fn comfyui_reaches_the_egress_on_the_bound_address_or_the_public_url() {
+    let config = settings(&[]).validate(false).unwrap();
+    assert_eq!(
+        config.comfy_org_egress_url(),
+        "http://127.0.0.1:3000/api/comfy-org/"
+    );
+    let everywhere = settings(&[
+        "--bind",
+        "0.0.0.0:3100",
+        "--token",
+        "t0ken-t0ken-t0ken-t0ken",
+    ])
+    .validate(false)
+    .unwrap();
+    assert_eq!(
+        everywhere.comfy_org_egress_url(),
+        "http://127.0.0.1:3100/api/comfy-org/"
+    );
+    let fleet = settings(&[
+        "--bind",
+        "0.0.0.0:3100",
+        "--token",
+        "t0ken-t0ken-t0ken-t0ken",
+        "--public-url",
+        "http://orch-a.lan:3100",
+    ])
+    .validate(false)
+    .unwrap();
+    assert_eq!(
+        fleet.comfy_org_egress_url(),
+        "http://orch-a.lan:3100/api/comfy-org/"
+    );
+}

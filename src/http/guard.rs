@@ -109,8 +109,12 @@ impl GuardPolicy {
                 method: method.to_string(),
             });
         }
-        self.check_with(method, headers, self.is_fleet_fetch(method, path, headers))?;
-        if path == "/api/v0" || path.starts_with("/api/v0/") {
+        // The Comfy.org egress takes a job's key, not the user's token: ComfyUI calls it, and holds no credential
+        // of the panel's.
+        let egress = path.starts_with("/api/comfy-org/");
+        let own_credential = egress || self.is_fleet_fetch(method, path, headers);
+        self.check_with(method, headers, own_credential)?;
+        if egress || path == "/api/v0" || path.starts_with("/api/v0/") {
             self.refuse_cross_site(headers)?;
         }
         Ok(())
@@ -193,12 +197,13 @@ impl GuardPolicy {
         self.check_with(method, headers, false)
     }
 
-    /// [`GuardPolicy::check`]; `fleet`: the request showed the fleet's token, which stands for the user's.
+    /// [`GuardPolicy::check`]; `own_credential`: the request is one whose handler checks a credential of its own
+    /// instead of the user's token (the fleet's token on an output, a job's key at the Comfy.org egress).
     fn check_with(
         &self,
         method: &Method,
         headers: &HeaderMap,
-        fleet: bool,
+        own_credential: bool,
     ) -> Result<(), ApiError> {
         let host = headers
             .get(header::HOST)
@@ -214,7 +219,7 @@ impl GuardPolicy {
         }
 
         if let Some(expected) = &self.token
-            && !fleet
+            && !own_credential
             && !presented_token(headers)
                 .is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.expose().as_bytes())))
         {

@@ -25,7 +25,7 @@ requests from a foreign `Origin` are refused; with `ORCHESTRATOR_TOKEN` set, eve
 `Authorization: Bearer <token>`.",
         license(name = "MIT"),
     ),
-    paths(comfy_passthrough, comfy_websocket, v0_passthrough, openapi_json),
+    paths(comfy_passthrough, comfy_websocket, v0_passthrough, comfy_org_egress, openapi_json),
     components(schemas(ErrorBody)),
     tags(
         (name = "status", description = "The health report"),
@@ -35,6 +35,7 @@ requests from a foreign `Origin` are refused; with `ORCHESTRATOR_TOKEN` set, eve
         (name = "jobs", description = "Generation jobs, their events and outputs"),
         (name = "flux", description = "FLUX (Black Forest Labs), behind dry run, confirmation and budget"),
         (name = "v0", description = "The v0 Platform API, with the key kept on the server"),
+        (name = "comfy-org", description = "The Comfy.org egress ComfyUI's paid API nodes call: priced, metered against each job's confirmed amount"),
         (name = "builder", description = "The builder's conversation with v0"),
         (name = "v2", description = "The Comfy API v2 (Comfy-Org's contract and official SDK): jobs, their events, assets"),
         (name = "meta", description = "Orchestrator itself"),
@@ -153,6 +154,30 @@ fn comfy_websocket() {}
 )]
 #[allow(dead_code)]
 fn v0_passthrough() {}
+
+/// The Comfy.org API as ComfyUI's API nodes call it (ComfyUI runs with `--comfy-api-base
+/// <orchestrator>/api/comfy-org`): the call must carry its job's key (`X-API-KEY`, put into each approved prompt),
+/// is priced from its route and body, counted against its job's confirmed amount and forwarded to
+/// `COMFY_ORG_API_BASE` with the server's key. Polls and downloads are free; Comfy.org's answer passes through.
+#[utoipa::path(
+    method(get, post, put, delete, patch),
+    path = "/api/comfy-org/{path}",
+    tag = "comfy-org",
+    params(("path" = String, Path, description = "Comfy.org's path, e.g. `proxy/bfl/flux-pro-1.1-ultra/generate`")),
+    responses(
+        (status = 200, description = "Comfy.org's answer, streamed (any status it gives passes through)"),
+        (status = 400, description = "`invalid_path`: a path outside Comfy.org's proxy and storage routes", body = ErrorBody),
+        (status = 401, description = "`egress_key_invalid`: no job's key, an unknown one, or an ended job's; nothing was forwarded", body = ErrorBody),
+        (status = 402, description = "`spend_cap_reached`: the call would pass its job's confirmed amount; the job is failed and its run interrupted", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body came too slowly (`ORCH_BODY_IDLE_SECS`, `ORCH_BODY_TIMEOUT_SECS`)", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: a body over 32 MiB", body = ErrorBody),
+        (status = 502, description = "`comfy_org_unreachable`: Comfy.org cannot be reached", body = ErrorBody),
+        (status = 503, description = "`comfy_org_not_configured`: COMFY_ORG_API_KEY is not set", body = ErrorBody),
+        (status = 504, description = "`comfy_org_timeout`: Comfy.org did not answer in time", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn comfy_org_egress() {}
 
 /// This document.
 #[utoipa::path(

@@ -68,6 +68,29 @@ pub async fn v0_validate(State(state): State<AppState>) -> Json<Value> {
     Json(state.v0.validate().await)
 }
 
+/// `/api/comfy-org/{*path}`, every method: ComfyUI's API nodes' calls, through the egress (their job's key is
+/// the only credential it takes).
+pub async fn comfy_org_egress(
+    State(state): State<AppState>,
+    request: Request,
+) -> ApiResult<Response> {
+    let path = request
+        .uri()
+        .path()
+        .strip_prefix(EGRESS_PREFIX)
+        .unwrap_or_default()
+        .to_owned();
+    state
+        .jobs
+        .call_comfy_org(request, &path)
+        .await
+        .map(|response| response.map(axum::body::Body::new))
+        .map_err(ApiError::from)
+}
+
+/// Where the egress is served; ComfyUI's `--comfy-api-base` is this on Orchestrator's address.
+pub const EGRESS_PREFIX: &str = "/api/comfy-org";
+
 /// `/api/v0/{*path}`, every method.
 pub async fn v0_gateway(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
     let path = request

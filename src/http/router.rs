@@ -163,6 +163,8 @@ fn router(state: AppState, policy: Arc<GuardPolicy>) -> Router {
             }),
         )
         .merge(ui::router(openapi_document()))
+        // ComfyUI's API nodes post JSON and forms alike; the egress reads the body itself, under its own limit.
+        .route("/api/comfy-org/{*path}", any(paid::comfy_org_egress))
         .route(
             "/mcp",
             axum::routing::any_service(mcp_service(&state))

@@ -16,7 +16,6 @@ use crate::bfl::catalog;
 use crate::codes::Code;
 use crate::comfy::models::ModelCache;
 use crate::comfy::nodes::{NodeCatalog, PaidNode, Unclassified};
-use crate::config::Secret;
 use crate::money::checkout::Checkout;
 use crate::money::confirm::{Confirmer, TokenProblem};
 use crate::money::usd;
@@ -214,8 +213,8 @@ pub struct Money {
     /// Each backend's node classes, cached with its model lists.
     pub models: Arc<ModelCache>,
     pub gate: Gate,
-    /// Put into approved prompts only (`extra_data.api_key_comfy_org`).
-    pub api_key: Option<Secret>,
+    /// The Comfy.org egress: an approved prompt gets a key of its job's own from it.
+    pub egress: super::egress::Egress,
     pub checkout: Arc<Checkout>,
 }
 

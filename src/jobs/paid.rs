@@ -74,7 +74,7 @@ impl Jobs {
                 details: assessment.approval_json(),
             }));
         }
-        if self.money.api_key.is_none() {
+        if !self.money.egress.is_configured() {
             return Err(refused(COMFY_ORG_NOT_CONFIGURED.into()));
         }
         Ok(())

@@ -271,7 +271,14 @@ mod tests {
         let money = Money {
             models: Arc::default(),
             gate: Gate::new(confirmer, false, 1_000_000),
-            api_key: None,
+            egress: crate::jobs::egress::Egress::new(
+                store.clone(),
+                &crate::config::ComfyOrgConfig {
+                    api_key: None,
+                    base_url: String::new(),
+                    paid_node_max_micros: 1_000_000,
+                },
+            ),
             checkout: Arc::new(checkout),
         };
         let outputs = dir.join("outputs");

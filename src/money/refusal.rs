@@ -41,6 +41,12 @@ pub enum Refusal {
         left: f64,
     },
 
+    /// A call of a running job's paid nodes would take it past what was confirmed for it: 402.
+    #[error(
+        "this call would take the job past the amount confirmed for it: ${spent:.3} of ${cap:.3} spent; the run is stopped"
+    )]
+    SpendCapReached { spent: f64, cap: f64 },
+
     #[error(
         "this Idempotency-Key was used with another request body; use a new key for a new request"
     )]
@@ -85,6 +91,7 @@ impl Refusal {
             Self::NotConfigured(what) => what.code,
             Self::NeedsConfirmation { problem, .. } | Self::Confirmation(problem) => problem.code(),
             Self::BudgetExceeded { .. } => Code::BudgetExceeded,
+            Self::SpendCapReached { .. } => Code::SpendCapReached,
             Self::IdempotencyKeyReused => Code::IdempotencyKeyReused,
             Self::KeyInFlight => Code::IdempotencyConflict,
             Self::NotAwaitingConfirmation { .. } => Code::NotAwaitingConfirmation,
@@ -108,6 +115,9 @@ impl Refusal {
                 json!({ "price": price, "limit": limit, "spent": spent, "reserved": reserved, "left": left, "currency": "USD" })
             }
             Self::NotAwaitingConfirmation { status } => json!({ "status": status }),
+            Self::SpendCapReached { spent, cap } => {
+                json!({ "spent_usd": spent, "cap_usd": cap, "currency": "USD" })
+            }
             Self::Comfy(error) => error.details(),
             _ => json!({}),
         }

@@ -121,7 +121,7 @@ impl LaunchSpec {
     /// is set.
     pub fn of(config: &Config) -> Option<Self> {
         let service = &config.service;
-        let (program, args) = match (&service.command, &service.comfy_dir) {
+        let (program, mut args) = match (&service.command, &service.comfy_dir) {
             (Some((program, args)), _) => (program.clone(), args.clone()),
             (None, Some(dir)) => {
                 let comfy = config.primary_comfy();
@@ -134,6 +134,12 @@ impl LaunchSpec {
             }
             (None, None) => return None,
         };
+        // Its paid API nodes call Comfy.org through Orchestrator's egress, which meters them (a command that names
+        // another base keeps it, and the diagnostics say so).
+        if crate::comfy::api::comfy_api_base(&args).is_none() {
+            args.push("--comfy-api-base".to_owned());
+            args.push(config.comfy_org_egress_url());
+        }
         let env_remove = Settings::secret_variables()
             .iter()
             .map(|name| (*name).to_owned())
@@ -255,5 +261,40 @@ mod tests {
         assert!(program.ends_with("python.exe"));
         assert_eq!(args[0], "-s");
         assert!(args.contains(&"--windows-standalone-build".to_owned()));
+    }
+
+    #[test]
+    fn comfyui_is_started_with_the_egress_as_its_comfy_api_base() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.py"), "").unwrap();
+        let settings = |command: Option<&str>| {
+            let mut settings = crate::config::Settings::defaults();
+            settings.comfy_dir = Some(dir.path().display().to_string());
+            settings.comfy_command = command.map(str::to_owned);
+            settings.validate(false).unwrap()
+        };
+        let spec = LaunchSpec::of(&settings(None)).unwrap();
+        let at = spec
+            .args
+            .iter()
+            .position(|a| a == "--comfy-api-base")
+            .unwrap();
+        assert_eq!(spec.args[at + 1], "http://127.0.0.1:3000/api/comfy-org/");
+        // A command that names a base of its own keeps it (the diagnostics say when it is not an egress).
+        let own = LaunchSpec::of(&settings(Some(
+            r#"["python", "main.py", "--comfy-api-base=https://x.example"]"#,
+        )))
+        .unwrap();
+        assert_eq!(
+            crate::comfy::api::comfy_api_base(&own.args).as_deref(),
+            Some("https://x.example")
+        );
+        assert_eq!(
+            own.args
+                .iter()
+                .filter(|a| a.contains("comfy-api-base"))
+                .count(),
+            1
+        );
     }
 }

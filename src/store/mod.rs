@@ -29,6 +29,7 @@ macro_rules! job_columns {
 
 mod approvals;
 mod assets;
+mod egress;
 mod events;
 mod fleet;
 mod gallery;
@@ -40,6 +41,7 @@ mod tests;
 mod webhooks;
 
 pub use assets::AssetRecord;
+pub use egress::{CallOutcome, Metered};
 pub use events::{EventWakeups, StoredEvent};
 pub use fleet::Instance;
 pub use gallery::{GalleryQuery, JobFilter};

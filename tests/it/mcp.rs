@@ -549,7 +549,6 @@ async fn a_paid_workflow_through_mcp_pays_only_with_its_token() {
     use testkit::fake_comfy_org::FakeComfyOrg;
     let comfy = FakeComfy::start().await;
     let org = FakeComfyOrg::start().await;
-    comfy.set_comfy_api_base(&org.url());
     let workflow = json!({
         "1": {"class_type": "FluxProUltraImageNode", "inputs": {"prompt": "an agent's idea", "aspect_ratio": "1:1",
               "prompt_upsampling": false, "raw": false, "seed": 3}},
@@ -557,11 +556,14 @@ async fn a_paid_workflow_through_mcp_pays_only_with_its_token() {
     });
     let arguments = json!({ "backend": "comfy", "workflow": workflow });
     for allow in [false, true] {
+        let org_url = org.url();
         let app = TestApp::spawn_with(&comfy.url(), move |s| {
             s.allow_generation = allow.to_string();
             s.comfy_org_api_key = Some("comfy-org-key-of-the-server".into());
+            s.comfy_org_api_base = org_url;
         })
         .await;
+        comfy.set_comfy_api_base(&app.url("/api/comfy-org/"));
         let client = http_client(&app).await;
         let (ok, refused) = call(&client, "generate_image", arguments.clone()).await;
         assert!(!ok, "{refused}");

@@ -2,7 +2,8 @@
 //! call and the credentials it came with (`X-API-KEY`, `Authorization: Bearer`; `comfy_api_nodes/apis/client.py`
 //! `get_headers`). A BFL node posts `/proxy/bfl/<model>/generate` and gets `{id, polling_url}`; every other node
 //! posts `/proxy/<provider>/<class>` here. Answers carry a `price`, which the fake ComfyUI reports as the node's
-//! progress text (`Price: $…`).
+//! progress text (`Price: $…`), and, as Comfy.org's proxy does since Comfy-Org/ComfyUI#15091, what the call cost
+//! in its credits (`X-Comfy-Credits-Used`, 211 credits a dollar) unless a test turns that off.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ struct Shared {
     price_usd: Mutex<f64>,
     /// Answer every call with this status (a moderation refusal, say).
     refuse: Mutex<Option<u16>>,
+    report_credits: std::sync::atomic::AtomicBool,
+    spent_usd: Mutex<f64>,
 }
 
 pub struct FakeComfyOrg {
@@ -45,6 +48,8 @@ impl FakeComfyOrg {
             calls: Mutex::default(),
             price_usd: Mutex::new(0.06),
             refuse: Mutex::new(None),
+            report_credits: std::sync::atomic::AtomicBool::new(true),
+            spent_usd: Mutex::new(0.0),
         });
         let app = Router::new()
             .fallback(any(record))
@@ -75,6 +80,18 @@ impl FakeComfyOrg {
     /// Refuse every call with `status` (`None`: answer again).
     pub fn set_refuse(&self, status: Option<u16>) {
         *self.shared.refuse.lock().unwrap() = status;
+    }
+
+    /// Whether answers carry `X-Comfy-Credits-Used` (an older Comfy.org's do not).
+    pub fn set_report_credits(&self, on: bool) {
+        self.shared
+            .report_credits
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The dollars all calls cost, as the answers reported them (refused calls cost nothing).
+    pub fn spent_usd(&self) -> f64 {
+        *self.shared.spent_usd.lock().unwrap()
     }
 
     /// The price each answer reports.
@@ -117,10 +134,21 @@ async fn record(State(shared): State<Arc<Shared>>, request: Request) -> axum::re
     }
     let id = uuid::Uuid::new_v4().to_string();
     let price = *shared.price_usd.lock().unwrap();
-    axum::Json(json!({
+    *shared.spent_usd.lock().unwrap() += price;
+    let mut answer = axum::Json(json!({
         "id": id,
-        "polling_url": format!("/proxy/bfl/get_result?id={id}"),
+        "polling_url": format!("https://api.eu4.bfl.ai/v1/get_result?id={id}"),
         "price": price,
     }))
-    .into_response()
+    .into_response();
+    if shared
+        .report_credits
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        let credits = format!("{}", price * 211.0);
+        answer
+            .headers_mut()
+            .insert("x-comfy-credits-used", credits.parse().unwrap());
+    }
+    answer
 }

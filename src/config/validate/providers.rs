@@ -55,6 +55,8 @@ impl Settings {
         };
         let comfy_org = ComfyOrgConfig {
             api_key: optional_secret(&self.comfy_org_api_key),
+            base_url: api_base("comfy_org_api_base", &self.comfy_org_api_base, problems)
+                .unwrap_or_default(),
             paid_node_max_micros,
         };
         let v0 = V0Config {

@@ -215,7 +215,7 @@ impl Jobs {
         gateway: &ComfyGateway,
         job: &Job,
         workflow: &Value,
-    ) -> Result<Option<crate::config::Secret>, JobError> {
+    ) -> Result<Option<crate::jobs::egress::JobKey>, JobError> {
         match self.gate_before_sending(gateway, job, workflow).await {
             Ok(key) => Ok(key),
             Err(waits @ JobError::AwaitingConfirmation(_)) => Err(waits),
@@ -442,7 +442,7 @@ impl Jobs {
         gateway: &ComfyGateway,
         job: &Job,
         workflow: &Value,
-    ) -> Result<Option<crate::config::Secret>, JobError> {
+    ) -> Result<Option<crate::jobs::egress::JobKey>, JobError> {
         let catalog = self.money.models.nodes(gateway).await?;
         let assessment = self
             .gate()
@@ -466,9 +466,10 @@ impl Jobs {
                 .unwrap_or_else(|| job.clone());
             return Err(JobError::AwaitingConfirmation(Box::new(job)));
         }
-        match &self.money.api_key {
-            Some(key) => Ok(Some(key.clone())),
-            None => Err(refused(COMFY_ORG_NOT_CONFIGURED.into())),
+        if !self.money.egress.is_configured() {
+            return Err(refused(COMFY_ORG_NOT_CONFIGURED.into()));
         }
+        // The job's own key, which only the egress takes: ComfyUI never holds the server's.
+        Ok(Some(self.money.egress.issue_key(&job.id).await?))
     }
 }

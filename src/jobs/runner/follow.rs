@@ -93,9 +93,6 @@ impl Follower {
             let event = match heard {
                 Some(Heard::Event(event)) => event,
                 Some(Heard::Binary(frame)) => {
-                    if let Some(total) = self.track.on_binary(&frame) {
-                        self.record_reported_cost(total).await;
-                    }
                     self.jobs.ledger.on_preview(&self.job_id, &frame).await;
                     continue;
                 }
@@ -145,57 +142,12 @@ impl Follower {
         self.settle().await;
     }
 
-    /// Once the run is over: the charge is settled at what the nodes reported, a node that reported nothing at its
-    /// estimate (it may still have been charged). Until then the reservation holds the whole estimate, so a price
-    /// reported by one node never frees budget another node of the run may still spend.
+    /// Once the run is over, a paid job's charge is what its calls through the Comfy.org egress cost (a call
+    /// still awaiting Comfy.org's answer counts at its estimate, and settles the charge again when it is answered).
     async fn settle(&self) {
-        if self.track.prices().is_empty() {
-            return;
-        }
-        let Ok(Some(job)) = self.jobs.store().job(&self.job_id).await else {
-            return;
-        };
-        let reported: i64 = self.track.prices().values().sum();
-        let unreported: i64 = job
-            .approval
-            .as_ref()
-            .and_then(|a| a["paidNodes"].as_array())
-            .into_iter()
-            .flatten()
-            .filter(|n| {
-                n["id"]
-                    .as_str()
-                    .is_none_or(|id| !self.track.prices().contains_key(id))
-            })
-            .filter_map(|n| n["priceUsd"].as_f64())
-            .map(|usd| (usd * 1_000_000.0).round() as i64)
-            .sum();
-        if let Err(error) = self
-            .jobs
-            .store()
-            .settle_charge(&self.job_id, reported + unreported, reported)
-            .await
-        {
+        if let Err(error) = self.jobs.store().settle_egress_charge(&self.job_id).await {
             tracing::error!(job = %self.job_id, %error, "cannot settle a paid job's charge");
         }
-    }
-
-    /// A paid node reported its price: the run's reported total is the job's actual cost.
-    async fn record_reported_cost(&self, total: i64) {
-        if let Err(error) = self
-            .jobs
-            .store()
-            .record_actual_cost(&self.job_id, total)
-            .await
-        {
-            tracing::error!(job = %self.job_id, %error, "cannot record what a paid job cost");
-            return;
-        }
-        tracing::info!(job = %self.job_id, actual_usd = total as f64 / 1e6, "a paid node reported its price");
-        self.jobs
-            .ledger
-            .change(&self.job_id, EventKind::State, JobChange::default())
-            .await;
     }
 
     /// The socket ended before the run did: the history says whether it finished; the queue whether ComfyUI

@@ -24,6 +24,7 @@ mod follow;
 mod outputs;
 mod reconcile;
 mod socket;
+mod spend;
 #[cfg(test)]
 mod tests;
 pub mod thumbnails;
@@ -276,28 +277,41 @@ impl Jobs {
                 .await?
                 .ok_or_else(|| JobError::NotFound(id.to_owned()));
         };
-        let queue = self.backend_of(&job).queue().await?;
-        if queue.is_pending(&prompt_id) {
-            self.backend_of(&job).delete_queued(&prompt_id).await?;
-            if let Some(stop) = self
-                .followers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id)
-            {
-                let _ = stop.send(());
-            }
+        // Running: the follower records `cancelled` when ComfyUI reports the interrupt.
+        if self.take_out_of_comfy(&job, &prompt_id).await? {
             self.ledger
                 .change(id, EventKind::State, finished(JobStatus::Cancelled))
                 .await;
-        } else {
-            // Running: the follower records `cancelled` when ComfyUI reports the interrupt.
-            self.backend_of(&job).interrupt(&prompt_id).await?;
+            self.store().settle_egress_charge(id).await?;
         }
         self.store()
             .job(id)
             .await?
             .ok_or_else(|| JobError::NotFound(id.to_owned()))
+    }
+
+    /// Takes a job's prompt out of ComfyUI: deleted from its queue while it waits there (its follower stopped:
+    /// nothing will come of it), interrupted while it runs (its follower sees the end). Answers whether it waited.
+    pub(in crate::jobs) async fn take_out_of_comfy(
+        &self,
+        job: &Job,
+        prompt_id: &str,
+    ) -> Result<bool, JobError> {
+        let backend = self.backend_of(job);
+        if !backend.queue().await?.is_pending(prompt_id) {
+            backend.interrupt(prompt_id).await?;
+            return Ok(false);
+        }
+        backend.delete_queued(prompt_id).await?;
+        if let Some(stop) = self
+            .followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.id)
+        {
+            let _ = stop.send(());
+        }
+        Ok(true)
     }
 
     /// The backend no longer has the job: `backend_lost`, with why (and how the supervised ComfyUI ended, when

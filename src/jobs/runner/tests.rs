@@ -164,16 +164,4 @@ mod track {
         assert_eq!(replay(&mut track, &messages), []);
         assert!(!track.concerns(&messages[3]));
     }
-
-    #[test]
-    fn a_reported_price_counts_once_per_node() {
-        let mut track = Track::new("p", &Value::Null);
-        let frame = |node: &str, price: &str| crate::jobs::price::text_frame(node, price);
-        assert_eq!(track.on_binary(&frame("1", "Price: $0.0550")), Some(55_000));
-        assert_eq!(track.on_binary(&frame("1", "Price: $0.0550")), None);
-        assert_eq!(track.on_binary(&frame("2", "Price: $0.0100")), Some(65_000));
-        assert_eq!(track.on_binary(&frame("2", "still working")), None);
-        assert_eq!(track.on_binary(b"\x00\x00\x00\x01preview"), None);
-        assert_eq!(track.prices().len(), 2);
-    }
 }

@@ -43,8 +43,6 @@ pub(super) struct Track {
     /// The node running now.
     current: Option<String>,
     last_progress: f64,
-    /// What each paid node reported it costs, in millionths of a dollar.
-    prices: HashMap<String, i64>,
 }
 
 impl Track {
@@ -64,29 +62,12 @@ impl Track {
             done: HashSet::new(),
             current: None,
             last_progress: 0.0,
-            prices: HashMap::new(),
         }
     }
 
     /// Whether a message names this prompt (ComfyUI's status broadcasts name none).
     pub(super) fn concerns(&self, event: &Value) -> bool {
         event["data"]["prompt_id"] == self.prompt_id.as_str()
-    }
-
-    /// The prices the paid nodes reported so far, by node id, in millionths of a dollar.
-    pub(super) fn prices(&self) -> &HashMap<String, i64> {
-        &self.prices
-    }
-
-    /// A binary frame: previews are ignored here; a paid node's progress text with a price it had not reported
-    /// yet answers the run's new reported total.
-    pub(super) fn on_binary(&mut self, frame: &[u8]) -> Option<i64> {
-        let (node, text) = crate::jobs::price::progress_text(frame)?;
-        let micros = crate::jobs::price::reported_price(&text)?;
-        if self.prices.insert(node, micros) == Some(micros) {
-            return None;
-        }
-        Some(self.prices.values().sum())
     }
 
     /// A JSON message of ComfyUI's.

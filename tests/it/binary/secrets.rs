@@ -124,14 +124,16 @@ async fn a_paid_workflow_from_the_cli_asks_first_and_no_comfy_org_key_is_ever_sh
     use testkit::fake_comfy_org::FakeComfyOrg;
     let fake = FakeComfy::start().await;
     let org = FakeComfyOrg::start().await;
-    fake.set_comfy_api_base(&org.url());
     let dir = tempfile::tempdir().unwrap();
+    let org_url = org.url();
     let env = [
         ("ALLOW_GENERATION", "true"),
         ("COMFY_ORG_API_KEY", COMFY_ORG_KEY),
+        ("COMFY_ORG_API_BASE", org_url.as_str()),
         ("RUST_LOG", "trace"),
     ];
     let served = Served::start_with(dir.path(), &fake.url(), &env);
+    fake.set_comfy_api_base(&served.url("/api/comfy-org/"));
     let workflow = serde_json::json!({
         "1": {"class_type": "FluxProUltraImageNode", "inputs": {"prompt": "from the terminal", "aspect_ratio": "4:3",
               "prompt_upsampling": false, "raw": false, "seed": 11}},

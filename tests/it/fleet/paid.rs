@@ -182,3 +182,104 @@ async fn one_idempotency_key_with_two_bodies_is_refused_on_another_instance() {
     assert_eq!(statuses, [202, 422], "one accepted, the other refused");
     assert_eq!(bfl.submits(), 1);
 }
+
+/// ComfyUI's paid calls across the fleet: one job confirmed for five $0.06 calls, twenty of its calls at once split
+/// over two instances' egresses, five forwarded to Comfy.org; the cap holds under the money lock on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_calls_of_one_job_over_two_instances_pass_the_cap_five_times() {
+    use testkit::fake_comfy_org::FakeComfyOrg;
+    let org = FakeComfyOrg::start().await;
+    let comfy = FakeComfy::start().await;
+    comfy.set_step_delay(Duration::from_millis(400));
+    let org_url = org.url();
+    let env = [
+        ("ALLOW_GENERATION", "true"),
+        ("COMFY_ORG_API_KEY", "comfy-org-fleet-key-0123456789"),
+        ("COMFY_ORG_API_BASE", org_url.as_str()),
+    ];
+    let Some(fleet) = Fleet::start(2, &[&comfy], &env) else {
+        return;
+    };
+    comfy.set_comfy_api_base(&fleet.url(0, "/api/comfy-org/"));
+    // A free job keeps ComfyUI busy: the paid prompt waits in its queue, its key valid.
+    let busy = fleet
+        .submit(0, &testkit::fake_comfy::no_model_workflow())
+        .await;
+    fleet
+        .wait_all(
+            0,
+            std::slice::from_ref(&busy),
+            "running",
+            Duration::from_secs(10),
+        )
+        .await;
+    let mut workflow = serde_json::Map::new();
+    for n in 1..=5 {
+        workflow.insert(
+            n.to_string(),
+            json!({"class_type": "FluxProUltraImageNode", "inputs": {"prompt": format!("image {n}"),
+                   "aspect_ratio": "1:1", "prompt_upsampling": false, "raw": false, "seed": n}}),
+        );
+    }
+    workflow.insert(
+        "9".into(),
+        json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "five", "images": ["1", 0]}}),
+    );
+    let workflow = Value::Object(workflow);
+    let (status, dry) = fleet
+        .post(
+            0,
+            "/api/jobs",
+            &json!({ "workflow": workflow, "dryRun": true }),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    let body = json!({ "workflow": workflow, "confirmToken": dry["confirmToken"] });
+    let (status, paid) = fleet.post(1, "/api/jobs", &body).await;
+    assert_eq!(status, 202, "{paid}");
+    let id = paid["id"].as_str().unwrap().to_owned();
+    fleet
+        .wait_all(
+            0,
+            std::slice::from_ref(&id),
+            "submitted",
+            Duration::from_secs(10),
+        )
+        .await;
+    let key = comfy.received_prompts().last().unwrap()["extra_data"]["api_key_comfy_org"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let calls = (0..20).map(|n| {
+        fleet
+            .http
+            .post(fleet.url(
+                n % 2,
+                "/api/comfy-org/proxy/bfl/flux-pro-1.1-ultra/generate",
+            ))
+            .header("X-API-KEY", &key)
+            .json(&json!({"prompt": "a call"}))
+            .send()
+    });
+    let answers: Vec<u16> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|answer| answer.unwrap().status().as_u16())
+        .collect();
+    let forwarded = answers.iter().filter(|s| **s == 200).count();
+    let refused = answers.iter().filter(|s| matches!(**s, 401 | 402)).count();
+    assert_eq!((forwarded, refused), (5, 15), "{answers:?}");
+    assert_eq!(org.call_count(), 5);
+    fleet
+        .wait_all(
+            1,
+            std::slice::from_ref(&id),
+            "failed",
+            Duration::from_secs(10),
+        )
+        .await;
+    let failed = fleet.get(0, &format!("/api/jobs/{id}")).await;
+    assert_eq!(failed["error"]["code"], "spend_cap_reached", "{failed}");
+    assert_eq!(failed["actual_cost_usd"], org.spent_usd());
+}

@@ -256,7 +256,11 @@ async fn a_paid_prompt_at_the_gateway_waits_for_confirmation_and_never_carries_t
     assert_eq!(status, 200, "{accepted}");
     let prompts = comfy.received_prompts();
     assert_eq!(prompts.len(), 2);
-    assert_eq!(prompts[0]["extra_data"]["api_key_comfy_org"], SERVER_KEY);
+    // ComfyUI held a key of that job's own, which only Orchestrator's egress takes, never the server's.
+    let job_key = prompts[0]["extra_data"]["api_key_comfy_org"]
+        .as_str()
+        .unwrap();
+    assert!(job_key.starts_with("orch-job-"), "{job_key}");
     assert!(
         prompts[1]["extra_data"].get("api_key_comfy_org").is_none(),
         "{}",
@@ -330,6 +334,7 @@ async fn a_queued_job_found_paid_when_comfy_comes_online_waits_for_confirmation(
     let app = TestApp::spawn_with(&format!("http://{addr}"), |s| {
         s.allow_generation = "true".into();
         s.comfy_org_api_key = Some(SERVER_KEY.into());
+        s.comfy_org_api_base = org.url();
     })
     .await;
     let (status, paid) = app
@@ -348,7 +353,7 @@ async fn a_queued_job_found_paid_when_comfy_comes_online_waits_for_confirmation(
         .await;
 
     let comfy = FakeComfy::start_on(listener);
-    comfy.set_comfy_api_base(&org.url());
+    super::through_egress(&comfy, &app);
     app.wait_for_job(free["id"].as_str().unwrap(), "succeeded")
         .await;
     let waiting = app

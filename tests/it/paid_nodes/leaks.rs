@@ -25,7 +25,7 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
         .await;
     assert_eq!(status, 202);
     let id = created["id"].as_str().unwrap().to_owned();
-    // ComfyUI 0.3.64 shows the running prompt's extra_data, the server's key included, in /queue.
+    // ComfyUI 0.3.64 shows the running prompt's extra_data in /queue: the job's own key, never the server's.
     let direct: Value = reqwest::get(format!("{}/queue", comfy.url()))
         .await
         .unwrap()
@@ -33,7 +33,7 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
         .await
         .unwrap();
     assert!(
-        direct.to_string().contains(SERVER_KEY),
+        direct.to_string().contains("orch-job-") && !direct.to_string().contains(SERVER_KEY),
         "the fake behaves as ComfyUI: {direct}"
     );
     for path in [
@@ -52,7 +52,9 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
             .unwrap();
         assert!(text.contains("queue_running"), "{path}: {text}");
         assert!(
-            !text.contains(SERVER_KEY) && !text.contains("api_key_comfy_org"),
+            !text.contains(SERVER_KEY)
+                && !text.contains("api_key_comfy_org")
+                && !text.contains("orch-job-"),
             "{path}: {text}"
         );
     }
@@ -72,7 +74,10 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
             .await
             .unwrap();
         assert!(text.contains(prompt_id), "{path}");
-        assert!(!text.contains(SERVER_KEY), "{path}");
+        assert!(
+            !text.contains(SERVER_KEY) && !text.contains("orch-job-"),
+            "{path}"
+        );
     }
     // Every frame the watcher got.
     use futures_util::StreamExt;
@@ -81,7 +86,9 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
         tokio::time::timeout(Duration::from_millis(300), socket.next()).await
     {
         frames += 1;
-        assert!(!message.to_string().contains(SERVER_KEY));
+        assert!(
+            !message.to_string().contains(SERVER_KEY) && !message.to_string().contains("orch-job-")
+        );
     }
     assert!(frames > 0);
     // Nor the job row, its events or the page.
@@ -100,7 +107,10 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
             .text()
             .await
             .unwrap();
-        assert!(!text.contains(SERVER_KEY), "{path}");
+        assert!(
+            !text.contains(SERVER_KEY) && !text.contains("orch-job-"),
+            "{path}"
+        );
     }
     let events = app
         .http
@@ -119,7 +129,9 @@ async fn the_keys_appear_in_no_queue_history_or_websocket_answer() {
             break;
         }
     }
-    assert!(seen.contains("succeeded") && !seen.contains(SERVER_KEY));
+    assert!(
+        seen.contains("succeeded") && !seen.contains(SERVER_KEY) && !seen.contains("orch-job-")
+    );
 }
 
 /// A V1 API node (OpenAI's DALL·E 3 here) that fails: ComfyUI's `execution_error` echoes its inputs, the hidden
@@ -147,8 +159,8 @@ async fn a_failed_paid_node_never_shows_the_servers_key() {
         .await
         .unwrap();
     assert!(
-        direct.to_string().contains(SERVER_KEY),
-        "the fake echoes the key as ComfyUI does: {direct}"
+        direct.to_string().contains("orch-job-") && !direct.to_string().contains(SERVER_KEY),
+        "the fake echoes the job's key as ComfyUI does: {direct}"
     );
     let mut seen = failed.to_string();
     for path in [
@@ -169,7 +181,10 @@ async fn a_failed_paid_node_never_shows_the_servers_key() {
         );
     }
     assert!(seen.contains("refused"), "{seen}");
-    assert!(!seen.contains(SERVER_KEY), "{seen}");
+    assert!(
+        !seen.contains(SERVER_KEY) && !seen.contains("orch-job-"),
+        "{seen}"
+    );
     assert_eq!(org.calls()[0].api_key.as_deref(), Some(SERVER_KEY));
 }
 

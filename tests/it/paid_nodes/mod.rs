@@ -2,6 +2,7 @@
 //! ComfyUI calls with the key it finds in the prompt's `extra_data`, as the real one does.
 
 mod confirmation;
+mod egress;
 mod estimates;
 mod leaks;
 mod once;
@@ -28,16 +29,23 @@ struct Rig {
 async fn rig(allow: bool, adjust: impl FnOnce(&mut Settings)) -> Rig {
     let comfy = FakeComfy::start().await;
     let org = FakeComfyOrg::start().await;
-    comfy.set_comfy_api_base(&org.url());
     let app = TestApp::spawn_with(&comfy.url(), |s| {
         s.allow_generation = allow.to_string();
         s.comfy_org_api_key = Some(SERVER_KEY.into());
+        s.comfy_org_api_base = org.url();
         s.paid_rate_limit_per_min = "100000".into();
         s.paid_rate_limit_burst = "1000".into();
         adjust(s);
     })
     .await;
+    through_egress(&comfy, &app);
     Rig { comfy, org, app }
+}
+
+/// ComfyUI started as Orchestrator starts it: its API nodes call Orchestrator's Comfy.org egress
+/// (`--comfy-api-base`), which forwards to the fake Comfy.org the app was given.
+fn through_egress(comfy: &FakeComfy, app: &TestApp) {
+    comfy.set_comfy_api_base(&app.url("/api/comfy-org/"));
 }
 
 /// FLUX 1.1 [pro] Ultra through ComfyUI's API node, saved by SaveImage (ids as the recorded run's).

@@ -131,14 +131,15 @@ async fn a_paid_job_is_never_moved_to_another_comfyui() {
     first.set_step_delay(Duration::from_millis(3000));
     let second = FakeComfy::start().await;
     let org = FakeComfyOrg::start().await;
-    first.set_comfy_api_base(&org.url());
-    second.set_comfy_api_base(&org.url());
     let app = TestApp::spawn_with(&format!("{},{}", first.url(), second.url()), |s| {
         s.allow_generation = "true".into();
         s.comfy_org_api_key = Some(SERVER_KEY.into());
+        s.comfy_org_api_base = org.url();
         s.comfy_read_timeout_secs = "2".into();
     })
     .await;
+    super::through_egress(&first, &app);
+    super::through_egress(&second, &app);
     second.set_hang(true);
     // A free job keeps the first ComfyUI busy; the paid one waits behind it.
     let (_, busy) = app
@@ -182,7 +183,6 @@ async fn a_paid_job_is_never_moved_to_another_comfyui() {
 async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
     let comfy = FakeComfy::start().await;
     let org = FakeComfyOrg::start().await;
-    comfy.set_comfy_api_base(&org.url());
     let data = tempfile::tempdir().unwrap();
     // What a stop between the reservation and ComfyUI's answer leaves in the store.
     let store = orchestrator::store::Store::open(&crate::support::database_for(data.path()))
@@ -219,8 +219,10 @@ async fn a_paid_job_cut_off_mid_send_is_never_resent_after_a_restart() {
         s.data_dir = dir;
         s.allow_generation = "true".into();
         s.comfy_org_api_key = Some(SERVER_KEY.into());
+        s.comfy_org_api_base = org.url();
     })
     .await;
+    super::through_egress(&comfy, &app);
     let settled = app.wait_for_job(&job.id, "needs_reconcile").await;
     assert_eq!(settled["error"]["code"], "submit_interrupted");
     assert_eq!(queued(&comfy), 0);

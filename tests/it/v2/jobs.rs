@@ -370,7 +370,6 @@ fn paid() -> Value {
 async fn a_paid_workflow_through_v2_is_sent_once_and_only_with_a_confirmation() {
     let comfy = FakeComfy::start().await;
     let org = FakeComfyOrg::start().await;
-    comfy.set_comfy_api_base(&org.url());
     let off = TestApp::spawn_with(&comfy.url(), |s| {
         s.comfy_org_api_key = Some("comfyui-server-key-0123456789abcdef".into())
     })
@@ -385,9 +384,11 @@ async fn a_paid_workflow_through_v2_is_sent_once_and_only_with_a_confirmation() 
     let app = TestApp::spawn_with(&comfy.url(), |s| {
         s.allow_generation = "true".into();
         s.comfy_org_api_key = Some("comfyui-server-key-0123456789abcdef".into());
+        s.comfy_org_api_base = org.url();
         s.flux_daily_budget_usd = "0.07".into();
     })
     .await;
+    comfy.set_comfy_api_base(&app.url("/api/comfy-org/"));
     let (status, _, asked) = submit(&app, &json!({"workflow": paid()}), None).await;
     assert_eq!(
         (status, error_code(&asked).as_str()),

@@ -427,3 +427,17 @@ pub(super) async fn experiment_models_in(
         .collect();
     axum::Json(files).into_response()
 }
+
+/// The recorded `/system_stats`, its `argv` with the `--comfy-api-base` this fake was given, as ComfyUI shows the
+/// command line it was started with.
+pub(super) fn system_stats(shared: &Shared) -> Response {
+    let recorded = fixture!("system_stats.json");
+    let Some(base) = shared.comfy_api_base.lock().unwrap().clone() else {
+        return raw_json(recorded);
+    };
+    let mut stats: Value = serde_json::from_str(recorded).unwrap_or_default();
+    if let Some(argv) = stats["system"]["argv"].as_array_mut() {
+        argv.extend([json!("--comfy-api-base"), json!(base)]);
+    }
+    axum::Json(stats).into_response()
+}

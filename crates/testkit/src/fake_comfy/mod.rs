@@ -532,7 +532,7 @@ fn router(shared: Arc<Shared>) -> Router {
         Router::new()
             .route(
                 "/system_stats",
-                get(|| async { raw_json(fixture!("system_stats.json")) }),
+                get(|shared: State<Arc<Shared>>| async move { frontend::system_stats(&shared) }),
             )
             .route(
                 "/features",

@@ -157,7 +157,7 @@ pub(super) async fn run_prompt(shared: &Shared, item: &QueueItem) {
         {
             Ok(texts) => {
                 for (node, text) in texts {
-                    let frame = orchestrator::jobs::price::text_frame(&node, &text);
+                    let frame = text_frame(&node, &text);
                     send(
                         shared,
                         item.client_id().as_deref(),
@@ -397,4 +397,14 @@ pub(super) fn hex(text: &str) -> Vec<u8> {
     (0..text.len() / 2)
         .filter_map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
         .collect()
+}
+
+/// A progress-text frame as ComfyUI sends one (`send_progress_text`): event type 3 (u32 BE), the node id's length
+/// (u32 BE), the node id, then the UTF-8 text.
+fn text_frame(node: &str, text: &str) -> Vec<u8> {
+    let mut frame = 3u32.to_be_bytes().to_vec();
+    frame.extend((node.len() as u32).to_be_bytes());
+    frame.extend(node.as_bytes());
+    frame.extend(text.as_bytes());
+    frame
 }

@@ -20,3 +20,5 @@ pub fn api_client(connect_timeout: Duration) -> reqwest::Client {
         .build()
         .expect("the TLS back-end initialises")
 }
+
+pub mod relay;
