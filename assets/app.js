@@ -493,10 +493,14 @@ function paymentModal(onDone) {
   const confirmButton = $("[data-testid=flux-confirm]", modal);
   const newKey = () => (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random());
   let pay = null;
-  const show = (fields, cost, send) => {
+  const capInput = $("[data-testid=flux-max]", modal);
+  // `cap`: the run cannot be priced in advance; the person gives the most it may spend (at least `cost`).
+  const show = (fields, cost, send, cap = false) => {
     for (const [name, value] of Object.entries(fields)) $(`[data-field=${name}]`, modal).textContent = value;
     for (const node of $$("[data-paid-only]", modal)) node.hidden = !("nodes" in fields);
-    $("[data-testid=flux-cost]", modal).textContent = `$${cost.toFixed(3)}`;
+    for (const node of $$("[data-cap-only]", modal)) node.hidden = !cap;
+    capInput.value = cap ? cost.toFixed(2) : "";
+    $("[data-testid=flux-cost]", modal).textContent = `${cap ? "≥ " : ""}$${cost.toFixed(3)}`;
     note.textContent = "";
     confirmButton.disabled = false;
     pay = send;
@@ -539,22 +543,38 @@ function paymentModal(onDone) {
     async job(id) {
       const { status, data } = await api("POST", `/api/jobs/${id}/confirm`, {});
       const dry = data && data.error && data.error.details;
-      if (status !== 402 || !dry || !dry.confirmToken) return errorText(data);
+      if (status !== 402 || !dry || !(dry.confirmToken || dry.openEnded)) return errorText(data);
       const inputs = dry.paidNodes.length ? dry.paidNodes[0].inputs || {} : {};
       const key = newKey();
       // Where the job came from (a prompt parked from ComfyUI's editor, say), so the approver knows whose it is.
       const { data: job } = await api("GET", `/api/jobs/${id}`);
       const params = (job && job.params) || {};
       const origin = { editor: T.from_editor, panel: T.from_panel }[params.origin] || T.from_api;
+      // Each paid node: its unit price × how many times it runs (once per item of a list it is fed).
+      const priced = (n) => {
+        const unit = n.unitPriceUsd === null || n.unitPriceUsd === undefined ? "?" : n.unitPriceUsd.toFixed(3);
+        const runs = n.runs === 1 ? "" : n.runs ? ` × ${n.runs} ${T.runs}` : ` × ${T.open_runs}`;
+        return `${n.display_name} (${n.class_type}) ~$${unit}${runs}`;
+      };
+      // A run the graph does not fix is confirmed for the cap the person gives: a token for that cap, then the
+      // confirmation with it.
+      const withCap = async () => {
+        const max = Number(capInput.value);
+        if (!(max >= dry.estimatedCost.usd && max > 0)) return { status: 422, data: { error: { message: T.max_needed } } };
+        const asked = await api("POST", `/api/jobs/${id}/confirm`, { maxUsd: max });
+        const token = asked.data && asked.data.error && asked.data.error.details && asked.data.error.details.confirmToken;
+        if (!token) return asked;
+        return api("POST", `/api/jobs/${id}/confirm`, { confirmToken: token, maxUsd: max }, { "Idempotency-Key": key });
+      };
       show({
         model: T.workflow,
-        nodes: dry.paidNodes.map((n) => `${n.display_name} (${n.class_type}) ~$${n.priceUsd.toFixed(3)}`).join(", "),
+        nodes: dry.paidNodes.map(priced).join(", "),
         source: [origin, params.client, params.user_agent].filter(Boolean).join(" · "),
         prompt: inputs.prompt || "—",
         size: inputs.width ? `${inputs.width} × ${inputs.height}` : (inputs.aspect_ratio || "—"),
         raw: inputs.raw === undefined ? "—" : (inputs.raw ? T.yes : T.no),
-      }, dry.estimatedCost.usd, () => api("POST", `/api/jobs/${id}/confirm`,
-        { confirmToken: dry.confirmToken }, { "Idempotency-Key": key }));
+      }, dry.estimatedCost.usd, dry.openEnded ? withCap : () => api("POST", `/api/jobs/${id}/confirm`,
+        { confirmToken: dry.confirmToken }, { "Idempotency-Key": key }), Boolean(dry.openEnded));
       return null;
     },
   };

@@ -38,6 +38,10 @@ enum Command {
         /// Pay without being asked (a FLUX image, or a workflow with paid API nodes).
         #[arg(long)]
         yes: bool,
+        /// The most a workflow with paid API nodes may spend, in dollars: needed when the graph does not fix how
+        /// many times a paid node runs; Orchestrator stops the run there.
+        #[arg(long)]
+        max_usd: Option<f64>,
         /// A template name (see GET /api/templates), e.g. sdxl-t2i.
         #[arg(long, conflicts_with = "workflow")]
         template: Option<String>,
@@ -159,6 +163,7 @@ fn run(command: Command, config: Config) -> ExitCode {
             backend,
             model,
             yes,
+            max_usd,
             template,
             workflow,
             prompt,
@@ -169,6 +174,7 @@ fn run(command: Command, config: Config) -> ExitCode {
                 backend: Some(backend),
                 model,
                 yes,
+                max_usd,
                 template,
                 workflow_file: workflow,
                 prompt,

@@ -83,6 +83,9 @@ pub struct GenerateImage {
     /// Without it nothing is paid: the call answers the exact payload and its cost. Paying also needs
     /// `ALLOW_GENERATION=true` on the server.
     pub confirm_token: Option<String>,
+    /// A ComfyUI workflow with paid nodes: the most its run may spend, in dollars (at or above the estimate). Needed
+    /// when the dry run says `openEnded`; give it on the first call and again with the confirm_token.
+    pub max_usd: Option<f64>,
     /// A key of your own (a UUID) so that repeating the paid call can never pay twice.
     pub idempotency_key: Option<String>,
 }
@@ -195,6 +198,7 @@ impl OrchestratorMcp {
             aspect_ratio,
             raw,
             confirm_token,
+            max_usd,
             idempotency_key,
         } = request;
         let mut params = params.unwrap_or_default();
@@ -209,6 +213,9 @@ impl OrchestratorMcp {
                 };
                 if let Some(token) = confirm_token {
                     body["confirmToken"] = Value::String(token);
+                }
+                if let Some(max) = max_usd {
+                    body["maxUsd"] = json!(max);
                 }
                 self.api
                     .call(

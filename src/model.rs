@@ -165,7 +165,8 @@ pub struct Job {
     pub polling_url: Option<String>,
     /// What the job costs in US dollars, for paid backends: the price reserved when it was approved.
     pub cost_usd: Option<f64>,
-    /// What the provider reported it really cost (ComfyUI's API nodes report a price while they run).
+    /// What it really cost: BFL's figure for FLUX; for ComfyUI's paid nodes, the sum of their calls through the
+    /// Comfy.org egress (what Comfy.org reported, else each call's estimate), growing while they run.
     pub actual_cost_usd: Option<f64>,
     /// For a workflow with paid nodes: which nodes cost what (`paidNodes`, `estimatedCost`), the approval a
     /// person gives or gave.

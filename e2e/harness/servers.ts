@@ -357,11 +357,12 @@ export class OwnOrchestrator {
 
   /**
    * Starts `orchestrator serve` with `env` (plus its bind address and data folder; the editor's listener on a free
-   * port unless `env` sets ORCH_COMFY_BIND) and waits until it answers.
+   * port unless `env` sets ORCH_COMFY_BIND) and waits until it answers. `port`: one chosen before (a fake ComfyUI
+   * started first must know it, to call Orchestrator's Comfy.org egress).
    */
-  static async start(name: string, env: Record<string, string>): Promise<OwnOrchestrator> {
-    const taken = new Set<number>();
-    const port = await freePort(taken);
+  static async start(name: string, env: Record<string, string>, port?: number): Promise<OwnOrchestrator> {
+    const taken = new Set<number>(port ? [port] : []);
+    port ??= await freePort(taken);
     const editor = env.ORCH_COMFY_BIND ?? `127.0.0.1:${await freePort(taken)}`;
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), `orch-e2e-${name}-`));
     const instance = new OwnOrchestrator(name, port, dataDir, { ...env, ORCH_COMFY_BIND: editor });

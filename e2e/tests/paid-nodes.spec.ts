@@ -2,13 +2,14 @@
 // signed-in user's Comfy.org key in extra_data), on an Orchestrator of this spec's own with generation allowed and
 // a Comfy.org key of its own. The gateway refuses it (402) and keeps it as a job awaiting confirmation; the home
 // page lists it with its price; one click opens the confirmation modal (the same one FLUX uses) with the paid node
-// and the price; Confirm submits it, and the fake Comfy.org API (a server in this spec, where the fake ComfyUI
-// sends its paid calls) is called once, with the server's key and never the editor's.
+// and the price; Confirm submits it, and the fake Comfy.org API (a server in this spec, where Orchestrator's
+// Comfy.org egress forwards the fake ComfyUI's paid calls) is called once, with the server's key and never the
+// editor's.
 
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { test, expect } from '../harness/fixtures';
-import { OwnFakeComfy, OwnOrchestrator } from '../harness/servers';
+import { OwnFakeComfy, OwnOrchestrator, freePort } from '../harness/servers';
 
 const SERVER_KEY = 'e2e-comfy-org-key-of-the-server';
 const EDITOR_KEY = 'e2e-comfy-org-key-of-the-editor';
@@ -42,13 +43,20 @@ test.describe('a paid prompt refused at the gateway', () => {
     });
     await new Promise<void>((resolve) => comfyOrg.listen(0, '127.0.0.1', resolve));
     const port = (comfyOrg.address() as AddressInfo).port;
-    comfy = await OwnFakeComfy.start('paid-nodes', ['--comfy-api-base', `http://127.0.0.1:${port}`]);
-    orchestrator = await OwnOrchestrator.start('paid-nodes', {
-      COMFY_URL: comfy.url,
-      SERVICE_BACKEND: 'external',
-      ALLOW_GENERATION: 'true',
-      COMFY_ORG_API_KEY: SERVER_KEY,
-    });
+    // ComfyUI's API nodes call Orchestrator's egress, which forwards to the Comfy.org stand-in with the server's key.
+    const orchestratorPort = await freePort(new Set());
+    comfy = await OwnFakeComfy.start('paid-nodes', ['--comfy-api-base', `http://127.0.0.1:${orchestratorPort}/api/comfy-org/`]);
+    orchestrator = await OwnOrchestrator.start(
+      'paid-nodes',
+      {
+        COMFY_URL: comfy.url,
+        SERVICE_BACKEND: 'external',
+        ALLOW_GENERATION: 'true',
+        COMFY_ORG_API_KEY: SERVER_KEY,
+        COMFY_ORG_API_BASE: `http://127.0.0.1:${port}`,
+      },
+      orchestratorPort,
+    );
   });
 
   test.afterAll(async () => {
@@ -108,10 +116,64 @@ test.describe('a paid prompt refused at the gateway', () => {
     await expect.poll(() => shown.evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth > 0), { timeout: 20_000 }).toBe(true);
     await problems.settle();
 
-    // The job page shows the estimate and what the node reported it cost.
+    // The job page shows the estimate and what its call cost (the stand-in reports no figure: the call's estimate).
     await page.goto(`${orchestrator.url}/jobs/${id}`);
     await expect(page.getByTestId('job-estimated')).toHaveText('$0.060');
     await expect(page.getByTestId('job-actual')).toHaveText('$0.060');
+    await problems.settle();
+  });
+
+  test('an open-ended run is confirmed with a cap, and its calls stop there', async ({ page, request, problems }) => {
+    // FLUX Kontext [pro] once per image of a batch whose size comes through a link: six runs Orchestrator cannot
+    // count before they happen.
+    const fanned = {
+      '1': { class_type: 'EmptyImage', inputs: { width: 64, height: 64, batch_size: ['9', 0], color: 0 } },
+      '2': { class_type: 'RebatchImages', inputs: { images: ['1', 0], batch_size: 1 } },
+      '3': {
+        class_type: 'FluxKontextProImageNode',
+        inputs: { prompt: 'each image', aspect_ratio: '1:1', guidance: 3, steps: 50, seed: 1, prompt_upsampling: false, input_image: ['2', 0] },
+      },
+      '4': { class_type: 'SaveImage', inputs: { filename_prefix: 'e2e-fan', images: ['3', 0] } },
+      '9': { class_type: 'PrimitiveInt', inputs: { value: 6 } },
+    };
+    const before = calls.length;
+    const refused = await request.post(`${orchestrator.url}/api/comfy/prompt`, {
+      data: { prompt: fanned, client_id: 'editor' },
+    });
+    expect(refused.status()).toBe(402);
+    const id = ((await refused.json()) as { error: { details: { jobId: string } } }).error.details.jobId;
+
+    problems.allow({ method: 'POST', url: `/api/jobs/${id}/confirm`, status: 402 });
+    await page.goto(`${orchestrator.url}/jobs/${id}`);
+    await page.getByTestId('job-confirm').click();
+    const modal = page.locator('dialog[data-testid="flux-modal"]');
+    await expect(modal).toBeVisible();
+    await expect(modal).toContainText('FluxKontextProImageNode');
+    await expect(modal).toContainText('an open number of runs');
+    await expect(modal.getByTestId('flux-cost')).toHaveText('≥ $0.040');
+    // Two $0.04 calls fit under $0.10.
+    await modal.getByTestId('flux-max').fill('0.10');
+    const confirmed = page.waitForResponse(
+      (r) => new URL(r.url()).pathname === `/api/jobs/${id}/confirm` && r.request().postData()?.includes('confirmToken') === true,
+    );
+    await modal.getByTestId('flux-confirm').click();
+    expect((await confirmed).status()).toBe(202);
+    await expect(modal).toBeHidden();
+    await expect
+      .poll(async () => ((await (await request.get(`${orchestrator.url}/api/jobs/${id}`)).json()) as { status: string }).status, {
+        timeout: 20_000,
+      })
+      .toBe('failed');
+    const job = (await (await request.get(`${orchestrator.url}/api/jobs/${id}`)).json()) as {
+      error: { code: string };
+      cost_usd: number;
+    };
+    expect(job.error.code).toBe('spend_cap_reached');
+    expect(job.cost_usd).toBe(0.1);
+    expect(calls.slice(before)).toEqual([
+      { path: '/proxy/bfl/flux-kontext-pro/generate', key: SERVER_KEY },
+      { path: '/proxy/bfl/flux-kontext-pro/generate', key: SERVER_KEY },
+    ]);
     await problems.settle();
   });
 });

@@ -16,6 +16,8 @@ pub struct GenerateRequest {
     pub model: Option<String>,
     /// Pay without asking (FLUX).
     pub yes: bool,
+    /// A ComfyUI workflow's cap, in dollars (`maxUsd`).
+    pub max_usd: Option<f64>,
     pub template: Option<String>,
     pub workflow_file: Option<std::path::PathBuf>,
     pub prompt: Option<String>,
@@ -55,20 +57,36 @@ pub async fn generate(config: &Config, request: GenerateRequest) -> Result<Strin
         }
         _ => return Err("give --template NAME or --workflow FILE".into()),
     };
+    let mut body = body;
+    if let Some(max) = request.max_usd {
+        body["maxUsd"] = serde_json::json!(max);
+    }
     let api = api(config);
     let mut reply = answered(api.post("/api/jobs", &body).await)?;
     // A workflow with paid API nodes: its price first, then, confirmed, the same workflow with the token.
     if reply.status == 402 && reply.body["error"]["details"]["confirmToken"].is_string() {
         let dry = &reply.body["error"]["details"];
-        let cost = dry["estimatedCost"]["usd"].as_f64().unwrap_or_default();
+        // What the token confirms: the cap given, else the estimate.
+        let cost = dry["maxUsd"]
+            .as_f64()
+            .or_else(|| dry["estimatedCost"]["usd"].as_f64())
+            .unwrap_or_default();
         println!("Dry run: this workflow has paid API nodes. Nothing has been sent.");
         for node in dry["paidNodes"].as_array().into_iter().flatten() {
+            let runs = match node["runs"].as_u64() {
+                Some(1) => String::new(),
+                Some(n) => format!(" × {n} runs"),
+                None => " × an open number of runs".to_owned(),
+            };
             println!(
-                "  node {} {} ({}): ~${:.3}",
+                "  node {} {} ({}): ~${:.3}{runs}",
                 node["id"].as_str().unwrap_or("?"),
                 node["class_type"].as_str().unwrap_or("?"),
                 node["category"].as_str().unwrap_or("?"),
-                node["priceUsd"].as_f64().unwrap_or_default()
+                node["unitPriceUsd"]
+                    .as_f64()
+                    .or_else(|| node["priceUsd"].as_f64())
+                    .unwrap_or_default()
             );
         }
         show_budget(&dry["budget"]);

@@ -113,7 +113,8 @@ pub fn comfy_api_base<S: AsRef<str>>(argv: &[S]) -> Option<String> {
 
 /// Whether a Comfy.org API base is an Orchestrator's egress (this one's, or a fleet instance's).
 pub fn is_egress(base: &str) -> bool {
-    base.trim_end_matches('/').ends_with("/api/comfy-org")
+    base.trim_end_matches('/')
+        .ends_with(crate::config::Config::EGRESS_PATH)
 }
 
 /// A prompt for `POST /prompt`, under an id Orchestrator chose.

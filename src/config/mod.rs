@@ -432,6 +432,9 @@ impl Config {
         ]
     }
 
+    /// Where Orchestrator serves the Comfy.org egress on the panel's address.
+    pub const EGRESS_PATH: &'static str = "/api/comfy-org";
+
     /// The Comfy.org egress as a ComfyUI reaches it (its `--comfy-api-base`): `ORCH_PUBLIC_URL` in a fleet, else
     /// the address Orchestrator listens on (loopback for an unspecified one: the supervised ComfyUI is on this
     /// machine). The trailing `/` keeps the path when an older ComfyUI joins a route to it with `urljoin`.
@@ -451,7 +454,7 @@ impl Config {
                 format!("http://{}", std::net::SocketAddr::new(ip, self.bind.port()))
             }
         };
-        format!("{origin}/api/comfy-org/")
+        format!("{origin}{}/", Self::EGRESS_PATH)
     }
 
     /// The first ComfyUI backend, the one the gateway talks to.

@@ -257,7 +257,9 @@ async fn refuse_paid(
     details["status"] = json!(job.status);
     details["confirmUrl"] = json!(format!("/api/jobs/{}/confirm", job.id));
     details["panelUrl"] = json!(format!("/jobs/{}", job.id));
-    details["confirmToken"] = json!(state.jobs.gate().issue(workflow, assessment));
+    // A run the graph does not fix a count of is confirmed with a cap, in the panel or with `maxUsd`.
+    let amount = assessment.amount(None).ok().flatten();
+    details["confirmToken"] = json!(amount.map(|amount| state.jobs.gate().issue(workflow, amount)));
     details["expiresInSecs"] = json!(state.jobs.gate().ttl_secs());
     let message = format!(
         "This workflow has paid API nodes (estimated {price}). It was not sent: it waits as job {} for your \

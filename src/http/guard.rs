@@ -25,6 +25,9 @@ pub struct GuardPolicy {
     token: Option<Secret>,
     /// The fleet's token: another instance fetching an output this one holds shows it instead of the user's.
     fleet_token: Option<Secret>,
+    /// The panel's origin serves the Comfy.org egress, whose calls show a job's key instead of the user's token;
+    /// the editor's origin relays every path to ComfyUI, so there it opens nothing.
+    egress: bool,
 }
 
 /// The header an instance of the fleet proves itself with, when it fetches an output another instance holds.
@@ -56,7 +59,14 @@ impl GuardPolicy {
             extra_hosts,
             token: config.token.clone(),
             fleet_token: None,
+            egress: false,
         }
+    }
+
+    /// Lets the Comfy.org egress's calls through without the user's token (the panel's origin only).
+    pub fn with_egress(mut self) -> Self {
+        self.egress = true;
+        self
     }
 
     /// Accepts the fleet's token on the fetch of a job's output (`GET /api/jobs/{id}/outputs/{name}`) from another
@@ -111,7 +121,10 @@ impl GuardPolicy {
         }
         // The Comfy.org egress takes a job's key, not the user's token: ComfyUI calls it, and holds no credential
         // of the panel's.
-        let egress = path.starts_with("/api/comfy-org/");
+        let egress = self.egress
+            && path
+                .strip_prefix(crate::config::Config::EGRESS_PATH)
+                .is_some_and(|rest| rest.starts_with('/'));
         let own_credential = egress || self.is_fleet_fetch(method, path, headers);
         self.check_with(method, headers, own_credential)?;
         if egress || path == "/api/v0" || path.starts_with("/api/v0/") {
@@ -326,7 +339,37 @@ mod tests {
             extra_hosts: vec!["studio.lan".into()],
             token: token.map(Secret::new),
             fleet_token: None,
+            egress: false,
         }
+    }
+
+    /// The egress takes a job's key, not the user's token, on the panel's origin alone, and only below its path.
+    #[test]
+    fn the_egress_needs_no_token_on_the_panel_and_opens_nothing_else() {
+        let panel = policy(Some("0123456789abcdef")).with_egress();
+        let comfyui = headers(&[("host", "127.0.0.1:3000")]);
+        let call = "/api/comfy-org/proxy/bfl/flux-pro-1.1-ultra/generate";
+        assert!(panel.check_request(&Method::POST, call, &comfyui).is_ok());
+        for path in [
+            "/api/comfy-org",
+            "/api/comfy-orgs/x",
+            "/api/jobs",
+            "/api/comfy/queue",
+        ] {
+            let refused = panel
+                .check_request(&Method::GET, path, &comfyui)
+                .unwrap_err();
+            assert_eq!(refused.code().as_str(), "unauthorized", "{path}");
+        }
+        // The editor's origin relays every path to ComfyUI: there the egress's path is no exception.
+        let editor = policy(Some("0123456789abcdef"));
+        let refused = editor
+            .check_request(&Method::POST, call, &comfyui)
+            .unwrap_err();
+        assert_eq!(refused.code().as_str(), "unauthorized");
+        // A page of another site cannot use it.
+        let cross = headers(&[("host", "127.0.0.1:3000"), ("sec-fetch-site", "cross-site")]);
+        assert!(panel.check_request(&Method::POST, call, &cross).is_err());
     }
 
     /// The fleet's token stands for the user's on exactly one kind of request: an instance's GET of a job's output.

@@ -41,6 +41,11 @@ pub struct SubmitJob {
     /// A workflow with paid ComfyUI nodes runs only with the `confirmToken` of a dry run of this very workflow.
     #[serde(default, rename = "confirmToken", alias = "confirm_token")]
     confirm_token: Option<String>,
+    /// The most a paid run may spend, in dollars (at or above the estimate): the token of a dry run asked with
+    /// it confirms this amount, and Orchestrator's Comfy.org egress stops the run there. Needed when the graph
+    /// does not fix how many times a paid node runs (`openEnded` in the dry run).
+    #[serde(default, rename = "maxUsd", alias = "max_usd")]
+    max_usd: Option<f64>,
 }
 
 /// `POST /api/jobs/{id}/confirm`.
@@ -49,6 +54,9 @@ pub struct ConfirmJob {
     /// From the 402 answer's `details.confirmToken` (ask without one to get it).
     #[serde(default, rename = "confirmToken", alias = "confirm_token")]
     confirm_token: Option<String>,
+    /// The most the run may spend, in dollars, as for `POST /api/jobs` (ask with it to get a token for it).
+    #[serde(default, rename = "maxUsd", alias = "max_usd")]
+    max_usd: Option<f64>,
 }
 
 /// A job accepted for running.
@@ -114,6 +122,7 @@ pub async fn submit(
         params: request.params,
         dry_run: request.dry_run.unwrap_or(false),
         token: request.confirm_token,
+        max_usd: request.max_usd,
         idempotency_key: idempotency_key(&headers)?,
     };
     let submission =
@@ -177,9 +186,11 @@ pub async fn confirm(
 ) -> ApiResult<Response> {
     let request: ConfirmJob =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    let max_micros = crate::money::cap_micros(request.max_usd)?;
+    let key = idempotency_key(&headers)?;
     let submitted = state
         .jobs
-        .confirm(&id, request.confirm_token, idempotency_key(&headers)?)
+        .confirm(&id, request.confirm_token, max_micros, key)
         .await
         .map_err(job_error)?;
     Ok(submitted_response(submitted))

@@ -77,7 +77,7 @@ pub async fn comfy_org_egress(
     let path = request
         .uri()
         .path()
-        .strip_prefix(EGRESS_PREFIX)
+        .strip_prefix(crate::config::Config::EGRESS_PATH)
         .unwrap_or_default()
         .to_owned();
     state
@@ -87,9 +87,6 @@ pub async fn comfy_org_egress(
         .map(|response| response.map(axum::body::Body::new))
         .map_err(ApiError::from)
 }
-
-/// Where the egress is served; ComfyUI's `--comfy-api-base` is this on Orchestrator's address.
-pub const EGRESS_PREFIX: &str = "/api/comfy-org";
 
 /// `/api/v0/{*path}`, every method.
 pub async fn v0_gateway(State(state): State<AppState>, request: Request) -> ApiResult<Response> {

@@ -37,7 +37,9 @@ pub struct App {
 impl App {
     pub fn new(state: AppState) -> Self {
         let policy = Arc::new(
-            GuardPolicy::from_config(&state.config).with_fleet_token(state.fleet_token.clone()),
+            GuardPolicy::from_config(&state.config)
+                .with_fleet_token(state.fleet_token.clone())
+                .with_egress(),
         );
         let router = router(state.clone(), policy.clone());
         Self {

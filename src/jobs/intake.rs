@@ -73,6 +73,8 @@ pub struct Request {
     pub params: Option<Value>,
     pub dry_run: bool,
     pub token: Option<String>,
+    /// The person's cap on a paid run, in dollars.
+    pub max_usd: Option<f64>,
     pub idempotency_key: Option<String>,
 }
 
@@ -127,6 +129,7 @@ pub async fn submission(
         workflow,
         dry_run: request.dry_run,
         token: request.token,
+        max_micros: crate::money::cap_micros(request.max_usd)?,
         idempotency_key: request.idempotency_key,
     })
 }
@@ -325,6 +328,7 @@ pub async fn again(jobs: &Jobs, templates: &Templates, id: &str) -> Result<Submi
         workflow,
         dry_run: false,
         token: None,
+        max_micros: None,
         idempotency_key: None,
     };
     jobs.submit(submission).await

@@ -27,15 +27,33 @@ use crate::store::{NewJob, Record};
 pub(super) const SUBMIT_SCOPE: &str = "jobs.submit";
 const CONFIRM_SCOPE: &str = "jobs.confirm";
 
+/// What a job keeps of its approval: the dry run, and the person's cap when one was given.
+pub(super) fn with_cap(mut approval: Value, max_micros: Option<i64>) -> Value {
+    if let Some(max) = max_micros {
+        approval["maxUsd"] = json!(usd(max));
+    }
+    approval
+}
+
 pub(super) fn fingerprint(bound: &Value) -> String {
     crate::money::keys::fingerprint(super::gate::canonical(bound).as_bytes())
 }
 
 impl Jobs {
-    /// The dry run of a workflow: its paid nodes, the estimate, and (for a paid one) a token for exactly this.
-    pub(super) async fn dry_run(&self, bound: &Value, assessment: &Assessment) -> Value {
+    /// The dry run of a workflow: its paid nodes, the estimate, and (for a paid one) a token for exactly this and
+    /// the amount it confirms: the person's cap (`max_micros`, checked by [`Assessment::amount`] before), else the
+    /// estimate. A run the estimate does not cover gets no token without a cap.
+    pub(super) async fn dry_run(
+        &self,
+        bound: &Value,
+        assessment: &Assessment,
+        max_micros: Option<i64>,
+    ) -> Value {
         let gate = self.gate();
-        let token = assessment.is_paid().then(|| gate.issue(bound, assessment));
+        let amount = assessment.amount(max_micros).ok().flatten();
+        let token = amount
+            .filter(|_| assessment.is_paid())
+            .map(|amount| gate.issue(bound, amount));
         let budget = self.money.checkout.budget(&today()).await.ok().map(|b| {
             json!({ "limit": b.limit, "spent": b.spent, "reserved": b.reserved, "left": b.left, "currency": "USD" })
         });
@@ -51,6 +69,14 @@ impl Jobs {
             "Dry run: nothing was sent. This workflow has no paid nodes and costs nothing to run."
                 .to_owned()
         };
+        if assessment.is_paid() && amount.is_none() {
+            message = format!(
+                "Dry run: nothing was sent. A paid node of this workflow runs a number of times (or costs a count) \
+                 that the graph does not fix, so the run cannot be priced in advance: at least ${:.3}. Ask again \
+                 with maxUsd, the most it may spend; the run is stopped there.",
+                usd(assessment.total_micros)
+            );
+        }
         if assessment.is_paid() && !gate.allow_generation {
             message.push_str(" Generation is disabled on this server (ALLOW_GENERATION=false).");
         }
@@ -59,6 +85,8 @@ impl Jobs {
             "paid": assessment.is_paid(),
             "paidNodes": assessment.nodes_json(),
             "estimatedCost": { "usd": usd(assessment.total_micros), "currency": "USD" },
+            "openEnded": assessment.open_ended,
+            "maxUsd": amount.map(usd),
             "confirmToken": token,
             "expiresInSecs": gate.ttl_secs(),
             "allowGeneration": gate.allow_generation,
@@ -86,6 +114,7 @@ impl Jobs {
         problem: TokenProblem,
         bound: &Value,
         assessment: &Assessment,
+        max_micros: Option<i64>,
     ) -> JobError {
         refused(Refusal::NeedsConfirmation {
             problem,
@@ -94,7 +123,7 @@ impl Jobs {
                 usd(assessment.total_micros),
                 problem.message()
             ),
-            details: self.dry_run(bound, assessment).await,
+            details: self.dry_run(bound, assessment, max_micros).await,
         })
     }
 
@@ -131,17 +160,19 @@ impl Jobs {
         &self,
         id: &str,
         token: Option<String>,
+        max_micros: Option<i64>,
         idempotency_key: Option<String>,
     ) -> Result<Submitted, JobError> {
         let order = Order {
             scope: CONFIRM_SCOPE,
             key: idempotency_key,
-            fingerprint: fingerprint(&json!({ "confirm": id })),
+            fingerprint: fingerprint(&json!({ "confirm": id, "maxMicros": max_micros })),
         };
         let purchase = PaidConfirm {
             jobs: self.clone(),
             job_id: id.to_owned(),
             token,
+            max_micros,
             judged: None,
         };
         Ok(self.money.checkout.pay(order, purchase).await?.into())
@@ -165,21 +196,21 @@ impl Purchase for PaidSubmit {
 
     async fn prepare(&mut self) -> Result<Prepared, JobError> {
         let (jobs, bound, assessment) = (&self.jobs, &self.bound, &self.assessment);
-        match jobs
-            .gate()
-            .check(self.submission.token.as_deref(), bound, assessment)
-        {
-            Ok(token_id) => Ok(Prepared {
-                price_micros: assessment.total_micros,
-                token_id,
-            }),
-            Err(problem) => Err(jobs.needs_confirmation(problem, bound, assessment).await),
-        }
+        let max = self.submission.max_micros;
+        prepared(
+            jobs,
+            self.submission.token.as_deref(),
+            bound,
+            assessment,
+            max,
+        )
+        .await
     }
 
     async fn token_used(&self) -> JobError {
+        let max = self.submission.max_micros;
         self.jobs
-            .needs_confirmation(TokenProblem::Used, &self.bound, &self.assessment)
+            .needs_confirmation(TokenProblem::Used, &self.bound, &self.assessment, max)
             .await
     }
 
@@ -207,6 +238,32 @@ impl Purchase for PaidSubmit {
     }
 }
 
+/// A paid workflow's token checked for the amount it confirms (the person's cap, else the estimate); a run that
+/// cannot be priced without a cap, or a token that does not fit, is answered with a fresh dry run.
+async fn prepared(
+    jobs: &Jobs,
+    token: Option<&str>,
+    bound: &Value,
+    assessment: &Assessment,
+    max_micros: Option<i64>,
+) -> Result<Prepared, JobError> {
+    let amount = assessment.amount(max_micros).map_err(refused)?;
+    let Some(amount) = amount else {
+        return Err(jobs
+            .needs_confirmation(TokenProblem::Missing, bound, assessment, max_micros)
+            .await);
+    };
+    match jobs.gate().check(token, bound, amount) {
+        Ok(token_id) => Ok(Prepared {
+            price_micros: amount,
+            token_id,
+        }),
+        Err(problem) => Err(jobs
+            .needs_confirmation(problem, bound, assessment, max_micros)
+            .await),
+    }
+}
+
 /// A request that made a job is answered, when repeated, with that job's id and the status it had.
 fn kept_job(answer: Result<&Job, &JobError>) -> Option<(StatusCode, Value)> {
     let job = answer.ok()?;
@@ -221,6 +278,8 @@ struct PaidConfirm {
     jobs: Jobs,
     job_id: String,
     token: Option<String>,
+    /// The person's cap, `maxUsd`.
+    max_micros: Option<i64>,
     /// The stored workflow, its assessment and the approval recorded, once judged.
     judged: Option<Judged>,
 }
@@ -268,20 +327,10 @@ impl Purchase for PaidConfirm {
             .assess(&catalog, &workflow)
             .map_err(JobError::from)?;
         jobs.paid_allowed(&assessment)?;
-        let checked = jobs
-            .gate()
-            .check(self.token.as_deref(), &workflow, &assessment);
-        let answer = match checked {
-            Ok(token_id) => Ok(Prepared {
-                price_micros: assessment.total_micros,
-                token_id,
-            }),
-            Err(problem) => Err(jobs
-                .needs_confirmation(problem, &workflow, &assessment)
-                .await),
-        };
+        let (token, max) = (self.token.as_deref(), self.max_micros);
+        let answer = prepared(jobs, token, &workflow, &assessment, max).await;
         self.judged = Some(Judged {
-            approval: assessment.approval_json(),
+            approval: with_cap(assessment.approval_json(), max),
             workflow,
             assessment,
         });
@@ -290,8 +339,9 @@ impl Purchase for PaidConfirm {
 
     async fn token_used(&self) -> JobError {
         let judged = self.judged();
+        let (workflow, assessment) = (&judged.workflow, &judged.assessment);
         self.jobs
-            .needs_confirmation(TokenProblem::Used, &judged.workflow, &judged.assessment)
+            .needs_confirmation(TokenProblem::Used, workflow, assessment, self.max_micros)
             .await
     }
 

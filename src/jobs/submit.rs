@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::gate::Assessment;
-use super::paid::{PaidSubmit, SUBMIT_SCOPE, fingerprint};
+use super::paid::{PaidSubmit, SUBMIT_SCOPE, fingerprint, with_cap};
 use super::runner::{JobError, Jobs, refused};
 use crate::comfy::credentials;
 use crate::comfy::error::ComfyError;
@@ -25,6 +25,8 @@ pub struct Submission {
     pub workflow: Value,
     pub dry_run: bool,
     pub token: Option<String>,
+    /// The person's cap on a paid run (`maxUsd`), in millionths of a dollar.
+    pub max_micros: Option<i64>,
     pub idempotency_key: Option<String>,
 }
 
@@ -71,10 +73,15 @@ impl Jobs {
         };
         // Input images by their content, not by their asset ids (each upload of one image has its own).
         let bound = self.assets.bound(&submission.workflow).await?;
-        if let Some(assessment) = &assessment
-            && submission.dry_run
-        {
-            return Ok(Submitted::DryRun(self.dry_run(&bound, assessment).await));
+        if let Some(assessment) = &assessment {
+            // A cap below the estimate is refused before anything else.
+            assessment.amount(submission.max_micros).map_err(refused)?;
+            if submission.dry_run {
+                let max = submission.max_micros;
+                return Ok(Submitted::DryRun(
+                    self.dry_run(&bound, assessment, max).await,
+                ));
+            }
         }
         let Some(assessment) = assessment.filter(Assessment::is_paid) else {
             let job = self
@@ -97,12 +104,12 @@ impl Jobs {
         let order = Order {
             scope: SUBMIT_SCOPE,
             key: submission.idempotency_key.clone(),
-            fingerprint: fingerprint(&bound),
+            fingerprint: fingerprint(&json!([&bound, submission.max_micros])),
         };
         let purchase = PaidSubmit {
             jobs: self.clone(),
             backend_url: gateway.backend().origin(),
-            approval: assessment.approval_json(),
+            approval: with_cap(assessment.approval_json(), submission.max_micros),
             submission,
             bound,
             assessment,

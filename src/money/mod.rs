@@ -12,3 +12,17 @@ pub mod refusal;
 pub fn usd(micros: i64) -> f64 {
     micros as f64 / 1_000_000.0
 }
+
+/// A person's cap on a paid run (`maxUsd`), in micro-dollars: more than nothing, at most $100,000.
+pub fn cap_micros(max_usd: Option<f64>) -> Result<Option<i64>, refusal::Refusal> {
+    match max_usd {
+        None => Ok(None),
+        Some(usd) if usd.is_finite() && usd > 0.0 && usd <= 100_000.0 => {
+            Ok(Some((usd * 1_000_000.0).round() as i64))
+        }
+        Some(_) => Err(refusal::Refusal::invalid(
+            "maxUsd",
+            "must be a number of dollars above 0 and at most 100000",
+        )),
+    }
+}

@@ -1,5 +1,5 @@
 //! Workflows with paid ComfyUI nodes: kept until a person approves their price, then reserved against the same
-//! daily budget as FLUX, and settled with what the nodes reported they cost.
+//! daily budget as FLUX (settled with what their calls through the Comfy.org egress cost: `store::egress`).
 
 use serde_json::Value;
 
@@ -48,20 +48,6 @@ impl Store {
         .bind(approval.to_string())
         .execute(&self.pool)
         .await?;
-        Ok(())
-    }
-
-    /// What a paid job has been reported to cost so far, while it runs; its charge is left as it is.
-    pub async fn record_actual_cost(
-        &self,
-        job_id: &str,
-        actual_micros: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET actual_cost_micros = $2 WHERE id = $1")
-            .bind(job_id)
-            .bind(actual_micros)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 

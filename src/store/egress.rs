@@ -170,13 +170,14 @@ impl Store {
         Ok(())
     }
 
-    /// A paid ComfyUI job's charge settled once it has ended: spent at the sum of its calls (none: nothing). A job
-    /// still running keeps its whole reservation.
+    /// A paid ComfyUI job's charge settled once it has ended: spent at the sum of its calls through the egress
+    /// (none: nothing). A job still running keeps its whole reservation; a job never given an egress key (FLUX's,
+    /// or one sent before the egress existed) keeps its charge as it was settled.
     pub async fn settle_egress_charge(&self, job_id: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE charges SET amount_micros = COALESCE((SELECT actual_cost_micros FROM jobs WHERE id = $1), 0), \
                state = 'spent', updated_at = $2 WHERE job_id = $1 AND state IN ('reserved', 'spent') \
-               AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 \
+               AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND egress_key_hash IS NOT NULL \
                  AND status IN ('succeeded', 'failed', 'cancelled', 'backend_lost'))",
         )
         .bind(job_id)

@@ -122,7 +122,15 @@ fn list_lengths(
             return single;
         };
         let class = node["class_type"].as_str().unwrap_or_default();
-        let widget = |name: &str| node["inputs"][name].as_u64().map(|n| n.max(1) as usize);
+        // A widget's value, given or fed by a primitive node (ComfyUI runs that first and passes its value on).
+        let widget = |name: &str| {
+            let input = &node["inputs"][name];
+            let value = match input[0].as_str() {
+                Some(from) => &prompt.get(from)?["inputs"]["value"],
+                None => input,
+            };
+            value.as_u64().map(|n| n.max(1) as usize)
+        };
         let mut fed = Vec::new();
         for input in node["inputs"]
             .as_object()

@@ -258,6 +258,7 @@ async fn make(state: &AppState, request: Request) -> Result<Job, (V2Error, bool)
         workflow: request.workflow,
         dry_run: false,
         token: request.confirm_token,
+        max_micros: None,
         // Claimed by `submit`, for free and paid workflows alike; a confirmation pays for one job whatever the key.
         idempotency_key: None,
     };

@@ -108,6 +108,11 @@ impl Egress {
         let clean = normalise_path(path).ok_or_else(|| RequestError::InvalidPath {
             path: path.chars().take(256).collect(),
         })?;
+        // The key before the body: a caller without one reads nothing into memory.
+        self.store
+            .running_job_of_egress_key(&presented.hash())
+            .await?
+            .ok_or(EgressError::KeyInvalid)?;
         let (parts, body) = request.into_parts();
         let body = read_body(body, MAX_REQUEST_BYTES).await?;
         let call = match routes::price(&parts.method, &clean, &body, self.ceiling_micros) {
@@ -116,13 +121,7 @@ impl Egress {
                 return Err(RequestError::InvalidPath { path }.into());
             }
             Cost::Paid(estimate) => Some(self.meter(&presented, &clean, estimate).await?),
-            Cost::Free => {
-                self.store
-                    .running_job_of_egress_key(&presented.hash())
-                    .await?
-                    .ok_or(EgressError::KeyInvalid)?;
-                None
-            }
+            Cost::Free => None,
         };
         let mut url = format!("{}{clean}", self.base_url);
         if let Some(query) = parts.uri.query().filter(|q| !q.is_empty()) {
@@ -131,16 +130,21 @@ impl Egress {
         }
         let mut headers = forwarded_headers(parts.headers, &[API_KEY_HEADER]);
         headers.insert(API_KEY_HEADER, server_key);
-        let sent = tokio::time::timeout(
-            ANSWER_WITHIN,
-            self.http
-                .request(parts.method, &url)
-                .headers(headers)
-                .body(body)
-                .send(),
-        )
-        .await;
-        let answered = self.settle(call.as_deref(), sent).await?;
+        let request = self
+            .http
+            .request(parts.method, &url)
+            .headers(headers)
+            .body(body);
+        // The exchange and its settling run on their own: a ComfyUI that hangs up meanwhile leaves no call open
+        // and loses no figure Comfy.org reports.
+        let egress = self.clone();
+        let exchange = tokio::spawn(async move {
+            let sent = tokio::time::timeout(ANSWER_WITHIN, request.send()).await;
+            egress.settle(call.as_deref(), sent).await
+        });
+        let answered = exchange
+            .await
+            .map_err(|error| EgressError::Internal(error.into()))??;
         Ok(stream_back(answered, IDLE_WITHIN, "the Comfy.org API"))
     }
 
@@ -178,8 +182,10 @@ impl Egress {
         }
     }
 
-    /// What Comfy.org's answer (or its absence) makes of a counted call: refused calls cost nothing, a figure it
-    /// reports replaces the estimate, anything unclear keeps the estimate.
+    /// What Comfy.org's answer (or its absence) makes of a counted call: a figure it reports replaces the estimate
+    /// (on any answer); a call it refused (a 4xx other than a timeout) or never received (no connection) costs
+    /// nothing; anything unclear (a 5xx, a 408, no answer) keeps the estimate, so a retry of a call Comfy.org may
+    /// still carry out counts again.
     async fn settle(
         &self,
         call: Option<&str>,
@@ -188,12 +194,11 @@ impl Egress {
         let (outcome, answer) = match sent {
             Ok(Ok(response)) => {
                 let status = response.status();
-                // Comfy.org charges what it carries out: a refusal or a failure of its own costs nothing.
-                let outcome = if status.is_success() {
-                    routes::reported_cost(response.headers())
-                        .map_or(CallOutcome::Estimated, CallOutcome::Reported)
-                } else {
-                    CallOutcome::Refunded
+                let refused = status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT;
+                let outcome = match routes::reported_cost(response.headers()) {
+                    Some(micros) => CallOutcome::Reported(micros),
+                    None if refused => CallOutcome::Refunded,
+                    None => CallOutcome::Estimated,
                 };
                 (outcome, Ok(response))
             }

@@ -12,11 +12,11 @@ use serde_json::Value;
 
 use crate::bfl::catalog;
 
-/// `POST`s that start nothing paid: uploads of a node's inputs, polls and downloads some providers take as `POST`,
-/// and the renewal of a partner node's token.
-const FREE_POSTS: [&str; 8] = [
+/// `POST`s that start nothing paid: uploads of a node's inputs, and polls and downloads some providers take as
+/// `POST`. (Not `/auth/partner-node/renew`: a token it mints would spend outside every cap, and Orchestrator never
+/// gives ComfyUI a partner token to renew.)
+const FREE_POSTS: [&str; 7] = [
     "/customers/storage",
-    "/auth/partner-node/renew",
     "/proxy/pixverse/image/upload",
     "/proxy/veo/*/poll",
     "/proxy/rodin/api/v2/status",
@@ -118,10 +118,11 @@ pub enum Cost {
     NotOpen,
 }
 
-/// What a call to `path` with `body` costs.
+/// What a call to `path` with `body` costs. A path with an encoded character is not one ComfyUI's nodes call,
+/// and might be read otherwise upstream: it is not opened.
 pub fn price(method: &Method, path: &str, body: &[u8], ceiling_micros: i64) -> Cost {
     let free_post = FREE_POSTS.iter().any(|pattern| matches(pattern, path));
-    if !path.starts_with("/proxy/") && !free_post {
+    if path.contains('%') || (!path.starts_with("/proxy/") && !free_post) {
         return Cost::NotOpen;
     }
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) || free_post {
@@ -136,6 +137,37 @@ pub fn price(method: &Method, path: &str, body: &[u8], ceiling_micros: i64) -> C
         .find(|(pattern, _)| matches(pattern, path))
         .map(|(_, price_of)| price_of(json.as_ref()));
     Cost::Paid(priced.unwrap_or(ceiling_micros))
+}
+
+/// The most one call of a provider's routes costs, read with no body (a node's widgets are not its routes' body
+/// fields): what the dry run takes for a run of an API node whose own price it does not know, so the egress never
+/// charges one call more than was confirmed for it. `category` is the node's (`api node/video/Kling`).
+pub fn highest_for(category: &str) -> Option<i64> {
+    let provider = category.rsplit('/').next()?;
+    let prefix = match provider {
+        "OpenAI" | "Sora" => "/proxy/openai/",
+        "Ideogram" => "/proxy/ideogram/",
+        "Kling" => "/proxy/kling/",
+        "Luma" => "/proxy/luma/",
+        "MiniMax" => "/proxy/minimax/",
+        "Pika" => "/proxy/pika/",
+        "PixVerse" => "/proxy/pixverse/",
+        "Recraft" => "/proxy/recraft/",
+        "Stability AI" => "/proxy/stability/",
+        "Veo" => "/proxy/veo/",
+        "Moonvalley Marey" => "/proxy/moonvalley/",
+        "Runway" => "/proxy/runway/",
+        "Rodin" => "/proxy/rodin/",
+        "Tripo" => "/proxy/tripo/",
+        "ByteDance" => "/proxy/byteplus/",
+        "Vidu" => "/proxy/vidu/",
+        "Wan" => "/proxy/wan/",
+        _ => return None,
+    };
+    PAID.iter()
+        .filter(|(pattern, _)| pattern.starts_with(prefix))
+        .map(|(_, price_of)| price_of(None))
+        .max()
 }
 
 /// What Comfy.org says a call cost, in millionths of a dollar, when its answer says it.
@@ -348,7 +380,23 @@ mod tests {
     }
 
     #[test]
+    fn a_providers_highest_call_bounds_its_nodes() {
+        assert_eq!(highest_for("api node/video/Luma"), Some(11_470_000));
+        assert_eq!(highest_for("api node/video/Kling"), Some(2_800_000));
+        assert_eq!(highest_for("my nodes"), None);
+    }
+
+    #[test]
     fn the_egress_opens_only_comfy_orgs_proxy_and_its_storage() {
+        let renew = price(&Method::POST, "/auth/partner-node/renew", b"{}", CEILING);
+        assert_eq!(renew, Cost::NotOpen);
+        let encoded = price(
+            &Method::POST,
+            "/proxy/veo/x%2Fgenerate/poll",
+            b"{}",
+            CEILING,
+        );
+        assert_eq!(encoded, Cost::NotOpen);
         for path in ["/customers/balance", "/users/me", "/admin"] {
             assert_eq!(
                 price(&Method::GET, path, b"", CEILING),

@@ -119,6 +119,7 @@ impl Ledger {
         let Some(change) = self.coalesce(id, kind, change) else {
             return true;
         };
+        let ends = change.status.is_some_and(JobStatus::is_final);
         match self.store.update_job(id, change).await {
             Ok(true) => {}
             Ok(false) => return false,
@@ -126,6 +127,11 @@ impl Ledger {
                 tracing::error!(job = id, %error, "cannot record a job change");
                 return false;
             }
+        }
+        // However it ended, a paid ComfyUI job's charge becomes what its calls through the Comfy.org egress cost
+        // (a call still awaiting Comfy.org's answer settles it again when it is answered).
+        if ends && let Err(error) = self.store.settle_egress_charge(id).await {
+            tracing::error!(job = id, %error, "cannot settle a paid job's charge");
         }
         let Ok(Some(job)) = self.store.job(id).await else {
             return true;

@@ -201,7 +201,7 @@ impl Jobs {
             .change(&job.id, EventKind::State, submitted)
             .await
         {
-            return Err(self.withdraw(&gateway, &job.id, prompt_id).await);
+            return self.withdraw(&gateway, &job.id, prompt_id).await;
         }
         let listening = registration.into_listening(prompt_id);
         self.follow(gateway.clone(), &job.id, prompt_id, workflow, listening);
@@ -277,17 +277,26 @@ impl Jobs {
         Ok(())
     }
 
-    /// Cancelled (or otherwise finished) while the prompt was on its way: the job stays as it ended, and ComfyUI's
-    /// copy goes, from its queue or, if it has started already, by an interrupt of that prompt.
-    async fn withdraw(&self, gateway: &ComfyGateway, id: &str, prompt_id: &str) -> JobError {
+    /// Cancelled (or otherwise finished: stopped at its cap by a call its run made at once) while the prompt was
+    /// on its way: the job stays as it ended, and ComfyUI's copy goes, from its queue or, if it has started already,
+    /// by an interrupt of that prompt. The request that made it is answered with the job as it ended (a `failed`
+    /// one), or told a person cancelled it (`job_finished`).
+    async fn withdraw(
+        &self,
+        gateway: &ComfyGateway,
+        id: &str,
+        prompt_id: &str,
+    ) -> Result<Job, JobError> {
         let queued = gateway.delete_queued(prompt_id).await;
         let interrupted = gateway.interrupt(prompt_id).await;
         if queued.is_err() || interrupted.is_err() {
             tracing::warn!(job = %id, %prompt_id, "a job finished while it was sent, and ComfyUI could not be told to drop it");
         }
-        match self.store().job(id).await {
-            Ok(now) => JobError::Finished(now.map_or("gone", |j| j.status.as_str())),
-            Err(error) => error.into(),
+        match self.store().job(id).await? {
+            Some(job) if job.status != JobStatus::Cancelled => Ok(job),
+            now => Err(JobError::Finished(
+                now.map_or("gone", |j| j.status.as_str()),
+            )),
         }
     }
 }

@@ -139,15 +139,6 @@ impl Follower {
             End::SocketLost => self.resolve_without_socket(listening, generation).await,
             End::Stopped => {}
         }
-        self.settle().await;
-    }
-
-    /// Once the run is over, a paid job's charge is what its calls through the Comfy.org egress cost (a call
-    /// still awaiting Comfy.org's answer counts at its estimate, and settles the charge again when it is answered).
-    async fn settle(&self) {
-        if let Err(error) = self.jobs.store().settle_egress_charge(&self.job_id).await {
-            tracing::error!(job = %self.job_id, %error, "cannot settle a paid job's charge");
-        }
     }
 
     /// The socket ended before the run did: the history says whether it finished; the queue whether ComfyUI

@@ -282,7 +282,6 @@ impl Jobs {
             self.ledger
                 .change(id, EventKind::State, finished(JobStatus::Cancelled))
                 .await;
-            self.store().settle_egress_charge(id).await?;
         }
         self.store()
             .job(id)

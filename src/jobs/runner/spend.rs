@@ -5,7 +5,6 @@
 use crate::codes::{Code, Failure};
 use crate::jobs::egress::EgressError;
 use crate::model::{EventKind, JobStatus};
-use crate::money::refusal::Refusal;
 use crate::store::JobChange;
 
 use super::Jobs;
@@ -24,7 +23,12 @@ impl Jobs {
     {
         match self.money.egress.forward(request, path).await {
             Err(EgressError::OverCap { job_id, refusal }) => {
-                self.stop_over_cap(&job_id, &refusal).await;
+                // On its own: a ComfyUI that hangs up does not leave the job failed and its prompt running.
+                let failure = Failure::new(Code::SpendCapReached, refusal.to_string())
+                    .with_details(refusal.details());
+                let jobs = self.clone();
+                let stop = tokio::spawn(async move { jobs.stop_over_cap(&job_id, failure).await });
+                let _ = stop.await;
                 Err(EgressError::Refused(refusal))
             }
             answer => answer,
@@ -33,9 +37,7 @@ impl Jobs {
 
     /// The job fails with the refusal (once: the calls refused after the first find it ended), then its run is
     /// interrupted.
-    async fn stop_over_cap(&self, job_id: &str, refusal: &Refusal) {
-        let failure = Failure::new(Code::SpendCapReached, refusal.to_string())
-            .with_details(refusal.details());
+    async fn stop_over_cap(&self, job_id: &str, failure: Failure) {
         let change = JobChange {
             error: Some(failure.into_json()),
             ..crate::jobs::ledger::finished(JobStatus::Failed)
@@ -53,17 +55,9 @@ impl Jobs {
         let Some(prompt_id) = &job.comfy_prompt_id else {
             return;
         };
-        match self.take_out_of_comfy(&job, prompt_id).await {
-            // Its follower is gone: the charge is settled here.
-            Ok(true) => {
-                if let Err(error) = self.store().settle_egress_charge(job_id).await {
-                    tracing::error!(job = job_id, %error, "cannot settle a paid job's charge");
-                }
-            }
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!(job = job_id, %error, "cannot stop the run of a job stopped at its cap");
-            }
+        // A prompt not recorded yet (its run spent at once) is withdrawn by its send instead.
+        if let Err(error) = self.take_out_of_comfy(&job, prompt_id).await {
+            tracing::warn!(job = job_id, %error, "cannot stop the run of a job stopped at its cap");
         }
     }
 }

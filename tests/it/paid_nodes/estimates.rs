@@ -32,3 +32,22 @@ async fn a_custom_node_that_asks_for_the_credentials_needs_a_confirmation() {
     assert!(dry["confirmToken"].is_string());
     assert_eq!(dry["estimatedCost"]["usd"].as_f64(), Some(1.0));
 }
+
+/// A newer ComfyUI's node whose badge multiplies its price by its count: ten images are ten units.
+#[tokio::test]
+async fn a_badge_that_multiplies_is_priced_at_the_nodes_count() {
+    let badge = json!({"engine": "jsonata",
+        "depends_on": {"widgets": [{"name": "number_of_images", "type": "INT"}], "inputs": [], "input_groups": []},
+        "expr": "{\"type\":\"usd\",\"usd\": 0.033 * widgets.number_of_images}"});
+    let imagen = json!({"category": "api node/image/Google", "display_name": "Imagen", "api_node": true,
+        "output": ["IMAGE"], "output_is_list": [false], "price_badge": badge,
+        "input": {"required": {"prompt": ["STRING", {}], "number_of_images": ["INT", {"default": 1}]},
+                  "hidden": {"api_key_comfy_org": ["API_KEY_COMFY_ORG"]}}});
+    let workflow =
+        json!({"1": {"class_type": "Imagen", "inputs": {"prompt": "ten", "number_of_images": 10}}});
+    let dry = dry_run(("Imagen", imagen), workflow).await;
+    let node = &dry["paidNodes"][0];
+    assert_eq!(node["priceSource"], "price_badge");
+    assert_eq!(node["unitPriceUsd"].as_f64(), Some(0.33), "{dry}");
+    assert_eq!(dry["estimatedCost"]["usd"].as_f64(), Some(0.33));
+}

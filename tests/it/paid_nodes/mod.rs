@@ -4,6 +4,7 @@
 mod confirmation;
 mod egress;
 mod estimates;
+mod fan_out;
 mod leaks;
 mod once;
 

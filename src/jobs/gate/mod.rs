@@ -3,9 +3,14 @@
 //!
 //! Every way a workflow reaches a ComfyUI passes here (`POST /api/jobs`, the gateway's `/prompt`, MCP and the CLI
 //! through the API, jobs sent from Orchestrator's queue or moved on failover): `Jobs::send_to_comfy` refuses to
-//! post a workflow with paid nodes that has no approval. The estimate of a paid node is, in this order, the price
-//! its `price_badge` shows (the highest dollar figure in it: an upper bound), BFL's public price for the BFL nodes
-//! (the same table as `/api/flux/generate`), or `COMFY_PAID_NODE_MAX_USD`.
+//! post a workflow with paid nodes that has no approval. The estimate of a paid node is its unit price times the
+//! number of times ComfyUI runs it (once per item of a list it is fed: [`crate::comfy::fan_out`]). The unit price
+//! is, in this order, what its `price_badge` shows ([`badge`]: an upper bound), BFL's public price for the BFL nodes
+//! (the same table as `/api/flux/generate`), or `COMFY_PAID_NODE_MAX_USD`. Where the graph does not fix a count
+//! (a list's length, a linked count widget), the run cannot be priced in advance: its confirmation must carry the
+//! person's cap (`maxUsd`). Either way the Comfy.org egress holds a run to the amount confirmed.
+
+mod badge;
 
 use std::sync::Arc;
 
@@ -14,10 +19,12 @@ use serde_json::{Value, json};
 
 use crate::bfl::catalog;
 use crate::codes::Code;
+use crate::comfy::fan_out::{self, Runs};
 use crate::comfy::models::ModelCache;
 use crate::comfy::nodes::{NodeCatalog, PaidNode, Unclassified};
 use crate::money::checkout::Checkout;
 use crate::money::confirm::{Confirmer, TokenProblem};
+use crate::money::refusal::Refusal;
 use crate::money::usd;
 use crate::problems::NotConfigured;
 
@@ -34,11 +41,17 @@ const BFL_NODES: [(&str, &str); 4] = [
 /// (https://docs.bfl.ml/quick_start/pricing). Expand, Canny and Depth have no public price: they get the ceiling.
 const OTHER_PRICES: [(&str, i64); 1] = [("FluxProFillNode", 50_000)];
 
-/// One paid node with its estimate.
+/// One paid node with its estimate: its unit price times its runs.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PricedNode {
     #[serde(flatten)]
     pub node: PaidNode,
+    /// One run's price; `null` when it depends on a count the graph does not fix.
+    #[serde(rename = "unitPriceUsd")]
+    pub unit_price_usd: Option<f64>,
+    /// How many times ComfyUI runs it (once per item of a list it is fed); `null` when the graph does not fix it.
+    pub runs: Option<u64>,
+    /// Unit price × runs (what is known of it, when either is not).
     #[serde(rename = "priceUsd")]
     pub price_usd: f64,
     /// `price_badge`, `price_table` or `ceiling`.
@@ -53,6 +66,9 @@ pub struct PricedNode {
 pub struct Assessment {
     pub nodes: Vec<PricedNode>,
     pub total_micros: i64,
+    /// A paid node runs a number of times, or costs a count, that the graph does not fix: `total_micros` is a
+    /// floor, and a confirmation needs the person's cap.
+    pub open_ended: bool,
 }
 
 impl Assessment {
@@ -70,7 +86,25 @@ impl Assessment {
         json!({
             "paidNodes": self.nodes_json(),
             "estimatedCost": { "usd": usd(self.total_micros), "currency": "USD" },
+            "openEnded": self.open_ended,
         })
+    }
+
+    /// What a confirmation pays for, the most the run may spend: the person's cap (`maxUsd`, at or above the
+    /// estimate), else the estimate; `None` when the estimate does not cover the run and no cap was given.
+    pub fn amount(&self, max_micros: Option<i64>) -> Result<Option<i64>, Refusal> {
+        match max_micros {
+            Some(max) if max < self.total_micros => Err(Refusal::invalid(
+                "maxUsd",
+                format!(
+                    "must be at least the estimate, ${:.3}",
+                    usd(self.total_micros)
+                ),
+            )),
+            Some(max) => Ok(Some(max)),
+            None if self.open_ended => Ok(None),
+            None => Ok(Some(self.total_micros)),
+        }
     }
 }
 
@@ -105,12 +139,29 @@ impl Gate {
         catalog: &NodeCatalog,
         workflow: &Value,
     ) -> Result<Assessment, Unclassified> {
-        let nodes: Vec<PricedNode> = catalog
-            .paid_nodes(workflow)?
+        let paid = catalog.paid_nodes(workflow)?;
+        let runs = if paid.is_empty() {
+            Default::default()
+        } else {
+            fan_out::runs(catalog, workflow)
+        };
+        let nodes: Vec<PricedNode> = paid
             .into_iter()
             .map(|node| {
-                let (price_micros, price_source) = self.price(&node);
+                let inputs = workflow[&node.id]["inputs"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                let (unit, price_source) = self.price(&node, &inputs);
+                let runs = match runs.get(&node.id) {
+                    Some(Runs::Times(n)) => Some(*n),
+                    Some(Runs::Unknown) => None,
+                    None => Some(1),
+                };
+                let price_micros = unit.unwrap_or(0).saturating_mul(runs.unwrap_or(1) as i64);
                 PricedNode {
+                    unit_price_usd: unit.map(usd),
+                    runs,
                     price_usd: usd(price_micros),
                     price_micros,
                     price_source,
@@ -118,16 +169,33 @@ impl Gate {
                 }
             })
             .collect();
-        let total_micros = nodes.iter().map(|n| n.price_micros).sum();
+        let total_micros = nodes
+            .iter()
+            .fold(0i64, |sum, n| sum.saturating_add(n.price_micros));
+        let open_ended = nodes
+            .iter()
+            .any(|n| n.runs.is_none() || n.unit_price_usd.is_none());
         Ok(Assessment {
             nodes,
             total_micros,
+            open_ended,
         })
     }
 
-    fn price(&self, node: &PaidNode) -> (i64, &'static str) {
-        if let Some(micros) = node.price_badge.as_ref().and_then(badge_price) {
-            return (micros, "price_badge");
+    /// One run's price and where it comes from; `None` when a count it depends on is not fixed.
+    fn price(
+        &self,
+        node: &PaidNode,
+        inputs: &serde_json::Map<String, Value>,
+    ) -> (Option<i64>, &'static str) {
+        match node
+            .price_badge
+            .as_ref()
+            .and_then(|b| badge::price(b, inputs))
+        {
+            Some(badge::BadgePrice::AtMost(micros)) => return (Some(micros), "price_badge"),
+            Some(badge::BadgePrice::Unknown) => return (None, "price_badge"),
+            None => {}
         }
         let table = BFL_NODES
             .iter()
@@ -140,27 +208,31 @@ impl Gate {
                     .find(|(class, _)| *class == node.class_type)
                     .map(|(_, micros)| *micros)
             });
-        match table {
-            Some(micros) => (micros, "price_table"),
-            None => (self.ceiling_micros, "ceiling"),
+        // Otherwise the ceiling, or the most one call of the node's provider can cost when that is more: the
+        // egress prices each call by its route, and never above what was confirmed for the node.
+        let provider = super::egress::routes::highest_for(&node.category)
+            .filter(|highest| *highest > self.ceiling_micros);
+        match (table, provider) {
+            (Some(micros), _) => (Some(micros), "price_table"),
+            (None, Some(micros)) => (Some(micros), "price_table"),
+            (None, None) => (Some(self.ceiling_micros), "ceiling"),
         }
     }
 
-    /// A token confirming `workflow` at the assessed price.
-    pub fn issue(&self, workflow: &Value, assessment: &Assessment) -> String {
-        self.confirmer
-            .issue(&canonical(workflow), assessment.total_micros)
+    /// A token confirming `workflow` for `amount_micros` (the estimate, or the person's cap).
+    pub fn issue(&self, workflow: &Value, amount_micros: i64) -> String {
+        self.confirmer.issue(&canonical(workflow), amount_micros)
     }
 
-    /// Checks a token for `workflow` at the assessed price; answers its id (recorded so it pays once).
+    /// Checks a token for `workflow` at `amount_micros`; answers its id (recorded so it pays once).
     pub fn check(
         &self,
         token: Option<&str>,
         workflow: &Value,
-        assessment: &Assessment,
+        amount_micros: i64,
     ) -> Result<String, TokenProblem> {
         self.confirmer
-            .check(token, &canonical(workflow), assessment.total_micros)
+            .check(token, &canonical(workflow), amount_micros)
     }
 }
 
@@ -168,44 +240,6 @@ impl Gate {
 /// a FLUX token can never confirm one.
 pub fn canonical(workflow: &Value) -> String {
     format!("comfy-workflow\n{workflow}")
-}
-
-/// The highest dollar figure a `price_badge` can show (`{"engine": "jsonata", "expr": "…"}`; its results are
-/// `{"type": "usd", "usd": 0.035}`, ranges `min_usd`/`max_usd` or lists): every number that follows a key ending in
-/// `usd`. An upper bound, so a badge that depends on the inputs is never underestimated.
-fn badge_price(badge: &Value) -> Option<i64> {
-    let text = match badge.get("expr") {
-        Some(Value::String(expr)) => expr.clone(),
-        Some(other) => other.to_string(),
-        None => badge.to_string(),
-    };
-    let mut best: Option<f64> = None;
-    let bytes = text.as_bytes();
-    let mut from = 0;
-    while let Some(at) = text[from..].find("usd") {
-        let mut i = from + at + 3;
-        from = i;
-        // The key's closing quote (either kind), then the colon.
-        while i < bytes.len() && matches!(bytes[i], b'"' | b'\'' | b' ' | b'\\') {
-            i += 1;
-        }
-        if i >= bytes.len() || bytes[i] != b':' {
-            continue;
-        }
-        i += 1;
-        while i < bytes.len() && matches!(bytes[i], b' ' | b'[') {
-            i += 1;
-        }
-        let end = text[i..]
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .map_or(text.len(), |n| i + n);
-        if let Ok(value) = text[i..end].parse::<f64>()
-            && value.is_finite()
-        {
-            best = Some(best.map_or(value, |b: f64| b.max(value)));
-        }
-    }
-    best.map(|usd| (usd * 1_000_000.0).round() as i64)
 }
 
 /// What the job service needs to keep money safe.
@@ -238,12 +272,14 @@ mod tests {
     }
 
     fn recorded() -> NodeCatalog {
-        let raw = include_str!("../../tests/fixtures/comfyui/object_info.json");
+        let raw = include_str!("../../../tests/fixtures/comfyui/object_info.json");
         NodeCatalog::from_object_info(&serde_json::from_str(raw).unwrap())
     }
 
     #[test]
-    fn bfl_nodes_cost_what_bfl_charges_and_the_rest_the_ceiling() {
+    /// BFL's nodes at BFL's prices; another provider's at the most one of its calls can cost (Ideogram V3: $0.20 an
+    /// image, up to 8 images a call), never less than the ceiling.
+    fn bfl_nodes_cost_what_bfl_charges_and_the_rest_their_providers_most() {
         let workflow = json!({
             "1": {"class_type": "FluxProUltraImageNode", "inputs": {}},
             "2": {"class_type": "IdeogramV3", "inputs": {}},
@@ -260,11 +296,11 @@ mod tests {
             prices,
             [
                 ("1", 60_000, "price_table"),
-                ("2", 1_000_000, "ceiling"),
+                ("2", 1_600_000, "price_table"),
                 ("3", 50_000, "price_table")
             ]
         );
-        assert_eq!(assessment.total_micros, 1_110_000);
+        assert_eq!(assessment.total_micros, 1_710_000);
     }
 
     /// A custom node that asks for the Comfy.org credentials without the `api_node` flag needs a confirmation, at
@@ -282,43 +318,62 @@ mod tests {
     }
 
     #[test]
-    fn a_price_badge_is_read_as_its_highest_figure() {
-        let badge = json!({"engine": "jsonata", "depends_on": {"widgets": ["n"]},
-            "expr": "n > 1 ? {\"type\":\"range_usd\",\"min_usd\":0.02,\"max_usd\":0.08} : {\"type\":\"usd\",\"usd\":0.035}"});
-        assert_eq!(badge_price(&badge), Some(80_000));
-        assert_eq!(
-            badge_price(&json!({"expr": "{'type': 'usd', 'usd': 1.5}"})),
-            Some(1_500_000)
-        );
-        assert_eq!(badge_price(&json!({"expr": "'see the docs'"})), None);
-    }
-
-    #[test]
     fn a_token_binds_the_workflow_and_its_price() {
         let gate = gate();
         let catalog = recorded();
         let workflow =
             json!({"1": {"class_type": "FluxProUltraImageNode", "inputs": {"prompt": "a"}}});
         let assessment = gate.assess(&catalog, &workflow).unwrap();
-        let token = gate.issue(&workflow, &assessment);
-        assert!(gate.check(Some(&token), &workflow, &assessment).is_ok());
+        let amount = assessment.total_micros;
+        let token = gate.issue(&workflow, amount);
+        assert!(gate.check(Some(&token), &workflow, amount).is_ok());
         let other =
             json!({"1": {"class_type": "FluxProUltraImageNode", "inputs": {"prompt": "b"}}});
         assert_eq!(
-            gate.check(Some(&token), &other, &assessment),
-            Err(TokenProblem::Mismatch)
-        );
-        let dearer = Assessment {
-            total_micros: assessment.total_micros + 1,
-            ..assessment.clone()
-        };
-        assert_eq!(
-            gate.check(Some(&token), &workflow, &dearer),
+            gate.check(Some(&token), &other, amount),
             Err(TokenProblem::Mismatch)
         );
         assert_eq!(
-            gate.check(None, &workflow, &assessment),
+            gate.check(Some(&token), &workflow, amount + 1),
+            Err(TokenProblem::Mismatch)
+        );
+        assert_eq!(
+            gate.check(None, &workflow, amount),
             Err(TokenProblem::Missing)
         );
+    }
+
+    /// `EmptyImage(batch_size=6) → RebatchImages(1) → FLUX Kontext [pro]`: six runs at $0.04; with the batch size
+    /// fed by a link, a run that needs a cap.
+    #[test]
+    fn a_paid_node_fed_a_list_is_priced_per_item_or_needs_a_cap() {
+        let fanned = |batch: Value| {
+            json!({
+                "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": batch, "color": 0}},
+                "2": {"class_type": "RebatchImages", "inputs": {"images": ["1", 0], "batch_size": 1}},
+                "3": {"class_type": "FluxKontextProImageNode", "inputs": {"prompt": "p", "input_image": ["2", 0]}},
+                "9": {"class_type": "PrimitiveInt", "inputs": {"value": 6}},
+            })
+        };
+        let assessment = gate().assess(&recorded(), &fanned(json!(6))).unwrap();
+        let node = &assessment.nodes[0];
+        assert_eq!(
+            (node.unit_price_usd, node.runs, node.price_micros),
+            (Some(0.04), Some(6), 240_000)
+        );
+        assert!(!assessment.open_ended);
+        assert_eq!(assessment.amount(None).unwrap(), Some(240_000));
+        assert!(
+            assessment.amount(Some(100_000)).is_err(),
+            "a cap below the estimate"
+        );
+
+        let open = gate()
+            .assess(&recorded(), &fanned(json!(["9", 0])))
+            .unwrap();
+        assert!(open.open_ended);
+        assert_eq!(open.nodes[0].runs, None);
+        assert_eq!(open.amount(None).unwrap(), None, "a cap is needed");
+        assert_eq!(open.amount(Some(500_000)).unwrap(), Some(500_000));
     }
 }
