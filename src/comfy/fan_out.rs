@@ -42,11 +42,21 @@ struct Made {
     mapped: bool,
 }
 
-/// The runs of every node of an API-format workflow, by node id.
+/// The runs of every node of an API-format workflow, by node id; a node it does not name runs once (the map is
+/// empty for a workflow without a node that makes lists, as most are).
 pub fn runs(catalog: &NodeCatalog, workflow: &Value) -> HashMap<String, Runs> {
     let Some(nodes) = workflow.as_object() else {
         return HashMap::new();
     };
+    let makes_lists = nodes.values().any(|node| {
+        node["class_type"]
+            .as_str()
+            .and_then(|class| catalog.get(class))
+            .is_some_and(|class| class.output_is_list.contains(&true))
+    });
+    if !makes_lists {
+        return HashMap::new();
+    }
     let mut made = HashMap::new();
     for id in nodes.keys() {
         visit(id, catalog, nodes, &mut made, 0);
@@ -193,16 +203,21 @@ mod tests {
             "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 8, "color": 0}},
             "3": {"class_type": "FluxKontextProImageNode", "inputs": {"prompt": "p", "input_image": ["1", 0]}},
         });
-        assert_eq!(runs(&recorded(), &workflow)["3"], Runs::Times(1));
+        let runs = runs(&recorded(), &workflow);
+        assert_eq!(
+            runs.get("3").copied().unwrap_or(Runs::Times(1)),
+            Runs::Times(1)
+        );
     }
 
     #[test]
     fn a_cycle_is_unknown_not_endless() {
         let workflow = json!({
             "1": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
-            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "2": {"class_type": "RebatchImages", "inputs": {"images": ["1", 0], "batch_size": 1}},
         });
         let runs = runs(&recorded(), &workflow);
         assert_eq!(runs.len(), 2);
+        assert_eq!(runs["1"], Runs::Unknown);
     }
 }
