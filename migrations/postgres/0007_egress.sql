@@ -4,7 +4,7 @@
 -- call is priced before it is forwarded and recorded in `egress_calls`, and the job's `actual_cost_micros` is their
 -- sum.
 ALTER TABLE jobs ADD COLUMN egress_key_hash TEXT;
-CREATE UNIQUE INDEX jobs_egress_key ON jobs (egress_key_hash) WHERE egress_key_hash IS NOT NULL;
+CREATE UNIQUE INDEX jobs_egress_hash ON jobs (egress_key_hash) WHERE egress_key_hash IS NOT NULL;
 
 -- One priced call: `open` while Comfy.org's answer is awaited (held at its estimate), `charged` once answered
 -- (at the cost Comfy.org reported, `source` = `reported`, or at the estimate), `refunded` when Comfy.org refused it.
