@@ -24,6 +24,7 @@
 //! - [`outbound`]: the HTTP clients for APIs Orchestrator calls (one TLS set-up, no redirects).
 //! - [`v0`]: the v0 Platform API gateway.
 //! - [`store`]: the durable store; all SQL lives there.
+//! - [`people`]: the studio's people: accounts, roles, argon2id passwords.
 //! - [`assets`]: the Comfy API v2's assets: records over blobs named by their blake3 hash, and the `core/ASSET`
 //!   references of a workflow, uploaded to the ComfyUI a job is sent to.
 //! - [`service`]: ComfyUI as a service (supervised, systemd, Windows); the only code that starts processes.
@@ -60,6 +61,7 @@ pub mod model;
 pub mod money;
 pub mod outbound;
 pub mod paths;
+pub mod people;
 pub mod problems;
 pub mod serve;
 pub mod service;

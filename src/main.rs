@@ -63,6 +63,12 @@ enum Command {
         #[command(subcommand)]
         action: orchestrator::cli::JobsAction,
     },
+    /// The studio's people: add, list, set-role, disable, enable, reset-password (on the configured store, whether
+    /// or not a server runs).
+    Users {
+        #[command(subcommand)]
+        action: orchestrator::cli::UsersAction,
+    },
     /// The MCP server on stdin/stdout, for agents (Claude Desktop, IDEs); it calls the running server.
     Mcp,
     /// Print the health report: ComfyUI, its service, models, database, external APIs (exit code 1 when down).
@@ -191,6 +197,7 @@ fn run(command: Command, config: Config) -> ExitCode {
         Command::Doctor { json } => terminal(orchestrator::cli::doctor(&config, json)),
         Command::Paths { action } => terminal(async { orchestrator::cli::paths(&config, action) }),
         Command::Jobs { action } => terminal(orchestrator::cli::jobs(&config, action)),
+        Command::Users { action } => terminal(orchestrator::cli::users(&config, action)),
     }
 }
 

@@ -193,3 +193,48 @@ pub fn prompt_text(params: &Value, workflow: &Value) -> Option<String> {
         .collect();
     (!texts.is_empty()).then(|| texts.join("\n"))
 }
+
+/// What a person may do, each role all that the one before it may: see the team's work, run free work and ask for
+/// paid work, confirm paid work (anyone's), and run the studio (settings, the service, people).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Generator,
+    Approver,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Self; 4] = [Self::Viewer, Self::Generator, Self::Approver, Self::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Generator => "generator",
+            Self::Approver => "approver",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|role| role.as_str().eq_ignore_ascii_case(text.trim()))
+    }
+}
+
+/// A person of the studio, as the store keeps them (never their password's hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Person {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// When they were disabled; a disabled person signs in nowhere and their sessions and tokens open nothing.
+    pub disabled_at: Option<String>,
+    pub created_at: String,
+    /// Whether a password is set (a person who signs in only through single sign-on has none).
+    pub has_password: bool,
+}

@@ -7,12 +7,14 @@ mod generate;
 mod jobs;
 mod paths;
 mod service;
+mod users;
 
 pub use doctor::doctor;
 pub use generate::{GenerateRequest, generate};
 pub use jobs::{JobsAction, jobs};
 pub use paths::{PathsAction, paths};
 pub use service::{ServiceAction, describe, service};
+pub use users::{UsersAction, users};
 
 use serde_json::Value;
 

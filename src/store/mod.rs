@@ -36,6 +36,7 @@ mod gallery;
 mod jobs;
 mod messages;
 mod money;
+mod people;
 #[cfg(test)]
 mod tests;
 mod webhooks;
@@ -48,6 +49,7 @@ pub use gallery::{GalleryQuery, JobFilter};
 pub use jobs::{Deleted, JobChange, JobPage, NewJob};
 pub use messages::{Link, Message, NewMessage};
 pub use money::{BudgetUsage, IdempotencyClaim, IdempotencyRecord, PaidJob, Record, Reservation};
+pub use people::Changed;
 pub use webhooks::Delivery;
 
 /// Why the store could not be opened.

@@ -5,6 +5,7 @@ mod generate;
 mod secrets;
 mod serve;
 mod service;
+mod users;
 
 use testkit::fake_bfl::FakeBfl;
 
