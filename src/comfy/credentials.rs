@@ -1,10 +1,10 @@
 //! The Comfy.org credentials a prompt can carry (`extra_data.api_key_comfy_org`, `extra_data.auth_token_comfy_org`;
 //! ComfyUI's `SENSITIVE_EXTRA_DATA_KEYS`). They pay for API nodes, so they stay on the server: removed from every
 //! prompt that passes the gateway and from every answer and WebSocket message that comes back (ComfyUI 0.3.64's
-//! `GET /queue` returns each pending prompt's `extra_data` whole). Only Orchestrator's own `COMFY_ORG_API_KEY` goes
-//! into a prompt, and only into an approved one; wherever its value comes back (a failed node's `current_inputs`
-//! in `execution_error` and `/history` carry hidden inputs, which V1 API nodes name `comfy_api_key` and
-//! `auth_token`), it is masked.
+//! `GET /queue` returns each pending prompt's `extra_data` whole). Only an approved prompt carries one, the key of
+//! its own job for Orchestrator's Comfy.org egress (`jobs::egress`); wherever a credential comes back (a failed
+//! node's `current_inputs` in `execution_error` and `/history` carry hidden inputs, which V1 API nodes name
+//! `comfy_api_key` and `auth_token`), it is removed, and the server's own key's value is masked.
 
 use serde_json::Value;
 

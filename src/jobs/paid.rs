@@ -166,7 +166,11 @@ impl Jobs {
         let order = Order {
             scope: CONFIRM_SCOPE,
             key: idempotency_key,
-            fingerprint: fingerprint(&json!({ "confirm": id, "maxMicros": max_micros })),
+            // A confirmation without a cap keeps the fingerprint it had before caps existed.
+            fingerprint: fingerprint(&match max_micros {
+                None => json!({ "confirm": id }),
+                Some(max) => json!({ "confirm": id, "maxMicros": max }),
+            }),
         };
         let purchase = PaidConfirm {
             jobs: self.clone(),

@@ -104,7 +104,11 @@ impl Jobs {
         let order = Order {
             scope: SUBMIT_SCOPE,
             key: submission.idempotency_key.clone(),
-            fingerprint: fingerprint(&json!([&bound, submission.max_micros])),
+            // A request without a cap keeps the fingerprint it had before caps existed.
+            fingerprint: match submission.max_micros {
+                None => fingerprint(&bound),
+                Some(max) => fingerprint(&json!([&bound, max])),
+            },
         };
         let purchase = PaidSubmit {
             jobs: self.clone(),

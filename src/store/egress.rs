@@ -14,7 +14,7 @@ pub enum Metered {
     /// No job has this key.
     UnknownKey,
     /// The key's job has ended: its keys open nothing any more.
-    Ended { job_id: String },
+    Ended,
     /// The call would take the job past its cap; nothing was counted.
     OverCap {
         job_id: String,
@@ -22,7 +22,7 @@ pub enum Metered {
         cap_micros: i64,
     },
     /// Counted at its estimate; settle it with [`Store::settle_egress_call`] once Comfy.org has answered.
-    Admitted { job_id: String, call_id: String },
+    Admitted { call_id: String },
 }
 
 /// How a counted call ended.
@@ -87,7 +87,7 @@ impl Store {
         let (cap_micros, spent_micros): (i64, i64) = (row.get("cap"), row.get("spent"));
         if JobStatus::parse(&status).is_none_or(JobStatus::is_final) {
             tx.rollback().await?;
-            return Ok(Metered::Ended { job_id });
+            return Ok(Metered::Ended);
         }
         if spent_micros.saturating_add(estimate_micros) > cap_micros {
             tx.rollback().await?;
@@ -115,7 +115,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Metered::Admitted { job_id, call_id })
+        Ok(Metered::Admitted { call_id })
     }
 
     /// A counted call answered: the job's spend moves from the call's estimate to what it cost. When the job has

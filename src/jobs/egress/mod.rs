@@ -166,8 +166,8 @@ impl Egress {
             .meter_egress_call(&key.hash(), route, estimate)
             .await?
         {
-            Metered::Admitted { call_id, .. } => Ok(call_id),
-            Metered::UnknownKey | Metered::Ended { .. } => Err(EgressError::KeyInvalid),
+            Metered::Admitted { call_id } => Ok(call_id),
+            Metered::UnknownKey | Metered::Ended => Err(EgressError::KeyInvalid),
             Metered::OverCap {
                 job_id,
                 spent_micros,

@@ -213,19 +213,7 @@ async fn twenty_calls_of_one_job_over_two_instances_pass_the_cap_five_times() {
             Duration::from_secs(10),
         )
         .await;
-    let mut workflow = serde_json::Map::new();
-    for n in 1..=5 {
-        workflow.insert(
-            n.to_string(),
-            json!({"class_type": "FluxProUltraImageNode", "inputs": {"prompt": format!("image {n}"),
-                   "aspect_ratio": "1:1", "prompt_upsampling": false, "raw": false, "seed": n}}),
-        );
-    }
-    workflow.insert(
-        "9".into(),
-        json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "five", "images": ["1", 0]}}),
-    );
-    let workflow = Value::Object(workflow);
+    let workflow = crate::paid_nodes::five_ultra_images();
     let (status, dry) = fleet
         .post(
             0,

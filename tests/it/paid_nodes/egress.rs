@@ -123,19 +123,7 @@ async fn twenty_calls_at_once_against_a_cap_of_five_forward_exactly_five() {
         .await;
     app.wait_for_job(busy["id"].as_str().unwrap(), "running")
         .await;
-    let mut workflow = serde_json::Map::new();
-    for n in 1..=5 {
-        workflow.insert(
-            n.to_string(),
-            json!({"class_type": "FluxProUltraImageNode", "inputs": {"prompt": format!("image {n}"),
-                   "aspect_ratio": "1:1", "prompt_upsampling": false, "raw": false, "seed": n}}),
-        );
-    }
-    workflow.insert(
-        "9".into(),
-        json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "five", "images": ["1", 0]}}),
-    );
-    let workflow = Value::Object(workflow);
+    let workflow = super::five_ultra_images();
     let (status, created) = app
         .post_json("/api/jobs", &confirmed(&app, &workflow).await)
         .await;

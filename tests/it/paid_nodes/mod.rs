@@ -58,6 +58,23 @@ fn paid_workflow(prompt: &str) -> Value {
     })
 }
 
+/// Five FLUX 1.1 [pro] Ultra nodes, $0.06 each, and a SaveImage: a job confirmed for five calls.
+pub(crate) fn five_ultra_images() -> Value {
+    let mut workflow = serde_json::Map::new();
+    for n in 1..=5 {
+        workflow.insert(
+            n.to_string(),
+            json!({"class_type": "FluxProUltraImageNode", "inputs": {"prompt": format!("image {n}"),
+                   "aspect_ratio": "1:1", "prompt_upsampling": false, "raw": false, "seed": n}}),
+        );
+    }
+    workflow.insert(
+        "9".into(),
+        json!({"class_type": "SaveImage", "inputs": {"filename_prefix": "five", "images": ["1", 0]}}),
+    );
+    Value::Object(workflow)
+}
+
 fn free_workflow() -> Value {
     testkit::fake_comfy::no_model_workflow()
 }
